@@ -1,0 +1,1 @@
+"""Benchmarks: each prints comparable figures (ratios to a baseline run in the same process)."""

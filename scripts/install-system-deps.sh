@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# What the test tiers need from the OS: a JDK and Maven (native Kafka broker), PostgreSQL (registry tier).
+set -euo pipefail
+need=()
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+if ((${#need[@]})); then
+  if [[ $(id -u) -eq 0 ]]; then
+    echo "installing: ${need[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "missing system packages (install them, or run as root): ${need[*]}" >&2
+    exit 1
+  fi
+fi

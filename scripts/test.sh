@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The project's test command (`make test`): installs what the tiers need, then runs lint, types and every tier.
+# System packages (PostgreSQL for the registry tier) are installed with apt-get when missing and root allows.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== system packages"
+bash scripts/install-system-deps.sh
+
+echo "== lint and types"
+uv run --frozen ruff check .
+uv run --frozen ruff format --check .
+uv run --frozen mypy
+
+echo "== tests: unit, integration (native Kafka broker), e2e"
+# The broker tier must run, never skip: the session fixture starts a native broker and fails if it cannot.
+uv run --frozen pytest -p no:cacheprovider "$@"

@@ -1,0 +1,18 @@
+"""``python -m vigil_drift``: run the drift service until SIGTERM."""
+
+from vigil_common.logging import configure_logging
+from vigil_common.service import serve
+
+from vigil_drift.app import create_app
+from vigil_drift.settings import Settings
+
+
+def main() -> None:
+    """Build the settings once and serve."""
+    settings = Settings()
+    configure_logging(settings.log_level, json=settings.log_json, service="drift")
+    serve(create_app(settings), settings)
+
+
+if __name__ == "__main__":
+    main()

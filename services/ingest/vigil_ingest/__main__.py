@@ -1,0 +1,18 @@
+"""``python -m vigil_ingest``: run the ingest service until SIGTERM."""
+
+from vigil_common.logging import configure_logging
+from vigil_common.service import serve
+
+from vigil_ingest.app import create_app
+from vigil_ingest.settings import Settings
+
+
+def main() -> None:
+    """Build the settings once and serve."""
+    settings = Settings()
+    configure_logging(settings.log_level, json=settings.log_json, service="ingest")
+    serve(create_app(settings), settings)
+
+
+if __name__ == "__main__":
+    main()

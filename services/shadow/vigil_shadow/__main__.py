@@ -1,0 +1,18 @@
+"""``python -m vigil_shadow``: run the shadow service until SIGTERM."""
+
+from vigil_common.logging import configure_logging
+from vigil_common.service import serve
+
+from vigil_shadow.app import create_app
+from vigil_shadow.settings import Settings
+
+
+def main() -> None:
+    """Build the settings once and serve."""
+    settings = Settings()
+    configure_logging(settings.log_level, json=settings.log_json, service="shadow")
+    serve(create_app(settings), settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Kafka helpers shared by the services: broker factory, topic creation, durable publishing, dead letters.
+
+The at-least-once contract every consumer follows:
+
+1. parse each record of a batch; a record that does not parse is parked in the dead-letter topic;
+2. process the good ones and publish their outputs, awaiting the broker's acknowledgement (acks=all,
+   idempotent producer);
+3. only then commit the batch's offsets (FastStream ``AckPolicy.MANUAL`` and ``message.ack()``).
+
+A crash anywhere before step 3 redelivers the batch; outputs carry deterministic ids so consumers dedupe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from aiokafka import ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream.kafka import KafkaBroker
+from faststream.kafka.message import KafkaMessage
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from vigil_common.events import DeadLettered, Event, deterministic_id, utcnow
+from vigil_common.settings import VigilSettings
+from vigil_common.topics import COMPACTED, Topic, Topics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def make_broker(settings: VigilSettings, *, client_id: str, logger: logging.Logger | None = None) -> KafkaBroker:
+    """A FastStream Kafka broker whose producer waits for all in-sync replicas and never duplicates on retry."""
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=2,
+        max_batch_size=256 * 1024,
+        compression_type=None,
+        logger=logger or logging.getLogger(f"vigil.{client_id}.kafka"),
+        graceful_timeout=15.0,
+    )
+
+
+async def ensure_topics(settings: VigilSettings, topics: Iterable[Topic] | None = None) -> list[str]:
+    """Create the stack's topics if they are missing; returns the names that were created."""
+    names = Topics(settings.topic_prefix)
+    wanted = list(topics) if topics is not None else list(Topic)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, client_id="vigil-admin")
+    await admin.start()
+    created: list[str] = []
+    try:
+        existing = set(await admin.list_topics())
+        new = []
+        for topic in wanted:
+            name = names.name(topic)
+            if name in existing:
+                continue
+            configs = {"cleanup.policy": "compact"} if topic in COMPACTED else {}
+            if topic in (Topic.LIFECYCLE, Topic.COMPARISONS):
+                # Decisions and evidence are history: keep them (a registry rebuild reads them all).
+                configs["retention.ms"] = "-1"
+            new.append(
+                NewTopic(
+                    name=name,
+                    num_partitions=settings.partitions,
+                    replication_factor=settings.replication_factor,
+                    topic_configs=configs,
+                )
+            )
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another service created them first
+                await admin.create_topics(new)
+            created = [t.name for t in new]
+    finally:
+        await admin.close()
+    return created
+
+
+def encode(event: BaseModel) -> bytes:
+    """The wire form of an event: compact JSON."""
+    return event.model_dump_json().encode()
+
+
+def records_of(message: KafkaMessage) -> tuple[ConsumerRecord[Any, Any], ...]:
+    """The raw records behind a FastStream message (one, or a batch)."""
+    raw = message.raw_message
+    return raw if isinstance(raw, tuple) else (raw,)
+
+
+async def raw_batch_decoder(message: Any, original: Any = None) -> list[bytes]:
+    """Hand the handler raw bytes: parsing, and parking what fails to parse, is the handler's job.
+
+    FastStream's default decoder would reject a non-JSON body before the handler could dead-letter it.
+    """
+    return [r.value or b"" for r in records_of(message)]
+
+
+async def raw_decoder(message: Any, original: Any = None) -> bytes:
+    """Single-record twin of :func:`raw_batch_decoder`."""
+    return bytes(records_of(message)[0].value or b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed(Generic[T]):
+    """A record and the event parsed from it."""
+
+    record: ConsumerRecord[Any, Any]
+    event: T
+
+
+def describe_error(error: BaseException) -> str:
+    """A reason for the dead-letter topic that names the problem but carries no payload values."""
+    if isinstance(error, ValidationError):
+        parts = []
+        for e in error.errors(include_input=False, include_url=False)[:5]:
+            loc = ".".join(str(p) for p in e["loc"])
+            parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
+        return "; ".join(parts)
+    return f"{type(error).__name__}: {error}"[:500]
+
+
+def dead_letter_for(
+    record: ConsumerRecord[Any, Any] | None,
+    error: BaseException | str,
+    *,
+    service: str,
+    payload: bytes | None = None,
+    source_topic: str | None = None,
+) -> DeadLettered:
+    """Build the dead letter for a record (or for a raw payload that arrived another way)."""
+    body = payload if payload is not None else (record.value if record is not None else b"") or b""
+    try:
+        text, encoding = body.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(body).decode(), "base64"
+    topic = source_topic or (record.topic if record is not None else "")
+    partition = record.partition if record is not None else None
+    offset = record.offset if record is not None else None
+    key = (record.key.decode("utf-8", "replace") if record is not None and record.key else "") or "unkeyed"
+    reason = error if isinstance(error, str) else describe_error(error)
+    error_type = "Rejected" if isinstance(error, str) else type(error).__name__
+    return DeadLettered(
+        event_id=deterministic_id("dlq", service, topic, partition, offset, reason if offset is None else ""),
+        occurred_at=utcnow(),
+        key=key,
+        service=service,
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        error_type=error_type,
+        error=reason,
+        payload=text,
+        payload_encoding=encoding,  # type: ignore[arg-type]
+    )
+
+
+class Publisher:
+    """Publishes events and waits for the broker's acknowledgement of all of them."""
+
+    def __init__(self, broker: KafkaBroker) -> None:
+        self.broker = broker
+
+    async def publish_all(self, topic: str, events: Sequence[Event]) -> None:
+        """Send every event keyed by its ``key``; returns once all are acknowledged (acks=all)."""
+        if not events:
+            return
+        futures = [await self.broker.publish(encode(ev), topic, key=ev.key_bytes(), no_confirm=True) for ev in events]
+        await asyncio.gather(*futures)
+
+    async def publish_raw(self, topic: str, items: Sequence[tuple[bytes | None, bytes]]) -> None:
+        """Send pre-encoded (key, value) pairs and wait for all acknowledgements."""
+        futures = [await self.broker.publish(value, topic, key=key, no_confirm=True) for key, value in items]
+        await asyncio.gather(*futures)
+
+
+class DeadLetters:
+    """Parks unprocessable records in the dead-letter topic, durably, before their offsets are committed."""
+
+    def __init__(
+        self, publisher: Publisher, topic: str, service: str, on_parked: Callable[[DeadLettered], None] | None = None
+    ):
+        self.publisher = publisher
+        self.topic = topic
+        self.service = service
+        self.on_parked = on_parked
+
+    async def park(self, failures: Sequence[tuple[ConsumerRecord[Any, Any], BaseException | str]]) -> None:
+        """Publish one dead letter per failed record and wait for the broker to acknowledge them."""
+        letters = [dead_letter_for(r, e, service=self.service) for r, e in failures]
+        await self.publisher.publish_all(self.topic, letters)
+        for letter in letters:
+            log.warning(
+                "parked message",
+                extra={
+                    "source_topic": letter.source_topic,
+                    "partition": letter.source_partition,
+                    "offset": letter.source_offset,
+                    "error_type": letter.error_type,
+                },
+            )
+            if self.on_parked:
+                self.on_parked(letter)
+
+
+def parse_batch(
+    records: Iterable[ConsumerRecord[Any, Any]], adapter: TypeAdapter[T]
+) -> tuple[list[Parsed[T]], list[tuple[ConsumerRecord[Any, Any], BaseException]]]:
+    """Split records into parsed events and failures (bad JSON or a contract violation)."""
+    good: list[Parsed[T]] = []
+    bad: list[tuple[ConsumerRecord[Any, Any], BaseException]] = []
+    for record in records:
+        try:
+            good.append(Parsed(record, adapter.validate_json(record.value or b"")))
+        except (ValidationError, ValueError) as error:
+            bad.append((record, error))
+    return good, bad
+
+
+BatchHandler = Callable[[list[Parsed[T]]], Awaitable[list[tuple[ConsumerRecord[Any, Any], BaseException | str]]]]
+
+
+async def process_batch(
+    message: KafkaMessage,
+    adapter: TypeAdapter[T],
+    handle: BatchHandler[T],
+    dead_letters: DeadLetters,
+) -> tuple[int, int]:
+    """Run the at-least-once contract over one FastStream batch; returns (processed, parked).
+
+    ``handle`` publishes its outputs (awaiting acknowledgement) and returns the records it could not process,
+    with their reasons; those are parked. Only then is the batch committed. An exception from ``handle``
+    (the broker unreachable, say) propagates: nothing is committed and the batch is redelivered.
+    """
+    try:
+        good, bad = parse_batch(records_of(message), adapter)
+        failed = await handle(good) if good else []
+        parked = [*bad, *failed]
+        if parked:
+            await dead_letters.park(parked)
+    except BaseException:
+        # Rewind to the batch's first offsets: the consumer's position has already moved past them, and the
+        # next batch's commit would otherwise skip this one.
+        await message.nack()
+        raise
+    await message.ack()
+    return len(good) - len(failed), len(parked)

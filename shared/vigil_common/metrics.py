@@ -1,0 +1,65 @@
+"""One metrics convention for every service.
+
+- ``vigil_messages_total{service,topic,outcome}``: records consumed, by outcome (processed, parked, duplicate,
+  ignored).
+- ``vigil_processing_seconds{service,stage}``: time spent per batch or request.
+- ``vigil_batch_size{service}``: records per consumed batch.
+- ``vigil_scores_total{service,model,version,stage}`` and ``vigil_score_latency_seconds{...}``: scores and their
+  event-to-score latency; the live and the shadow scorer differ only by the ``stage`` label.
+- ``vigil_ready{service}``: 1 when ``/ready`` would answer 200.
+
+Labels never carry patient or encounter identifiers: only service, topic, model and bounded enumerations.
+Each service owns its registry, so several services can run in one test process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+__all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
+
+
+class ServiceMetrics:
+    """The convention's instruments for one service, in a registry of their own."""
+
+    def __init__(self, service: str, registry: CollectorRegistry | None = None) -> None:
+        self.service = service
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "vigil_messages", "Records consumed, by outcome.", ["service", "topic", "outcome"], registry=r
+        )
+        self.processing = Histogram(
+            "vigil_processing_seconds",
+            "Time spent per batch or request.",
+            ["service", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "vigil_batch_size", "Records per consumed batch.", ["service"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.scores = Counter(
+            "vigil_scores", "Risk scores published.", ["service", "model", "version", "stage"], registry=r
+        )
+        self.score_latency = Histogram(
+            "vigil_score_latency_seconds",
+            "From the newest observation's arrival in Kafka to its score.",
+            ["service", "model", "version", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ready = Gauge("vigil_ready", "1 when the service is ready.", ["service"], registry=r)
+
+    def count(self, topic: str, outcome: str, n: int = 1) -> None:
+        """Add ``n`` consumed records of ``topic`` with ``outcome``."""
+        if n:
+            self.messages.labels(self.service, topic, outcome).inc(n)
+
+    def expose(self) -> bytes:
+        """The registry in Prometheus' text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,130 @@
+"""The frame every service shares: a FastStream broker for its Kafka side, FastAPI for HTTP.
+
+A service provides its settings, its broker (with its subscribers declared) and its readiness checks; this
+module adds ``/health`` (the process answers), ``/ready`` (every check passes: model loaded, database and broker
+usable), ``/metrics`` (Prometheus) and a lifespan that creates the topics, starts the broker, and stops it
+gracefully (in-flight batches finish and commit) on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+
+from vigil_common.kafka import ensure_topics
+from vigil_common.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
+from vigil_common.settings import VigilSettings
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], bool | Awaitable[bool]]
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class ServiceRuntime:
+    """What a running service is made of; built once by the service's ``bootstrap``."""
+
+    name: str
+    settings: VigilSettings
+    broker: KafkaBroker | None
+    metrics: ServiceMetrics
+    checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+    on_start: list[Hook] = field(default_factory=list)
+    on_stop: list[Hook] = field(default_factory=list)
+    started: bool = False
+
+    async def readiness(self) -> dict[str, bool]:
+        """Run every readiness check; a check that raises counts as not ready."""
+        results: dict[str, bool] = {"started": self.started}
+        if self.broker is not None:
+            try:
+                results["broker"] = bool(await self.broker.ping(timeout=2.0))
+            except Exception:
+                results["broker"] = False
+        for name, check in self.checks.items():
+            try:
+                value = check()
+                results[name] = bool(await value) if inspect.isawaitable(value) else bool(value)
+            except Exception:
+                results[name] = False
+        self.metrics.ready.labels(self.name).set(1 if all(results.values()) else 0)
+        return results
+
+    def stream(self) -> FastStream:
+        """The FastStream application (used for the AsyncAPI document)."""
+        assert self.broker is not None
+        return FastStream(self.broker)
+
+
+def build_http_app(runtime: ServiceRuntime, *, title: str, description: str = "", version: str = "0.1.0") -> FastAPI:
+    """A FastAPI app with the standard endpoints whose lifespan runs the service's broker and hooks."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if runtime.broker is not None:
+            await _retry(lambda: ensure_topics(runtime.settings), what="create topics")
+        for hook in runtime.on_start:
+            await hook()
+        if runtime.broker is not None:
+            await runtime.broker.start()
+        runtime.started = True
+        log.info("service started", extra={"service": runtime.name, "port": runtime.settings.http_port})
+        try:
+            yield
+        finally:
+            runtime.started = False
+            if runtime.broker is not None:
+                await runtime.broker.stop()
+            for hook in runtime.on_stop:
+                await hook()
+            log.info("service stopped", extra={"service": runtime.name})
+
+    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    app.state.runtime = runtime
+
+    @app.get("/health", tags=["operations"], summary="The process is alive")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "service": runtime.name}
+
+    @app.get("/ready", tags=["operations"], summary="Model, database and broker usable")
+    async def ready() -> JSONResponse:
+        checks = await runtime.readiness()
+        ok = all(checks.values())
+        return JSONResponse({"ready": ok, "service": runtime.name, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(runtime.metrics.expose(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _retry(action: Callable[[], Awaitable[Any]], *, what: str, attempts: int = 30, delay: float = 1.0) -> Any:
+    """Bounded retries while the broker comes up (services may start before it answers)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await action()
+        except Exception as error:
+            if attempt == attempts:
+                raise
+            log.warning("retrying", extra={"reason": what, "attempt": attempt, "error_type": type(error).__name__})
+            await asyncio.sleep(delay)
+    return None
+
+
+def serve(app: FastAPI, settings: VigilSettings) -> None:
+    """Run the app under uvicorn until SIGINT or SIGTERM (graceful: the lifespan stops the broker)."""
+    import uvicorn
+
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False)

@@ -1,0 +1,205 @@
+"""Event factories with ``**overrides`` (one place that knows how to make a valid event of each kind)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from vigil_common import events as ev
+
+T0 = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
+
+
+def source(**o: Any) -> ev.SourceRef:
+    return ev.SourceRef(**{"resource_type": "Observation", "resource_id": "obs-1", "version_id": "1", **o})
+
+
+def observation(**o: Any) -> ev.ObservationRecorded:
+    src = o.pop("source", source())
+    fields: dict[str, Any] = {
+        "encounter": "enc-1",
+        "patient": "pat-1",
+        "feature": "heart_rate",
+        "value": 88.0,
+        "unit": "/min",
+        "observed_at": T0,
+        "source": src,
+        "occurred_at": T0,
+    }
+    fields.update(o)
+    fields.setdefault("key", fields["encounter"] or "unlinked")
+    fields.setdefault("event_id", ev.ObservationRecorded.make_id(src, fields["feature"], fields["observed_at"]))
+    return ev.ObservationRecorded(**fields)
+
+
+def retraction(**o: Any) -> ev.ObservationRetracted:
+    return ev.ObservationRetracted(
+        **{
+            "event_id": ev.deterministic_id("retract", "obs-1"),
+            "occurred_at": T0,
+            "key": "enc-1",
+            "encounter": "enc-1",
+            "patient": "pat-1",
+            "feature": "temperature",
+            "retracted_resource": source(),
+            "reason": "entered-in-error",
+            **o,
+        }
+    )
+
+
+def encounter(**o: Any) -> ev.EncounterRecorded:
+    return ev.EncounterRecorded(
+        **{
+            "event_id": ev.deterministic_id("enc", "enc-1", "1"),
+            "occurred_at": T0,
+            "key": "enc-1",
+            "encounter": "enc-1",
+            "patient": "pat-1",
+            "status": "in-progress",
+            "icu_admitted_at": T0,
+            "unit": "MICU",
+            "source": source(resource_type="Encounter", resource_id="enc-1"),
+            **o,
+        }
+    )
+
+
+def score(**o: Any) -> ev.RiskScored:
+    fields: dict[str, Any] = {
+        "occurred_at": T0,
+        "encounter": "enc-1",
+        "patient": "pat-1",
+        "model_name": "sepsis",
+        "model_version": "1",
+        "stage": ev.Stage.PRODUCTION,
+        "probability": 0.12,
+        "risk_level": "low",
+        "threshold": 0.3,
+        "alert": False,
+        "data_time": T0,
+        "hour": 0,
+        "observations": 3,
+        "latency_ms": 4.2,
+    }
+    fields.update(o)
+    fields.setdefault("key", fields["encounter"])
+    fields.setdefault(
+        "event_id",
+        ev.RiskScored.make_id(
+            fields["model_name"],
+            fields["model_version"],
+            fields["encounter"],
+            fields["data_time"],
+            fields["observations"],
+        ),
+    )
+    return ev.RiskScored(**fields)
+
+
+def outcome(**o: Any) -> ev.OutcomeRecorded:
+    return ev.OutcomeRecorded(
+        **{
+            "event_id": ev.deterministic_id("outcome", "enc-1", "sepsis"),
+            "occurred_at": T0,
+            "key": "enc-1",
+            "encounter": "enc-1",
+            "patient": "pat-1",
+            "outcome": "sepsis",
+            "onset_at": T0 + timedelta(hours=10),
+            "recorded_at": T0 + timedelta(hours=40),
+            **o,
+        }
+    )
+
+
+def alert(**o: Any) -> ev.AlertRaised:
+    return ev.AlertRaised(
+        **{
+            "event_id": ev.deterministic_id("alert", "k", 1),
+            "occurred_at": T0,
+            "key": "sepsis",
+            "alert_key": "data_drift:sepsis:temperature",
+            "state": "open",
+            "kind": "data_drift",
+            "severity": ev.Severity.WARNING,
+            "model_name": "sepsis",
+            "feature": "temperature",
+            "value": 0.42,
+            "threshold": 0.3,
+            "window": "last 2000 observations",
+            **o,
+        }
+    )
+
+
+def lifecycle(**o: Any) -> ev.ModelLifecycleChanged:
+    return ev.ModelLifecycleChanged(
+        **{
+            "event_id": ev.deterministic_id("lifecycle", 1),
+            "occurred_at": T0,
+            "key": "sepsis",
+            "action": ev.LifecycleAction.PROMOTED,
+            "model_name": "sepsis",
+            "model_version": "2",
+            "from_stage": ev.Stage.SHADOW,
+            "to_stage": ev.Stage.PRODUCTION,
+            "actor": "dr-approver",
+            "reason": "met policy",
+            "artifact_sha256": "0" * 64,
+            **o,
+        }
+    )
+
+
+def comparison(**o: Any) -> ev.ComparisonSummarized:
+    return ev.ComparisonSummarized(
+        **{
+            "event_id": ev.deterministic_id("cmp", 1),
+            "occurred_at": T0,
+            "key": "sepsis",
+            "model_name": "sepsis",
+            "candidate_version": "2",
+            "live_version": "1",
+            "window_start": T0,
+            "window_end": T0 + timedelta(days=1),
+            "shadow_hours": 24.0,
+            "scored_hours": 1000,
+            "labelled_hours": 800,
+            "labelled_encounters": 40,
+            "positive_encounters": 4,
+            "metrics": {"auroc_diff": {"estimate": 0.02, "ci": [0.0, 0.04]}},
+            **o,
+        }
+    )
+
+
+def dead_letter(**o: Any) -> ev.DeadLettered:
+    return ev.DeadLettered(
+        **{
+            "event_id": ev.deterministic_id("dlq", 1),
+            "occurred_at": T0,
+            "key": "enc-1",
+            "service": "ingest",
+            "source_topic": "vigil.fhir.raw",
+            "source_partition": 0,
+            "source_offset": 7,
+            "error_type": "ValueError",
+            "error": "not JSON",
+            "payload": "{oops",
+            **o,
+        }
+    )
+
+
+ALL = {
+    "observation": observation,
+    "retraction": retraction,
+    "encounter": encounter,
+    "score": score,
+    "outcome": outcome,
+    "alert": alert,
+    "lifecycle": lifecycle,
+    "comparison": comparison,
+    "dead_letter": dead_letter,
+}

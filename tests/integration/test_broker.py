@@ -1,0 +1,143 @@
+"""The foundation against the real broker: every contract round-trips, bad records go to the dead-letter topic."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from faststream import AckPolicy
+from faststream.kafka import KafkaMessage
+from vigil_common import events as ev
+from vigil_common.kafka import (
+    DeadLetters,
+    Parsed,
+    Publisher,
+    encode,
+    ensure_topics,
+    make_broker,
+    process_batch,
+    raw_batch_decoder,
+)
+from vigil_common.settings import VigilSettings
+from vigil_common.topics import Topic
+
+from tests import factories
+
+
+async def consume(bootstrap: str, topic: str, n: int, timeout: float = 30.0, group: str | None = None) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(out) < n and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                out.extend(records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def test_every_contract_round_trips_through_the_broker(settings_env: dict[str, Any]) -> None:
+    settings = VigilSettings(**settings_env)
+    created = await ensure_topics(settings)
+    assert settings.topics.observations in created
+    broker = make_broker(settings, client_id="test")
+    await broker.start()
+    events = [f() for f in factories.ALL.values()]
+    try:
+        await Publisher(broker).publish_all(settings.topics.name(Topic.ALERTS), events)
+    finally:
+        await broker.stop()
+    records = await consume(settings.kafka_bootstrap_servers, settings.topics.name(Topic.ALERTS), len(events))
+    received = [ev.any_event_adapter.validate_json(r.value) for r in records]
+    assert sorted(e.event_id for e in received) == sorted(e.event_id for e in events)
+    by_id = {e.event_id: e for e in received}
+    for sent, record in zip(events, records, strict=False):
+        assert by_id[sent.event_id] == sent
+    assert all(r.key == by_id[ev.any_event_adapter.validate_json(r.value).event_id].key.encode() for r in records)
+
+
+async def test_topics_have_configured_partitions_and_compaction(settings_env: dict[str, Any]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    settings = VigilSettings(**{**settings_env, "partitions": 4})
+    await ensure_topics(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([settings.topics.observations, settings.topics.scorer_state])
+        assert all(len(t["partitions"]) == 4 for t in described)
+        configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topics.scorer_state)])
+        resource = configs[0].to_object()["resources"][0]
+        entries = {c["config_names"]: c["config_value"] for c in resource["config_entries"]}
+        assert entries["cleanup.policy"] == "compact"
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize("bad", [b"{not json", b'{"type": "observation.recorded"}', b"\xff\xfe binary"])
+async def test_malformed_record_is_dead_lettered_and_consumption_goes_on(
+    settings_env: dict[str, Any], bad: bytes
+) -> None:
+    settings = VigilSettings(**settings_env)
+    await ensure_topics(settings)
+    topics = settings.topics
+    broker = make_broker(settings, client_id="test-dlq")
+    publisher = Publisher(broker)
+    dead_letters = DeadLetters(publisher, topics.dead_letter, service="test")
+    seen: list[str] = []
+
+    async def handle(items: list[Parsed[Any]]) -> list[Any]:
+        seen.extend(p.event.event_id for p in items)
+        return []
+
+    @broker.subscriber(
+        topics.observations,
+        group_id="g-test",
+        batch=True,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        decoder=raw_batch_decoder,
+        max_records=100,
+    )
+    async def on_batch(body: list[bytes], message: KafkaMessage) -> None:
+        await process_batch(message, ev.canonical_event_adapter, handle, dead_letters)
+
+    good_before = factories.observation(value=80.0, source=factories.source(resource_id="a"))
+    good_after = factories.observation(value=81.0, source=factories.source(resource_id="b"))
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        for value in (encode(good_before), bad, encode(good_after)):
+            await producer.send_and_wait(topics.observations, value, key=b"enc-1")
+    finally:
+        await producer.stop()
+
+    await broker.start()
+    try:
+        for _ in range(100):
+            if len(seen) >= 2:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await broker.stop()
+    assert seen == [good_before.event_id, good_after.event_id]
+    letters = await consume(settings.kafka_bootstrap_servers, topics.dead_letter, 1)
+    assert len(letters) == 1
+    letter = ev.DeadLettered.model_validate_json(letters[0].value)
+    assert letter.source_topic == topics.observations
+    assert letter.source_offset == 1
+    assert letter.service == "test"
+    assert letter.error
+    assert (
+        letter.payload.encode()
+        if letter.payload_encoding == "utf-8"
+        else __import__("base64").b64decode(letter.payload)
+    ) == bad

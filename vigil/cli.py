@@ -1,0 +1,151 @@
+"""``vigil``: one command line for people (broker, stack, services, models, replay, drift, registry, demo)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vigil import kafka_local, stack
+
+app = typer.Typer(help="Vigil: run clinical risk models in production.", no_args_is_help=True)
+kafka_app = typer.Typer(help="A native Apache Kafka broker (jars from Maven Central, no Docker).", no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+console = Console(stderr=True)
+
+
+def _cluster(brokers: int, port: int, name: str) -> kafka_local.LocalCluster:
+    return kafka_local.LocalCluster(name=name, brokers=brokers, base_port=port)
+
+
+@kafka_app.command("start")
+def kafka_start(
+    brokers: int = typer.Option(1, help="Number of brokers (combined broker+controller nodes)."),
+    port: int = typer.Option(9092, help="Client port of node 1; node i uses port + 2(i-1)."),
+    name: str = typer.Option("default", help="Cluster name (its state lives in .vigil/kafka/clusters/NAME)."),
+) -> None:
+    """Fetch the broker (first time), format KRaft storage, start and wait until it answers."""
+    t0 = time.monotonic()
+    bootstrap = _cluster(brokers, port, name).start()
+    console.print(f"Kafka {kafka_local.KAFKA_VERSION} ready at {bootstrap} in {time.monotonic() - t0:.1f}s")
+    typer.echo(bootstrap)
+
+
+@kafka_app.command("fetch")
+def kafka_fetch() -> None:
+    """Fetch the broker jars from Maven Central (cached in .vigil/kafka; a no-op once done)."""
+    libs = kafka_local.fetch_jars()
+    console.print(f"Kafka {kafka_local.KAFKA_VERSION} jars in {libs}")
+
+
+@kafka_app.command("stop")
+def kafka_stop(
+    brokers: int = typer.Option(1),
+    port: int = typer.Option(9092),
+    name: str = typer.Option("default"),
+    destroy: bool = typer.Option(False, help="Also delete the cluster's data."),
+) -> None:
+    """Stop the broker(s) cleanly."""
+    cluster = _cluster(brokers, port, name)
+    cluster.destroy() if destroy else cluster.stop()
+    console.print("Kafka stopped")
+
+
+@kafka_app.command("status")
+def kafka_status(
+    brokers: int = typer.Option(1), port: int = typer.Option(9092), name: str = typer.Option("default")
+) -> None:
+    """Tell whether each broker runs and answers; exit 1 if not all do."""
+    rows = _cluster(brokers, port, name).status()
+    typer.echo(json.dumps(rows))
+    raise typer.Exit(0 if all(r["answers"] for r in rows) else 1)
+
+
+@app.command("run")
+def run(service: str = typer.Argument(..., help="ingest, scorer, shadow, drift or registry")) -> None:
+    """Run one service in the foreground (its settings from the environment)."""
+    if service not in stack.BY_NAME:
+        raise typer.BadParameter(f"unknown service {service!r}; one of {', '.join(stack.BY_NAME)}")
+    import importlib
+
+    importlib.import_module(f"{stack.BY_NAME[service].module}.__main__").main()
+
+
+@app.command("up")
+def up(
+    detach: bool = typer.Option(False, "--detach", "-d", help="Return once everything is ready."),
+    timeout: float = typer.Option(60.0, help="Seconds to wait for every /ready."),
+) -> None:
+    """Start the broker and all five services as processes (logs in .vigil/logs); Ctrl-C stops them all."""
+    t0 = time.monotonic()
+    state = stack.up(timeout=timeout)
+    _print_status()
+    if not all(state.values()):
+        console.print(f"[red]not ready after {timeout:.0f}s: {[k for k, v in state.items() if not v]}[/red]")
+        raise typer.Exit(1)
+    console.print(f"stack ready in {time.monotonic() - t0:.1f}s; logs in {stack.log_dir()}")
+    if detach:
+        return
+    console.print("Ctrl-C stops everything")
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while True:
+            time.sleep(1)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        stack.down()
+        console.print("stack stopped")
+
+
+@app.command("down")
+def down(keep_broker: bool = typer.Option(False, help="Leave the broker running.")) -> None:
+    """Stop every service, then the broker."""
+    stack.down(keep_broker=keep_broker)
+    console.print("stack stopped")
+
+
+def _print_status() -> list[dict[str, object]]:
+    rows = stack.status()
+    table = Table("component", "pid", "port", "ready")
+    for r in rows:
+        table.add_row(str(r["name"]), str(r["pid"] or "-"), str(r["port"]), "yes" if r["ready"] else "no")
+    console.print(table)
+    return rows
+
+
+@app.command("status")
+def status(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The broker and each service: running, ready. Exit 1 unless everything is ready."""
+    rows = stack.status() if as_json else _print_status()
+    if as_json:
+        typer.echo(json.dumps(rows, default=str))
+    raise typer.Exit(0 if all(r["ready"] for r in rows) else 1)
+
+
+def _mount() -> None:
+    """Sub-commands owned by the packages (their heavy imports stay inside the commands)."""
+    from vigil_drift.cli import app as drift_app
+    from vigil_ingest.cli import app as ingest_app
+    from vigil_ml.cli import app as model_app
+    from vigil_registry.cli import app as registry_app
+    from vigil_shadow.cli import app as shadow_app
+
+    app.add_typer(ingest_app, name="ingest")
+    app.add_typer(model_app, name="model")
+    app.add_typer(drift_app, name="drift")
+    app.add_typer(registry_app, name="registry")
+    app.add_typer(shadow_app, name="shadow")
+
+
+_mount()
+
+
+def main() -> None:
+    """Entry point of the ``vigil`` script."""
+    app()

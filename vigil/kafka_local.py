@@ -1,0 +1,345 @@
+"""A real Apache Kafka broker without Docker: jars from Maven Central, run by the machine's JDK.
+
+``vigil kafka start`` fetches the broker (``org.apache.kafka:kafka_2.13``) and a log4j binding with ``mvn
+dependency:copy-dependencies`` into ``.vigil/kafka/<version>/libs`` (ignored by git, so the second start is
+fast), formats KRaft storage and starts a combined broker+controller on 127.0.0.1. ``--brokers N`` starts an
+N-node cluster on one machine (distinct node ids, ports and log dirs), which the failure tests use to kill a
+broker for real.
+
+Kafka 4.1.1: the newest 4.1 patch; aiokafka 0.14 speaks the classic consumer-group protocol, which 4.x still
+serves (KAFKA-18648 restored the metadata versions it needs). The integration tier proves the round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+KAFKA_VERSION = "4.1.1"
+LOG4J_VERSION = "2.24.3"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>org.vigil</groupId><artifactId>kafka-broker-jars</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{kafka}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>{log4j}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>{log4j}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+LOG4J2 = """rootLogger.level=INFO
+rootLogger.appenderRef.stdout.ref=STDOUT
+appender.stdout.type=Console
+appender.stdout.name=STDOUT
+appender.stdout.layout.type=PatternLayout
+appender.stdout.layout.pattern=[%d] %p %m (%c)%n
+logger.kafka.name=kafka
+logger.kafka.level=WARN
+logger.apache.name=org.apache.kafka
+logger.apache.level=WARN
+logger.started.name=kafka.server.KafkaRaftServer
+logger.started.level=INFO
+"""
+
+
+def vigil_home() -> Path:
+    """Where local state lives: ``$VIGIL_HOME`` or ``.vigil`` in the repository (git-ignored)."""
+    return Path(os.environ.get("VIGIL_HOME", REPO_ROOT / ".vigil"))
+
+
+class KafkaError(RuntimeError):
+    """The local broker could not be fetched, started or stopped."""
+
+
+def fetch_jars(version: str = KAFKA_VERSION, *, quiet: bool = True) -> Path:
+    """The folder of broker jars, fetched from Maven Central with mvn on first use."""
+    base = vigil_home() / "kafka" / version
+    libs = base / "libs"
+    done = base / ".complete"
+    if done.exists() and any(libs.glob("kafka_2.13-*.jar")):
+        return libs
+    if shutil.which("mvn") is None:
+        raise KafkaError("mvn not found: install Maven (and a JDK 17+) to run the native broker")
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "pom.xml").write_text(POM.format(kafka=version, log4j=LOG4J_VERSION))
+    if libs.exists():
+        shutil.rmtree(libs)
+    cmd = [
+        "mvn",
+        "-B",
+        "-f",
+        str(base / "pom.xml"),
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={libs}",
+    ]
+    if quiet:
+        cmd.insert(1, "-q")
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise KafkaError(f"mvn could not fetch Kafka {version}:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
+    done.write_text(version)
+    return libs
+
+
+@dataclass(frozen=True)
+class Node:
+    """One broker of a local cluster."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    directory: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "broker.log"
+
+    def pid(self) -> int | None:
+        """The broker's process id if it is running."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def answers(self) -> bool:
+        """The broker's port accepts connections."""
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+            return True
+        return False
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """A Kafka cluster of ``brokers`` combined nodes on 127.0.0.1, state under ``home/kafka/<name>``."""
+
+    name: str = "default"
+    brokers: int = 1
+    base_port: int = 9092
+    version: str = KAFKA_VERSION
+    home: Path | None = None
+
+    @property
+    def directory(self) -> Path:
+        return (self.home or vigil_home()) / "kafka" / "clusters" / self.name
+
+    @property
+    def nodes(self) -> list[Node]:
+        """Node i listens on base_port + 2i (clients) and base_port + 2i + 1 (controller quorum)."""
+        return [
+            Node(i + 1, self.base_port + 2 * i, self.base_port + 2 * i + 1, self.directory / f"node-{i + 1}")
+            for i in range(self.brokers)
+        ]
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Comma-separated client addresses of every node."""
+        return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def _properties(self, node: Node) -> str:
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+        rf = min(3, self.brokers)
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                f"node.id={node.node_id}",
+                f"controller.quorum.voters={voters}",
+                f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={node.directory / 'data'}",
+                "num.partitions=6",
+                f"default.replication.factor={rf}",
+                f"min.insync.replicas={max(1, rf - 1)}",
+                f"offsets.topic.replication.factor={rf}",
+                f"transaction.state.log.replication.factor={rf}",
+                f"transaction.state.log.min.isr={max(1, rf - 1)}",
+                "offsets.topic.num.partitions=12",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=true",
+                # Replay re-publishes observations with their clinical times; allow old timestamps.
+                "log.message.timestamp.before.max.ms=9223372036854775807",
+                "log.message.timestamp.after.max.ms=86400000",
+                "log.retention.hours=168",
+                "log.segment.bytes=67108864",
+                "",
+            ]
+        )
+
+    def _java(self) -> str:
+        java = shutil.which("java")
+        if java is None:
+            raise KafkaError("java not found: install a JDK 17+ to run the native broker")
+        return java
+
+    def start(self, *, timeout: float = 90.0) -> str:
+        """Start every node not already running, wait until all answer; returns the bootstrap servers."""
+        libs = fetch_jars(self.version)
+        java = self._java()
+        cp = f"{libs}/*"
+        cluster_id_file = self.directory / "cluster.id"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not cluster_id_file.exists():
+            cluster_id_file.write_text(_kafka_uuid())
+        cluster_id = cluster_id_file.read_text().strip()
+        log4j = self.directory / "log4j2.properties"
+        log4j.write_text(LOG4J2)
+        for node in self.nodes:
+            if node.pid() is not None:
+                continue
+            node.directory.mkdir(parents=True, exist_ok=True)
+            props = node.directory / "server.properties"
+            props.write_text(self._properties(node))
+            if not (node.directory / "data" / "meta.properties").exists():
+                fmt = subprocess.run(
+                    [java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if fmt.returncode != 0:
+                    raise KafkaError(f"formatting storage failed: {fmt.stdout[-2000:]} {fmt.stderr[-2000:]}")
+            for port in (node.port, node.controller_port):
+                if _port_busy(port):
+                    raise KafkaError(f"port {port} is in use by another process; choose another --port")
+            with node.log_file.open("ab") as out:
+                proc = subprocess.Popen(
+                    [
+                        java,
+                        "-Xms256m",
+                        "-Xmx768m",
+                        "-XX:+UseG1GC",
+                        "-Djava.awt.headless=true",
+                        f"-Dlog4j2.configurationFile={log4j}",
+                        "-cp",
+                        cp,
+                        "kafka.Kafka",
+                        str(props),
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            node.pid_file.write_text(str(proc.pid))
+        self.wait_ready(timeout=timeout)
+        return self.bootstrap_servers
+
+    def wait_ready(self, *, timeout: float = 90.0) -> None:
+        """Wait until every node answers and the cluster serves metadata with all brokers registered."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            dead = [n for n in self.nodes if n.pid() is None]
+            if dead:
+                tail = dead[0].log_file.read_text(errors="replace")[-3000:] if dead[0].log_file.exists() else ""
+                raise KafkaError(f"broker {dead[0].node_id} exited during start-up:\n{tail}")
+            if (
+                all(n.answers() for n in self.nodes)
+                and asyncio.run(_brokers_registered(self.bootstrap_servers)) >= self.brokers
+            ):
+                return
+            time.sleep(0.5)
+        raise KafkaError(f"Kafka did not answer within {timeout:.0f}s; see {self.nodes[0].log_file}")
+
+    def status(self) -> list[dict[str, object]]:
+        """One row per node: id, port, pid, whether it answers."""
+        return [
+            {"node": n.node_id, "port": n.port, "pid": n.pid(), "answers": n.answers(), "dir": str(n.directory)}
+            for n in self.nodes
+        ]
+
+    def running(self) -> bool:
+        """Every node is running and answers."""
+        return all(n.pid() is not None and n.answers() for n in self.nodes)
+
+    def stop_node(self, node_id: int, *, kill: bool = False, timeout: float = 30.0) -> None:
+        """Stop one node: SIGTERM (controlled shutdown), or SIGKILL with ``kill`` (a crash)."""
+        node = self.nodes[node_id - 1]
+        pid = node.pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        node.pid_file.unlink(missing_ok=True)
+
+    def start_node(self, node_id: int, *, timeout: float = 90.0) -> None:
+        """Restart one stopped node (the others keep running)."""
+        self.start(timeout=timeout)
+
+    def stop(self, *, timeout: float = 30.0) -> None:
+        """Stop every node cleanly."""
+        for node in reversed(self.nodes):
+            self.stop_node(node.node_id, timeout=timeout)
+
+    def destroy(self) -> None:
+        """Stop and delete the cluster's data."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _port_busy(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.3):
+        return True
+    return False
+
+
+def _kafka_uuid() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (what StorageTool random-uuid prints)."""
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+async def _brokers_registered(bootstrap: str) -> int:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await asyncio.wait_for(admin.start(), timeout=5)
+        cluster = await asyncio.wait_for(admin.describe_cluster(), timeout=5)
+        return len(cluster.get("brokers", []))
+    except Exception:
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
