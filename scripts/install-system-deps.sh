@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# What the test tiers need from the OS: a JDK and Maven (native Kafka broker), PostgreSQL (registry tier).
+# What the test tiers need from the OS: a JDK and Maven (native Kafka broker), PostgreSQL (registry tier),
+# the Compose client (compose.yaml validation).
 set -euo pipefail
 need=()
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+# Debian's Compose client validates compose.yaml (there is no Docker engine on CI machines).
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "installing: ${need[*]}"

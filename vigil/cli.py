@@ -66,29 +66,40 @@ def kafka_status(
     raise typer.Exit(0 if all(r["answers"] for r in rows) else 1)
 
 
+StackOpt = typer.Option(9092, "--kafka-port", help="Client port of the stack's broker.")
+PortBaseOpt = typer.Option(8001, "--port-base", help="Port of ingest; scorer, shadow, drift, registry follow.")
+
+
+def _stack(kafka_port: int, port_base: int) -> stack.Stack:
+    return stack.Stack(kafka_port=kafka_port, port_base=port_base)
+
+
 @app.command("run")
 def run(service: str = typer.Argument(..., help="ingest, scorer, shadow, drift or registry")) -> None:
     """Run one service in the foreground (its settings from the environment)."""
-    if service not in stack.BY_NAME:
-        raise typer.BadParameter(f"unknown service {service!r}; one of {', '.join(stack.BY_NAME)}")
+    if service not in stack.SERVICE_NAMES:
+        raise typer.BadParameter(f"unknown service {service!r}; one of {', '.join(stack.SERVICE_NAMES)}")
     import importlib
 
-    importlib.import_module(f"{stack.BY_NAME[service].module}.__main__").main()
+    importlib.import_module(f"vigil_{service}.__main__").main()
 
 
 @app.command("up")
 def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Return once everything is ready."),
     timeout: float = typer.Option(60.0, help="Seconds to wait for every /ready."),
+    kafka_port: int = StackOpt,
+    port_base: int = PortBaseOpt,
 ) -> None:
     """Start the broker and all five services as processes (logs in .vigil/logs); Ctrl-C stops them all."""
     t0 = time.monotonic()
-    state = stack.up(timeout=timeout)
-    _print_status()
+    s = _stack(kafka_port, port_base)
+    state = s.up(timeout=timeout)
+    _print_status(s)
     if not all(state.values()):
         console.print(f"[red]not ready after {timeout:.0f}s: {[k for k, v in state.items() if not v]}[/red]")
         raise typer.Exit(1)
-    console.print(f"stack ready in {time.monotonic() - t0:.1f}s; logs in {stack.log_dir()}")
+    console.print(f"stack ready in {time.monotonic() - t0:.1f}s; logs in {s.log_dir}")
     if detach:
         return
     console.print("Ctrl-C stops everything")
@@ -99,19 +110,23 @@ def up(
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
-        stack.down()
+        s.down()
         console.print("stack stopped")
 
 
 @app.command("down")
-def down(keep_broker: bool = typer.Option(False, help="Leave the broker running.")) -> None:
+def down(
+    keep_broker: bool = typer.Option(False, help="Leave the broker running."),
+    kafka_port: int = StackOpt,
+    port_base: int = PortBaseOpt,
+) -> None:
     """Stop every service, then the broker."""
-    stack.down(keep_broker=keep_broker)
+    _stack(kafka_port, port_base).down(keep_broker=keep_broker)
     console.print("stack stopped")
 
 
-def _print_status() -> list[dict[str, object]]:
-    rows = stack.status()
+def _print_status(s: stack.Stack) -> list[dict[str, object]]:
+    rows = s.status()
     table = Table("component", "pid", "port", "ready")
     for r in rows:
         table.add_row(str(r["name"]), str(r["pid"] or "-"), str(r["port"]), "yes" if r["ready"] else "no")
@@ -120,9 +135,12 @@ def _print_status() -> list[dict[str, object]]:
 
 
 @app.command("status")
-def status(as_json: bool = typer.Option(False, "--json")) -> None:
+def status(
+    as_json: bool = typer.Option(False, "--json"), kafka_port: int = StackOpt, port_base: int = PortBaseOpt
+) -> None:
     """The broker and each service: running, ready. Exit 1 unless everything is ready."""
-    rows = stack.status() if as_json else _print_status()
+    s = _stack(kafka_port, port_base)
+    rows = s.status() if as_json else _print_status(s)
     if as_json:
         typer.echo(json.dumps(rows, default=str))
     raise typer.Exit(0 if all(r["ready"] for r in rows) else 1)
@@ -149,3 +167,7 @@ _mount()
 def main() -> None:
     """Entry point of the ``vigil`` script."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -30,151 +30,168 @@ class ServiceSpec:
     env_prefix: str
 
 
-SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec("registry", "vigil_registry", 8005, "REGISTRY"),
-    ServiceSpec("ingest", "vigil_ingest", 8001, "INGEST"),
-    ServiceSpec("scorer", "vigil_scorer", 8002, "SCORER"),
-    ServiceSpec("shadow", "vigil_shadow", 8003, "SHADOW"),
-    ServiceSpec("drift", "vigil_drift", 8004, "DRIFT"),
-)
-BY_NAME = {s.name: s for s in SERVICES}
+SERVICE_NAMES = ("registry", "ingest", "scorer", "shadow", "drift")
+"""Start order: the registry first, so scorers find the production model at start."""
+DEFAULT_PORTS = {"ingest": 8001, "scorer": 8002, "shadow": 8003, "drift": 8004, "registry": 8005}
 
 
-def run_dir() -> Path:
-    return vigil_home() / "run"
+@dataclass(frozen=True)
+class Stack:
+    """One local stack: where its state lives and which ports it uses."""
+
+    home: Path = field(default_factory=vigil_home)
+    kafka_port: int = 9092
+    port_base: int = 8001
+    """Port of ingest; the others follow in the order ingest, scorer, shadow, drift, registry."""
+
+    @property
+    def cluster(self) -> LocalCluster:
+        return LocalCluster(
+            name="default" if self.kafka_port == 9092 else f"stack-{self.kafka_port}",
+            base_port=self.kafka_port,
+            home=self.home,
+        )
+
+    @property
+    def services(self) -> tuple[ServiceSpec, ...]:
+        return tuple(
+            ServiceSpec(n, f"vigil_{n}", self.port_base + DEFAULT_PORTS[n] - 8001, n.upper()) for n in SERVICE_NAMES
+        )
+
+    def spec(self, name: str) -> ServiceSpec:
+        return next(s for s in self.services if s.name == name)
+
+    def url(self, name: str) -> str:
+        """Base URL of a service."""
+        return f"http://127.0.0.1:{self.spec(name).port}"
+
+    @property
+    def run_dir(self) -> Path:
+        # A second stack on other ports (the e2e tests) keeps its pid files apart from the default one.
+        return self.home / "run" / ("" if self.port_base == 8001 else str(self.port_base))
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs" / ("" if self.port_base == 8001 else str(self.port_base))
+
+    def pid(self, name: str) -> int | None:
+        """The pid of a service started by ``up``, if it runs."""
+        try:
+            pid = int((self.run_dir / f"{name}.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def env(self, spec: ServiceSpec, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment a service gets: the stack's broker, its own port, its neighbours' URLs."""
+        env = dict(os.environ)
+        env["VIGIL_KAFKA_BOOTSTRAP_SERVERS"] = self.cluster.bootstrap_servers
+        env["VIGIL_HOME"] = str(self.home)
+        env[f"{spec.env_prefix}_HTTP_PORT"] = str(spec.port)
+        env["VIGIL_REGISTRY_URL"] = self.url("registry")
+        env["VIGIL_SCORER_URL"] = self.url("scorer")
+        env.setdefault("VIGIL_DEVELOPMENT", "true")
+        env.update(extra or {})
+        return env
+
+    def start_service(self, spec: ServiceSpec, extra_env: dict[str, str] | None = None) -> int:
+        """Start one service in the background (its own session, so Ctrl-C reaches only ``vigil up``)."""
+        pid = self.pid(spec.name)
+        if pid is not None:
+            return pid
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with (self.log_dir / f"{spec.name}.log").open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", spec.module],
+                env=self.env(spec, extra_env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        (self.run_dir / f"{spec.name}.pid").write_text(str(proc.pid))
+        return proc.pid
+
+    def ready(self, spec: ServiceSpec, timeout: float = 2.0) -> tuple[bool, dict[str, object] | None]:
+        """Whether ``/ready`` answers 200, and its body."""
+        try:
+            r = httpx.get(f"http://127.0.0.1:{spec.port}/ready", timeout=timeout)
+            return r.status_code == 200, r.json()
+        except (httpx.HTTPError, ValueError):
+            return False, None
+
+    def wait_ready(self, timeout: float = 60.0) -> dict[str, bool]:
+        """Poll every ``/ready`` until all answer 200 or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        state = {s.name: False for s in self.services}
+        while time.monotonic() < deadline and not all(state.values()):
+            for s in self.services:
+                if not state[s.name]:
+                    if self.pid(s.name) is None:
+                        raise RuntimeError(f"{s.name} exited; see {self.log_dir / (s.name + '.log')}")
+                    state[s.name] = self.ready(s)[0]
+            if not all(state.values()):
+                time.sleep(0.5)
+        return state
+
+    def up(self, extra_env: dict[str, str] | None = None, timeout: float = 60.0) -> dict[str, bool]:
+        """Start the broker and the services; returns each service's readiness."""
+        self.cluster.start()
+        for spec in self.services:
+            self.start_service(spec, extra_env)
+        return self.wait_ready(timeout=timeout)
+
+    def stop_service(self, name: str, timeout: float = 20.0) -> None:
+        """SIGTERM a service (graceful: it finishes its batch and commits), SIGKILL after ``timeout``."""
+        pid = self.pid(name)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.pid(name) is not None:
+                time.sleep(0.2)
+            if self.pid(name) is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
+
+    def down(self, *, keep_broker: bool = False) -> None:
+        """Stop every service, then the broker."""
+        for spec in reversed(self.services):
+            self.stop_service(spec.name)
+        if not keep_broker:
+            self.cluster.stop()
+
+    def status(self) -> list[dict[str, object]]:
+        """One row per broker node and per service."""
+        rows: list[dict[str, object]] = []
+        for node in self.cluster.status():
+            rows.append(
+                {"name": f"kafka-{node['node']}", "pid": node["pid"], "port": node["port"], "ready": node["answers"]}
+            )
+        for spec in self.services:
+            ok, body = self.ready(spec, timeout=1.0)
+            rows.append(
+                {
+                    "name": spec.name,
+                    "pid": self.pid(spec.name),
+                    "port": spec.port,
+                    "ready": ok,
+                    "checks": (body or {}).get("checks"),
+                }
+            )
+        return rows
 
 
-def log_dir() -> Path:
-    return vigil_home() / "logs"
-
-
-def _pid_file(name: str) -> Path:
-    return run_dir() / f"{name}.pid"
-
-
-def service_pid(name: str) -> int | None:
-    """The pid of a service started by ``vigil up``, if it runs."""
-    try:
-        pid = int(_pid_file(name).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return None
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-            return None
-    return pid
-
-
-def service_env(spec: ServiceSpec, bootstrap: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment a service process gets: the stack-wide broker plus its own port."""
-    env = dict(os.environ)
-    env.setdefault("VIGIL_KAFKA_BOOTSTRAP_SERVERS", bootstrap)
-    env[f"{spec.env_prefix}_HTTP_PORT"] = str(spec.port)
-    env.setdefault("VIGIL_DEVELOPMENT", "true")
-    env.update(extra or {})
-    return env
-
-
-def start_service(spec: ServiceSpec, bootstrap: str, extra_env: dict[str, str] | None = None) -> int:
-    """Start one service in the background (its own session, so Ctrl-C reaches only ``vigil up``)."""
-    pid = service_pid(spec.name)
-    if pid is not None:
-        return pid
-    run_dir().mkdir(parents=True, exist_ok=True)
-    log_dir().mkdir(parents=True, exist_ok=True)
-    with (log_dir() / f"{spec.name}.log").open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", spec.module],
-            env=service_env(spec, bootstrap, extra_env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    _pid_file(spec.name).write_text(str(proc.pid))
-    return proc.pid
-
-
-def ready(spec: ServiceSpec, timeout: float = 2.0) -> tuple[bool, dict[str, object] | None]:
-    """Whether ``/ready`` answers 200, and its body."""
+        return False
     try:
-        r = httpx.get(f"http://127.0.0.1:{spec.port}/ready", timeout=timeout)
-        return r.status_code == 200, r.json()
-    except (httpx.HTTPError, ValueError):
-        return False, None
-
-
-def wait_ready(specs: tuple[ServiceSpec, ...] = SERVICES, timeout: float = 60.0) -> dict[str, bool]:
-    """Poll every ``/ready`` until all answer 200 or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    state = {s.name: False for s in specs}
-    while time.monotonic() < deadline and not all(state.values()):
-        for s in specs:
-            if not state[s.name]:
-                if service_pid(s.name) is None:
-                    raise RuntimeError(f"{s.name} exited; see {log_dir() / (s.name + '.log')}")
-                state[s.name] = ready(s)[0]
-        if not all(state.values()):
-            time.sleep(0.5)
-    return state
-
-
-def up(
-    cluster: LocalCluster | None = None,
-    services: tuple[ServiceSpec, ...] = SERVICES,
-    extra_env: dict[str, str] | None = None,
-    timeout: float = 60.0,
-) -> dict[str, bool]:
-    """Start the broker and the services; returns each service's readiness."""
-    cluster = cluster or LocalCluster()
-    bootstrap = cluster.start()
-    for spec in services:
-        start_service(spec, bootstrap, extra_env)
-    return wait_ready(services, timeout=timeout)
-
-
-def stop_service(name: str, timeout: float = 20.0) -> None:
-    """SIGTERM a service (graceful: it finishes its batch), SIGKILL after ``timeout``."""
-    pid = service_pid(name)
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and service_pid(name) is not None:
-            time.sleep(0.2)
-        if service_pid(name) is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    _pid_file(name).unlink(missing_ok=True)
-
-
-def down(cluster: LocalCluster | None = None, *, keep_broker: bool = False) -> None:
-    """Stop every service, then the broker."""
-    for spec in reversed(SERVICES):
-        stop_service(spec.name)
-    if not keep_broker:
-        (cluster or LocalCluster()).stop()
-
-
-def status(cluster: LocalCluster | None = None) -> list[dict[str, object]]:
-    """One row per broker node and per service."""
-    rows: list[dict[str, object]] = []
-    for node in (cluster or LocalCluster()).status():
-        rows.append(
-            {"name": f"kafka-{node['node']}", "pid": node["pid"], "port": node["port"], "ready": node["answers"]}
-        )
-    for spec in SERVICES:
-        ok, body = ready(spec, timeout=1.0)
-        rows.append(
-            {
-                "name": spec.name,
-                "pid": service_pid(spec.name),
-                "port": spec.port,
-                "ready": ok,
-                "checks": (body or {}).get("checks"),
-            }
-        )
-    return rows
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,79 @@
+"""`vigil up` / `status` / `down` as a person runs them: everything ready within 60 s, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from vigil.stack import Stack
+
+ROOT = Path(__file__).resolve().parents[2]
+KAFKA_PORT = 29092
+PORT_BASE = 18001
+
+
+def vigil(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vigil.cli", *args, "--kafka-port", str(KAFKA_PORT), "--port-base", str(PORT_BASE)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_up_status_ready_down(tmp_path: Path) -> None:
+    env = {**os.environ, "VIGIL_TOPIC_PREFIX": f"e2e{uuid.uuid4().hex[:8]}.", "VIGIL_DEVELOPMENT": "true"}
+    stack = Stack(kafka_port=KAFKA_PORT, port_base=PORT_BASE)
+    try:
+        t0 = time.monotonic()
+        started = vigil("up", "--detach", "--timeout", "60", env=env)
+        took = time.monotonic() - t0
+        assert started.returncode == 0, started.stderr[-3000:] + _logs(stack)
+        print(f"\n[stack] vigil up ready in {took:.1f}s (broker start included)")
+
+        status = vigil("status", "--json", env=env)
+        assert status.returncode == 0, status.stdout + status.stderr
+        for spec in stack.services:
+            r = httpx.get(f"http://127.0.0.1:{spec.port}/ready", timeout=5)
+            assert r.status_code == 200, (spec.name, r.text)
+            assert r.json()["ready"] is True
+            assert httpx.get(f"http://127.0.0.1:{spec.port}/health", timeout=5).json()["status"] == "ok"
+            metrics = httpx.get(f"http://127.0.0.1:{spec.port}/metrics", timeout=5).text
+            assert f'vigil_ready{{service="{spec.name}"}} 1.0' in metrics
+        pids = [stack.pid(s.name) for s in stack.services] + [n.pid() for n in stack.cluster.nodes]
+        assert all(pids), pids
+    finally:
+        stopped = vigil("down", env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    for pid in pids:
+        assert pid is not None
+        assert not _running(pid), f"process {pid} survived vigil down"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _logs(stack: Stack) -> str:
+    out = []
+    for log in sorted(stack.log_dir.glob("*.log")):
+        out.append(f"\n--- {log.name}\n{log.read_text(errors='replace')[-1500:]}")
+    return "".join(out)
