@@ -1,0 +1,497 @@
+"""An EHR simulator: PhysioNet-format stays sent to ingest as real FHIR R4, outcomes published with a delay.
+
+Each stay becomes a Patient (gender only: the PhysioNet data is de-identified and carries age, not a birth
+date), an Encounter (period.start = ICU admission, the ICU unit as serviceType), an Observation for the age
+(LOINC 30525-0) and one Observation per measured cell, coded with the vocabulary's preferred LOINC code and the
+canonical UCUM unit. Row ``hour = h`` is sent at ``icu_admitted_at + h`` (the convention of
+:mod:`vigil_common.physionet`), one transaction Bundle per stay-hour, as an EHR interface engine batches them.
+The last bundle of a stay finishes its Encounter (period.end = discharge).
+
+Outcomes do not come from the EHR feed but from a later coding step: sepsis onset (the challenge's t_sepsis) or
+discharge, published on the outcomes topic ``outcome_delay_hours`` after the fact.
+
+The clock is simulated: ``speed`` simulated hours per wall second (0: as fast as ingest accepts).
+Drift knobs change what is sent from a simulated hour on, as an EHR upgrade or a new protocol would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import pandas as pd
+from vigil_common.events import OutcomeRecorded, deterministic_id
+from vigil_common.physionet import ICU_EPOCH, MEASUREMENT_COLUMNS, sepsis_onset_hour
+from vigil_common.vocabulary import BY_COLUMN, VOCABULARY
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = REPO_ROOT / "data" / "sample" / "physionet_sample.parquet"
+UCUM = "http://unitsofmeasure.org"
+LOINC = "http://loinc.org"
+CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One drift knob: what changes, from which simulated hour (counted from the simulation's start)."""
+
+    kind: Literal["degf", "drop", "scale", "population"]
+    from_hour: float
+    feature: str | None = None
+    factor: float = 1.0
+    query: str | None = None
+
+    @staticmethod
+    def parse(spec: str) -> Drift:
+        """Parse ``temp-degf@H``, ``drop=lactate@H``, ``scale=heart_rate:1.1@H`` or ``population=Age>65@H``."""
+        body, _, at = spec.partition("@")
+        hour = float(at) if at else 0.0
+        if body == "temp-degf":
+            return Drift("degf", hour, feature="temperature")
+        key, _, arg = body.partition("=")
+        if key == "drop" and arg in VOCABULARY:
+            return Drift("drop", hour, feature=arg)
+        if key == "scale":
+            feat, _, factor = arg.partition(":")
+            if feat in VOCABULARY and factor:
+                return Drift("scale", hour, feature=feat, factor=float(factor))
+        if key == "population" and re.fullmatch(r"[A-Za-z_]+\s*(<=|>=|<|>|==)\s*[\d.]+", arg):
+            return Drift("population", hour, query=arg)
+        raise ValueError(
+            f"bad drift spec {spec!r}: use temp-degf@H, drop=FEATURE@H, scale=FEATURE:FACTOR@H or population=COL>X@H"
+        )
+
+
+@dataclass
+class Stay:
+    """One stay to send."""
+
+    patient_id: str
+    encounter: str
+    patient: str
+    icu_admitted_at: datetime
+    rows: pd.DataFrame
+    onset_hour: int | None
+
+    @property
+    def hours(self) -> int:
+        return int(self.rows["hour"].max()) + 1
+
+    @property
+    def discharged_at(self) -> datetime:
+        return self.icu_admitted_at + timedelta(hours=self.hours)
+
+
+@dataclass
+class SimulationReport:
+    """What was sent, for the demo's accounting."""
+
+    stays: int = 0
+    bundles: int = 0
+    observations_sent: int = 0
+    readings_sent: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    http_status: Counter[int] = field(default_factory=Counter)
+    entry_outcomes: Counter[str] = field(default_factory=Counter)
+    drifted_readings: int = 0
+    dropped_readings: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stays": self.stays,
+            "bundles": self.bundles,
+            "observations_sent": self.observations_sent,
+            "outcomes": dict(self.outcomes),
+            "http_status": {str(k): v for k, v in self.http_status.items()},
+            "entry_outcomes": dict(self.entry_outcomes),
+            "drifted_readings": self.drifted_readings,
+            "dropped_readings": self.dropped_readings,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def load_stays(
+    data: Path | None = None,
+    *,
+    stays: int | None = None,
+    seed: int = 7,
+    start: datetime = ICU_EPOCH,
+    arrival_hours: float = 0.0,
+    id_prefix: str = "sim",
+) -> list[Stay]:
+    """Read PhysioNet-format rows (the bundled sample by default) and plan each stay's admission time.
+
+    ``arrival_hours`` spreads admissions evenly over that many hours (0: all admitted at ``start``).
+    """
+    path = data or SAMPLE
+    frame = pd.read_parquet(path)
+    ids = list(dict.fromkeys(frame["patient_id"].astype(str)))
+    if stays is not None and stays < len(ids):
+        ids = sorted(pd.Series(ids).sample(n=stays, random_state=seed).tolist())
+    wanted = frame[frame["patient_id"].astype(str).isin(set(ids))]
+    out: list[Stay] = []
+    for i, (pid, rows) in enumerate(wanted.groupby("patient_id", sort=True)):
+        offset = arrival_hours * i / max(1, len(ids) - 1) if arrival_hours else 0.0
+        rows = rows.sort_values("hour").reset_index(drop=True)
+        out.append(
+            Stay(
+                patient_id=str(pid),
+                encounter=f"{id_prefix}-enc-{pid}",
+                patient=f"{id_prefix}-pat-{pid}",
+                icu_admitted_at=start + timedelta(hours=round(offset)),
+                rows=rows,
+                onset_hour=sepsis_onset_hour(rows),
+            )
+        )
+    return out
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def patient_resource(stay: Stay) -> dict[str, Any]:
+    """The Patient: gender only (de-identified source), an MRN-style identifier."""
+    gender = stay.rows["Gender"].dropna()
+    resource: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": stay.patient,
+        "identifier": [{"system": "urn:vigil:simulator:mrn", "value": stay.patient}],
+    }
+    if not gender.empty:
+        resource["gender"] = "male" if float(gender.iloc[0]) == 1.0 else "female"
+    return resource
+
+
+def encounter_resource(stay: Stay, *, finished: bool) -> dict[str, Any]:
+    """The ICU Encounter; ``finished`` adds the discharge as period.end."""
+    unit = None
+    if (stay.rows.get("Unit1", pd.Series(dtype=float)) == 1).any():
+        unit = "MICU"
+    elif (stay.rows.get("Unit2", pd.Series(dtype=float)) == 1).any():
+        unit = "SICU"
+    period: dict[str, str] = {"start": _iso(stay.icu_admitted_at)}
+    if finished:
+        period["end"] = _iso(stay.discharged_at)
+    resource: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "id": stay.encounter,
+        "meta": {"versionId": "2" if finished else "1"},
+        "status": "finished" if finished else "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP", "display": "inpatient"},
+        "subject": {"reference": f"Patient/{stay.patient}"},
+        "period": period,
+    }
+    hosp = stay.rows["HospAdmTime"].dropna() if "HospAdmTime" in stay.rows else pd.Series(dtype=float)
+    if not hosp.empty and math.isfinite(float(hosp.iloc[0])):
+        resource["extension"] = [
+            {
+                "url": "urn:vigil:hospital-admission",
+                "valueDateTime": _iso(stay.icu_admitted_at + timedelta(hours=float(hosp.iloc[0]))),
+            }
+        ]
+    if unit:
+        resource["serviceType"] = {"text": unit}
+        resource["location"] = [{"location": {"display": f"{unit} bed"}}]
+    return resource
+
+
+def observation_resource(stay: Stay, column: str, hour: int, value: float, unit: str | None = None) -> dict[str, Any]:
+    """One reading as a FHIR Observation with LOINC and UCUM coding."""
+    m = BY_COLUMN[column]
+    at = stay.icu_admitted_at + timedelta(hours=hour)
+    ucum = unit or m.unit
+    return {
+        "resourceType": "Observation",
+        "id": f"{stay.encounter}-h{hour}-{column}",
+        "meta": {"versionId": "1"},
+        "status": "final",
+        "category": [{"coding": [{"system": CATEGORY, "code": "vital-signs" if m.kind != "lab" else "laboratory"}]}],
+        "code": {"coding": [{"system": LOINC, "code": m.loinc[0], "display": m.description}], "text": m.description},
+        "subject": {"reference": f"Patient/{stay.patient}"},
+        "encounter": {"reference": f"Encounter/{stay.encounter}"},
+        "effectiveDateTime": _iso(at),
+        "valueQuantity": {"value": round(value, 6), "unit": ucum, "system": UCUM, "code": ucum},
+    }
+
+
+def _entry(resource: dict[str, Any]) -> dict[str, Any]:
+    version = resource.get("meta", {}).get("versionId")
+    uid = deterministic_id("fhir", resource["resourceType"], resource["id"], version)
+    return {
+        "fullUrl": f"urn:uuid:{uid}",
+        "resource": resource,
+        "request": {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"},
+    }
+
+
+def hour_bundle(
+    stay: Stay,
+    row: pd.Series,
+    *,
+    first: bool,
+    last: bool,
+    sim_hour: float,
+    drifts: list[Drift],
+    report: SimulationReport,
+) -> dict[str, Any] | None:
+    """The transaction Bundle of one stay-hour (None when nothing is left to send for that hour)."""
+    hour = int(row["hour"])
+    resources: list[dict[str, Any]] = []
+    if first:
+        resources.append(patient_resource(stay))
+        resources.append(encounter_resource(stay, finished=False))
+        age = row.get("Age")
+        if age is not None and age == age:
+            resources.append(observation_resource(stay, "Age", hour, float(age)))
+    active = [d for d in drifts if sim_hour >= d.from_hour and d.kind != "population"]
+    for column in MEASUREMENT_COLUMNS:
+        value = row.get(column)
+        if value is None or value != value:
+            continue
+        feature = BY_COLUMN[column].name
+        unit = None
+        v = float(value)
+        skip = False
+        for d in active:
+            if d.feature != feature:
+                continue
+            if d.kind == "drop":
+                skip = True
+            elif d.kind == "scale":
+                v *= d.factor
+                report.drifted_readings += 1
+            elif d.kind == "degf":
+                v = v * 9 / 5 + 32  # the number in degF, still labelled Cel: a broken interface mapping
+                report.drifted_readings += 1
+        if skip:
+            report.dropped_readings += 1
+            continue
+        resources.append(observation_resource(stay, column, hour, v, unit))
+        report.readings_sent[feature] += 1
+    if last:
+        resources.append(encounter_resource(stay, finished=True))
+    if not resources:
+        return None
+    report.observations_sent += sum(1 for r in resources if r["resourceType"] == "Observation")
+    return {
+        "resourceType": "Bundle",
+        "id": deterministic_id("bundle", stay.encounter, hour),
+        "type": "transaction",
+        "entry": [_entry(r) for r in resources],
+    }
+
+
+def outcome_event(stay: Stay, delay_hours: float) -> OutcomeRecorded:
+    """Sepsis onset (t_sepsis) or discharge, known ``delay_hours`` later."""
+    if stay.onset_hour is not None:
+        onset = stay.icu_admitted_at + timedelta(hours=stay.onset_hour)
+        kind: Literal["sepsis", "discharged"] = "sepsis"
+        known = onset + timedelta(hours=delay_hours)
+    else:
+        onset = None
+        kind = "discharged"
+        known = stay.discharged_at + timedelta(hours=delay_hours)
+    return OutcomeRecorded(
+        event_id=deterministic_id("outcome", stay.encounter, kind),
+        occurred_at=onset or stay.discharged_at,
+        key=stay.encounter,
+        encounter=stay.encounter,
+        patient=stay.patient,
+        outcome=kind,
+        onset_at=onset,
+        recorded_at=known,
+    )
+
+
+@dataclass(order=True)
+class _Item:
+    at: datetime
+    order: int
+    kind: str = field(compare=False)
+    payload: Any = field(compare=False)
+    key: str = field(compare=False)
+
+
+def timeline(
+    stays: list[Stay], *, drifts: list[Drift], outcome_delay_hours: float, start: datetime, report: SimulationReport
+) -> list[_Item]:
+    """Every bundle and outcome in simulated-time order."""
+    items: list[_Item] = []
+    populations = [d for d in drifts if d.kind == "population"]
+    n = 0
+    for stay in stays:
+        admitted_h = (stay.icu_admitted_at - start).total_seconds() / 3600
+        if any(admitted_h >= d.from_hour and not _matches(stay, d.query or "") for d in populations):
+            continue  # after the shift, only the new population is admitted
+        report.stays += 1
+        rows = list(stay.rows.iterrows())
+        for i, (_, row) in enumerate(rows):
+            at = stay.icu_admitted_at + timedelta(hours=int(row["hour"]))
+            sim_hour = (at - start).total_seconds() / 3600
+            bundle = hour_bundle(
+                stay, row, first=i == 0, last=i == len(rows) - 1, sim_hour=sim_hour, drifts=drifts, report=report
+            )
+            if bundle is not None:
+                items.append(_Item(at, n, "bundle", bundle, stay.encounter))
+                n += 1
+        outcome = outcome_event(stay, outcome_delay_hours)
+        items.append(_Item(outcome.recorded_at, n, "outcome", outcome, stay.encounter))
+        n += 1
+    items.sort()
+    return items
+
+
+def _matches(stay: Stay, query: str) -> bool:
+    m = re.fullmatch(r"([A-Za-z_]+)\s*(<=|>=|<|>|==)\s*([\d.]+)", query)
+    if not m:
+        return True
+    col, op, val = m.group(1), m.group(2), float(m.group(3))
+    series = stay.rows[col].dropna() if col in stay.rows else pd.Series(dtype=float)
+    if series.empty:
+        return False
+    x = float(series.iloc[0])
+    return {"<": x < val, "<=": x <= val, ">": x > val, ">=": x >= val, "==": x == val}[op]
+
+
+Sender = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class HttpSender:
+    """Posts bundles to ingest's FHIR base, a few in flight at once; records the per-entry outcomes."""
+
+    def __init__(self, base_url: str, report: SimulationReport, concurrency: int = 8) -> None:
+        import httpx
+
+        self.client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=30.0)
+        self.report = report
+        self.slots = asyncio.Semaphore(concurrency)
+        self.pending: set[asyncio.Task[None]] = set()
+
+    async def send(self, key: str, bundle: dict[str, Any]) -> None:
+        await self.slots.acquire()
+        task = asyncio.create_task(self._post(bundle))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _post(self, bundle: dict[str, Any]) -> None:
+        try:
+            for attempt in range(5):
+                r = await self.client.post(
+                    "/", content=orjson.dumps(bundle), headers={"content-type": "application/fhir+json"}
+                )
+                if r.status_code < 500:
+                    break
+                await asyncio.sleep(0.5 * (attempt + 1))  # ingest restarting or the broker slow: retry, idempotent
+            self.report.http_status[r.status_code] += 1
+            if r.headers.get("content-type", "").endswith("json"):
+                body = r.json()
+                for entry in body.get("entry", []) if isinstance(body, dict) else []:
+                    status = str(entry.get("response", {}).get("status", "?")).split(" ")[0]
+                    self.report.entry_outcomes[status] += 1
+        finally:
+            self.slots.release()
+
+    async def close(self) -> None:
+        if self.pending:
+            await asyncio.gather(*self.pending)
+        await self.client.aclose()
+
+
+class KafkaSender:
+    """Publishes bundles as raw FHIR JSON on the raw topic, keyed by encounter."""
+
+    def __init__(self, producer: Any, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.futures: list[Any] = []
+
+    async def send(self, key: str, bundle: dict[str, Any]) -> None:
+        self.futures.append(await self.producer.send(self.topic, orjson.dumps(bundle), key=key.encode()))
+        if len(self.futures) >= 500:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.futures:
+            await asyncio.gather(*self.futures)
+            self.futures.clear()
+
+    async def close(self) -> None:
+        await self.flush()
+
+
+async def simulate(
+    stays: list[Stay],
+    *,
+    bootstrap: str,
+    topics: Any,
+    via: Literal["http", "kafka"] = "http",
+    ingest_url: str = "http://127.0.0.1:8001",
+    speed: float = 0.0,
+    outcome_delay_hours: float = 6.0,
+    drifts: list[Drift] | None = None,
+    start: datetime = ICU_EPOCH,
+    on_progress: Callable[[SimulationReport, datetime], None] | None = None,
+) -> SimulationReport:
+    """Send every stay's bundles and outcomes in simulated-time order; returns what was sent."""
+    from aiokafka import AIOKafkaProducer
+
+    report = SimulationReport()
+    items = timeline(stays, drifts=drifts or [], outcome_delay_hours=outcome_delay_hours, start=start, report=report)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    await producer.start()
+    sender: HttpSender | KafkaSender = (
+        HttpSender(ingest_url, report) if via == "http" else KafkaSender(producer, topics.fhir_raw)
+    )
+    outcome_futures: list[Any] = []
+    t0 = time.monotonic()
+    try:
+        for item in items:
+            if speed > 0:
+                due = t0 + (item.at - start).total_seconds() / 3600 / speed
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if item.kind == "bundle":
+                await sender.send(item.key, item.payload)
+                report.bundles += 1
+            else:
+                # Outcomes published only once everything the EHR sent before them is out, like a later feed.
+                outcome_futures.append(
+                    await producer.send(topics.outcomes, item.payload.model_dump_json().encode(), key=item.key.encode())
+                )
+                report.outcomes[item.payload.outcome] += 1
+            if on_progress and report.bundles % 200 == 0:
+                on_progress(report, item.at)
+        await sender.close()
+        await asyncio.gather(*outcome_futures)
+    finally:
+        await producer.stop()
+    report.seconds = time.monotonic() - t0
+    if on_progress:
+        on_progress(report, items[-1].at if items else start)
+    return report
+
+
+def write_bundles(stays: list[Stay], out: Path, *, drifts: list[Drift] | None = None) -> SimulationReport:
+    """Write the simulated feed as NDJSON (gzip when the name ends in .gz), for `vigil ingest map` or replay."""
+    report = SimulationReport()
+    items = timeline(stays, drifts=drifts or [], outcome_delay_hours=0, start=ICU_EPOCH, report=report)
+    opener: Any = gzip.open if out.suffix == ".gz" else open
+    with opener(out, "wb") as f:
+        for item in items:
+            if item.kind == "bundle":
+                f.write(orjson.dumps(item.payload) + b"\n")
+                report.bundles += 1
+    return report
