@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -144,6 +145,62 @@ def status(
     if as_json:
         typer.echo(json.dumps(rows, default=str))
     raise typer.Exit(0 if all(r["ready"] for r in rows) else 1)
+
+
+@app.command("simulate")
+def simulate_cmd(
+    data: Path | None = typer.Option(None, help="PhysioNet-format parquet (default: the bundled sample)."),
+    stays: int | None = typer.Option(None, help="Number of stays (seeded random draw)."),
+    via: str = typer.Option("http", help="http (ingest's FHIR REST endpoint) or kafka (the raw FHIR topic)."),
+    ingest_url: str = typer.Option("http://127.0.0.1:8001", help="Ingest's FHIR base URL."),
+    bootstrap: str = typer.Option("127.0.0.1:9092", help="Kafka bootstrap servers (outcomes; raw topic)."),
+    topic_prefix: str = typer.Option("vigil.", help="Topic prefix of the stack."),
+    speed: float = typer.Option(0.0, help="Simulated hours per second (0: as fast as ingest accepts)."),
+    arrival_hours: float = typer.Option(48.0, help="Admissions spread over this many simulated hours."),
+    outcome_delay: float = typer.Option(6.0, help="Hours between an outcome and its publication."),
+    drift: list[str] = typer.Option(
+        [], help="temp-degf@H, drop=FEATURE@H, scale=FEATURE:FACTOR@H, population=Age>65@H"
+    ),
+    id_prefix: str = typer.Option("sim", help="Prefix of the simulated patient and encounter ids."),
+    out: Path | None = typer.Option(None, help="Write the FHIR feed as NDJSON instead of sending it."),
+) -> None:
+    """Send PhysioNet-format stays to ingest as an EHR would (FHIR R4), and their outcomes later."""
+    import asyncio
+
+    from vigil import simulate as sim
+    from vigil_common.topics import Topics
+
+    drifts = [sim.Drift.parse(d) for d in drift]
+    plan = sim.load_stays(data, stays=stays, arrival_hours=arrival_hours, id_prefix=id_prefix)
+    if out is not None:
+        report = sim.write_bundles(plan, out, drifts=drifts)
+    else:
+        if via not in ("http", "kafka"):
+            raise typer.BadParameter("--via is http or kafka")
+        report = asyncio.run(
+            sim.simulate(
+                plan,
+                bootstrap=bootstrap,
+                topics=Topics(topic_prefix),
+                via=via,  # type: ignore[arg-type]
+                ingest_url=ingest_url,
+                speed=speed,
+                outcome_delay_hours=outcome_delay,
+                drifts=drifts,
+            )
+        )
+    typer.echo(json.dumps(report.as_dict()))
+
+
+@app.command("asyncapi")
+def asyncapi(
+    out: Path = typer.Option(Path("docs/asyncapi"), help="Folder for one AsyncAPI 3.0 document per service."),
+) -> None:
+    """Write the AsyncAPI documents of the services' Kafka sides, generated from their FastStream brokers."""
+    from vigil.docs import write_asyncapi
+
+    for path in write_asyncapi(out):
+        console.print(f"wrote {path}")
 
 
 def _mount() -> None:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import orjson
 import pandas as pd
+
 from vigil_common.events import OutcomeRecorded, deterministic_id
 from vigil_common.physionet import ICU_EPOCH, MEASUREMENT_COLUMNS, sepsis_onset_hour
 from vigil_common.vocabulary import BY_COLUMN, VOCABULARY

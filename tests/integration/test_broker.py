@@ -9,6 +9,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
+
+from tests import factories
 from vigil_common import events as ev
 from vigil_common.kafka import (
     DeadLetters,
@@ -22,8 +24,6 @@ from vigil_common.kafka import (
 )
 from vigil_common.settings import VigilSettings
 from vigil_common.topics import Topic
-
-from tests import factories
 
 
 async def consume(bootstrap: str, topic: str, n: int, timeout: float = 30.0, group: str | None = None) -> list[Any]:

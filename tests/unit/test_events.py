@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
-from vigil_common import events as ev
-from vigil_common.kafka import encode
 
 from tests import factories
+from vigil_common import events as ev
+from vigil_common.kafka import encode
 
 
 @pytest.mark.parametrize("kind", sorted(factories.ALL))
