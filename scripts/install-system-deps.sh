@@ -5,9 +5,11 @@ set -euo pipefail
 need=()
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
+if [[ "${1:-}" != "--broker-only" ]]; then
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 # Debian's Compose client validates compose.yaml (there is no Docker engine on CI machines).
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+fi
 if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "installing: ${need[*]}"

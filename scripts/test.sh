@@ -3,15 +3,16 @@
 # System packages (PostgreSQL for the registry tier) are installed with apt-get when missing and root allows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+UV="python3 -m uv"
 
 echo "== system packages"
 bash scripts/install-system-deps.sh
 
 echo "== lint and types"
-uv run --frozen ruff check .
-uv run --frozen ruff format --check .
-uv run --frozen mypy
+$UV run --frozen ruff check .
+$UV run --frozen ruff format --check .
+$UV run --frozen mypy
 
 echo "== tests: unit, integration (native Kafka broker), e2e"
 # The broker tier must run, never skip: the session fixture starts a native broker and fails if it cannot.
-uv run --frozen pytest -p no:cacheprovider "$@"
+$UV run --frozen pytest -p no:cacheprovider "$@"
