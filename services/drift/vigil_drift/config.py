@@ -1,0 +1,109 @@
+"""Alert thresholds, configurable per model; defaults from the article's monitoring table.
+
+| Article row | Default here |
+|---|---|
+| Data drift: drift score > 0.3 | ``psi`` 0.3 (PSI over the last ``psi_window`` values of a feature) |
+| Prediction distribution: > 20% shift in mean prediction | ``mean_score_shift`` 0.2 (relative) |
+| Concept drift: calibration error > 0.1 | ``ece`` 0.1 |
+| Model performance: AUC drops below 0.85 | ``auroc_min`` 0.85, lowered to ``baseline - auroc_drop`` for a model
+  whose own reference AUROC is below it (else it would alarm from day one) |
+| Fairness: disparity ratio > 1.25 | ``disparity`` 1.25 |
+| Infrastructure: P99 latency > 500 ms | ``latency_p99_ms`` 500 |
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Thresholds(BaseModel):
+    """Every threshold, window and guard of the detectors (one set per model; ``inputs`` uses the default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # --- data drift: values ---
+    psi: float = 0.3
+    """Open a data-drift alert when a feature's windowed PSI to the reference reaches this."""
+    psi_clear: float = 0.2
+    """Resolve it when PSI falls below this (hysteresis)."""
+    psi_window: int = Field(default=2000, ge=100)
+    """Values per feature in the PSI window."""
+    psi_every: int = Field(default=500, ge=1)
+    """Evaluate PSI every this many new values of a feature."""
+    # --- data drift: missingness / ordering patterns ---
+    missing_change: float = 0.5
+    """Open when the measured rate changes by this share: |cur - ref| / max(cur, ref) (0.5 = halved or doubled)."""
+    missing_clear: float = 0.3
+    missing_abs_floor: float = 0.002
+    """...and by at least this much in absolute terms (share of stay-hours), so noise on rare labs is ignored."""
+    missing_expected: int = 200
+    """Size each feature's window so the reference would expect this many measurements in it."""
+    missing_window_min: int = 2000
+    """Stay-hours in the smallest missingness window."""
+    missing_window_max: int = 60000
+    missing_every: int = Field(default=500, ge=1)
+    """Evaluate the measured rate every this many stay-hours."""
+    adwin_delta: float = 0.002
+    """ADWIN's confidence (River's default); its detections locate change points, effect sizes gate alerts."""
+    adwin_block_rows: int = 50
+    """The missing-rate stream ADWIN watches is the measured rate per block of this many stay-hours."""
+    drift_share: float = 0.25
+    """Open an inputs alert when this share of the monitored features has an open drift alert."""
+    warmup_rows: int = 0
+    """Stay-hours to see before judging inputs (the check command sets it to skip its synthetic admission burst)."""
+    # --- predictions ---
+    mean_score_shift: float = 0.2
+    """Relative shift of the windowed mean score from the baseline."""
+    alert_rate_shift: float = 0.5
+    """Relative shift of the windowed alert rate from the baseline (wider than the mean: alerts are rarer)."""
+    prediction_window: int = Field(default=5000, ge=100)
+    prediction_every: int = Field(default=500, ge=1)
+    # --- outcomes (delayed labels) ---
+    horizon_hours: float = 6.0
+    """A score at t is positive when t >= onset - horizon (PhysioNet's SepsisLabel convention)."""
+    auroc_min: float = 0.85
+    auroc_drop: float = 0.05
+    ece: float = 0.1
+    error_rate_increase: float = 0.25
+    """An error-rate alert needs DDM/FHDDM to fire and the windowed error rate this much above baseline."""
+    performance_window: int = Field(default=20000, ge=100)
+    """Labelled predictions in the performance and fairness window."""
+    performance_every: int = Field(default=2000, ge=1)
+    min_positives: int = 100
+    """Minimum positive (and negative) labelled predictions in a window or subgroup before judging it."""
+    disparity: float = 1.25
+    """Fairness: max/min across subgroups of sensitivity or AUROC."""
+    fairness_attributes: tuple[str, ...] = ("sex", "age_band", "unit")
+    # --- infrastructure ---
+    latency_p99_ms: float = 500.0
+    latency_window: int = Field(default=1000, ge=10)
+    latency_every: int = Field(default=100, ge=1)
+    latency_min: int = 200
+    # --- alert hygiene ---
+    open_after: int = Field(default=2, ge=1)
+    """Consecutive evaluations beyond the threshold before an alert opens."""
+    resolve_after: int = Field(default=3, ge=1)
+    """Consecutive evaluations inside the clear level before it resolves."""
+    critical_factor: float = 2.0
+    """Severity is critical when the value is this many times beyond the threshold (relative to it)."""
+
+
+def thresholds_for(model: str | None, overrides: dict[str, dict[str, Any]] | None = None) -> Thresholds:
+    """The thresholds of ``model``: defaults, then ``overrides['*']``, then ``overrides[model]``."""
+    merged: dict[str, Any] = {}
+    for key in ("*", model or "inputs"):
+        merged.update((overrides or {}).get(key, {}))
+    return Thresholds(**merged)
+
+
+def parse_overrides(text: str) -> dict[str, dict[str, Any]]:
+    """Per-model overrides from JSON: ``{"sepsis-hgb": {"psi": 0.25}, "*": {"open_after": 3}}``."""
+    raw = json.loads(text) if text.strip() else {}
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ValueError("thresholds must be a JSON object of objects keyed by model name or '*'")
+    for v in raw.values():
+        Thresholds(**v)  # fail fast on unknown or bad values
+    return raw

@@ -1,0 +1,342 @@
+"""Data drift on the model's inputs, per feature, against the training reference.
+
+Two quantities per feature, each streamed in stay-hour rows (one row per encounter-hour, NaN where the feature
+was not measured), each with a River ADWIN and an effect-size gate:
+
+- **values**: PSI of the last ``psi_window`` values against the reference's quantile bins (the article's "drift
+  score"; 0.1-0.2 is the usual "moderate", above 0.25-0.3 "large"), with the Wasserstein distance (in units of
+  the reference's standard deviation) and the window's mean as evidence. ADWIN watches the values' probability
+  integral transform under the reference (``u = F_ref(x)``, uniform on [0, 1] when nothing changed) and
+  locates the change point.
+- **measurement pattern**: the share of stay-hours with a value (``1 - missing rate``; lab ordering) over a
+  window sized so the reference would expect ``missing_expected`` measurements in it, compared by relative
+  change ``|cur - ref| / max(cur, ref)`` with an absolute floor. ADWIN watches the measured rate per block of
+  ``adwin_block_rows`` stay-hours.
+
+Why effect sizes and not ADWIN alone: over a big stream any test finds tiny differences "significant", and
+between two hospitals there is no change point inside the stream at all (the new site differs from the first
+row). ADWIN's detections are reported as evidence (when the change began), the alert opens on the effect size.
+A feature entirely missing both in the reference and in the current window is never reported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from river.drift import ADWIN
+from vigil_common.events import AlertRaised
+from vigil_common.reference import FeatureReference, Reference
+from vigil_common.vocabulary import FEATURE_NAMES
+
+from vigil_drift.alerts import AlertBook
+from vigil_drift.config import Thresholds
+
+SUBJECT = "inputs"
+_EPS = 1e-4
+
+
+def at_time(t: float) -> datetime:
+    """A stream time (epoch seconds) as an aware datetime."""
+    return datetime.fromtimestamp(float(t), UTC)
+
+
+def psi(current_counts: np.ndarray, ref_props: np.ndarray) -> np.ndarray:
+    """Population stability index of count rows against reference proportions (vectorised over rows)."""
+    n = current_counts.sum(axis=-1, keepdims=True)
+    cur = (current_counts + 0.5) / (n + 0.5 * current_counts.shape[-1])  # Jeffreys smoothing: no log(0)
+    ref = np.maximum(ref_props, _EPS)
+    return np.asarray(((cur - ref) * np.log(cur / ref)).sum(axis=-1))
+
+
+def wasserstein_sorted(a_sorted: np.ndarray, b_sorted: np.ndarray, grid: int = 200) -> float:
+    """1-Wasserstein distance between two samples via their quantile functions on a common grid."""
+    q = (np.arange(grid) + 0.5) / grid
+    return float(np.abs(np.quantile(a_sorted, q) - np.quantile(b_sorted, q)).mean())
+
+
+@dataclass
+class ValueStream:
+    """One feature's values: windowed PSI and an ADWIN on the reference PIT."""
+
+    ref: FeatureReference
+    th: Thresholds
+    tail_bins: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int16))
+    tail_values: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
+    seen: int = 0
+    adwin_changes: int = 0
+    last_change_at: float | None = None
+    last_psi: float | None = None
+    last_wasserstein: float | None = None
+    last_mean: float | None = None
+
+    def __post_init__(self) -> None:
+        self.ref_props = np.asarray(self.ref.proportions, dtype=float)
+        self.sample = np.asarray(self.ref.sample, dtype=float)
+        self.adwin = ADWIN(delta=self.th.adwin_delta)
+
+    def update(self, values: np.ndarray, times: np.ndarray) -> list[tuple[float, float, dict[str, Any]]]:
+        """Add values (in time order); returns (time, psi, evidence) at each evaluation point they reach."""
+        if len(values) == 0:
+            return []
+        w, every, nb = self.th.psi_window, self.th.psi_every, len(self.ref_props)
+        bins = self.ref.bin_index(values).astype(np.int16)
+        # ADWIN on u = F_ref(x): the per-value loop is River's (sub-microsecond per update).
+        u = np.searchsorted(self.sample, values, side="right") / max(len(self.sample), 1)
+        for i, x in enumerate(u.tolist()):
+            self.adwin.update(x)
+            if self.adwin.drift_detected:
+                self.adwin_changes += 1
+                self.last_change_at = float(times[i])
+        arr = np.concatenate([self.tail_bins, bins])
+        varr = np.concatenate([self.tail_values, values])
+        start = self.seen - len(self.tail_bins)  # global index of arr[0]
+        ends = np.arange((self.seen // every + 1) * every, self.seen + len(bins) + 1, every)
+        ends = ends[ends >= w]
+        out: list[tuple[float, float, dict[str, Any]]] = []
+        if len(ends):
+            local = ends - start
+            cum = np.zeros((len(arr) + 1, nb), dtype=np.int32)
+            np.cumsum(np.eye(nb, dtype=np.int32)[arr], axis=0, out=cum[1:])
+            counts = cum[local] - cum[local - w]
+            scores = psi(counts, self.ref_props)
+            for j, e in enumerate(local.tolist()):
+                window = varr[e - w : e]
+                t = float(times[e - 1 - (len(arr) - len(bins))])
+                self.last_psi = float(scores[j])
+                self.last_mean = float(window.mean())
+                sd = self.ref.std or 1.0
+                self.last_wasserstein = wasserstein_sorted(np.sort(window), self.sample) / (sd if sd > 0 else 1.0)
+                out.append(
+                    (
+                        t,
+                        self.last_psi,
+                        {
+                            "window_mean": round(self.last_mean, 4),
+                            "reference_mean": self.ref.mean,
+                            "wasserstein_sd": round(self.last_wasserstein, 4),
+                            "window_shares": [round(float(c) / w, 4) for c in counts[j]],
+                            "reference_shares": [round(p, 4) for p in self.ref.proportions],
+                            "adwin_changes": self.adwin_changes,
+                            "adwin_last_change_at": at_time(self.last_change_at).isoformat()
+                            if self.last_change_at
+                            else None,
+                        },
+                    )
+                )
+        self.tail_bins, self.tail_values = arr[-w:], varr[-w:]
+        self.seen += len(bins)
+        return out
+
+
+@dataclass
+class MissingStream:
+    """One feature's measured rate per stay-hour against the reference's."""
+
+    ref_rate: float
+    th: Thresholds
+    tail: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int8))
+    seen: int = 0
+    block: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int8))
+    adwin_changes: int = 0
+    last_change_at: float | None = None
+    last_rate: float | None = None
+    last_change: float | None = None
+    ever_measured: bool = False
+
+    def __post_init__(self) -> None:
+        want = self.th.missing_expected / max(self.ref_rate, 1e-9)
+        self.window = int(min(max(math.ceil(want), self.th.missing_window_min), self.th.missing_window_max))
+        self.adwin = ADWIN(delta=self.th.adwin_delta)
+
+    def relative_change(self, rate: float) -> float:
+        """|cur - ref| / max(cur, ref), zeroed under the absolute floor (0 when both are 0)."""
+        diff = abs(rate - self.ref_rate)
+        top = max(rate, self.ref_rate)
+        if top <= 0 or diff < self.th.missing_abs_floor:
+            return 0.0
+        return diff / top
+
+    def update(self, measured: np.ndarray, times: np.ndarray) -> list[tuple[float, float, dict[str, Any]]]:
+        """Add the measured indicators of stay-hour rows; returns (time, relative change, evidence) points."""
+        if len(measured) == 0:
+            return []
+        m = measured.astype(np.int8)
+        self.ever_measured = self.ever_measured or bool(m.any())
+        blk = np.concatenate([self.block, m])
+        nb = len(blk) // self.th.adwin_block_rows
+        if nb:
+            rates = blk[: nb * self.th.adwin_block_rows].reshape(nb, -1).mean(axis=1)
+            for i, r in enumerate(rates.tolist()):
+                self.adwin.update(r)
+                if self.adwin.drift_detected:
+                    self.adwin_changes += 1
+                    pos = (i + 1) * self.th.adwin_block_rows - 1 - len(self.block)
+                    self.last_change_at = float(times[min(max(pos, 0), len(times) - 1)])
+        self.block = blk[nb * self.th.adwin_block_rows :]
+        w, every = self.window, self.th.missing_every
+        arr = np.concatenate([self.tail, m])
+        start = self.seen - len(self.tail)
+        ends = np.arange((self.seen // every + 1) * every, self.seen + len(m) + 1, every)
+        ends = ends[ends >= w]
+        out: list[tuple[float, float, dict[str, Any]]] = []
+        if len(ends):
+            cum = np.concatenate([[0], np.cumsum(arr, dtype=np.int64)])
+            local = ends - start
+            rates = (cum[local] - cum[local - w]) / w
+            for e, rate in zip(local.tolist(), rates.tolist(), strict=True):
+                t = float(times[e - 1 - (len(arr) - len(m))])
+                self.last_rate = rate
+                self.last_change = self.relative_change(rate)
+                out.append(
+                    (
+                        t,
+                        self.last_change,
+                        {
+                            "measured_rate": round(rate, 5),
+                            "reference_measured_rate": round(self.ref_rate, 5),
+                            "adwin_changes": self.adwin_changes,
+                            "adwin_last_change_at": at_time(self.last_change_at).isoformat()
+                            if self.last_change_at
+                            else None,
+                        },
+                    )
+                )
+        self.tail = arr[-w:]
+        self.seen += len(m)
+        return out
+
+
+class InputDriftMonitor:
+    """Every feature's value and measurement-pattern drift, and the share of drifted features."""
+
+    def __init__(self, reference: Reference, thresholds: Thresholds, book: AlertBook, features: tuple[str, ...] = ()):
+        self.reference = reference
+        self.th = thresholds
+        self.book = book
+        self.features = tuple(f for f in (features or FEATURE_NAMES) if f in reference.features)
+        self.values = {
+            f: ValueStream(reference.features[f], thresholds) for f in self.features if reference.features[f].measured
+        }
+        self.missing = {
+            f: MissingStream(1.0 - reference.features[f].missing_rate, thresholds) for f in self.features
+        }
+        self.rows_seen = 0
+        self.last_share: float | None = None
+        self.readings = np.zeros(len(self.features))
+        self.reading_rows = 0
+
+    def update(self, rows: np.ndarray, times: np.ndarray, counts: np.ndarray | None = None) -> list[AlertRaised]:
+        """Add stay-hour rows (n x features, NaN = not measured, in ``self.features`` order) in time order.
+
+        ``times`` are epoch seconds of each row; ``counts`` (readings per cell) feed the frequency gauge.
+        """
+        skip = max(0, min(len(rows), self.th.warmup_rows - self.rows_seen))
+        self.rows_seen += len(rows)
+        rows, times = rows[skip:], times[skip:]
+        if counts is not None:
+            counts = counts[skip:]
+        if len(rows) == 0:
+            return []
+        measured = np.isfinite(rows)
+        self.readings += (counts if counts is not None else measured).sum(axis=0)
+        self.reading_rows += len(rows)
+        points: list[tuple[float, int, str, float, dict[str, Any]]] = []
+        for j, f in enumerate(self.features):
+            col = measured[:, j]
+            if f in self.values and col.any():
+                for t, value, ev in self.values[f].update(rows[col, j], times[col]):
+                    points.append((t, j, "value", value, ev))
+            for t, value, ev in self.missing[f].update(col, times):
+                points.append((t, j, "missing", value, ev))
+        # interleave every feature's evaluations in stream time, so alerts come out in the order they happened
+        points.sort(key=lambda p: (p[0], p[1], p[2]))
+        out: list[AlertRaised] = []
+        th = self.th
+        for t, j, what, value, ev in points:
+            f = self.features[j]
+            if what == "value":
+                a = self.book.observe(
+                    kind="data_drift",
+                    subject=SUBJECT,
+                    feature=f,
+                    metric="psi",
+                    value=value,
+                    threshold=th.psi,
+                    clear=th.psi_clear,
+                    at=at_time(t),
+                    window=f"last {th.psi_window} values",
+                    evidence=ev,
+                )
+            else:
+                a = self.book.observe(
+                    kind="missingness",
+                    subject=SUBJECT,
+                    feature=f,
+                    metric="measured_rate_change",
+                    value=value,
+                    threshold=th.missing_change,
+                    clear=th.missing_clear,
+                    at=at_time(t),
+                    window=f"last {self.missing[f].window} stay-hours",
+                    evidence=ev,
+                )
+            if a is not None:
+                out.append(a)
+        share_alert = self._share(float(times[-1]))
+        if share_alert is not None:
+            out.append(share_alert)
+        return out
+
+    def monitored(self) -> list[str]:
+        """Features judged: measured in the reference or seen in the current stream (never missing in both)."""
+        return [f for f in self.features if f in self.values or self.missing[f].ever_measured]
+
+    def drifted(self) -> list[str]:
+        """Features with an open value or missingness alert."""
+        open_keys = set(self.book.open_keys())
+        return [
+            f
+            for f in self.monitored()
+            if AlertBook.key_of("data_drift", SUBJECT, f) in open_keys
+            or AlertBook.key_of("missingness", SUBJECT, f) in open_keys
+        ]
+
+    def _share(self, t: float) -> AlertRaised | None:
+        monitored = self.monitored()
+        if not monitored:
+            return None
+        drifted = self.drifted()
+        self.last_share = len(drifted) / len(monitored)
+        return self.book.observe(
+            kind="data_drift",
+            subject=SUBJECT,
+            metric="drift_share",
+            value=self.last_share,
+            threshold=self.th.drift_share,
+            clear=self.th.drift_share * 0.8,
+            at=at_time(t),
+            window="features' current windows",
+            evidence={"drifted": drifted, "monitored": len(monitored)},
+            open_after=1,
+        )
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        """The monitored quantities, per feature, for /metrics."""
+        freq = self.readings / max(self.reading_rows, 1)
+        snap: dict[str, dict[str, float]] = {}
+        for j, f in enumerate(self.features):
+            v, m = self.values.get(f), self.missing[f]
+            d: dict[str, float] = {"readings_per_stay_hour": float(freq[j])}
+            if v is not None and v.last_psi is not None:
+                d.update(psi=v.last_psi, wasserstein_sd=v.last_wasserstein or 0.0, window_mean=v.last_mean or 0.0)
+            if v is not None:
+                d["adwin_value_changes"] = float(v.adwin_changes)
+            if m.last_rate is not None:
+                d.update(measured_rate=m.last_rate, measured_rate_change=m.last_change or 0.0)
+            d["adwin_missing_changes"] = float(m.adwin_changes)
+            snap[f] = d
+        return snap
