@@ -1,7 +1,101 @@
-"""Command line of ingest (mounted under ``vigil``)."""
+"""Command line of ingest (mounted under ``vigil`` as ``vigil ingest``)."""
 
 from __future__ import annotations
 
+import gzip
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
 import typer
 
+from vigil_ingest.mapping import Deduper, Mapper, event_line
+
 app = typer.Typer(help="ingest commands.", no_args_is_help=True)
+
+
+@app.callback()
+def main() -> None:
+    """Ingest: FHIR R4 in, canonical observations out."""
+
+
+_LINK_ORDER = {"Location": 0, "Patient": 1, "Encounter": 2}
+
+
+def read_payloads(path: Path) -> list[bytes]:
+    """The payloads of a file: JSON (one resource or Bundle) or NDJSON, either optionally gzip-compressed."""
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    name = path.name.lower().removesuffix(".gz")
+    lines = [line for line in data.splitlines() if line.strip()]
+    if name.endswith((".ndjson", ".jsonl")):
+        return lines
+    if len(lines) > 1 and all(line.lstrip().startswith(b"{") and line.rstrip().endswith(b"}") for line in lines):
+        # Several complete objects, one a line, in a file named .json: NDJSON after all (only if each line parses).
+        try:
+            for line in lines[:2]:
+                orjson.loads(line)
+            return lines
+        except orjson.JSONDecodeError:
+            pass
+    return [data]
+
+
+def _first_type(payloads: list[bytes]) -> int:
+    if not payloads:
+        return 9
+    try:
+        first = orjson.loads(payloads[0])
+    except orjson.JSONDecodeError:
+        return 9
+    return _LINK_ORDER.get(first.get("resourceType"), 5) if isinstance(first, dict) else 9
+
+
+def map_files(paths: list[Path], out: Any, *, dedupe: bool = True) -> Counter[str]:
+    """Map files and write one JSON line per canonical event or rejection to ``out``; returns the counts.
+
+    Files whose resources give linkage (Location, Patient, Encounter) are mapped first, whatever the order
+    given, so observations find their encounters and age and sex are published.
+    """
+    mapper = Mapper()
+    deduper = Deduper() if dedupe else None
+    counts: Counter[str] = Counter()
+    loaded = [(path, read_payloads(path)) for path in paths]
+    loaded.sort(key=lambda item: _first_type(item[1]))
+    for path, payloads in loaded:
+        counts["files"] += 1
+        for line_no, payload in enumerate(payloads, start=1):
+            result = mapper.map_bytes(payload)
+            counts.update(result.counts)
+            events = result.events
+            if deduper is not None:
+                events, dupes = deduper.fresh(events)
+                deduper.remember(events)
+                counts["duplicates"] += dupes
+            for event in events:
+                out.write(orjson.dumps(event_line(event)).decode() + "\n")
+            counts["events"] += len(events)
+            for rejection in result.rejections:
+                line = rejection.as_json()
+                line["source"]["file"] = str(path)
+                if len(payloads) > 1:
+                    line["source"]["line"] = line_no
+                out.write(orjson.dumps(line).decode() + "\n")
+            counts["rejections"] += len(result.rejections)
+    return counts
+
+
+@app.command("map")
+def map_command(
+    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="FHIR JSON, NDJSON or .gz files."),
+    no_dedupe: bool = typer.Option(False, "--no-dedupe", help="Print repeated events again."),
+    summary: bool = typer.Option(True, help="Print counts to stderr at the end."),
+) -> None:
+    """Dry run: map FHIR files to canonical events without Kafka; one JSON line per event or rejection."""
+    counts = map_files(list(files), sys.stdout, dedupe=not no_dedupe)
+    sys.stdout.flush()
+    if summary:
+        typer.echo(orjson.dumps(dict(sorted(counts.items()))).decode(), err=True)

@@ -1,0 +1,1051 @@
+"""The mapping core: FHIR R4 JSON in, canonical events out. No Kafka, no HTTP, no I/O.
+
+:class:`Mapper` reads a resource or a Bundle (already parsed JSON) and returns a :class:`MapResult`: the canonical
+events (ObservationRecorded, ObservationRetracted, EncounterRecorded), one :class:`Rejection` per problem with a
+reason that names it, one :class:`EntryOutcome` per input resource (for FHIR bundle responses) and counters.
+
+Validation is structural and fast: only the fields the mapping reads are checked, and a wrong shape there is a
+rejection that names the field. A full pydantic FHIR model per resource (fhir.resources) costs far more than the
+whole mapping (see bench/bench_ingest.py) and refuses a whole Bundle for one bad entry.
+
+The rules (docs/ingest.md has the full list):
+
+- a reading is a numeric value (valueQuantity, valueInteger, valueString such as "<0.01") of a code in the
+  vocabulary (LOINC, any of its system spellings; SNOMED CT where unambiguous), on the resource or its
+  components (BP panels 85354-9 / 55284-4 give sbp, dbp, map);
+- a value absent with dataAbsentReason is no reading (counted, not an error);
+- entered-in-error / cancelled give an ObservationRetracted of the resource; amended / corrected give an
+  ObservationRetracted (reason "amended"/"corrected") followed by the replacement readings, in order, on the
+  same key;
+- time: effectiveDateTime / effectiveInstant, else effectivePeriod.end (else .start), else the time of a
+  DiagnosticReport in the same bundle that lists the Observation as a result, else ``issued``; a date with no
+  time of day is replaced by ``issued`` on the same day, else rejected; times without an offset are read as UTC;
+- averages over a period (96607-7 and its parts) are rejected as not point readings;
+- comparators < <= > >= are kept on the event (the value is the bound); "ad" is rejected;
+- values are converted to the canonical unit and must lie in the vocabulary's plausible range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+
+from vigil_common.events import (
+    EncounterRecorded,
+    Event,
+    ObservationRecorded,
+    ObservationRetracted,
+    SourceRef,
+    deterministic_id,
+    utcnow,
+)
+from vigil_common.vocabulary import VOCABULARY, Measurement
+from vigil_ingest.units import UCUM_SYSTEMS, UnitConverter, UnitError
+
+LOINC_SYSTEMS = frozenset(
+    {"http://loinc.org", "https://loinc.org", "http://loinc.org/", "loinc", "urn:oid:2.16.840.1.113883.6.1", "LN"}
+)
+SNOMED_SYSTEMS = frozenset(
+    {"http://snomed.info/sct", "https://snomed.info/sct", "snomed", "sct", "urn:oid:2.16.840.1.113883.6.96"}
+)
+AVERAGE_CODES = frozenset({"96607-7", "96608-5", "96609-3"})
+"""Averages over a period (US Core average blood pressure): not point readings."""
+LAB_ONLY_SAO2 = "2708-6"
+READING_STATUSES = frozenset({"final", "amended", "corrected", "preliminary", "registered"})
+RETRACTING_STATUSES = frozenset({"entered-in-error", "cancelled"})
+OPEN_ENCOUNTER = frozenset({"planned", "arrived", "triaged", "in-progress", "onleave"})
+_LOINC_SHAPE = re.compile(r"^\d{1,7}-\d$")
+_NUMBER = re.compile(r"^\s*(<=|>=|<|>|≤|≥)?\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*?)\s*$")
+_UNIT_NAME = re.compile(r"\b(MICU|SICU)\b|(medical)\s+intensive\s+care|(surgical)\s+intensive\s+care", re.IGNORECASE)
+_COMPARATORS = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "≤": "<=", "≥": ">="}
+UNLINKED_KEY = "unlinked"
+
+Outcome = Literal["mapped", "partial", "retracted", "ignored", "absent", "rejected", "recorded"]
+
+
+@dataclass(slots=True)
+class Rejection:
+    """One problem with the input, named; no values of the input, only field names, codes and units."""
+
+    reason: str
+    resource_type: str | None = None
+    resource_id: str | None = None
+    issue: str = "processing"
+    """FHIR IssueType for the OperationOutcome: invalid, required, value, not-supported, processing."""
+
+    def as_json(self) -> dict[str, Any]:
+        """The dry run's rejection line."""
+        return {
+            "rejected": self.reason,
+            "source": {"resource_type": self.resource_type, "resource_id": self.resource_id},
+        }
+
+
+@dataclass(slots=True)
+class EntryOutcome:
+    """What became of one input resource (one bundle entry)."""
+
+    index: int | None
+    resource_type: str | None
+    resource_id: str | None
+    outcome: Outcome
+    events: list[Event] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    note: str | None = None
+
+
+@dataclass(slots=True)
+class MapResult:
+    """Everything one payload gave."""
+
+    events: list[Event] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    entries: list[EntryOutcome] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    bundle_type: str | None = None
+    is_bundle: bool = False
+
+    def extend(self, other: MapResult) -> None:
+        """Merge another result into this one."""
+        self.events.extend(other.events)
+        self.rejections.extend(other.rejections)
+        self.entries.extend(other.entries)
+        self.counts.update(other.counts)
+
+
+class InvalidPayload(ValueError):
+    """The payload as a whole cannot be read (not JSON, not a FHIR resource)."""
+
+    def __init__(self, reason: str, issue: str = "invalid") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.issue = issue
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, issue: str = "processing") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.issue = issue
+
+
+class _Absent(Exception):
+    pass
+
+
+class BoundedCache(OrderedDict[str, Any]):
+    """A dict that forgets its oldest entries beyond ``maxsize`` (bounded memory for linkage state)."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__()
+        self.maxsize = maxsize
+
+    def put(self, key: str, value: Any) -> None:
+        """Insert or refresh ``key``; evict the oldest entries beyond the bound."""
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.maxsize:
+            self.popitem(last=False)
+
+
+class Deduper:
+    """Bounded memory of published event ids (an LRU): the same resource version delivered twice publishes once.
+
+    Ids are remembered only once their events are durably published (``remember``), so a failed publish is
+    retried rather than suppressed. After a restart the memory is empty: event ids are deterministic, so
+    downstream consumers dedupe what a redelivery republishes.
+    """
+
+    def __init__(self, maxsize: int = 200_000) -> None:
+        self.maxsize = maxsize
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def fresh(self, events: Iterable[Event]) -> tuple[list[Event], int]:
+        """The events not yet published (first occurrence kept), and how many were duplicates."""
+        out: list[Event] = []
+        batch: set[str] = set()
+        dupes = 0
+        for event in events:
+            eid = event.event_id
+            if eid in self._seen or eid in batch:
+                dupes += 1
+                continue
+            batch.add(eid)
+            out.append(event)
+        return out, dupes
+
+    def remember(self, events: Iterable[Event]) -> None:
+        """Record events as durably published."""
+        seen = self._seen
+        for event in events:
+            seen[event.event_id] = None
+            seen.move_to_end(event.event_id)
+        while len(seen) > self.maxsize:
+            seen.popitem(last=False)
+
+
+@dataclass(slots=True)
+class _PatientInfo:
+    birth: tuple[int, int | None, int | None] | None
+    sex: float | None
+    version: str | None
+    encounters: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _EncounterInfo:
+    patient: str | None
+    start: datetime | None
+
+
+@dataclass(slots=True)
+class _Context:
+    """What a resource inside a bundle may need from the rest of the bundle."""
+
+    full_urls: dict[str, tuple[str, str]] = field(default_factory=dict)
+    report_times: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)
+    system: str | None = None
+
+
+def _codings(concept: Any) -> list[dict[str, Any]]:
+    if not isinstance(concept, dict):
+        return []
+    codings = concept.get("coding")
+    return [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
+
+
+def _is_lab(resource: dict[str, Any]) -> bool:
+    categories = resource.get("category")
+    if not isinstance(categories, list):
+        return False
+    for category in categories:
+        for coding in _codings(category):
+            if coding.get("code") == "laboratory":
+                return True
+    return False
+
+
+_dt_cache: dict[str, tuple[datetime, bool]] = {}
+
+
+def parse_fhir_datetime(text: Any) -> tuple[datetime, bool]:
+    """A FHIR date/dateTime/instant as an aware UTC datetime, and whether it has a time of day.
+
+    No offset means UTC (FHIR requires one with a time; senders omit it anyway). Raises ValueError.
+    """
+    if not isinstance(text, str):
+        raise ValueError("not a string")
+    hit = _dt_cache.get(text)
+    if hit is not None:
+        return hit
+    if len(text) <= 10:
+        parts = text.split("-")
+        year = int(parts[0])
+        month = int(parts[1]) if len(parts) > 1 else 1
+        day = int(parts[2]) if len(parts) > 2 else 1
+        result = (datetime(year, month, day, tzinfo=UTC), False)
+    else:
+        parsed = datetime.fromisoformat(text)
+        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        result = (parsed, True)
+    if len(_dt_cache) > 50_000:
+        _dt_cache.clear()
+    _dt_cache[text] = result
+    return result
+
+
+def _id_from_url(url: str) -> str:
+    if url.startswith("urn:uuid:") or url.startswith("urn:oid:"):
+        return url[9:] if url.startswith("urn:uuid:") else url
+    if url.startswith("urn:"):
+        return url
+    path = url.split("/_history/")[0].rstrip("/")
+    return path.rsplit("/", 1)[-1]
+
+
+def _content_id(resource: dict[str, Any]) -> str:
+    """A stable id for a resource sent without one: the same content gives the same id."""
+    digest = hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return f"sha256-{digest[:32]}"
+
+
+class Mapper:
+    """Maps FHIR R4 JSON to canonical events; keeps bounded linkage state (patients, encounters, locations).
+
+    Not thread-safe: one per event loop or process. ``system`` names the sender on every SourceRef.
+    """
+
+    def __init__(self, *, state_size: int = 100_000, units: UnitConverter | None = None) -> None:
+        self.units = units or UnitConverter()
+        self.patients = BoundedCache(state_size)
+        self.patient_ids = BoundedCache(state_size)
+        self.encounters = BoundedCache(state_size)
+        self.open_encounter = BoundedCache(state_size)
+        self.locations = BoundedCache(10_000)
+        self._codes: dict[tuple[str, str], str] = {}
+        for m in VOCABULARY.values():
+            for code in m.loinc:
+                self._codes.setdefault(("loinc", code), m.name)
+            for code in m.snomed:
+                self._codes.setdefault(("snomed", code), m.name)
+        self._codes[("loinc", LAB_ONLY_SAO2)] = "spo2"
+
+    # --- entry points ---------------------------------------------------------------------------------
+
+    def map_bytes(self, data: bytes | str, *, system: str | None = None) -> MapResult:
+        """Parse and map one payload; a payload that is not JSON gives one rejection (never raises)."""
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError as error:
+            result = MapResult()
+            reason = f"invalid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+            result.rejections.append(Rejection(reason, issue="invalid"))
+            result.entries.append(EntryOutcome(None, None, None, "rejected", rejections=list(result.rejections)))
+            result.counts["rejected_payload"] += 1
+            return result
+        return self.map_payload(payload, system=system)
+
+    def map_payload(self, payload: Any, *, system: str | None = None) -> MapResult:
+        """Map a parsed resource or Bundle (never raises on bad input: problems become rejections)."""
+        try:
+            return self._map(payload, system)
+        except InvalidPayload as error:
+            result = MapResult()
+            rtype = payload.get("resourceType") if isinstance(payload, dict) else None
+            rid = payload.get("id") if isinstance(payload, dict) and isinstance(payload.get("id"), str) else None
+            rej = Rejection(error.reason, rtype if isinstance(rtype, str) else None, rid, issue=error.issue)
+            result.rejections.append(rej)
+            result.entries.append(EntryOutcome(None, rej.resource_type, rid, "rejected", rejections=[rej]))
+            result.counts["rejected_payload"] += 1
+            return result
+
+    # --- payload and bundle ---------------------------------------------------------------------------
+
+    def _map(self, payload: Any, system: str | None) -> MapResult:
+        if not isinstance(payload, dict):
+            raise InvalidPayload("payload is not a JSON object (a FHIR resource or Bundle)")
+        rtype = payload.get("resourceType")
+        if not isinstance(rtype, str) or not rtype:
+            raise InvalidPayload("missing resourceType", issue="required")
+        result = MapResult()
+        ctx = _Context(system=system)
+        items: list[tuple[int | None, dict[str, Any], str | None, Any]] = []
+        if rtype == "Bundle":
+            result.is_bundle = True
+            btype = payload.get("type")
+            result.bundle_type = btype if isinstance(btype, str) else None
+            if ctx.system is None and isinstance(payload.get("id"), str):
+                ctx.system = f"Bundle/{payload['id']}"
+            entries = payload.get("entry", [])
+            if not isinstance(entries, list):
+                raise InvalidPayload("Bundle.entry is not an array")
+            for index, entry in enumerate(entries):
+                if not isinstance(entry, dict):
+                    rej = Rejection(f"Bundle.entry[{index}] is not an object", issue="invalid")
+                    result.entries.append(EntryOutcome(index, None, None, "rejected", rejections=[rej]))
+                    result.rejections.append(rej)
+                    continue
+                resource = entry.get("resource")
+                full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
+                request = entry.get("request") if isinstance(entry.get("request"), dict) else None
+                if not isinstance(resource, dict):
+                    note = "entry without a resource"
+                    if request and request.get("method") == "DELETE":
+                        note = "DELETE is not mapped (no canonical event)"
+                    result.entries.append(EntryOutcome(index, None, None, "ignored", note=note))
+                    result.counts["ignored_entry"] += 1
+                    continue
+                items.append((index, resource, full_url, request))
+        else:
+            items.append((None, payload, None, None))
+
+        # Index the bundle's resources so references (urn:uuid, absolute URLs) resolve whatever the order.
+        prepared: list[tuple[int | None, dict[str, Any], str, str]] = []
+        for index, resource, full_url, request in items:
+            r_type = resource.get("resourceType")
+            if not isinstance(r_type, str):
+                rej = Rejection("resource without resourceType", issue="required")
+                if index is None:
+                    raise InvalidPayload(rej.reason, issue="required")
+                result.entries.append(EntryOutcome(index, None, None, "rejected", rejections=[rej]))
+                result.rejections.append(rej)
+                continue
+            rid = self._resource_id(resource, full_url, request)
+            if full_url:
+                ctx.full_urls[full_url] = (r_type, rid)
+            ctx.full_urls[f"{r_type}/{rid}"] = (r_type, rid)
+            if r_type == "DiagnosticReport" or (r_type == "Observation" and "hasMember" in resource):
+                self._index_report(resource, ctx)
+            prepared.append((index, resource, r_type, rid))
+
+        # Linkage first (patients, locations, encounters), then readings: entry order does not matter.
+        order = {"Patient": 0, "Location": 1, "Encounter": 2}
+        outcomes: list[EntryOutcome] = []
+        for index, resource, r_type, rid in sorted(prepared, key=lambda p: order.get(p[2], 3)):
+            outcome = self._map_resource(resource, r_type, rid, index, ctx, result.counts)
+            outcomes.append(outcome)
+        outcomes.sort(key=lambda o: -1 if o.index is None else o.index)
+        # Events in entry order (retractions before their replacements stay in order within an entry).
+        for outcome in outcomes:
+            result.events.extend(outcome.events)
+            result.rejections.extend(outcome.rejections)
+        result.entries.extend(outcomes)
+        result.entries.sort(key=lambda o: -1 if o.index is None else o.index)
+        return result
+
+    @staticmethod
+    def _resource_id(resource: dict[str, Any], full_url: str | None, request: dict[str, Any] | None) -> str:
+        rid = resource.get("id")
+        if isinstance(rid, str) and rid:
+            return rid
+        if full_url:
+            return _id_from_url(full_url)
+        if request and isinstance(request.get("url"), str) and request.get("method") == "PUT":
+            return _id_from_url(request["url"].split("?")[0])
+        identifiers = resource.get("identifier")
+        if isinstance(identifiers, list) and identifiers and isinstance(identifiers[0], dict):
+            first = identifiers[0]
+            if isinstance(first.get("value"), str):
+                return f"{first.get('system') or ''}|{first['value']}"
+        return _content_id(resource)
+
+    def _index_report(self, report: dict[str, Any], ctx: _Context) -> None:
+        """Results of a report and members of a panel take its time when they carry none."""
+        times = (report.get("effectiveDateTime"), report.get("effectivePeriod"), report.get("issued"))
+        results = report.get("result") if report.get("resourceType") == "DiagnosticReport" else report.get("hasMember")
+        if not isinstance(results, list):
+            return
+        for ref in results:
+            if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+                target = ref["reference"]
+                ctx.report_times[target] = times
+                resolved = ctx.full_urls.get(target)
+                if resolved:
+                    ctx.report_times[f"{resolved[0]}/{resolved[1]}"] = times
+                else:
+                    ctx.report_times[f"Observation/{_id_from_url(target)}"] = times
+
+    def _map_resource(
+        self,
+        resource: dict[str, Any],
+        r_type: str,
+        rid: str,
+        index: int | None,
+        ctx: _Context,
+        counts: Counter[str],
+    ) -> EntryOutcome:
+        try:
+            if r_type == "Observation":
+                return self._observation(resource, rid, index, ctx, counts)
+            if r_type == "Patient":
+                return self._patient(resource, rid, index, counts)
+            if r_type == "Encounter":
+                return self._encounter(resource, rid, index, ctx, counts)
+            if r_type == "Location":
+                if isinstance(resource.get("name"), str):
+                    self.locations.put(rid, resource["name"])
+                counts["location_cached"] += 1
+                return EntryOutcome(index, r_type, rid, "recorded", note="location cached for ICU unit names")
+            if r_type == "DiagnosticReport":
+                return self._report(resource, rid, index, ctx, counts)
+        except _Reject as error:
+            counts["rejected"] += 1
+            rej = Rejection(error.reason, r_type, rid, issue=error.issue)
+            return EntryOutcome(index, r_type, rid, "rejected", rejections=[rej])
+        counts[f"ignored_resource_type:{r_type}"] += 1
+        return EntryOutcome(index, r_type, rid, "ignored", note=f"{r_type} is not used by ingest")
+
+    # --- references -----------------------------------------------------------------------------------
+
+    def _ref(self, ref: Any, r_type: str, ctx: _Context, contained: dict[str, dict[str, Any]]) -> str | None:
+        if not isinstance(ref, dict):
+            return None
+        target = ref.get("reference")
+        if isinstance(target, str) and target:
+            if target.startswith("#"):
+                inner = contained.get(target[1:])
+                if inner is not None and inner.get("resourceType") == r_type:
+                    identifiers = inner.get("identifier")
+                    if isinstance(identifiers, list) and identifiers and isinstance(identifiers[0], dict):
+                        return self._by_identifier(identifiers[0], r_type)
+                return None
+            resolved = ctx.full_urls.get(target)
+            if resolved is not None:
+                return resolved[1] if resolved[0] == r_type else None
+            if target.startswith("urn:"):
+                return _id_from_url(target)
+            parts = target.split("/_history/")[0].rstrip("/").split("/")
+            if len(parts) >= 2:
+                return parts[-1] if parts[-2] == r_type else None
+            return parts[-1]
+        identifier = ref.get("identifier")
+        if isinstance(identifier, dict):
+            return self._by_identifier(identifier, r_type)
+        return None
+
+    def _by_identifier(self, identifier: dict[str, Any], r_type: str) -> str | None:
+        value = identifier.get("value")
+        if not isinstance(value, str):
+            return None
+        token = f"{identifier.get('system') or ''}|{value}"
+        if r_type == "Patient":
+            known = self.patient_ids.get(token)
+            if known is not None:
+                return str(known)
+        return token
+
+    # --- Patient, Encounter, DiagnosticReport ---------------------------------------------------------
+
+    def _patient(self, res: dict[str, Any], rid: str, index: int | None, counts: Counter[str]) -> EntryOutcome:
+        birth = None
+        birth_date = res.get("birthDate")
+        if isinstance(birth_date, str):
+            try:
+                parts = birth_date.split("-")
+                birth = (
+                    int(parts[0]),
+                    int(parts[1]) if len(parts) > 1 else None,
+                    int(parts[2][:2]) if len(parts) > 2 else None,
+                )
+            except ValueError:
+                birth = None
+        gender = res.get("gender")
+        sex = 1.0 if gender == "male" else 0.0 if gender == "female" else None
+        meta = res.get("meta")
+        version = meta.get("versionId") if isinstance(meta, dict) else None
+        known = self.patients.get(rid)
+        info = _PatientInfo(birth, sex, version if isinstance(version, str) else None)
+        if known is not None:
+            info.encounters = known.encounters
+        self.patients.put(rid, info)
+        identifiers = res.get("identifier")
+        if isinstance(identifiers, list):
+            for ident in identifiers[:5]:
+                if isinstance(ident, dict) and isinstance(ident.get("value"), str):
+                    self.patient_ids.put(f"{ident.get('system') or ''}|{ident['value']}", rid)
+        events: list[Event] = []
+        rejections: list[Rejection] = []
+        for enc_id in info.encounters:
+            enc = self.encounters.get(enc_id)
+            if enc is not None:
+                self._demographics(rid, info, enc_id, enc.start, events, rejections, counts)
+        counts["patients"] += 1
+        outcome: Outcome = "mapped" if events else "recorded"
+        note = None if events else "patient cached; age and sex are published with its encounters"
+        return EntryOutcome(index, "Patient", rid, outcome, events=events, rejections=rejections, note=note)
+
+    def _demographics(
+        self,
+        patient: str,
+        info: _PatientInfo,
+        encounter: str,
+        start: datetime | None,
+        events: list[Event],
+        rejections: list[Rejection],
+        counts: Counter[str],
+    ) -> None:
+        if start is None:
+            counts["demographics_without_encounter_start"] += 1
+            return
+        source = SourceRef(resource_type="Patient", resource_id=patient, version_id=info.version)
+        if info.birth is not None:
+            year, month, day = info.birth
+            age = start.year - year
+            if month is not None and (start.month, start.day) < (month, day or 1):
+                age -= 1
+            m = VOCABULARY["age"]
+            if m.low <= age <= m.high:
+                events.append(self._reading(source, encounter, patient, m, float(age), start, start, "final", None))
+                counts["demographics"] += 1
+            else:
+                rejections.append(
+                    Rejection(f"age outside plausible range [{m.low:g}, {m.high:g}] a", "Patient", patient, "value")
+                )
+        if info.sex is not None:
+            m = VOCABULARY["sex"]
+            events.append(self._reading(source, encounter, patient, m, info.sex, start, start, "final", None))
+            counts["demographics"] += 1
+
+    def _encounter(
+        self, res: dict[str, Any], rid: str, index: int | None, ctx: _Context, counts: Counter[str]
+    ) -> EntryOutcome:
+        contained = self._contained(res)
+        patient = self._ref(res.get("subject") or res.get("patient"), "Patient", ctx, contained)
+        status = res.get("status") if isinstance(res.get("status"), str) else "unknown"
+        period = res.get("period") if isinstance(res.get("period"), dict) else {}
+        start = end = None
+        try:
+            if period.get("start") is not None:
+                start = parse_fhir_datetime(period["start"])[0]
+            if period.get("end") is not None:
+                end = parse_fhir_datetime(period["end"])[0]
+        except (ValueError, TypeError) as error:
+            raise _Reject("Encounter.period is not a valid dateTime", "invalid") from error
+        meta = res.get("meta")
+        version = meta.get("versionId") if isinstance(meta, dict) else None
+        source = SourceRef(
+            resource_type="Encounter",
+            resource_id=rid,
+            version_id=version if isinstance(version, str) else None,
+            system=ctx.system,
+        )
+        unit = self._icu_unit(res, ctx, contained)
+        hospital = None
+        part_of = self._ref(res.get("partOf"), "Encounter", ctx, contained)
+        if part_of is not None:
+            parent = self.encounters.get(part_of)
+            hospital = parent.start if parent is not None else None
+        event = EncounterRecorded(
+            event_id=deterministic_id("enc", rid, source.version_id, status, start, end, unit),
+            occurred_at=end or start or utcnow(),
+            key=rid,
+            encounter=rid,
+            patient=patient,
+            status=status,
+            icu_admitted_at=start,
+            hospital_admitted_at=hospital,
+            discharged_at=end,
+            unit=unit,
+            source=source,
+        )
+        self.encounters.put(rid, _EncounterInfo(patient, start))
+        events: list[Event] = [event]
+        rejections: list[Rejection] = []
+        if patient is not None:
+            if status in OPEN_ENCOUNTER or (end is None and status == "unknown"):
+                self.open_encounter.put(patient, rid)
+            elif self.open_encounter.get(patient) == rid:
+                del self.open_encounter[patient]
+            info = self.patients.get(patient)
+            if info is not None:
+                if rid not in info.encounters:
+                    info.encounters = [*info.encounters[-4:], rid]
+                self._demographics(patient, info, rid, start, events, rejections, counts)
+            else:
+                self.patients.put(patient, _PatientInfo(None, None, None, [rid]))
+        counts["encounters"] += 1
+        return EntryOutcome(index, "Encounter", rid, "mapped", events=events, rejections=rejections)
+
+    def _icu_unit(self, res: dict[str, Any], ctx: _Context, contained: dict[str, dict[str, Any]]) -> str | None:
+        texts: list[str] = []
+        locations = res.get("location")
+        if isinstance(locations, list):
+            for loc in locations:
+                ref = loc.get("location") if isinstance(loc, dict) else None
+                if isinstance(ref, dict):
+                    if isinstance(ref.get("display"), str):
+                        texts.append(ref["display"])
+                    lid = self._ref(ref, "Location", ctx, contained)
+                    if lid is not None and isinstance(self.locations.get(lid), str):
+                        texts.append(self.locations[lid])
+        for concept in (res.get("serviceType"), *(res.get("type") or [])):
+            if isinstance(concept, dict):
+                if isinstance(concept.get("text"), str):
+                    texts.append(concept["text"])
+                for coding in _codings(concept):
+                    texts.extend(str(coding[k]) for k in ("display", "code") if isinstance(coding.get(k), str))
+        for text in reversed(texts):  # the latest location wins
+            match = _UNIT_NAME.search(text)
+            if match:
+                if match.group(1):
+                    return match.group(1).upper()
+                return "MICU" if match.group(2) else "SICU"
+        return None
+
+    def _report(
+        self, res: dict[str, Any], rid: str, index: int | None, ctx: _Context, counts: Counter[str]
+    ) -> EntryOutcome:
+        contained = [c for c in res.get("contained") or [] if isinstance(c, dict)]
+        events: list[Event] = []
+        rejections: list[Rejection] = []
+        for inner in contained:
+            if inner.get("resourceType") == "Observation" and isinstance(inner.get("id"), str):
+                merged = {"subject": res.get("subject"), "encounter": res.get("encounter"), **inner}
+                for key in ("effectiveDateTime", "effectivePeriod", "issued"):
+                    if key not in merged and key in res:
+                        merged[key] = res[key]
+                sub = self._map_resource(merged, "Observation", f"{rid}#{inner['id']}", index, ctx, counts)
+                events.extend(sub.events)
+                rejections.extend(sub.rejections)
+        counts["reports"] += 1
+        outcome: Outcome = "mapped" if events else ("rejected" if rejections else "ignored")
+        return EntryOutcome(index, "DiagnosticReport", rid, outcome, events=events, rejections=rejections)
+
+    @staticmethod
+    def _contained(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        contained = res.get("contained")
+        if not isinstance(contained, list):
+            return {}
+        return {c["id"]: c for c in contained if isinstance(c, dict) and isinstance(c.get("id"), str)}
+
+    # --- Observation ----------------------------------------------------------------------------------
+
+    def feature_of(self, concept: Any, *, lab: bool = False) -> tuple[str | None, bool]:
+        """The vocabulary feature a CodeableConcept names (first mapped coding wins), and whether it is an average."""
+        found: str | None = None
+        for coding in _codings(concept):
+            code = coding.get("code")
+            if not isinstance(code, str):
+                continue
+            system = coding.get("system")
+            if system in LOINC_SYSTEMS or (system is None and _LOINC_SHAPE.match(code)):
+                if code in AVERAGE_CODES:
+                    return None, True
+                feature = self._codes.get(("loinc", code))
+            elif system in SNOMED_SYSTEMS:
+                feature = self._codes.get(("snomed", code))
+            else:
+                continue
+            if feature is not None and found is None:
+                found = "sao2" if (code == LAB_ONLY_SAO2 and lab) else feature
+        return found, False
+
+    def _observation(
+        self, res: dict[str, Any], rid: str, index: int | None, ctx: _Context, counts: Counter[str]
+    ) -> EntryOutcome:
+        lab = _is_lab(res)
+        feature, average = self.feature_of(res.get("code"), lab=lab)
+        if average:
+            counts["rejected_average"] += 1
+            raise _Reject("an average over a period (96607-7 family) is not a point reading", "not-supported")
+        components: list[tuple[str, dict[str, Any]]] = []
+        raw_components = res.get("component")
+        if isinstance(raw_components, list):
+            for comp in raw_components:
+                if not isinstance(comp, dict):
+                    continue
+                comp_feature, comp_average = self.feature_of(comp.get("code"), lab=lab)
+                if comp_average:
+                    counts["rejected_average"] += 1
+                    raise _Reject("an average over a period (96607-7 family) is not a point reading", "not-supported")
+                if comp_feature is not None:
+                    components.append((comp_feature, comp))
+        contained_obs = [
+            c for c in res.get("contained") or [] if isinstance(c, dict) and c.get("resourceType") == "Observation"
+        ]
+        nested = self._nested(res, rid, index, ctx, counts, contained_obs) if contained_obs else None
+        if feature is None and not components:
+            if nested is not None and (nested.events or nested.rejections):
+                return nested
+            counts["ignored_code"] += 1
+            return EntryOutcome(index, "Observation", rid, "ignored", note="code not in the vocabulary")
+
+        contained = self._contained(res)
+        patient = self._ref(res.get("subject"), "Patient", ctx, contained)
+        encounter = self._ref(res.get("encounter") or res.get("context"), "Encounter", ctx, contained)
+        if encounter is None and patient is not None:
+            encounter = self.open_encounter.get(patient)
+            counts["attached_to_open_encounter" if encounter else "no_encounter"] += 1
+        elif encounter is None:
+            counts["no_encounter"] += 1
+        meta = res.get("meta")
+        version = meta.get("versionId") if isinstance(meta, dict) else None
+        source = SourceRef(
+            resource_type="Observation",
+            resource_id=rid,
+            version_id=version if isinstance(version, str) else None,
+            system=ctx.system,
+        )
+        status = res.get("status")
+        features = [f for f in (feature, *(f for f, _ in components)) if f is not None]
+
+        if status in RETRACTING_STATUSES:
+            counts["retracted"] += 1
+            retraction = self._retraction(source, encounter, patient, features, str(status), res)
+            return EntryOutcome(index, "Observation", rid, "retracted", events=[retraction])
+        if status not in READING_STATUSES:
+            raise _Reject(
+                f"Observation.status '{status}' is not a reading" if isinstance(status, str) else "missing status",
+                "value" if isinstance(status, str) else "required",
+            )
+        observed_at = self._time(res, ctx, rid)
+        issued = res.get("issued")
+        try:
+            occurred_at = parse_fhir_datetime(issued)[0] if issued is not None else observed_at
+        except (ValueError, TypeError):
+            occurred_at = observed_at
+
+        events: list[Event] = []
+        rejections: list[Rejection] = []
+        if status in ("amended", "corrected"):
+            events.append(self._retraction(source, encounter, patient, features, str(status), res))
+        absent = 0
+        holders: list[tuple[str, dict[str, Any], bool]] = []
+        if feature is not None:
+            holders.append((feature, res, True))
+        holders.extend((f, comp, False) for f, comp in components)
+        for name, holder, is_main in holders:
+            m = VOCABULARY[name]
+            try:
+                value, comparator, original, unit = self._value(m, holder, is_main and bool(components))
+            except _Absent:
+                absent += 1
+                continue
+            except _Reject as error:
+                rejections.append(Rejection(error.reason, "Observation", rid, error.issue))
+                continue
+            events.append(
+                self._reading(
+                    source, encounter, patient, m, value, observed_at, occurred_at, status, comparator, original, unit
+                )
+            )
+        readings = sum(1 for e in events if isinstance(e, ObservationRecorded))
+        counts["readings"] += readings
+        counts["absent"] += absent
+        counts["rejected"] += len(rejections)
+        if nested is not None:
+            events.extend(nested.events)
+            rejections.extend(nested.rejections)
+        if readings and rejections:
+            outcome: Outcome = "partial"
+        elif readings:
+            outcome = "mapped"
+        elif rejections:
+            outcome = "rejected"
+        else:
+            outcome = "absent"
+        note = f"{absent} value(s) absent (dataAbsentReason)" if absent else None
+        return EntryOutcome(index, "Observation", rid, outcome, events=events, rejections=rejections, note=note)
+
+    def _nested(
+        self,
+        res: dict[str, Any],
+        rid: str,
+        index: int | None,
+        ctx: _Context,
+        counts: Counter[str],
+        contained_obs: list[dict[str, Any]],
+    ) -> EntryOutcome:
+        """Contained Observations (hasMember '#id' panels) inherit the parent's subject, encounter and time."""
+        events: list[Event] = []
+        rejections: list[Rejection] = []
+        for inner in contained_obs:
+            if not isinstance(inner.get("id"), str):
+                continue
+            merged = dict(inner)
+            for key in ("subject", "encounter", "effectiveDateTime", "effectivePeriod", "issued", "status"):
+                if key not in merged and key in res:
+                    merged[key] = res[key]
+            sub = self._map_resource(merged, "Observation", f"{rid}#{inner['id']}", index, ctx, counts)
+            events.extend(sub.events)
+            rejections.extend(sub.rejections)
+        outcome: Outcome = "mapped" if events else ("rejected" if rejections else "ignored")
+        return EntryOutcome(index, "Observation", rid, outcome, events=events, rejections=rejections)
+
+    def _time(self, res: dict[str, Any], ctx: _Context, rid: str) -> datetime:
+        candidates: list[tuple[str, Any]] = []
+        if "effectiveDateTime" in res:
+            candidates.append(("effectiveDateTime", res["effectiveDateTime"]))
+        elif "effectiveInstant" in res:
+            candidates.append(("effectiveInstant", res["effectiveInstant"]))
+        elif isinstance(res.get("effectivePeriod"), dict):
+            period = res["effectivePeriod"]
+            end, start = period.get("end"), period.get("start")
+            candidates.append(("effectivePeriod.end" if end is not None else "effectivePeriod.start", end or start))
+        else:
+            report = ctx.report_times.get(f"Observation/{rid}")
+            if report is not None:
+                report_time, report_period, report_issued = report
+                if report_time is not None:
+                    candidates.append(("the report's or panel's effectiveDateTime", report_time))
+                elif isinstance(report_period, dict):
+                    candidates.append(
+                        ("the report's or panel's effectivePeriod", report_period.get("end") or report_period["start"])
+                    )
+                elif report_issued is not None:
+                    candidates.append(("the report's or panel's issued", report_issued))
+        issued = res.get("issued")
+        date_only: datetime | None = None
+        for name, text in candidates:
+            try:
+                when, has_time = parse_fhir_datetime(text)
+            except (ValueError, TypeError) as error:
+                raise _Reject(f"{name} is not a valid FHIR dateTime", "invalid") from error
+            if has_time:
+                return when
+            date_only = when
+        if issued is not None:
+            try:
+                when, has_time = parse_fhir_datetime(issued)
+            except (ValueError, TypeError) as error:
+                raise _Reject("issued is not a valid FHIR instant", "invalid") from error
+            if has_time and (date_only is None or when.date() == date_only.date()):
+                return when
+        if date_only is not None:
+            raise _Reject("effective time is a date without a time of day (and no issued time that day)", "value")
+        raise _Reject("no effective time and no issued time", "required")
+
+    def _value(
+        self, m: Measurement, holder: dict[str, Any], panel: bool
+    ) -> tuple[float, str | None, tuple[float, str | None] | None, str]:
+        """(value in canonical unit, comparator, (original value, original unit) if converted, unit)."""
+        comparator: str | None = None
+        code: str | None = None
+        text: str | None = None
+        ucum = False
+        quantity = holder.get("valueQuantity")
+        if quantity is not None:
+            if not isinstance(quantity, dict):
+                raise _Reject(f"{m.name}: valueQuantity is not an object", "invalid")
+            raw = quantity.get("value")
+            if raw is None:
+                if "dataAbsentReason" in holder:
+                    raise _Absent
+                raise _Reject(f"{m.name}: valueQuantity has no value", "required")
+            if isinstance(raw, bool):
+                raise _Reject(f"{m.name}: valueQuantity.value is not a number", "invalid")
+            if isinstance(raw, str):
+                try:
+                    raw = float(raw)
+                except ValueError as error:
+                    raise _Reject(f"{m.name}: valueQuantity.value is not a number", "invalid") from error
+            if not isinstance(raw, int | float):
+                raise _Reject(f"{m.name}: valueQuantity.value is not a number", "invalid")
+            value = float(raw)
+            comp = quantity.get("comparator")
+            if comp is not None:
+                comparator = _COMPARATORS.get(comp)
+                if comparator is None:
+                    raise _Reject(f"{m.name}: comparator '{str(comp)[:8]}' is not a usable bound", "not-supported")
+            code = quantity.get("code") if isinstance(quantity.get("code"), str) else None
+            text = quantity.get("unit") if isinstance(quantity.get("unit"), str) else None
+            ucum = quantity.get("system") in UCUM_SYSTEMS
+        elif "valueInteger" in holder or "valueDecimal" in holder:
+            raw = holder.get("valueInteger", holder.get("valueDecimal"))
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise _Reject(f"{m.name}: valueInteger is not a number", "invalid")
+            value = float(raw)
+        elif "valueString" in holder:
+            match = _NUMBER.match(str(holder["valueString"]))
+            if match is None:
+                raise _Reject(f"{m.name}: valueString is not a number", "value")
+            comparator = _COMPARATORS[match.group(1)] if match.group(1) else None
+            value = float(match.group(2))
+            text = match.group(3) or None
+        elif "dataAbsentReason" in holder:
+            raise _Absent
+        else:
+            other = next((k for k in holder if k.startswith("value")), None)
+            if other is not None:
+                raise _Reject(f"{m.name}: {other} is not a numeric value", "not-supported")
+            if panel:
+                raise _Absent  # a panel code whose readings are its components
+            raise _Reject(f"{m.name}: no value and no dataAbsentReason", "required")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _Reject(f"{m.name}: value is not finite", "value")
+        try:
+            conversion, recognised = self.units.resolve(m, code, text, ucum=ucum)
+        except UnitError as error:
+            raise _Reject(str(error), "value") from error
+        original = None
+        if conversion.factor != 1.0 or conversion.offset != 0.0:
+            original = (value, code or text)
+            value = round(conversion.apply(value), 6)
+        if not m.low <= value <= m.high:
+            raise _Reject(f"{m.name} outside plausible range [{m.low:g}, {m.high:g}] {m.unit}", "value")
+        return value, comparator, original, recognised
+
+    def _reading(
+        self,
+        source: SourceRef,
+        encounter: str | None,
+        patient: str | None,
+        m: Measurement,
+        value: float,
+        observed_at: datetime,
+        occurred_at: datetime,
+        status: Any,
+        comparator: str | None,
+        original: tuple[float, str | None] | None = None,
+        unit: str | None = None,
+    ) -> ObservationRecorded:
+        return ObservationRecorded(
+            event_id=ObservationRecorded.make_id(source, m.name, observed_at),
+            occurred_at=occurred_at,
+            key=encounter or UNLINKED_KEY,
+            encounter=encounter,
+            patient=patient,
+            feature=m.name,
+            value=value,
+            unit=m.unit,
+            observed_at=observed_at,
+            status=status,
+            comparator=comparator,  # type: ignore[arg-type]
+            source=source,
+            original_value=original[0] if original else None,
+            original_unit=original[1] if original else None,
+        )
+
+    @staticmethod
+    def _retraction(
+        source: SourceRef,
+        encounter: str | None,
+        patient: str | None,
+        features: list[str],
+        reason: str,
+        res: dict[str, Any],
+    ) -> ObservationRetracted:
+        when: datetime | None = None
+        for key in ("issued",):
+            try:
+                when = parse_fhir_datetime(res.get(key))[0]
+            except (ValueError, TypeError):
+                when = None
+        meta = res.get("meta")
+        if when is None and isinstance(meta, dict):
+            try:
+                when = parse_fhir_datetime(meta.get("lastUpdated"))[0]
+            except (ValueError, TypeError):
+                when = None
+        return ObservationRetracted(
+            event_id=deterministic_id(
+                "retract", source.resource_type, source.resource_id, source.version_id, reason, *features
+            ),
+            occurred_at=when or utcnow(),
+            key=encounter or UNLINKED_KEY,
+            encounter=encounter,
+            patient=patient,
+            feature=features[0] if len(set(features)) == 1 else None,
+            retracted_resource=SourceRef(
+                resource_type=source.resource_type, resource_id=source.resource_id, system=source.system
+            ),
+            reason=reason,
+        )
+
+
+def event_line(event: Event) -> dict[str, Any]:
+    """An event as the dry run prints it: the fields as published."""
+    return event.model_dump(mode="json")
+
+
+def iter_payloads(data: bytes, *, ndjson: bool) -> Iterator[bytes]:
+    """Split a file's bytes into payloads: one per non-blank line for NDJSON, else the whole file."""
+    if not ndjson:
+        yield data
+        return
+    for line in data.splitlines():
+        if line.strip():
+            yield line
+
+
+__all__ = [
+    "Deduper",
+    "EntryOutcome",
+    "InvalidPayload",
+    "MapResult",
+    "Mapper",
+    "Rejection",
+    "event_line",
+    "iter_payloads",
+    "parse_fhir_datetime",
+]
