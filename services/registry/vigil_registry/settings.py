@@ -2,8 +2,42 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
-from vigil_common.settings import VigilSettings
+
+from vigil_common.settings import VigilSettings, refuse_placeholder
+
+
+class Role(StrEnum):
+    """What a token holder may do (see docs/registry.md for the permission table)."""
+
+    VIEWER = "viewer"
+    DATA_SCIENTIST = "data_scientist"
+    CLINICAL_APPROVER = "clinical_approver"
+    ADMIN = "admin"
+
+
+class TokenGrant(BaseModel):
+    """Who a bearer token stands for."""
+
+    user: str = Field(min_length=1)
+    role: Role
+
+
+DEMO_TOKENS: dict[str, TokenGrant] = {
+    "dev-viewer-token": TokenGrant(user="viewer", role=Role.VIEWER),
+    "dev-scientist-token": TokenGrant(user="dana-scientist", role=Role.DATA_SCIENTIST),
+    "dev-approver-token": TokenGrant(user="dr-alice", role=Role.CLINICAL_APPROVER),
+    "dev-approver2-token": TokenGrant(user="dr-bob", role=Role.CLINICAL_APPROVER),
+    "dev-admin-token": TokenGrant(user="admin", role=Role.ADMIN),
+}
+"""Tokens accepted only in development mode (``VIGIL_DEVELOPMENT=true``); refused anywhere else."""
+
+MIN_TOKEN_LENGTH = 24
+"""Outside development a token must be at least this long (a guessable token is a placeholder)."""
 
 
 class Settings(VigilSettings):
@@ -14,3 +48,43 @@ class Settings(VigilSettings):
     http_port: int = 8005
     group_id: str = "vigil-registry"
     """Kafka consumer group."""
+    database_url: str = "sqlite:///.vigil/registry/registry.db"
+    """SQLAlchemy URL: a SQLite file by default, ``postgresql+psycopg://user:pw@host/db`` in production."""
+    artifact_root: Path = Path(".vigil/registry/artifacts")
+    """Content-addressed store of model packages: ``<root>/<sha[:2]>/<package sha256>/``."""
+    public_url: str = "http://127.0.0.1:8005"
+    """Base URL scorers reach the registry at; lifecycle events carry artifact URLs under it."""
+    tokens: dict[str, TokenGrant] = Field(default_factory=dict)
+    """``REGISTRY_TOKENS``: JSON ``{token: {"user": ..., "role": ...}}``. Development mode adds DEMO_TOKENS."""
+    anonymous_read: bool = False
+    """Allow GET requests without a token (always allowed in development mode)."""
+    kafka_enabled: bool = True
+    """Run the Kafka side (consumer and lifecycle outbox relay); the core works without it."""
+    migrate_on_start: bool = True
+    """Run Alembic ``upgrade head`` at start-up."""
+    outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    """How often the outbox relay looks for unpublished lifecycle events when not woken by a commit."""
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    """Largest package archive accepted."""
+
+    @model_validator(mode="after")
+    def _check_tokens(self) -> Settings:
+        for token, grant in self.tokens.items():
+            refuse_placeholder(token, name=f"REGISTRY_TOKENS token of {grant.user}", development=self.development)
+            if not self.development:
+                if token in DEMO_TOKENS:
+                    raise ValueError(f"the demo token of {grant.user} is refused outside development mode")
+                if len(token) < MIN_TOKEN_LENGTH:
+                    raise ValueError(
+                        f"the token of {grant.user} is shorter than {MIN_TOKEN_LENGTH} characters "
+                        "(outside development mode)"
+                    )
+        return self
+
+    def effective_tokens(self) -> dict[str, TokenGrant]:
+        """Configured tokens, plus the documented demo tokens in development mode only."""
+        return {**DEMO_TOKENS, **self.tokens} if self.development else dict(self.tokens)
+
+    def artifact_url(self, name: str, version: str) -> str:
+        """Where a scorer downloads a version's package (a tar.gz of the package folder)."""
+        return f"{self.public_url.rstrip('/')}/models/{name}/versions/{version}/artifact"

@@ -1,0 +1,156 @@
+"""Models, versions, stages, promotion, rollback, retirement, artifacts and policies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from vigil_common.events import Stage
+from vigil_registry.api.deps import CurrentUser, RegistryDep
+from vigil_registry.auth import require
+from vigil_registry.errors import RegistryError
+from vigil_registry.models import ModelPublic, ModelVersionPublic
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+class StageChange(BaseModel):
+    """Move a version to shadow or archived."""
+
+    to: Stage = Field(examples=["shadow"])
+    reason: str = ""
+
+
+class Reason(BaseModel):
+    """A decision's reason (required for retirement and rollback)."""
+
+    reason: str = ""
+
+
+class TooLarge(RegistryError):
+    """The upload exceeds the configured limit."""
+
+    status = 413
+
+
+@router.get("", summary="List models")
+def list_models(registry: RegistryDep, user: CurrentUser) -> list[ModelPublic]:
+    require(user, "read")
+    return registry.list_models()
+
+
+@router.get("/{name}", summary="A model with its versions' stages and its policy")
+def show_model(name: str, registry: RegistryDep, user: CurrentUser) -> ModelPublic:
+    require(user, "read")
+    return registry.show_model(name)
+
+
+@router.get("/{name}/versions", summary="A model's versions")
+def list_versions(name: str, registry: RegistryDep, user: CurrentUser) -> list[ModelVersionPublic]:
+    require(user, "read")
+    return registry.list_versions(name)
+
+
+@router.post(
+    "/{name}/versions",
+    status_code=201,
+    summary="Register a model package (body: a tar.gz, tar or zip of the package folder)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+                "application/zip": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+)
+async def register(
+    name: str,
+    request: Request,
+    registry: RegistryDep,
+    user: CurrentUser,
+    tag: list[str] = Query(default_factory=list, description="Tags to add (repeatable)."),
+) -> ModelVersionPublic:
+    require(user, "register")
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > registry.max_upload_bytes:
+        raise TooLarge("package archive too large")
+    body = await request.body()
+    if len(body) > registry.max_upload_bytes:
+        raise TooLarge("package archive too large")
+    return await run_in_threadpool(registry.register_archive, user, body, expected_name=name, tags=tag)
+
+
+@router.get("/{name}/versions/{version}", summary="One version: stage, card, lineage, metrics, digests")
+def show_version(name: str, version: str, registry: RegistryDep, user: CurrentUser) -> ModelVersionPublic:
+    require(user, "read")
+    return registry.get_version(name, version)
+
+
+@router.get(
+    "/{name}/versions/{version}/artifact",
+    summary="Download a version's package as a tar.gz (X-Artifact-Sha256: sha256 of model.onnx)",
+    response_class=Response,
+    responses={200: {"content": {"application/gzip": {}}}},
+)
+def artifact(name: str, version: str, registry: RegistryDep, user: CurrentUser) -> Response:
+    require(user, "read")
+    data, public = registry.artifact(name, version)
+    return Response(
+        data,
+        media_type="application/gzip",
+        headers={
+            "X-Artifact-Sha256": public.artifact_sha256,
+            "X-Package-Sha256": public.package_sha256,
+            "Content-Disposition": f'attachment; filename="{name}-{version}.tar.gz"',
+        },
+    )
+
+
+@router.get("/{name}/production", summary="The model's current production version (404 when none)")
+def production(name: str, registry: RegistryDep, user: CurrentUser) -> ModelVersionPublic:
+    require(user, "read")
+    return registry.production(name)
+
+
+@router.post("/{name}/versions/{version}/stage", summary="Move a version to shadow or archived")
+def set_stage(
+    name: str, version: str, body: StageChange, registry: RegistryDep, user: CurrentUser
+) -> ModelVersionPublic:
+    return registry.set_stage(user, name, version, body.to, body.reason)
+
+
+@router.get("/{name}/versions/{version}/eligibility", summary="The promotion policy's report on a candidate")
+def eligibility(name: str, version: str, registry: RegistryDep, user: CurrentUser) -> dict[str, Any]:
+    require(user, "read")
+    return registry.eligibility(name, version).as_dict()
+
+
+@router.post("/{name}/versions/{version}/promote", summary="Promote an approved, eligible shadow version")
+def promote(name: str, version: str, body: Reason, registry: RegistryDep, user: CurrentUser) -> ModelVersionPublic:
+    return registry.promote(user, name, version, body.reason)
+
+
+@router.post("/{name}/versions/{version}/retire", summary="Retire a version (with a reason)")
+def retire(name: str, version: str, body: Reason, registry: RegistryDep, user: CurrentUser) -> ModelVersionPublic:
+    return registry.retire(user, name, version, body.reason)
+
+
+@router.post("/{name}/rollback", summary="Restore the previous production version, in one call")
+def rollback(name: str, body: Reason, registry: RegistryDep, user: CurrentUser) -> ModelVersionPublic:
+    return registry.rollback(user, name, body.reason or "manual rollback")
+
+
+@router.get("/{name}/policy", summary="The model's effective promotion policy")
+def get_policy(name: str, registry: RegistryDep, user: CurrentUser) -> dict[str, Any]:
+    require(user, "read")
+    return registry.policy(name).model_dump(mode="json")
+
+
+@router.put("/{name}/policy", summary="Set the model's policy overrides (admin)")
+def put_policy(name: str, body: dict[str, Any], registry: RegistryDep, user: CurrentUser) -> dict[str, Any]:
+    return registry.set_policy(user, name, body).model_dump(mode="json")
