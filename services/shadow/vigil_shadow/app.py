@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+
 from vigil_common.kafka import make_broker
 from vigil_common.metrics import ServiceMetrics
 from vigil_common.service import ServiceRuntime, build_http_app
-
 from vigil_shadow.settings import Settings
 
 SERVICE = "shadow"

@@ -1,9 +1,22 @@
-"""Settings of the shadow service (env prefix ``SHADOW_``, stack-wide values also from ``VIGIL_``)."""
+"""Settings of the shadow service (env prefix ``SHADOW_``, stack-wide values also from ``VIGIL_``).
+
+The shadow service's only output topic for scores is the stack's shadow score topic. ``output_topic`` exists so
+that a deployment can name it explicitly, and the validator refuses any value equal to the live score topic: a
+misconfigured shadow fails at start-up instead of reaching clinicians.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
+
 from vigil_common.settings import VigilSettings
+
+
+class LiveTopicRefused(ValueError):
+    """A shadow component was pointed at the live score topic."""
 
 
 class Settings(VigilSettings):
@@ -13,4 +26,46 @@ class Settings(VigilSettings):
 
     http_port: int = 8003
     group_id: str = "vigil-shadow"
-    """Kafka consumer group."""
+    """Kafka consumer group of the shadow scorer (never the live scorer's group)."""
+    output_topic: str | None = None
+    """Shadow score topic; None means ``topics.scores_shadow``. The live score topic is refused."""
+    model_names: list[str] = Field(default_factory=lambda: ["sepsis"])
+    """Registry models whose shadow-stage versions this service scores."""
+    registry_url: str | None = "http://127.0.0.1:8005"
+    """Registry base URL (``GET /models/{name}/versions?stage=shadow``); None: local models only."""
+    registry_token: str | None = None
+    registry_timeout_s: float = Field(default=5.0, gt=0)
+    model_cache_dir: Path = Path(".vigil/shadow/models")
+    """Where downloaded packages are unpacked."""
+    local_models: list[str] = Field(default_factory=list)
+    """Packages scored in shadow without a registry, as ``NAME:VERSION=PATH`` (development and tests)."""
+    batch_max_records: int = Field(default=1000, ge=1)
+    batch_timeout_ms: int = Field(default=5, ge=0)
+    dedupe_ids: int = Field(default=1024, ge=16)
+    horizon_hours: float = Field(default=6.0, ge=0)
+    """A prediction at data time t is positive iff t >= onset - horizon (PhysioNet's SepsisLabel: 6 h)."""
+    bootstrap_iterations: int = Field(default=200, ge=0)
+    """Paired bootstrap resamples (of encounters) for the CIs of the differences; 0 disables the CIs."""
+    bootstrap_seed: int = 2019
+    """Fixed seed: the same data always gives the same CIs (live and replay reports are comparable)."""
+    ci_level: float = Field(default=0.95, gt=0, lt=1)
+    calibration_bins: int = Field(default=10, ge=2)
+    min_subgroup_positives: int = Field(default=5, ge=1)
+    """A subgroup enters the disparity ratio only with at least this many positive labelled hours."""
+    publish_every_s: float = Field(default=300.0, gt=0)
+    """How often comparison summaries are published to the comparisons topic."""
+    min_labelled_hours_to_publish: int = Field(default=1, ge=0)
+    """No summary is published for a candidate with fewer labelled joint hours."""
+
+    @property
+    def shadow_topic(self) -> str:
+        """The one topic shadow scores go to."""
+        return self.output_topic or self.topics.scores_shadow
+
+    @model_validator(mode="after")
+    def _refuse_live_output(self) -> Settings:
+        if self.shadow_topic == self.topics.scores_live:
+            raise LiveTopicRefused(
+                f"the shadow output topic may not be the live score topic ({self.topics.scores_live})"
+            )
+        return self

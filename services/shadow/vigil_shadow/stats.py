@@ -1,0 +1,221 @@
+"""Statistics of the comparison.
+
+AUROC (weighted, for the bootstrap), calibration, the challenge's utility, and the paired bootstrap over encounters.
+
+The paired bootstrap resamples encounters with replacement (hours of one stay are not independent) and computes
+both models on the same resample, so the CI is that of the difference. A resample is a vector of multiplicities,
+one per encounter; every row of an encounter gets its multiplicity as a weight, so AUROC and utility are computed
+once per resample in O(rows) after one sort.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _utility_reference() -> Callable[..., float] | None:
+    """The model work's implementation of the challenge utility, when installed (one implementation to trust)."""
+    try:
+        from vigil_ml import metrics  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    for name in ("compute_prediction_utility", "prediction_utility", "stay_utility"):
+        fn = getattr(metrics, name, None)
+        if callable(fn):
+            return fn  # type: ignore[no-any-return]
+    return None
+
+
+def challenge_utility(
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    *,
+    dt_early: float = -12,
+    dt_optimal: float = -6,
+    dt_late: float = 3.0,
+    max_u_tp: float = 1.0,
+    min_u_fn: float = -2.0,
+    u_fp: float = -0.05,
+    u_tn: float = 0.0,
+) -> float:
+    """One stay's utility, PhysioNet 2019's ``compute_prediction_utility`` (rows are consecutive predictions).
+
+    As in the challenge, t_sepsis is the first positive label's index minus ``dt_optimal``.
+    """
+    labels = np.asarray(labels)
+    predictions = np.asarray(predictions).astype(bool)
+    n = len(labels)
+    septic = bool(np.any(labels))
+    t_sepsis = float(np.argmax(labels) - dt_optimal) if septic else math.inf
+    m_1 = max_u_tp / (dt_optimal - dt_early)
+    b_1 = -m_1 * dt_early
+    m_2 = -max_u_tp / (dt_late - dt_optimal)
+    b_2 = -m_2 * dt_late
+    m_3 = min_u_fn / (dt_late - dt_optimal)
+    b_3 = -m_3 * dt_optimal
+    t = np.arange(n, dtype=float)
+    u = np.zeros(n)
+    if not septic:
+        return float(np.where(predictions, u_fp, u_tn).sum())
+    before_late = t <= t_sepsis + dt_late
+    early_part = t <= t_sepsis + dt_optimal
+    late_part = before_late & ~early_part
+    tp_early = predictions & early_part
+    u[tp_early] = np.maximum(m_1 * (t[tp_early] - t_sepsis) + b_1, u_fp)
+    tp_late = predictions & late_part
+    u[tp_late] = m_2 * (t[tp_late] - t_sepsis) + b_2
+    fn_late = ~predictions & late_part
+    u[fn_late] = m_3 * (t[fn_late] - t_sepsis) + b_3
+    return float(u.sum())
+
+
+def _stay_utility_fn() -> Callable[[np.ndarray, np.ndarray], float]:
+    reference = _utility_reference()
+    if reference is None:
+        return challenge_utility
+    return lambda labels, predictions: float(reference(labels, predictions))
+
+
+def stay_utilities(
+    enc: np.ndarray, label: np.ndarray, alerts: dict[str, np.ndarray], n_encounters: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Per-encounter utility of each model's alerts, of the best predictions and of inaction.
+
+    Rows must be sorted by encounter then time; each encounter's rows are its sequence (labelled rows only).
+    """
+    utility = _stay_utility_fn()
+    observed = {name: np.zeros(n_encounters) for name in alerts}
+    best = np.zeros(n_encounters)
+    inaction = np.zeros(n_encounters)
+    if len(enc) == 0:
+        return observed, best, inaction
+    bounds = np.flatnonzero(np.diff(enc)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(enc)]])
+    for s, e in zip(starts, ends, strict=True):
+        i = int(enc[s])
+        y = label[s:e].astype(int)
+        for name, a in alerts.items():
+            observed[name][i] = utility(y, a[s:e].astype(int))
+        ideal = np.zeros(e - s, dtype=int)
+        if y.any():
+            t_sepsis = int(np.argmax(y)) + 6
+            ideal[max(0, t_sepsis - 12) : min(t_sepsis + 3 + 1, e - s)] = 1
+        best[i] = utility(y, ideal)
+        inaction[i] = utility(y, np.zeros(e - s, dtype=int))
+    return observed, best, inaction
+
+
+def normalized_utility(
+    observed: np.ndarray, best: np.ndarray, inaction: np.ndarray, w: np.ndarray | None = None
+) -> float:
+    """(observed - inaction) / (best - inaction), summed over stays (weighted by multiplicity)."""
+    w = np.ones_like(observed) if w is None else w
+    denominator = float(np.dot(w, best - inaction))
+    if denominator == 0:
+        return float("nan")
+    return float(np.dot(w, observed - inaction)) / denominator
+
+
+@dataclass(frozen=True)
+class RankedScores:
+    """Scores grouped into tie groups once, so AUROC under any row weights is O(rows)."""
+
+    group: np.ndarray
+    n_groups: int
+    y: np.ndarray
+
+    @classmethod
+    def of(cls, scores: np.ndarray, y: np.ndarray) -> RankedScores:
+        """Rank the scores (ties share a group)."""
+        _, inverse = np.unique(scores, return_inverse=True)
+        return cls(group=inverse.ravel(), n_groups=int(inverse.max()) + 1 if len(inverse) else 0, y=y.astype(float))
+
+    def auroc(self, w: np.ndarray | None = None) -> float:
+        """Weighted Mann-Whitney AUROC (ties count one half); NaN when a class is absent."""
+        w = np.ones_like(self.y) if w is None else w
+        pos = np.bincount(self.group, weights=w * self.y, minlength=self.n_groups)
+        neg = np.bincount(self.group, weights=w * (1.0 - self.y), minlength=self.n_groups)
+        total_pos, total_neg = pos.sum(), neg.sum()
+        if total_pos <= 0 or total_neg <= 0:
+            return float("nan")
+        below = np.cumsum(neg) - neg
+        return float(np.dot(pos, below + 0.5 * neg) / (total_pos * total_neg))
+
+
+def auroc(scores: np.ndarray, y: np.ndarray) -> float:
+    """AUROC of scores against binary labels (NaN when a class is absent)."""
+    return RankedScores.of(np.asarray(scores, float), np.asarray(y, float)).auroc()
+
+
+def ece(probabilities: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over equal-width probability bins (NaN when there are no rows)."""
+    p = np.asarray(probabilities, float)
+    if len(p) == 0:
+        return float("nan")
+    index = np.clip((p * bins).astype(int), 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    sum_p = np.bincount(index, weights=p, minlength=bins)
+    sum_y = np.bincount(index, weights=np.asarray(y, float), minlength=bins)
+    filled = counts > 0
+    return float(np.sum(np.abs(sum_p[filled] - sum_y[filled])) / len(p))
+
+
+def calibration_curve(probabilities: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Per non-empty bin: mean predicted probability, observed rate and count."""
+    p = np.asarray(probabilities, float)
+    index = np.clip((p * bins).astype(int), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        m = index == b
+        if m.any():
+            out.append(
+                {"bin": b, "mean_p": float(p[m].mean()), "rate": float(np.asarray(y)[m].mean()), "n": int(m.sum())}
+            )
+    return out
+
+
+def roc_points(scores: np.ndarray, y: np.ndarray, max_points: int = 200) -> dict[str, list[float]]:
+    """A thinned ROC curve (false and true positive rates) for plots."""
+    scores = np.asarray(scores, float)
+    y = np.asarray(y, float)
+    if len(scores) == 0 or y.min() == y.max():
+        return {"fpr": [], "tpr": []}
+    order = np.argsort(-scores, kind="stable")
+    s, yy = scores[order], y[order]
+    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tps = np.cumsum(yy)[distinct]
+    fps = (distinct + 1) - tps
+    tpr = np.r_[0.0, tps / yy.sum()]
+    fpr = np.r_[0.0, fps / (len(yy) - yy.sum())]
+    if len(tpr) > max_points:
+        keep = np.unique(np.linspace(0, len(tpr) - 1, max_points).astype(int))
+        tpr, fpr = tpr[keep], fpr[keep]
+    return {"fpr": [round(float(v), 6) for v in fpr], "tpr": [round(float(v), 6) for v in tpr]}
+
+
+def interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval of finite bootstrap values (NaN, NaN when there are none)."""
+    finite = values[np.isfinite(values)]
+    if len(finite) == 0:
+        return float("nan"), float("nan")
+    alpha = (1.0 - level) / 2.0
+    return float(np.quantile(finite, alpha)), float(np.quantile(finite, 1.0 - alpha))
+
+
+def resamples(n_encounters: int, iterations: int, seed: int) -> np.ndarray:
+    """Encounter multiplicities of each bootstrap resample, shape (iterations, n_encounters); seeded."""
+    rng = np.random.default_rng(seed)
+    draws = (
+        rng.integers(0, n_encounters, size=(iterations, n_encounters))
+        if n_encounters
+        else np.zeros((iterations, 0), int)
+    )
+    out = np.zeros((iterations, n_encounters))
+    for i in range(iterations):
+        out[i] = np.bincount(draws[i], minlength=n_encounters)
+    return out
