@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 from vigil_common.settings import VigilSettings
 
@@ -13,4 +16,29 @@ class Settings(VigilSettings):
 
     http_port: int = 8002
     group_id: str = "vigil-scorer"
-    """Kafka consumer group."""
+    """Kafka consumer group: scorer processes in one group share the observation partitions."""
+    model_name: str = "sepsis"
+    """The registry model whose production version this scorer serves."""
+    registry_url: str = "http://127.0.0.1:8005"
+    """Registry base URL (``GET /models/{name}/production``)."""
+    registry_token: str | None = None
+    """Bearer token for the registry, when it requires one for reads."""
+    registry_timeout_s: float = Field(default=5.0, gt=0)
+    default_model_path: Path | None = None
+    """Package used when no registry answers on first start; None: the repository's default package."""
+    model_cache_dir: Path = Path(".vigil/scorer/models")
+    """Where downloaded packages are unpacked (one folder per sha256)."""
+    batch_max_records: int = Field(default=1000, ge=1)
+    """Records per consumed batch at most: larger batches amortise the model call, smaller ones cut latency."""
+    batch_timeout_ms: int = Field(default=5, ge=0)
+    """How long the consumer waits to fill a batch when records trickle in."""
+    idle_hours: float = Field(default=24.0, gt=0)
+    """Evict an encounter after this many hours without data (by wall time and by data time)."""
+    evict_every_s: float = Field(default=60.0, gt=0)
+    """How often idle encounters are looked for."""
+    dedupe_ids: int = Field(default=1024, ge=16)
+    """Applied event ids remembered per encounter (re-published duplicates are recognised among them)."""
+    restore_timeout_s: float = Field(default=60.0, gt=0)
+    """Longest time a partition's state restore from the changelog may take."""
+    registry_poll_s: float = Field(default=30.0, gt=0)
+    """While on the default model (no registry at start), how often to ask the registry again."""

@@ -1,0 +1,467 @@
+"""The scoring core: per-encounter feature state in, one risk score per encounter-hour out, without Kafka.
+
+The live scorer, the shadow scorer and replay all drive this class; only their transports differ.
+
+How a batch is scored (:meth:`ScoringCore.process`):
+
+1. each event is routed to its encounter's :class:`~vigil_common.features.EncounterState` (created on first
+   sight), unless it was already applied: a redelivered Kafka record is recognised by its offset (every
+   encounter lives on one partition, so offsets only grow per encounter), a re-published event by its id among
+   the encounter's last ``dedupe_ids`` applied ids. Both facts live in the state's snapshot, so dedupe survives a
+   restart and a rebalance;
+2. when an event opens a newer hour of an encounter whose current hour has unscored data, the features as at the
+   current hour are captured first: every hour boundary crossed inside a batch yields a score for that hour;
+3. after the batch, every encounter with unscored data contributes one more row (its newest hour);
+4. all rows of the batch go through ONE vectorised :meth:`ModelPackage.predict` call.
+
+The last score of an (encounter, hour) includes all of that hour's data and equals the offline prediction of
+that hour's row (``offline_features`` + ``ModelPackage.predict``); a batch that ends inside an hour also yields
+an earlier, partial score for it (a live scorer publishes as the data arrives).
+
+Score ids are ``RiskScored.make_id(model, version, encounter, data_time, observations)``: a redelivered batch
+reproduces the same ids, so consumers dedupe.
+
+Idle encounters (no event for ``idle_hours`` of wall time AND newest data ``idle_hours`` older than the newest
+data seen on their partition) are evicted by :meth:`ScoringCore.evict_idle`, which keeps memory bounded; both
+clocks must agree so that neither a fast replay (data time races ahead) nor a quiet night (wall time moves, data
+does not) evicts an encounter that is still being fed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from vigil_common.events import (
+    EncounterRecorded,
+    ObservationRecorded,
+    ObservationRetracted,
+    RiskScored,
+    Stage,
+)
+from vigil_common.features import FEATURE_COLUMNS, EncounterState
+
+log = logging.getLogger(__name__)
+
+CanonicalEventT = ObservationRecorded | ObservationRetracted | EncounterRecorded
+SNAPSHOT_VERSION = 1
+
+
+class NotProductionError(RuntimeError):
+    """A non-production model (or a score it made) was about to reach the live topic."""
+
+
+class Predictor(Protocol):
+    """What the core needs of a model package (``vigil_common.model_package.ModelPackage`` fits)."""
+
+    name: str
+    version: str
+    thresholds: dict[str, float]
+
+    def predict(self, X: np.ndarray) -> np.ndarray:  # noqa: N803 - the model's input matrix
+        """Probabilities for the rows of X (float32, FEATURE_COLUMNS order)."""
+        ...
+
+    def risk_level(self, p: float) -> str:
+        """'low', 'medium' or 'high' from the model card's thresholds."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One event to score with where it came from (all optional outside Kafka)."""
+
+    event: CanonicalEventT
+    arrived_at: float | None = None
+    """When the event reached the broker (Kafka record timestamp, epoch seconds): start of the score latency."""
+    partition: int | None = None
+    offset: int | None = None
+
+
+@dataclass
+class Tracked:
+    """An encounter's feature state plus what the scorer needs around it (dedupe, idleness, pending score)."""
+
+    state: EncounterState
+    partition: int | None = None
+    last_offset: int = -1
+    recent_ids: deque[str] = field(default_factory=deque)
+    id_set: set[str] = field(default_factory=set)
+    last_seen: float = 0.0
+    """Wall time (epoch seconds) of the last applied event."""
+    dirty: bool = False
+    """Data applied since the last score row was taken."""
+    pending_arrival: float | None = None
+    """Newest broker arrival among the events applied since the last row (for the latency)."""
+    cur_hour: int | None = None
+    """Newest ICU hour applied (tracked here: asking the state is O(readings))."""
+    max_time: datetime | None = None
+    """Newest observed time applied."""
+    last_row: tuple[datetime, int] | None = None
+    """(data_time, observations) of the last row taken: an unchanged state is not scored twice."""
+
+    def __post_init__(self) -> None:
+        if self.cur_hour is None and self.max_time is None:
+            self.resync()
+
+    def resync(self) -> None:
+        """Read the hour and newest time back from the state (after a restore or an admission-time change)."""
+        self.cur_hour = self.state.hour
+        self.max_time = self.state.data_time
+
+    def remember(self, event_id: str, limit: int) -> None:
+        """Add an applied id, forgetting the oldest beyond ``limit``."""
+        self.recent_ids.append(event_id)
+        self.id_set.add(event_id)
+        while len(self.recent_ids) > limit:
+            self.id_set.discard(self.recent_ids.popleft())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable snapshot: the feature state and the dedupe facts (offset and recent ids)."""
+        return {
+            "v": SNAPSHOT_VERSION,
+            "state": self.state.to_dict(),
+            "partition": self.partition,
+            "last_offset": self.last_offset,
+            "recent_ids": list(self.recent_ids),
+            "last_seen": self.last_seen,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Tracked:
+        """Inverse of :meth:`to_dict`."""
+        if d.get("v") != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported scorer snapshot version {d.get('v')!r}")
+        ids = deque(str(i) for i in d.get("recent_ids", ()))
+        return cls(
+            state=EncounterState.from_dict(d["state"]),
+            partition=d.get("partition"),
+            last_offset=int(d.get("last_offset", -1)),
+            recent_ids=ids,
+            id_set=set(ids),
+            last_seen=float(d.get("last_seen", 0.0)),
+        )
+
+
+@dataclass(slots=True)
+class _Row:
+    encounter: str
+    patient: str | None
+    features: np.ndarray
+    hour: int
+    data_time: datetime
+    observations: int
+    arrived_at: float | None
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch did."""
+
+    scores: list[RiskScored] = field(default_factory=list)
+    failures: list[tuple[int, str]] = field(default_factory=list)
+    """(index in the batch, reason) of events that could not be used: park them in the dead-letter topic."""
+    applied: int = 0
+    duplicates: int = 0
+    changed: dict[str, int | None] = field(default_factory=dict)
+    """Encounters whose state changed, with their partition: their snapshots go to the changelog."""
+
+
+def _encounter_of(event: CanonicalEventT) -> str | None:
+    return event.encounter
+
+
+def _patient_of(event: CanonicalEventT) -> str | None:
+    return event.patient
+
+
+def _new_state(encounter: str, patient: str | None) -> EncounterState:
+    return EncounterState(encounter=encounter, patient=patient)
+
+
+def _hour_of(state: EncounterState, event: CanonicalEventT) -> int | None:
+    """The ICU hour an observation falls in, when the state knows the admission time."""
+    if not isinstance(event, ObservationRecorded):
+        return None
+    admitted = getattr(state, "icu_admitted_at", None)
+    if admitted is None:
+        return None
+    return math.floor((event.observed_at - admitted).total_seconds() / 3600.0)
+
+
+class ScoringCore:
+    """Per-encounter states and the batch scoring of one model package (see the module docstring)."""
+
+    def __init__(
+        self,
+        package: Predictor,
+        *,
+        stage: Stage,
+        default_model: bool = False,
+        idle_hours: float = 24.0,
+        dedupe_ids: int = 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.states: dict[str, Tracked] = {}
+        self.idle_hours = idle_hours
+        self.dedupe_ids = dedupe_ids
+        self.clock = clock
+        self._newest_data: dict[int | None, datetime] = {}
+        self.package: Predictor = package
+        self.stage = Stage(stage)
+        self.default_model = default_model
+        self.swap(package, stage=stage, default_model=default_model)
+
+    # --- model ----------------------------------------------------------------------------------
+
+    def swap(self, package: Predictor, *, stage: Stage, default_model: bool = False) -> None:
+        """Use another (fully loaded and verified) package from the next batch on; states are kept."""
+        columns = tuple(getattr(package, "columns", FEATURE_COLUMNS))
+        if columns != tuple(FEATURE_COLUMNS):
+            raise ValueError("the package's input columns differ from this feature pipeline's FEATURE_COLUMNS")
+        self.package = package
+        self.stage = Stage(stage)
+        self.default_model = default_model
+        self.threshold = float(package.thresholds["operating"])
+
+    @property
+    def model_name(self) -> str:
+        """Name of the package in use."""
+        return self.package.name
+
+    @property
+    def model_version(self) -> str:
+        """Version of the package in use."""
+        return str(self.package.version)
+
+    # --- scoring ---------------------------------------------------------------------------------
+
+    def score(self, events: Iterable[Incoming | CanonicalEventT], *, now: float | None = None) -> list[RiskScored]:
+        """Apply the events and return the batch's scores (unusable events are skipped; see :meth:`process`)."""
+        return self.process(events, now=now).scores
+
+    def process(self, events: Iterable[Incoming | CanonicalEventT], *, now: float | None = None) -> BatchOutcome:
+        """Apply a batch of events in order, then score every touched encounter-hour in one vectorised call."""
+        out = BatchOutcome()
+        rows: list[_Row] = []
+        touched: dict[str, Tracked] = {}
+        wall = self.clock() if now is None else now
+        for index, item in enumerate(events):
+            inc = item if isinstance(item, Incoming) else Incoming(item)
+            event = inc.event
+            encounter = _encounter_of(event)
+            if not encounter:
+                out.failures.append((index, "no encounter linked: cannot be scored"))
+                continue
+            tracked = self.states.get(encounter)
+            if tracked is None:
+                tracked = Tracked(_new_state(encounter, _patient_of(event)), partition=inc.partition)
+                self.states[encounter] = tracked
+            if self._is_duplicate(tracked, inc):
+                out.duplicates += 1
+                continue
+            state = tracked.state
+            hour = _hour_of(state, event)
+            if tracked.dirty:
+                # An hour boundary: capture the features as at the current hour before the newer data lands.
+                if hour is not None:
+                    crossing = tracked.cur_hour is not None and hour > tracked.cur_hour
+                else:
+                    crossing = (
+                        isinstance(event, ObservationRecorded)
+                        and tracked.max_time is not None
+                        and event.observed_at > tracked.max_time
+                    )
+                if crossing:
+                    self._take_row(tracked, rows)
+            try:
+                state.apply(event)
+            except (ValueError, KeyError, TypeError) as error:
+                out.failures.append((index, f"{type(error).__name__}: {error}"[:300]))
+                continue
+            out.applied += 1
+            tracked.dirty = True
+            if isinstance(event, ObservationRecorded):
+                if hour is not None and (tracked.cur_hour is None or hour > tracked.cur_hour):
+                    tracked.cur_hour = hour
+                if tracked.max_time is None or event.observed_at > tracked.max_time:
+                    tracked.max_time = event.observed_at
+            else:
+                tracked.resync()  # an admission time re-buckets the readings; a retraction may lower both
+            if inc.partition is not None:
+                tracked.partition = inc.partition
+            if inc.offset is not None:
+                tracked.last_offset = max(tracked.last_offset, inc.offset)
+            tracked.remember(event.event_id, self.dedupe_ids)
+            tracked.last_seen = wall
+            if inc.arrived_at is not None:
+                tracked.pending_arrival = max(tracked.pending_arrival or 0.0, inc.arrived_at)
+            touched[encounter] = tracked
+            out.changed[encounter] = tracked.partition
+            if tracked.max_time is not None:
+                newest = self._newest_data.get(tracked.partition)
+                if newest is None or tracked.max_time > newest:
+                    self._newest_data[tracked.partition] = tracked.max_time
+        for tracked in touched.values():
+            if tracked.dirty:
+                self._take_row(tracked, rows)
+        out.scores = self._predict(rows)
+        return out
+
+    def _is_duplicate(self, tracked: Tracked, inc: Incoming) -> bool:
+        if (
+            inc.offset is not None
+            and inc.partition is not None
+            and inc.partition == tracked.partition
+            and inc.offset <= tracked.last_offset
+        ):
+            return True
+        return inc.event.event_id in tracked.id_set
+
+    def _take_row(self, tracked: Tracked, rows: list[_Row]) -> None:
+        state = tracked.state
+        hour, data_time = state.hour, state.data_time
+        if hour is None or data_time is None:
+            return  # no data yet: nothing to score, stays dirty
+        observations = int(state.observations)
+        tracked.dirty = False
+        if tracked.last_row == (data_time, observations):
+            tracked.pending_arrival = None
+            return  # e.g. a reading the state ignores: the same score again would add nothing
+        tracked.last_row = (data_time, observations)
+        rows.append(
+            _Row(
+                encounter=state.encounter or "",
+                patient=state.patient,
+                features=state.features(),
+                hour=int(hour),
+                data_time=data_time,
+                observations=observations,
+                arrived_at=tracked.pending_arrival,
+            )
+        )
+        tracked.pending_arrival = None
+
+    def _predict(self, rows: list[_Row]) -> list[RiskScored]:
+        if not rows:
+            return []
+        X = np.vstack([r.features for r in rows]).astype(np.float32, copy=False)  # noqa: N806
+        probabilities = np.asarray(self.package.predict(X), dtype=np.float64)
+        created = time.time()
+        created_at = datetime.fromtimestamp(created, UTC)
+        name, version, stage, threshold = self.model_name, self.model_version, self.stage, self.threshold
+        scores = []
+        for row, p in zip(rows, probabilities, strict=True):
+            probability = min(1.0, max(0.0, float(p)))
+            latency = (created - row.arrived_at) * 1000.0 if row.arrived_at is not None else 0.0
+            scores.append(
+                RiskScored(
+                    event_id=RiskScored.make_id(name, version, row.encounter, row.data_time, row.observations),
+                    occurred_at=created_at,
+                    key=row.encounter,
+                    encounter=row.encounter,
+                    patient=row.patient,
+                    model_name=name,
+                    model_version=version,
+                    stage=stage,
+                    default_model=self.default_model,
+                    probability=probability,
+                    risk_level=self.package.risk_level(probability),  # type: ignore[arg-type]
+                    threshold=threshold,
+                    alert=probability >= threshold,
+                    data_time=row.data_time,
+                    hour=row.hour,
+                    observations=row.observations,
+                    latency_ms=max(0.0, latency),
+                )
+            )
+        return scores
+
+    def predict_snapshot(self, features: dict[str, float | None]) -> tuple[float, str, bool]:
+        """Stateless scoring of one feature snapshot (FEATURE_COLUMNS names to numbers or null)."""
+        unknown = set(features) - set(FEATURE_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown feature columns: {sorted(unknown)[:5]}")
+        x = np.array(
+            [[np.nan if features.get(c) is None else float(features[c]) for c in FEATURE_COLUMNS]],  # type: ignore[arg-type]
+            dtype=np.float32,
+        )
+        p = min(1.0, max(0.0, float(self.package.predict(x)[0])))
+        return p, self.package.risk_level(p), p >= self.threshold
+
+    # --- state management (changelog, rebalance, eviction) -----------------------------------------
+
+    def snapshot(self, encounter: str) -> bytes | None:
+        """The changelog value of an encounter's state (None when it is not held)."""
+        tracked = self.states.get(encounter)
+        return orjson.dumps(tracked.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY) if tracked is not None else None
+
+    def restore(self, encounter: str, value: bytes | None) -> None:
+        """Install a state from its changelog value; a tombstone (None) forgets it."""
+        if value is None:
+            self.states.pop(encounter, None)
+            return
+        tracked = Tracked.from_dict(orjson.loads(value))
+        self.states[encounter] = tracked
+        if tracked.max_time is not None:
+            newest = self._newest_data.get(tracked.partition)
+            if newest is None or tracked.max_time > newest:
+                self._newest_data[tracked.partition] = tracked.max_time
+
+    def drop_partitions(self, partitions: Iterable[int]) -> int:
+        """Forget the states of partitions this process no longer owns; returns how many were dropped."""
+        gone = set(partitions)
+        victims = [e for e, t in self.states.items() if t.partition in gone]
+        for encounter in victims:
+            del self.states[encounter]
+        for p in gone:
+            self._newest_data.pop(p, None)
+        return len(victims)
+
+    def evict_idle(self, now: float | None = None) -> list[tuple[str, int | None]]:
+        """Evict encounters idle by both clocks (see the module docstring); returns (encounter, partition)."""
+        wall = self.clock() if now is None else now
+        limit_s = self.idle_hours * 3600.0
+        evicted: list[tuple[str, int | None]] = []
+        for encounter, tracked in list(self.states.items()):
+            if wall - tracked.last_seen <= limit_s:
+                continue
+            newest = self._newest_data.get(tracked.partition)
+            data_time = tracked.max_time
+            if data_time is not None and newest is not None and (newest - data_time).total_seconds() <= limit_s:
+                continue
+            del self.states[encounter]
+            evicted.append((encounter, tracked.partition))
+        return evicted
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+
+class LivePublisher:
+    """The only way scores reach the live topic: refuses any model or score that is not production-stage."""
+
+    def __init__(self, publish: Callable[[str, Sequence[RiskScored]], Any], topic: str, core: ScoringCore) -> None:
+        if core.stage is not Stage.PRODUCTION:
+            raise NotProductionError(f"a {core.stage.value} model may not publish to the live topic")
+        self._publish = publish
+        self.topic = topic
+        self.core = core
+
+    async def publish(self, scores: Sequence[RiskScored]) -> None:
+        """Publish scores to the live topic (awaiting acknowledgement) after checking every score's stage."""
+        if self.core.stage is not Stage.PRODUCTION:
+            raise NotProductionError(f"the model in use is {self.core.stage.value}, not production")
+        for s in scores:
+            if s.stage is not Stage.PRODUCTION:
+                raise NotProductionError(f"score {s.event_id} comes from a {s.stage.value} model")
+        await self._publish(self.topic, scores)
