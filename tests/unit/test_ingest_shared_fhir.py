@@ -220,7 +220,7 @@ def test_synthea_transaction_bundle(fhir_dir: Path) -> None:
     obs = readings(result)
     features = {e.feature for e in obs}
     assert {"sbp", "dbp", "wbc", "creatinine", "glucose", "age", "sex"} <= features
-    assert all(e.patient == "1d03714f-4851-44d9-a6b6-8a2752bbe178" for e in obs)
+    assert {e.patient for e in obs} == {"5654564d-5ae1-407c-8bcc-e7f96f773633"}  # urn:uuid subject resolved
     encounters = {e.encounter for e in result.events if e.type == "encounter.recorded"}
     assert {e.encounter for e in obs if e.feature == "sbp"} <= encounters  # urn:uuid references resolved
     assert len({e.event_id for e in result.events}) == len(result.events)
