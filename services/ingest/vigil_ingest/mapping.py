@@ -565,7 +565,11 @@ class Mapper:
                 age -= 1
             m = VOCABULARY["age"]
             if m.low <= age <= m.high:
-                events.append(self._reading(source, encounter, patient, m, float(age), start, start, "final", None))
+                events.append(
+                    self._reading(
+                        source, encounter, patient, m, float(age), start, start, "final", None, per_encounter=True
+                    )
+                )
                 counts["demographics"] += 1
             else:
                 rejections.append(
@@ -573,7 +577,9 @@ class Mapper:
                 )
         if info.sex is not None:
             m = VOCABULARY["sex"]
-            events.append(self._reading(source, encounter, patient, m, info.sex, start, start, "final", None))
+            events.append(
+                self._reading(source, encounter, patient, m, info.sex, start, start, "final", None, per_encounter=True)
+            )
             counts["demographics"] += 1
 
     def _encounter(
@@ -968,9 +974,18 @@ class Mapper:
         comparator: str | None,
         original: tuple[float, str | None] | None = None,
         unit: str | None = None,
+        *,
+        per_encounter: bool = False,
     ) -> ObservationRecorded:
+        # Age and sex come from one Patient resource for each of its encounters: the encounter is part of their
+        # natural key (two encounters may start at the same instant).
+        event_id = (
+            deterministic_id(ObservationRecorded.make_id(source, m.name, observed_at), encounter)
+            if per_encounter
+            else ObservationRecorded.make_id(source, m.name, observed_at)
+        )
         return ObservationRecorded(
-            event_id=ObservationRecorded.make_id(source, m.name, observed_at),
+            event_id=event_id,
             occurred_at=occurred_at,
             key=encounter or UNLINKED_KEY,
             encounter=encounter,
