@@ -1,24 +1,312 @@
-"""The shadow service: FastStream for its Kafka side, FastAPI for HTTP (frame only, filled in by its issue)."""
+"""The shadow service: candidates scored on the live stream, judged against live as outcomes arrive.
+
+Kafka side (FastStream):
+
+- ``shadow.observations``: the canonical observations topic in the service's own consumer group
+  (``settings.group_id``), batches under the at-least-once contract (``process_batch``: parse, score, publish to
+  the shadow topic awaiting acknowledgement, park what cannot be used, then commit). Every shadow-stage candidate
+  predicts each batch's rows in one vectorised call per candidate (:class:`~vigil_shadow.engine.ShadowCore`);
+- ``shadow.join``: live scores, shadow scores, outcomes and observations (subgroup attributes) read WITHOUT a
+  group from the earliest offset: the join state is rebuilt from these durable topics at every start, so it
+  survives restarts without a store of its own;
+- ``shadow.lifecycle``: registry decisions; a watched model's event refreshes the candidates.
+
+Feature state also survives restarts by the same principle: before consuming, the service re-applies the
+observations topic from the beginning up to its group's committed offsets, scoring nothing
+(:func:`vigil_shadow.logscan.committed_offsets`).
+
+HTTP: ``GET /comparisons``, ``POST /comparisons/publish``, plus the frame's ``/health``, ``/ready``, ``/metrics``.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+from typing import Any
 
-from vigil_common.kafka import make_broker
+from aiokafka import ConsumerRecord
+from fastapi import FastAPI, Query
+from faststream import AckPolicy
+from faststream.kafka import KafkaMessage
+
+from vigil_common.events import (
+    ModelLifecycleChanged,
+    any_event_adapter,
+    canonical_event_adapter,
+)
+from vigil_common.kafka import (
+    DeadLetters,
+    Parsed,
+    Publisher,
+    make_broker,
+    process_batch,
+    raw_batch_decoder,
+    raw_decoder,
+    records_of,
+)
 from vigil_common.metrics import ServiceMetrics
+from vigil_common.scoring import Incoming
 from vigil_common.service import ServiceRuntime, build_http_app
+from vigil_shadow import logscan
+from vigil_shadow.catalog import Catalog, ModelKey, RegistryReader, ShadowModel
+from vigil_shadow.compare import CompareConfig
+from vigil_shadow.desk import ComparisonDesk
+from vigil_shadow.engine import ShadowCore
+from vigil_shadow.guard import ShadowScorePublisher
+from vigil_shadow.join import JoinState
 from vigil_shadow.settings import Settings
 
 SERVICE = "shadow"
+log = logging.getLogger(__name__)
 
 
-def bootstrap(settings: Settings) -> ServiceRuntime:
-    """Wire the service's broker, metrics and readiness checks."""
+class ShadowService:
+    """The service's parts, wired once; handlers delegate here."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics, publisher: Publisher) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        topics = settings.topics
+        self.scores_out = ShadowScorePublisher(
+            publisher.publish_all, topic=settings.shadow_topic, live_topic=topics.scores_live
+        )
+        self.dead_letters = DeadLetters(
+            publisher,
+            topics.dead_letter,
+            service=SERVICE,
+            on_parked=lambda letter: metrics.count(letter.source_topic, "parked"),
+        )
+        self.core = ShadowCore(dedupe_ids=settings.dedupe_ids)
+        registry = (
+            RegistryReader(
+                settings.registry_url,
+                token=settings.registry_token,
+                timeout=settings.registry_timeout_s,
+                cache_dir=settings.model_cache_dir,
+            )
+            if settings.registry_url
+            else None
+        )
+        self.catalog = Catalog(
+            model_names=settings.model_names,
+            local_models=settings.local_models,
+            registry=registry,
+            on_change=self._models_changed,
+        )
+        self.join = JoinState()
+        self.desk = ComparisonDesk(
+            self.join,
+            CompareConfig.from_settings(settings),
+            publish=publisher.publish_all,
+            topic=topics.comparisons,
+            metrics=metrics,
+            min_labelled_hours=settings.min_labelled_hours_to_publish,
+        )
+        self.restored = False
+        self._task: asyncio.Task[None] | None = None
+
+    def _models_changed(self, models: dict[ModelKey, ShadowModel]) -> None:
+        self.core.set_models({k: m.package for k, m in models.items()})
+        log.info("shadow candidates changed", extra={"candidates": [f"{n}:{v}" for n, v in sorted(models)]})
+
+    # --- scoring -----------------------------------------------------------------------------------------
+
+    async def score_batch(self, items: list[Parsed[Any]]) -> list[tuple[ConsumerRecord[Any, Any], str]]:
+        """Score a parsed batch, publish to the shadow topic (awaiting acks); returns what to park."""
+        incoming = [
+            Incoming(
+                p.event,
+                arrived_at=p.record.timestamp / 1000.0 if p.record.timestamp else None,
+                partition=p.record.partition,
+                offset=p.record.offset,
+            )
+            for p in items
+        ]
+        outcome = self.core.process(incoming)
+        await self.scores_out.publish(outcome.scores)
+        for s in outcome.scores:
+            self.metrics.scores.labels(SERVICE, s.model_name, s.model_version, s.stage.value).inc()
+            self.metrics.score_latency.labels(SERVICE, s.model_name, s.model_version, s.stage.value).observe(
+                s.latency_ms / 1000.0
+            )
+        self.metrics.count(self.settings.topics.observations, "duplicate", outcome.duplicates)
+        return [(items[i].record, reason) for i, reason in outcome.failures]
+
+    # --- join --------------------------------------------------------------------------------------------
+
+    async def join_batch(self, records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
+        """Feed the join; unreadable score or outcome records are parked (observations: the scorer parks)."""
+        bad: list[tuple[ConsumerRecord[Any, Any], BaseException | str]] = []
+        observations = self.settings.topics.observations
+        for record in records:
+            try:
+                event = any_event_adapter.validate_json(record.value or b"")
+            except ValueError as error:
+                if record.topic != observations:
+                    bad.append((record, error))
+                continue
+            self.join.add(event)
+        if bad:
+            await self.dead_letters.park(bad)
+        self.metrics.count("join", "processed", len(records) - len(bad))
+
+    # --- lifecycle and periodic work ---------------------------------------------------------------------
+
+    async def on_lifecycle(self, event: ModelLifecycleChanged) -> None:
+        """A watched model changed stage somewhere: reload the candidate set."""
+        if event.model_name in self.settings.model_names:
+            await self.catalog.refresh()
+
+    async def start(self) -> None:
+        """Load candidates, rebuild feature state from the log, then start the periodic publisher."""
+        try:
+            await self.catalog.refresh()
+        except Exception as error:  # a bad local spec is a configuration error: say so and stop
+            log.error("candidates could not be loaded", extra={"error_type": type(error).__name__})
+            raise
+        offsets = await logscan.committed_offsets(
+            self.settings.kafka_bootstrap_servers, self.settings.group_id, self.settings.topics.observations
+        )
+        applied = 0
+        async for chunk in logscan.read_until(
+            self.settings.kafka_bootstrap_servers, self.settings.topics.observations, offsets
+        ):
+            events = []
+            for record in chunk:
+                try:
+                    event = canonical_event_adapter.validate_json(record.value or b"")
+                except ValueError:
+                    continue  # parked when first consumed
+                events.append(Incoming(event, partition=record.partition, offset=record.offset))
+            applied += self.core.warm(events).applied
+        self.restored = True
+        log.info("feature state rebuilt from the log", extra={"applied": applied, "encounters": len(self.core)})
+        self._task = asyncio.create_task(self._periodic())
+
+    async def stop(self) -> None:
+        """Stop the periodic task and close the registry client."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.catalog.registry is not None:
+            await self.catalog.registry.aclose()
+
+    async def _periodic(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.publish_every_s)
+            try:
+                if self.catalog.registry is not None:
+                    await self.catalog.refresh()
+                self.core.evict_idle()
+                await self.desk.publish()
+            except Exception as error:  # keep running: the next period retries
+                log.warning("periodic comparison failed", extra={"error_type": type(error).__name__})
+
+
+def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
+    """Wire the service's broker, subscribers, metrics and readiness checks."""
     broker = make_broker(settings, client_id=f"vigil-{SERVICE}")
-    return ServiceRuntime(name=SERVICE, settings=settings, broker=broker, metrics=ServiceMetrics(SERVICE))
+    metrics = ServiceMetrics(SERVICE)
+    topics = settings.topics
+    service = ShadowService(settings, metrics, Publisher(broker))
+
+    @broker.subscriber(
+        topics.observations,
+        group_id=settings.group_id,
+        batch=True,
+        max_records=settings.batch_max_records,
+        batch_timeout_ms=settings.batch_timeout_ms,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        decoder=raw_batch_decoder,
+        title="shadow.observations",
+        description="Canonical observations scored by every shadow-stage candidate (shadow score topic only).",
+    )
+    async def on_observations(body: list[bytes], message: KafkaMessage) -> None:
+        processed, _parked = await process_batch(
+            message, canonical_event_adapter, service.score_batch, service.dead_letters
+        )
+        metrics.count(topics.observations, "processed", processed)
+        metrics.batch_size.labels(SERVICE).observe(len(body))
+
+    @broker.subscriber(
+        topics.scores_live,
+        topics.scores_shadow,
+        topics.outcomes,
+        topics.observations,
+        group_id=None,
+        batch=True,
+        max_records=5000,
+        batch_timeout_ms=50,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.ACK_FIRST,
+        decoder=raw_batch_decoder,
+        title="shadow.join",
+        description="Live and shadow scores, delayed outcomes and subgroup attributes, re-read from the start.",
+    )
+    async def on_join(body: list[bytes], message: KafkaMessage) -> None:
+        await service.join_batch(records_of(message))
+
+    @broker.subscriber(
+        topics.lifecycle,
+        group_id=None,
+        auto_offset_reset="latest",
+        decoder=raw_decoder,
+        title="shadow.lifecycle",
+        description="Registry decisions: a watched model's stage change reloads the candidates.",
+    )
+    async def on_lifecycle(body: bytes) -> None:
+        try:
+            event = ModelLifecycleChanged.model_validate_json(body)
+        except ValueError:
+            metrics.count(topics.lifecycle, "ignored")
+            return
+        metrics.count(topics.lifecycle, "processed")
+        await service.on_lifecycle(event)
+
+    runtime = ServiceRuntime(
+        name=SERVICE,
+        settings=settings,
+        broker=broker,
+        metrics=metrics,
+        checks={"state_restored": lambda: service.restored},
+        on_start=[service.start],
+        on_stop=[service.stop],
+    )
+    return runtime, service
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service's HTTP app; its lifespan runs the Kafka side."""
-    runtime = bootstrap(settings or Settings())
-    return build_http_app(runtime, title="Vigil shadow")
+    runtime, service = bootstrap(settings or Settings())
+    app = build_http_app(runtime, title="Vigil shadow", description=__doc__ or "")
+    app.state.shadow = service
+
+    @app.get("/comparisons", tags=["shadow"], summary="Every candidate against live (optionally over a window)")
+    async def comparisons(
+        start: datetime | None = Query(default=None, alias="from", description="Window start (data time, UTC)."),
+        end: datetime | None = Query(default=None, alias="to", description="Window end, exclusive."),
+        model: str | None = None,
+        version: str | None = None,
+    ) -> dict[str, Any]:
+        found = service.desk.compute(window_start=start, window_end=end)
+        rows = [
+            c.summary()
+            for c in found
+            if (model is None or c.model_name == model) and (version is None or c.candidate_version == version)
+        ]
+        return {
+            "comparisons": rows,
+            "candidates": [f"{n}:{v}" for n, v in sorted(service.catalog.models)],
+            "join": dict(service.join.counts),
+        }
+
+    @app.post("/comparisons/publish", tags=["shadow"], summary="Publish every candidate's summary now")
+    async def publish_now() -> dict[str, Any]:
+        events = await service.desk.publish()
+        return {"published": [e.model_dump(mode="json") for e in events]}
+
+    return app

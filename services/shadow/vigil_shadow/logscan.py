@@ -1,0 +1,94 @@
+"""Reading topics directly, outside any consumer group: state rebuild at start, and replay.
+
+Nothing here joins a consumer group or commits an offset (``group_id=None``, manual assignment), so reading
+never moves a live consumer group's position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+
+async def committed_offsets(bootstrap: str, group_id: str, topic: str) -> dict[int, int]:
+    """The group's committed offset per partition of ``topic`` (empty when the group never committed)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="vigil-shadow-admin")
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group_id)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in committed.items() if tp.topic == topic and meta.offset >= 0}
+
+
+async def _consumer(bootstrap: str) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id="vigil-shadow-scan",
+    )
+    await consumer.start()
+    return consumer
+
+
+async def read_until(
+    bootstrap: str, topic: str, until: dict[int, int] | None = None, *, chunk: int = 5000
+) -> AsyncIterator[list[ConsumerRecord[Any, Any]]]:
+    """Records of ``topic`` from the beginning up to ``until[partition]`` (exclusive).
+
+    With ``until`` None, up to the current end; partitions missing from a given ``until`` are not read.
+    """
+    consumer = await _consumer(bootstrap)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer.topics()  # refresh metadata once
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if until is None:
+            ends = await consumer.end_offsets(tps)
+            stop = {tp.partition: ends[tp] for tp in tps}
+        else:
+            stop = {p: o for p, o in until.items() if p in partitions}
+        tps = [tp for tp in tps if stop.get(tp.partition, 0) > 0]
+        if not tps:
+            return
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        remaining = {tp for tp in tps}
+        for tp in list(remaining):
+            if await consumer.position(tp) >= stop[tp.partition]:
+                remaining.discard(tp)
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=chunk)
+            out: list[ConsumerRecord[Any, Any]] = []
+            for tp, records in batch.items():
+                limit = stop[tp.partition]
+                out.extend(r for r in records if r.offset < limit)
+                if records and records[-1].offset >= limit - 1:
+                    remaining.discard(tp)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= stop[tp.partition]:
+                    remaining.discard(tp)
+            if out:
+                yield out
+    finally:
+        await consumer.stop()
+
+
+async def offsets_for_times(bootstrap: str, topic: str, at: datetime) -> dict[int, int | None]:
+    """Per partition, the first offset whose record timestamp (broker arrival time) is at or after ``at``."""
+    consumer = await _consumer(bootstrap)
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or set())]
+        found = await consumer.offsets_for_times({tp: int(at.timestamp() * 1000) for tp in tps})
+        return {tp.partition: (v.offset if v is not None else None) for tp, v in found.items()}
+    finally:
+        await consumer.stop()
