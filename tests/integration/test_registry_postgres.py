@@ -1,0 +1,66 @@
+"""The registry's core on a real PostgreSQL server (started by tests/pg.py for the session): the same tests
+as on SQLite (state machine, forbidden transitions, four-eyes rule, policy, outbox, tampered audit entry),
+plus the Alembic migration checked against the models and concurrent appends to the audit chain.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlmodel import SQLModel
+
+from tests.pg import make_package, postgres_server, postgres_url  # noqa: F401 - fixtures
+from tests.unit.test_registry_core import *  # noqa: F403 - the same tests, on PostgreSQL
+from tests.unit.test_registry_core import ADMIN, SCIENTIST
+from vigil_common.events import Stage
+from vigil_registry.core import Registry
+from vigil_registry.db import make_engine, migrate
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> str:  # noqa: F811 - overrides the SQLite one for every imported test
+    return postgres_url
+
+
+def test_it_really_is_postgresql(registry: Registry) -> None:
+    assert registry.engine.dialect.name == "postgresql"
+    assert registry.engine.url.drivername == "postgresql+psycopg"
+
+
+def test_migrated_schema_equals_the_models(database_url: str) -> None:
+    migrate(database_url)
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), SQLModel.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_concurrent_decisions_keep_one_linear_audit_chain(registry: Registry, tmp_path: Path) -> None:
+    for i in range(8):
+        registry.register_folder(SCIENTIST, make_package(tmp_path, name=f"m{i}", version="1"))
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            registry.set_stage(SCIENTIST, f"m{i}", "1", Stage.SHADOW)
+            registry.set_stage(SCIENTIST, f"m{i}", "1", Stage.ARCHIVED)
+            registry.retire(ADMIN, f"m{i}", "1", "done")
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    verification = registry.verify_audit()
+    assert verification.ok, verification
+    assert verification.entries == 8 * 4
