@@ -1,0 +1,461 @@
+"""One feature pipeline for training and serving: an incremental per-encounter state and its offline twin.
+
+Serving (the scorer) feeds canonical events into :class:`EncounterState` one at a time and asks for the feature
+vector at any moment; training runs :func:`offline_features` over PhysioNet-format hourly rows. Both compute the
+same raw statistics (:class:`_Raw`) and turn them into features with the same function (:func:`_assemble`), and
+the parity test streams 500+ set A stays through the state hour by hour and asserts bit-equality with the
+offline rows.
+
+Time is bucketed in whole hours since ICU admission (``hour = floor((observed_at - icu_admitted_at) / 1 h)``), the
+grid of the PhysioNet rows. Within an hour bucket the latest reading (by observed time) is the hour's value, as a
+PhysioNet row holds one value per hour. Features at hour ``h`` use the readings of buckets ``<= h`` only.
+
+Features (``FEATURE_SET_VERSION`` names this list; change it whenever a definition changes):
+
+- per vital sign (heart rate, SpO2, temperature, SBP, MAP, DBP, respiratory rate): the last value, hours since it
+  was measured, its change from the previous measured value, mean/min/max over the last 6 and 24 hours and the
+  number of measured hours in the last 24 hours;
+- per laboratory value (26 labs): the last value, hours since measured, change from the previous value and the
+  number of hours it was measured so far (how often a lab is ordered is a clinician's signal of concern);
+- age, sex, hours since ICU admission;
+- derived from the last values: shock index, pulse pressure, BUN/creatinine ratio, a partial SOFA (platelets,
+  bilirubin, creatinine, MAP), the SIRS criteria count and a partial qSOFA (no mental status in the data).
+
+Deliberately absent: end-tidal CO2 (never measured in set A), the ICU unit flags and the hospital-to-ICU
+admission delay (HospAdmTime). Those describe one hospital's organisation and coding rather than the patient, and
+are known not to transfer between sites. Missing values stay NaN (the gradient-boosted model routes them natively;
+"never measured" is itself informative).
+"""
+
+from __future__ import annotations
+
+import bisect
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
+
+from vigil_common.events import EncounterRecorded, ObservationRecorded, ObservationRetracted
+from vigil_common.vocabulary import BY_COLUMN, LABS, VITALS
+
+FEATURE_SET_VERSION = "physionet-hourly-v1"
+"""Version of the feature definitions; a model package declares the version it was trained with."""
+
+WINDOWS: tuple[int, ...] = (6, 24)
+"""Window lengths in hours (the current hour included) of the vital signs' summaries."""
+
+WINDOWED: tuple[str, ...] = tuple(m.name for m in VITALS if m.name != "etco2")
+"""Vital signs with window summaries (EtCO2 is never measured in set A, so it carries no signal to learn)."""
+
+CUMULATIVE: tuple[str, ...] = tuple(m.name for m in LABS)
+"""Laboratory values: last value, staleness, change and cumulative measurement count."""
+
+USED: tuple[str, ...] = WINDOWED + CUMULATIVE
+
+DERIVED: tuple[str, ...] = (
+    "shock_index",
+    "pulse_pressure",
+    "bun_creatinine_ratio",
+    "sofa_partial",
+    "sirs_count",
+    "qsofa_partial",
+)
+
+
+def _columns() -> tuple[str, ...]:
+    cols: list[str] = []
+    for name in WINDOWED:
+        cols += [f"{name}_last", f"{name}_hours_since", f"{name}_delta"]
+        for w in WINDOWS:
+            cols += [f"{name}_mean_{w}h", f"{name}_min_{w}h", f"{name}_max_{w}h"]
+        cols.append(f"{name}_count_{WINDOWS[-1]}h")
+    for name in CUMULATIVE:
+        cols += [f"{name}_last", f"{name}_hours_since", f"{name}_delta", f"{name}_count"]
+    cols += ["age", "sex", "icu_hours"]
+    cols += list(DERIVED)
+    return tuple(cols)
+
+
+FEATURE_COLUMNS: tuple[str, ...] = _columns()
+"""The model's input columns, in order."""
+
+_INDEX = {c: i for i, c in enumerate(FEATURE_COLUMNS)}
+_DEMOGRAPHIC = ("age", "sex")
+
+
+@dataclass
+class _Raw:
+    """Raw per-row statistics both paths compute; :func:`_assemble` turns them into FEATURE_COLUMNS."""
+
+    n: int
+    hour: np.ndarray
+    """Hour the features are taken at (float64, NaN when unknown)."""
+    last: dict[str, np.ndarray]
+    last_hour: dict[str, np.ndarray]
+    prev: dict[str, np.ndarray]
+    count: dict[str, np.ndarray]
+    win_sum: dict[tuple[str, int], np.ndarray]
+    win_count: dict[tuple[str, int], np.ndarray]
+    win_min: dict[tuple[str, int], np.ndarray]
+    win_max: dict[tuple[str, int], np.ndarray]
+    age: np.ndarray
+    sex: np.ndarray
+
+
+def _points(values: np.ndarray, cuts: tuple[float, ...], *, below: bool) -> np.ndarray:
+    """SOFA-style points: one per cut passed (``below``: value < cut counts); NaN scores 0."""
+    pts = np.zeros(values.shape, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        for c in cuts:
+            pts += (values < c) if below else (values >= c)
+    return pts
+
+
+def _assemble(raw: _Raw) -> np.ndarray:
+    """The feature matrix (float32, rows x FEATURE_COLUMNS) from raw statistics: the one place features are defined."""
+    out = np.full((raw.n, len(FEATURE_COLUMNS)), np.nan, dtype=np.float64)
+    h = raw.hour
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for name in USED:
+            out[:, _INDEX[f"{name}_last"]] = raw.last[name]
+            out[:, _INDEX[f"{name}_hours_since"]] = h - raw.last_hour[name]
+            out[:, _INDEX[f"{name}_delta"]] = raw.last[name] - raw.prev[name]
+        for name in WINDOWED:
+            for w in WINDOWS:
+                cnt = raw.win_count[(name, w)]
+                has = cnt > 0
+                mean = raw.win_sum[(name, w)] / np.where(has, cnt, 1)
+                out[:, _INDEX[f"{name}_mean_{w}h"]] = np.where(has, mean, np.nan)
+                out[:, _INDEX[f"{name}_min_{w}h"]] = np.where(has, raw.win_min[(name, w)], np.nan)
+                out[:, _INDEX[f"{name}_max_{w}h"]] = np.where(has, raw.win_max[(name, w)], np.nan)
+            out[:, _INDEX[f"{name}_count_{WINDOWS[-1]}h"]] = raw.win_count[(name, WINDOWS[-1])]
+        for name in CUMULATIVE:
+            out[:, _INDEX[f"{name}_count"]] = raw.count[name]
+        out[:, _INDEX["age"]] = raw.age
+        out[:, _INDEX["sex"]] = raw.sex
+        out[:, _INDEX["icu_hours"]] = h
+        last = raw.last
+        hr, sbp, dbp, mean_ap = last["heart_rate"], last["sbp"], last["dbp"], last["map"]
+        resp, temp, wbc = last["resp_rate"], last["temperature"], last["wbc"]
+        out[:, _INDEX["shock_index"]] = np.where(sbp > 0, hr / sbp, np.nan)
+        out[:, _INDEX["pulse_pressure"]] = sbp - dbp
+        out[:, _INDEX["bun_creatinine_ratio"]] = np.where(
+            last["creatinine"] > 0, last["bun"] / last["creatinine"], np.nan
+        )
+        out[:, _INDEX["sofa_partial"]] = (
+            _points(last["platelets"], (150, 100, 50, 20), below=True)
+            + _points(last["bilirubin_total"], (1.2, 2.0, 6.0, 12.0), below=False)
+            + _points(last["creatinine"], (1.2, 2.0, 3.5, 5.0), below=False)
+            + _points(mean_ap, (70,), below=True)
+        )
+        out[:, _INDEX["sirs_count"]] = (
+            (hr > 90).astype(np.float64) + (resp > 20) + ((temp > 38) | (temp < 36)) + ((wbc > 12) | (wbc < 4))
+        )
+        out[:, _INDEX["qsofa_partial"]] = (resp >= 22).astype(np.float64) + (sbp <= 100)
+    return out.astype(np.float32)
+
+
+# --- offline (vectorised) ------------------------------------------------------------------------
+
+
+def _window(x: np.ndarray, pos: np.ndarray, start: np.ndarray, w: int) -> np.ndarray:
+    """Rows of the last ``w`` grid positions of each position (NaN before the stay's start), C-contiguous."""
+    pad = np.concatenate([np.full(w - 1, np.nan), x])
+    view = sliding_window_view(pad, w)  # row i covers positions i-w+1 .. i
+    first = pos - (w - 1)
+    mask = (first[:, None] + np.arange(w)[None, :]) >= start[:, None]
+    return np.ascontiguousarray(np.where(mask, view, np.nan))
+
+
+def offline_features(df: pd.DataFrame) -> pd.DataFrame:
+    """FEATURE_COLUMNS (float32) for PhysioNet-format hourly rows, in the input's row order and index.
+
+    Row ``r`` equals what :class:`EncounterState` gives after applying that stay's events (see
+    :func:`vigil_common.physionet.stay_events`) up to row r's hour, taken at that hour. Stays are told apart by
+    ``patient_id``; hours within a stay must be unique but need not be contiguous.
+    """
+    n = len(df)
+    if n == 0:
+        return pd.DataFrame(np.zeros((0, len(FEATURE_COLUMNS)), dtype=np.float32), columns=list(FEATURE_COLUMNS))
+    codes, _ = pd.factorize(df["patient_id"], sort=False)
+    hours = df["hour"].to_numpy(dtype=np.int64)
+    order = np.lexsort((hours, codes))
+    c_sorted, h_sorted = codes[order], hours[order]
+    if np.any((np.diff(c_sorted) == 0) & (np.diff(h_sorted) == 0)):
+        raise ValueError("duplicate (patient_id, hour) rows")
+    # A full hourly grid per stay from its first to its last hour, so windows are in hours, not rows.
+    new_stay = np.r_[True, np.diff(c_sorted) != 0]
+    stay_idx = np.cumsum(new_stay) - 1
+    first_h = h_sorted[new_stay]
+    last_h = h_sorted[np.r_[np.flatnonzero(new_stay)[1:] - 1, n - 1]]
+    lengths = last_h - first_h + 1
+    offsets = np.r_[0, np.cumsum(lengths)[:-1]]
+    total = int(lengths.sum())
+    row_pos = offsets[stay_idx] + (h_sorted - first_h[stay_idx])
+    grid_stay = np.repeat(np.arange(len(lengths)), lengths)
+    start = offsets[grid_stay]
+    pos = np.arange(total)
+    grid_hour = (first_h[grid_stay] + (pos - start)).astype(np.float64)
+
+    def grid(column: str) -> np.ndarray:
+        g = np.full(total, np.nan)
+        if column in df:
+            g[row_pos] = df[column].to_numpy(dtype=np.float64)[order]
+        return g
+
+    last: dict[str, np.ndarray] = {}
+    last_hour: dict[str, np.ndarray] = {}
+    prev: dict[str, np.ndarray] = {}
+    count: dict[str, np.ndarray] = {}
+    win_sum: dict[tuple[str, int], np.ndarray] = {}
+    win_count: dict[tuple[str, int], np.ndarray] = {}
+    win_min: dict[tuple[str, int], np.ndarray] = {}
+    win_max: dict[tuple[str, int], np.ndarray] = {}
+    by_name = {m.name: m.column for m in BY_COLUMN.values()}
+    for name in USED:
+        x = grid(by_name[name])
+        valid = ~np.isnan(x)
+        acc = np.maximum.accumulate(np.where(valid, pos, -1))
+        has = acc >= start
+        acc_safe = np.where(has, acc, 0)
+        last[name] = np.where(has, x[acc_safe], np.nan)
+        last_hour[name] = np.where(has, grid_hour[acc_safe], np.nan)
+        before = np.r_[-1, acc[:-1]]  # the last valid position strictly before each position
+        p_prev = before[acc_safe]
+        has_prev = has & (p_prev >= start)
+        prev[name] = np.where(has_prev, x[np.where(has_prev, p_prev, 0)], np.nan)
+        csum = np.cumsum(valid)
+        count[name] = (csum - np.where(start > 0, csum[np.maximum(start - 1, 0)], 0)).astype(np.float64)
+        if name in WINDOWED:
+            for w in WINDOWS:
+                m = _window(x, pos, start, w)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    win_sum[(name, w)] = np.nansum(m, axis=1)
+                    win_count[(name, w)] = (~np.isnan(m)).sum(axis=1).astype(np.float64)
+                    win_min[(name, w)] = np.nanmin(m, axis=1)
+                    win_max[(name, w)] = np.nanmax(m, axis=1)
+
+    def per_stay_first(column: str) -> np.ndarray:
+        if column not in df:
+            return np.full(total, np.nan)
+        first = pd.Series(df[column].to_numpy(dtype=np.float64)[order]).groupby(stay_idx).first().to_numpy()
+        return first[grid_stay]
+
+    raw = _Raw(
+        n=total,
+        hour=grid_hour,
+        last=last,
+        last_hour=last_hour,
+        prev=prev,
+        count=count,
+        win_sum=win_sum,
+        win_count=win_count,
+        win_min=win_min,
+        win_max=win_max,
+        age=per_stay_first("Age"),
+        sex=per_stay_first("Gender"),
+    )
+    feats = _assemble(raw)[row_pos]
+    result = np.empty_like(feats)
+    result[order] = feats
+    return pd.DataFrame(result, columns=list(FEATURE_COLUMNS), index=df.index)
+
+
+# --- incremental (serving) -----------------------------------------------------------------------
+
+_US_PER_HOUR = 3_600_000_000
+
+
+def _micros(t: datetime) -> int:
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    d = t - datetime(1970, 1, 1, tzinfo=UTC)
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+def _from_micros(us: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+
+
+class EncounterState:
+    """Incremental per-encounter feature state, fed with canonical events in any order.
+
+    Readings are kept per feature, keyed by their source resource and observed time, so a redelivered event is a
+    no-op, an amended resource (same resource and time, new version) replaces its value, and a retraction removes
+    the resource's readings. Hours are counted from the encounter's ICU admission; until an ``EncounterRecorded``
+    gives it, from the earliest reading (then re-bucketed when it arrives).
+    """
+
+    def __init__(self, encounter: str | None = None, patient: str | None = None) -> None:
+        """An empty state for one encounter."""
+        self.encounter = encounter
+        self.patient = patient
+        self.icu_admitted_at: datetime | None = None
+        self.unit: str | None = None
+        # feature -> "type/id|micros" -> (micros, value, seq); seq orders same-time readings by arrival.
+        self._readings: dict[str, dict[str, tuple[int, float, int]]] = {}
+        self._seq = 0
+        self._buckets: dict[str, tuple[list[int], list[float]]] | None = None
+
+    # -- applying events --
+
+    def apply(self, event: ObservationRecorded | ObservationRetracted | EncounterRecorded) -> None:
+        """Fold one canonical event into the state (idempotent for redelivered events)."""
+        if isinstance(event, EncounterRecorded):
+            self.encounter = event.encounter
+            self.patient = event.patient or self.patient
+            if event.icu_admitted_at is not None:
+                self.icu_admitted_at = event.icu_admitted_at
+            self.unit = event.unit or self.unit
+            self._buckets = None
+        elif isinstance(event, ObservationRecorded):
+            if self.patient is None:
+                self.patient = event.patient
+            if self.encounter is None:
+                self.encounter = event.encounter
+            if event.feature not in USED and event.feature not in _DEMOGRAPHIC:
+                return
+            t = _micros(event.observed_at)
+            rkey = f"{event.source.resource_type}/{event.source.resource_id}|{t}"
+            per = self._readings.setdefault(event.feature, {})
+            old = per.get(rkey)
+            if old is not None and old[1] == event.value:
+                return  # a redelivery: nothing changes
+            self._seq += 1
+            per[rkey] = (t, float(event.value), self._seq)
+            self._buckets = None
+        elif isinstance(event, ObservationRetracted):
+            prefix = f"{event.retracted_resource.resource_type}/{event.retracted_resource.resource_id}|"
+            for feature, per in self._readings.items():
+                if event.feature is not None and feature != event.feature:
+                    continue
+                for k in [k for k in per if k.startswith(prefix)]:
+                    del per[k]
+            self._buckets = None
+
+    # -- reading the state --
+
+    def _base(self) -> int | None:
+        if self.icu_admitted_at is not None:
+            return _micros(self.icu_admitted_at)
+        times = [r[0] for per in self._readings.values() for r in per.values()]
+        return min(times) if times else None
+
+    def _bucketed(self) -> dict[str, tuple[list[int], list[float]]]:
+        if self._buckets is None:
+            base = self._base()
+            buckets: dict[str, tuple[list[int], list[float]]] = {}
+            for feature, per in self._readings.items():
+                best: dict[int, tuple[int, int, float]] = {}
+                for t, v, seq in per.values():
+                    hr = (t - (base or 0)) // _US_PER_HOUR
+                    cand = (t, seq, v)
+                    if hr not in best or cand[:2] > best[hr][:2]:
+                        best[hr] = cand
+                hs = sorted(best)
+                buckets[feature] = (hs, [best[x][2] for x in hs])
+            self._buckets = buckets
+        return self._buckets
+
+    @property
+    def observations(self) -> int:
+        """Number of readings held (redeliveries counted once, retracted ones removed)."""
+        return sum(len(per) for per in self._readings.values())
+
+    @property
+    def data_time(self) -> datetime | None:
+        """Observed time of the newest reading."""
+        times = [r[0] for per in self._readings.values() for r in per.values()]
+        return _from_micros(max(times)) if times else None
+
+    @property
+    def hour(self) -> int | None:
+        """Whole hours since ICU admission of the newest reading (None before any reading)."""
+        hs = [hours[-1] for hours, _ in self._bucketed().values() if hours]
+        return max(hs) if hs else None
+
+    def _raw(self, h: int | None) -> _Raw:
+        b = self._bucketed()
+        nan = np.array([np.nan])
+        raw = _Raw(
+            n=1,
+            hour=np.array([np.nan if h is None else float(h)]),
+            last={},
+            last_hour={},
+            prev={},
+            count={},
+            win_sum={},
+            win_count={},
+            win_min={},
+            win_max={},
+            age=nan,
+            sex=nan,
+        )
+        for name in _DEMOGRAPHIC:
+            hours, values = b.get(name, ([], []))
+            # Demographics do not change with time: the latest reading holds whatever the hour asked.
+            val = values[-1] if values else np.nan
+            setattr(raw, name, np.array([val]))
+        for name in USED:
+            hours, values = b.get(name, ([], []))
+            k = bisect.bisect_right(hours, h) if h is not None else 0
+            raw.last[name] = np.array([values[k - 1] if k >= 1 else np.nan])
+            raw.last_hour[name] = np.array([float(hours[k - 1]) if k >= 1 else np.nan])
+            raw.prev[name] = np.array([values[k - 2] if k >= 2 else np.nan])
+            raw.count[name] = np.array([float(k)])
+            if name in WINDOWED:
+                for w in WINDOWS:
+                    arr = np.full(w, np.nan)
+                    if h is not None:
+                        lo = bisect.bisect_left(hours, h - w + 1)
+                        for j in range(lo, k):
+                            arr[hours[j] - (h - w + 1)] = values[j]
+                    present = arr[~np.isnan(arr)]
+                    raw.win_sum[(name, w)] = np.array([np.nansum(arr.reshape(1, w), axis=1)[0]])
+                    raw.win_count[(name, w)] = np.array([float(present.size)])
+                    raw.win_min[(name, w)] = np.array([present.min() if present.size else np.nan])
+                    raw.win_max[(name, w)] = np.array([present.max() if present.size else np.nan])
+        return raw
+
+    def features(self, at_hour: int | None = None) -> np.ndarray:
+        """The feature vector (float32, FEATURE_COLUMNS order, NaN for missing) as at ``at_hour`` (default: ``hour``).
+
+        Pass ``at_hour`` to score a later hour with no new reading (time since measurement grows).
+        """
+        h = self.hour if at_hour is None else at_hour
+        return _assemble(self._raw(h))[0]
+
+    # -- snapshots --
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable snapshot; :meth:`from_dict` restores a state that gives identical features."""
+        return {
+            "v": 1,
+            "feature_set_version": FEATURE_SET_VERSION,
+            "encounter": self.encounter,
+            "patient": self.patient,
+            "icu_admitted_at": None if self.icu_admitted_at is None else self.icu_admitted_at.isoformat(),
+            "unit": self.unit,
+            "seq": self._seq,
+            "readings": {
+                f: [[k, t, v, s] for k, (t, v, s) in sorted(per.items(), key=lambda kv: kv[1][2])]
+                for f, per in self._readings.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EncounterState:
+        """Restore a state from :meth:`to_dict`'s snapshot."""
+        s = cls(d.get("encounter"), d.get("patient"))
+        at = d.get("icu_admitted_at")
+        s.icu_admitted_at = datetime.fromisoformat(at) if at else None
+        s.unit = d.get("unit")
+        s._seq = int(d.get("seq", 0))
+        for f, rows in d.get("readings", {}).items():
+            s._readings[f] = {str(k): (int(t), float(v), int(q)) for k, t, v, q in rows}
+        return s
