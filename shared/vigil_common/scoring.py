@@ -67,7 +67,7 @@ class Predictor(Protocol):
     version: str
     thresholds: dict[str, float]
 
-    def predict(self, X: np.ndarray) -> np.ndarray:  # noqa: N803 - the model's input matrix
+    def predict(self, X: np.ndarray) -> np.ndarray:
         """Probabilities for the rows of X (float32, FEATURE_COLUMNS order)."""
         ...
 
@@ -354,7 +354,7 @@ class ScoringCore:
     def _predict(self, rows: list[_Row]) -> list[RiskScored]:
         if not rows:
             return []
-        X = np.vstack([r.features for r in rows]).astype(np.float32, copy=False)  # noqa: N806
+        X = np.vstack([r.features for r in rows]).astype(np.float32, copy=False)
         probabilities = np.asarray(self.package.predict(X), dtype=np.float64)
         created = time.time()
         created_at = datetime.fromtimestamp(created, UTC)

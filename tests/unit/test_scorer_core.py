@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+
+from tests import factories
 from vigil_common import events as ev
 from vigil_common.features import FEATURE_COLUMNS, offline_features
 from vigil_common.physionet import ICU_EPOCH, stay_events
 from vigil_common.scoring import Incoming, LivePublisher, NotProductionError, ScoringCore
-
-from tests import factories
 
 N_STAYS = 12
 
@@ -26,9 +26,9 @@ class FakePackage:
     name = "sepsis"
     version = "1"
     columns = FEATURE_COLUMNS
-    thresholds = {"operating": 0.5, "medium": 0.3, "high": 0.7}
 
     def __init__(self) -> None:
+        self.thresholds = {"operating": 0.5, "medium": 0.3, "high": 0.7}
         self.calls: list[int] = []
         rng = np.random.default_rng(7)
         self.w = rng.normal(0, 0.01, len(FEATURE_COLUMNS)).astype(np.float32)
@@ -112,7 +112,9 @@ def test_every_hour_with_data_is_scored_and_equals_the_offline_prediction(stays:
     diffs = [abs(s.probability - expected[k]) for k, s in got.items()]
     assert max(diffs) < 1e-6
     assert all(s.stage is ev.Stage.PRODUCTION and s.model_version == "1" for s in scores)
-    assert all(s.event_id == ev.RiskScored.make_id("sepsis", "1", s.encounter, s.data_time, s.observations) for s in scores)
+    assert all(
+        s.event_id == ev.RiskScored.make_id("sepsis", "1", s.encounter, s.data_time, s.observations) for s in scores
+    )
 
 
 def test_batch_boundaries_do_not_change_the_final_hourly_scores(stays: pd.DataFrame) -> None:
@@ -228,7 +230,9 @@ def test_idle_encounters_are_evicted_only_when_idle_by_both_clocks() -> None:
     core.score(
         [
             factories.encounter(**other, event_id="e2"),
-            factories.observation(**other, observed_at=t0 + timedelta(hours=5), source=factories.source(resource_id="y")),
+            factories.observation(
+                **other, observed_at=t0 + timedelta(hours=5), source=factories.source(resource_id="y")
+            ),
         ]
     )
     assert core.evict_idle(now=clock[0] + 60) == []  # data-idle but not wall-idle

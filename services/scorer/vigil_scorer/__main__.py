@@ -2,7 +2,6 @@
 
 from vigil_common.logging import configure_logging
 from vigil_common.service import serve
-
 from vigil_scorer.app import create_app
 from vigil_scorer.settings import Settings
 

@@ -1,24 +1,163 @@
-"""The scorer service: FastStream for its Kafka side, FastAPI for HTTP (frame only, filled in by its issue)."""
+"""The scorer service: FastStream for its Kafka side, FastAPI for HTTP.
+
+Kafka: a batch subscriber on the canonical observations topic (consumer group ``settings.group_id``, manual
+commits after the outputs are acknowledged, a rebalance listener that moves state with the partitions) and a
+subscriber on the lifecycle topic without a group (every process sees every registry decision). HTTP:
+``POST /predict`` (stateless: a feature snapshot in, a score out), ``/health``, ``/ready`` (model loaded, states
+restored, broker reachable) and ``/metrics``.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
-from vigil_common.kafka import make_broker
+import logging
+from typing import Annotated
+
+from fastapi import Body, FastAPI, HTTPException
+from faststream import AckPolicy
+from faststream.kafka import KafkaMessage
+from pydantic import BaseModel, Field
+
+from vigil_common.events import ModelLifecycleChanged
+from vigil_common.kafka import DeadLetters, Publisher, make_broker, raw_batch_decoder, raw_decoder
 from vigil_common.metrics import ServiceMetrics
 from vigil_common.service import ServiceRuntime, build_http_app
-
+from vigil_scorer.changelog import KafkaSink
+from vigil_scorer.pipeline import SERVICE, ScorerService, StateRebalanceListener
+from vigil_scorer.registry_client import RegistryClient
 from vigil_scorer.settings import Settings
 
-SERVICE = "scorer"
+log = logging.getLogger(__name__)
 
 
-def bootstrap(settings: Settings) -> ServiceRuntime:
-    """Wire the service's broker, metrics and readiness checks."""
+class PredictResponse(BaseModel):
+    """A stateless score of one feature snapshot."""
+
+    probability: float = Field(ge=0.0, le=1.0)
+    risk_level: str = Field(examples=["low"])
+    alert: bool
+    threshold: float
+    model_name: str
+    model_version: str
+    stage: str
+    default_model: bool
+
+
+def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
+    """Wire the service's broker, subscribers, metrics and readiness checks."""
     broker = make_broker(settings, client_id=f"vigil-{SERVICE}")
-    return ServiceRuntime(name=SERVICE, settings=settings, broker=broker, metrics=ServiceMetrics(SERVICE))
+    metrics = ServiceMetrics(SERVICE)
+    topics = settings.topics
+    dead_letters = DeadLetters(
+        Publisher(broker),
+        topics.dead_letter,
+        service=SERVICE,
+        on_parked=lambda letter: metrics.count(letter.source_topic, "parked_total"),
+    )
+    service = ScorerService(
+        settings,
+        metrics,
+        sink=KafkaSink(settings.kafka_bootstrap_servers, client_id=f"vigil-{SERVICE}-out"),
+        dead_letters=dead_letters,
+        registry=RegistryClient(
+            settings.registry_url, token=settings.registry_token, timeout=settings.registry_timeout_s
+        ),
+    )
+
+    observations = broker.subscriber(
+        topics.observations,
+        group_id=settings.group_id,
+        batch=True,
+        max_records=settings.batch_max_records,
+        batch_timeout_ms=settings.batch_timeout_ms,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        decoder=raw_batch_decoder,
+        listener=StateRebalanceListener(service),
+        title="scorer.observations",
+        description="Canonical observations scored per encounter-hour by the production model.",
+    )
+
+    # FastStream builds the aiokafka consumer at start; the lag metric reads it from the subscriber then.
+    service.consumer_of = lambda: getattr(observations, "consumer", None)
+
+    @observations
+    async def on_observations(body: list[bytes], message: KafkaMessage) -> None:
+        await service.on_batch(message)
+
+    lifecycle = broker.subscriber(
+        topics.lifecycle,
+        group_id=None,
+        auto_offset_reset="latest",
+        decoder=raw_decoder,
+        title="scorer.lifecycle",
+        description="Registry decisions: a new production version is loaded, verified and swapped in.",
+    )
+
+    @lifecycle
+    async def on_lifecycle(body: bytes) -> None:
+        try:
+            event = ModelLifecycleChanged.model_validate_json(body)
+        except ValueError:
+            metrics.count(topics.lifecycle, "ignored")
+            log.warning("unreadable lifecycle event ignored")
+            return
+        metrics.count(topics.lifecycle, "processed")
+        await service.on_lifecycle(event)
+
+    async def start() -> None:
+        await service.sink.start()
+        service.install(await service.load_initial_model())
+        service.start_background()
+
+    async def stop() -> None:
+        await service.stop_background()
+        await service.sink.stop()
+        await service.registry.aclose()
+
+    runtime = ServiceRuntime(
+        name=SERVICE,
+        settings=settings,
+        broker=broker,
+        metrics=metrics,
+        checks={
+            "model_loaded": lambda: service.core is not None,
+            "states_restored": lambda: service.assignment_done.is_set() and not service.needs_restore,
+        },
+        on_start=[start],
+        on_stop=[stop],
+    )
+    return runtime, service
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service's HTTP app; its lifespan runs the Kafka side."""
-    runtime = bootstrap(settings or Settings())
-    return build_http_app(runtime, title="Vigil scorer")
+    runtime, service = bootstrap(settings or Settings())
+    app = build_http_app(runtime, title="Vigil scorer", description=__doc__ or "")
+    app.state.scorer = service
+
+    @app.post("/predict", tags=["scoring"], summary="Score one feature snapshot (stateless)")
+    async def predict(
+        features: Annotated[
+            dict[str, float | None],
+            Body(description="FEATURE_COLUMNS names to numbers (null or absent: missing).", examples=[{"age": 64.0}]),
+        ],
+    ) -> PredictResponse:
+        core = service.core
+        if core is None:
+            raise HTTPException(503, "no model loaded yet")
+        try:
+            p, level, alert = core.predict_snapshot(features)
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from error
+        return PredictResponse(
+            probability=p,
+            risk_level=level,
+            alert=alert,
+            threshold=core.threshold,
+            model_name=core.model_name,
+            model_version=core.model_version,
+            stage=core.stage.value,
+            default_model=core.default_model,
+        )
+
+    return app

@@ -1,0 +1,96 @@
+"""The scorer's state changelog: a compacted topic keyed by encounter, one partition per observations partition.
+
+An encounter's snapshot is written to the changelog partition with the same number as the observations partition
+its events come from, so a process that is assigned observations partition ``p`` restores its states by reading
+changelog partition ``p`` to its end. Evicted encounters get a tombstone (null value) so compaction forgets them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+log = logging.getLogger(__name__)
+
+
+class KafkaSink:
+    """One idempotent, acks=all producer for the scorer's outputs (scores and changelog records).
+
+    A raw aiokafka producer rather than the FastStream publisher: the hot path publishes thousands of records a
+    second and needs explicit partitions and null values (tombstones).
+    """
+
+    def __init__(self, bootstrap: str, *, client_id: str) -> None:
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            max_batch_size=256 * 1024,
+        )
+        self.started = False
+
+    async def start(self) -> None:
+        """Connect."""
+        await self.producer.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        """Flush and disconnect."""
+        if self.started:
+            await self.producer.stop()
+            self.started = False
+
+    async def send_all(self, topic: str, items: Sequence[tuple[bytes | None, bytes | None, int | None]]) -> None:
+        """Send (key, value, partition) records and wait until the broker has acknowledged every one."""
+        if not items:
+            return
+        futures = [
+            await self.producer.send(topic, value, key=key, partition=partition) for key, value, partition in items
+        ]
+        await asyncio.gather(*futures)
+
+
+async def read_changelog(
+    bootstrap: str, topic: str, partitions: Iterable[int], *, timeout_s: float = 60.0
+) -> dict[str, bytes | None]:
+    """Read changelog partitions from the beginning to their current end; the last value per key wins."""
+    tps = [TopicPartition(topic, p) for p in sorted(set(partitions))]
+    if not tps:
+        return {}
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_uncommitted",
+    )
+    await consumer.start()
+    out: dict[str, bytes | None] = {}
+    try:
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        pending = {tp for tp in tps if ends[tp] > 0}
+        if not pending:
+            return out
+        await consumer.seek_to_beginning(*pending)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while pending:
+            if loop.time() > deadline:
+                raise TimeoutError("changelog restore did not reach the end offsets in time")
+            batch = await consumer.getmany(*pending, timeout_ms=200, max_records=10_000)
+            for records in batch.values():
+                for record in records:
+                    if record.key is not None:
+                        out[record.key.decode()] = record.value
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()
+    return out

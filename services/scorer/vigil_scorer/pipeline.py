@@ -1,0 +1,401 @@
+"""The live scorer's Kafka side: batches in, scores and state snapshots out, offsets committed last.
+
+One batch (FastStream batch subscriber, ``AckPolicy.MANUAL``) goes through ``vigil_common.kafka.process_batch``:
+
+1. records that do not parse are parked in the dead-letter topic (so are events without an encounter);
+2. :class:`~vigil_common.scoring.ScoringCore` applies the rest and scores every touched encounter-hour in one
+   model call;
+3. the scores are published to the live topic through :class:`~vigil_common.scoring.LivePublisher` (which refuses
+   anything but a production-stage model) and acknowledged (acks=all, idempotent producer);
+4. only then the touched encounters' snapshots are published to the compacted changelog and acknowledged;
+5. only then the batch's offsets are committed.
+
+A crash between 3 and 4 restores the older snapshot and re-applies the batch: the same scores with the same ids.
+A crash between 4 and 5 restores the newer snapshot, whose last applied offset makes the redelivered records
+duplicates: their scores were already acknowledged in 3. Either way every encounter-hour is scored and its
+score is what an uninterrupted scorer produces.
+
+Partitions follow the consumer group: on assignment the states of the assigned partitions are read back from the
+changelog before any of their records is scored; on revocation they are dropped (after the in-flight batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from faststream.kafka.message import KafkaMessage
+from prometheus_client import Counter, Gauge
+
+from vigil_common.events import LifecycleAction, ModelLifecycleChanged, Stage, canonical_event_adapter
+from vigil_common.kafka import DeadLetters, Parsed, encode, process_batch
+from vigil_common.metrics import ServiceMetrics
+from vigil_common.model_package import ModelPackage, default_package_path
+from vigil_common.scoring import Incoming, LivePublisher, NotProductionError, ScoringCore
+from vigil_scorer.changelog import KafkaSink, read_changelog
+from vigil_scorer.registry_client import PackageRejected, RegistryClient, RegistryUnavailable
+from vigil_scorer.settings import Settings
+
+log = logging.getLogger(__name__)
+SERVICE = "scorer"
+
+
+@dataclass
+class LoadedModel:
+    """A fully loaded, verified package and the stage the registry gave it."""
+
+    package: ModelPackage
+    stage: Stage
+    default_model: bool = False
+
+
+class ScorerMetrics:
+    """The service's instruments beyond the shared convention (same registry)."""
+
+    def __init__(self, base: ServiceMetrics) -> None:
+        r = base.registry
+        self.base = base
+        self.errors = Counter("vigil_scorer_errors", "Failed batches and refused swaps, by kind.", ["kind"], registry=r)
+        self.model = Gauge(
+            "vigil_model_info",
+            "The model in use (value 1).",
+            ["service", "model", "version", "stage", "default_model"],
+            registry=r,
+        )
+        self.lag = Gauge("vigil_consumer_lag", "Highwater minus position, per partition.", ["partition"], registry=r)
+        self.states = Gauge("vigil_scorer_states", "Encounter states held in memory.", registry=r)
+        self.evictions = Counter("vigil_scorer_evictions", "Idle encounter states evicted.", registry=r)
+        self.swaps = Counter("vigil_model_swaps", "Model swaps, by outcome.", ["outcome"], registry=r)
+        self.restored = Counter("vigil_scorer_restored_states", "States restored from the changelog.", registry=r)
+
+
+class ScorerService:
+    """Everything the live scorer holds between batches; FastStream handlers delegate here."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        *,
+        sink: KafkaSink,
+        dead_letters: DeadLetters,
+        registry: RegistryClient,
+    ) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.metrics = ScorerMetrics(metrics)
+        self.sink = sink
+        self.dead_letters = dead_letters
+        self.registry = registry
+        self.core: ScoringCore | None = None
+        self.live: LivePublisher | None = None
+        self.lock = asyncio.Lock()
+        """Held by a batch, a swap, a rebalance and an eviction: each happens between batches."""
+        self.assignment_done = asyncio.Event()
+        self.owned: set[int] = set()
+        self.needs_restore: set[int] = set()
+        self.consumer_of: Callable[[], Any] = lambda: None
+        """The subscriber's aiokafka consumer (for the lag), once the broker has started."""
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- model --------------------------------------------------------------------------------------
+
+    async def load_initial_model(self) -> LoadedModel:
+        """The registry's production version, else the repository's default package (flagged as such)."""
+        try:
+            ref = await self.registry.production(self.settings.model_name)
+            if ref is not None and ref.artifact_url:
+                package = await self.registry.fetch_package(
+                    ref.artifact_url,
+                    cache_dir=self.settings.model_cache_dir,
+                    artifact_sha256=ref.artifact_sha256,
+                    package_sha256=ref.package_sha256,
+                )
+                return LoadedModel(package, Stage.PRODUCTION)
+            log.warning("registry has no production version; using the default model")
+        except (RegistryUnavailable, PackageRejected) as error:
+            log.warning(
+                "registry unusable at start; using the default model", extra={"error_type": type(error).__name__}
+            )
+        path = self.settings.default_model_path or default_package_path()
+        return LoadedModel(ModelPackage.load(path), Stage.PRODUCTION, default_model=True)
+
+    def install(self, model: LoadedModel) -> None:
+        """Swap a loaded model in (call between batches: under :attr:`lock`, or before consuming starts)."""
+        if self.core is None:
+            self.core = ScoringCore(
+                model.package,
+                stage=model.stage,
+                default_model=model.default_model,
+                idle_hours=self.settings.idle_hours,
+                dedupe_ids=self.settings.dedupe_ids,
+            )
+        else:
+            self.core.swap(model.package, stage=model.stage, default_model=model.default_model)
+        self.live = LivePublisher(self._publish_scores, self.topics.scores_live, self.core)
+        self.metrics.model.clear()
+        self.metrics.model.labels(
+            SERVICE, model.package.name, str(model.package.version), model.stage.value, str(model.default_model).lower()
+        ).set(1)
+        log.info(
+            "model in use",
+            extra={
+                "model_name": model.package.name,
+                "model_version": str(model.package.version),
+                "stage": model.stage.value,
+            },
+        )
+
+    async def on_lifecycle(self, event: ModelLifecycleChanged) -> None:
+        """Load a version the registry put in production and swap it in between batches; stop on a demotion."""
+        if event.model_name != self.settings.model_name or self.core is None:
+            return
+        current = (self.core.model_version, self.core.stage, self.core.default_model)
+        if event.to_stage is Stage.PRODUCTION and event.action in (
+            LifecycleAction.PROMOTED,
+            LifecycleAction.ROLLED_BACK,
+            LifecycleAction.STAGE_CHANGED,
+        ):
+            if current == (event.model_version, Stage.PRODUCTION, False):
+                return
+            try:
+                url = event.artifact_url
+                if not url:
+                    ref = await self.registry.production(event.model_name)
+                    url = ref.artifact_url if ref and ref.version == event.model_version else None
+                if not url:
+                    raise PackageRejected("the lifecycle event names no artifact")
+                package = await self.registry.fetch_package(
+                    url, cache_dir=self.settings.model_cache_dir, artifact_sha256=event.artifact_sha256
+                )
+                if str(package.version) != event.model_version or package.name != event.model_name:
+                    raise PackageRejected("the package is not the version the event announced")
+            except (RegistryUnavailable, PackageRejected, ValueError) as error:
+                self.metrics.swaps.labels("refused").inc()
+                self.metrics.errors.labels("swap").inc()
+                log.error(
+                    "model swap refused",
+                    extra={"model_version": event.model_version, "error_type": type(error).__name__},
+                )
+                return
+            async with self.lock:
+                self.install(LoadedModel(package, Stage.PRODUCTION))
+            self.metrics.swaps.labels("swapped").inc()
+        elif (
+            event.model_version == self.core.model_version
+            and not self.core.default_model
+            and event.to_stage is not Stage.PRODUCTION
+        ):
+            # Our version left production with no successor announced yet: nothing may reach the live topic
+            # until one is (batches wait uncommitted).
+            async with self.lock:
+                self.core.stage = Stage(event.to_stage)
+            log.warning("model left production; live scoring paused", extra={"model_version": event.model_version})
+
+    async def poll_registry_while_default(self) -> None:
+        """While on the default model, ask the registry now and then for a production version."""
+        while True:
+            await asyncio.sleep(self.settings.registry_poll_s)
+            if self.core is None or not self.core.default_model:
+                continue
+            try:
+                model = await self.load_initial_model()
+            except Exception:  # keep polling; the default model keeps scoring
+                log.exception("registry poll failed")
+                continue
+            if not model.default_model:
+                async with self.lock:
+                    self.install(model)
+                self.metrics.swaps.labels("swapped").inc()
+
+    # --- batches ------------------------------------------------------------------------------------
+
+    async def on_batch(self, message: KafkaMessage) -> None:
+        """The observations subscriber's body: one at-least-once batch."""
+        await self.assignment_done.wait()
+        async with self.lock:
+            t0 = time.perf_counter()
+            _, parked = await process_batch(message, canonical_event_adapter, self._handle, self.dead_letters)
+            base = self.metrics.base
+            base.processing.labels(SERVICE, "batch").observe(time.perf_counter() - t0)
+            base.count(self.topics.observations, "parked", parked)
+            self._update_lag(message)
+            if self.core is not None:
+                self.metrics.states.set(len(self.core))
+
+    async def _handle(self, items: list[Parsed[Any]]) -> list[tuple[ConsumerRecord[Any, Any], BaseException | str]]:
+        core, live = self.core, self.live
+        if core is None or live is None:
+            raise RuntimeError("no model loaded")
+        if core.stage is not Stage.PRODUCTION:
+            await asyncio.sleep(1.0)  # paused until a production model is announced; the batch stays uncommitted
+            raise NotProductionError("the model in use is not in production")
+        # Records fetched before a rebalance may belong to partitions now owned by another process: skip them,
+        # their new owner scores them from the committed offset.
+        mine = [p for p in items if p.record.partition in self.owned]
+        base = self.metrics.base
+        base.batch_size.labels(SERVICE).observe(len(items))
+        if len(mine) < len(items):
+            base.count(self.topics.observations, "not_owned", len(items) - len(mine))
+        partitions = {p.record.partition for p in mine}
+        try:
+            if self.needs_restore & partitions:
+                await self._restore(self.needs_restore & partitions)
+            outcome = core.process(
+                Incoming(p.event, p.record.timestamp / 1000.0, p.record.partition, p.record.offset) for p in mine
+            )
+            await live.publish(outcome.scores)
+            await self.sink.send_all(
+                self.topics.scorer_state,
+                [(enc.encode(), core.snapshot(enc), partition) for enc, partition in outcome.changed.items()],
+            )
+        except BaseException:
+            # The in-memory states may now be ahead of the changelog: drop them, re-read them before the retry.
+            self.metrics.errors.labels("batch").inc()
+            core.drop_partitions(partitions)
+            self.needs_restore |= partitions
+            raise
+        failed: list[tuple[ConsumerRecord[Any, Any], BaseException | str]] = [
+            (mine[i].record, reason) for i, reason in outcome.failures
+        ]
+        base.count(self.topics.observations, "processed", outcome.applied)
+        base.count(self.topics.observations, "duplicate", outcome.duplicates)
+        if outcome.scores:
+            labels = (SERVICE, core.model_name, core.model_version, core.stage.value)
+            base.scores.labels(*labels).inc(len(outcome.scores))
+            hist = base.score_latency.labels(*labels)
+            for s in outcome.scores:
+                hist.observe(s.latency_ms / 1000.0)
+        return failed
+
+    async def _publish_scores(self, topic: str, scores: Any) -> None:
+        await self.sink.send_all(topic, [(s.key_bytes(), encode(s), None) for s in scores])
+
+    def _update_lag(self, message: KafkaMessage) -> None:
+        consumer = self.consumer_of()
+        if consumer is None:
+            return
+        last: dict[int, int] = {}
+        for record in message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,):
+            last[record.partition] = max(last.get(record.partition, -1), record.offset)
+        for partition, offset in last.items():
+            with contextlib.suppress(Exception):
+                highwater = consumer.highwater(TopicPartition(self.topics.observations, partition))
+                if highwater is not None:
+                    self.metrics.lag.labels(str(partition)).set(max(0, highwater - offset - 1))
+
+    # --- partitions ---------------------------------------------------------------------------------
+
+    async def _restore(self, partitions: Iterable[int]) -> None:
+        parts = set(partitions)
+        values = await read_changelog(
+            self.settings.kafka_bootstrap_servers,
+            self.topics.scorer_state,
+            parts,
+            timeout_s=self.settings.restore_timeout_s,
+        )
+        assert self.core is not None
+        self.core.drop_partitions(parts)
+        restored = 0
+        for encounter, value in values.items():
+            try:
+                self.core.restore(encounter, value)
+            except (ValueError, KeyError, TypeError):
+                self.metrics.errors.labels("restore").inc()
+                log.exception("unreadable changelog snapshot ignored")
+                continue
+            restored += value is not None
+        self.needs_restore -= parts
+        self.metrics.restored.inc(restored)
+        log.info("states restored", extra={"count": restored, "processed": len(parts)})
+
+    async def partitions_revoked(self, partitions: set[int]) -> None:
+        """Drop the states of revoked partitions once the in-flight batch is done."""
+        self.assignment_done.clear()
+        async with self.lock:
+            if self.core is not None:
+                self.core.drop_partitions(partitions)
+            self.owned -= partitions
+            self.needs_restore -= partitions
+            for p in partitions:
+                with contextlib.suppress(KeyError):
+                    self.metrics.lag.remove(str(p))
+
+    async def partitions_assigned(self, partitions: set[int]) -> None:
+        """Restore the assigned partitions' states from the changelog before any of their records is scored."""
+        try:
+            async with self.lock:
+                self.owned = set(partitions)
+                self.needs_restore |= partitions
+                try:
+                    await self._restore(self.needs_restore & partitions)
+                except Exception:
+                    # Retried by the first batch from these partitions (they stay in needs_restore).
+                    self.metrics.errors.labels("restore").inc()
+                    log.exception("state restore failed; retried before the next batch")
+        finally:
+            self.assignment_done.set()
+
+    # --- eviction -----------------------------------------------------------------------------------
+
+    async def evict_idle(self, now: float | None = None) -> int:
+        """Evict idle encounters and tombstone them in the changelog."""
+        async with self.lock:
+            if self.core is None:
+                return 0
+            evicted = self.core.evict_idle(now)
+            if evicted:
+                await self.sink.send_all(
+                    self.topics.scorer_state, [(enc.encode(), None, partition) for enc, partition in evicted]
+                )
+                self.metrics.evictions.inc(len(evicted))
+            self.metrics.states.set(len(self.core))
+            return len(evicted)
+
+    async def evict_loop(self) -> None:
+        """Run :meth:`evict_idle` every ``evict_every_s``."""
+        while True:
+            await asyncio.sleep(self.settings.evict_every_s)
+            try:
+                await self.evict_idle()
+            except Exception:
+                log.exception("eviction failed")
+
+    def start_background(self) -> None:
+        """Eviction and, while on the default model, registry polling."""
+        self._tasks = [
+            asyncio.create_task(self.evict_loop()),
+            asyncio.create_task(self.poll_registry_while_default()),
+        ]
+
+    async def stop_background(self) -> None:
+        """Cancel the background tasks."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+
+class StateRebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Moves state with the partitions: drop on revocation, restore from the changelog on assignment."""
+
+    def __init__(self, service: ScorerService) -> None:
+        self.service = service
+        self.topic = service.topics.observations
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        """Called by aiokafka before a rebalance."""
+        await self.service.partitions_revoked({tp.partition for tp in revoked if tp.topic == self.topic})
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        """Called by aiokafka after a rebalance."""
+        await self.service.partitions_assigned({tp.partition for tp in assigned if tp.topic == self.topic})

@@ -1,0 +1,218 @@
+"""The live scorer against the real broker: parity with the offline model, dead letters, hot swap, /predict."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from tests import factories
+from vigil_common import events as ev
+from vigil_common.features import EncounterState
+from vigil_common.kafka import encode, ensure_topics
+from vigil_common.model_package import ModelPackage
+from vigil_scorer.app import create_app
+from vigil_scorer.settings import Settings
+from vigil_scorer.testing import FakeRegistry, events_of, load_stays, offline_predictions, package_path
+
+N_STAYS = 16
+
+
+async def publish(bootstrap: str, topic: str, events: list[Any]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, encode(e), key=e.key_bytes()) for e in events]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+class ScoreReader:
+    """Reads the live topic in the background; ``wait`` until a condition holds over all scores read so far."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        self.scores: list[ev.RiskScored] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ScoreReader:
+        await self.consumer.start()
+        self.task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                self.scores.extend(ev.RiskScored.model_validate_json(r.value) for r in records)
+
+    async def wait(self, done: Any, timeout: float = 60.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not done(self.scores):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out with {len(self.scores)} scores")
+            await asyncio.sleep(0.1)
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.consumer.stop()
+
+
+def final_observations(events: list[Any]) -> dict[str, int]:
+    """Per encounter: the observation count its last score must carry."""
+    states: dict[str, EncounterState] = {}
+    for e in events:
+        states.setdefault(e.encounter, EncounterState(e.encounter, e.patient)).apply(e)
+    return {enc: s.observations for enc, s in states.items()}
+
+
+def complete(expected: dict[str, int]) -> Any:
+    def check(scores: list[ev.RiskScored]) -> bool:
+        seen = {s.encounter: s.observations for s in scores}
+        return all(seen.get(enc, -1) >= n for enc, n in expected.items())
+
+    return check
+
+
+def final_per_hour(scores: list[ev.RiskScored]) -> dict[tuple[str, int], ev.RiskScored]:
+    best: dict[tuple[str, int], ev.RiskScored] = {}
+    for s in scores:
+        k = (s.encounter, s.hour)
+        if k not in best or s.observations > best[k].observations:
+            best[k] = s
+    return best
+
+
+def settings_for(settings_env: dict[str, Any], tmp_path: Path, **over: Any) -> Settings:
+    return Settings(
+        **{
+            **settings_env,
+            "group_id": f"scorer-{tmp_path.name}",
+            "registry_url": "http://127.0.0.1:9",  # nothing listens: the default model
+            "default_model_path": package_path("1"),
+            "model_cache_dir": tmp_path / "models",
+            "batch_max_records": 200,
+            **over,
+        }
+    )
+
+
+async def test_streamed_stays_score_like_the_offline_model(
+    settings_env: dict[str, Any], tmp_path: Path, shared_kit: Path
+) -> None:
+    settings = settings_for(settings_env, tmp_path)
+    await ensure_topics(settings)
+    stays = load_stays(N_STAYS, data=shared_kit / "data" / "physionet2019_setA.parquet")
+    events = events_of(stays)
+    bad = [b"{not json", encode(factories.observation(encounter=None, key="unlinked"))]
+    await publish(settings.kafka_bootstrap_servers, settings.topics.observations, events)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    for value in bad:
+        await producer.send_and_wait(settings.topics.observations, value, key=b"x")
+    await producer.stop()
+
+    app = create_app(settings)
+    async with ScoreReader(settings.kafka_bootstrap_servers, settings.topics.scores_live) as reader:
+        async with app.router.lifespan_context(app):
+            await reader.wait(complete(final_observations(events)))
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://scorer") as http:
+                ready = (await http.get("/ready")).json()
+                metrics = (await http.get("/metrics")).text
+                snapshot = {"heart_rate_last": 120.0, "age": 70.0, "temperature_last": None}
+                predicted = (await http.post("/predict", json=snapshot)).json()
+                refused = await http.post("/predict", json={"nope": 1.0})
+
+    package = ModelPackage.load(package_path("1"))
+    expected = offline_predictions(stays, package)
+    got = final_per_hour(reader.scores)
+    hours_with_data = {
+        (e.encounter, int((e.observed_at - events[0].icu_admitted_at).total_seconds() // 3600))
+        for e in events
+        if isinstance(e, ev.ObservationRecorded)
+    }
+    assert set(got) == hours_with_data
+    assert max(abs(s.probability - expected[k]) for k, s in got.items()) < 1e-6
+    assert all(s.stage is ev.Stage.PRODUCTION and s.default_model for s in reader.scores)
+    assert all(s.model_version == package.version and s.latency_ms >= 0 for s in reader.scores)
+
+    assert ready["ready"], ready
+    assert 'vigil_scores_total{model="sepsis"' in metrics or "vigil_scores_total{" in metrics
+    assert "vigil_score_latency_seconds_bucket" in metrics and "vigil_consumer_lag" in metrics
+    assert "vigil_model_info{" in metrics
+    x = np.full((1, len(package.columns)), np.nan, dtype=np.float32)
+    x[0, package.columns.index("heart_rate_last")] = 120.0
+    x[0, package.columns.index("age")] = 70.0
+    assert abs(predicted["probability"] - float(package.predict(x)[0])) < 1e-9
+    assert predicted["default_model"] is True
+    assert refused.status_code == 422
+
+    letters = []
+    consumer = AIOKafkaConsumer(
+        settings.topics.dead_letter, bootstrap_servers=settings.kafka_bootstrap_servers, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        for _ in range(50):
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                letters.extend(ev.DeadLettered.model_validate_json(r.value) for r in records)
+            if len(letters) >= 2:
+                break
+    finally:
+        await consumer.stop()
+    assert sorted(letter.error_type for letter in letters) == ["Rejected", "ValidationError"]
+
+
+async def test_registry_model_at_start_and_hot_swap_on_promotion(
+    settings_env: dict[str, Any], tmp_path: Path, shared_kit: Path
+) -> None:
+    v1, v2 = package_path("1"), package_path("2")
+    registry = FakeRegistry()
+    with registry.serve():
+        registry.publish("1", v1)
+        settings = settings_for(settings_env, tmp_path, registry_url=registry.url)
+        await ensure_topics(settings)
+        stays = load_stays(4, data=shared_kit / "data" / "physionet2019_setA.parquet")
+        events = events_of(stays)
+        half = len(events) // 2
+        app = create_app(settings)
+        async with ScoreReader(settings.kafka_bootstrap_servers, settings.topics.scores_live) as reader:
+            async with app.router.lifespan_context(app):
+                await publish(settings.kafka_bootstrap_servers, settings.topics.observations, events[:half])
+                await reader.wait(complete(final_observations(events[:half])))
+                facts = registry.publish("2", v2)
+                # A tampered announcement is refused: the scorer keeps version 1.
+                tampered = factories.lifecycle(
+                    model_version="2",
+                    artifact_url=registry.url + facts["artifact_url"],
+                    artifact_sha256="0" * 64,
+                    event_id="tampered",
+                )
+                promoted = factories.lifecycle(
+                    model_version="2",
+                    artifact_url=registry.url + facts["artifact_url"],
+                    artifact_sha256=facts["artifact_sha256"],
+                )
+                await publish(settings.kafka_bootstrap_servers, settings.topics.lifecycle, [tampered, promoted])
+                service = app.state.scorer
+                for _ in range(100):
+                    if service.core.model_version == "2":
+                        break
+                    await asyncio.sleep(0.1)
+                await publish(settings.kafka_bootstrap_servers, settings.topics.observations, events[half:])
+                await reader.wait(complete(final_observations(events)))
+                metrics = service.metrics.base.expose().decode()
+    versions = [s.model_version for s in reader.scores]
+    assert versions[0] == "1" and versions[-1] == "2"
+    assert versions == sorted(versions)  # swapped once, between batches
+    assert not any(s.default_model for s in reader.scores)
+    assert 'vigil_model_swaps_total{outcome="refused"} 1.0' in metrics
+    assert 'vigil_model_swaps_total{outcome="swapped"} 1.0' in metrics
