@@ -2,7 +2,7 @@
 
 | Article row | Default here |
 |---|---|
-| Data drift: drift score > 0.3 | ``psi`` 0.3 (PSI over the last ``psi_window`` values of a feature) |
+| Data drift: drift score > 0.3 | ``psi`` 0.3 (max of PSI and SD-normalised Wasserstein over a feature's recent values) |
 | Prediction distribution: > 20% shift in mean prediction | ``mean_score_shift`` 0.2 (relative) |
 | Concept drift: calibration error > 0.1 | ``ece`` 0.1 |
 | Model performance: AUC drops below 0.85 | ``auroc_min`` 0.85, lowered to ``baseline - auroc_drop`` for a model
@@ -26,12 +26,18 @@ class Thresholds(BaseModel):
 
     # --- data drift: values ---
     psi: float = 0.3
-    """Open a data-drift alert when a feature's windowed PSI to the reference reaches this."""
+    """Open a data-drift alert when a feature's drift score (max of windowed PSI and SD-normalised Wasserstein
+    distance to the reference) reaches this."""
     psi_clear: float = 0.2
-    """Resolve it when PSI falls below this (hysteresis)."""
-    psi_window: int = Field(default=2000, ge=100)
-    """Values per feature in the PSI window."""
-    psi_every: int = Field(default=500, ge=1)
+    """Resolve it when the drift score falls below this (hysteresis)."""
+    psi_window_rows: int = Field(default=5000, ge=100)
+    """A feature's value window holds about the values this many stay-hours carry (by its reference measured
+    rate): a vital's window then spans as many patient-hours as a lab's, so one patient's autocorrelated
+    readings do not dominate it."""
+    psi_window_min: int = Field(default=2000, ge=50)
+    """Fewest values in a feature's window (rare labs)."""
+    psi_window_max: int = Field(default=5000, ge=50)
+    psi_every: int = Field(default=200, ge=1)
     """Evaluate PSI every this many new values of a feature."""
     # --- data drift: missingness / ordering patterns ---
     missing_change: float = 0.5
@@ -39,7 +45,7 @@ class Thresholds(BaseModel):
     missing_clear: float = 0.3
     missing_abs_floor: float = 0.002
     """...and by at least this much in absolute terms (share of stay-hours), so noise on rare labs is ignored."""
-    missing_expected: int = 200
+    missing_expected: int = 600
     """Size each feature's window so the reference would expect this many measurements in it."""
     missing_window_min: int = 2000
     """Stay-hours in the smallest missingness window."""

@@ -3,9 +3,12 @@
 Two quantities per feature, each streamed in stay-hour rows (one row per encounter-hour, NaN where the feature
 was not measured), each with a River ADWIN and an effect-size gate:
 
-- **values**: PSI of the last ``psi_window`` values against the reference's quantile bins (the article's "drift
-  score"; 0.1-0.2 is the usual "moderate", above 0.25-0.3 "large"), with the Wasserstein distance (in units of
-  the reference's standard deviation) and the window's mean as evidence. ADWIN watches the values' probability
+- **values**: the drift score of the feature's recent values (a window of about ``psi_window_rows`` stay-hours): the larger of their PSI against the reference's
+  quantile bins (0.1-0.2 is the usual "moderate", above 0.25 "large") and their 1-Wasserstein distance to the
+  reference sample in units of the reference's standard deviation (Evidently's drift score for large numeric
+  samples). PSI alone misses a clean 10% shift of a wide distribution (heart rate +10% is ~0.5 SD, PSI ~0.2);
+  the Wasserstein term catches it, PSI catches changes of shape and mass moved into the tails (a unit change).
+  The article's threshold (0.3) applies to the score. ADWIN watches the values' probability
   integral transform under the reference (``u = F_ref(x)``, uniform on [0, 1] when nothing changed) and
   locates the change point.
 - **measurement pattern**: the share of stay-hours with a value (``1 - missing rate``; lab ordering) over a
@@ -72,17 +75,20 @@ class ValueStream:
     last_psi: float | None = None
     last_wasserstein: float | None = None
     last_mean: float | None = None
+    last_score: float | None = None
 
     def __post_init__(self) -> None:
         self.ref_props = np.asarray(self.ref.proportions, dtype=float)
         self.sample = np.asarray(self.ref.sample, dtype=float)
         self.adwin = ADWIN(delta=self.th.adwin_delta)
+        rate = 1.0 - self.ref.missing_rate
+        self.window = int(min(max(round(rate * self.th.psi_window_rows), self.th.psi_window_min), self.th.psi_window_max))
 
     def update(self, values: np.ndarray, times: np.ndarray) -> list[tuple[float, float, dict[str, Any]]]:
-        """Add values (in time order); returns (time, psi, evidence) at each evaluation point they reach."""
+        """Add values (in time order); returns (time, drift score, evidence) at each evaluation point."""
         if len(values) == 0:
             return []
-        w, every, nb = self.th.psi_window, self.th.psi_every, len(self.ref_props)
+        w, every, nb = self.window, self.th.psi_every, len(self.ref_props)
         bins = self.ref.bin_index(values).astype(np.int16)
         # ADWIN on u = F_ref(x): the per-value loop is River's (sub-microsecond per update).
         u = np.searchsorted(self.sample, values, side="right") / max(len(self.sample), 1)
@@ -110,11 +116,13 @@ class ValueStream:
                 self.last_mean = float(window.mean())
                 sd = self.ref.std or 1.0
                 self.last_wasserstein = wasserstein_sorted(np.sort(window), self.sample) / (sd if sd > 0 else 1.0)
+                self.last_score = max(self.last_psi, self.last_wasserstein)
                 out.append(
                     (
                         t,
-                        self.last_psi,
+                        self.last_score,
                         {
+                            "psi": round(self.last_psi, 4),
                             "window_mean": round(self.last_mean, 4),
                             "reference_mean": self.ref.mean,
                             "wasserstein_sd": round(self.last_wasserstein, 4),
@@ -263,12 +271,12 @@ class InputDriftMonitor:
                     kind="data_drift",
                     subject=SUBJECT,
                     feature=f,
-                    metric="psi",
+                    metric="drift_score",
                     value=value,
                     threshold=th.psi,
                     clear=th.psi_clear,
                     at=at_time(t),
-                    window=f"last {th.psi_window} values",
+                    window=f"last {self.values[f].window} values",
                     evidence=ev,
                 )
             else:
@@ -332,7 +340,7 @@ class InputDriftMonitor:
             v, m = self.values.get(f), self.missing[f]
             d: dict[str, float] = {"readings_per_stay_hour": float(freq[j])}
             if v is not None and v.last_psi is not None:
-                d.update(psi=v.last_psi, wasserstein_sd=v.last_wasserstein or 0.0, window_mean=v.last_mean or 0.0)
+                d.update(drift_score=v.last_score or 0.0, psi=v.last_psi, wasserstein_sd=v.last_wasserstein or 0.0, window_mean=v.last_mean or 0.0)
             if v is not None:
                 d["adwin_value_changes"] = float(v.adwin_changes)
             if m.last_rate is not None:
