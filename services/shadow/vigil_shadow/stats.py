@@ -10,74 +10,9 @@ once per resample in O(rows) after one sort.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-
-
-def _utility_reference() -> Callable[..., float] | None:
-    """The model work's implementation of the challenge utility, when installed (one implementation to trust)."""
-    try:
-        from vigil_ml import metrics  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    for name in ("compute_prediction_utility", "prediction_utility", "stay_utility"):
-        fn = getattr(metrics, name, None)
-        if callable(fn):
-            return fn  # type: ignore[no-any-return]
-    return None
-
-
-def challenge_utility(
-    labels: np.ndarray,
-    predictions: np.ndarray,
-    *,
-    dt_early: float = -12,
-    dt_optimal: float = -6,
-    dt_late: float = 3.0,
-    max_u_tp: float = 1.0,
-    min_u_fn: float = -2.0,
-    u_fp: float = -0.05,
-    u_tn: float = 0.0,
-) -> float:
-    """One stay's utility, PhysioNet 2019's ``compute_prediction_utility`` (rows are consecutive predictions).
-
-    As in the challenge, t_sepsis is the first positive label's index minus ``dt_optimal``.
-    """
-    labels = np.asarray(labels)
-    predictions = np.asarray(predictions).astype(bool)
-    n = len(labels)
-    septic = bool(np.any(labels))
-    t_sepsis = float(np.argmax(labels) - dt_optimal) if septic else math.inf
-    m_1 = max_u_tp / (dt_optimal - dt_early)
-    b_1 = -m_1 * dt_early
-    m_2 = -max_u_tp / (dt_late - dt_optimal)
-    b_2 = -m_2 * dt_late
-    m_3 = min_u_fn / (dt_late - dt_optimal)
-    b_3 = -m_3 * dt_optimal
-    t = np.arange(n, dtype=float)
-    u = np.zeros(n)
-    if not septic:
-        return float(np.where(predictions, u_fp, u_tn).sum())
-    before_late = t <= t_sepsis + dt_late
-    early_part = t <= t_sepsis + dt_optimal
-    late_part = before_late & ~early_part
-    tp_early = predictions & early_part
-    u[tp_early] = np.maximum(m_1 * (t[tp_early] - t_sepsis) + b_1, u_fp)
-    tp_late = predictions & late_part
-    u[tp_late] = m_2 * (t[tp_late] - t_sepsis) + b_2
-    fn_late = ~predictions & late_part
-    u[fn_late] = m_3 * (t[fn_late] - t_sepsis) + b_3
-    return float(u.sum())
-
-
-def _stay_utility_fn() -> Callable[[np.ndarray, np.ndarray], float]:
-    reference = _utility_reference()
-    if reference is None:
-        return challenge_utility
-    return lambda labels, predictions: float(reference(labels, predictions))
 
 
 def stay_utilities(
@@ -85,28 +20,20 @@ def stay_utilities(
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Per-encounter utility of each model's alerts, of the best predictions and of inaction.
 
-    Rows must be sorted by encounter then time; each encounter's rows are its sequence (labelled rows only).
+    The challenge's utility as the model work implements it (:mod:`vigil_ml.utility`): one implementation for
+    offline evaluation and for shadow comparisons. Rows must be sorted by encounter then time, and ``enc`` must
+    number the encounters 0..n-1 in that order; each encounter's rows are its sequence.
     """
-    utility = _stay_utility_fn()
-    observed = {name: np.zeros(n_encounters) for name in alerts}
-    best = np.zeros(n_encounters)
-    inaction = np.zeros(n_encounters)
+    from vigil_ml.utility import stay_utilities as ml_stay_utilities
+
     if len(enc) == 0:
-        return observed, best, inaction
-    bounds = np.flatnonzero(np.diff(enc)) + 1
-    starts = np.concatenate([[0], bounds])
-    ends = np.concatenate([bounds, [len(enc)]])
-    for s, e in zip(starts, ends, strict=True):
-        i = int(enc[s])
-        y = label[s:e].astype(int)
-        for name, a in alerts.items():
-            observed[name][i] = utility(y, a[s:e].astype(int))
-        ideal = np.zeros(e - s, dtype=int)
-        if y.any():
-            t_sepsis = int(np.argmax(y)) + 6
-            ideal[max(0, t_sepsis - 12) : min(t_sepsis + 3 + 1, e - s)] = 1
-        best[i] = utility(y, ideal)
-        inaction[i] = utility(y, np.zeros(e - s, dtype=int))
+        return {name: np.zeros(n_encounters) for name in alerts}, np.zeros(n_encounters), np.zeros(n_encounters)
+    observed = {}
+    best = inaction = np.zeros(n_encounters)
+    for name, a in alerts.items():
+        per_stay = ml_stay_utilities(enc, label.astype(bool), a.astype(bool))
+        observed[name] = per_stay.observed
+        best, inaction = per_stay.best, per_stay.inaction
     return observed, best, inaction
 
 
