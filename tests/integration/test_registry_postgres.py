@@ -14,7 +14,7 @@ from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
 from tests.pg import make_package, postgres_server, postgres_url  # noqa: F401 - fixtures
-from tests.unit.test_registry_core import *  # noqa: F403 - the same tests, on PostgreSQL
+from tests.unit import test_registry_core as on_sqlite
 from tests.unit.test_registry_core import ADMIN, SCIENTIST
 from vigil_common.events import Stage
 from vigil_registry.core import Registry
@@ -22,10 +22,18 @@ from vigil_registry.db import make_engine, migrate
 
 pytestmark = pytest.mark.postgres
 
+# The same test functions as on SQLite, collected here again with this module's fixtures (PostgreSQL).
+globals().update({name: value for name, value in vars(on_sqlite).items() if name.startswith("test_")})
+
 
 @pytest.fixture
-def database_url(postgres_url: str) -> str:  # noqa: F811 - overrides the SQLite one for every imported test
+def database_url(postgres_url: str) -> str:  # noqa: F811 - a fresh PostgreSQL database per test
     return postgres_url
+
+
+@pytest.fixture
+def registry(database_url: str, tmp_path: Path) -> Registry:
+    return on_sqlite.make_registry(database_url, tmp_path)
 
 
 def test_it_really_is_postgresql(registry: Registry) -> None:

@@ -48,8 +48,8 @@ def database_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'registry.db'}"
 
 
-@pytest.fixture
-def registry(database_url: str, tmp_path: Path) -> Registry:
+def make_registry(database_url: str, tmp_path: Path) -> Registry:
+    """A migrated database and a core over it (no Kafka, no HTTP)."""
     migrate(database_url)
     engine = make_engine(database_url)
     return Registry(
@@ -57,6 +57,11 @@ def registry(database_url: str, tmp_path: Path) -> Registry:
         ArtifactStore(tmp_path / "artifacts"),
         artifact_url=lambda n, v: f"http://registry.test/models/{n}/versions/{v}/artifact",
     )
+
+
+@pytest.fixture
+def registry(database_url: str, tmp_path: Path) -> Registry:
+    return make_registry(database_url, tmp_path)
 
 
 def good_metrics(**override: Any) -> dict[str, Any]:
@@ -272,8 +277,8 @@ def attempt(registry: Registry, version: str, operation: str) -> None:
 
 @pytest.mark.parametrize("stage", STAGES, ids=[s.value for s in STAGES])
 def test_every_transition_from_every_stage(registry: Registry, tmp_path: Path, stage: Stage) -> None:
+    version = put_in_stage(registry, tmp_path, stage)
     for operation in OPERATIONS:
-        version = put_in_stage(registry, tmp_path, stage) if operation == OPERATIONS[0] else version
         before = registry.get_version("sepsis", version).stage
         audit_before = len(registry.audit_log("sepsis"))
         if (stage, operation) in ALLOWED:
@@ -426,7 +431,7 @@ def test_promotion_is_refused_with_the_failing_criteria(registry: Registry, tmp_
     registry.handle_comparison(comparison("2", "1", metrics=bad, shadow_hours=10.0))
     with pytest.raises(NotEligible) as refused:
         registry.promote(APPROVER, "sepsis", "2")
-    report = refused.value.report
+    report: dict[str, Any] = refused.value.report
     assert report["failed"] == [
         "shadow_duration",
         "labelled_outcomes",
@@ -444,7 +449,7 @@ def test_promotion_is_refused_with_the_failing_criteria(registry: Registry, tmp_
     registry.handle_comparison(comparison("2", "1", n=2, occurred_at=factories.T0 + timedelta(days=1)))
     assert registry.eligibility("sepsis", "2").eligible
     registry.promote(APPROVER, "sepsis", "2")
-    promoted = [e for e in registry.audit_log("sepsis", "2") if e.action == "promoted"][0]
+    promoted = next(e for e in registry.audit_log("sepsis", "2") if e.action == "promoted")
     evidence = json.loads(promoted.evidence)
     assert evidence["policy"]["eligible"] is True
     assert evidence["approved_by"] == "dr-alice" and evidence["proposed_by"] == "dana"

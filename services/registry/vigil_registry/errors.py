@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RegistryError(Exception):
     """Base error; ``status`` is the HTTP status the API answers with."""
@@ -48,6 +50,6 @@ class NotEligible(RegistryError):
 
     status = 409
 
-    def __init__(self, reason: str, report: dict[str, object]) -> None:
+    def __init__(self, reason: str, report: dict[str, Any]) -> None:
         super().__init__(reason)
         self.report = report
