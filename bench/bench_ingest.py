@@ -1,0 +1,215 @@
+"""Ingest throughput: observations per second through the mapping core and through HTTP to Kafka.
+
+Baselines measured in the same run:
+- core: a naive parse of each resource with fhir.resources (R4B ``Observation.model_validate_json``), which
+  validates only and maps nothing; the ratio is core obs/s over baseline obs/s.
+- HTTP to Kafka: the same service with one Observation per request (how a naive integration posts) against
+  Bundles of ``--bundle`` Observations; every answer is a 2xx only after the broker acknowledged the events.
+
+Run: ``.venv/bin/python bench/bench_ingest.py`` (core only) or with ``--bootstrap 127.0.0.1:19092`` for HTTP to
+Kafka too (starts ``python -m vigil_ingest`` as a subprocess on its own topics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from copy import deepcopy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from vigil_ingest.mapping import Mapper
+
+T0 = datetime(2180, 7, 22, 19, 47, tzinfo=UTC)
+VITALS = [
+    ("8867-4", "/min", 88.0),
+    ("9279-1", "/min", 18.0),
+    ("2708-6", "%", 97.0),
+    ("8310-5", "[degF]", 98.6),
+    ("2160-0", "mg/dL", 1.1),
+]
+
+
+def observation(i: int, encounter: str = "enc-1", patient: str = "pat-1") -> dict[str, Any]:
+    """A realistic vital-sign Observation (MIMIC-shaped); every fifth one is a BP panel with two components."""
+    when = (T0 + timedelta(minutes=i)).isoformat()
+    base: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": f"obs-{i}",
+        "meta": {"versionId": "1"},
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}
+                ]
+            }
+        ],
+        "subject": {"reference": f"Patient/{patient}"},
+        "encounter": {"reference": f"Encounter/{encounter}"},
+        "effectiveDateTime": when,
+    }
+    if i % 5 == 4:
+        base["code"] = {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]}
+        base["component"] = [
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "valueQuantity": {"value": v, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"},
+            }
+            for code, v in (("8480-6", 120.0), ("8462-4", 70.0))
+        ]
+        return base
+    code, unit, value = VITALS[i % 5]
+    base["code"] = {"coding": [{"system": "http://loinc.org", "code": code}]}
+    base["valueQuantity"] = {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}
+    return base
+
+
+def bundle(observations: list[dict[str, Any]]) -> dict[str, Any]:
+    """A transaction Bundle of the observations."""
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": o, "request": {"method": "POST", "url": "Observation"}}
+            for o in observations
+        ],
+    }
+
+
+def bench_core(n: int, repeats: int) -> dict[str, float]:
+    """Observations per second through the core (bytes in, events out) and through the fhir.resources baseline."""
+    payloads = [orjson.dumps(observation(i, encounter=f"enc-{i % 50}")) for i in range(n)]
+    bundles = [orjson.dumps(bundle([observation(i + j) for j in range(100)])) for i in range(0, n, 100)]
+    best_single = best_bundle = 0.0
+    events = 0
+    for _ in range(repeats):
+        mapper = Mapper()
+        t = time.perf_counter()
+        events = sum(len(mapper.map_bytes(p).events) for p in payloads)
+        best_single = max(best_single, n / (time.perf_counter() - t))
+        mapper = Mapper()
+        t = time.perf_counter()
+        for b in bundles:
+            mapper.map_bytes(b)
+        best_bundle = max(best_bundle, n / (time.perf_counter() - t))
+    from fhir.resources.R4B.observation import Observation
+
+    sample = payloads[: max(1000, n // 10)]
+    best_base = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for p in sample:
+            Observation.model_validate_json(p)
+        best_base = max(best_base, len(sample) / (time.perf_counter() - t))
+    return {
+        "core_single_obs_per_s": best_single,
+        "core_bundle_obs_per_s": best_bundle,
+        "baseline_fhir_resources_obs_per_s": best_base,
+        "ratio_core_vs_baseline": best_single / best_base,
+        "events_per_observation": events / n,
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _post_all(url: str, bodies: list[bytes], concurrency: int) -> float:
+    import httpx
+
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for b in bodies:
+        queue.put_nowait(b)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            body = queue.get_nowait()
+            r = await client.post(url, content=body, headers={"content-type": "application/fhir+json"})
+            if r.status_code >= 300:
+                raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        t = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        return time.perf_counter() - t
+
+
+def bench_http(bootstrap: str, n: int, bundle_size: int, concurrency: int, baseline_n: int) -> dict[str, float]:
+    """Observations per second through HTTP to Kafka (acknowledged) with Bundles, and one resource per request."""
+    import httpx
+
+    port = _free_port()
+    prefix = f"bench{uuid.uuid4().hex[:8]}."
+    env = {
+        **os.environ,
+        "INGEST_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "INGEST_TOPIC_PREFIX": prefix,
+        "INGEST_HTTP_PORT": str(port),
+        "INGEST_PARTITIONS": "3",
+        "INGEST_LOG_LEVEL": "WARNING",
+        "INGEST_CONSUME_RAW_TOPIC": "false",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "vigil_ingest"], env=env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("ingest did not become ready")
+        obs = [observation(i, encounter=f"enc-{i % 50}") for i in range(n)]
+        bodies = [orjson.dumps(bundle(obs[i : i + bundle_size])) for i in range(0, n, bundle_size)]
+        # warm-up (connections, producer metadata)
+        asyncio.run(_post_all(f"{base}/fhir", [orjson.dumps(bundle([observation(10**7 + i) for i in range(10)]))], 1))
+        elapsed = asyncio.run(_post_all(f"{base}/fhir", bodies, concurrency))
+        singles = []
+        for i in range(baseline_n):
+            o = deepcopy(obs[i])
+            o["id"] = f"single-{i}"
+            singles.append(orjson.dumps(o))
+        elapsed_single = asyncio.run(_post_all(f"{base}/fhir/Observation", singles, concurrency))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    bundled = n / elapsed
+    single = baseline_n / elapsed_single
+    return {
+        "http_kafka_bundle_obs_per_s": bundled,
+        "http_kafka_single_resource_obs_per_s": single,
+        "ratio_bundle_vs_single": bundled / single,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers: also bench HTTP to Kafka.")
+    parser.add_argument("--bundle", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--baseline-n", type=int, default=2000)
+    args = parser.parse_args()
+    results = bench_core(args.n, args.repeats)
+    if args.bootstrap:
+        results.update(bench_http(args.bootstrap, args.n, args.bundle, args.concurrency, args.baseline_n))
+    for key, value in results.items():
+        print(f"{key:40s} {value:12.1f}" if value > 10 else f"{key:40s} {value:12.3f}")
+
+
+if __name__ == "__main__":
+    main()
