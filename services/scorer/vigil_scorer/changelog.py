@@ -24,26 +24,34 @@ class KafkaSink:
     """
 
     def __init__(self, bootstrap: str, *, client_id: str) -> None:
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id=client_id,
+        self.bootstrap = bootstrap
+        self.client_id = client_id
+        self._producer: AIOKafkaProducer | None = None
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The started producer."""
+        if self._producer is None:
+            raise RuntimeError("KafkaSink not started")
+        return self._producer
+
+    async def start(self) -> None:
+        """Connect (aiokafka wants its producer made inside the running loop)."""
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            client_id=self.client_id,
             acks="all",
             enable_idempotence=True,
             linger_ms=2,
             max_batch_size=256 * 1024,
         )
-        self.started = False
-
-    async def start(self) -> None:
-        """Connect."""
-        await self.producer.start()
-        self.started = True
+        await self._producer.start()
 
     async def stop(self) -> None:
         """Flush and disconnect."""
-        if self.started:
-            await self.producer.stop()
-            self.started = False
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
 
     async def send_all(self, topic: str, items: Sequence[tuple[bytes | None, bytes | None, int | None]]) -> None:
         """Send (key, value, partition) records and wait until the broker has acknowledged every one."""

@@ -1,0 +1,186 @@
+"""Scorer processes against the real broker: kill -9 and restart, and two processes sharing six partitions.
+
+Each scorer runs as its own process (``python -m vigil_scorer``), as in production. Checked over every score the
+live topic received:
+
+- every stay-hour with data has a score, and the last score of each hour equals the offline model's prediction
+  for that hour (which is what an uninterrupted scorer publishes, see test_scorer_service);
+- copies of a score delivered more than once (at-least-once) carry the same id and the same content, so
+  deduplicating by id leaves exactly one score per (encounter, data time, observations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+from vigil_common import events as ev
+from vigil_common.kafka import ensure_topics
+from vigil_common.model_package import ModelPackage
+from vigil_scorer.testing import events_of, load_stays, offline_predictions, package_path
+
+from tests.integration.test_scorer_service import (
+    ScoreReader,
+    complete,
+    final_observations,
+    final_per_hour,
+    publish,
+    settings_for,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ScorerProcess:
+    """``python -m vigil_scorer`` with the test's settings in its environment."""
+
+    def __init__(self, settings: Any, tmp_path: Path, name: str) -> None:
+        self.port = free_port()
+        self.log = tmp_path / f"{name}.log"
+        env = {
+            **os.environ,
+            "VIGIL_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "VIGIL_TOPIC_PREFIX": settings.topic_prefix,
+            "VIGIL_PARTITIONS": str(settings.partitions),
+            "VIGIL_LOG_LEVEL": "WARNING",
+            "SCORER_HTTP_PORT": str(self.port),
+            "SCORER_GROUP_ID": settings.group_id,
+            "SCORER_REGISTRY_URL": settings.registry_url,
+            "SCORER_DEFAULT_MODEL_PATH": str(settings.default_model_path),
+            "SCORER_MODEL_CACHE_DIR": str(settings.model_cache_dir),
+            "SCORER_BATCH_MAX_RECORDS": str(settings.batch_max_records),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vigil_scorer"], env=env, stdout=subprocess.DEVNULL, stderr=self.log.open("wb")
+        )
+
+    async def metrics(self) -> str:
+        async with httpx.AsyncClient() as http:
+            return (await http.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5)).text
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with httpx.AsyncClient() as http:
+            while asyncio.get_running_loop().time() < deadline:
+                assert self.proc.poll() is None, self.log.read_text()[-2000:]
+                try:
+                    if (await http.get(f"http://127.0.0.1:{self.port}/ready", timeout=2)).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise AssertionError("scorer not ready: " + self.log.read_text()[-2000:])
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def check_scores(scores: list[ev.RiskScored], stays: Any, events: list[Any]) -> int:
+    """The module docstring's checks; returns how many redelivered duplicates there were."""
+    package = ModelPackage.load(package_path("1"))
+    expected = offline_predictions(stays, package)
+    got = final_per_hour(scores)
+    admitted = next(e.icu_admitted_at for e in events if isinstance(e, ev.EncounterRecorded))
+    hours_with_data = {
+        (e.encounter, int((e.observed_at - admitted).total_seconds() // 3600))
+        for e in events
+        if isinstance(e, ev.ObservationRecorded)
+    }
+    assert set(got) == hours_with_data
+    assert max(abs(s.probability - expected[k]) for k, s in got.items()) < 1e-6
+    by_id: dict[str, ev.RiskScored] = {}
+    for s in scores:
+        content = (s.encounter, s.hour, s.data_time, s.observations, s.probability, s.model_version)
+        if s.event_id in by_id:
+            first = by_id[s.event_id]
+            assert content == (
+                first.encounter,
+                first.hour,
+                first.data_time,
+                first.observations,
+                first.probability,
+                first.model_version,
+            )
+        else:
+            by_id[s.event_id] = s
+    keys = [(s.encounter, s.data_time, s.observations) for s in by_id.values()]
+    assert len(keys) == len(set(keys))  # exactly once after dedupe
+    return len(scores) - len(by_id)
+
+
+async def test_kill_9_mid_stream_then_restart_loses_nothing(
+    settings_env: dict[str, Any], tmp_path: Path, shared_kit: Path
+) -> None:
+    settings = settings_for(settings_env, tmp_path, batch_max_records=40)
+    await ensure_topics(settings)
+    stays = load_stays(24, first=40, data=shared_kit / "data" / "physionet2019_setA.parquet")
+    events = events_of(stays)
+    await publish(settings.kafka_bootstrap_servers, settings.topics.observations, events)
+    expected_rows = len({(s, h) for s, h in zip(stays["patient_id"], stays["hour"], strict=True)})
+    async with ScoreReader(settings.kafka_bootstrap_servers, settings.topics.scores_live) as reader:
+        first = ScorerProcess(settings, tmp_path, "first")
+        try:
+            await reader.wait(lambda scores: len(scores) >= expected_rows // 4, timeout=60)
+        finally:
+            first.kill()
+        at_kill = len(reader.scores)
+        second = ScorerProcess(settings, tmp_path, "second")
+        try:
+            await reader.wait(complete(final_observations(events)), timeout=75)
+            metrics = await second.metrics()
+        finally:
+            second.stop()
+    assert at_kill < expected_rows  # killed mid-stream
+    assert "vigil_scorer_restored_states_total" in metrics
+    duplicates = check_scores(reader.scores, stays, events)
+    print(f"\n[kill -9] scores at kill {at_kill}, total {len(reader.scores)}, redelivered duplicates {duplicates}")
+
+
+async def test_two_scorers_share_six_partitions_across_a_rebalance(
+    settings_env: dict[str, Any], tmp_path: Path, shared_kit: Path
+) -> None:
+    settings = settings_for({**settings_env, "partitions": 6}, tmp_path, batch_max_records=40)
+    await ensure_topics(settings)
+    stays = load_stays(24, first=80, data=shared_kit / "data" / "physionet2019_setA.parquet")
+    events = events_of(stays)
+    half = len(events) // 2
+    await publish(settings.kafka_bootstrap_servers, settings.topics.observations, events[:half])
+    async with ScoreReader(settings.kafka_bootstrap_servers, settings.topics.scores_live) as reader:
+        a = ScorerProcess(settings, tmp_path, "a")
+        b: ScorerProcess | None = None
+        try:
+            await reader.wait(lambda scores: len(scores) >= 50, timeout=60)
+            b = ScorerProcess(settings, tmp_path, "b")  # joins mid-stream: the group rebalances
+            await b.wait_ready()
+            await publish(settings.kafka_bootstrap_servers, settings.topics.observations, events[half:])
+            await reader.wait(complete(final_observations(events)), timeout=75)
+            metrics_a, metrics_b = await a.metrics(), await b.metrics()
+        finally:
+            a.stop()
+            if b is not None:
+                b.stop()
+    for text in (metrics_a, metrics_b):
+        scored = [line for line in text.splitlines() if line.startswith("vigil_scores_total{")]
+        assert scored and float(scored[0].rsplit(" ", 1)[1]) > 0  # both processes scored
+    duplicates = check_scores(reader.scores, stays, events)
+    print(f"\n[rebalance] total scores {len(reader.scores)}, redelivered duplicates {duplicates}")
