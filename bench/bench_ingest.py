@@ -62,7 +62,12 @@ def observation(i: int, encounter: str = "enc-1", patient: str = "pat-1") -> dic
         base["component"] = [
             {
                 "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-                "valueQuantity": {"value": v, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"},
+                "valueQuantity": {
+                    "value": v,
+                    "unit": "mm[Hg]",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "mm[Hg]",
+                },
             }
             for code, v in (("8480-6", 120.0), ("8462-4", 70.0))
         ]

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from vigil_common.events import ObservationRecorded, ObservationRetracted
 from vigil_ingest.cli import map_files, read_payloads
 from vigil_ingest.mapping import Mapper, MapResult
@@ -171,9 +172,7 @@ def test_pulse_ox_bundle_fio2_component_and_date_only_period(fhir_dir: Path) -> 
 def test_average_blood_pressure_is_not_a_point_reading(fhir_dir: Path) -> None:
     result = map_file(fhir_dir / "hl7-examples/us-core/Observation-average-blood-pressure.json")
     assert result.events == []
-    assert [r.reason for r in result.rejections] == [
-        "an average over a period (96607-7 family) is not a point reading"
-    ]
+    assert [r.reason for r in result.rejections] == ["an average over a period (96607-7 family) is not a point reading"]
 
 
 def test_si_units_without_ucum_codes_are_converted(fhir_dir: Path) -> None:
