@@ -501,6 +501,20 @@ def test_auto_promote_when_approved_and_the_evidence_arrives(registry: Registry,
     assert promoted.evidence["policy"]["eligible"] is True
 
 
+def test_auto_promote_when_the_outcomes_arrive_after_the_comparison(registry: Registry, tmp_path: Path) -> None:
+    to_production_first(registry, tmp_path, "1")
+    registry.set_policy(ADMIN, "sepsis", {**FAST_POLICY, "auto_promote": True})
+    register(registry, tmp_path, "2")
+    registry.set_stage(SCIENTIST, "sepsis", "2", Stage.SHADOW)
+    registry.propose(SCIENTIST, "sepsis", "2")
+    registry.approve(APPROVER, "sepsis", "2")
+    assert registry.handle_comparison(comparison("2", "1")) == "recorded"  # too few outcomes yet
+    registry.handle_outcomes(outcomes(2))
+    assert registry.get_version("sepsis", "2").stage == Stage.SHADOW
+    registry.handle_outcomes(outcomes(3, start=2))
+    assert registry.production("sepsis").version == "2"
+
+
 def test_evidence_alone_never_promotes_without_approval(registry: Registry, tmp_path: Path) -> None:
     to_production_first(registry, tmp_path, "1")
     registry.set_policy(ADMIN, "sepsis", {**FAST_POLICY, "auto_promote": True})

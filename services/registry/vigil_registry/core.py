@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -39,10 +40,11 @@ from vigil_common.events import (
     deterministic_id,
     utcnow,
 )
+from vigil_common.kafka import describe_error
 from vigil_registry import audit, crud
 from vigil_registry.artifacts import ArtifactStore, PackageInfo, read_package, unpack_archive
 from vigil_registry.auth import POLICY, Principal, require
-from vigil_registry.errors import Conflict, Forbidden, NotEligible, NotFound
+from vigil_registry.errors import Conflict, Forbidden, InvalidInput, NotEligible, NotFound
 from vigil_registry.models import (
     AlertRecord,
     AuditEntry,
@@ -559,7 +561,10 @@ class Registry:
     def set_policy(self, actor: Principal, name: str, overrides: dict[str, Any]) -> PromotionPolicy:
         """Replace a model's policy overrides (validated against PromotionPolicy); audited."""
         require(actor, "policy")
-        policy = PromotionPolicy.model_validate(overrides)
+        try:
+            policy = PromotionPolicy.model_validate(overrides)
+        except ValidationError as error:
+            raise InvalidInput(f"invalid policy: {describe_error(error)}") from error
         with self.session() as session, session.begin():
             model = crud.get_model(session, name=name, lock=True)
             before = self._policy(model).model_dump(mode="json")
@@ -721,7 +726,39 @@ class Registry:
                     .where(col(ModelVersion.stage).in_([Stage.SHADOW.value, Stage.PRODUCTION.value]))
                     .values(outcomes_labelled=ModelVersion.outcomes_labelled + new)  # type: ignore[operator]
                 )
+        if new:
+            # The outcomes may be what an approved candidate was waiting for (its comparison came first).
+            self._promote_ready_candidates()
         return new
+
+    def _promote_ready_candidates(self) -> list[str]:
+        """Promote every approved shadow candidate that is now eligible, where its policy auto-promotes."""
+        promoted: list[str] = []
+        with self.session() as session:
+            approved = session.exec(select(Proposal).where(Proposal.status == ProposalStatus.APPROVED.value)).all()
+            keys = [(p.model_name, p.version) for p in approved]
+        for name, version in keys:
+            with self.session() as session, session.begin():
+                model = crud.get_model(session, name=name, lock=True)
+                row = crud.find_version(session, name=name, version=version)
+                proposal = crud.open_proposal(session, name=name, version=version)
+                if (
+                    row is None
+                    or row.stage != Stage.SHADOW.value
+                    or proposal is None
+                    or proposal.status != ProposalStatus.APPROVED.value
+                    or proposal.decided_by == proposal.proposed_by
+                    or not self._policy(model).auto_promote
+                ):
+                    continue
+                report = self._evaluate(session, model, row)
+                if report.eligible:
+                    reason = f"policy: eligible once outcomes arrived, approved by {proposal.decided_by}"
+                    self._promote(session, model, row, proposal, POLICY, report, reason)
+                    promoted.append(f"{name}:{version}")
+        if promoted:
+            self.notify()
+        return promoted
 
     # --- outbox ---------------------------------------------------------------------------------
 

@@ -39,10 +39,14 @@ class Conflict(RegistryError):
     status = 409
 
 
-class InvalidPackage(RegistryError):
-    """An uploaded model package is malformed or its digests do not match."""
+class InvalidInput(RegistryError):
+    """A request's content is invalid (a policy with unknown keys, say)."""
 
     status = 422
+
+
+class InvalidPackage(InvalidInput):
+    """An uploaded model package is malformed or its digests do not match."""
 
 
 class NotEligible(RegistryError):
