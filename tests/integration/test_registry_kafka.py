@@ -90,17 +90,19 @@ async def test_promotion_on_evidence_and_rollback_on_a_critical_alert_publish_li
     bootstrap = settings.kafka_bootstrap_servers
 
     # Decisions taken while Kafka is off (a registry that died before publishing) wait in the outbox.
-    with TestClient(create_app(registry_settings(settings_env, tmp_path, kafka_enabled=False))) as offline:
+    offline_app = create_app(registry_settings(settings_env, tmp_path, kafka_enabled=False))
+    with TestClient(offline_app) as offline:
         first = upload(offline, tmp_path, "1")
         step(offline, "/models/sepsis/versions/1/stage", {"to": "shadow"}, SCI)
         step(offline, "/models/sepsis/versions/1/proposals", {"reason": "first"}, SCI)
         step(offline, "/models/sepsis/versions/1/approve", {}, APP)
         step(offline, "/models/sepsis/versions/1/promote", {}, APP)
-        assert len(offline.app.state.registry.pending_events()) == 3
+        assert len(offline_app.state.registry.pending_events()) == 3
 
     await ensure_topics(settings)
-    with TestClient(create_app(settings)) as client:
-        registry = client.app.state.registry
+    app = create_app(settings)
+    with TestClient(app) as client:
+        registry = app.state.registry
         await wait_for(lambda: not registry.pending_events(), "the outbox to drain")
         published = lifecycle(await consume(bootstrap, topics.lifecycle, 3))
         assert [(e.model_version, e.action) for e in published] == [
