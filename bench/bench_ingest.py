@@ -28,6 +28,7 @@ import orjson
 
 from vigil_ingest.mapping import Mapper
 
+UCUM = "http://unitsofmeasure.org"
 T0 = datetime(2180, 7, 22, 19, 47, tzinfo=UTC)
 VITALS = [
     ("8867-4", "/min", 88.0),

@@ -91,7 +91,7 @@ class IngestCore:
         self.metrics = metrics
         self.topic = settings.topics.observations
 
-    async def publish(self, events: list[Event]) -> tuple[list[Event], int]:
+    async def publish(self, events: Sequence[Event]) -> tuple[list[Event], int]:
         """Publish the events not already published and wait for the broker; returns (published, duplicates)."""
         fresh, duplicates = self.deduper.fresh(events)
         await self.publisher.publish_all(self.topic, fresh)
@@ -185,7 +185,7 @@ def build_router(core: IngestCore, settings: Settings) -> APIRouter:
         core.metrics.processing.labels(SERVICE, "http").observe(time.perf_counter() - started)
         return response
 
-    async def _publish_or_503(events: list[Event]) -> tuple[list[Event], int] | Response:
+    async def _publish_or_503(events: Sequence[Event]) -> tuple[list[Event], int] | Response:
         try:
             return await core.publish(events)
         except Exception as error:

@@ -51,7 +51,7 @@ def _first_type(payloads: list[bytes]) -> int:
         first = orjson.loads(payloads[0])
     except orjson.JSONDecodeError:
         return 9
-    return _LINK_ORDER.get(first.get("resourceType"), 5) if isinstance(first, dict) else 9
+    return _LINK_ORDER.get(str(first.get("resourceType")), 5) if isinstance(first, dict) else 9
 
 
 def map_files(paths: list[Path], out: Any, *, dedupe: bool = True) -> Counter[str]:

@@ -33,7 +33,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 
@@ -68,6 +68,10 @@ _UNIT_NAME = re.compile(r"\b(MICU|SICU)\b|(medical)\s+intensive\s+care|(surgical
 _COMPARATORS = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "≤": "<=", "≥": ">="}
 UNLINKED_KEY = "unlinked"
 
+Canonical = ObservationRecorded | ObservationRetracted | EncounterRecorded
+"""The events ingest publishes."""
+E = TypeVar("E", bound=Event)
+
 Outcome = Literal["mapped", "partial", "retracted", "ignored", "absent", "rejected", "recorded"]
 
 
@@ -97,7 +101,7 @@ class EntryOutcome:
     resource_type: str | None
     resource_id: str | None
     outcome: Outcome
-    events: list[Event] = field(default_factory=list)
+    events: list[Canonical] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     note: str | None = None
 
@@ -106,7 +110,7 @@ class EntryOutcome:
 class MapResult:
     """Everything one payload gave."""
 
-    events: list[Event] = field(default_factory=list)
+    events: list[Canonical] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     entries: list[EntryOutcome] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
@@ -192,9 +196,9 @@ class Deduper:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def fresh(self, events: Iterable[Event]) -> tuple[list[Event], int]:
+    def fresh(self, events: Iterable[E]) -> tuple[list[E], int]:
         """The events not yet published (first occurrence kept), and how many were duplicates."""
-        out: list[Event] = []
+        out: list[E] = []
         batch: set[str] = set()
         dupes = 0
         for event in events:
@@ -401,13 +405,13 @@ class Mapper:
 
         # Index the bundle's resources so references (urn:uuid, absolute URLs) resolve whatever the order.
         prepared: list[tuple[int | None, dict[str, Any], str, str]] = []
-        for index, resource, full_url, request in items:
+        for item_index, resource, full_url, request in items:
             r_type = resource.get("resourceType")
             if not isinstance(r_type, str):
                 rej = Rejection("resource without resourceType", issue="required")
-                if index is None:
+                if item_index is None:
                     raise InvalidPayload(rej.reason, issue="required")
-                result.entries.append(EntryOutcome(index, None, None, "rejected", rejections=[rej]))
+                result.entries.append(EntryOutcome(item_index, None, None, "rejected", rejections=[rej]))
                 result.rejections.append(rej)
                 continue
             rid = self._resource_id(resource, full_url, request)
@@ -416,13 +420,13 @@ class Mapper:
             ctx.full_urls[f"{r_type}/{rid}"] = (r_type, rid)
             if r_type == "DiagnosticReport" or (r_type == "Observation" and "hasMember" in resource):
                 self._index_report(resource, ctx)
-            prepared.append((index, resource, r_type, rid))
+            prepared.append((item_index, resource, r_type, rid))
 
         # Linkage first (patients, locations, encounters), then readings: entry order does not matter.
         order = {"Patient": 0, "Location": 1, "Encounter": 2}
         outcomes: list[EntryOutcome] = []
-        for index, resource, r_type, rid in sorted(prepared, key=lambda p: order.get(p[2], 3)):
-            outcome = self._map_resource(resource, r_type, rid, index, ctx, result.counts)
+        for position, resource, r_type, rid in sorted(prepared, key=lambda p: order.get(p[2], 3)):
+            outcome = self._map_resource(resource, r_type, rid, position, ctx, result.counts)
             outcomes.append(outcome)
         outcomes.sort(key=lambda o: -1 if o.index is None else o.index)
         # Events in entry order (retractions before their replacements stay in order within an entry).
@@ -563,7 +567,7 @@ class Mapper:
             for ident in identifiers[:5]:
                 if isinstance(ident, dict) and isinstance(ident.get("value"), str):
                     self.patient_ids.put(f"{ident.get('system') or ''}|{ident['value']}", rid)
-        events: list[Event] = []
+        events: list[Canonical] = []
         rejections: list[Rejection] = []
         for enc_id in info.encounters:
             enc = self.encounters.get(enc_id)
@@ -580,7 +584,7 @@ class Mapper:
         info: _PatientInfo,
         encounter: str,
         start: datetime | None,
-        events: list[Event],
+        events: list[Canonical],
         rejections: list[Rejection],
         counts: Counter[str],
     ) -> None:
@@ -618,7 +622,8 @@ class Mapper:
         contained = self._contained(res)
         patient = self._ref(res.get("subject") or res.get("patient"), "Patient", ctx, contained)
         status = res.get("status") if isinstance(res.get("status"), str) else "unknown"
-        period = res.get("period") if isinstance(res.get("period"), dict) else {}
+        raw_period = res.get("period")
+        period: dict[str, Any] = raw_period if isinstance(raw_period, dict) else {}
         start = end = None
         try:
             if period.get("start") is not None:
@@ -655,7 +660,7 @@ class Mapper:
             source=source,
         )
         self.encounters.put(rid, _EncounterInfo(patient, start))
-        events: list[Event] = [event]
+        events: list[Canonical] = [event]
         rejections: list[Rejection] = []
         if patient is not None:
             if status in OPEN_ENCOUNTER or (end is None and status == "unknown"):
@@ -702,7 +707,7 @@ class Mapper:
         self, res: dict[str, Any], rid: str, index: int | None, ctx: _Context, counts: Counter[str]
     ) -> EntryOutcome:
         contained = [c for c in res.get("contained") or [] if isinstance(c, dict)]
-        events: list[Event] = []
+        events: list[Canonical] = []
         rejections: list[Rejection] = []
         for inner in contained:
             if inner.get("resourceType") == "Observation" and isinstance(inner.get("id"), str):
@@ -813,7 +818,7 @@ class Mapper:
         except (ValueError, TypeError):
             occurred_at = observed_at
 
-        events: list[Event] = []
+        events: list[Canonical] = []
         rejections: list[Rejection] = []
         if status in ("amended", "corrected"):
             events.append(self._retraction(source, encounter, patient, features, str(status), res))
@@ -865,7 +870,7 @@ class Mapper:
         contained_obs: list[dict[str, Any]],
     ) -> EntryOutcome:
         """Contained Observations (hasMember '#id' panels) inherit the parent's subject, encounter and time."""
-        events: list[Event] = []
+        events: list[Canonical] = []
         rejections: list[Rejection] = []
         for inner in contained_obs:
             if not isinstance(inner.get("id"), str):
@@ -1068,7 +1073,7 @@ class Mapper:
         )
 
 
-def event_line(event: Event) -> dict[str, Any]:
+def event_line(event: Canonical) -> dict[str, Any]:
     """An event as the dry run prints it: the fields as published."""
     return event.model_dump(mode="json")
 
