@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from tests.pg import make_package
 from tests.unit.test_registry_api import settings_for
@@ -24,7 +24,7 @@ VIEWER = "viewer-token-0123456789abcdefghi"
 
 
 @pytest.fixture
-def vigil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+def vigil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Result]]:
     app = create_app(settings_for(tmp_path))
     with TestClient(app) as client:
 
@@ -37,14 +37,14 @@ def vigil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
         monkeypatch.setattr(cli, "make_client", make_client)
         monkeypatch.setattr(TestClient, "close", lambda self: None)  # the CLI closes its client after each call
 
-        def run(token: str, *args: str) -> object:
+        def run(token: str, *args: str) -> Result:
             return runner.invoke(cli.app, ["--token", token, *args])
 
         yield run
 
 
-def test_the_commands_drive_a_version_to_production_and_back(vigil: object, tmp_path: Path) -> None:
-    run = vigil  # type: ignore[assignment]
+def test_the_commands_drive_a_version_to_production_and_back(vigil: Callable[..., Result], tmp_path: Path) -> None:
+    run = vigil
     one = make_package(tmp_path, version="1")
     result = run(SCIENTIST, "register", str(one), "--tag", "cli")
     assert result.exit_code == 0, result.output
