@@ -110,10 +110,12 @@ def read_package(folder: Path) -> PackageInfo:
     if not isinstance(schema, dict) or not isinstance(schema.get("columns"), list) or not schema["columns"]:
         raise InvalidPackage("manifest input_schema must hold a non-empty 'columns' list")
     card = _load_json(folder / "card.json")
-    lineage = dict(card.get("lineage") or {}) if isinstance(card.get("lineage"), dict) else {}
-    for key in LINEAGE_KEYS:
-        if key in card and key not in lineage:
-            lineage[key] = card[key]
+    # Lineage may sit in the card or the manifest, as a "lineage" object or as top-level keys: take all.
+    lineage: dict[str, Any] = {}
+    for source in (manifest, card):
+        if isinstance(source.get("lineage"), dict):
+            lineage.update(source["lineage"])
+        lineage.update({k: source[k] for k in LINEAGE_KEYS if k in source})
     metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
     tags = [str(t) for t in card.get("tags", []) if isinstance(t, str | int | float)]
     name, version = str(manifest["name"]), str(manifest["version"])
