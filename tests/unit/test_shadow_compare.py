@@ -8,13 +8,14 @@ from datetime import timedelta
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
-from vigil_common import events as ev
-from vigil_shadow import stats
-from vigil_shadow.compare import CompareConfig, compare
-from vigil_shadow.join import JoinState
 
 from tests import factories
 from tests.factories import T0
+from vigil_common import events as ev
+from vigil_ml.utility import normalized_utility
+from vigil_shadow import stats
+from vigil_shadow.compare import CompareConfig, compare
+from vigil_shadow.join import JoinState
 
 
 def _scores(state: JoinState, enc: str, probs_live: list[float], probs_cand: list[float], thr: float = 0.5) -> None:
@@ -109,16 +110,9 @@ def test_metrics_match_sklearn_and_the_challenge_utility() -> None:
     assert c.positive_encounters == 10
     assert m["live"]["auroc"] == pytest.approx(roc_auc_score(y, pl), abs=1e-12)
     assert m["candidate"]["auroc"] == pytest.approx(roc_auc_score(y, pc), abs=1e-12)
-    observed = sum(stats.challenge_utility(r[1], r[3] >= 0.5) for r in rows)
-    inaction = sum(stats.challenge_utility(r[1], np.zeros(len(r[1]))) for r in rows)
-    best = 0.0
-    for r in rows:
-        ideal = np.zeros(len(r[1]))
-        if r[1].any():
-            t = int(np.argmax(r[1])) + 6
-            ideal[max(0, t - 12) : min(t + 4, len(ideal))] = 1
-        best += stats.challenge_utility(r[1], ideal)
-    assert m["candidate"]["utility"] == pytest.approx((observed - inaction) / (best - inaction), abs=1e-12)
+    codes = np.concatenate([np.full(len(r[1]), i) for i, r in enumerate(rows)])
+    assert m["candidate"]["utility"] == pytest.approx(normalized_utility(codes, y, pc >= 0.5), abs=1e-12)
+    assert m["live"]["utility"] == pytest.approx(normalized_utility(codes, y, pl >= 0.5), abs=1e-12)
     d = m["auroc_diff"]
     assert d["ci_low"] <= d["estimate"] <= d["ci_high"]
     assert d["estimate"] == pytest.approx(m["candidate"]["auroc"] - m["live"]["auroc"])

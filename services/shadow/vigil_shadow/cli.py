@@ -16,6 +16,11 @@ import typer
 app = typer.Typer(help="Shadow scoring and replay.", no_args_is_help=True)
 
 
+@app.callback()
+def shadow() -> None:
+    """Shadow scoring and replay (a group even with one command, so ``replay`` stays a sub-command)."""
+
+
 def _time(value: str) -> datetime:
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -25,6 +25,18 @@ async def committed_offsets(bootstrap: str, group_id: str, topic: str) -> dict[i
     return {tp.partition: meta.offset for tp, meta in committed.items() if tp.topic == topic and meta.offset >= 0}
 
 
+async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+    """The topic's partition numbers (empty when the topic does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="vigil-shadow-admin")
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    found = [t for t in described if t.get("topic") == topic and not t.get("error_code")]
+    return sorted(int(p["partition"]) for t in found for p in t.get("partitions", []))
+
+
 async def _consumer(bootstrap: str) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -44,13 +56,12 @@ async def read_until(
 
     With ``until`` None, up to the current end; partitions missing from a given ``until`` are not read.
     """
+    partitions = await partitions_of(bootstrap, topic)
+    if not partitions or (until is not None and not any(until.get(p, 0) > 0 for p in partitions)):
+        return  # nothing to read (and a consumer stopped without an assignment can raise in aiokafka 0.14)
     consumer = await _consumer(bootstrap)
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer.topics()  # refresh metadata once
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(topic, p) for p in partitions]
         if until is None:
             ends = await consumer.end_offsets(tps)
             stop = {tp.partition: ends[tp] for tp in tps}
@@ -84,10 +95,10 @@ async def read_until(
 
 async def offsets_for_times(bootstrap: str, topic: str, at: datetime) -> dict[int, int | None]:
     """Per partition, the first offset whose record timestamp (broker arrival time) is at or after ``at``."""
+    partitions = await partitions_of(bootstrap, topic)
     consumer = await _consumer(bootstrap)
     try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or set())]
+        tps = [TopicPartition(topic, p) for p in partitions]
         found = await consumer.offsets_for_times({tp: int(at.timestamp() * 1000) for tp in tps})
         return {tp.partition: (v.offset if v is not None else None) for tp, v in found.items()}
     finally:

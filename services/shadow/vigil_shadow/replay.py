@@ -11,7 +11,8 @@ encounter records and demographics that arrived before the warm-up are not seen 
 
 Warm-up. Features at an hour depend on the encounter's earlier data (staleness, cumulative counts, windows), so
 events from ``warmup_hours`` before the range are applied without scoring. Encounter records and the age/sex
-readings (admission facts, sent once) are always applied whatever their time. Scores equal live's exactly when the
+readings (admission facts, sent once) are always applied whatever their time (and scored like any reading when
+their time is in the range: an admission hour may hold nothing else). Scores equal live's exactly when the
 warm-up covers the stays since ICU admission (the default, 14 days, covers PhysioNet stays).
 
 Isolation. Nothing joins a consumer group or commits an offset (``group_id=None``, manual assignment), and replay
@@ -197,10 +198,11 @@ async def run_replay(request: ReplayRequest) -> ReplayResult:
             elif record.timestamp < end_ms:
                 scored.append(item)
             continue
-        if admission_fact:
+        at = event.observed_at if isinstance(event, ObservationRecorded) else None
+        if admission_fact and (at is None or not request.start <= at < request.end):
+            # Admission facts are sent once: applied whatever their time (scored with the range when in it).
             warm.append(item)
             continue
-        at = event.observed_at if isinstance(event, ObservationRecorded) else None
         if isinstance(event, ObservationRetracted):
             # A retraction applies at its arrival in the stream: warm when it precedes the range's events.
             (scored if scored else warm).append(item)

@@ -1,0 +1,284 @@
+"""The shadow service against the real broker, end to end with set A stays.
+
+One scenario (it is the expensive part, so it is shared by the claims it proves):
+
+1. 24 set A stays are published as canonical events (in two halves, with a shadow restart in between); a stand-in
+   for the live scorer (the shared scoring core with package 1, production stage) publishes live scores;
+2. the shadow service scores with package 2 and publishes to the shadow topic only;
+3. outcomes are published only after all scoring is done (delayed): before, every hour is censored;
+4. the published ComparisonSummarized equals the offline computation from ``offline_features`` +
+   ``ModelPackage.predict`` on the same rows (AUROC, utility, alert rates, sensitivity);
+5. ``vigil shadow replay`` over a data-time range produces the same comparison as the service over that range;
+6. the live topic holds only the live stand-in's production scores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from vigil_common import events as ev
+from vigil_common.features import offline_features
+from vigil_common.kafka import Publisher, ensure_topics, make_broker
+from vigil_common.model_package import ModelPackage, default_package_path
+from vigil_common.physionet import ICU_EPOCH, sepsis_onset_hour, stay_events
+from vigil_common.scoring import ScoringCore
+from vigil_ml.utility import normalized_utility
+from vigil_shadow import logscan
+from vigil_shadow.app import create_app
+from vigil_shadow.settings import Settings
+
+N_SEPTIC, N_OTHER = 8, 16
+
+
+def _stays(kit: Path) -> pd.DataFrame:
+    path = kit / "data" / "physionet2019_setA.parquet"
+    index = pq.read_table(path, columns=["patient_id", "hour", "SepsisLabel"]).to_pandas()
+    sizes = index.groupby("patient_id")["hour"].size()
+    septic = index.groupby("patient_id")["SepsisLabel"].max()
+    short = sizes[(sizes >= 20) & (sizes <= 48)].index
+    chosen = list(septic[short][septic[short] == 1].index[:N_SEPTIC]) + list(
+        septic[short][septic[short] == 0].index[:N_OTHER]
+    )
+    return pq.read_table(path, filters=[("patient_id", "in", chosen)]).to_pandas()
+
+
+def _encounter(pid: str) -> str:
+    return f"enc-{pid}"
+
+
+def _admission(i: int) -> Any:
+    return ICU_EPOCH + timedelta(hours=3 * i)
+
+
+async def _consume_all(bootstrap: str, topic: str) -> list[Any]:
+    return [r async for chunk in logscan.read_until(bootstrap, topic) for r in chunk]
+
+
+async def _until(predicate: Any, what: str, attempts: int = 600) -> None:
+    for _ in range(attempts):
+        if predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def _approx_equal(a: Any, b: Any, path: str = "") -> None:
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys differ"
+        for k in a:
+            _approx_equal(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), f"{path}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _approx_equal(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), path
+    else:
+        assert a == b, path
+
+
+async def test_shadow_compares_with_live_like_offline_and_like_replay(
+    shared_kit: Path, settings_env: dict[str, Any], tmp_path: Path
+) -> None:
+    df = _stays(shared_kit)
+    pids = sorted(df["patient_id"].unique())
+    settings = Settings(
+        **settings_env,
+        group_id=f"shadow-{uuid.uuid4().hex[:8]}",
+        registry_url=None,
+        local_models=[f"sepsis:2={default_package_path('2')}"],
+        publish_every_s=3600,
+        bootstrap_iterations=100,
+        batch_max_records=400,
+    )
+    topics = settings.topics
+    bootstrap = settings.kafka_bootstrap_servers
+    await ensure_topics(settings)
+    live_pkg = ModelPackage.load(default_package_path("1"))
+    cand_pkg = ModelPackage.load(default_package_path("2"))
+
+    # Two halves per stay: the shadow service restarts between them and must rebuild its feature state.
+    halves: tuple[list[Any], list[Any]] = ([], [])
+    for i, pid in enumerate(pids):
+        stay = df[df["patient_id"] == pid]
+        cut = int(stay["hour"].max() * 2 / 3)
+        events = stay_events(stay, encounter=_encounter(pid), patient=pid, icu_admitted_at=_admission(i))
+        for e in events:
+            late = isinstance(e, ev.ObservationRecorded) and e.observed_at >= _admission(i) + timedelta(hours=cut)
+            halves[int(late)].append(e)
+
+    broker = make_broker(settings, client_id="test-shadow-feeder")
+    await broker.start()
+    publisher = Publisher(broker)
+    live_core = ScoringCore(live_pkg, stage=ev.Stage.PRODUCTION)
+    live_published = 0
+
+    async def feed(events: list[Any]) -> None:
+        nonlocal live_published
+        await publisher.publish_all(topics.observations, events)
+        for k in range(0, len(events), 700):  # live batches split some hours: partial scores, then complete ones
+            scores = live_core.score(events[k : k + 700])
+            await publisher.publish_all(topics.scores_live, scores)
+            live_published += len(scores)
+
+    async def run_service(until_hours: int) -> dict[str, Any]:
+        app = create_app(settings)
+        service = app.state.shadow
+        async with app.router.lifespan_context(app):
+            await _until(
+                lambda: len(service.join.shadow.get(("sepsis", "2"), {})) >= until_hours, "shadow scores joined"
+            )
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://shadow") as client:
+                return {"app": app, "first": (await client.get("/comparisons")).json()}
+
+    try:
+        await feed(halves[0])
+        first_keys = {
+            (json.loads(r.value)["encounter"], json.loads(r.value)["hour"])
+            for r in await _consume_all(bootstrap, topics.scores_live)
+        }
+        run1 = await run_service(len(first_keys))
+        assert run1["first"]["comparisons"], run1
+        assert run1["first"]["comparisons"][0]["labelled_hours"] == 0  # no outcome yet: censored, not negative
+        await feed(halves[1])
+        all_keys = {
+            (json.loads(r.value)["encounter"], json.loads(r.value)["hour"])
+            for r in await _consume_all(bootstrap, topics.scores_live)
+        }
+        assert len(all_keys) > len(first_keys)
+
+        # Second run: feature state rebuilt from the log, join rebuilt from the topics; outcomes arrive late.
+        app = create_app(settings)
+        service = app.state.shadow
+        async with app.router.lifespan_context(app):
+            await _until(lambda: len(service.join.shadow.get(("sepsis", "2"), {})) >= len(all_keys), "all hours")
+            outcomes = []
+            for i, pid in enumerate(pids):
+                stay = df[df["patient_id"] == pid]
+                onset = sepsis_onset_hour(stay)
+                enc = _encounter(pid)
+                last = _admission(i) + timedelta(hours=int(stay["hour"].max()) + 1)
+                outcomes.append(
+                    ev.OutcomeRecorded(
+                        event_id=ev.deterministic_id("outcome", enc),
+                        occurred_at=last + timedelta(days=2),
+                        key=enc,
+                        encounter=enc,
+                        patient=pid,
+                        outcome="sepsis" if onset is not None else "discharged",
+                        onset_at=_admission(i) + timedelta(hours=onset) if onset is not None else None,
+                        recorded_at=last + timedelta(days=2),
+                    )
+                )
+            await publisher.publish_all(topics.outcomes, outcomes)
+            await _until(lambda: len(service.join.outcomes) == len(pids), "outcomes joined")
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://shadow") as client:
+                published = (await client.post("/comparisons/publish")).json()["published"]
+                window = {
+                    "from": (ICU_EPOCH + timedelta(hours=20)).isoformat(),
+                    "to": (ICU_EPOCH + timedelta(hours=60)).isoformat(),
+                }
+                windowed = (await client.get("/comparisons", params=window)).json()["comparisons"]
+                metrics_text = (await client.get("/metrics")).text
+            final_shadow = {k: p.probability for k, p in service.join.shadow[("sepsis", "2")].items()}
+    finally:
+        await broker.stop()
+
+    # --- the comparison event on the topic --------------------------------------------------------------
+    records = await _consume_all(bootstrap, topics.comparisons)
+    assert len(records) == 1 and records[0].key == b"sepsis"
+    summary = ev.ComparisonSummarized.model_validate_json(records[0].value)
+    assert summary.event_id == published[0]["event_id"]
+    assert (summary.candidate_version, summary.live_version) == ("2", "1")
+    m = summary.metrics
+
+    # --- offline: the same rows through offline_features + predict ---------------------------------------
+    rows = df.assign(encounter=df["patient_id"].map(_encounter)).reset_index(drop=True)
+    features = offline_features(df.reset_index(drop=True))
+    p_live = live_pkg.predict(features.to_numpy(np.float32))
+    p_cand = cand_pkg.predict(features.to_numpy(np.float32))
+    rows = rows.assign(p_live=p_live, p_cand=p_cand)
+    rows = rows[[(e, int(h)) in all_keys for e, h in zip(rows["encounter"], rows["hour"], strict=True)]]
+    rows = rows.sort_values(["encounter", "hour"], kind="stable")
+    # The shadow's final score of every hour is the offline prediction of that hour's row (restart included).
+    offline_cand = {(e, int(h)): p for e, h, p in zip(rows["encounter"], rows["hour"], rows["p_cand"], strict=True)}
+    assert set(final_shadow) == set(offline_cand)
+    assert max(abs(final_shadow[k] - offline_cand[k]) for k in offline_cand) < 1e-6
+    y = rows["SepsisLabel"].to_numpy()
+    codes = pd.factorize(rows["encounter"])[0]
+    threshold_live, threshold_cand = live_pkg.thresholds["operating"], cand_pkg.thresholds["operating"]
+    a_live, a_cand = rows["p_live"].to_numpy() >= threshold_live, rows["p_cand"].to_numpy() >= threshold_cand
+    assert summary.scored_hours == summary.labelled_hours == len(rows)
+    assert summary.labelled_encounters == len(pids)
+    assert summary.positive_encounters == N_SEPTIC
+    assert m["live"]["auroc"] == pytest.approx(roc_auc_score(y, rows["p_live"]), abs=1e-9)
+    assert m["candidate"]["auroc"] == pytest.approx(roc_auc_score(y, rows["p_cand"]), abs=1e-9)
+    assert m["live"]["utility"] == pytest.approx(normalized_utility(codes, y, a_live), abs=1e-9)
+    assert m["candidate"]["utility"] == pytest.approx(normalized_utility(codes, y, a_cand), abs=1e-9)
+    assert m["live"]["alert_rate"] == pytest.approx(a_live.mean(), abs=1e-12)
+    assert m["candidate"]["alert_rate"] == pytest.approx(a_cand.mean(), abs=1e-12)
+    assert m["candidate"]["sensitivity"] == pytest.approx(a_cand[y == 1].mean(), abs=1e-12)
+    assert m["agreement"] == pytest.approx((a_live == a_cand).mean(), abs=1e-12)
+    assert m["auroc_diff"]["ci_low"] <= m["auroc_diff"]["estimate"] <= m["auroc_diff"]["ci_high"]
+    assert set(m["subgroups"]) == {"sex", "age_band", "unit"}
+    assert 'vigil_shadow_comparison{metric="auroc_candidate",model="sepsis",version="2"}' in metrics_text
+
+    # --- replay over a data-time range equals the service's comparison over that range -------------------
+    report, out = tmp_path / "replay.html", tmp_path / "replay.json"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from vigil_shadow.cli import app; app()",
+        "replay",
+        "--from",
+        window["from"],
+        "--to",
+        window["to"],
+        "--model",
+        f"sepsis:2={default_package_path('2')}",
+        "--report",
+        str(report),
+        "--json",
+        str(out),
+        "--bootstrap-servers",
+        bootstrap,
+        "--topic-prefix",
+        settings.topic_prefix,
+        "--bootstrap-iterations",
+        "100",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    replayed = json.loads(out.read_text())["comparisons"]
+    assert len(replayed) == 1 and len(windowed) == 1
+    assert 0 < windowed[0]["scored_hours"] < summary.scored_hours
+    replayed[0].pop("plots")
+    _approx_equal(replayed[0], windowed[0])
+    page = report.read_text()
+    assert page.count("data:image/png;base64,") == 4 and "AUROC" in page
+
+    # --- nothing but production-stage live scores on the live topic ---------------------------------------
+    live_records = await _consume_all(bootstrap, topics.scores_live)
+    assert len(live_records) == live_published
+    assert {json.loads(r.value)["stage"] for r in live_records} == {"production"}
+    shadow_records = await _consume_all(bootstrap, topics.scores_shadow)
+    assert shadow_records and {json.loads(r.value)["stage"] for r in shadow_records} == {"shadow"}
+    assert not math.isnan(m["candidate"]["ece"])
