@@ -12,7 +12,9 @@ How a batch is scored (:meth:`ScoringCore.process`):
 2. when an event opens a newer hour of an encounter whose current hour has unscored data, the features as at the
    current hour are captured first: every hour boundary crossed inside a batch yields a score for that hour;
 3. after the batch, every encounter with unscored data contributes one more row (its newest hour);
-4. all rows of the batch go through ONE vectorised :meth:`ModelPackage.predict` call.
+4. the rows' features are computed in one ``features_many`` pass (a row is computed earlier only when late
+   data, a retraction or an admission time is about to change its hour), and all rows of the batch go through
+   ONE vectorised :meth:`ModelPackage.predict` call.
 
 The last score of an (encounter, hour) includes all of that hour's data and equals the offline prediction of
 that hour's row (``offline_features`` + ``ModelPackage.predict``); a batch that ends inside an hour also yields
@@ -48,7 +50,7 @@ from vigil_common.events import (
     RiskScored,
     Stage,
 )
-from vigil_common.features import FEATURE_COLUMNS, EncounterState
+from vigil_common.features import FEATURE_COLUMNS, EncounterState, features_many
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,8 @@ class Tracked:
     """Newest observed time applied."""
     last_row: tuple[datetime, int] | None = None
     """(data_time, observations) of the last row taken: an unchanged state is not scored twice."""
+    deferred: list[_Row] = field(default_factory=list)
+    """This batch's rows of earlier hours whose features are not computed yet (see ``ScoringCore.process``)."""
 
     def __post_init__(self) -> None:
         if self.cur_hour is None and self.max_time is None:
@@ -156,7 +160,9 @@ class Tracked:
 class _Row:
     encounter: str
     patient: str | None
-    features: np.ndarray
+    state: EncounterState
+    features: np.ndarray | None
+    """None until computed: deferred to the batch's single ``features_many`` call when that is exact."""
     hour: int
     data_time: datetime
     observations: int
@@ -271,6 +277,11 @@ class ScoringCore:
                 continue
             state = tracked.state
             hour = _hour_of(state, event)
+            if tracked.deferred and (hour is None or hour <= tracked.deferred[-1].hour):
+                # Late data, a retraction or an admission time could change an earlier hour's features: compute
+                # the deferred rows before the state moves (otherwise they are computed once, after the batch).
+                self._materialise(tracked.deferred)
+                tracked.deferred.clear()
             if tracked.dirty:
                 # An hour boundary: capture the features as at the current hour before the newer data lands.
                 if hour is not None:
@@ -282,7 +293,7 @@ class ScoringCore:
                         and event.observed_at > tracked.max_time
                     )
                 if crossing:
-                    self._take_row(tracked, rows)
+                    self._take_row(tracked, rows, defer=hour is not None)
             try:
                 state.apply(event)
             except (ValueError, KeyError, TypeError) as error:
@@ -313,9 +324,25 @@ class ScoringCore:
                     self._newest_data[tracked.partition] = tracked.max_time
         for tracked in touched.values():
             if tracked.dirty:
-                self._take_row(tracked, rows)
+                self._take_row(tracked, rows, defer=True)
+            tracked.deferred.clear()
+        self._materialise([r for r in rows if r.features is None])
         out.scores = self._predict(rows)
         return out
+
+    @staticmethod
+    def _materialise(rows: list[_Row]) -> None:
+        """Compute the features of rows in one vectorised pass.
+
+        A row of hour h computed after later-hour data arrived equals the row computed at the boundary: features
+        at hour h read only the buckets <= h, and any event that could touch them first materialises the row.
+        """
+        pending = [r for r in rows if r.features is None]
+        if not pending:
+            return
+        matrix = features_many([r.state for r in pending], [r.hour for r in pending])
+        for row, vector in zip(pending, matrix, strict=True):
+            row.features = vector
 
     def _is_duplicate(self, tracked: Tracked, inc: Incoming) -> bool:
         if (
@@ -327,7 +354,7 @@ class ScoringCore:
             return True
         return inc.event.event_id in tracked.id_set
 
-    def _take_row(self, tracked: Tracked, rows: list[_Row]) -> None:
+    def _take_row(self, tracked: Tracked, rows: list[_Row], *, defer: bool) -> None:
         state = tracked.state
         hour, data_time = state.hour, state.data_time
         if hour is None or data_time is None:
@@ -338,23 +365,25 @@ class ScoringCore:
             tracked.pending_arrival = None
             return  # e.g. a reading the state ignores: the same score again would add nothing
         tracked.last_row = (data_time, observations)
-        rows.append(
-            _Row(
-                encounter=state.encounter or "",
-                patient=state.patient,
-                features=state.features(),
-                hour=int(hour),
-                data_time=data_time,
-                observations=observations,
-                arrived_at=tracked.pending_arrival,
-            )
+        row = _Row(
+            encounter=state.encounter or "",
+            patient=state.patient,
+            state=state,
+            features=None if defer else state.features(),
+            hour=int(hour),
+            data_time=data_time,
+            observations=observations,
+            arrived_at=tracked.pending_arrival,
         )
+        rows.append(row)
+        if defer:
+            tracked.deferred.append(row)
         tracked.pending_arrival = None
 
     def _predict(self, rows: list[_Row]) -> list[RiskScored]:
         if not rows:
             return []
-        X = np.vstack([r.features for r in rows]).astype(np.float32, copy=False)
+        X = np.vstack([r.features for r in rows if r.features is not None]).astype(np.float32, copy=False)
         probabilities = np.asarray(self.package.predict(X), dtype=np.float64)
         created = time.time()
         created_at = datetime.fromtimestamp(created, UTC)

@@ -21,10 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from vigil_common import events as ev
-from vigil_common.kafka import ensure_topics
-from vigil_common.model_package import ModelPackage
-from vigil_scorer.testing import events_of, load_stays, offline_predictions, package_path
 
 from tests.integration.test_scorer_service import (
     ScoreReader,
@@ -34,6 +30,10 @@ from tests.integration.test_scorer_service import (
     publish,
     settings_for,
 )
+from vigil_common import events as ev
+from vigil_common.kafka import ensure_topics
+from vigil_common.model_package import ModelPackage
+from vigil_scorer.testing import events_of, load_stays, offline_predictions, package_path
 
 
 def free_port() -> int:

@@ -1,0 +1,333 @@
+"""Benchmark of the live scorer against a running broker; prints one JSON line.
+
+1. Throughput: set A stays streamed as canonical observations are published first, then one scorer process
+   (``python -m vigil_scorer``) consumes them all; events/s = events / (last score's creation - first score's
+   creation), read from the scores themselves, so the process start and group join are not counted.
+2. Latency at a fixed offered load: other stays are published at ``rate`` events/s (paced every 10 ms) to the
+   same running scorer; p50/p99 of the scores' ``latency_ms`` (record timestamp in Kafka -> score creation).
+3. Baseline, measured in the same run: the same model served the article's way (FastAPI, one prediction per HTTP
+   request; single-row onnxruntime, the packages carry no scikit-learn estimator), closed loop with
+   ``baseline_concurrency`` clients: predictions/s and request latency.
+
+Run: ``vigil bench scorer --bootstrap 127.0.0.1:9092`` or ``python -m bench.bench_scorer``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from vigil_common.features import EncounterState, offline_features
+from vigil_common.kafka import encode, ensure_topics
+from vigil_scorer.settings import Settings
+from vigil_scorer.testing import events_of, load_stays, package_path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _final_observations(events: list[Any]) -> dict[str, int]:
+    states: dict[str, EncounterState] = {}
+    for e in events:
+        states.setdefault(e.encounter, EncounterState(e.encounter, e.patient)).apply(e)
+    return {enc: s.observations for enc, s in states.items()}
+
+
+class _Reader:
+    """Reads the live topic: per encounter its newest observation count, plus creation times and latencies."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        self.seen: dict[str, int] = {}
+        self.created: dict[str, list[float]] = {}
+        self.latency: dict[str, list[float]] = {}
+        self.count = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=100, max_records=5000)
+            for records in batch.values():
+                for r in records:
+                    s = orjson.loads(r.value)
+                    enc = s["encounter"]
+                    self.seen[enc] = max(self.seen.get(enc, -1), s["observations"])
+                    tag = enc.split("-")[1][:3]
+                    self.created.setdefault(tag, []).append(r.timestamp / 1000.0)
+                    self.latency.setdefault(tag, []).append(s["latency_ms"])
+                    self.count += 1
+
+    async def wait(self, expected: dict[str, int], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self.seen.get(e, -1) >= n for e, n in expected.items()):
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.consumer.stop()
+
+
+async def _publish_all(bootstrap: str, topic: str, events: list[Any]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", max_batch_size=512 * 1024)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, encode(e), key=e.key_bytes()) for e in events]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def _publish_paced(bootstrap: str, topic: str, events: list[Any], rate: float) -> float:
+    """Publish at ``rate`` events/s in 10 ms ticks; returns the achieved offered rate."""
+    payloads = [(encode(e), e.key_bytes()) for e in events]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks="all")
+    await producer.start()
+    try:
+        futures = []
+        t0 = time.monotonic()
+        sent = 0
+        while sent < len(payloads):
+            due = min(len(payloads), int((time.monotonic() - t0) * rate) + 1)
+            for value, key in payloads[sent:due]:
+                futures.append(await producer.send(topic, value, key=key))
+            sent = due
+            await asyncio.sleep(0.01)
+        elapsed = time.monotonic() - t0
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(payloads) / elapsed
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+
+
+async def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError("process died: " + log.read_text()[-1500:])
+            try:
+                if (await http.get(url, timeout=2)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url} not ready: " + log.read_text()[-1500:])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if values else None
+
+
+async def _baseline(rows: np.ndarray, *, requests: int, concurrency: int, workdir: Path) -> dict[str, Any]:
+    port = _free_port()
+    log = workdir / "baseline.log"
+    proc = _spawn(
+        [sys.executable, "-m", "uvicorn", "vigil_scorer.baseline:app", "--port", str(port), "--log-level", "warning"],
+        {"BASELINE_MODEL_PATH": str(package_path("1"))},
+        log,
+    )
+    try:
+        await _wait_http(f"http://127.0.0.1:{port}/health", proc, log)
+        bodies = [orjson.dumps({"features": [None if v != v else float(v) for v in row]}) for row in rows[:requests]]
+        latencies: list[float] = []
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        for i in range(requests):
+            queue.put_nowait(bodies[i % len(bodies)])
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as http:
+            await http.post("/predict", content=bodies[0], headers={"content-type": "application/json"})
+
+            async def worker() -> None:
+                while not queue.empty():
+                    body = queue.get_nowait()
+                    t = time.perf_counter()
+                    r = await http.post("/predict", content=body, headers={"content-type": "application/json"})
+                    r.raise_for_status()
+                    latencies.append((time.perf_counter() - t) * 1000.0)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - t0
+    finally:
+        _stop(proc)
+    return {
+        "predictions_per_s": round(requests / elapsed, 1),
+        "latency_p50_ms": _pct(latencies, 50),
+        "latency_p99_ms": _pct(latencies, 99),
+        "concurrency": concurrency,
+        "requests": requests,
+        "model_call": "onnxruntime single row (no scikit-learn estimator in the package)",
+    }
+
+
+async def run(
+    bootstrap: str,
+    *,
+    stays: int = 120,
+    latency_stays: int = 160,
+    rate: float = 5000.0,
+    latency_seconds: float = 8.0,
+    batch_max_records: int = 1000,
+    baseline_requests: int = 3000,
+    baseline_concurrency: int = 8,
+) -> dict[str, Any]:
+    """Run the three measurements (see the module docstring) and return their figures."""
+    workdir = Path(tempfile.mkdtemp(prefix="vigil-bench-scorer-"))
+    settings = Settings(
+        kafka_bootstrap_servers=bootstrap,
+        topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
+        partitions=6,
+        group_id="bench-scorer",
+        registry_url="http://127.0.0.1:9",
+        default_model_path=package_path("1"),
+        batch_max_records=batch_max_records,
+    )
+    await ensure_topics(settings)
+    topics = settings.topics
+
+    frame = load_stays(stays, first=1)
+    events = events_of(frame, tag="thr-")
+    lat_frame = load_stays(latency_stays, first=10_000)
+    lat_events = events_of(lat_frame, tag="lat-")[: int(rate * latency_seconds)]
+    await _publish_all(bootstrap, topics.observations, events)
+
+    reader = _Reader(bootstrap, topics.scores_live)
+    await reader.start()
+    port = _free_port()
+    log = workdir / "scorer.log"
+    scorer = _spawn(
+        [sys.executable, "-m", "vigil_scorer"],
+        {
+            "VIGIL_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "VIGIL_TOPIC_PREFIX": settings.topic_prefix,
+            "VIGIL_LOG_LEVEL": "WARNING",
+            "SCORER_HTTP_PORT": str(port),
+            "SCORER_GROUP_ID": settings.group_id,
+            "SCORER_REGISTRY_URL": settings.registry_url,
+            "SCORER_DEFAULT_MODEL_PATH": str(settings.default_model_path),
+            "SCORER_MODEL_CACHE_DIR": str(workdir / "models"),
+            "SCORER_BATCH_MAX_RECORDS": str(batch_max_records),
+        },
+        log,
+    )
+    try:
+        done = await reader.wait(_final_observations(events), timeout=600)
+        created = reader.created.get("thr", [])
+        window = (max(created) - min(created)) if len(created) > 1 else float("nan")
+        throughput = {
+            "events": len(events),
+            "scores": len(created),
+            "events_per_s": round(len(events) / window, 1) if window == window and window > 0 else None,
+            "scores_per_s": round(len(created) / window, 1) if window == window and window > 0 else None,
+            "complete": done,
+        }
+        offered = await _publish_paced(bootstrap, topics.observations, lat_events, rate)
+        t_end = time.monotonic()
+        done_lat = await reader.wait(_final_observations(lat_events), timeout=300)
+        drain_s = time.monotonic() - t_end
+        lat = reader.latency.get("lat", [])
+        latency = {
+            "offered_events_per_s": round(offered, 1),
+            "events": len(lat_events),
+            "scores": len(lat),
+            "p50_ms": _pct(lat, 50),
+            "p99_ms": _pct(lat, 99),
+            "max_ms": round(max(lat), 1) if lat else None,
+            "drain_after_last_send_s": round(drain_s, 2),
+            "complete": done_lat,
+        }
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    finally:
+        _stop(scorer)
+        await reader.stop()
+    batch_sum = _metric(metrics, "vigil_batch_size_sum")
+    batch_count = _metric(metrics, "vigil_batch_size_count")
+    rows = offline_features(frame).to_numpy(dtype=np.float32)
+    baseline = await _baseline(rows, requests=baseline_requests, concurrency=baseline_concurrency, workdir=workdir)
+    events_ratio = (throughput["events_per_s"] or 0) / baseline["predictions_per_s"]
+    scores_ratio = (throughput["scores_per_s"] or 0) / baseline["predictions_per_s"]
+    return {
+        "bench": "scorer",
+        "throughput": throughput,
+        "latency_at_fixed_load": latency,
+        "baseline_article_fastapi": baseline,
+        "ratio_events_per_s_vs_baseline_predictions_per_s": round(events_ratio, 2),
+        "ratio_scores_per_s_vs_baseline_predictions_per_s": round(scores_ratio, 2),
+        "mean_batch_size": round(batch_sum / batch_count, 1) if batch_count else None,
+        "targets": {"events_per_s": 20000, "p99_ms_at_5000_events_per_s": 50},
+        "machine_cpus": os.cpu_count(),
+    }
+
+
+def _metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: the figures as one JSON line on stdout."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--bootstrap", default=os.environ.get("VIGIL_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    parser.add_argument("--stays", type=int, default=120)
+    parser.add_argument("--rate", type=float, default=5000.0)
+    parser.add_argument("--latency-seconds", type=float, default=8.0)
+    parser.add_argument("--batch-max-records", type=int, default=1000)
+    args = parser.parse_args(argv)
+    result = asyncio.run(
+        run(
+            args.bootstrap,
+            stays=args.stays,
+            rate=args.rate,
+            latency_seconds=args.latency_seconds,
+            batch_max_records=args.batch_max_records,
+        )
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
