@@ -241,6 +241,7 @@ class _Context:
     full_urls: dict[str, tuple[str, str]] = field(default_factory=dict)
     report_times: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)
     system: str | None = None
+    depth: int = 0
 
 
 def _codings(concept: Any) -> list[dict[str, Any]]:
@@ -357,14 +358,14 @@ class Mapper:
 
     # --- payload and bundle ---------------------------------------------------------------------------
 
-    def _map(self, payload: Any, system: str | None) -> MapResult:
+    def _map(self, payload: Any, system: str | None, depth: int = 0) -> MapResult:
         if not isinstance(payload, dict):
             raise InvalidPayload("payload is not a JSON object (a FHIR resource or Bundle)")
         rtype = payload.get("resourceType")
         if not isinstance(rtype, str) or not rtype:
             raise InvalidPayload("missing resourceType", issue="required")
         result = MapResult()
-        ctx = _Context(system=system)
+        ctx = _Context(system=system, depth=depth)
         if rtype != "Bundle" and "contained" not in payload:
             # One resource: no bundle index to build (the hot path of the raw topic and of POST <type>).
             rid = self._resource_id(payload, None, None)
@@ -492,6 +493,12 @@ class Mapper:
                 return EntryOutcome(index, r_type, rid, "recorded", note="location cached for ICU unit names")
             if r_type == "DiagnosticReport":
                 return self._report(resource, rid, index, ctx, counts)
+            if r_type == "Bundle" and ctx.depth < 3:
+                # A Bundle inside a Bundle (a message or document carrying a searchset, say): map its entries.
+                inner = self._map(resource, ctx.system, depth=ctx.depth + 1)
+                counts.update(inner.counts)
+                outcome: Outcome = "mapped" if inner.events else ("rejected" if inner.rejections else "ignored")
+                return EntryOutcome(index, r_type, rid, outcome, events=inner.events, rejections=inner.rejections)
         except _Reject as error:
             counts["rejected"] += 1
             rej = Rejection(error.reason, r_type, rid, issue=error.issue)
@@ -554,7 +561,8 @@ class Mapper:
             except ValueError:
                 birth = None
         gender = res.get("gender")
-        sex = 1.0 if gender == "male" else 0.0 if gender == "female" else None
+        gender = gender.strip().lower() if isinstance(gender, str) else None
+        sex = 1.0 if gender in ("male", "m") else 0.0 if gender in ("female", "f") else None
         meta = res.get("meta")
         version = meta.get("versionId") if isinstance(meta, dict) else None
         known = self.patients.get(rid)
@@ -622,7 +630,7 @@ class Mapper:
         contained = self._contained(res)
         patient = self._ref(res.get("subject") or res.get("patient"), "Patient", ctx, contained)
         status = res.get("status") if isinstance(res.get("status"), str) else "unknown"
-        raw_period = res.get("period")
+        raw_period = res.get("period") or res.get("actualPeriod")  # actualPeriod: R5 senders
         period: dict[str, Any] = raw_period if isinstance(raw_period, dict) else {}
         start = end = None
         try:
@@ -738,6 +746,7 @@ class Mapper:
             code = coding.get("code")
             if not isinstance(code, str):
                 continue
+            code = code.strip()
             system = coding.get("system")
             if system in LOINC_SYSTEMS or (system is None and _LOINC_SHAPE.match(code)):
                 if code in AVERAGE_CODES:
