@@ -67,6 +67,22 @@ class Settings(VigilSettings):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     """Largest package archive accepted."""
 
+    home: Path | None = None
+    """``VIGIL_HOME`` (set by ``vigil up``): when given, the default database and artifact store live under it."""
+    registry_url: str | None = None
+    """``VIGIL_REGISTRY_URL`` (set by ``vigil up``): the default ``public_url``."""
+
+    @model_validator(mode="after")
+    def _derive_locations(self) -> Settings:
+        if self.home is not None:
+            if "database_url" not in self.model_fields_set:
+                self.database_url = f"sqlite:///{self.home / 'registry' / 'registry.db'}"
+            if "artifact_root" not in self.model_fields_set:
+                self.artifact_root = self.home / "registry" / "artifacts"
+        if "public_url" not in self.model_fields_set:
+            self.public_url = self.registry_url or f"http://127.0.0.1:{self.http_port}"
+        return self
+
     @model_validator(mode="after")
     def _check_tokens(self) -> Settings:
         for token, grant in self.tokens.items():
