@@ -265,7 +265,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await proc.communicate()
+    _, stderr = await proc.communicate()
     assert proc.returncode == 0, stderr.decode()[-2000:]
     replayed = json.loads(out.read_text())["comparisons"]
     assert len(replayed) == 1 and len(windowed) == 1

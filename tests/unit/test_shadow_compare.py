@@ -89,8 +89,8 @@ def test_metrics_match_sklearn_and_the_challenge_utility() -> None:
         enc = f"e{i}"
         n = int(rng.integers(10, 30))
         septic = i % 3 == 0
-        onset = int(rng.integers(5, n + 3)) if septic else None
-        y = np.array([1.0 if septic and h >= onset - 6 else 0.0 for h in range(n)])
+        onset = int(rng.integers(5, n + 3)) if septic else 10**6
+        y = np.array([1.0 if h >= onset - 6 else 0.0 for h in range(n)])
         pl = np.clip(0.3 * y + rng.uniform(0, 0.7, n), 0, 1)
         pc = np.clip(0.5 * y + rng.uniform(0, 0.5, n), 0, 1)
         _scores(state, enc, pl.tolist(), pc.tolist())
