@@ -37,7 +37,8 @@ def check(
     from vigil_drift.config import parse_overrides, thresholds_for
 
     t0 = time.monotonic()
-    text = Path(thresholds).read_text() if thresholds and Path(thresholds).exists() else thresholds
+    is_file = bool(thresholds) and not thresholds.lstrip().startswith("{") and Path(thresholds).exists()
+    text = Path(thresholds).read_text() if is_file else thresholds
     overrides = parse_overrides(text)
     ref_obj = Reference.load(reference) if reference.suffix == ".json" else None
     ref_df = read_rows(reference) if ref_obj is None else None

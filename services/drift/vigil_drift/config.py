@@ -65,20 +65,21 @@ class Thresholds(BaseModel):
     """Relative shift of the windowed mean score from the baseline."""
     alert_rate_shift: float = 0.5
     """Relative shift of the windowed alert rate from the baseline (wider than the mean: alerts are rarer)."""
-    prediction_window: int = Field(default=5000, ge=100)
-    prediction_every: int = Field(default=500, ge=1)
+    prediction_window: int = Field(default=20000, ge=100)
+    """Scores in the window (about 200 h of a 100-bed census: a day's case mix swings the mean score)."""
+    prediction_every: int = Field(default=1000, ge=1)
     # --- outcomes (delayed labels) ---
     horizon_hours: float = 6.0
     """A score at t is positive when t >= onset - horizon (PhysioNet's SepsisLabel convention)."""
     auroc_min: float = 0.85
     auroc_drop: float = 0.05
     ece: float = 0.1
-    error_rate_increase: float = 0.25
+    error_rate_increase: float = 0.5
     """An error-rate alert needs DDM/FHDDM to fire and the windowed error rate this much above baseline."""
-    performance_window: int = Field(default=20000, ge=100)
+    performance_window: int = Field(default=50000, ge=100)
     """Labelled predictions in the performance and fairness window."""
-    performance_every: int = Field(default=2000, ge=1)
-    min_positives: int = 100
+    performance_every: int = Field(default=5000, ge=1)
+    min_positives: int = 300
     """Minimum positive (and negative) labelled predictions in a window or subgroup before judging it."""
     disparity: float = 1.25
     """Fairness: max/min across subgroups of sensitivity or AUROC."""
@@ -89,7 +90,7 @@ class Thresholds(BaseModel):
     latency_every: int = Field(default=100, ge=1)
     latency_min: int = 200
     # --- alert hygiene ---
-    open_after: int = Field(default=2, ge=1)
+    open_after: int = Field(default=3, ge=1)
     """Consecutive evaluations beyond the threshold before an alert opens."""
     resolve_after: int = Field(default=3, ge=1)
     """Consecutive evaluations inside the clear level before it resolves."""

@@ -156,8 +156,11 @@ class MissingStream:
     ever_measured: bool = False
 
     def __post_init__(self) -> None:
-        want = self.th.missing_expected / max(self.ref_rate, 1e-9)
-        self.window = int(min(max(math.ceil(want), self.th.missing_window_min), self.th.missing_window_max))
+        if self.ref_rate <= 0:
+            self.window = self.th.missing_window_min  # never measured before: any steady measuring is news
+        else:
+            want = self.th.missing_expected / self.ref_rate
+            self.window = int(min(max(math.ceil(want), self.th.missing_window_min), self.th.missing_window_max))
         self.adwin = ADWIN(delta=self.th.adwin_delta)
 
     def relative_change(self, rate: float) -> float:

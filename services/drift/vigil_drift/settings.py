@@ -14,3 +14,14 @@ class Settings(VigilSettings):
     http_port: int = 8004
     group_id: str = "vigil-drift"
     """Kafka consumer group."""
+    reference_path: str = ""
+    """The production model's ``reference.json`` (from its package). Without one, inputs are not judged and
+    prediction and performance baselines come from each model's first live windows."""
+    model_name: str = ""
+    """The model the reference belongs to (its score baseline applies to that model's scores)."""
+    thresholds: str = ""
+    """Per-model threshold overrides as JSON, e.g. ``{"*": {"open_after": 3}, "sepsis-hgb": {"ece": 0.08}}``
+    (``inputs`` for the feature detectors); a path to a JSON file works too."""
+    max_records: int = 1000
+    """Records per consumed batch."""
+    batch_timeout_ms: int = 200
