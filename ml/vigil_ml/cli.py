@@ -1,7 +1,114 @@
-"""Command line of ml (mounted under ``vigil``)."""
+"""``vigil model``: train, evaluate and predict with sepsis models (PhysioNet-format parquet in, files out)."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
 import typer
 
-app = typer.Typer(help="ml commands.", no_args_is_help=True)
+app = typer.Typer(help="Train, evaluate and predict with sepsis models.", no_args_is_help=True)
+
+
+def _default_data() -> Path:
+    from vigil_ml import data
+
+    return data.SHARED_SET_A if data.SHARED_SET_A.exists() else data.SAMPLE_PATH
+
+
+@app.command("train")
+def train_cmd(
+    data_path: Path = typer.Option(None, "--data", help="PhysioNet-format parquet (default: ../shared set A)."),
+    out: Path = typer.Option(None, "--out", help="Run folder (default: ml/runs/<UTC time>)."),
+    name: str = typer.Option("sepsis", help="Model name in the package."),
+    version: str = typer.Option("1", help="Model version in the package."),
+    seed: int = typer.Option(7, help="Seed of the split, the model and the bootstrap."),
+    max_stays: int = typer.Option(None, help="Train on a seeded subset of this many stays (quick runs)."),
+    max_iter: int = typer.Option(None, help="Boosting iterations (default 300)."),
+    n_boot: int = typer.Option(200, help="Bootstrap resamples for the CIs."),
+    hold_out_sample: bool = typer.Option(True, help="Drop the bundled sample's patients before splitting."),
+) -> None:
+    """Train the baseline and the gradient-boosted model, export ONNX, validate and write a package."""
+    from vigil_ml import data as vdata
+    from vigil_ml.train import TrainConfig, train
+
+    path = data_path or vdata.SHARED_SET_A
+    cfg = TrainConfig(name=name, version=version, seed=seed, max_stays=max_stays, n_boot=n_boot)
+    cfg.hold_out_sample = hold_out_sample
+    if max_iter is not None:
+        cfg.hgb["max_iter"] = max_iter
+    run = out or vdata.REPO_ROOT / "ml" / "runs" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    res = train(path, run, cfg)
+    s = res.metrics["scores"]
+    typer.echo(
+        json.dumps(
+            {
+                "run_dir": str(res.run_dir),
+                "package": str(res.package_dir),
+                "onnx_parity_max_abs_diff": res.parity_max_abs_diff,
+                "operating_threshold": res.metrics["operating_threshold"],
+                "test": {k: {m: s[k][m]["value"] for m in ("auroc", "auprc", "utility")} for k in s},
+            },
+            indent=2,
+        )
+    )
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Path = typer.Option(None, "--model", help="Model package folder (default: the repository's default)."),
+    data_path: Path = typer.Option(None, "--data", help="PhysioNet-format parquet (default: set A or the sample)."),
+    out: Path = typer.Option(Path("evaluation"), "--out", help="Output path stem: writes STEM.json and STEM.html."),
+    n_boot: int = typer.Option(200, help="Bootstrap resamples for the CIs."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Validate a package on labelled rows: metrics with CIs, bedside scores, subgroups; JSON and HTML report."""
+    from vigil_common.model_package import ModelPackage, default_package_path
+    from vigil_ml import data as vdata
+    from vigil_ml.evaluate import evaluate_package, write_report
+
+    pkg = ModelPackage.load(model or default_package_path())
+    df = vdata.load(data_path or _default_data())
+    report, plots = evaluate_package(pkg, df, n_boot=n_boot, seed=seed)
+    js, html = write_report(report, plots, out)
+    m = report["scores"]
+    typer.echo(
+        json.dumps(
+            {
+                "json": str(js),
+                "html": str(html),
+                "model": {k: m["model"][k]["value"] for k in ("auroc", "auprc", "utility")},
+                "clinical_auroc": {k: m[k]["auroc"]["value"] for k in ("qsofa", "sirs", "news2", "mews")},
+            },
+            indent=2,
+        )
+    )
+
+
+@app.command("predict")
+def predict_cmd(
+    data_path: Path = typer.Option(..., "--data", help="PhysioNet-format parquet."),
+    out: Path = typer.Option(..., "--out", help="Output parquet: patient_id, hour, risk, alert."),
+    model: Path = typer.Option(None, "--model", help="Model package folder (default: the repository's default)."),
+) -> None:
+    """Risk and alert for every input row, through the shared feature code and the package's ONNX session."""
+    from vigil_common.model_package import ModelPackage, default_package_path
+    from vigil_ml.predict import predict_rows
+
+    pkg = ModelPackage.load(model or default_package_path())
+    import pandas as pd
+
+    result = predict_rows(pkg, pd.read_parquet(data_path))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result.to_parquet(out, index=False)
+    typer.echo(json.dumps({"rows": len(result), "alerts": int(result["alert"].sum()), "out": str(out)}))
+
+
+@app.command("card")
+def card_cmd(model: Path = typer.Option(None, "--model", help="Model package folder.")) -> None:
+    """Print a package's readable model card."""
+    from vigil_common.model_package import ModelPackage, default_package_path
+
+    pkg = ModelPackage.load(model or default_package_path())
+    typer.echo((pkg.path / "card.md").read_text())

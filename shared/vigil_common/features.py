@@ -30,6 +30,7 @@ are known not to transfer between sites. Missing values stay NaN (the gradient-b
 from __future__ import annotations
 
 import bisect
+import math
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -171,6 +172,19 @@ def _window(x: np.ndarray, pos: np.ndarray, start: np.ndarray, w: int) -> np.nda
     return np.ascontiguousarray(np.where(mask, view, np.nan))
 
 
+def _sequential_sum(m: np.ndarray) -> np.ndarray:
+    """Row sums of the non-NaN entries, added left to right (oldest hour first).
+
+    The order is spelled out, not left to numpy's pairwise summation, so the incremental state (which adds the
+    same values in the same order with Python floats, both IEEE double) gives bit-identical sums.
+    """
+    total = np.zeros(m.shape[0])
+    for k in range(m.shape[1]):
+        col = m[:, k]
+        total = np.where(np.isnan(col), total, total + col)
+    return total
+
+
 def offline_features(df: pd.DataFrame) -> pd.DataFrame:
     """FEATURE_COLUMNS (float32) for PhysioNet-format hourly rows, in the input's row order and index.
 
@@ -233,10 +247,10 @@ def offline_features(df: pd.DataFrame) -> pd.DataFrame:
         if name in WINDOWED:
             for w in WINDOWS:
                 m = _window(x, pos, start, w)
+                win_sum[(name, w)] = _sequential_sum(m)
+                win_count[(name, w)] = (~np.isnan(m)).sum(axis=1).astype(np.float64)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    win_sum[(name, w)] = np.nansum(m, axis=1)
-                    win_count[(name, w)] = (~np.isnan(m)).sum(axis=1).astype(np.float64)
                     win_min[(name, w)] = np.nanmin(m, axis=1)
                     win_max[(name, w)] = np.nanmax(m, axis=1)
 
@@ -300,7 +314,11 @@ class EncounterState:
         # feature -> "type/id|micros" -> (micros, value, seq); seq orders same-time readings by arrival.
         self._readings: dict[str, dict[str, tuple[int, float, int]]] = {}
         self._seq = 0
-        self._buckets: dict[str, tuple[list[int], list[float]]] | None = None
+        # Hour buckets per feature (sorted hours, their values), rebuilt lazily for the features that changed.
+        self._buckets: dict[str, tuple[list[int], list[float]]] = {}
+        self._dirty: set[str] = set()
+        self._bucket_base: int | None = None
+        self._max_time: int | None = None
 
     # -- applying events --
 
@@ -312,7 +330,6 @@ class EncounterState:
             if event.icu_admitted_at is not None:
                 self.icu_admitted_at = event.icu_admitted_at
             self.unit = event.unit or self.unit
-            self._buckets = None
         elif isinstance(event, ObservationRecorded):
             if self.patient is None:
                 self.patient = event.patient
@@ -328,15 +345,20 @@ class EncounterState:
                 return  # a redelivery: nothing changes
             self._seq += 1
             per[rkey] = (t, float(event.value), self._seq)
-            self._buckets = None
+            self._dirty.add(event.feature)
+            if self._max_time is None or t > self._max_time:
+                self._max_time = t
         elif isinstance(event, ObservationRetracted):
             prefix = f"{event.retracted_resource.resource_type}/{event.retracted_resource.resource_id}|"
             for feature, per in self._readings.items():
                 if event.feature is not None and feature != event.feature:
                     continue
-                for k in [k for k in per if k.startswith(prefix)]:
+                gone = [k for k in per if k.startswith(prefix)]
+                for k in gone:
                     del per[k]
-            self._buckets = None
+                if gone:
+                    self._dirty.add(feature)
+                    self._max_time = None  # recomputed on demand
 
     # -- reading the state --
 
@@ -347,19 +369,20 @@ class EncounterState:
         return min(times) if times else None
 
     def _bucketed(self) -> dict[str, tuple[list[int], list[float]]]:
-        if self._buckets is None:
-            base = self._base()
-            buckets: dict[str, tuple[list[int], list[float]]] = {}
-            for feature, per in self._readings.items():
+        base = self._base()
+        if base != self._bucket_base:
+            self._dirty = set(self._readings)
+            self._bucket_base = base
+        if self._dirty:
+            for feature in self._dirty:
                 best: dict[int, tuple[int, int, float]] = {}
-                for t, v, seq in per.values():
+                for t, v, seq in self._readings.get(feature, {}).values():
                     hr = (t - (base or 0)) // _US_PER_HOUR
-                    cand = (t, seq, v)
-                    if hr not in best or cand[:2] > best[hr][:2]:
-                        best[hr] = cand
+                    if hr not in best or (t, seq) > best[hr][:2]:
+                        best[hr] = (t, seq, v)
                 hs = sorted(best)
-                buckets[feature] = (hs, [best[x][2] for x in hs])
-            self._buckets = buckets
+                self._buckets[feature] = (hs, [best[x][2] for x in hs])
+            self._dirty = set()
         return self._buckets
 
     @property
@@ -370,8 +393,10 @@ class EncounterState:
     @property
     def data_time(self) -> datetime | None:
         """Observed time of the newest reading."""
-        times = [r[0] for per in self._readings.values() for r in per.values()]
-        return _from_micros(max(times)) if times else None
+        if self._max_time is None:
+            times = [r[0] for per in self._readings.values() for r in per.values()]
+            self._max_time = max(times) if times else None
+        return None if self._max_time is None else _from_micros(self._max_time)
 
     @property
     def hour(self) -> int | None:
@@ -379,56 +404,45 @@ class EncounterState:
         hs = [hours[-1] for hours, _ in self._bucketed().values() if hours]
         return max(hs) if hs else None
 
-    def _raw(self, h: int | None) -> _Raw:
+    def _raw(self, h: int | None) -> dict[str, float]:
+        """The raw statistics at hour ``h`` as Python floats, keyed like :func:`_raw_from_scalars` expects."""
         b = self._bucketed()
-        nan = np.array([np.nan])
-        raw = _Raw(
-            n=1,
-            hour=np.array([np.nan if h is None else float(h)]),
-            last={},
-            last_hour={},
-            prev={},
-            count={},
-            win_sum={},
-            win_count={},
-            win_min={},
-            win_max={},
-            age=nan,
-            sex=nan,
-        )
+        nan = math.nan
+        out: dict[str, float] = {"hour": nan if h is None else float(h)}
         for name in _DEMOGRAPHIC:
-            hours, values = b.get(name, ([], []))
+            _, values = b.get(name, ([], []))
             # Demographics do not change with time: the latest reading holds whatever the hour asked.
-            val = values[-1] if values else np.nan
-            setattr(raw, name, np.array([val]))
+            out[name] = values[-1] if values else nan
         for name in USED:
             hours, values = b.get(name, ([], []))
             k = bisect.bisect_right(hours, h) if h is not None else 0
-            raw.last[name] = np.array([values[k - 1] if k >= 1 else np.nan])
-            raw.last_hour[name] = np.array([float(hours[k - 1]) if k >= 1 else np.nan])
-            raw.prev[name] = np.array([values[k - 2] if k >= 2 else np.nan])
-            raw.count[name] = np.array([float(k)])
+            out[f"last:{name}"] = values[k - 1] if k >= 1 else nan
+            out[f"last_hour:{name}"] = float(hours[k - 1]) if k >= 1 else nan
+            out[f"prev:{name}"] = values[k - 2] if k >= 2 else nan
+            out[f"count:{name}"] = float(k)
             if name in WINDOWED:
                 for w in WINDOWS:
-                    arr = np.full(w, np.nan)
+                    total, cnt, lo_v, hi_v = 0.0, 0, nan, nan
                     if h is not None:
-                        lo = bisect.bisect_left(hours, h - w + 1)
-                        for j in range(lo, k):
-                            arr[hours[j] - (h - w + 1)] = values[j]
-                    present = arr[~np.isnan(arr)]
-                    raw.win_sum[(name, w)] = np.array([np.nansum(arr.reshape(1, w), axis=1)[0]])
-                    raw.win_count[(name, w)] = np.array([float(present.size)])
-                    raw.win_min[(name, w)] = np.array([present.min() if present.size else np.nan])
-                    raw.win_max[(name, w)] = np.array([present.max() if present.size else np.nan])
-        return raw
+                        # Oldest hour first, the order _sequential_sum adds in.
+                        for j in range(bisect.bisect_left(hours, h - w + 1), k):
+                            v = values[j]
+                            total += v
+                            cnt += 1
+                            lo_v = v if cnt == 1 or v < lo_v else lo_v
+                            hi_v = v if cnt == 1 or v > hi_v else hi_v
+                    out[f"sum:{name}:{w}"] = total
+                    out[f"cnt:{name}:{w}"] = float(cnt)
+                    out[f"min:{name}:{w}"] = lo_v
+                    out[f"max:{name}:{w}"] = hi_v
+        return out
 
     def features(self, at_hour: int | None = None) -> np.ndarray:
         """The feature vector (float32, FEATURE_COLUMNS order, NaN for missing) as at ``at_hour`` (default: ``hour``).
 
         Pass ``at_hour`` to score a later hour with no new reading (time since measurement grows).
         """
-        h = self.hour if at_hour is None else at_hour
-        return _assemble(self._raw(h))[0]
+        return features_many([self], None if at_hour is None else [at_hour])[0]
 
     # -- snapshots --
 
@@ -458,4 +472,42 @@ class EncounterState:
         s._seq = int(d.get("seq", 0))
         for f, rows in d.get("readings", {}).items():
             s._readings[f] = {str(k): (int(t), float(v), int(q)) for k, t, v, q in rows}
+        s._dirty = set(s._readings)
         return s
+
+
+def features_many(states: list[EncounterState], at_hours: list[int | None] | None = None) -> np.ndarray:
+    """Feature vectors of several states in one vectorised pass (float32, shape (len(states), k)).
+
+    Each state is taken at its ``hour`` unless ``at_hours`` gives another; a scorer batching many encounters
+    pays the array work once per batch instead of once per encounter.
+    """
+    hours = (
+        [s.hour for s in states]
+        if at_hours is None
+        else [s.hour if a is None else a for s, a in zip(states, at_hours, strict=True)]
+    )
+    rows = [s._raw(h) for s, h in zip(states, hours, strict=True)]
+    n = len(rows)
+    keys = list(rows[0]) if rows else []
+    matrix = np.array([list(r.values()) for r in rows], dtype=np.float64).reshape(n, len(keys))
+    where = {k: i for i, k in enumerate(keys)}
+
+    def col(key: str) -> np.ndarray:
+        return matrix[:, where[key]] if n else np.zeros(0)
+
+    raw = _Raw(
+        n=n,
+        hour=col("hour"),
+        last={m: col(f"last:{m}") for m in USED},
+        last_hour={m: col(f"last_hour:{m}") for m in USED},
+        prev={m: col(f"prev:{m}") for m in USED},
+        count={m: col(f"count:{m}") for m in USED},
+        win_sum={(m, w): col(f"sum:{m}:{w}") for m in WINDOWED for w in WINDOWS},
+        win_count={(m, w): col(f"cnt:{m}:{w}") for m in WINDOWED for w in WINDOWS},
+        win_min={(m, w): col(f"min:{m}:{w}") for m in WINDOWED for w in WINDOWS},
+        win_max={(m, w): col(f"max:{m}:{w}") for m in WINDOWED for w in WINDOWS},
+        age=col("age"),
+        sex=col("sex"),
+    )
+    return _assemble(raw)
