@@ -338,3 +338,28 @@ def test_mapping_does_not_modify_its_input() -> None:
     before = copy.deepcopy(payload)
     Mapper().map_payload(payload)
     assert payload == before
+
+
+def test_age_and_sex_whichever_arrives_first() -> None:
+    encounter = {
+        "resourceType": "Encounter",
+        "id": "e7",
+        "status": "finished",
+        "subject": {"reference": "Patient/p7"},
+        "period": {"start": "2026-03-01T12:00:00Z", "end": "2026-03-04T12:00:00Z"},
+        "serviceType": {"text": "Surgical intensive care"},
+    }
+    patient = {"resourceType": "Patient", "id": "p7", "gender": "male", "birthDate": "1950-03-02"}
+    first = Mapper()
+    enc_first = first.map_payload(encounter).events + first.map_payload(patient).events
+    second = Mapper()
+    pat_first = second.map_payload(patient).events + second.map_payload(encounter).events
+    assert sorted(e.event_id for e in enc_first) == sorted(e.event_id for e in pat_first)
+    demo = sorted((e.feature, e.value, e.encounter) for e in enc_first if isinstance(e, ObservationRecorded))
+    assert demo == [("age", 75.0, "e7"), ("sex", 1.0, "e7")]
+    (recorded,) = [e for e in enc_first if e.type == "encounter.recorded"]
+    assert recorded.unit == "SICU" and recorded.status == "finished"
+    # an observation naming only the encounter gets the encounter's patient; a finished encounter is not "open"
+    reading = one(first.map_payload(obs(subject=None, encounter={"reference": "Encounter/e7"})))
+    assert (reading.patient, reading.encounter) == ("p7", "e7")
+    assert one(first.map_payload(obs(encounter=None, subject={"reference": "Patient/p7"}))).encounter is None

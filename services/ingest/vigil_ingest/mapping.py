@@ -739,32 +739,42 @@ class Mapper:
 
     # --- Observation ----------------------------------------------------------------------------------
 
-    def feature_of(self, concept: Any, *, lab: bool = False) -> tuple[str | None, bool]:
-        """The vocabulary feature a CodeableConcept names (first mapped coding wins), and whether it is an average."""
+    def feature_of(self, concept: Any, resource: dict[str, Any] | None = None) -> tuple[str | None, bool]:
+        """The vocabulary feature a CodeableConcept names (first mapped coding wins), and whether it is an average.
+
+        ``resource`` (the Observation) resolves LOINC 2708-6 by its category: laboratory means SaO2.
+        """
+        if not isinstance(concept, dict):
+            return None, False
+        codings = concept.get("coding")
+        if not isinstance(codings, list):
+            return None, False
         found: str | None = None
-        for coding in _codings(concept):
+        codes = self._codes
+        for coding in codings:
+            if not isinstance(coding, dict):
+                continue
             code = coding.get("code")
             if not isinstance(code, str):
                 continue
-            code = code.strip()
             system = coding.get("system")
-            if system in LOINC_SYSTEMS or (system is None and _LOINC_SHAPE.match(code)):
+            if system in LOINC_SYSTEMS or (system is None and _LOINC_SHAPE.match(code.strip())):
+                code = code.strip()
                 if code in AVERAGE_CODES:
                     return None, True
-                feature = self._codes.get(("loinc", code))
+                feature = codes.get(("loinc", code))
             elif system in SNOMED_SYSTEMS:
-                feature = self._codes.get(("snomed", code))
+                feature = codes.get(("snomed", code.strip()))
             else:
                 continue
             if feature is not None and found is None:
-                found = "sao2" if (code == LAB_ONLY_SAO2 and lab) else feature
+                found = "sao2" if (code == LAB_ONLY_SAO2 and resource is not None and _is_lab(resource)) else feature
         return found, False
 
     def _observation(
         self, res: dict[str, Any], rid: str, index: int | None, ctx: _Context, counts: Counter[str]
     ) -> EntryOutcome:
-        lab = _is_lab(res)
-        feature, average = self.feature_of(res.get("code"), lab=lab)
+        feature, average = self.feature_of(res.get("code"), res)
         if average:
             counts["rejected_average"] += 1
             raise _Reject("an average over a period (96607-7 family) is not a point reading", "not-supported")
@@ -774,7 +784,7 @@ class Mapper:
             for comp in raw_components:
                 if not isinstance(comp, dict):
                     continue
-                comp_feature, comp_average = self.feature_of(comp.get("code"), lab=lab)
+                comp_feature, comp_average = self.feature_of(comp.get("code"), res)
                 if comp_average:
                     counts["rejected_average"] += 1
                     raise _Reject("an average over a period (96607-7 family) is not a point reading", "not-supported")
@@ -795,6 +805,9 @@ class Mapper:
         contained = self._contained(res) if contained_obs is not None else {}
         patient = self._ref(res.get("subject"), "Patient", ctx, contained)
         encounter = self._ref(res.get("encounter") or res.get("context"), "Encounter", ctx, contained)
+        if patient is None and encounter is not None:
+            known = self.encounters.get(encounter)
+            patient = known.patient if known is not None else None
         if encounter is None and patient is not None:
             encounter = self.open_encounter.get(patient)
             counts["attached_to_open_encounter" if encounter else "no_encounter"] += 1
@@ -851,10 +864,12 @@ class Mapper:
                     source, encounter, patient, m, value, observed_at, occurred_at, status, comparator, original, unit
                 )
             )
-        readings = sum(1 for e in events if isinstance(e, ObservationRecorded))
+        readings = len(events) - (1 if status in ("amended", "corrected") else 0)
         counts["readings"] += readings
-        counts["absent"] += absent
-        counts["rejected"] += len(rejections)
+        if absent:
+            counts["absent"] += absent
+        if rejections:
+            counts["rejected"] += len(rejections)
         if nested is not None:
             events.extend(nested.events)
             rejections.extend(nested.rejections)
