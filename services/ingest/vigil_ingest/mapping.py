@@ -33,7 +33,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import orjson
 
@@ -68,7 +68,7 @@ _UNIT_NAME = re.compile(r"\b(MICU|SICU)\b|(medical)\s+intensive\s+care|(surgical
 _COMPARATORS = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "≤": "<=", "≥": ">="}
 UNLINKED_KEY = "unlinked"
 
-Canonical = ObservationRecorded | ObservationRetracted | EncounterRecorded
+Canonical: TypeAlias = ObservationRecorded | ObservationRetracted | EncounterRecorded
 """The events ingest publishes."""
 E = TypeVar("E", bound=Event)
 
