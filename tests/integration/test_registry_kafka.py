@@ -173,3 +173,9 @@ async def test_promotion_on_evidence_and_rollback_on_a_critical_alert_publish_li
 
         verification = client.get("/audit/verify", headers=VIEW).json()
         assert verification["ok"] is True
+        history = client.get("/models/sepsis/versions/2/history", headers=VIEW).json()
+        assert [a["action_taken"] for a in history["alerts"]] == ["rolled_back"]
+        assert len(history["comparisons"]) == 1
+        metrics = client.get("/metrics").text
+        assert 'vigil_registry_lifecycle_published_total{action="rolled_back"} 1.0' in metrics
+        assert 'vigil_messages_total{outcome="promoted",service="registry"' in metrics

@@ -6,6 +6,7 @@ plus the Alembic migration checked against the models and concurrent appends to 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,10 @@ def database_url(postgres_url: str) -> str:  # noqa: F811 - a fresh PostgreSQL d
 
 
 @pytest.fixture
-def registry(database_url: str, tmp_path: Path) -> Registry:
-    return on_sqlite.make_registry(database_url, tmp_path)
+def registry(database_url: str, tmp_path: Path) -> Iterator[Registry]:
+    core = on_sqlite.make_registry(database_url, tmp_path)
+    yield core
+    core.engine.dispose()
 
 
 def test_it_really_is_postgresql(registry: Registry) -> None:

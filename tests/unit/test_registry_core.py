@@ -8,6 +8,7 @@ real PostgreSQL server by overriding the ``database_url`` fixture.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,10 @@ def make_registry(database_url: str, tmp_path: Path) -> Registry:
 
 
 @pytest.fixture
-def registry(database_url: str, tmp_path: Path) -> Registry:
-    return make_registry(database_url, tmp_path)
+def registry(database_url: str, tmp_path: Path) -> Iterator[Registry]:
+    core = make_registry(database_url, tmp_path)
+    yield core
+    core.engine.dispose()
 
 
 def good_metrics(**override: Any) -> dict[str, Any]:
@@ -200,6 +203,9 @@ def test_whole_lifecycle_promotion_rollback_and_retirement(registry: Registry, t
     assert kept.card["description"] == "Sepsis risk within 6 hours"
     assert kept.metrics["auroc"] == 0.81
     assert [e.action for e in registry.audit_log("sepsis", "2")][-1] == "retired"
+    history = registry.history("sepsis", "2")
+    assert [c["event_id"] for c in history["comparisons"]] == [deterministic_id("cmp", "2", "1", 1)]
+    assert history["stage"] == "retired" and history["outcomes_labelled"] == 5
 
     actions = [(e.model_version, e.action.value, e.to_stage.value) for e in lifecycle_events(registry)]
     assert actions == [

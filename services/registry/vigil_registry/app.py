@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from vigil_common.events import ModelLifecycleChanged
 from vigil_common.kafka import DeadLetters, Publisher, make_broker
 from vigil_common.metrics import ServiceMetrics
 from vigil_common.service import ServiceRuntime, build_http_app
@@ -87,6 +88,14 @@ def bootstrap(settings: Settings) -> Wiring:
             settings.topics.lifecycle,
             poll_seconds=settings.outbox_poll_seconds,
             ready=lambda: runtime.started,
+            metrics=metrics,
+        )
+        # Declared for the AsyncAPI document only: the relay publishes through the broker itself.
+        broker.publisher(
+            settings.topics.lifecycle,
+            title="models.lifecycle",
+            description="ModelLifecycleChanged for every registry decision, keyed by model name (from the outbox).",
+            schema=ModelLifecycleChanged,
         )
         relay_box.append(relay)
         runtime.on_start.append(relay.start)

@@ -182,6 +182,30 @@ class Registry:
         except FileNotFoundError as error:
             raise NotFound(f"the artifact of {name} {version} is missing from the store") from error
 
+    def history(self, name: str, version: str) -> dict[str, Any]:
+        """A version's evidence over time: every comparison and alert received about it (kept after retirement)."""
+        with self.session() as session:
+            row = crud.get_version(session, name=name, version=version)
+            comparisons = session.exec(
+                select(ComparisonRecord)
+                .where(ComparisonRecord.model_name == name, ComparisonRecord.candidate_version == version)
+                .order_by(col(ComparisonRecord.occurred_at), col(ComparisonRecord.id))
+            ).all()
+            alerts = session.exec(
+                select(AlertRecord)
+                .where(AlertRecord.model_name == name, AlertRecord.model_version == version)
+                .order_by(col(AlertRecord.occurred_at), col(AlertRecord.id))
+            ).all()
+            return {
+                "model_name": name,
+                "version": version,
+                "stage": row.stage,
+                "registered_metrics": row.metrics,
+                "outcomes_labelled": row.outcomes_labelled,
+                "comparisons": [c.payload for c in comparisons],
+                "alerts": [{**a.payload, "action_taken": a.action_taken} for a in alerts],
+            }
+
     def proposals(self, name: str) -> list[ProposalPublic]:
         """A model's proposals, newest first."""
         with self.session() as session:

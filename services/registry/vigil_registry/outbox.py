@@ -17,7 +17,11 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from prometheus_client import Counter, Gauge
+
+from vigil_common.events import ModelLifecycleChanged
 from vigil_common.kafka import Publisher
+from vigil_common.metrics import ServiceMetrics
 from vigil_registry.core import Registry
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,7 @@ class OutboxRelay:
         poll_seconds: float = 1.0,
         batch_size: int = 100,
         ready: Callable[[], bool] = lambda: True,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self.registry = registry
         self.publisher = publisher
@@ -46,6 +51,20 @@ class OutboxRelay:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._published: Counter | None = None
+        self._pending: Gauge | None = None
+        if metrics is not None:
+            self._published = Counter(
+                "vigil_registry_lifecycle_published",
+                "Lifecycle events published from the outbox, by action.",
+                ["action"],
+                registry=metrics.registry,
+            )
+            self._pending = Gauge(
+                "vigil_registry_outbox_pending",
+                "Lifecycle events in the outbox not yet acknowledged by the broker (at the last look).",
+                registry=metrics.registry,
+            )
 
     def wake(self) -> None:
         """Ask the relay to look now (thread-safe: decisions commit in worker threads)."""
@@ -60,6 +79,8 @@ class OutboxRelay:
         total = 0
         while True:
             pending = await asyncio.to_thread(self.registry.pending_events, self.batch_size)
+            if self._pending is not None:
+                self._pending.set(len(pending))
             if not pending:
                 return total
             ids = [row.id for row in pending if row.id is not None]
@@ -71,6 +92,10 @@ class OutboxRelay:
                 await asyncio.to_thread(self.registry.mark_failed, ids, f"{type(error).__name__}: {error}")
                 raise
             await asyncio.to_thread(self.registry.mark_published, ids)
+            if self._published is not None:
+                for row in pending:
+                    action = ModelLifecycleChanged.model_validate_json(row.payload).action.value
+                    self._published.labels(action).inc()
             total += len(ids)
             self.published += len(ids)
             log.info("lifecycle events published", extra={"count": len(ids), "topic": self.topic})

@@ -130,6 +130,12 @@ def eligibility(name: str, version: str, registry: RegistryDep, user: CurrentUse
     return registry.eligibility(name, version).as_dict()
 
 
+@router.get("/{name}/versions/{version}/history", summary="Comparisons and alerts received about a version")
+def history(name: str, version: str, registry: RegistryDep, user: CurrentUser) -> dict[str, Any]:
+    require(user, "read")
+    return registry.history(name, version)
+
+
 @router.post("/{name}/versions/{version}/promote", summary="Promote an approved, eligible shadow version")
 def promote(name: str, version: str, body: Reason, registry: RegistryDep, user: CurrentUser) -> ModelVersionPublic:
     return registry.promote(user, name, version, body.reason)
