@@ -56,6 +56,15 @@ def _stays(kit: Path) -> pd.DataFrame:
     return pq.read_table(path, filters=[("patient_id", "in", chosen)]).to_pandas()
 
 
+def _offline_risk(package: ModelPackage, rows: pd.DataFrame) -> np.ndarray:
+    """What ``vigil model predict`` computes for these rows (its core function when installed)."""
+    try:
+        from vigil_ml.predict import predict_rows
+    except ImportError:  # the same definition: shared offline features, then the package's ONNX session
+        return package.predict(offline_features(rows).to_numpy(np.float32))
+    return predict_rows(package, rows)["risk"].to_numpy()
+
+
 def _encounter(pid: str) -> str:
     return f"enc-{pid}"
 
@@ -210,10 +219,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
 
     # --- offline: the same rows through offline_features + predict ---------------------------------------
     rows = df.assign(encounter=df["patient_id"].map(_encounter)).reset_index(drop=True)
-    features = offline_features(df.reset_index(drop=True))
-    p_live = live_pkg.predict(features.to_numpy(np.float32))
-    p_cand = cand_pkg.predict(features.to_numpy(np.float32))
-    rows = rows.assign(p_live=p_live, p_cand=p_cand)
+    rows = rows.assign(p_live=_offline_risk(live_pkg, rows), p_cand=_offline_risk(cand_pkg, rows))
     rows = rows[[(e, int(h)) in all_keys for e, h in zip(rows["encounter"], rows["hour"], strict=True)]]
     rows = rows.sort_values(["encounter", "hour"], kind="stable")
     # The shadow's final score of every hour is the offline prediction of that hour's row (restart included).
