@@ -79,8 +79,8 @@ class _Reader:
                     self.latency.setdefault(tag, []).append(s["latency_ms"])
                     self.count += 1
 
-    async def wait(self, expected: dict[str, int], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+    async def wait(self, expected: dict[str, int], within: float) -> bool:
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if all(self.seen.get(e, -1) >= n for e, n in expected.items()):
                 return True
@@ -130,19 +130,19 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
     return subprocess.Popen(args, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 
-async def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, within: float = 90.0) -> None:
+    deadline = time.monotonic() + within
     async with httpx.AsyncClient() as http:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError("process died: " + log.read_text()[-1500:])
+                raise RuntimeError("process died: " + log.read_text()[-1500:])  # noqa: ASYNC240 - failure path
             try:
                 if (await http.get(url, timeout=2)).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(0.2)
-    raise RuntimeError(f"{url} not ready: " + log.read_text()[-1500:])
+    raise RuntimeError(f"{url} not ready: " + log.read_text()[-1500:])  # noqa: ASYNC240 - failure path
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -251,7 +251,7 @@ async def run(
         log,
     )
     try:
-        done = await reader.wait(_final_observations(events), timeout=600)
+        done = await reader.wait(_final_observations(events), within=600)
         created = reader.created.get("thr", [])
         window = (max(created) - min(created)) if len(created) > 1 else float("nan")
         throughput = {
@@ -263,7 +263,7 @@ async def run(
         }
         offered = await _publish_paced(bootstrap, topics.observations, lat_events, rate)
         t_end = time.monotonic()
-        done_lat = await reader.wait(_final_observations(lat_events), timeout=300)
+        done_lat = await reader.wait(_final_observations(lat_events), within=300)
         drain_s = time.monotonic() - t_end
         lat = reader.latency.get("lat", [])
         latency = {

@@ -27,6 +27,7 @@ from tests.integration.test_scorer_service import (
     complete,
     final_observations,
     final_per_hour,
+    hours_of,
     publish,
     settings_for,
 )
@@ -100,12 +101,7 @@ def check_scores(scores: list[ev.RiskScored], stays: Any, events: list[Any]) -> 
     package = ModelPackage.load(package_path("1"))
     expected = offline_predictions(stays, package)
     got = final_per_hour(scores)
-    admitted = next(e.icu_admitted_at for e in events if isinstance(e, ev.EncounterRecorded))
-    hours_with_data = {
-        (e.encounter, int((e.observed_at - admitted).total_seconds() // 3600))
-        for e in events
-        if isinstance(e, ev.ObservationRecorded)
-    }
+    hours_with_data = hours_of(events)
     assert set(got) == hours_with_data
     assert max(abs(s.probability - expected[k]) for k, s in got.items()) < 1e-6
     by_id: dict[str, ev.RiskScored] = {}

@@ -90,6 +90,18 @@ def final_per_hour(scores: list[ev.RiskScored]) -> dict[tuple[str, int], ev.Risk
     return best
 
 
+def hours_of(events: list[Any]) -> set[tuple[str, int]]:
+    """Every (encounter, ICU hour) that has an observation."""
+    admitted: dict[str | None, Any] = {
+        e.encounter: e.icu_admitted_at for e in events if isinstance(e, ev.EncounterRecorded)
+    }
+    return {
+        (str(e.encounter), int((e.observed_at - admitted[e.encounter]).total_seconds() // 3600))
+        for e in events
+        if isinstance(e, ev.ObservationRecorded)
+    }
+
+
 def settings_for(settings_env: dict[str, Any], tmp_path: Path, **over: Any) -> Settings:
     return Settings(
         **{
@@ -120,25 +132,21 @@ async def test_streamed_stays_score_like_the_offline_model(
     await producer.stop()
 
     app = create_app(settings)
-    async with ScoreReader(settings.kafka_bootstrap_servers, settings.topics.scores_live) as reader:
-        async with app.router.lifespan_context(app):
-            await reader.wait(complete(final_observations(events)))
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://scorer") as http:
-                ready = (await http.get("/ready")).json()
-                metrics = (await http.get("/metrics")).text
-                snapshot = {"heart_rate_last": 120.0, "age": 70.0, "temperature_last": None}
-                predicted = (await http.post("/predict", json=snapshot)).json()
-                refused = await http.post("/predict", json={"nope": 1.0})
+    reader = ScoreReader(settings.kafka_bootstrap_servers, settings.topics.scores_live)
+    async with reader, app.router.lifespan_context(app):
+        await reader.wait(complete(final_observations(events)))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://scorer") as http:
+            ready = (await http.get("/ready")).json()
+            metrics = (await http.get("/metrics")).text
+            snapshot = {"heart_rate_last": 120.0, "age": 70.0, "temperature_last": None}
+            predicted = (await http.post("/predict", json=snapshot)).json()
+            refused = await http.post("/predict", json={"nope": 1.0})
 
     package = ModelPackage.load(package_path("1"))
     expected = offline_predictions(stays, package)
     got = final_per_hour(reader.scores)
-    hours_with_data = {
-        (e.encounter, int((e.observed_at - events[0].icu_admitted_at).total_seconds() // 3600))
-        for e in events
-        if isinstance(e, ev.ObservationRecorded)
-    }
+    hours_with_data = hours_of(events)
     assert set(got) == hours_with_data
     assert max(abs(s.probability - expected[k]) for k, s in got.items()) < 1e-6
     assert all(s.stage is ev.Stage.PRODUCTION and s.default_model for s in reader.scores)
@@ -155,7 +163,7 @@ async def test_streamed_stays_score_like_the_offline_model(
     assert predicted["default_model"] is True
     assert refused.status_code == 422
 
-    letters = []
+    letters: list[ev.DeadLettered] = []
     consumer = AIOKafkaConsumer(
         settings.topics.dead_letter, bootstrap_servers=settings.kafka_bootstrap_servers, auto_offset_reset="earliest"
     )
@@ -184,32 +192,32 @@ async def test_registry_model_at_start_and_hot_swap_on_promotion(
         events = events_of(stays)
         half = len(events) // 2
         app = create_app(settings)
-        async with ScoreReader(settings.kafka_bootstrap_servers, settings.topics.scores_live) as reader:
-            async with app.router.lifespan_context(app):
-                await publish(settings.kafka_bootstrap_servers, settings.topics.observations, events[:half])
-                await reader.wait(complete(final_observations(events[:half])))
-                facts = registry.publish("2", v2)
-                # A tampered announcement is refused: the scorer keeps version 1.
-                tampered = factories.lifecycle(
-                    model_version="2",
-                    artifact_url=registry.url + facts["artifact_url"],
-                    artifact_sha256="0" * 64,
-                    event_id="tampered",
-                )
-                promoted = factories.lifecycle(
-                    model_version="2",
-                    artifact_url=registry.url + facts["artifact_url"],
-                    artifact_sha256=facts["artifact_sha256"],
-                )
-                await publish(settings.kafka_bootstrap_servers, settings.topics.lifecycle, [tampered, promoted])
-                service = app.state.scorer
-                for _ in range(100):
-                    if service.core.model_version == "2":
-                        break
-                    await asyncio.sleep(0.1)
-                await publish(settings.kafka_bootstrap_servers, settings.topics.observations, events[half:])
-                await reader.wait(complete(final_observations(events)))
-                metrics = service.metrics.base.expose().decode()
+        reader = ScoreReader(settings.kafka_bootstrap_servers, settings.topics.scores_live)
+        async with reader, app.router.lifespan_context(app):
+            await publish(settings.kafka_bootstrap_servers, settings.topics.observations, events[:half])
+            await reader.wait(complete(final_observations(events[:half])))
+            facts = registry.publish("2", v2)
+            # A tampered announcement is refused: the scorer keeps version 1.
+            tampered = factories.lifecycle(
+                model_version="2",
+                artifact_url=registry.url + facts["artifact_url"],
+                artifact_sha256="0" * 64,
+                event_id="tampered",
+            )
+            promoted = factories.lifecycle(
+                model_version="2",
+                artifact_url=registry.url + facts["artifact_url"],
+                artifact_sha256=facts["artifact_sha256"],
+            )
+            await publish(settings.kafka_bootstrap_servers, settings.topics.lifecycle, [tampered, promoted])
+            service = app.state.scorer
+            for _ in range(100):
+                if service.core.model_version == "2":
+                    break
+                await asyncio.sleep(0.1)
+            await publish(settings.kafka_bootstrap_servers, settings.topics.observations, events[half:])
+            await reader.wait(complete(final_observations(events)))
+            metrics = service.metrics.base.expose().decode()
     versions = [s.model_version for s in reader.scores]
     assert versions[0] == "1" and versions[-1] == "2"
     assert versions == sorted(versions)  # swapped once, between batches

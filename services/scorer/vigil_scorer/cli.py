@@ -1,0 +1,35 @@
+"""Command line of the scorer (mounted under ``vigil``): ``vigil bench scorer``.
+
+Mount in ``vigil/cli.py`` with ``app.add_typer(scorer_bench_app, name="bench")`` (a ``bench`` group whose
+``scorer`` command runs the benchmark), or, when a ``bench`` group already exists, add the command to it:
+``bench_app.command("scorer")(bench_scorer)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import typer
+
+app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
+
+
+@app.command("scorer")
+def bench_scorer(
+    bootstrap: str = typer.Option(
+        os.environ.get("VIGIL_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), help="A running broker's bootstrap servers."
+    ),
+    stays: int = typer.Option(120, help="Set A stays streamed for the throughput run."),
+    rate: float = typer.Option(5000.0, help="Offered load (events/s) of the latency run."),
+    latency_seconds: float = typer.Option(8.0, help="Duration of the latency run."),
+    batch_max_records: int = typer.Option(1000, help="The scorer's largest batch."),
+) -> None:
+    """Scorer throughput and latency through the broker, against the article-style baseline: one JSON line."""
+    from bench.bench_scorer import run
+
+    result = asyncio.run(
+        run(bootstrap, stays=stays, rate=rate, latency_seconds=latency_seconds, batch_max_records=batch_max_records)
+    )
+    typer.echo(json.dumps(result))

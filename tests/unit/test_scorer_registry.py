@@ -1,0 +1,121 @@
+"""The scorer's registry client and model choice, against httpx.MockTransport (no network)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import factories
+from vigil_common import events as ev
+from vigil_common.metrics import ServiceMetrics
+from vigil_common.model_package import ModelPackage
+from vigil_scorer.pipeline import ScorerService
+from vigil_scorer.registry_client import PackageRejected, RegistryClient, RegistryUnavailable
+from vigil_scorer.settings import Settings
+from vigil_scorer.testing import package_path, tarball
+
+
+def registry(handler: Any) -> RegistryClient:
+    return RegistryClient("http://registry", transport=httpx.MockTransport(handler))
+
+
+@pytest.fixture(scope="module")
+def v1() -> Path:
+    return package_path("1")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"version": "3", "artifact_url": "/artifacts/3", "artifact_sha256": "a" * 64},
+        {"model_version": "3", "url": "http://registry/artifacts/3", "sha256": "a" * 64},
+        {"model": {"name": "sepsis"}, "version": {"version": "3", "artifact_url": "artifacts/3", "sha256": "a" * 64}},
+    ],
+)
+async def test_production_answer_shapes_are_all_understood(body: dict[str, Any]) -> None:
+    client = registry(lambda request: httpx.Response(200, json=body))
+    ref = await client.production("sepsis")
+    assert ref is not None
+    assert (ref.version, ref.artifact_url, ref.artifact_sha256) == ("3", "http://registry/artifacts/3", "a" * 64)
+
+
+async def test_no_production_version_is_none_and_failures_are_unavailable() -> None:
+    assert await registry(lambda r: httpx.Response(404, json={})).production("sepsis") is None
+    with pytest.raises(RegistryUnavailable):
+        await registry(lambda r: httpx.Response(503)).production("sepsis")
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    with pytest.raises(RegistryUnavailable):
+        await registry(refuse).production("sepsis")
+
+
+async def test_a_package_is_accepted_only_with_matching_digests(v1: Path, tmp_path: Path) -> None:
+    data = tarball(v1)
+    client = registry(lambda r: httpx.Response(200, content=data))
+    sha = ModelPackage.load(v1).sha256
+    package = await client.fetch_package(
+        "http://registry/a", cache_dir=tmp_path, artifact_sha256=sha, package_sha256=hashlib.sha256(data).hexdigest()
+    )
+    assert package.version == "1" and package.sha256 == sha
+    with pytest.raises(PackageRejected, match="sha256"):
+        await client.fetch_package("http://registry/a", cache_dir=tmp_path / "x", artifact_sha256="0" * 64)
+    garbage = registry(lambda r: httpx.Response(200, content=b"not an archive"))
+    with pytest.raises(PackageRejected):
+        await garbage.fetch_package("http://registry/b", cache_dir=tmp_path / "y", artifact_sha256=None)
+    local = await client.fetch_package(f"file://{v1}", cache_dir=tmp_path, artifact_sha256=sha)
+    assert local.version == "1"
+
+
+def service(tmp_path: Path, handler: Any) -> ScorerService:
+    settings = Settings(default_model_path=package_path("1"), model_cache_dir=tmp_path)
+    return ScorerService(
+        settings,
+        ServiceMetrics("scorer"),
+        sink=None,  # type: ignore[arg-type]
+        dead_letters=None,  # type: ignore[arg-type]
+        registry=registry(handler),
+    )
+
+
+async def test_without_a_registry_the_default_model_scores_flagged(tmp_path: Path) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    svc = service(tmp_path, refuse)
+    model = await svc.load_initial_model()
+    assert model.default_model and model.stage is ev.Stage.PRODUCTION
+    svc.install(model)
+    assert svc.core is not None and svc.core.default_model
+    scores = svc.core.score([factories.encounter(), factories.observation()])
+    assert scores and all(s.default_model for s in scores)
+
+
+async def test_registry_production_version_is_used_and_a_demotion_pauses_live_scoring(tmp_path: Path, v1: Path) -> None:
+    data = tarball(v1)
+    sha = ModelPackage.load(v1).sha256
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/production"):
+            return httpx.Response(200, json={"version": "1", "artifact_url": "/artifacts/1", "artifact_sha256": sha})
+        return httpx.Response(200, content=data)
+
+    svc = service(tmp_path, handler)
+    model = await svc.load_initial_model()
+    assert not model.default_model and model.package.version == "1"
+    svc.install(model)
+    demoted = factories.lifecycle(
+        action=ev.LifecycleAction.RETIRED, model_version="1", from_stage=ev.Stage.PRODUCTION, to_stage=ev.Stage.RETIRED
+    )
+    await svc.on_lifecycle(demoted)
+    assert svc.core is not None and svc.core.stage is ev.Stage.RETIRED
+    assert svc.live is not None
+    from vigil_common.scoring import NotProductionError
+
+    with pytest.raises(NotProductionError):
+        await svc.live.publish([])
