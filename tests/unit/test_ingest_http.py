@@ -41,6 +41,7 @@ def setup() -> tuple[TestClient, FakePublisher]:
     core = IngestCore(settings, publisher, ServiceMetrics("ingest"))  # type: ignore[arg-type]
     app = FastAPI()
     app.include_router(build_router(core, settings))
+    app.include_router(build_router(core, settings, prefix=""))
     return TestClient(app), publisher
 
 
@@ -152,3 +153,12 @@ def test_no_phi_in_logs(setup: tuple[TestClient, FakePublisher], caplog: pytest.
     assert caplog.records  # the broker failure was logged
     for secret in ("Doe", "Jane", "MRN-0001", "1960-05-17", "pat-icu-1", "enc-icu-1", "112", "4.1"):
         assert secret not in text
+
+
+def test_root_is_a_fhir_base_too_and_metadata(setup: tuple[TestClient, FakePublisher]) -> None:
+    client, publisher = setup
+    r = client.post("/", content=(TESTDATA / "icu-bundle.json").read_bytes(), headers=FHIR)
+    assert r.status_code == 200 and r.json()["type"] == "transaction-response"
+    assert client.post("/Observation", content=orjson.dumps(observation(id="root")), headers=FHIR).status_code == 201
+    assert client.get("/fhir/metadata").json()["resourceType"] == "CapabilityStatement"
+    assert len(publisher.published) == 6

@@ -142,9 +142,13 @@ def _problem(status: int, code: str, diagnostics: str) -> Response:
     return _fhir(operation_outcome([("error", code, diagnostics)]), status)
 
 
-def build_router(core: IngestCore, settings: Settings) -> APIRouter:
-    """The FHIR REST endpoints: POST a Bundle to the base, POST/PUT a resource to its type."""
-    router = APIRouter(prefix=settings.fhir_base.rstrip("/"), tags=["fhir"])
+def build_router(core: IngestCore, settings: Settings, prefix: str | None = None) -> APIRouter:
+    """The FHIR REST endpoints: POST a Bundle to the base, POST/PUT a resource to its type.
+
+    ``prefix`` is the FHIR base path (``settings.fhir_base`` by default; "" serves at the root as well).
+    """
+    base = (settings.fhir_base if prefix is None else prefix).rstrip("/")
+    router = APIRouter(prefix=base, tags=["fhir"])
 
     async def read_json(request: Request) -> Any | Response:
         content_type = request.headers.get("content-type", FHIR_JSON).split(";")[0].strip().lower()
@@ -228,8 +232,6 @@ def build_router(core: IngestCore, settings: Settings) -> APIRouter:
         }
         return _fhir(body, 200)
 
-    @router.post("", summary="Post a Bundle (transaction, batch, collection, searchset, message) to the base")
-    @router.post("/", include_in_schema=False)
     async def post_base(request: Request) -> Response:
         payload = await read_json(request)
         if isinstance(payload, Response):
@@ -237,6 +239,34 @@ def build_router(core: IngestCore, settings: Settings) -> APIRouter:
         if isinstance(payload, dict) and payload.get("resourceType") not in (None, "Bundle"):
             return _problem(400, "not-supported", "POST to the base takes a Bundle; post resources to their type")
         return await ingest(payload, "Bundle")
+
+    summary = "Post a Bundle (transaction, batch, collection, searchset, message) to the base"
+    if base:
+        router.add_api_route("", post_base, methods=["POST"], summary=summary)
+    router.add_api_route("/", post_base, methods=["POST"], summary=summary, include_in_schema=not base)
+
+    @router.get("/metadata", summary="A minimal CapabilityStatement")
+    async def metadata() -> Response:
+        types = sorted(RESOURCE_TYPES - {"Bundle"})
+        return _fhir(
+            {
+                "resourceType": "CapabilityStatement",
+                "status": "active",
+                "kind": "instance",
+                "fhirVersion": "4.0.1",
+                "format": ["application/fhir+json", "application/json"],
+                "rest": [
+                    {
+                        "mode": "server",
+                        "resource": [
+                            {"type": t, "interaction": [{"code": "create"}, {"code": "update"}]} for t in types
+                        ],
+                        "interaction": [{"code": "transaction"}, {"code": "batch"}],
+                    }
+                ],
+            },
+            200,
+        )
 
     @router.post("/{resource_type}", summary="Post one resource (Observation, Patient, Encounter...) to its type")
     async def post_resource(resource_type: str, request: Request) -> Response:
@@ -316,4 +346,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.core = core
     app.include_router(build_router(core, settings))
+    if settings.fhir_base.strip("/"):
+        # The root too: integrations configured with the server's address as their FHIR base (the simulator).
+        app.include_router(build_router(core, settings, prefix=""), include_in_schema=False)
     return app

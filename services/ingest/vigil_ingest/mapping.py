@@ -654,6 +654,14 @@ class Mapper:
         if part_of is not None:
             parent = self.encounters.get(part_of)
             hospital = parent.start if parent is not None else None
+        extensions = res.get("extension")
+        if hospital is None and isinstance(extensions, list):
+            for ext in extensions:
+                if isinstance(ext, dict) and str(ext.get("url", "")).endswith("hospital-admission"):
+                    try:
+                        hospital = parse_fhir_datetime(ext.get("valueDateTime"))[0]
+                    except (ValueError, TypeError):
+                        hospital = None
         event = EncounterRecorded(
             event_id=deterministic_id("enc", rid, source.version_id, status, start, end, unit),
             occurred_at=end or start or utcnow(),
