@@ -73,14 +73,22 @@ def load_local(spec: str) -> ShadowModel:
 class RegistryReader:
     """The registry's read API as the shadow service needs it (list versions, fetch a package)."""
 
-    def __init__(self, base_url: str, *, token: str | None, timeout: float, cache_dir: Path) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None,
+        timeout: float,
+        cache_dir: Path,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         from vigil_scorer.registry_client import RegistryClient
 
         self.base_url = base_url.rstrip("/")
         self.cache_dir = cache_dir
-        self._client = RegistryClient(base_url, token=token, timeout=timeout)
+        self._client = RegistryClient(base_url, token=token, timeout=timeout, transport=transport)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.AsyncClient(timeout=timeout, headers=headers)
+        self._http = httpx.AsyncClient(timeout=timeout, headers=headers, transport=transport)
 
     async def aclose(self) -> None:
         """Close the HTTP connections."""
