@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from vigil_drift.check import HOUR, on_timeline, run_check
 from vigil_drift.config import Thresholds
 
@@ -90,7 +91,10 @@ def main() -> None:
         conds = res.core.book.conditions
         evaluations = sum(c.evaluations for c in conds.values())
         worst = {k: round(c.worst, 4) for k, c in conds.items() if c.worst is not None}
-        top = lambda prefix: sorted(((v, k) for k, v in worst.items() if k.startswith(prefix)), reverse=True)[:3]  # noqa: E731
+
+        def top(prefix: str, worst: dict = worst) -> list:
+            return sorted(((v, k) for k, v in worst.items() if k.startswith(prefix)), reverse=True)[:3]
+
         entry = {
             "seed": seed,
             "rows": res.rows,
@@ -122,7 +126,10 @@ def main() -> None:
         d = timed.copy()
         change(d, late)
         res = run_check(
-            ref, d.drop(columns=["t", "stay_end"]), score_column="score" if scored else None, threshold=thr,
+            ref,
+            d.drop(columns=["t", "stay_end"]),
+            score_column="score" if scored else None,
+            threshold=thr,
             model_name="m",
         )
         hit = first_open(res.alerts, key, t_inj)
@@ -169,8 +176,10 @@ def main() -> None:
     n_alarms = sum(len(e["alerts_opened"]) for e in report["false_alarms"])
     n_eval = sum(e["evaluations"] for e in report["false_alarms"])
     hours = sum(e["timeline_hours"] for e in report["false_alarms"])
-    print(f"FALSE ALARMS: {n_alarms} alerts opened over {len(report['false_alarms'])} same-hospital splits "
-          f"({n_eval} evaluations, {hours} timeline hours): {n_alarms / max(n_eval, 1):.2e} per evaluation")
+    print(
+        f"FALSE ALARMS: {n_alarms} alerts opened over {len(report['false_alarms'])} same-hospital splits "
+        f"({n_eval} evaluations, {hours} timeline hours): {n_alarms / max(n_eval, 1):.2e} per evaluation"
+    )
     print(f"TH defaults: psi={th.psi} missing_change={th.missing_change}")
 
 

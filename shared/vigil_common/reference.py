@@ -148,7 +148,9 @@ def feature_reference(name: str, column: str, column_values: np.ndarray, bins: i
     n = len(values)
     missing = 1.0 - n / n_rows if n_rows else 1.0
     if n == 0:
-        return FeatureReference(name=name, column=column, n_values=0, missing_rate=missing, measurements_per_stay_hour=0)
+        return FeatureReference(
+            name=name, column=column, n_values=0, missing_rate=missing, measurements_per_stay_hour=0
+        )
     edges = _quantile_edges(values, bins)
     counts = np.bincount(np.searchsorted(np.asarray(edges), values, side="right"), minlength=len(edges) + 1)
     rng = np.random.default_rng(0)

@@ -10,14 +10,14 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer
+
+from tests import factories
+from tests.unit.test_drift_reference import synthetic_stays
 from vigil_common import events as ev
 from vigil_common.kafka import Publisher, encode, ensure_topics, make_broker
 from vigil_common.reference import build_reference
 from vigil_drift.app import bootstrap
 from vigil_drift.settings import Settings
-
-from tests import factories
-from tests.unit.test_drift_reference import synthetic_stays
 
 SMALL = {
     "psi_window_rows": 300,
@@ -44,10 +44,17 @@ def observations(n_stays: int, hours: int, temp_f: bool, rng: np.random.Generato
         for h in range(hours):
             at = admit + timedelta(hours=h, minutes=10)
             temp = rng.normal(37.0, 0.6)
-            for feature, value in (("heart_rate", rng.normal(85, 8)), ("temperature", temp * 1.8 + 32 if temp_f else temp)):
+            for feature, value in (
+                ("heart_rate", rng.normal(85, 8)),
+                ("temperature", temp * 1.8 + 32 if temp_f else temp),
+            ):
                 out.append(
                     factories.observation(
-                        encounter=enc, key=enc, feature=feature, value=float(value), observed_at=at,
+                        encounter=enc,
+                        key=enc,
+                        feature=feature,
+                        value=float(value),
+                        observed_at=at,
                         source=factories.source(resource_id=f"{enc}-{feature}-{h}"),
                     )
                 )
@@ -74,8 +81,13 @@ async def test_service_consumes_live_topics_and_publishes_alerts(settings_env: d
     events: list[ev.Event] = observations(40, 12, temp_f=True, rng=rng)
     bad_scores = [
         factories.score(
-            encounter=f"enc-{i % 40}", key=f"enc-{i % 40}", model_name="sepsis", probability=0.3,
-            data_time=factories.T0 + timedelta(minutes=i), observations=i, latency_ms=900.0,
+            encounter=f"enc-{i % 40}",
+            key=f"enc-{i % 40}",
+            model_name="sepsis",
+            probability=0.3,
+            data_time=factories.T0 + timedelta(minutes=i),
+            observations=i,
+            latency_ms=900.0,
         )
         for i in range(400)
     ]
@@ -94,13 +106,20 @@ async def test_service_consumes_live_topics_and_publishes_alerts(settings_env: d
     assert runtime.broker is not None
     await runtime.broker.start()
     consumer = AIOKafkaConsumer(
-        settings.topics.alerts, settings.topics.dead_letter, bootstrap_servers=settings.kafka_bootstrap_servers,
-        auto_offset_reset="earliest", enable_auto_commit=False,
+        settings.topics.alerts,
+        settings.topics.dead_letter,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
     await consumer.start()
     alerts: list[ev.AlertRaised] = []
     letters: list[ev.DeadLettered] = []
-    wanted = {"data_drift:inputs:temperature", "prediction_drift:sepsis:mean_score_shift", "latency:sepsis:latency_p99_ms"}
+    wanted = {
+        "data_drift:inputs:temperature",
+        "prediction_drift:sepsis:mean_score_shift",
+        "latency:sepsis:latency_p99_ms",
+    }
     try:
         deadline = asyncio.get_running_loop().time() + 60
         while asyncio.get_running_loop().time() < deadline:

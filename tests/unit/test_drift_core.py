@@ -10,6 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
+
+from tests import factories
+from tests.unit.test_drift_reference import synthetic_stays
 from vigil_common.reference import build_reference
 from vigil_drift.alerts import AlertBook
 from vigil_drift.check import on_timeline, run_check
@@ -18,9 +21,6 @@ from vigil_drift.config import Thresholds, parse_overrides, thresholds_for
 from vigil_drift.core import DriftCore, StayHours
 from vigil_drift.outcomes import Labeller, age_band
 from vigil_drift.predictions import ScoreBatch
-
-from tests import factories
-from tests.unit.test_drift_reference import synthetic_stays
 
 SMALL = Thresholds(
     psi_window_rows=1500,
@@ -112,8 +112,16 @@ def test_alert_book_hysteresis_and_deduplication() -> None:
     book = AlertBook(open_after=2, resolve_after=2)
     seq = [0.1, 0.35, 0.1, 0.35, 0.4, 0.5, 0.25, 0.35, 0.1, 0.15, 0.1, 0.4, 0.4]
     out = [
-        book.observe(kind="data_drift", subject="inputs", feature="hr", value=v, threshold=0.3, clear=0.2,
-                     at=T + timedelta(hours=i), window="w")
+        book.observe(
+            kind="data_drift",
+            subject="inputs",
+            feature="hr",
+            value=v,
+            threshold=0.3,
+            clear=0.2,
+            at=T + timedelta(hours=i),
+            window="w",
+        )
         for i, v in enumerate(seq)
     ]
     states = [(i, a.state) for i, a in enumerate(out) if a is not None]
@@ -125,8 +133,16 @@ def test_alert_book_hysteresis_and_deduplication() -> None:
     assert out[9] is not None and out[9].evidence["peak"] == 0.5
     book2 = AlertBook(open_after=2, resolve_after=2)
     again = [
-        book2.observe(kind="data_drift", subject="inputs", feature="hr", value=v, threshold=0.3, clear=0.2,
-                      at=T + timedelta(hours=i), window="w")
+        book2.observe(
+            kind="data_drift",
+            subject="inputs",
+            feature="hr",
+            value=v,
+            threshold=0.3,
+            clear=0.2,
+            at=T + timedelta(hours=i),
+            window="w",
+        )
         for i, v in enumerate(seq)
     ]
     assert [a.event_id for a in again if a] == ids  # a replay gives the same event ids
@@ -134,13 +150,43 @@ def test_alert_book_hysteresis_and_deduplication() -> None:
 
 def test_floor_metric_opens_below_threshold() -> None:
     book = AlertBook(open_after=1, resolve_after=1)
-    a = book.observe(kind="performance", subject="m", metric="auroc", value=0.6, threshold=0.8, clear=0.82,
-                     higher_is_worse=False, at=T, window="w")
+    a = book.observe(
+        kind="performance",
+        subject="m",
+        metric="auroc",
+        value=0.6,
+        threshold=0.8,
+        clear=0.82,
+        higher_is_worse=False,
+        at=T,
+        window="w",
+    )
     assert a is not None and a.state == "open" and a.model_name == "m" and a.key == "m"
-    assert book.observe(kind="performance", subject="m", metric="auroc", value=0.81, threshold=0.8, clear=0.82,
-                        higher_is_worse=False, at=T, window="w") is None
-    r = book.observe(kind="performance", subject="m", metric="auroc", value=0.9, threshold=0.8, clear=0.82,
-                     higher_is_worse=False, at=T, window="w")
+    assert (
+        book.observe(
+            kind="performance",
+            subject="m",
+            metric="auroc",
+            value=0.81,
+            threshold=0.8,
+            clear=0.82,
+            higher_is_worse=False,
+            at=T,
+            window="w",
+        )
+        is None
+    )
+    r = book.observe(
+        kind="performance",
+        subject="m",
+        metric="auroc",
+        value=0.9,
+        threshold=0.8,
+        clear=0.82,
+        higher_is_worse=False,
+        at=T,
+        window="w",
+    )
     assert r is not None and r.state == "resolved"
 
 
@@ -222,7 +268,9 @@ def test_stay_hours_turns_observations_into_rows() -> None:
         [("heart_rate", 5, 80.0), ("heart_rate", 40, 90.0), ("temperature", 50, 37.0), ("heart_rate", 190, 100.0)]
     ):
         obs = factories.observation(
-            feature=feature, value=value, observed_at=factories.T0 + timedelta(minutes=minutes),
+            feature=feature,
+            value=value,
+            observed_at=factories.T0 + timedelta(minutes=minutes),
             source=factories.source(resource_id=f"o{i}"),
         )
         sh.observe(obs)
@@ -257,8 +305,21 @@ def test_cli_check_prints_alerts_as_json_lines(tmp_path: Path, halves: tuple[pd.
     small = json.dumps({"*": SMALL.model_dump(mode="json")})
     result = CliRunner().invoke(
         drift_cli,
-        ["check", "--reference", str(tmp_path / "ref.parquet"), "--current", str(tmp_path / "cur.parquet"),
-         "--json", "--thresholds", small, "--census", "30", "--warmup-hours", "24", "--no-summary"],
+        [
+            "check",
+            "--reference",
+            str(tmp_path / "ref.parquet"),
+            "--current",
+            str(tmp_path / "cur.parquet"),
+            "--json",
+            "--thresholds",
+            small,
+            "--census",
+            "30",
+            "--warmup-hours",
+            "24",
+            "--no-summary",
+        ],
     )
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in result.stdout.splitlines() if x.strip()]

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from vigil_common.reference import Reference, auroc, build_reference, expected_calibration_error
 
 

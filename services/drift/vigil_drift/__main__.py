@@ -2,7 +2,6 @@
 
 from vigil_common.logging import configure_logging
 from vigil_common.service import serve
-
 from vigil_drift.app import create_app
 from vigil_drift.settings import Settings
 

@@ -16,12 +16,12 @@ from fastapi import FastAPI
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from pydantic import TypeAdapter
+
 from vigil_common.events import AlertRaised, OutcomeRecorded, RiskScored, canonical_event_adapter
 from vigil_common.kafka import DeadLetters, Parsed, Publisher, make_broker, process_batch, raw_batch_decoder
 from vigil_common.metrics import ServiceMetrics
 from vigil_common.reference import Reference
 from vigil_common.service import ServiceRuntime, build_http_app
-
 from vigil_drift.config import parse_overrides, thresholds_for
 from vigil_drift.core import DriftCore
 from vigil_drift.metrics import DriftMetrics

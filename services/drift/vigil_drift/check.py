@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from vigil_common.events import AlertRaised
 from vigil_common.reference import LABEL_COLUMN, Reference, build_reference
 from vigil_common.vocabulary import MEASUREMENTS
-
-from vigil_drift.core import DriftCore, ScoreBatch
 from vigil_drift.config import Thresholds
+from vigil_drift.core import DriftCore, ScoreBatch
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 HOUR = 3600.0

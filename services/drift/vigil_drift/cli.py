@@ -19,7 +19,9 @@ def _root() -> None:
 
 @app.command("check")
 def check(
-    reference: Path = typer.Option(..., exists=True, help="Reference: PhysioNet-format .parquet/.psv/.csv, or a reference.json."),
+    reference: Path = typer.Option(
+        ..., exists=True, help="Reference: PhysioNet-format .parquet/.psv/.csv, or a reference.json."
+    ),
     current: Path = typer.Option(..., exists=True, help="Current data: PhysioNet-format .parquet/.psv/.csv."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per alert (else a readable line)."),
     score_column: str = typer.Option("score", help="Column with the model's score, when the files carry one."),
@@ -32,7 +34,6 @@ def check(
 ) -> None:
     """Stream CURRENT through the detector core against REFERENCE and print the alerts it raises."""
     from vigil_common.reference import Reference
-
     from vigil_drift.check import read_rows, run_check
     from vigil_drift.config import parse_overrides, thresholds_for
 

@@ -2,7 +2,7 @@
 
 | Article row | Default here |
 |---|---|
-| Data drift: drift score > 0.3 | ``psi`` 0.3 (max of PSI and SD-normalised Wasserstein over a feature's recent values) |
+| Data drift: drift score > 0.3 | ``psi`` 0.3 (max of PSI and SD-normalised Wasserstein, recent values) |
 | Prediction distribution: > 20% shift in mean prediction | ``mean_score_shift`` 0.2 (relative) |
 | Concept drift: calibration error > 0.1 | ``ece`` 0.1 |
 | Model performance: AUC drops below 0.85 | ``auroc_min`` 0.85, lowered to ``baseline - auroc_drop`` for a model

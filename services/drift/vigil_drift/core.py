@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from vigil_common.events import (
     AlertRaised,
     EncounterRecorded,
@@ -23,11 +24,10 @@ from vigil_common.events import (
     RiskScored,
 )
 from vigil_common.reference import Reference
-
 from vigil_drift.alerts import AlertBook
 from vigil_drift.config import Thresholds
 from vigil_drift.inputs import InputDriftMonitor
-from vigil_drift.outcomes import Labeller, Labelled, PerformanceMonitor, age_band
+from vigil_drift.outcomes import Labelled, Labeller, PerformanceMonitor, age_band
 from vigil_drift.predictions import PredictionMonitor, ScoreBatch
 
 __all__ = ["DriftCore", "ScoreBatch", "StayHours"]

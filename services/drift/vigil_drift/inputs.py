@@ -3,14 +3,14 @@
 Two quantities per feature, each streamed in stay-hour rows (one row per encounter-hour, NaN where the feature
 was not measured), each with a River ADWIN and an effect-size gate:
 
-- **values**: the drift score of the feature's recent values (a window of about ``psi_window_rows`` stay-hours): the larger of their PSI against the reference's
-  quantile bins (0.1-0.2 is the usual "moderate", above 0.25 "large") and their 1-Wasserstein distance to the
-  reference sample in units of the reference's standard deviation (Evidently's drift score for large numeric
-  samples). PSI alone misses a clean 10% shift of a wide distribution (heart rate +10% is ~0.5 SD, PSI ~0.2);
-  the Wasserstein term catches it, PSI catches changes of shape and mass moved into the tails (a unit change).
-  The article's threshold (0.3) applies to the score. ADWIN watches the values' probability
-  integral transform under the reference (``u = F_ref(x)``, uniform on [0, 1] when nothing changed) and
-  locates the change point.
+- **values**: the drift score of the feature's recent values (about ``psi_window_rows`` stay-hours' worth):
+  the larger of their PSI against the reference's quantile bins (0.1-0.2 is the usual "moderate", above 0.25
+  "large") and their 1-Wasserstein distance to the reference sample in units of the reference's standard
+  deviation (Evidently's drift score for large numeric samples). PSI alone misses a clean 10% shift of a wide
+  distribution (heart rate +10% is ~0.5 SD, PSI ~0.2); the Wasserstein term catches it, PSI catches changes of
+  shape and mass moved into the tails (a unit change). The article's threshold (0.3) applies to the score.
+  ADWIN watches the values' probability integral transform under the reference (``u = F_ref(x)``, uniform on
+  [0, 1] when nothing changed) and locates the change point.
 - **measurement pattern**: the share of stay-hours with a value (``1 - missing rate``; lab ordering) over a
   window sized so the reference would expect ``missing_expected`` measurements in it, compared by relative
   change ``|cur - ref| / max(cur, ref)`` with an absolute floor. ADWIN watches the measured rate per block of
@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 from river.drift import ADWIN
+
 from vigil_common.events import AlertRaised
 from vigil_common.reference import FeatureReference, Reference
 from vigil_common.vocabulary import FEATURE_NAMES
-
 from vigil_drift.alerts import AlertBook
 from vigil_drift.config import Thresholds
 
@@ -82,7 +82,9 @@ class ValueStream:
         self.sample = np.asarray(self.ref.sample, dtype=float)
         self.adwin = ADWIN(delta=self.th.adwin_delta)
         rate = 1.0 - self.ref.missing_rate
-        self.window = int(min(max(round(rate * self.th.psi_window_rows), self.th.psi_window_min), self.th.psi_window_max))
+        self.window = int(
+            min(max(round(rate * self.th.psi_window_rows), self.th.psi_window_min), self.th.psi_window_max)
+        )
 
     def update(self, values: np.ndarray, times: np.ndarray) -> list[tuple[float, float, dict[str, Any]]]:
         """Add values (in time order); returns (time, drift score, evidence) at each evaluation point."""
@@ -232,9 +234,7 @@ class InputDriftMonitor:
         self.values = {
             f: ValueStream(reference.features[f], thresholds) for f in self.features if reference.features[f].measured
         }
-        self.missing = {
-            f: MissingStream(1.0 - reference.features[f].missing_rate, thresholds) for f in self.features
-        }
+        self.missing = {f: MissingStream(1.0 - reference.features[f].missing_rate, thresholds) for f in self.features}
         self.rows_seen = 0
         self.last_share: float | None = None
         self.readings = np.zeros(len(self.features))
@@ -343,7 +343,12 @@ class InputDriftMonitor:
             v, m = self.values.get(f), self.missing[f]
             d: dict[str, float] = {"readings_per_stay_hour": float(freq[j])}
             if v is not None and v.last_psi is not None:
-                d.update(drift_score=v.last_score or 0.0, psi=v.last_psi, wasserstein_sd=v.last_wasserstein or 0.0, window_mean=v.last_mean or 0.0)
+                d.update(
+                    drift_score=v.last_score or 0.0,
+                    psi=v.last_psi,
+                    wasserstein_sd=v.last_wasserstein or 0.0,
+                    window_mean=v.last_mean or 0.0,
+                )
             if v is not None:
                 d["adwin_value_changes"] = float(v.adwin_changes)
             if m.last_rate is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import Counter, Gauge
+
 from vigil_common.events import AlertRaised
 from vigil_common.metrics import ServiceMetrics
 
@@ -47,7 +48,15 @@ class DriftMetrics:
         kinds: dict[str, int] = {}
         for key in snapshot["open_alerts"]:
             kinds[key.split(":", 1)[0]] = kinds.get(key.split(":", 1)[0], 0) + 1
-        for kind in ("data_drift", "missingness", "prediction_drift", "performance", "calibration", "fairness", "latency"):
+        for kind in (
+            "data_drift",
+            "missingness",
+            "prediction_drift",
+            "performance",
+            "calibration",
+            "fairness",
+            "latency",
+        ):
             self.open_alerts.labels(kind).set(kinds.get(kind, 0))
 
     def published(self, alerts: list[AlertRaised]) -> None:

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 from river.drift.binary import DDM, FHDDM
+
 from vigil_common.events import AlertRaised, OutcomeRecorded, RiskScored
 from vigil_common.reference import ScoreBaseline, auroc, expected_calibration_error
-
 from vigil_drift.alerts import AlertBook
 from vigil_drift.config import Thresholds
 from vigil_drift.inputs import at_time
@@ -145,9 +145,7 @@ class Labeller:
             for item in sorted(waiting.values(), key=lambda x: x.time):
                 y = self._label(o.encounter, item.time)
                 assert y is not None
-                out.setdefault(item.model, Labelled(item.model)).add(
-                    item.probability, y, item.alert, item.time, groups
-                )
+                out.setdefault(item.model, Labelled(item.model)).add(item.probability, y, item.alert, item.time, groups)
         return out
 
 
@@ -188,7 +186,8 @@ class PerformanceMonitor:
         version: str | None = None,
     ) -> list[AlertRaised]:
         """Add labelled scores (in the order their labels became known); returns opened/resolved alerts."""
-        th, out = self.th, []
+        th = self.th
+        out: list[AlertRaised] = []
         n = len(probability)
         if n == 0:
             return out
@@ -208,8 +207,9 @@ class PerformanceMonitor:
             for k in self.g
         }
         start = self.seen - len(self.y)
-        ends = np.arange((self.seen // th.performance_every + 1) * th.performance_every, self.seen + n + 1,
-                         th.performance_every)
+        ends = np.arange(
+            (self.seen // th.performance_every + 1) * th.performance_every, self.seen + n + 1, th.performance_every
+        )
         for e_global, e in zip(ends.tolist(), (ends - start).tolist(), strict=True):
             lo = max(0, e - w)
             wy, wp, wa = y[lo:e], p[lo:e], a[lo:e]
@@ -264,7 +264,11 @@ class PerformanceMonitor:
                 at=at,
                 window=window,
                 model_version=version,
-                evidence={**base_ev, "mean_score": round(float(p.mean()), 5), "positive_rate": round(float(y.mean()), 5)},
+                evidence={
+                    **base_ev,
+                    "mean_score": round(float(p.mean()), 5),
+                    "positive_rate": round(float(y.mean()), 5),
+                },
             )
         )
         fired = self.last_detection is not None and self.last_detection >= e_global - len(y)
@@ -282,8 +286,12 @@ class PerformanceMonitor:
                 at=at,
                 window=window,
                 model_version=version,
-                evidence={**base_ev, "error_rate": round(err, 5), "baseline_error_rate": base_err,
-                          "ddm_fhddm_detections": self.detections},
+                evidence={
+                    **base_ev,
+                    "error_rate": round(err, 5),
+                    "baseline_error_rate": base_err,
+                    "ddm_fhddm_detections": self.detections,
+                },
             )
         )
         for attr, values in groups.items():
@@ -319,8 +327,11 @@ class PerformanceMonitor:
                         at=at,
                         window=window,
                         model_version=version,
-                        evidence={"attribute": attr, metric: {k: round(v, 4) for k, v in per.items()},
-                                  "counts_pos_neg": counts},
+                        evidence={
+                            "attribute": attr,
+                            metric: {k: round(v, 4) for k, v in per.items()},
+                            "counts_pos_neg": counts,
+                        },
                     )
                 )
         return [x for x in out if x is not None]

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from river.drift import ADWIN
+
 from vigil_common.events import AlertRaised
 from vigil_common.reference import ScoreBaseline
-
 from vigil_drift.alerts import AlertBook
 from vigil_drift.config import Thresholds
 from vigil_drift.inputs import at_time
@@ -69,7 +69,8 @@ class PredictionMonitor:
 
     def update(self, batch: ScoreBatch) -> list[AlertRaised]:
         """Add one model's scores (in time order); returns the alerts they open or resolve."""
-        th, out = self.th, []
+        th = self.th
+        out: list[AlertRaised] = []
         n = len(batch.probability)
         if n == 0:
             return out
@@ -136,7 +137,9 @@ class PredictionMonitor:
         n, w = len(batch.latency_ms), th.latency_window
         lat = np.concatenate([self.lat, batch.latency_ms.astype(float)])
         start = self.lat_seen - len(self.lat)
-        ends = np.arange((self.lat_seen // th.latency_every + 1) * th.latency_every, self.lat_seen + n + 1, th.latency_every)
+        ends = np.arange(
+            (self.lat_seen // th.latency_every + 1) * th.latency_every, self.lat_seen + n + 1, th.latency_every
+        )
         for e_global, e in zip(ends.tolist(), (ends - start).tolist(), strict=True):
             if e_global < th.latency_min:
                 continue
