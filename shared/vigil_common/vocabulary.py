@@ -66,7 +66,7 @@ VITALS: tuple[Measurement, ...] = (
         20,
         100,
         description="Pulse oximetry",
-        loinc=("59408-5", "2708-6", "59417-6"),
+        loinc=("59408-5", "2708-6", "59417-6", "2710-2"),
         snomed=("431314004",),
         conversions={"1": 100.0, "%{saturation}": 1.0},
     ),
@@ -305,7 +305,7 @@ LABS: tuple[Measurement, ...] = (
         0,
         40,
         description="Lactic acid",
-        loinc=("2524-7", "32693-4", "2518-9"),
+        loinc=("2524-7", "32693-4", "2518-9", "2519-7"),
         conversions={"meq/L": 1.0, "mEq/L": 1.0, "mg/dL": 0.11101243},
     ),
     Measurement(

@@ -300,6 +300,16 @@ def _id_from_url(url: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
+def _version(meta: Any) -> str | None:
+    """meta.versionId as a string (some senders write a number)."""
+    if not isinstance(meta, dict):
+        return None
+    version = meta.get("versionId")
+    if isinstance(version, bool) or not isinstance(version, str | int):
+        return None
+    return str(version)
+
+
 def _content_id(resource: dict[str, Any]) -> str:
     """A stable id for a resource sent without one: the same content gives the same id."""
     digest = hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -441,8 +451,10 @@ class Mapper:
     @staticmethod
     def _resource_id(resource: dict[str, Any], full_url: str | None, request: dict[str, Any] | None) -> str:
         rid = resource.get("id")
-        if isinstance(rid, str) and rid:
-            return rid
+        if isinstance(rid, str) and rid.strip():
+            return rid.strip()
+        if isinstance(rid, int) and not isinstance(rid, bool):
+            return str(rid)
         if full_url:
             return _id_from_url(full_url)
         if request and isinstance(request.get("url"), str) and request.get("method") == "PUT":
@@ -564,9 +576,9 @@ class Mapper:
         gender = gender.strip().lower() if isinstance(gender, str) else None
         sex = 1.0 if gender in ("male", "m") else 0.0 if gender in ("female", "f") else None
         meta = res.get("meta")
-        version = meta.get("versionId") if isinstance(meta, dict) else None
+        version = _version(meta)
         known = self.patients.get(rid)
-        info = _PatientInfo(birth, sex, version if isinstance(version, str) else None)
+        info = _PatientInfo(birth, sex, version)
         if known is not None:
             info.encounters = known.encounters
         self.patients.put(rid, info)
@@ -641,11 +653,11 @@ class Mapper:
         except (ValueError, TypeError) as error:
             raise _Reject("Encounter.period is not a valid dateTime", "invalid") from error
         meta = res.get("meta")
-        version = meta.get("versionId") if isinstance(meta, dict) else None
+        version = _version(meta)
         source = SourceRef(
             resource_type="Encounter",
             resource_id=rid,
-            version_id=version if isinstance(version, str) else None,
+            version_id=version,
             system=ctx.system,
         )
         unit = self._icu_unit(res, ctx, contained)
@@ -822,11 +834,11 @@ class Mapper:
         elif encounter is None:
             counts["no_encounter"] += 1
         meta = res.get("meta")
-        version = meta.get("versionId") if isinstance(meta, dict) else None
+        version = _version(meta)
         source = SourceRef(
             resource_type="Observation",
             resource_id=rid,
-            version_id=version if isinstance(version, str) else None,
+            version_id=version,
             system=ctx.system,
         )
         status = res.get("status")

@@ -79,6 +79,7 @@ TEXT_ALIASES: dict[str, str] = {
     # pressure
     "mmhg": "mm[Hg]",
     "mm[hg]": "mm[Hg]",
+    "mm(hg)": "mm[Hg]",
     "kpa": "kPa",
     # fractions
     "%": "%",
@@ -94,6 +95,7 @@ TEXT_ALIASES: dict[str, str] = {
     "g/l": "g/L",
     "mmol/l": "mmol/L",
     "umol/l": "umol/L",
+    "mcmol/l": "umol/L",
     "micromol/l": "umol/L",
     "meq/l": "meq/L",
     "u/l": "U/L",
@@ -104,6 +106,7 @@ TEXT_ALIASES: dict[str, str] = {
     "ng/ml": "ng/mL",
     "ng/l": "ng/L",
     "ug/l": "ug/L",
+    "mcg/l": "ug/L",
     "pg/ml": "pg/mL",
     "s": "s",
     "sec": "s",
@@ -127,6 +130,11 @@ TEXT_ALIASES: dict[str, str] = {
     "x10e3/ul": "10*3/uL",
     "10e3/ul": "10*3/uL",
     "k/ul": "10*3/uL",
+    "k/mcl": "10*3/uL",
+    "thou/mcl": "10*3/uL",
+    "10^3/mcl": "10*3/uL",
+    "x10^3/mcl": "10*3/uL",
+    "10*3/mcl": "10*3/uL",
     "10³/ul": "10*3/uL",
     "x10³/ul": "10*3/uL",
     "thou/ul": "10*3/uL",
@@ -135,6 +143,7 @@ TEXT_ALIASES: dict[str, str] = {
     "k/mm3": "10*3/uL",
     "/ul": "/uL",
     "cells/ul": "/uL",
+    "/mcl": "/uL",
     "/mm3": "/uL",
     # time
     "a": "a",
