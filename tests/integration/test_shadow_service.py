@@ -198,6 +198,9 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
             await _until(lambda: len(service.join.outcomes) == len(pids), "outcomes joined")
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://shadow") as client:
+                await _until(lambda: service.join_rebuilt, "join rebuilt")
+                ready = await client.get("/ready")
+                assert ready.status_code == 200, ready.text
                 published = (await client.post("/comparisons/publish")).json()["published"]
                 window = {
                     "from": (ICU_EPOCH + timedelta(hours=20)).isoformat(),

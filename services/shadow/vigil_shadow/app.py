@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import ConsumerRecord
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, HTTPException, Query
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 
@@ -106,6 +106,17 @@ class ShadowService:
         )
         self.restored = False
         self._task: asyncio.Task[None] | None = None
+        self.join_topics = [topics.scores_live, topics.scores_shadow, topics.outcomes, topics.observations]
+        self.join_targets: dict[tuple[str, int], int] | None = None
+        """End offsets of the join's topics at start: the join is rebuilt once it has read up to them."""
+        self.join_seen: dict[tuple[str, int], int] = {}
+
+    @property
+    def join_rebuilt(self) -> bool:
+        """True once the join has re-read its topics up to where they ended at start."""
+        if self.join_targets is None:
+            return False
+        return all(self.join_seen.get(k, 0) >= end for k, end in self.join_targets.items())
 
     def _models_changed(self, models: dict[ModelKey, ShadowModel]) -> None:
         self.core.set_models({k: m.package for k, m in models.items()})
@@ -141,6 +152,8 @@ class ShadowService:
         bad: list[tuple[ConsumerRecord[Any, Any], BaseException | str]] = []
         observations = self.settings.topics.observations
         for record in records:
+            key = (record.topic, record.partition)
+            self.join_seen[key] = max(self.join_seen.get(key, 0), record.offset + 1)
             try:
                 event = any_event_adapter.validate_json(record.value or b"")
             except ValueError as error:
@@ -166,6 +179,7 @@ class ShadowService:
         except Exception as error:  # a bad local spec is a configuration error: say so and stop
             log.error("candidates could not be loaded", extra={"error_type": type(error).__name__})
             raise
+        self.join_targets = await logscan.end_offsets(self.settings.kafka_bootstrap_servers, self.join_topics)
         offsets = await logscan.committed_offsets(
             self.settings.kafka_bootstrap_servers, self.settings.group_id, self.settings.topics.observations
         )
@@ -201,7 +215,8 @@ class ShadowService:
                 if self.catalog.registry is not None:
                     await self.catalog.refresh()
                 self.core.evict_idle()
-                await self.desk.publish()
+                if self.join_rebuilt:  # a summary from a half-rebuilt join would be partial evidence
+                    await self.desk.publish()
             except Exception as error:  # keep running: the next period retries
                 log.warning("periodic comparison failed", extra={"error_type": type(error).__name__})
 
@@ -272,7 +287,7 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
         settings=settings,
         broker=broker,
         metrics=metrics,
-        checks={"state_restored": lambda: service.restored},
+        checks={"state_restored": lambda: service.restored, "join_rebuilt": lambda: service.join_rebuilt},
         on_start=[service.start],
         on_stop=[service.stop],
     )
@@ -302,10 +317,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "comparisons": rows,
             "candidates": [f"{n}:{v}" for n, v in sorted(service.catalog.models)],
             "join": dict(service.join.counts),
+            "join_rebuilt": service.join_rebuilt,
         }
 
     @app.post("/comparisons/publish", tags=["shadow"], summary="Publish every candidate's summary now")
     async def publish_now() -> dict[str, Any]:
+        if not service.join_rebuilt:
+            raise HTTPException(status_code=409, detail="the join is still re-reading its topics; try again")
         events = await service.desk.publish()
         return {"published": [e.model_dump(mode="json") for e in events]}
 

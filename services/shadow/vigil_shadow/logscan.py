@@ -93,6 +93,19 @@ async def read_until(
         await consumer.stop()
 
 
+async def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    """The current end offset of every partition of the topics (only partitions holding records)."""
+    wanted = [TopicPartition(t, p) for t in topics for p in await partitions_of(bootstrap, t)]
+    if not wanted:
+        return {}
+    consumer = await _consumer(bootstrap)
+    try:
+        ends = await consumer.end_offsets(wanted)
+    finally:
+        await consumer.stop()
+    return {(tp.topic, tp.partition): int(o) for tp, o in ends.items() if o > 0}
+
+
 async def offsets_for_times(bootstrap: str, topic: str, at: datetime) -> dict[int, int | None]:
     """Per partition, the first offset whose record timestamp (broker arrival time) is at or after ``at``."""
     partitions = await partitions_of(bootstrap, topic)
