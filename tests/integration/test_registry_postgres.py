@@ -5,7 +5,6 @@ plus the Alembic migration checked against the models and concurrent appends to 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +15,6 @@ from sqlmodel import SQLModel
 
 from tests.pg import make_package, postgres_server, postgres_url  # noqa: F401 - fixtures
 from tests.unit import test_registry_core as on_sqlite
-from tests.unit.test_registry_core import ADMIN, SCIENTIST
-from vigil_common.events import Stage
 from vigil_registry.core import Registry
 from vigil_registry.db import make_engine, migrate
 
@@ -51,27 +48,3 @@ def test_migrated_schema_equals_the_models(database_url: str) -> None:
         diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), SQLModel.metadata)
     engine.dispose()
     assert diff == []
-
-
-def test_concurrent_decisions_keep_one_linear_audit_chain(registry: Registry, tmp_path: Path) -> None:
-    for i in range(8):
-        registry.register_folder(SCIENTIST, make_package(tmp_path, name=f"m{i}", version="1"))
-    errors: list[BaseException] = []
-
-    def work(i: int) -> None:
-        try:
-            registry.set_stage(SCIENTIST, f"m{i}", "1", Stage.SHADOW)
-            registry.set_stage(SCIENTIST, f"m{i}", "1", Stage.ARCHIVED)
-            registry.retire(ADMIN, f"m{i}", "1", "done")
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    verification = registry.verify_audit()
-    assert verification.ok, verification
-    assert verification.entries == 8 * 4

@@ -8,6 +8,7 @@ real PostgreSQL server by overriding the ``database_url`` fixture.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -675,3 +676,27 @@ def test_version_rows_hold_stage_strings_the_contract_knows(registry: Registry, 
     with registry.session() as session:
         stages = {row.stage for row in session.exec(select(ModelVersion)).all()}
     assert stages <= {s.value for s in Stage}
+
+
+def test_concurrent_decisions_keep_one_linear_audit_chain(registry: Registry, tmp_path: Path) -> None:
+    for i in range(8):
+        registry.register_folder(SCIENTIST, make_package(tmp_path, name=f"m{i}", version="1"))
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            registry.set_stage(SCIENTIST, f"m{i}", "1", Stage.SHADOW)
+            registry.set_stage(SCIENTIST, f"m{i}", "1", Stage.ARCHIVED)
+            registry.retire(ADMIN, f"m{i}", "1", "done")
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    verification = registry.verify_audit()
+    assert verification.ok, verification
+    assert verification.entries == 8 * 4

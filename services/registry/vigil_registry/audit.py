@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from vigil_registry.models import AuditEntry, AuditHead
@@ -65,6 +66,10 @@ def append(
     evidence: dict[str, Any] | None = None,
 ) -> AuditEntry:
     """Append one entry inside the caller's transaction (committed, or rolled back, with the decision)."""
+    # Take the head row's write lock before reading it: a no-op UPDATE locks the row on PostgreSQL and starts the
+    # write transaction on SQLite (whose driver begins one only at the first write), so no other writer can
+    # append between our read of the head and our insert.
+    session.exec(update(AuditHead).where(col(AuditHead.id) == 1).values(seq=AuditHead.seq))  # type: ignore[call-overload]
     head = session.exec(select(AuditHead).where(AuditHead.id == 1).with_for_update()).first()
     if head is None:
         head = AuditHead(id=1, seq=0, entry_hash=GENESIS)

@@ -38,12 +38,14 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_alerts_alert_key'), ['alert_key'], unique=False)
         batch_op.create_index(batch_op.f('ix_alerts_model_name'), ['model_name'], unique=False)
 
-    op.create_table('audit_head',
+    audit_head = op.create_table('audit_head',
     sa.Column('id', sa.Integer(), autoincrement=False, nullable=False),
     sa.Column('seq', sa.Integer(), nullable=False),
     sa.Column('entry_hash', sa.String(length=64), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
+    # The chain's genesis: appends lock this row, so it must exist before the first one.
+    op.bulk_insert(audit_head, [{'id': 1, 'seq': 0, 'entry_hash': '0' * 64}])
     op.create_table('audit_log',
     sa.Column('seq', sa.Integer(), autoincrement=False, nullable=False),
     sa.Column('at', sa.DateTime(timezone=True), nullable=False),
