@@ -20,7 +20,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import TypeAdapter
 
-from vigil_common.events import Event
+from vigil_common.events import CanonicalEvent, DeadLettered, Event
 from vigil_common.kafka import DeadLetters, Parsed, Publisher, encode, make_broker, process_batch, raw_batch_decoder
 from vigil_common.metrics import ServiceMetrics
 from vigil_common.service import ServiceRuntime, build_http_app
@@ -293,8 +293,13 @@ def build_router(core: IngestCore, settings: Settings, prefix: str | None = None
     return router
 
 
-def bootstrap(settings: Settings) -> tuple[ServiceRuntime, IngestCore]:
-    """Wire the service's broker, metrics, core, raw-topic subscriber and readiness checks."""
+def bootstrap(settings: Settings) -> ServiceRuntime:
+    """Wire the service's broker, metrics, raw-topic subscriber and readiness checks (the AsyncAPI document's view)."""
+    return build(settings)[0]
+
+
+def build(settings: Settings) -> tuple[ServiceRuntime, IngestCore]:
+    """Wire the service: broker, metrics, core, raw-topic subscriber, readiness checks."""
     broker: KafkaBroker = make_broker(settings, client_id=f"vigil-{SERVICE}")
     metrics = ServiceMetrics(SERVICE)
     events_publisher = ProducerPublisher(settings, client_id=f"vigil-{SERVICE}-events")
@@ -323,6 +328,9 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, IngestCore]:
             metrics.processing.labels(SERVICE, "batch").observe(time.perf_counter() - started)
             log.info("batch", extra={"batch_size": len(body), "processed": processed, "parked": parked})
 
+    # Declared for the AsyncAPI document: canonical events are sent by ProducerPublisher, dead letters by DeadLetters.
+    broker.publisher(topics.observations, schema=CanonicalEvent, title="canonical events (key: encounter)")
+    broker.publisher(topics.dead_letter, schema=DeadLettered, title="dead letters")
     runtime = ServiceRuntime(
         name=SERVICE,
         settings=settings,
@@ -338,7 +346,7 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, IngestCore]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service's HTTP app; its lifespan runs the Kafka side."""
     settings = settings or Settings()
-    runtime, core = bootstrap(settings)
+    runtime, core = build(settings)
     app = build_http_app(
         runtime,
         title="Vigil ingest",
