@@ -178,5 +178,7 @@ async def test_two_scorers_share_six_partitions_across_a_rebalance(
     for text in (metrics_a, metrics_b):
         scored = [line for line in text.splitlines() if line.startswith("vigil_scores_total{")]
         assert scored and float(scored[0].rsplit(" ", 1)[1]) > 0  # both processes scored
+    restored = [line for line in metrics_b.splitlines() if line.startswith("vigil_scorer_restored_states_total")]
+    assert restored and float(restored[0].rsplit(" ", 1)[1]) > 0  # b took over states a had built
     duplicates = check_scores(reader.scores, stays, events)
     print(f"\n[rebalance] total scores {len(reader.scores)}, redelivered duplicates {duplicates}")

@@ -16,6 +16,11 @@ import typer
 app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
 
 
+@app.callback()
+def bench() -> None:
+    """Benchmarks against a running broker (each prints one JSON line)."""
+
+
 @app.command("scorer")
 def bench_scorer(
     bootstrap: str = typer.Option(
