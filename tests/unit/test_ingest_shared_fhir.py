@@ -223,3 +223,15 @@ def test_synthea_transaction_bundle(fhir_dir: Path) -> None:
     encounters = {e.encounter for e in result.events if e.type == "encounter.recorded"}
     assert {e.encounter for e in obs if e.feature == "sbp"} <= encounters  # urn:uuid references resolved
     assert len({e.event_id for e in result.events}) == len(result.events)
+
+
+def test_dry_run_schema_check_is_advisory(fhir_dir: Path) -> None:
+    path = fhir_dir / "hl7-examples/fhir-test-cases/validator/obs-quantity.json"  # no code: not a valid Observation
+    out = io.StringIO()
+    counts = map_files([path], out, validate=True)
+    lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert {
+        "invalid": "code: Field required",
+        "source": {"resource_type": "Observation", "resource_id": None, "file": str(path)},
+    } in lines
+    assert counts["schema_problems"] >= 1
