@@ -116,6 +116,14 @@ def test_uploads_are_checked(client: TestClient, tmp_path: Path) -> None:
     assert "neither" in garbage.json()["detail"]
 
 
+def test_oversized_uploads_are_refused(tmp_path: Path) -> None:
+    with TestClient(create_app(settings_for(tmp_path, max_upload_bytes=100))) as c:
+        response = upload(c, tmp_path, "1")
+        assert response.status_code == 413
+        streamed = c.post("/models/sepsis/versions", content=iter([b"x" * 60, b"y" * 60]), headers=SCI)
+        assert streamed.status_code == 413
+
+
 def test_refusals_are_403_with_their_reason_and_the_four_eyes_rule_holds(client: TestClient, tmp_path: Path) -> None:
     upload(client, tmp_path, "1")
     forbidden = client.post("/models/sepsis/versions/1/stage", json={"to": "shadow"}, headers=APP)

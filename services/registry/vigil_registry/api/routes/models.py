@@ -79,9 +79,14 @@ async def register(
     declared = int(request.headers.get("content-length") or 0)
     if declared > registry.max_upload_bytes:
         raise TooLarge("package archive too large")
-    body = await request.body()
-    if len(body) > registry.max_upload_bytes:
-        raise TooLarge("package archive too large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():  # bounded even when the client sends no Content-Length
+        size += len(chunk)
+        if size > registry.max_upload_bytes:
+            raise TooLarge("package archive too large")
+        chunks.append(chunk)
+    body = b"".join(chunks)
     return await run_in_threadpool(registry.register_archive, user, body, expected_name=name, tags=tag)
 
 
