@@ -27,7 +27,7 @@ from vigil_common.kafka import Parsed
 from vigil_registry.artifacts import ArtifactStore, pack_folder, package_digest, read_package, unpack_archive
 from vigil_registry.consumer import EvidenceHandler
 from vigil_registry.core import Registry
-from vigil_registry.errors import InvalidPackage
+from vigil_registry.errors import InvalidPackage, StoreCorrupted
 from vigil_registry.outbox import OutboxRelay
 from vigil_registry.policy import PromotionPolicy, alert_rate_ratio, evaluate
 
@@ -152,6 +152,15 @@ def test_pack_is_deterministic_and_round_trips(tmp_path: Path) -> None:
     assert pack_folder(folder) == pack_folder(folder)
     out = unpack_archive(pack_folder(folder), tmp_path / "out", max_bytes=10_000_000)
     assert package_digest(out) == package_digest(folder)
+
+
+def test_a_corrupted_stored_package_is_never_served(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    info = read_package(make_package(tmp_path))
+    stored = store.put(info)
+    (stored / "card.md").write_text("edited in the store")
+    with pytest.raises(StoreCorrupted):
+        store.archive(info.package_sha256)
 
 
 def _tar(members: dict[str, bytes], symlink: str | None = None) -> bytes:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vigil_registry.errors import InvalidPackage
+from vigil_registry.errors import InvalidPackage, StoreCorrupted
 
 REQUIRED_FILES = ("model.onnx", "card.json", "manifest.json")
 REQUIRED_MANIFEST_KEYS = ("name", "version", "feature_set_version", "input_schema", "sha256")
@@ -239,5 +239,5 @@ class ArtifactStore:
         if not folder.is_dir():
             raise FileNotFoundError(package_sha256)
         if package_digest(folder) != package_sha256:
-            raise InvalidPackage("stored package no longer matches its digest")
+            raise StoreCorrupted(f"stored package {package_sha256} no longer matches its digest")
         return pack_folder(folder)

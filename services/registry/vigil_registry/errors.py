@@ -57,3 +57,9 @@ class NotEligible(RegistryError):
     def __init__(self, reason: str, report: dict[str, Any]) -> None:
         super().__init__(reason)
         self.report = report
+
+
+class StoreCorrupted(RegistryError):
+    """A stored package no longer matches its digest (bit rot or tampering): never serve it."""
+
+    status = 500
