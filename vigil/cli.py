@@ -192,6 +192,26 @@ def simulate_cmd(
     typer.echo(json.dumps(report.as_dict()))
 
 
+@app.command("demo")
+def demo(
+    data: Path | None = typer.Option(None, help="PhysioNet-format parquet (default: the bundled sample of set A)."),
+    stays: int | None = typer.Option(120, help="Number of stays streamed (seeded draw); all with --stays 0."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the summary as JSON here."),
+    report: Path | None = typer.Option(None, help="HTML report (default: .vigil/demo/<run>/report.html)."),
+    drift: str = typer.Option("temp-degf", help="Drift injected in the second part ('' for none)."),
+    keep_running: bool = typer.Option(False, help="Leave the stack running at the end."),
+) -> None:
+    """A clinical model's life end to end: stream, score, shadow, drift, promotion on evidence, rollback drill."""
+    from vigil.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        data=data, stays=stays or None, json_out=json_out, report_out=report, drift=drift, keep_running=keep_running
+    )
+    summary = run_demo(options, console)
+    ok = summary["accounting"]["zero_loss"] and all(m["agree"] for m in summary["models"].values())
+    raise typer.Exit(0 if ok else 1)
+
+
 @app.command("asyncapi")
 def asyncapi(
     out: Path = typer.Option(Path("docs/asyncapi"), help="Folder for one AsyncAPI 3.0 document per service."),
