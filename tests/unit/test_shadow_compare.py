@@ -152,3 +152,20 @@ def test_subgroups_come_from_the_observation_stream() -> None:
     # A group the candidate never detects: the ratio is infinite, published as null (the policy fails closed).
     assert c.metrics["candidate"]["disparity_ratio"] is None
     assert c.metrics["live"]["disparity_ratio"] == 1.0
+
+
+def test_report_is_self_contained_html_with_four_plots() -> None:
+    from vigil_shadow.report import render_html
+
+    state = JoinState()
+    for i in range(6):
+        enc = f"r{i}"
+        _scores(state, enc, [0.01 * h for h in range(12)], [0.02 * h for h in range(12)], thr=0.1)
+        state.add(_sepsis(enc, 9) if i % 2 else _discharged(enc))
+    c = compare(state, "sepsis", "2", config=CompareConfig(bootstrap_iterations=20), with_plots=True)
+    assert c.plots["distribution"]["edges"][-1] < 1.0  # bins span the observed scores, not [0, 1]
+    page = render_html([c], title="t", context={"from": "x"})
+    assert page.count('src="data:image/png;base64,') == 4
+    assert "http://" not in page and "https://" not in page
+    empty = render_html([], title="t", context={})
+    assert "No candidate" in empty

@@ -241,20 +241,29 @@ def _overall_disparity(per_attribute: dict[str, Any]) -> float:
     return max(ratios) if ratios else float("nan")
 
 
-def _hist(p: np.ndarray, bins: int = 20) -> list[int]:
-    return np.histogram(p, bins=bins, range=(0.0, 1.0))[0].astype(int).tolist()
+def _hist(p: np.ndarray, edges: np.ndarray) -> list[int]:
+    return np.histogram(p, bins=edges)[0].astype(int).tolist()
 
 
 def _plots(j: Joined, lab: np.ndarray, bins: int) -> dict[str, Any]:
     y = j.label[lab]
-    plots: dict[str, Any] = {"roc": {}, "calibration": {}, "distribution": {}, "timeline": {}}
+    # Risk models for rare outcomes score mostly near 0: bins span the observed range, not [0, 1].
+    top = max([float(j.p_live.max()), float(j.p_cand.max()), j.threshold_live, j.threshold_cand]) if len(j) else 1.0
+    edges = np.linspace(0.0, min(1.0, top * 1.05) if top > 0 else 1.0, 31)
+    plots: dict[str, Any] = {
+        "roc": {},
+        "calibration": {},
+        "distribution": {"edges": edges.tolist()},
+        "timeline": {},
+        "thresholds": {"live": j.threshold_live, "candidate": j.threshold_cand},
+    }
     for who, p, a in (("live", j.p_live, j.alert_live), ("candidate", j.p_cand, j.alert_cand)):
         plots["roc"][who] = stats.roc_points(p[lab], y)
         plots["calibration"][who] = stats.calibration_curve(p[lab], y, bins)
         plots["distribution"][who] = {
-            "positive": _hist(p[lab][y == 1]),
-            "negative": _hist(p[lab][y == 0]),
-            "censored": _hist(p[~lab]),
+            "positive": _hist(p[lab][y == 1], edges),
+            "negative": _hist(p[lab][y == 0], edges),
+            "censored": _hist(p[~lab], edges),
         }
         if len(j.data_time):
             hours = j.data_time.astype("datetime64[h]")

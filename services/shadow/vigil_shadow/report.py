@@ -71,18 +71,33 @@ def _figures(c: Comparison) -> list[str]:
     for who in ("live", "candidate"):
         curve = p.get("calibration", {}).get(who, [])
         ax.plot([b["mean_p"] for b in curve], [b["rate"] for b in curve], marker="o", label=labels[who])
-    ax.plot([0, 1], [0, 1], ls=":", c="grey")
-    ax.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Calibration")
+    top = max(
+        [
+            b[k]
+            for who in ("live", "candidate")
+            for b in p.get("calibration", {}).get(who, [])
+            for k in ("mean_p", "rate")
+        ]
+        or [1.0]
+    )
+    top = min(1.0, top * 1.1) or 1.0
+    ax.plot([0, top], [0, top], ls=":", c="grey")
+    ax.set(xlim=(0, top), ylim=(0, top))
+    ax.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Calibration (equal-count bins)")
     ax.legend(fontsize=8)
     out.append(_png(fig))
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), sharey=True)
-    edges = np.linspace(0, 1, 21)
+    distribution = p.get("distribution", {})
+    edges = np.asarray(distribution.get("edges", np.linspace(0, 1, 31)), dtype=float)
     for ax, who in zip(axes, ("live", "candidate"), strict=True):
-        dist = p.get("distribution", {}).get(who, {})
+        dist = distribution.get(who, {})
         for kind, colour in (("negative", "tab:blue"), ("positive", "tab:red"), ("censored", "tab:grey")):
-            counts = np.asarray(dist.get(kind, [0] * 20), dtype=float)
+            counts = np.asarray(dist.get(kind, []), dtype=float)
             if counts.sum():
                 ax.stairs(counts / counts.sum(), edges, label=kind, color=colour)
+        threshold = p.get("thresholds", {}).get(who)
+        if threshold is not None:
+            ax.axvline(threshold, ls="--", c="black", lw=0.8, label="operating threshold")
         ax.set(title=f"Scores: {labels[who]}", xlabel="probability")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("share of hours")

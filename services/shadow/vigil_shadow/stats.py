@@ -93,16 +93,20 @@ def ece(probabilities: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
 
 
 def calibration_curve(probabilities: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
-    """Per non-empty bin: mean predicted probability, observed rate and count."""
+    """Reliability curve over equal-count bins (mean predicted probability, observed rate, count per bin).
+
+    Equal-count bins, unlike the equal-width bins of :func:`ece`, stay informative when a rare outcome's scores
+    crowd near 0.
+    """
     p = np.asarray(probabilities, float)
-    index = np.clip((p * bins).astype(int), 0, bins - 1)
+    yy = np.asarray(y, float)
+    if len(p) == 0:
+        return []
+    order = np.argsort(p, kind="stable")
     out = []
-    for b in range(bins):
-        m = index == b
-        if m.any():
-            out.append(
-                {"bin": b, "mean_p": float(p[m].mean()), "rate": float(np.asarray(y)[m].mean()), "n": int(m.sum())}
-            )
+    for b, chunk in enumerate(np.array_split(order, min(bins, len(p)))):
+        if len(chunk):
+            out.append({"bin": b, "mean_p": float(p[chunk].mean()), "rate": float(yy[chunk].mean()), "n": len(chunk)})
     return out
 
 
