@@ -162,3 +162,27 @@ def test_root_is_a_fhir_base_too_and_metadata(setup: tuple[TestClient, FakePubli
     assert client.post("/Observation", content=orjson.dumps(observation(id="root")), headers=FHIR).status_code == 201
     assert client.get("/fhir/metadata").json()["resourceType"] == "CapabilityStatement"
     assert len(publisher.published) == 6
+
+
+async def test_raw_records_are_processed_or_parked_with_reasons() -> None:
+    from types import SimpleNamespace
+
+    from vigil_common.kafka import Parsed
+
+    publisher = FakePublisher()
+    core = IngestCore(Settings(topic_prefix="unit."), publisher, ServiceMetrics("ingest"))  # type: ignore[arg-type]
+    bundle = json.loads((TESTDATA / "icu-bundle.json").read_text())
+    partial = json.loads((TESTDATA / "icu-bundle.json").read_text())
+    partial["entry"][0]["resource"]["valueQuantity"]["value"] = 999
+    ignored = {"resourceType": "Practitioner", "id": "dr"}
+    records = [SimpleNamespace(offset=i) for i in range(3)]
+    items = [Parsed(records[0], bundle), Parsed(records[1], partial), Parsed(records[2], ignored)]
+    failures = await core.handle_records(items)  # type: ignore[arg-type]
+    assert [(r.offset, reason) for r, reason in failures] == [
+        (
+            1,
+            "partly processed (6 canonical events mapped): Observation/7a0e0c55-0000-4000-8000-000000000001: "
+            "heart_rate outside plausible range [10, 300] /min",
+        )
+    ]
+    assert len(publisher.published) == 5  # the partial bundle's good events are the same ids: deduped

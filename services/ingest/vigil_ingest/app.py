@@ -118,7 +118,7 @@ class IngestCore:
                 if len(result.rejections) > 5:
                     reasons += f"; and {len(result.rejections) - 5} more"
                 if result.events:
-                    reasons = f"partly processed ({len(result.events)} events published): {reasons}"
+                    reasons = f"partly processed ({len(result.events)} canonical events mapped): {reasons}"
                 failures.append((item.record, reasons[:2000]))
         await self.publish(events)
         return failures
