@@ -43,7 +43,10 @@ MIN_TOKEN_LENGTH = 24
 class Settings(VigilSettings):
     """The registry service's settings."""
 
-    model_config = SettingsConfigDict(env_prefix="REGISTRY_", env_file=".env", extra="ignore")
+    # Validation errors must not echo tokens back (they reach logs and terminals).
+    model_config = SettingsConfigDict(
+        env_prefix="REGISTRY_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     http_port: int = 8005
     group_id: str = "vigil-registry"
