@@ -142,3 +142,25 @@ def test_engine_scores_every_candidate_in_shadow_stage_only() -> None:
     assert {s.model_version: s.alert for s in scores} == {"2": False, "3": True}
     core.set_models({})
     assert core.score([factories.observation(source=factories.source(resource_id="hr2"), value=91.0)]) == []
+
+
+async def test_a_lifecycle_event_of_a_watched_model_refreshes_the_candidates() -> None:
+    sink = Sink()
+
+    class FakePublisher:
+        publish_all = sink
+
+    service = ShadowService(
+        Settings(registry_url=None),
+        metrics=ServiceMetrics("shadow"),
+        publisher=FakePublisher(),  # type: ignore[arg-type]
+    )
+    registry = FakeRegistry([{"model_name": "sepsis", "version": "2", "stage": "shadow"}])
+    service.catalog.registry = registry  # type: ignore[assignment]
+    await service.on_lifecycle(factories.lifecycle(model_name="other", to_stage=ev.Stage.SHADOW))
+    assert service.core.models == {}
+    await service.on_lifecycle(factories.lifecycle(model_version="2", from_stage=None, to_stage=ev.Stage.SHADOW))
+    assert list(service.core.models) == [("sepsis", "2")]
+    registry.records[0]["stage"] = "production"
+    await service.on_lifecycle(factories.lifecycle(model_version="2"))
+    assert service.core.models == {}

@@ -45,12 +45,17 @@ async def test_candidates_are_the_registry_shadow_versions(tmp_path: Path) -> No
         catalog = Catalog(model_names=["sepsis"], local_models=[], registry=reader)
         try:
             models = await catalog.refresh()
+            record = await reader.version("sepsis", "1")  # replay may fetch any stage by name and version
+            assert record is not None and record["stage"] == "registered"
+            replayable = await reader.load(record)
+            assert await reader.version("sepsis", "9") is None
         finally:
             await reader.aclose()
     assert sorted(models) == [("sepsis", "2")]  # version 1 is only registered: not a shadow candidate
     loaded = models[("sepsis", "2")].package
     assert isinstance(loaded, ModelPackage)
     assert loaded.sha256 == ModelPackage.load(default_package_path("2")).sha256
+    assert (replayable.name, replayable.version) == ("sepsis", "1")
 
 
 def test_the_policy_finds_every_key_it_reads_in_a_comparison() -> None:

@@ -61,6 +61,12 @@ class ShadowCore(ScoringCore):
                 raise ValueError(f"{package.name}:{package.version}: input columns differ from FEATURE_COLUMNS")
         self.models = dict(sorted(models.items()))
 
+    def _materialise(self, rows: list[Any]) -> None:  # type: ignore[override]
+        # Rows are dropped while muted or without candidates: computing their features would be wasted work.
+        if self.muted or not self.models:
+            return
+        ScoringCore._materialise(rows)
+
     def _predict(self, rows: list[Any]) -> list[Any]:
         if self.muted or not rows or not self.models:
             return []
