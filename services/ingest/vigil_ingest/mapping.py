@@ -128,12 +128,7 @@ class MapResult:
 _NAMESPACE = VIGIL_NAMESPACE.bytes
 
 
-def fast_id(*parts: object) -> str:
-    """``vigil_common.events.deterministic_id`` without building a UUID object (the hot path makes one a reading).
-
-    Same bytes as ``uuid.uuid5(VIGIL_NAMESPACE, name)``; a unit test holds the two equal.
-    """
-    name = "\x1f".join("" if p is None else str(p) for p in parts)
+def _uuid5_of(name: str) -> str:
     raw = bytearray(hashlib.sha1(_NAMESPACE + name.encode(), usedforsecurity=False).digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x50
     raw[8] = (raw[8] & 0x3F) | 0x80
@@ -141,9 +136,26 @@ def fast_id(*parts: object) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def fast_id(*parts: object) -> str:
+    """``vigil_common.events.deterministic_id`` without building a UUID object (the hot path makes one a reading).
+
+    Same bytes as ``uuid.uuid5(VIGIL_NAMESPACE, name)``; a unit test holds the two equal.
+    """
+    return _uuid5_of("\x1f".join("" if p is None else str(p) for p in parts))
+
+
+_iso_cache: dict[datetime, str] = {}
+
+
 def observation_id(source: SourceRef, feature: str, observed_at: datetime) -> str:
-    """``ObservationRecorded.make_id``, fast."""
-    return fast_id("obs", source.resource_type, source.resource_id, source.version_id, feature, observed_at.isoformat())
+    """``ObservationRecorded.make_id``, fast (same parts, same separator)."""
+    iso = _iso_cache.get(observed_at)
+    if iso is None:
+        if len(_iso_cache) > 50_000:
+            _iso_cache.clear()
+        iso = _iso_cache[observed_at] = observed_at.isoformat()
+    version = source.version_id if source.version_id is not None else ""
+    return _uuid5_of(f"obs\x1f{source.resource_type}\x1f{source.resource_id}\x1f{version}\x1f{feature}\x1f{iso}")
 
 
 class InvalidPayload(ValueError):
@@ -525,6 +537,10 @@ class Mapper:
             return None
         target = ref.get("reference")
         if isinstance(target, str) and target:
+            resolved = ctx.full_urls.get(target)
+            if resolved is None and target.count("/") == 1 and ":" not in target:
+                kind, _, ident = target.partition("/")  # the common "Patient/123": no more parsing needed
+                return ident if kind == r_type and ident else None
             if target.startswith("#"):
                 inner = contained.get(target[1:])
                 if inner is not None and inner.get("resourceType") == r_type:
@@ -532,7 +548,6 @@ class Mapper:
                     if isinstance(identifiers, list) and identifiers and isinstance(identifiers[0], dict):
                         return self._by_identifier(identifiers[0], r_type)
                 return None
-            resolved = ctx.full_urls.get(target)
             if resolved is not None:
                 return resolved[1] if resolved[0] == r_type else None
             if target.startswith("urn:"):
