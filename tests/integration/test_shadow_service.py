@@ -19,7 +19,7 @@ import json
 import math
 import sys
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ from vigil_common.scoring import ScoringCore
 from vigil_ml.utility import normalized_utility
 from vigil_shadow import logscan
 from vigil_shadow.app import create_app
+from vigil_shadow.compare import CompareConfig
+from vigil_shadow.replay import ReplayRequest, run_replay
 from vigil_shadow.settings import Settings
 
 N_SEPTIC, N_OTHER = 8, 16
@@ -103,6 +105,7 @@ def _approx_equal(a: Any, b: Any, path: str = "") -> None:
 async def test_shadow_compares_with_live_like_offline_and_like_replay(
     shared_kit: Path, settings_env: dict[str, Any], tmp_path: Path
 ) -> None:
+    test_started = datetime.now(UTC)
     df = _stays(shared_kit)
     pids = sorted(df["patient_id"].unique())
     settings = Settings(
@@ -207,6 +210,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
                     "to": (ICU_EPOCH + timedelta(hours=60)).isoformat(),
                 }
                 windowed = (await client.get("/comparisons", params=window)).json()["comparisons"]
+                everything = (await client.get("/comparisons")).json()["comparisons"]
                 metrics_text = (await client.get("/metrics")).text
             final_shadow = {k: p.probability for k, p in service.join.shadow[("sepsis", "2")].items()}
     finally:
@@ -283,6 +287,22 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
     _approx_equal(replayed[0], windowed[0])
     page = report.read_text()
     assert page.count("data:image/png;base64,") == 4 and "AUROC" in page
+
+    # --- replay by arrival time (Kafka record timestamps, offsets_for_times) over the whole test --------------
+    arrival = await run_replay(
+        ReplayRequest(
+            start=test_started - timedelta(minutes=5),
+            end=datetime.now(UTC) + timedelta(minutes=5),
+            models=[f"sepsis:2={default_package_path('2')}"],
+            bootstrap_servers=bootstrap,
+            topic_prefix=settings.topic_prefix,
+            warmup_hours=0.0,
+            time_basis="arrival",
+            config=CompareConfig.from_settings(settings),
+        )
+    )
+    assert len(arrival.comparisons) == 1
+    _approx_equal(arrival.comparisons[0].summary(), everything[0])
 
     # --- nothing but production-stage live scores on the live topic ---------------------------------------
     live_records = await _consume_all(bootstrap, topics.scores_live)
