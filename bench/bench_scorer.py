@@ -5,6 +5,7 @@
    creation), read from the scores themselves, so the process start and group join are not counted.
 2. Latency at a fixed offered load: other stays are published at ``rate`` events/s (paced every 10 ms) to the
    same running scorer; p50/p99 of the scores' ``latency_ms`` (record timestamp in Kafka -> score creation).
+   The same again at ``extra_rates`` (default 2,000 events/s: the pipeline's latency when it is not saturated).
 3. Baseline, measured in the same run: the same model served the article's way (FastAPI, one prediction per HTTP
    request; single-row onnxruntime, the packages carry no scikit-learn estimator), closed loop with
    ``baseline_concurrency`` clients: predictions/s and request latency.
@@ -206,6 +207,7 @@ async def run(
     stays: int = 120,
     latency_stays: int = 160,
     rate: float = 5000.0,
+    extra_rates: tuple[float, ...] = (2000.0,),
     latency_seconds: float = 8.0,
     batch_max_records: int = 1000,
     baseline_requests: int = 3000,
@@ -227,8 +229,14 @@ async def run(
 
     frame = load_stays(stays, first=1)
     events = events_of(frame, tag="thr-")
-    lat_frame = load_stays(latency_stays, first=10_000)
-    lat_events = events_of(lat_frame, tag="lat-")[: int(rate * latency_seconds)]
+    rates = [rate, *extra_rates]
+    lat_runs = []
+    for i, r in enumerate(rates):
+        n_events = int(r * latency_seconds)
+        # Enough stays for this run (about 190 events a stay in set A), each run its own encounters.
+        n_stays = max(10, min(latency_stays, int(n_events / 150) + 5))
+        lat_frame = load_stays(n_stays, first=10_000 + 400 * i)
+        lat_runs.append((r, f"l{i:02d}", events_of(lat_frame, tag=f"l{i:02d}-")[:n_events]))
     await _publish_all(bootstrap, topics.observations, events)
 
     reader = _Reader(bootstrap, topics.scores_live)
@@ -261,21 +269,26 @@ async def run(
             "scores_per_s": round(len(created) / window, 1) if window == window and window > 0 else None,
             "complete": done,
         }
-        offered = await _publish_paced(bootstrap, topics.observations, lat_events, rate)
-        t_end = time.monotonic()
-        done_lat = await reader.wait(_final_observations(lat_events), within=300)
-        drain_s = time.monotonic() - t_end
-        lat = reader.latency.get("lat", [])
-        latency = {
-            "offered_events_per_s": round(offered, 1),
-            "events": len(lat_events),
-            "scores": len(lat),
-            "p50_ms": _pct(lat, 50),
-            "p99_ms": _pct(lat, 99),
-            "max_ms": round(max(lat), 1) if lat else None,
-            "drain_after_last_send_s": round(drain_s, 2),
-            "complete": done_lat,
-        }
+        latencies = []
+        for r, tag, lat_events in lat_runs:
+            offered = await _publish_paced(bootstrap, topics.observations, lat_events, r)
+            t_end = time.monotonic()
+            done_lat = await reader.wait(_final_observations(lat_events), within=300)
+            drain_s = time.monotonic() - t_end
+            lat = reader.latency.get(tag, [])
+            latencies.append(
+                {
+                    "target_events_per_s": r,
+                    "offered_events_per_s": round(offered, 1),
+                    "events": len(lat_events),
+                    "scores": len(lat),
+                    "p50_ms": _pct(lat, 50),
+                    "p99_ms": _pct(lat, 99),
+                    "max_ms": round(max(lat), 1) if lat else None,
+                    "drain_after_last_send_s": round(drain_s, 2),
+                    "complete": done_lat,
+                }
+            )
         async with httpx.AsyncClient() as http:
             metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
     finally:
@@ -290,11 +303,20 @@ async def run(
     return {
         "bench": "scorer",
         "throughput": throughput,
-        "latency_at_fixed_load": latency,
+        "latency_at_fixed_load": latencies[0],
+        "latency_at_other_loads": latencies[1:],
         "baseline_article_fastapi": baseline,
         "ratio_events_per_s_vs_baseline_predictions_per_s": round(events_ratio, 2),
         "ratio_scores_per_s_vs_baseline_predictions_per_s": round(scores_ratio, 2),
         "mean_batch_size": round(batch_sum / batch_count, 1) if batch_count else None,
+        "mean_batch_seconds": {
+            stage: round(
+                _metric(metrics, f'vigil_processing_seconds_sum{{service="scorer",stage="{stage}"}}') / batch_count, 4
+            )
+            for stage in ("batch", "score", "publish_scores", "snapshot", "publish_state")
+        }
+        if batch_count
+        else None,
         "targets": {"events_per_s": 20000, "p99_ms_at_5000_events_per_s": 50},
         "machine_cpus": os.cpu_count(),
     }
@@ -314,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bootstrap", default=os.environ.get("VIGIL_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     parser.add_argument("--stays", type=int, default=120)
     parser.add_argument("--rate", type=float, default=5000.0)
+    parser.add_argument("--extra-rates", default="2000", help="Comma-separated further offered loads (events/s).")
     parser.add_argument("--latency-seconds", type=float, default=8.0)
     parser.add_argument("--batch-max-records", type=int, default=1000)
     args = parser.parse_args(argv)
@@ -322,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
             args.bootstrap,
             stays=args.stays,
             rate=args.rate,
+            extra_rates=tuple(float(x) for x in args.extra_rates.split(",") if x.strip()),
             latency_seconds=args.latency_seconds,
             batch_max_records=args.batch_max_records,
         )

@@ -28,13 +28,21 @@ def bench_scorer(
     ),
     stays: int = typer.Option(120, help="Set A stays streamed for the throughput run."),
     rate: float = typer.Option(5000.0, help="Offered load (events/s) of the latency run."),
-    latency_seconds: float = typer.Option(8.0, help="Duration of the latency run."),
+    extra_rates: str = typer.Option("2000", help="Comma-separated further offered loads (events/s)."),
+    latency_seconds: float = typer.Option(8.0, help="Duration of each latency run."),
     batch_max_records: int = typer.Option(1000, help="The scorer's largest batch."),
 ) -> None:
     """Scorer throughput and latency through the broker, against the article-style baseline: one JSON line."""
     from bench.bench_scorer import run
 
     result = asyncio.run(
-        run(bootstrap, stays=stays, rate=rate, latency_seconds=latency_seconds, batch_max_records=batch_max_records)
+        run(
+            bootstrap,
+            stays=stays,
+            rate=rate,
+            extra_rates=tuple(float(x) for x in extra_rates.split(",") if x.strip()),
+            latency_seconds=latency_seconds,
+            batch_max_records=batch_max_records,
+        )
     )
     typer.echo(json.dumps(result))

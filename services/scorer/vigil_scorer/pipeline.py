@@ -248,14 +248,22 @@ class ScorerService:
         try:
             if self.needs_restore & partitions:
                 await self._restore(self.needs_restore & partitions)
+            t0 = time.perf_counter()
             outcome = core.process(
                 Incoming(p.event, p.record.timestamp / 1000.0, p.record.partition, p.record.offset) for p in mine
             )
+            t1 = time.perf_counter()
             await live.publish(outcome.scores)
-            await self.sink.send_all(
-                self.topics.scorer_state,
-                [(enc.encode(), core.snapshot(enc), partition) for enc, partition in outcome.changed.items()],
-            )
+            t2 = time.perf_counter()
+            snapshots = [(enc.encode(), core.snapshot(enc), partition) for enc, partition in outcome.changed.items()]
+            t3 = time.perf_counter()
+            await self.sink.send_all(self.topics.scorer_state, snapshots)
+            t4 = time.perf_counter()
+            stages = base.processing
+            stages.labels(SERVICE, "score").observe(t1 - t0)
+            stages.labels(SERVICE, "publish_scores").observe(t2 - t1)
+            stages.labels(SERVICE, "snapshot").observe(t3 - t2)
+            stages.labels(SERVICE, "publish_state").observe(t4 - t3)
         except BaseException:
             # The in-memory states may now be ahead of the changelog: drop them, re-read them before the retry.
             self.metrics.errors.labels("batch").inc()
