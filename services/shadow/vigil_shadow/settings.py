@@ -57,6 +57,15 @@ class Settings(VigilSettings):
     min_labelled_hours_to_publish: int = Field(default=1, ge=0)
     """No summary is published for a candidate with fewer labelled joint hours."""
 
+    home: Path | None = None
+    """``VIGIL_HOME`` (set by ``vigil up``): when given, the default model cache lives under it."""
+
+    @model_validator(mode="after")
+    def _derive_locations(self) -> Settings:
+        if self.home is not None and "model_cache_dir" not in self.model_fields_set:
+            self.model_cache_dir = self.home / "shadow" / "models"
+        return self
+
     @property
     def shadow_topic(self) -> str:
         """The one topic shadow scores go to."""
