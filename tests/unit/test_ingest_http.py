@@ -186,3 +186,20 @@ async def test_raw_records_are_processed_or_parked_with_reasons() -> None:
         )
     ]
     assert len(publisher.published) == 5  # the partial bundle's good events are the same ids: deduped
+
+
+def test_strict_transactions_refuse_the_whole_bundle() -> None:
+    settings = Settings(topic_prefix="unit.", strict_transactions=True)
+    publisher = FakePublisher()
+    core = IngestCore(settings, publisher, ServiceMetrics("ingest"))  # type: ignore[arg-type]
+    app = FastAPI()
+    app.include_router(build_router(core, settings))
+    client = TestClient(app)
+    bundle = json.loads((TESTDATA / "icu-bundle.json").read_text())
+    bundle["entry"].append({"resource": observation(id="bad", valueQuantity={"value": 900, "unit": "/min"})})
+    r = client.post("/fhir", content=orjson.dumps(bundle), headers=FHIR)
+    assert r.status_code == 422 and "Observation/bad" in r.json()["issue"][0]["diagnostics"]
+    assert publisher.published == []
+    bundle["type"] = "batch"  # a batch is per entry even in strict mode
+    assert client.post("/fhir", content=orjson.dumps(bundle), headers=FHIR).status_code == 200
+    assert len(publisher.published) == 5
