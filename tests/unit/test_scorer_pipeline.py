@@ -1,0 +1,126 @@
+"""The scorer's batch handler with fakes: publish order, failure recovery, eviction tombstones, partition ownership."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord
+
+from tests import factories
+from vigil_common import events as ev
+from vigil_common.kafka import Parsed, encode
+from vigil_common.metrics import ServiceMetrics
+from vigil_scorer.pipeline import LoadedModel, ScorerService
+from vigil_scorer.settings import Settings
+from vigil_scorer.testing import package_path
+
+
+class FakeSink:
+    """Records what would be published; can be told to fail."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[tuple[bytes | None, bytes | None, int | None]]]] = []
+        self.fail_on: str | None = None
+
+    async def send_all(self, topic: str, items: Any) -> None:
+        if self.fail_on and topic.endswith(self.fail_on):
+            raise ConnectionError("broker unreachable")
+        self.sent.append((topic, list(items)))
+
+
+def record(event: Any, partition: int, offset: int) -> Parsed[Any]:
+    raw = ConsumerRecord(
+        topic="vigil.observations",
+        partition=partition,
+        offset=offset,
+        timestamp=1_700_000_000_000,
+        timestamp_type=0,
+        key=event.key_bytes(),
+        value=encode(event),
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=0,
+        headers=[],
+    )
+    return Parsed(raw, event)
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> tuple[ScorerService, FakeSink]:
+    from vigil_common.model_package import ModelPackage
+
+    sink = FakeSink()
+    settings = Settings(model_cache_dir=tmp_path, idle_hours=1.0)
+    service = ScorerService(
+        settings,
+        ServiceMetrics("scorer"),
+        sink=sink,  # type: ignore[arg-type]
+        dead_letters=None,  # type: ignore[arg-type]
+        registry=None,  # type: ignore[arg-type]
+    )
+    service.install(LoadedModel(ModelPackage.load(package_path("1")), ev.Stage.PRODUCTION))
+    service.owned = {0, 1}
+    service.assignment_done.set()
+    return service, sink
+
+
+def items() -> list[Parsed[Any]]:
+    events = [factories.encounter(), factories.observation()]
+    return [record(e, 0, i) for i, e in enumerate(events)]
+
+
+def test_scores_are_published_before_the_state_snapshots(svc: tuple[ScorerService, FakeSink]) -> None:
+    service, sink = svc
+    failed = asyncio.run(service._handle(items()))
+    assert failed == []
+    topics = [t for t, _ in sink.sent]
+    assert topics == [service.topics.scores_live, service.topics.scorer_state]
+    key, value, partition = sink.sent[1][1][0]
+    assert key == b"enc-1" and value is not None and partition == 0
+
+
+def test_a_failed_publish_drops_the_batch_states_and_rereads_them_before_the_retry(
+    svc: tuple[ScorerService, FakeSink],
+) -> None:
+    service, sink = svc
+    sink.fail_on = "scorer.state"
+    with pytest.raises(ConnectionError):
+        asyncio.run(service._handle(items()))
+    assert service.core is not None and "enc-1" not in service.core.states
+    assert service.needs_restore == {0}
+
+
+def test_records_of_partitions_not_owned_are_skipped(svc: tuple[ScorerService, FakeSink]) -> None:
+    service, sink = svc
+    service.owned = {1}
+    assert asyncio.run(service._handle(items())) == []
+    assert sink.sent == [] or all(not batch for _, batch in sink.sent)
+    assert service.core is not None and not service.core.states
+
+
+def test_idle_encounters_are_evicted_with_a_changelog_tombstone(svc: tuple[ScorerService, FakeSink]) -> None:
+    service, sink = svc
+    asyncio.run(service._handle(items()))
+    assert service.core is not None
+    service.core.states["enc-1"].last_seen -= 2 * 3600
+    newest = service.core.states["enc-1"].max_time
+    assert newest is not None
+    service.core._newest_data[0] = newest + timedelta(hours=3)  # newer data arrived on the partition
+    assert asyncio.run(service.evict_idle()) == 1
+    topic, tombstones = sink.sent[-1]
+    assert topic == service.topics.scorer_state and tombstones == [(b"enc-1", None, 0)]
+
+
+def test_a_redelivered_batch_after_the_snapshot_publishes_nothing_new(svc: tuple[ScorerService, FakeSink]) -> None:
+    service, sink = svc
+    batch = items()
+    asyncio.run(service._handle(batch))
+    published = len(sink.sent[0][1])
+    sink.sent.clear()
+    asyncio.run(service._handle(batch))  # the commit was lost: the same records again
+    scores = [b for t, b in sink.sent if t == service.topics.scores_live]
+    assert published == 1 and all(not b for b in scores)
