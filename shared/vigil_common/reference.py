@@ -19,6 +19,7 @@ labels are present) when the scores on the reference rows are given.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,6 +81,11 @@ class ScoreBaseline:
     auroc: float | None = None
     ece: float | None = None
     error_rate: float | None = None
+    subgroups: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    """attribute -> group -> {positives, negatives, positive_stays, sensitivity, auroc} (labels and a threshold
+    needed); the fairness monitor compares live disparity with the disparity the model already had."""
+    disparity: dict[str, float] = field(default_factory=dict)
+    """``<metric>:<attribute>`` -> max/min ratio over the reference's subgroups."""
 
 
 @dataclass
@@ -200,6 +206,82 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
     return float(np.abs(sum_y[used] - sum_p[used]).sum() / len(y))
 
 
+UNKNOWN = "unknown"
+MIN_SUBGROUP_POSITIVE_STAYS = 20
+
+
+def age_band(age: float | None) -> str:
+    """The fairness age band of an age in years."""
+    if age is None or not math.isfinite(age):
+        return UNKNOWN
+    if age < 50:
+        return "<50"
+    if age < 65:
+        return "50-64"
+    if age < 80:
+        return "65-79"
+    return "80+"
+
+
+def subgroups_of(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Fairness attributes of each PhysioNet row: sex, age band, ICU unit (``unknown`` where not given)."""
+    n = len(df)
+    sex = np.full(n, UNKNOWN, dtype=object)
+    if "Gender" in df.columns:
+        g = df["Gender"].to_numpy(dtype=float)
+        sex[g > 0.5] = "male"
+        sex[g <= 0.5] = "female"
+    age = np.full(n, UNKNOWN, dtype=object)
+    if "Age" in df.columns:
+        age[:] = [age_band(a) for a in df["Age"].to_numpy(dtype=float)]
+    unit = np.full(n, UNKNOWN, dtype=object)
+    if "Unit1" in df.columns:
+        unit[df["Unit1"].to_numpy(dtype=float) == 1] = "MICU"
+    if "Unit2" in df.columns:
+        unit[df["Unit2"].to_numpy(dtype=float) == 1] = "SICU"
+    return {"sex": sex, "age_band": age, "unit": unit}
+
+
+def subgroup_metrics(
+    y: np.ndarray,
+    p: np.ndarray,
+    alert: np.ndarray,
+    values: np.ndarray,
+    stays: np.ndarray | None,
+    min_positives: int,
+    min_positive_stays: int,
+) -> dict[str, dict[str, float]]:
+    """Per subgroup: counts, sensitivity and AUROC; groups under the count guards get counts only."""
+    out: dict[str, dict[str, float]] = {}
+    for grp in pd.unique(values):
+        if grp == UNKNOWN:
+            continue
+        m = values == grp
+        gy = y[m]
+        pos = int(gy.sum())
+        neg = int(len(gy) - pos)
+        pos_stays = len(pd.unique(stays[m][gy])) if stays is not None else pos
+        row: dict[str, float] = {"positives": pos, "negatives": neg, "positive_stays": pos_stays}
+        if pos >= min_positives and neg >= min_positives and pos_stays >= min_positive_stays:
+            row["sensitivity"] = float(alert[m][gy].mean())
+            a = auroc(gy, p[m])
+            if a is not None:
+                row["auroc"] = a
+        out[str(grp)] = row
+    return out
+
+
+def disparities(per_attribute: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    """``<metric>:<attribute>`` -> max/min over the subgroups that passed the guards (at least two)."""
+    out: dict[str, float] = {}
+    for attr, groups in per_attribute.items():
+        for metric in ("sensitivity", "auroc"):
+            vals = [g[metric] for g in groups.values() if metric in g]
+            if len(vals) >= 2:
+                out[f"{metric}:{attr}"] = max(vals) / max(min(vals), 0.01)
+    return out
+
+
 def build_reference(
     df: pd.DataFrame,
     scores: np.ndarray | None = None,
@@ -233,6 +315,14 @@ def build_reference(
             baseline.ece = expected_calibration_error(y, s)
             if threshold is not None:
                 baseline.error_rate = float(((s >= threshold) != y).mean())
+                stays = df["patient_id"].to_numpy() if "patient_id" in df.columns else None
+                groups = subgroups_of(df)
+                baseline.subgroups = {
+                    attr: subgroup_metrics(y, s, s >= threshold, values, stays, 100, MIN_SUBGROUP_POSITIVE_STAYS)
+                    for attr, values in groups.items()
+                    if not (values == UNKNOWN).all()
+                }
+                baseline.disparity = disparities(baseline.subgroups)
     return Reference(
         features=features,
         n_rows=len(df),

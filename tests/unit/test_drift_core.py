@@ -13,13 +13,13 @@ from typer.testing import CliRunner
 
 from tests import factories
 from tests.unit.test_drift_reference import synthetic_stays
-from vigil_common.reference import build_reference
+from vigil_common.reference import age_band, build_reference
 from vigil_drift.alerts import AlertBook
 from vigil_drift.check import on_timeline, run_check
 from vigil_drift.cli import app as drift_cli
 from vigil_drift.config import Thresholds, parse_overrides, thresholds_for
 from vigil_drift.core import DriftCore, StayHours
-from vigil_drift.outcomes import Labeller, age_band
+from vigil_drift.outcomes import Labeller
 from vigil_drift.predictions import ScoreBatch
 
 SMALL = Thresholds(
@@ -35,6 +35,7 @@ SMALL = Thresholds(
     performance_window=3000,
     performance_every=500,
     min_positives=40,
+    min_positive_stays=5,
 )
 T = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -258,7 +259,9 @@ def test_labels_flipped_for_a_subgroup_drop_auroc_and_raise_fairness() -> None:
     assert "performance:model:auroc" in opened
     assert "fairness:model:auroc_disparity:sex" in opened
     fair = next(a for a in res.alerts if a.alert_key == "fairness:model:auroc_disparity:sex")
-    assert fair.evidence["auroc"]["female"] < 0.5 < fair.evidence["auroc"]["male"]
+    by_group = fair.evidence["subgroups"]
+    assert by_group["female"]["auroc"] < 0.5 < by_group["male"]["auroc"]
+    assert fair.evidence["reference_disparity"] < 1.25  # the reference had no such disparity
 
 
 def test_stay_hours_turns_observations_into_rows() -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from vigil_common.events import AlertRaised
-from vigil_common.reference import LABEL_COLUMN, Reference, build_reference
+from vigil_common.reference import LABEL_COLUMN, Reference, build_reference, subgroups_of
 from vigil_common.vocabulary import MEASUREMENTS
 from vigil_drift.config import Thresholds
 from vigil_drift.core import DriftCore, ScoreBatch
@@ -63,20 +63,6 @@ def feature_matrix(df: pd.DataFrame, features: tuple[str, ...]) -> np.ndarray:
         col = m.column if m.column in df.columns else f if f in df.columns else None
         cols.append(df[col].to_numpy(dtype=float, na_value=np.nan) if col else np.full(len(df), np.nan))
     return np.column_stack(cols) if cols else np.empty((len(df), 0))
-
-
-def subgroups(df: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Fairness attributes of each row: sex, age band, unit (as PhysioNet codes them)."""
-    from vigil_drift.outcomes import age_band
-
-    sex = np.where(df["Gender"].to_numpy() > 0.5, "male", "female") if "Gender" in df else np.full(len(df), "unknown")
-    age = np.array([age_band(a) for a in df["Age"].to_numpy()]) if "Age" in df else np.full(len(df), "unknown")
-    unit = np.full(len(df), "unknown", dtype=object)
-    if "Unit1" in df:
-        unit[df["Unit1"].to_numpy() == 1] = "MICU"
-    if "Unit2" in df:
-        unit[df["Unit2"].to_numpy() == 1] = "SICU"
-    return {"sex": sex.astype(object), "age_band": age.astype(object), "unit": unit}
 
 
 @dataclass
@@ -123,7 +109,8 @@ def run_check(
     times = cur["t"].to_numpy(dtype=float)
     result = CheckResult(rows=len(cur), start=float(times[0]) if len(times) else T0, core=core)
     result.end = float(times[-1]) if len(times) else T0
-    groups = subgroups(cur)
+    groups = subgroups_of(cur)
+    stay_ids = cur["patient_id"].to_numpy()
     labelled = scored and LABEL_COLUMN in cur.columns
     if scored and score_column:
         probs = cur[score_column].to_numpy(dtype=float)
@@ -149,6 +136,7 @@ def run_check(
                     alerts_flag[idx],
                     release_t[released:stop],
                     {k: v[idx] for k, v in groups.items()},
+                    stays=stay_ids[idx],
                 )
                 released = stop
         result.alerts += core.rows(values[sl], times[sl])

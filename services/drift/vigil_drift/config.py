@@ -30,13 +30,13 @@ class Thresholds(BaseModel):
     distance to the reference) reaches this."""
     psi_clear: float = 0.2
     """Resolve it when the drift score falls below this (hysteresis)."""
-    psi_window_rows: int = Field(default=5000, ge=100)
+    psi_window_rows: int = Field(default=8000, ge=100)
     """A feature's value window holds about the values this many stay-hours carry (by its reference measured
     rate): a vital's window then spans as many patient-hours as a lab's, so one patient's autocorrelated
     readings do not dominate it."""
     psi_window_min: int = Field(default=2000, ge=50)
     """Fewest values in a feature's window (rare labs)."""
-    psi_window_max: int = Field(default=5000, ge=50)
+    psi_window_max: int = Field(default=8000, ge=50)
     psi_every: int = Field(default=200, ge=1)
     """Evaluate PSI every this many new values of a feature."""
     # --- data drift: missingness / ordering patterns ---
@@ -65,9 +65,10 @@ class Thresholds(BaseModel):
     """Relative shift of the windowed mean score from the baseline."""
     alert_rate_shift: float = 0.5
     """Relative shift of the windowed alert rate from the baseline (wider than the mean: alerts are rarer)."""
-    prediction_window: int = Field(default=20000, ge=100)
-    """Scores in the window (about 200 h of a 100-bed census: a day's case mix swings the mean score)."""
-    prediction_every: int = Field(default=1000, ge=1)
+    prediction_window: int = Field(default=60000, ge=100)
+    """Scores in the window: about 600 h of a 100-bed census. Case mix swings the mean score: on set A split in
+    two, windows of 20000 scores moved it by up to 52% from the baseline, 50000 by 20%, 100000 by 10%."""
+    prediction_every: int = Field(default=2000, ge=1)
     # --- outcomes (delayed labels) ---
     horizon_hours: float = 6.0
     """A score at t is positive when t >= onset - horizon (PhysioNet's SepsisLabel convention)."""
@@ -81,8 +82,13 @@ class Thresholds(BaseModel):
     performance_every: int = Field(default=5000, ge=1)
     min_positives: int = 300
     """Minimum positive (and negative) labelled predictions in a window or subgroup before judging it."""
+    min_positive_stays: int = 20
+    """...and minimum distinct stays among the positives (a septic stay's hours are not independent)."""
     disparity: float = 1.25
     """Fairness: max/min across subgroups of sensitivity or AUROC."""
+    disparity_growth: float = 1.25
+    """When the reference has its own disparity for a metric and attribute, alert only above
+    ``max(disparity, reference_disparity * disparity_growth)``."""
     fairness_attributes: tuple[str, ...] = ("sex", "age_band", "unit")
     # --- infrastructure ---
     latency_p99_ms: float = 500.0

@@ -23,11 +23,11 @@ from vigil_common.events import (
     OutcomeRecorded,
     RiskScored,
 )
-from vigil_common.reference import Reference
+from vigil_common.reference import Reference, age_band
 from vigil_drift.alerts import AlertBook
 from vigil_drift.config import Thresholds
 from vigil_drift.inputs import InputDriftMonitor
-from vigil_drift.outcomes import Labelled, Labeller, PerformanceMonitor, age_band
+from vigil_drift.outcomes import Labelled, Labeller, PerformanceMonitor
 from vigil_drift.predictions import PredictionMonitor, ScoreBatch
 
 __all__ = ["DriftCore", "ScoreBatch", "StayHours"]
@@ -203,6 +203,7 @@ class DriftCore:
         times: np.ndarray,
         groups: dict[str, np.ndarray],
         version: str | None = None,
+        stays: np.ndarray | None = None,
     ) -> list[AlertRaised]:
         """Labelled scores of one model, in the order their labels became known."""
         mon = self.performance.get(model)
@@ -210,7 +211,7 @@ class DriftCore:
             mon = self.performance[model] = PerformanceMonitor(
                 model, self.thresholds(model), self.book, self._baseline(model)
             )
-        return mon.update(probability, label, alert, times, groups, version)
+        return mon.update(probability, label, alert, times, groups, version, stays)
 
     # --- events ---------------------------------------------------------------------------------------------
 
@@ -276,6 +277,7 @@ class DriftCore:
                 np.array(lab.alert, dtype=bool),
                 np.array(lab.times),
                 {k: np.array(v, dtype=object) for k, v in lab.groups.items()},
+                stays=np.array(lab.stays, dtype=object),
             )
         return out
 

@@ -55,10 +55,19 @@ def psi(current_counts: np.ndarray, ref_props: np.ndarray) -> np.ndarray:
     return np.asarray(((cur - ref) * np.log(cur / ref)).sum(axis=-1))
 
 
-def wasserstein_sorted(a_sorted: np.ndarray, b_sorted: np.ndarray, grid: int = 200) -> float:
-    """1-Wasserstein distance between two samples via their quantile functions on a common grid."""
-    q = (np.arange(grid) + 0.5) / grid
-    return float(np.abs(np.quantile(a_sorted, q) - np.quantile(b_sorted, q)).mean())
+GRID = (np.arange(200) + 0.5) / 200
+"""Quantile levels on which the Wasserstein distance is computed (midpoints of 200 equal slices)."""
+
+
+def quantiles_sorted(x_sorted: np.ndarray, q: np.ndarray = GRID) -> np.ndarray:
+    """Quantiles of an already sorted sample (nearest rank: no second sort)."""
+    idx = np.minimum((q * len(x_sorted)).astype(np.int64), len(x_sorted) - 1)
+    return x_sorted[idx]
+
+
+def wasserstein_sorted(a_sorted: np.ndarray, b_quantiles: np.ndarray) -> float:
+    """1-Wasserstein distance between a sorted sample and another sample's quantiles on ``GRID``."""
+    return float(np.abs(quantiles_sorted(a_sorted) - b_quantiles).mean())
 
 
 @dataclass
@@ -80,6 +89,7 @@ class ValueStream:
     def __post_init__(self) -> None:
         self.ref_props = np.asarray(self.ref.proportions, dtype=float)
         self.sample = np.asarray(self.ref.sample, dtype=float)
+        self.sample_quantiles = quantiles_sorted(np.sort(self.sample))
         self.adwin = ADWIN(delta=self.th.adwin_delta)
         rate = 1.0 - self.ref.missing_rate
         self.window = int(
@@ -117,7 +127,9 @@ class ValueStream:
                 self.last_psi = float(scores[j])
                 self.last_mean = float(window.mean())
                 sd = self.ref.std or 1.0
-                self.last_wasserstein = wasserstein_sorted(np.sort(window), self.sample) / (sd if sd > 0 else 1.0)
+                self.last_wasserstein = wasserstein_sorted(np.sort(window), self.sample_quantiles) / (
+                    sd if sd > 0 else 1.0
+                )
                 self.last_score = max(self.last_psi, self.last_wasserstein)
                 out.append(
                     (

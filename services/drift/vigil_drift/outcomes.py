@@ -14,34 +14,26 @@ subgroups with ``min_positives`` positives and as many negatives.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from river.drift.binary import DDM, FHDDM
 
 from vigil_common.events import AlertRaised, OutcomeRecorded, RiskScored
-from vigil_common.reference import ScoreBaseline, auroc, expected_calibration_error
+from vigil_common.reference import (
+    UNKNOWN,
+    ScoreBaseline,
+    auroc,
+    disparities,
+    expected_calibration_error,
+    subgroup_metrics,
+)
 from vigil_drift.alerts import AlertBook
 from vigil_drift.config import Thresholds
 from vigil_drift.inputs import at_time
-
-UNKNOWN = "unknown"
-
-
-def age_band(age: float | None) -> str:
-    """The fairness age band of an age in years."""
-    if age is None or not math.isfinite(age):
-        return UNKNOWN
-    if age < 50:
-        return "<50"
-    if age < 65:
-        return "50-64"
-    if age < 80:
-        return "65-79"
-    return "80+"
 
 
 @dataclass
@@ -54,9 +46,11 @@ class Labelled:
     alert: list[bool] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     groups: dict[str, list[str]] = field(default_factory=dict)
+    stays: list[str] = field(default_factory=list)
 
-    def add(self, p: float, y: bool, a: bool, t: float, groups: dict[str, str]) -> None:
+    def add(self, p: float, y: bool, a: bool, t: float, groups: dict[str, str], stay: str) -> None:
         """Append one labelled score."""
+        self.stays.append(stay)
         self.probability.append(p)
         self.label.append(y)
         self.alert.append(a)
@@ -110,7 +104,7 @@ class Labeller:
             y = self._label(s.encounter, t)
             if y is not None:
                 out.setdefault(s.model_name, Labelled(s.model_name)).add(
-                    s.probability, y, s.alert, t, self._groups_of(s.encounter, attributes)
+                    s.probability, y, s.alert, t, self._groups_of(s.encounter, attributes), s.encounter
                 )
                 continue
             stay = self.pending.setdefault(s.encounter, OrderedDict())
@@ -145,7 +139,9 @@ class Labeller:
             for item in sorted(waiting.values(), key=lambda x: x.time):
                 y = self._label(o.encounter, item.time)
                 assert y is not None
-                out.setdefault(item.model, Labelled(item.model)).add(item.probability, y, item.alert, item.time, groups)
+                out.setdefault(item.model, Labelled(item.model)).add(
+                    item.probability, y, item.alert, item.time, groups, o.encounter
+                )
         return out
 
 
@@ -159,6 +155,8 @@ class PerformanceMonitor:
         self.baseline_auroc = baseline.auroc if baseline else None
         self.baseline_error = baseline.error_rate if baseline else None
         self.baseline_source = "reference" if baseline and baseline.auroc is not None else "first labelled window"
+        self.baseline_disparity = dict(baseline.disparity) if baseline else {}
+        self.stays = np.empty(0, dtype=object)
         self.y = np.empty(0, dtype=bool)
         self.p = np.empty(0)
         self.a = np.empty(0, dtype=bool)
@@ -184,8 +182,13 @@ class PerformanceMonitor:
         times: np.ndarray,
         groups: dict[str, np.ndarray],
         version: str | None = None,
+        stays: np.ndarray | None = None,
     ) -> list[AlertRaised]:
-        """Add labelled scores (in the order their labels became known); returns opened/resolved alerts."""
+        """Add labelled scores (in the order their labels became known); returns opened/resolved alerts.
+
+        ``stays`` (the encounter of each score) lets the guards count positive stays, not only positive hours:
+        a septic stay's hours rise and fall together, so 300 positive hours may be only a dozen patients.
+        """
         th = self.th
         out: list[AlertRaised] = []
         n = len(probability)
@@ -206,6 +209,9 @@ class PerformanceMonitor:
             k: np.concatenate([self.g[k], np.asarray(groups.get(k, np.full(n, "unknown")), dtype=object)])
             for k in self.g
         }
+        st = np.concatenate(
+            [self.stays, np.asarray(stays if stays is not None else np.arange(self.seen, self.seen + n), dtype=object)]
+        )
         start = self.seen - len(self.y)
         ends = np.arange(
             (self.seen // th.performance_every + 1) * th.performance_every, self.seen + n + 1, th.performance_every
@@ -216,15 +222,18 @@ class PerformanceMonitor:
             n_pos = int(wy.sum())
             if n_pos < th.min_positives or len(wy) - n_pos < th.min_positives:
                 continue
+            if len(pd.unique(st[lo:e][wy])) < th.min_positive_stays:
+                continue
             at = at_time(times[e - 1 - (len(y) - n)])
             window = f"last {len(wy)} labelled scores"
-            out += self._judge(wy, wp, wa, {k: v[lo:e] for k, v in g.items()}, e_global, at, window, version)
-        self.y, self.p, self.a = y[-w:], p[-w:], a[-w:]
+            groups_w = {k: v[lo:e] for k, v in g.items()}
+            out += self._judge(wy, wp, wa, groups_w, st[lo:e], e_global, at, window, version)
+        self.y, self.p, self.a, self.stays = y[-w:], p[-w:], a[-w:], st[-w:]
         self.g = {k: v[-w:] for k, v in g.items()}
         self.seen += n
         return out
 
-    def _judge(self, y, p, a, groups, e_global, at, window, version) -> list[AlertRaised]:  # type: ignore[no-untyped-def]
+    def _judge(self, y, p, a, groups, stays, e_global, at, window, version) -> list[AlertRaised]:  # type: ignore[no-untyped-def]
         th, out = self.th, []
         auc = auroc(y, p)
         ece = expected_calibration_error(y, p) or 0.0
@@ -294,44 +303,35 @@ class PerformanceMonitor:
                 },
             )
         )
-        for attr, values in groups.items():
-            sens: dict[str, float] = {}
-            aucs: dict[str, float] = {}
-            counts: dict[str, list[int]] = {}
-            for grp in np.unique(values):
-                if grp == UNKNOWN:
-                    continue
-                m = values == grp
-                gy = y[m]
-                pos = int(gy.sum())
-                counts[str(grp)] = [pos, int(len(gy) - pos)]
-                if pos < th.min_positives or len(gy) - pos < th.min_positives:
-                    continue
-                sens[str(grp)] = float(a[m][gy].mean())
-                ga = auroc(gy, p[m])
-                if ga is not None:
-                    aucs[str(grp)] = ga
-            for metric, per in (("sensitivity", sens), ("auroc", aucs)):
-                if len(per) < 2:
-                    continue
-                ratio = max(per.values()) / max(min(per.values()), 0.01)
-                self.last[f"{metric}_disparity:{attr}"] = ratio
-                out.append(
-                    self.book.observe(
-                        kind="fairness",
-                        subject=self.model,
-                        metric=f"{metric}_disparity:{attr}",
-                        value=ratio,
-                        threshold=th.disparity,
-                        clear=1.0 + (th.disparity - 1.0) * 0.6,
-                        at=at,
-                        window=window,
-                        model_version=version,
-                        evidence={
-                            "attribute": attr,
-                            metric: {k: round(v, 4) for k, v in per.items()},
-                            "counts_pos_neg": counts,
+        per_attribute = {
+            attr: subgroup_metrics(y, p, a, values, stays, th.min_positives, th.min_positive_stays)
+            for attr, values in groups.items()
+        }
+        for key, ratio in disparities(per_attribute).items():
+            metric, attr = key.split(":", 1)
+            reference = self.baseline_disparity.get(key)
+            # the disparity the model already had at validation is a known property (its model card); alert when
+            # the article's ratio is crossed *and* the disparity grew by ``disparity_growth`` over the reference's
+            threshold = max(th.disparity, reference * th.disparity_growth) if reference else th.disparity
+            self.last[f"{metric}_disparity:{attr}"] = ratio
+            out.append(
+                self.book.observe(
+                    kind="fairness",
+                    subject=self.model,
+                    metric=f"{metric}_disparity:{attr}",
+                    value=ratio,
+                    threshold=threshold,
+                    clear=1.0 + (threshold - 1.0) * 0.6,
+                    at=at,
+                    window=window,
+                    model_version=version,
+                    evidence={
+                        "attribute": attr,
+                        "reference_disparity": reference,
+                        "subgroups": {
+                            g: {k: round(v, 4) for k, v in row.items()} for g, row in per_attribute[attr].items()
                         },
-                    )
+                    },
                 )
+            )
         return [x for x in out if x is not None]
