@@ -119,3 +119,28 @@ async def test_registry_production_version_is_used_and_a_demotion_pauses_live_sc
 
     with pytest.raises(NotProductionError):
         await svc.live.publish([])
+
+
+def test_a_package_of_another_input_schema_is_rejected(v1: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from vigil_common.model_package import write_manifest
+
+    other = tmp_path / "other"
+    shutil.copytree(v1, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").unlink()
+    write_manifest(
+        other,
+        name="sepsis",
+        version="9",
+        thresholds=manifest["thresholds"],
+        created_at=manifest["created_at"],
+        feature_set_version="some-other-features-v0",
+        columns=("a", "b"),
+    )
+    from vigil_scorer.registry_client import verify_package
+
+    with pytest.raises(PackageRejected, match="input schema"):
+        verify_package(other, artifact_sha256=None, package_sha256=None)

@@ -32,6 +32,7 @@ from urllib.parse import urljoin, urlparse
 
 import httpx
 
+from vigil_common.features import FEATURE_COLUMNS, FEATURE_SET_VERSION
 from vigil_common.model_package import ModelPackage, sha256_of_dir
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,9 @@ def verify_package(
     for given in (artifact_sha256, package_sha256):
         if given and given not in accepted:
             raise PackageRejected("sha256 mismatch: the package is not the one the registry announced")
+    if package.feature_set_version != FEATURE_SET_VERSION or tuple(package.columns) != tuple(FEATURE_COLUMNS):
+        # A package of another feature-set version loads (a registry may hold it) but this scorer cannot feed it.
+        raise PackageRejected("the package's input schema is not this scorer's feature pipeline")
     return package
 
 
