@@ -87,18 +87,28 @@ async def scenario(settings: VigilSettings, env: dict[str, str], port: int) -> t
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, linger_ms=5)
     await producer.start()
 
+    backlog = N // 2
+
+    async def send(i: int) -> None:
+        await producer.send(topics.fhir_raw, payloads[i], key=f"e{i % 40}".encode())
+
     async def stream() -> None:
-        for start in range(0, N, 250):  # a stream, not one burst: about 4 s in all
-            for i in range(start, min(start + 250, N)):
-                await producer.send(topics.fhir_raw, payloads[i], key=f"e{i % 40}".encode())
-            await asyncio.sleep(0.1)
+        for start in range(backlog, N, 100):  # a stream, not one burst: 4 s or more
+            for i in range(start, min(start + 100, N)):
+                await send(i)
+            await asyncio.sleep(0.08)
         await producer.flush()
 
+    # Half the observations wait in the topic (ingest is busy with full batches when it is killed), the rest
+    # streams in while it runs, is killed, and restarts.
+    for i in range(backlog):
+        await send(i)
+    await producer.flush()
     proc = start_ingest(env, port)
     killed_at = 0
     try:
         streaming = asyncio.create_task(stream())
-        await read(time.monotonic() + 30, lambda: len(seen) >= N // 4)
+        await read(time.monotonic() + 30, lambda: len(seen) >= N // 50)  # while the backlog is being worked
         assert not streaming.done(), "the stream ended before the kill: not a mid-stream kill"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
