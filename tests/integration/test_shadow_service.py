@@ -2,19 +2,20 @@
 
 One scenario (it is the expensive part, so it is shared by the claims it proves):
 
-1. 24 set A stays are published as canonical events (in two halves, with a shadow restart in between); a stand-in
-   for the live scorer (the shared scoring core with package 1, production stage) publishes live scores;
+1. 24 set A stays are published as canonical events (in two halves, with a shadow restart in between); the real
+   scorer service (the repository's default package 1, production stage, no registry) publishes live scores;
 2. the shadow service scores with package 2 and publishes to the shadow topic only;
 3. outcomes are published only after all scoring is done (delayed): before, every hour is censored;
 4. the published ComparisonSummarized equals the offline computation from ``offline_features`` +
    ``ModelPackage.predict`` on the same rows (AUROC, utility, alert rates, sensitivity);
 5. ``vigil shadow replay`` over a data-time range produces the same comparison as the service over that range;
-6. the live topic holds only the live stand-in's production scores.
+6. the live topic holds only the live scorer's production scores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import sys
@@ -37,6 +38,8 @@ from vigil_common.model_package import ModelPackage, default_package_path
 from vigil_common.physionet import ICU_EPOCH, sepsis_onset_hour, stay_events
 from vigil_common.scoring import ScoringCore
 from vigil_ml.utility import normalized_utility
+from vigil_scorer.app import create_app as create_scorer_app
+from vigil_scorer.settings import Settings as ScorerSettings
 from vigil_shadow import logscan
 from vigil_shadow.app import create_app
 from vigil_shadow.compare import CompareConfig
@@ -136,16 +139,35 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
     broker = make_broker(settings, client_id="test-shadow-feeder")
     await broker.start()
     publisher = Publisher(broker)
-    live_core = ScoringCore(live_pkg, stage=ev.Stage.PRODUCTION)
-    live_published = 0
+    # The live side is the real scorer service; with no registry answering it scores with the repository's
+    # default package (version 1) in production stage. A local core only tells which hours it will score.
+    scorer = create_scorer_app(
+        ScorerSettings(
+            **settings_env,
+            group_id=f"scorer-{uuid.uuid4().hex[:8]}",
+            registry_url="http://127.0.0.1:9",
+            registry_timeout_s=1.0,
+            model_cache_dir=tmp_path / "scorer-models",
+        )
+    )
+    expected = ScoringCore(live_pkg, stage=ev.Stage.PRODUCTION)
+    expected_keys: set[tuple[str, int]] = set()
+    stack = contextlib.AsyncExitStack()
+
+    async def live_keys() -> set[tuple[str, int]]:
+        return {
+            (json.loads(r.value)["encounter"], json.loads(r.value)["hour"])
+            for r in await _consume_all(bootstrap, topics.scores_live)
+        }
 
     async def feed(events: list[Any]) -> None:
-        nonlocal live_published
         await publisher.publish_all(topics.observations, events)
-        for k in range(0, len(events), 700):  # live batches split some hours: partial scores, then complete ones
-            scores = live_core.score(events[k : k + 700])
-            await publisher.publish_all(topics.scores_live, scores)
-            live_published += len(scores)
+        expected_keys.update((s.encounter, s.hour) for s in expected.score(events))
+        for _ in range(240):
+            if await live_keys() >= expected_keys:
+                return
+            await asyncio.sleep(0.25)
+        raise AssertionError("the live scorer did not score every hour")
 
     async def run_service(until_hours: int) -> dict[str, Any]:
         app = create_app(settings)
@@ -159,19 +181,15 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
                 return {"app": app, "first": (await client.get("/comparisons")).json()}
 
     try:
+        await stack.enter_async_context(scorer.router.lifespan_context(scorer))
         await feed(halves[0])
-        first_keys = {
-            (json.loads(r.value)["encounter"], json.loads(r.value)["hour"])
-            for r in await _consume_all(bootstrap, topics.scores_live)
-        }
+        first_keys = await live_keys()
         run1 = await run_service(len(first_keys))
         assert run1["first"]["comparisons"], run1
         assert run1["first"]["comparisons"][0]["labelled_hours"] == 0  # no outcome yet: censored, not negative
         await feed(halves[1])
-        all_keys = {
-            (json.loads(r.value)["encounter"], json.loads(r.value)["hour"])
-            for r in await _consume_all(bootstrap, topics.scores_live)
-        }
+        all_keys = await live_keys()
+        assert all_keys == expected_keys
         assert len(all_keys) > len(first_keys)
 
         # Second run: feature state rebuilt from the log, join rebuilt from the topics; outcomes arrive late.
@@ -214,6 +232,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
                 metrics_text = (await client.get("/metrics")).text
             final_shadow = {k: p.probability for k, p in service.join.shadow[("sepsis", "2")].items()}
     finally:
+        await stack.aclose()
         await broker.stop()
 
     # --- the comparison event on the topic --------------------------------------------------------------
@@ -306,8 +325,9 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
 
     # --- nothing but production-stage live scores on the live topic ---------------------------------------
     live_records = await _consume_all(bootstrap, topics.scores_live)
-    assert len(live_records) == live_published
-    assert {json.loads(r.value)["stage"] for r in live_records} == {"production"}
+    assert {(json.loads(r.value)["stage"], json.loads(r.value)["model_version"]) for r in live_records} == {
+        ("production", "1")
+    }
     shadow_records = await _consume_all(bootstrap, topics.scores_shadow)
     assert shadow_records and {json.loads(r.value)["stage"] for r in shadow_records} == {"shadow"}
     assert not math.isnan(m["candidate"]["ece"])
