@@ -868,18 +868,10 @@ class Mapper:
                 f"Observation.status '{status}' is not a reading" if isinstance(status, str) else "missing status",
                 "value" if isinstance(status, str) else "required",
             )
-        observed_at = self._time(res, ctx, rid)
-        issued = res.get("issued")
-        try:
-            occurred_at = parse_fhir_datetime(issued)[0] if issued is not None else observed_at
-        except (ValueError, TypeError):
-            occurred_at = observed_at
-
-        events: list[Canonical] = []
-        rejections: list[Rejection] = []
-        if status in ("amended", "corrected"):
-            events.append(self._retraction(source, encounter, patient, features, str(status), res))
+        # Values first: an Observation whose values are all absent is "no reading" whatever its time says.
         absent = 0
+        rejections: list[Rejection] = []
+        values: list[tuple[Measurement, float, str | None, tuple[float, str | None] | None, str]] = []
         holders: list[tuple[str, dict[str, Any], bool]] = []
         if feature is not None:
             holders.append((feature, res, True))
@@ -894,12 +886,35 @@ class Mapper:
             except _Reject as error:
                 rejections.append(Rejection(error.reason, "Observation", rid, error.issue))
                 continue
-            events.append(
-                self._reading(
-                    source, encounter, patient, m, value, observed_at, occurred_at, status, comparator, original, unit
+            values.append((m, value, comparator, original, unit))
+
+        events: list[Canonical] = []
+        if values:
+            observed_at = self._time(res, ctx, rid)
+            issued = res.get("issued")
+            try:
+                occurred_at = parse_fhir_datetime(issued)[0] if issued is not None else observed_at
+            except (ValueError, TypeError):
+                occurred_at = observed_at
+            if status in ("amended", "corrected"):
+                events.append(self._retraction(source, encounter, patient, features, str(status), res))
+            for m, value, comparator, original, unit in values:
+                events.append(
+                    self._reading(
+                        source,
+                        encounter,
+                        patient,
+                        m,
+                        value,
+                        observed_at,
+                        occurred_at,
+                        status,
+                        comparator,
+                        original,
+                        unit,
+                    )
                 )
-            )
-        readings = len(events) - (1 if status in ("amended", "corrected") else 0)
+        readings = len(values)
         counts["readings"] += readings
         if absent:
             counts["absent"] += absent
