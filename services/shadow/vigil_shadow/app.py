@@ -307,7 +307,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model: str | None = None,
         version: str | None = None,
     ) -> dict[str, Any]:
-        found = service.desk.compute(window_start=start, window_end=end)
+        found = await service.desk.compute(window_start=start, window_end=end)
         rows = [
             c.summary()
             for c in found

@@ -17,7 +17,7 @@ encounter without an outcome yet is censored (its hours are excluded, not counte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -186,6 +186,17 @@ class JoinState:
             setattr(self.attributes.setdefault(event.encounter, Attributes()), event.feature, float(event.value))
             return True
         return False
+
+    def snapshot(self) -> JoinState:
+        """A copy to compute on in another thread while the event loop keeps feeding this one."""
+        return JoinState(
+            horizon=self.horizon,
+            live={name: dict(table) for name, table in self.live.items()},
+            shadow={key: dict(table) for key, table in self.shadow.items()},
+            outcomes={e: replace(o) for e, o in self.outcomes.items()},
+            attributes={e: replace(a) for e, a in self.attributes.items()},
+            counts=dict(self.counts),
+        )
 
     # --- labelling -------------------------------------------------------------------------------------
 
