@@ -363,3 +363,20 @@ def test_age_and_sex_whichever_arrives_first() -> None:
     reading = one(first.map_payload(obs(subject=None, encounter={"reference": "Encounter/e7"})))
     assert (reading.patient, reading.encounter) == ("p7", "e7")
     assert one(first.map_payload(obs(encounter=None, subject={"reference": "Patient/p7"}))).encounter is None
+
+
+def test_mimic_local_item_codes() -> None:
+    items = "http://mimic.mit.edu/fhir/mimic/CodeSystem/mimic-d-items"
+    units = "http://mimic.mit.edu/fhir/mimic/CodeSystem/mimic-units"
+    temp = obs(
+        code={"coding": [{"system": items, "code": "223761", "display": "Temperature Fahrenheit"}]},
+        valueQuantity={"value": 100.4, "unit": "°F", "code": "°F", "system": units},
+    )
+    assert (one(Mapper().map_payload(temp)).feature, one(Mapper().map_payload(temp)).value) == ("temperature", 38.0)
+    rr = obs(
+        code={"coding": [{"system": items, "code": "220210"}]},
+        valueQuantity={"value": 22, "unit": "insp/min", "code": "insp/min", "system": units},
+    )
+    assert (one(Mapper().map_payload(rr)).feature, one(Mapper().map_payload(rr)).value) == ("resp_rate", 22.0)
+    output = obs(code={"coding": [{"system": items, "code": "226560"}]}, valueQuantity={"value": 175, "unit": "ml"})
+    assert Mapper().map_payload(output).counts["ignored_code"] == 1  # urine output: not in the vocabulary

@@ -48,6 +48,7 @@ from vigil_common.events import (
     utcnow,
 )
 from vigil_common.vocabulary import VOCABULARY, Measurement
+from vigil_ingest.local_codes import LOCAL_CODES
 from vigil_ingest.units import UCUM_SYSTEMS, UnitConverter, UnitError
 
 LOINC_SYSTEMS = frozenset(
@@ -800,6 +801,8 @@ class Mapper:
                 feature = codes.get(("loinc", code))
             elif system in SNOMED_SYSTEMS:
                 feature = codes.get(("snomed", code.strip()))
+            elif system in LOCAL_CODES:
+                feature = LOCAL_CODES[system].get(code.strip())
             else:
                 continue
             if feature is not None and found is None:

@@ -74,6 +74,7 @@ TEXT_ALIASES: dict[str, str] = {
     "{breaths}/min": "/min",
     "{breath}/min": "/min",
     "br/min": "/min",
+    "insp/min": "/min",
     "permin": "/min",
     "/minute": "/min",
     # pressure
