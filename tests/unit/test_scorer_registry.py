@@ -144,3 +144,17 @@ def test_a_package_of_another_input_schema_is_rejected(v1: Path, tmp_path: Path)
 
     with pytest.raises(PackageRejected, match="input schema"):
         verify_package(other, artifact_sha256=None, package_sha256=None)
+
+
+async def test_a_relative_artifact_url_is_fetched_from_the_registry(v1: Path, tmp_path: Path) -> None:
+    data = tarball(v1)
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        return httpx.Response(200, content=data)
+
+    client = registry(handler)
+    package = await client.fetch_package("/models/sepsis/versions/1/artifact", cache_dir=tmp_path, artifact_sha256=None)
+    assert package.version == "1"
+    assert asked == ["http://registry/models/sepsis/versions/1/artifact"]

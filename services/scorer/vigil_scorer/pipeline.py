@@ -177,7 +177,7 @@ class ScorerService:
                 )
                 if str(package.version) != event.model_version or package.name != event.model_name:
                     raise PackageRejected("the package is not the version the event announced")
-            except (RegistryUnavailable, PackageRejected, ValueError) as error:
+            except (RegistryUnavailable, PackageRejected, ValueError, OSError) as error:
                 self.metrics.swaps.labels("refused").inc()
                 self.metrics.errors.labels("swap").inc()
                 log.error(

@@ -18,6 +18,7 @@ feature pipeline's (``ModelPackage.load``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import logging
@@ -120,16 +121,17 @@ class RegistryClient:
         package_sha256: str | None = None,
     ) -> ModelPackage:
         """Download, unpack and verify a package; the result is fully loaded (ready to swap in)."""
-        parsed = urlparse(url)
-        local: Path | None = None
-        if parsed.scheme == "file":
-            local = Path(parsed.path)
-        elif not parsed.scheme:
-            local = Path(url)
-        if local is not None and local.is_dir():
-            return verify_package(local, artifact_sha256=artifact_sha256, package_sha256=package_sha256)
+        local = _local_path(url)
+        if local is None and not urlparse(url).scheme:
+            # A path on the registry (lifecycle events may carry relative artifact URLs).
+            url = urljoin(self.base_url + "/", url.lstrip("/"))
         if local is not None:
-            data = local.read_bytes()
+            # Verification hashes files and loads the ONNX session: keep it off the event loop.
+            if local.is_dir():
+                return await asyncio.to_thread(
+                    verify_package, local, artifact_sha256=artifact_sha256, package_sha256=package_sha256
+                )
+            data = await asyncio.to_thread(local.read_bytes)
         else:
             try:
                 response = await self._http.get(url, follow_redirects=True)
@@ -138,9 +140,19 @@ class RegistryClient:
             if response.status_code >= 400:
                 raise RegistryUnavailable(f"download failed: HTTP {response.status_code}")
             data = response.content
-        return unpack_and_verify(
-            data, cache_dir=cache_dir, artifact_sha256=artifact_sha256, package_sha256=package_sha256
+        return await asyncio.to_thread(
+            unpack_and_verify, data, cache_dir=cache_dir, artifact_sha256=artifact_sha256, package_sha256=package_sha256
         )
+
+
+def _local_path(url: str) -> Path | None:
+    """The local file or folder a ``file://`` URL or plain path names (None for a URL on a server)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if not parsed.scheme and Path(url).exists():
+        return Path(url)
+    return None
 
 
 def unpack_and_verify(
