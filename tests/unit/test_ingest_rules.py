@@ -380,3 +380,23 @@ def test_mimic_local_item_codes() -> None:
     assert (one(Mapper().map_payload(rr)).feature, one(Mapper().map_payload(rr)).value) == ("resp_rate", 22.0)
     output = obs(code={"coding": [{"system": items, "code": "226560"}]}, valueQuantity={"value": 175, "unit": "ml"})
     assert Mapper().map_payload(output).counts["ignored_code"] == 1  # urine output: not in the vocabulary
+
+
+def test_conditional_references_bom_and_xml() -> None:
+    mapper = Mapper()
+    mapper.map_payload({"resourceType": "Patient", "id": "p42", "identifier": [{"system": "urn:mrn", "value": "42"}]})
+    conditional = obs(subject={"reference": "Patient?identifier=urn%3Amrn%7C42"})
+    assert one(mapper.map_payload(conditional)).patient == "p42"
+    bom = b"\xef\xbb\xbf" + json.dumps(obs()).encode()
+    assert one(mapper.map_bytes(bom)).feature == "heart_rate"
+    assert reasons(mapper.map_bytes(b'<Observation xmlns="http://hl7.org/fhir"/>')) == [
+        "FHIR XML is not accepted: send FHIR JSON"
+    ]
+
+
+def test_dry_run_reads_a_json_array(tmp_path: Path) -> None:
+    from vigil_ingest.cli import read_payloads
+
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([obs(id="a"), obs(id="b")]))
+    assert [json.loads(p)["id"] for p in read_payloads(path)] == ["a", "b"]

@@ -29,6 +29,17 @@ def read_payloads(path: Path) -> list[bytes]:
     data = path.read_bytes()
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if data.lstrip().startswith(b"["):
+        # A JSON array of resources (some exports): each element is a payload.
+        try:
+            items = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return [data]
+        if isinstance(items, list) and all(isinstance(item, dict) for item in items):
+            return [orjson.dumps(item) for item in items]
+        return [data]
     name = path.name.lower().removesuffix(".gz")
     lines = [line for line in data.splitlines() if line.strip()]
     if name.endswith((".ndjson", ".jsonl")):

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias, TypeVar
+from urllib.parse import unquote
 
 import orjson
 
@@ -354,11 +355,15 @@ class Mapper:
 
     def map_bytes(self, data: bytes | str, *, system: str | None = None) -> MapResult:
         """Parse and map one payload; a payload that is not JSON gives one rejection (never raises)."""
+        if isinstance(data, bytes) and data.startswith(b"\xef\xbb\xbf"):
+            data = data[3:]  # a UTF-8 byte-order mark, as some Windows tools write
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError as error:
             result = MapResult()
             reason = f"invalid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+            if data.lstrip()[:1] in (b"<", "<"):
+                reason = "FHIR XML is not accepted: send FHIR JSON"
             result.rejections.append(Rejection(reason, issue="invalid"))
             result.entries.append(EntryOutcome(None, None, None, "rejected", rejections=list(result.rejections)))
             result.counts["rejected_payload"] += 1
@@ -542,6 +547,15 @@ class Mapper:
             if resolved is None and target.count("/") == 1 and ":" not in target:
                 kind, _, ident = target.partition("/")  # the common "Patient/123": no more parsing needed
                 return ident if kind == r_type and ident else None
+            if "?" in target:
+                # A conditional reference of a transaction: "Patient?identifier=system|value".
+                kind, _, query = target.partition("?")
+                for part in query.split("&"):
+                    name, _, token = part.partition("=")
+                    if kind == r_type and name == "identifier" and token:
+                        system, bar, value = unquote(token).rpartition("|")
+                        return self._by_identifier({"system": system if bar else None, "value": value}, r_type)
+                return None
             if target.startswith("#"):
                 inner = contained.get(target[1:])
                 if inner is not None and inner.get("resourceType") == r_type:
