@@ -158,3 +158,65 @@ async def test_a_relative_artifact_url_is_fetched_from_the_registry(v1: Path, tm
     package = await client.fetch_package("/models/sepsis/versions/1/artifact", cache_dir=tmp_path, artifact_sha256=None)
     assert package.version == "1"
     assert asked == ["http://registry/models/sepsis/versions/1/artifact"]
+
+
+def test_the_real_registry_api_answers_what_the_client_expects(tmp_path: Path, v1: Path) -> None:
+    """Contract check against the registry service itself (its FastAPI app, SQLite, no Kafka)."""
+    import asyncio
+
+    from fastapi.testclient import TestClient
+
+    from vigil_registry.app import create_app as registry_app
+    from vigil_registry.artifacts import pack_folder
+    from vigil_registry.settings import Settings as RegistrySettings
+
+    tokens = {
+        "scientist-token-0123456789abcdef": {"user": "dana", "role": "data_scientist"},
+        "approver-token-0123456789abcdefg": {"user": "dr-alice", "role": "clinical_approver"},
+        "viewer-token-0123456789abcdefghi": {"user": "vic", "role": "viewer"},
+    }
+    sci, app_ = ({"Authorization": f"Bearer {t}"} for t in list(tokens)[:2])
+    settings = RegistrySettings(
+        database_url=f"sqlite:///{tmp_path / 'r.db'}",
+        artifact_root=tmp_path / "artifacts",
+        public_url="http://registry",
+        tokens=tokens,
+        kafka_enabled=False,
+        development=False,
+    )
+    app = registry_app(settings)
+    with TestClient(app, base_url="http://registry") as http:
+        created = http.post(
+            "/models/sepsis/versions", content=pack_folder(v1), headers={**sci, "Content-Type": "application/gzip"}
+        )
+        assert created.status_code == 201, created.text
+        for path, payload, headers in [
+            ("/models/sepsis/versions/1/stage", {"to": "shadow"}, sci),
+            ("/models/sepsis/versions/1/proposals", {"reason": "first version"}, sci),
+            ("/models/sepsis/versions/1/approve", {"reason": "ok"}, app_),
+            ("/models/sepsis/versions/1/promote", {"reason": "go live"}, app_),
+        ]:
+            assert http.post(path, json=payload, headers=headers).status_code in (200, 201)
+
+        def through_test_client(request: httpx.Request) -> httpx.Response:
+            r = http.request(request.method, str(request.url), headers=dict(request.headers))
+            return httpx.Response(r.status_code, content=r.content, headers=r.headers)
+
+        client = RegistryClient(
+            "http://registry",
+            token="viewer-token-0123456789abcdefghi",
+            transport=httpx.MockTransport(through_test_client),
+        )
+
+        async def fetch() -> ModelPackage:
+            ref = await client.production("sepsis")
+            assert ref is not None and ref.version == "1" and ref.artifact_url and ref.package_sha256
+            return await client.fetch_package(
+                ref.artifact_url,
+                cache_dir=tmp_path / "cache",
+                artifact_sha256=ref.artifact_sha256,
+                package_sha256=ref.package_sha256,
+            )
+
+        package = asyncio.run(fetch())
+    assert package.version == "1" and package.sha256 == ModelPackage.load(v1).sha256
