@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 from aiokafka.abc import ConsumerRebalanceListener
 from faststream.kafka.message import KafkaMessage
 from prometheus_client import Counter, Gauge
@@ -226,7 +226,7 @@ class ScorerService:
             base = self.metrics.base
             base.processing.labels(SERVICE, "batch").observe(time.perf_counter() - t0)
             base.count(self.topics.observations, "parked", parked)
-            self._update_lag(message)
+            await self._update_lag()
             if self.core is not None:
                 self.metrics.states.set(len(self.core))
 
@@ -286,18 +286,19 @@ class ScorerService:
     async def _publish_scores(self, topic: str, scores: Any) -> None:
         await self.sink.send_all(topic, [(s.key_bytes(), encode(s), None) for s in scores])
 
-    def _update_lag(self, message: KafkaMessage) -> None:
+    async def _update_lag(self) -> None:
+        """Per assigned partition: the broker's highwater minus this consumer's position (after the batch)."""
         consumer = self.consumer_of()
         if consumer is None:
             return
-        last: dict[int, int] = {}
-        for record in message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,):
-            last[record.partition] = max(last.get(record.partition, -1), record.offset)
-        for partition, offset in last.items():
+        for tp in consumer.assignment():
+            if tp.topic != self.topics.observations:
+                continue
             with contextlib.suppress(Exception):
-                highwater = consumer.highwater(TopicPartition(self.topics.observations, partition))
-                if highwater is not None:
-                    self.metrics.lag.labels(str(partition)).set(max(0, highwater - offset - 1))
+                highwater = consumer.highwater(tp)
+                position = await asyncio.wait_for(consumer.position(tp), timeout=0.2)
+                if highwater is not None and position is not None:
+                    self.metrics.lag.labels(str(tp.partition)).set(max(0, highwater - position))
 
     # --- partitions ---------------------------------------------------------------------------------
 
