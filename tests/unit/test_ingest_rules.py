@@ -17,6 +17,7 @@ from vigil_common.events import (
     canonical_event_adapter,
     deterministic_id,
 )
+from vigil_common.vocabulary import VOCABULARY
 from vigil_ingest.mapping import Deduper, Mapper, MapResult, fast_id, observation_id
 
 TESTDATA = Path(__file__).resolve().parents[1] / "testdata" / "fhir"
@@ -400,3 +401,22 @@ def test_dry_run_reads_a_json_array(tmp_path: Path) -> None:
     path = tmp_path / "export.json"
     path.write_text(json.dumps([obs(id="a"), obs(id="b")]))
     assert [json.loads(p)["id"] for p in read_payloads(path)] == ["a", "b"]
+
+
+@pytest.mark.parametrize("name", [m.name for m in VOCABULARY.values() if m.loinc])
+def test_every_vocabulary_row_round_trips(name: str) -> None:
+    m = VOCABULARY[name]
+    value = round((m.low + m.high) / 2, 3)
+    category = "laboratory" if m.kind == "lab" else "vital-signs"
+    payload = obs(
+        code={"coding": [{"system": "http://loinc.org", "code": m.loinc[0]}]},
+        category=[{"coding": [{"code": category}]}],
+        valueQuantity={"value": value, "unit": m.unit, "system": "http://unitsofmeasure.org", "code": m.unit},
+    )
+    reading = one(Mapper().map_payload(payload))
+    assert (reading.feature, reading.value, reading.unit) == (name, value, m.unit)
+    for unit, factor in m.conversions.items():  # every listed conversion is reachable from its UCUM code
+        payload["valueQuantity"] = {"value": 1.0, "code": unit, "system": "http://unitsofmeasure.org"}
+        result = Mapper().map_payload(payload)
+        if m.low <= factor <= m.high:
+            assert one(result).value == pytest.approx(factor, abs=1e-6)  # converted values keep 6 decimals
