@@ -203,3 +203,22 @@ def test_strict_transactions_refuse_the_whole_bundle() -> None:
     bundle["type"] = "batch"  # a batch is per entry even in strict mode
     assert client.post("/fhir", content=orjson.dumps(bundle), headers=FHIR).status_code == 200
     assert len(publisher.published) == 5
+
+
+def test_every_kit_bundle_type_gets_one_outcome_per_entry(
+    setup: tuple[TestClient, FakePublisher], shared_kit: Path
+) -> None:
+    client, _ = setup
+    seen_types: set[str | None] = set()
+    for path in sorted((shared_kit / "fhir" / "hl7-examples").rglob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            continue
+        if not isinstance(data, dict) or data.get("resourceType") != "Bundle" or path.stat().st_size > 16_000:
+            continue
+        seen_types.add(data.get("type"))
+        r = client.post("/fhir", content=path.read_bytes(), headers=FHIR)
+        assert r.status_code == 200, path.name
+        assert len(r.json()["entry"]) == len(data.get("entry", [])), path.name
+    assert {"transaction", "batch", "collection", "searchset", "message", None} <= seen_types
