@@ -99,6 +99,8 @@ async def test_service_consumes_live_topics_and_publishes_alerts(settings_env: d
         await publisher.publish_all(settings.topics.scores_live, bad_scores)
         await publisher.publish_all(settings.topics.outcomes, [factories.outcome(encounter="enc-1", key="enc-1")])
         await producer_broker.publish(b"{not json", settings.topics.scores_live, key=b"enc-1")
+        # a valid event on the wrong topic is parked too, with its reason
+        await publisher.publish_all(settings.topics.scores_live, [factories.outcome(encounter="enc-2", key="enc-2")])
     finally:
         await producer_broker.stop()
 
@@ -128,7 +130,7 @@ async def test_service_consumes_live_topics_and_publishes_alerts(settings_env: d
                 for r in records:
                     e = ev.any_event_adapter.validate_json(r.value)
                     (alerts if isinstance(e, ev.AlertRaised) else letters).append(e)
-            if wanted <= {a.alert_key for a in alerts} and letters:
+            if wanted <= {a.alert_key for a in alerts} and len(letters) >= 2:
                 break
     finally:
         await consumer.stop()
@@ -139,7 +141,9 @@ async def test_service_consumes_live_topics_and_publishes_alerts(settings_env: d
     temp = next(a for a in alerts if a.alert_key == "data_drift:inputs:temperature")
     assert temp.key == "inputs" and temp.kind == "data_drift" and temp.value >= temp.threshold
     assert len([a for a in alerts if a.alert_key == "data_drift:inputs:temperature" and a.state == "open"]) == 1
-    assert letters and letters[0].service == "drift" and letters[0].source_topic == settings.topics.scores_live
+    assert len(letters) == 2
+    assert all(x.service == "drift" and x.source_topic == settings.topics.scores_live for x in letters)
+    assert any("does not belong" in x.error for x in letters)
     exposed = runtime.metrics.expose().decode()
     assert 'vigil_drift_feature{feature="temperature",quantity="drift_score"}' in exposed
     assert 'vigil_drift_alerts_total{kind="data_drift",state="open"}' in exposed

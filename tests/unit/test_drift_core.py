@@ -36,6 +36,8 @@ SMALL = Thresholds(
     performance_every=500,
     min_positives=40,
     min_positive_stays=5,
+    fairness_window=3000,
+    fairness_min_positive_stays=5,
 )
 T = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -84,6 +84,12 @@ class Thresholds(BaseModel):
     """Minimum positive (and negative) labelled predictions in a window or subgroup before judging it."""
     min_positive_stays: int = 20
     """...and minimum distinct stays among the positives (a septic stay's hours are not independent)."""
+    fairness_window: int = Field(default=150000, ge=100)
+    """Labelled predictions in the fairness window: per-subgroup sensitivity needs many positive stays per
+    subgroup (set A split in two: with 50000 labelled hours, about 15-35 septic stays per age band, and the
+    max/min sensitivity ratio wandered up to 2.4 with nothing changed)."""
+    fairness_min_positive_stays: int = 40
+    """Minimum distinct positive stays in a subgroup before its sensitivity and AUROC are compared."""
     disparity: float = 1.25
     """Fairness: max/min across subgroups of sensitivity or AUROC."""
     disparity_growth: float = 1.25

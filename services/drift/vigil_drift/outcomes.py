@@ -202,6 +202,7 @@ class PerformanceMonitor:
                 self.detections += 1
                 self.last_detection = self.seen + i
         w = th.performance_window
+        keep = max(w, th.fairness_window)
         y = np.concatenate([self.y, np.asarray(label, dtype=bool)])
         p = np.concatenate([self.p, np.asarray(probability, dtype=float)])
         a = np.concatenate([self.a, np.asarray(alert, dtype=bool)])
@@ -218,6 +219,7 @@ class PerformanceMonitor:
         )
         for e_global, e in zip(ends.tolist(), (ends - start).tolist(), strict=True):
             lo = max(0, e - w)
+            flo = max(0, e - th.fairness_window)
             wy, wp, wa = y[lo:e], p[lo:e], a[lo:e]
             n_pos = int(wy.sum())
             if n_pos < th.min_positives or len(wy) - n_pos < th.min_positives:
@@ -226,14 +228,16 @@ class PerformanceMonitor:
                 continue
             at = at_time(times[e - 1 - (len(y) - n)])
             window = f"last {len(wy)} labelled scores"
-            groups_w = {k: v[lo:e] for k, v in g.items()}
-            out += self._judge(wy, wp, wa, groups_w, st[lo:e], e_global, at, window, version)
-        self.y, self.p, self.a, self.stays = y[-w:], p[-w:], a[-w:], st[-w:]
-        self.g = {k: v[-w:] for k, v in g.items()}
+            out += self._judge(wy, wp, wa, e_global, at, window, version)
+            out += self._fairness(
+                y[flo:e], p[flo:e], a[flo:e], {k: v[flo:e] for k, v in g.items()}, st[flo:e], at, version
+            )
+        self.y, self.p, self.a, self.stays = y[-keep:], p[-keep:], a[-keep:], st[-keep:]
+        self.g = {k: v[-keep:] for k, v in g.items()}
         self.seen += n
         return out
 
-    def _judge(self, y, p, a, groups, stays, e_global, at, window, version) -> list[AlertRaised]:  # type: ignore[no-untyped-def]
+    def _judge(self, y, p, a, e_global, at, window, version) -> list[AlertRaised]:  # type: ignore[no-untyped-def]
         th, out = self.th, []
         auc = auroc(y, p)
         ece = expected_calibration_error(y, p) or 0.0
@@ -303,8 +307,13 @@ class PerformanceMonitor:
                 },
             )
         )
+        return [x for x in out if x is not None]
+
+    def _fairness(self, y, p, a, groups, stays, at, version) -> list[AlertRaised]:  # type: ignore[no-untyped-def]
+        th, out = self.th, []
+        window = f"last {len(y)} labelled scores"
         per_attribute = {
-            attr: subgroup_metrics(y, p, a, values, stays, th.min_positives, th.min_positive_stays)
+            attr: subgroup_metrics(y, p, a, values, stays, th.min_positives, th.fairness_min_positive_stays)
             for attr, values in groups.items()
         }
         for key, ratio in disparities(per_attribute).items():
