@@ -296,6 +296,7 @@ async def run(
         await reader.stop()
     batch_sum = _metric(metrics, "vigil_batch_size_sum")
     batch_count = _metric(metrics, "vigil_batch_size_count")
+    core_only = _core_only(events, batch_max_records)
     rows = offline_features(frame).to_numpy(dtype=np.float32)
     baseline = await _baseline(rows, requests=baseline_requests, concurrency=baseline_concurrency, workdir=workdir)
     events_ratio = (throughput["events_per_s"] or 0) / baseline["predictions_per_s"]
@@ -303,6 +304,7 @@ async def run(
     return {
         "bench": "scorer",
         "throughput": throughput,
+        "core_only_in_process": core_only,
         "latency_at_fixed_load": latencies[0],
         "latency_at_other_loads": latencies[1:],
         "baseline_article_fastapi": baseline,
@@ -320,6 +322,27 @@ async def run(
         "targets": {"events_per_s": 20000, "p99_ms_at_5000_events_per_s": 50},
         "machine_cpus": os.cpu_count(),
     }
+
+
+def _core_only(events: list[Any], batch: int) -> dict[str, Any]:
+    """The same events through ScoringCore in this process (JSON parsing included, no broker): the CPU bound."""
+    from vigil_common.events import Stage, canonical_event_adapter
+    from vigil_common.model_package import ModelPackage
+    from vigil_common.scoring import Incoming, ScoringCore
+
+    payloads = [encode(e) for e in events]
+    core = ScoringCore(ModelPackage.load(package_path("1")), stage=Stage.PRODUCTION)
+    scores = 0
+    t0 = time.perf_counter()
+    for i in range(0, len(payloads), batch):
+        chunk = payloads[i : i + batch]
+        items = [Incoming(canonical_event_adapter.validate_json(v), None, 0, i + j) for j, v in enumerate(chunk)]
+        out = core.process(items)
+        for encounter in out.changed:
+            core.snapshot(encounter)
+        scores += len(out.scores)
+    elapsed = time.perf_counter() - t0
+    return {"events_per_s": round(len(events) / elapsed, 1), "scores_per_s": round(scores / elapsed, 1)}
 
 
 def _metric(text: str, name: str) -> float:
