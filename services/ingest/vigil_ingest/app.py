@@ -219,10 +219,18 @@ def build_router(core: IngestCore, settings: Settings, prefix: str | None = None
         fresh_ids = {e.event_id for e in published[0]}
         entries = []
         for entry in result.entries:
-            fresh = sum(1 for e in entry.events if e.event_id in fresh_ids)
-            status_line, issues = entry_status(entry, fresh)
-            response: dict[str, Any] = {"status": status_line, "outcome": operation_outcome(issues)}
-            if (loc := location(entry)) is not None and not status_line.startswith("4"):
+            fresh = 0
+            for event in entry.events:
+                if event.event_id in fresh_ids:
+                    fresh += 1
+            response: dict[str, Any]
+            if fresh and fresh == len(entry.events) and not entry.rejections and entry.note is None:
+                # The common case, kept small (a Bundle of thousands of readings): created, nothing to say.
+                response = {"status": "201 Created"}
+            else:
+                status_line, issues = entry_status(entry, fresh)
+                response = {"status": status_line, "outcome": operation_outcome(issues)}
+            if (loc := location(entry)) is not None and not response["status"].startswith("4"):
                 response["location"] = loc
             entries.append({"response": response})
         body = {
