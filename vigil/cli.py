@@ -208,7 +208,7 @@ def demo(
         data=data, stays=stays or None, json_out=json_out, report_out=report, drift=drift, keep_running=keep_running
     )
     summary = run_demo(options, console)
-    ok = summary["accounting"]["zero_loss"] and all(m["agree"] for m in summary["models"].values())
+    ok = summary["accounting"]["zero_loss"] and all(m["agree"] is not False for m in summary["models"].values())
     raise typer.Exit(0 if ok else 1)
 
 
@@ -236,6 +236,9 @@ def _mount() -> None:
     app.add_typer(drift_app, name="drift")
     app.add_typer(registry_app, name="registry")
     app.add_typer(shadow_app, name="shadow")
+    from vigil_shadow.cli import replay as shadow_replay
+
+    app.command("replay")(shadow_replay)
 
 
 _mount()

@@ -313,7 +313,8 @@ def model_figures(
     threshold = float(package.thresholds["operating"])
     streamed_rows = _bedside_view(rows, encounter_of, streamed)
     offline = predict_frame(package, rows)
-    has_data = rows[list(MEASUREMENT_COLUMNS)].notna().any(axis=1).to_numpy()
+    # A stream scores the hours in which something arrived: a measurement, or hour 0 (age and sex at admission).
+    has_data = (rows[list(MEASUREMENT_COLUMNS)].notna().any(axis=1) | (rows["hour"] == 0)).to_numpy()
     offline_scores = {
         (encounter_of[str(p)], int(h)): float(s)
         for p, h, s, d in zip(rows["patient_id"], rows["hour"], offline, has_data, strict=True)
@@ -364,6 +365,7 @@ class Demo:
         self.stack = Stack(kafka_port=options.kafka_port, port_base=options.port_base)
         self.story: list[dict[str, Any]] = []
         self.phase = "starting"
+        self.drifted_encounters: set[str] = set()
 
     # -- narration -------------------------------------------------------------------------------------
     def say(self, text: str, **data: Any) -> None:
@@ -427,6 +429,14 @@ class Demo:
             "DRIFT_MODEL_NAME": MODEL,
             "DRIFT_REFERENCE_PATH": str(reference) if reference.exists() else "",
         }
+        try:
+            return await self._run(env, production, candidate, t0)
+        except BaseException:
+            if not self.o.keep_running:
+                self.stack.down()
+            raise
+
+    async def _run(self, env: dict[str, str], production: Path, candidate: Path, t0: float) -> dict[str, Any]:
         ready = self.stack.up(extra_env=env, timeout=90)
         if not all(ready.values()):
             raise RuntimeError(f"services not ready: {ready}; logs in {self.stack.log_dir}")
@@ -473,7 +483,9 @@ class Demo:
             f"/models/{MODEL}/versions/{v_prod}/approve",
             json={"reason": "validated on the held-out cohort; card reviewed"},
         )
-        registry.call("approver", "POST", f"/models/{MODEL}/versions/{v_prod}/promote", json={"reason": "go-live"})
+        if registry.call("viewer", "GET", f"/models/{MODEL}/versions/{v_prod}")["stage"] != "production":
+            # With auto_promote the registry promotes on approval itself; otherwise the approver does.
+            registry.call("approver", "POST", f"/models/{MODEL}/versions/{v_prod}/promote", json={"reason": "go-live"})
         self.say(f"v{v_prod} approved by a clinical approver (not the proposer) and promoted to production")
         registry.register(candidate)
         registry.call(
@@ -555,6 +567,8 @@ class Demo:
 
         self.phase = "streaming under the promoted model, with drift"
         drifts = [sim.Drift.parse(f"{self.o.drift}@0")] if self.o.drift else []
+        if drifts:
+            self.drifted_encounters = {s.encounter for s in second}
         if second:
             self.say(
                 f"streaming {len(second)} more stays; from now the EHR interface sends "
@@ -714,15 +728,22 @@ class Demo:
             by_version[f"live v{score.model_version}"][(enc, hour)] = score.probability
         for (version, enc, hour), score in o.shadow.items():
             by_version[f"shadow v{version}"][(enc, hour)] = score.probability
+        drifted = self.drifted_encounters
         for label, scores in sorted(by_version.items()):
             version = label.split("v")[-1]
             encounters = {enc for enc, _ in scores}
-            stays = [s for s in plan if s.encounter in encounters]
-            if not stays:
-                continue
-            sub = rows[rows["patient_id"].isin({s.patient_id for s in stays})].reset_index(drop=True)
             package = ModelPackage.load(default_package_path(version))
-            figures[label] = model_figures(sub, encounter_of, scores, package)
+            # Agreement with `vigil model predict` holds on stays streamed as recorded; the stays sent with an
+            # injected drift are reported apart (their inputs differ from the rows by design).
+            clean = [s for s in plan if s.encounter in encounters and s.encounter not in drifted]
+            if clean:
+                sub = rows[rows["patient_id"].isin({s.patient_id for s in clean})].reset_index(drop=True)
+                figures[label] = model_figures(sub, encounter_of, scores, package)
+            dirty = [s for s in plan if s.encounter in encounters and s.encounter in drifted]
+            if dirty:
+                sub = rows[rows["patient_id"].isin({s.patient_id for s in dirty})].reset_index(drop=True)
+                f = model_figures(sub, encounter_of, scores, package)
+                figures[f"{label} (stays with injected drift)"] = {**f, "agree": None}
         audit = registry.call("viewer", "GET", "/audit/verify") if self._has_audit(registry) else None
         summary: dict[str, Any] = {
             "run": self.run_id,
@@ -748,6 +769,7 @@ class Demo:
                 "ingest_entry_outcomes": dict(entries),
                 "http_status": {k: v for r in reports for k, v in r.as_dict()["http_status"].items()},
                 "stay_hours_without_live_score": len(unscored),
+                "unscored_examples": [f"{e}@{h}" for e, h in sorted(unscored)[:10]],
                 "zero_loss": not unscored and o.observations > 0,
                 "explanation": (
                     "Every FHIR entry got a per-entry outcome from ingest (201 published, 200 accepted without a "
@@ -820,7 +842,7 @@ class Demo:
                 str(f["alerts_streamed"]),
                 _fmt(f["offline_same_rows"].get("auroc")),
                 _fmt(f["offline_same_rows"].get("utility")),
-                "yes" if f["agree"] else "NO",
+                AGREE[f["agree"]],
             )
         self.console.print(m)
 
@@ -833,6 +855,9 @@ class Demo:
             self.o.json_out.parent.mkdir(parents=True, exist_ok=True)
             self.o.json_out.write_text(json.dumps(summary, indent=2, default=str))
         self.say(f"report: {report}" + (f"; summary: {self.o.json_out}" if self.o.json_out else ""))
+
+
+AGREE = {True: "yes", False: "NO", None: "n/a (drift)"}
 
 
 def _fmt(v: Any) -> str:
@@ -889,7 +914,7 @@ def render_html(s: dict[str, Any]) -> str:
         f"<tr><td>{html.escape(k)}</td><td>{f['stays']}</td><td>{_fmt(f['streamed'].get('auroc'))}</td>"
         f"<td>{_fmt(f['streamed'].get('utility'))}</td><td>{f['alerts_streamed']}</td>"
         f"<td>{_fmt(f['offline_same_rows'].get('auroc'))}</td><td>{_fmt(f['offline_same_rows'].get('utility'))}</td>"
-        f"<td>{_fmt(f['offline_all_rows'].get('auroc'))}</td><td>{'yes' if f['agree'] else 'NO'}</td></tr>"
+        f"<td>{_fmt(f['offline_all_rows'].get('auroc'))}</td><td>{AGREE[f['agree']]}</td></tr>"
         for k, f in s["models"].items()
     )
     zero = "yes" if s["accounting"]["zero_loss"] else "NO"

@@ -253,10 +253,7 @@ class LocalCluster:
             if dead:
                 tail = dead[0].log_file.read_text(errors="replace")[-3000:] if dead[0].log_file.exists() else ""
                 raise KafkaError(f"broker {dead[0].node_id} exited during start-up:\n{tail}")
-            if (
-                all(n.answers() for n in self.nodes)
-                and asyncio.run(_brokers_registered(self.bootstrap_servers)) >= self.brokers
-            ):
+            if all(n.answers() for n in self.nodes) and _registered_brokers(self.bootstrap_servers) >= self.brokers:
                 return
             time.sleep(0.5)
         raise KafkaError(f"Kafka did not answer within {timeout:.0f}s; see {self.nodes[0].log_file}")
@@ -328,6 +325,17 @@ def _kafka_uuid() -> str:
     import base64
 
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _registered_brokers(bootstrap: str) -> int:
+    """How many brokers the cluster's metadata lists (0 when it does not answer yet).
+
+    Run on a thread of its own, so that callers inside an event loop (the demo, async tests) can use it too.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, _brokers_registered(bootstrap)).result()
 
 
 async def _brokers_registered(bootstrap: str) -> int:

@@ -370,7 +370,11 @@ Sender = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 class HttpSender:
-    """Posts bundles to ingest's FHIR base, a few in flight at once; records the per-entry outcomes."""
+    """Posts bundles to ingest's FHIR base, several encounters in flight at once, each encounter in order.
+
+    An interface engine keeps one patient's messages in sequence (a later bundle is sent once the earlier one
+    is acknowledged); different encounters go in parallel.
+    """
 
     def __init__(self, base_url: str, report: SimulationReport, concurrency: int = 8) -> None:
         import httpx
@@ -379,12 +383,19 @@ class HttpSender:
         self.report = report
         self.slots = asyncio.Semaphore(concurrency)
         self.pending: set[asyncio.Task[None]] = set()
+        self.last: dict[str, asyncio.Task[None]] = {}
 
     async def send(self, key: str, bundle: dict[str, Any]) -> None:
         await self.slots.acquire()
-        task = asyncio.create_task(self._post(bundle))
+        task = asyncio.create_task(self._after(self.last.get(key), bundle))
+        self.last[key] = task
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
+
+    async def _after(self, previous: asyncio.Task[None] | None, bundle: dict[str, Any]) -> None:
+        if previous is not None:
+            await asyncio.shield(previous)
+        await self._post(bundle)
 
     async def _post(self, bundle: dict[str, Any]) -> None:
         try:
