@@ -220,3 +220,36 @@ def test_the_real_registry_api_answers_what_the_client_expects(tmp_path: Path, v
 
         package = asyncio.run(fetch())
     assert package.version == "1" and package.sha256 == ModelPackage.load(v1).sha256
+
+
+async def test_on_the_default_model_the_registry_is_asked_again_and_its_version_swapped_in(
+    tmp_path: Path, v1: Path
+) -> None:
+    import asyncio
+
+    data = tarball(v1)
+    sha = ModelPackage.load(v1).sha256
+    up = {"registry": False}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if not up["registry"]:
+            raise httpx.ConnectError("refused", request=request)
+        if request.url.path.endswith("/production"):
+            return httpx.Response(200, json={"version": "1", "artifact_url": "/artifacts/1", "artifact_sha256": sha})
+        return httpx.Response(200, content=data)
+
+    svc = service(tmp_path, handler)
+    svc.settings.registry_poll_s = 0.01
+    svc.install(await svc.load_initial_model())
+    assert svc.core is not None and svc.core.default_model
+    poll = asyncio.create_task(svc.poll_registry_while_default())
+    try:
+        up["registry"] = True
+        for _ in range(200):
+            if not svc.core.default_model:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        poll.cancel()
+        await asyncio.gather(poll, return_exceptions=True)
+    assert not svc.core.default_model and svc.core.model_version == "1"

@@ -107,23 +107,29 @@ class ScorerService:
 
     # --- model --------------------------------------------------------------------------------------
 
-    async def load_initial_model(self) -> LoadedModel:
-        """The registry's production version, else the repository's default package (flagged as such)."""
+    async def registry_model(self) -> LoadedModel | None:
+        """The registry's production version, loaded and verified; None when the registry has none or is unusable."""
         try:
             ref = await self.registry.production(self.settings.model_name)
-            if ref is not None and ref.artifact_url:
-                package = await self.registry.fetch_package(
-                    ref.artifact_url,
-                    cache_dir=self.settings.model_cache_dir,
-                    artifact_sha256=ref.artifact_sha256,
-                    package_sha256=ref.package_sha256,
-                )
-                return LoadedModel(package, Stage.PRODUCTION)
-            log.warning("registry has no production version; using the default model")
-        except (RegistryUnavailable, PackageRejected) as error:
-            log.warning(
-                "registry unusable at start; using the default model", extra={"error_type": type(error).__name__}
+            if ref is None or not ref.artifact_url:
+                return None
+            package = await self.registry.fetch_package(
+                ref.artifact_url,
+                cache_dir=self.settings.model_cache_dir,
+                artifact_sha256=ref.artifact_sha256,
+                package_sha256=ref.package_sha256,
             )
+        except (RegistryUnavailable, PackageRejected) as error:
+            log.warning("registry unusable", extra={"error_type": type(error).__name__})
+            return None
+        return LoadedModel(package, Stage.PRODUCTION)
+
+    async def load_initial_model(self) -> LoadedModel:
+        """The registry's production version, else the repository's default package (flagged as such)."""
+        model = await self.registry_model()
+        if model is not None:
+            return model
+        log.warning("no production version from the registry; using the default model")
         path = self.settings.default_model_path or default_package_path()
         return LoadedModel(ModelPackage.load(path), Stage.PRODUCTION, default_model=True)
 
@@ -206,11 +212,11 @@ class ScorerService:
             if self.core is None or not self.core.default_model:
                 continue
             try:
-                model = await self.load_initial_model()
+                model = await self.registry_model()
             except Exception:  # keep polling; the default model keeps scoring
                 log.exception("registry poll failed")
                 continue
-            if not model.default_model:
+            if model is not None:
                 async with self.lock:
                     self.install(model)
                 self.metrics.swaps.labels("swapped").inc()
