@@ -264,11 +264,25 @@ def subgroup_metrics(
         row: dict[str, float] = {"positives": pos, "negatives": neg, "positive_stays": pos_stays}
         if pos >= min_positives and neg >= min_positives and pos_stays >= min_positive_stays:
             row["sensitivity"] = float(alert[m][gy].mean())
+            if stays is not None:
+                row["sensitivity_se"] = clustered_se(alert[m][gy].astype(float), stays[m][gy])
             a = auroc(gy, p[m])
             if a is not None:
                 row["auroc"] = a
         out[str(grp)] = row
     return out
+
+
+def clustered_se(x: np.ndarray, clusters: np.ndarray) -> float:
+    """Standard error of the mean of ``x`` when its items come in clusters (a stay's hours move together)."""
+    codes, _ = pd.factorize(clusters)
+    n_i = np.bincount(codes).astype(float)
+    s_i = np.bincount(codes, weights=x)
+    k = len(n_i)
+    if k < 2:
+        return float("inf")
+    mean = s_i.sum() / n_i.sum()
+    return float(np.sqrt(k / (k - 1) * ((s_i - mean * n_i) ** 2).sum()) / n_i.sum())
 
 
 def disparities(per_attribute: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:

@@ -151,4 +151,5 @@ def run_check(
                     latency_ms=latency[sl] if latency is not None else None,
                 )
             )
+    result.alerts += core.inputs.finish(result.end)
     return result

@@ -39,6 +39,9 @@ class Thresholds(BaseModel):
     psi_window_max: int = Field(default=8000, ge=50)
     psi_every: int = Field(default=200, ge=1)
     """Evaluate PSI every this many new values of a feature."""
+    psi_final_min: int = Field(default=300, ge=10)
+    """At the end of a file check, a feature whose window never filled is judged once over all its values if
+    it has at least this many."""
     # --- data drift: missingness / ordering patterns ---
     missing_change: float = 0.5
     """Open when the measured rate changes by this share: |cur - ref| / max(cur, ref) (0.5 = halved or doubled)."""
@@ -92,6 +95,9 @@ class Thresholds(BaseModel):
     """Minimum distinct positive stays in a subgroup before its sensitivity and AUROC are compared."""
     disparity: float = 1.25
     """Fairness: max/min across subgroups of sensitivity or AUROC."""
+    fairness_z: float = 2.0
+    """A sensitivity disparity counts only when the best and worst subgroups differ by this many standard
+    errors (clustered by stay)."""
     disparity_growth: float = 1.25
     """When the reference has its own disparity for a metric and attribute, alert only above
     ``max(disparity, reference_disparity * disparity_growth)``."""

@@ -153,6 +153,26 @@ class ValueStream:
         self.seen += len(bins)
         return out
 
+    def final(self) -> tuple[float, dict[str, Any]] | None:
+        """A last judgement over every value seen, for a feature whose window never filled (a short file)."""
+        if self.seen >= self.window or self.seen < self.th.psi_final_min:
+            return None
+        values = self.tail_values
+        counts = np.bincount(self.tail_bins, minlength=len(self.ref_props))[None, :]
+        self.last_psi = float(psi(counts, self.ref_props)[0])
+        sd = self.ref.std or 1.0
+        self.last_wasserstein = wasserstein_sorted(np.sort(values), self.sample_quantiles) / (sd if sd > 0 else 1.0)
+        self.last_mean = float(values.mean())
+        self.last_score = max(self.last_psi, self.last_wasserstein)
+        return self.last_score, {
+            "psi": round(self.last_psi, 4),
+            "wasserstein_sd": round(self.last_wasserstein, 4),
+            "window_mean": round(self.last_mean, 4),
+            "reference_mean": self.ref.mean,
+            "values": int(self.seen),
+            "note": "whole stream: fewer values than one window",
+        }
+
 
 @dataclass
 class MissingStream:
@@ -313,6 +333,35 @@ class InputDriftMonitor:
         if share_alert is not None:
             out.append(share_alert)
         return out
+
+    def finish(self, t: float) -> list[AlertRaised]:
+        """End of a finite stream (``vigil drift check``): judge the features whose window never filled.
+
+        Rare labs in a short file are judged once over every value seen, so they are not silently skipped.
+        """
+        out: list[AlertRaised] = []
+        for f, stream in self.values.items():
+            judged = stream.final()
+            if judged is None:
+                continue
+            value, ev = judged
+            a = self.book.observe(
+                kind="data_drift",
+                subject=SUBJECT,
+                feature=f,
+                metric="drift_score",
+                value=value,
+                threshold=self.th.psi,
+                clear=self.th.psi_clear,
+                at=at_time(t),
+                window=f"all {stream.seen} values",
+                evidence=ev,
+                open_after=1,
+            )
+            if a is not None:
+                out.append(a)
+        share = self._share(t)
+        return [*out, share] if share is not None else out
 
     def monitored(self) -> list[str]:
         """Features judged: measured in the reference or seen in the current stream (never missing in both)."""

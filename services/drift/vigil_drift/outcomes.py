@@ -323,12 +323,24 @@ class PerformanceMonitor:
             # the article's ratio is crossed *and* the disparity grew by ``disparity_growth`` over the reference's
             threshold = max(th.disparity, reference * th.disparity_growth) if reference else th.disparity
             self.last[f"{metric}_disparity:{attr}"] = ratio
+            z = None
+            judged = ratio
+            if metric == "sensitivity":
+                # effect size *and* evidence: the best and worst subgroup must differ by fairness_z clustered
+                # standard errors, or the ratio of two small noisy sensitivities could open an alert by itself
+                rows = [r for r in per_attribute[attr].values() if "sensitivity" in r]
+                hi = max(rows, key=lambda r: r["sensitivity"])
+                lo = min(rows, key=lambda r: r["sensitivity"])
+                se = float(np.hypot(hi.get("sensitivity_se", 0.0), lo.get("sensitivity_se", 0.0)))
+                z = (hi["sensitivity"] - lo["sensitivity"]) / se if se > 0 else float("inf")
+                if z < th.fairness_z:
+                    judged = min(ratio, threshold * 0.999)
             out.append(
                 self.book.observe(
                     kind="fairness",
                     subject=self.model,
                     metric=f"{metric}_disparity:{attr}",
-                    value=ratio,
+                    value=judged,
                     threshold=threshold,
                     clear=1.0 + (threshold - 1.0) * 0.6,
                     at=at,
@@ -337,6 +349,8 @@ class PerformanceMonitor:
                     evidence={
                         "attribute": attr,
                         "reference_disparity": reference,
+                        "disparity": round(ratio, 4),
+                        "z": None if z is None else round(z, 2),
                         "subgroups": {
                             g: {k: round(v, 4) for k, v in row.items()} for g, row in per_attribute[attr].items()
                         },
