@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What the test tiers need from the OS: a JDK and Maven (native Kafka broker), PostgreSQL (registry tier),
-# the Compose client (compose.yaml validation).
+# the Compose client (compose.yaml validation), Chromium (reports checked in a real headless browser).
 set -euo pipefail
 need=()
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
@@ -9,6 +9,8 @@ if [[ "${1:-}" != "--broker-only" ]]; then
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 # Debian's Compose client validates compose.yaml (there is no Docker engine on CI machines).
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+# Headless Chromium renders the HTML reports in the browser tier.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
 if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]]; then

@@ -200,12 +200,21 @@ def demo(
     report: Path | None = typer.Option(None, help="HTML report (default: .vigil/demo/<run>/report.html)."),
     drift: str = typer.Option("temp-degf", help="Drift injected in the second part ('' for none)."),
     keep_running: bool = typer.Option(False, help="Leave the stack running at the end."),
+    kafka_port: int = StackOpt,
+    port_base: int = PortBaseOpt,
 ) -> None:
     """A clinical model's life end to end: stream, score, shadow, drift, promotion on evidence, rollback drill."""
     from vigil.demo import DemoOptions, run_demo
 
     options = DemoOptions(
-        data=data, stays=stays or None, json_out=json_out, report_out=report, drift=drift, keep_running=keep_running
+        data=data,
+        stays=stays or None,
+        json_out=json_out,
+        report_out=report,
+        drift=drift,
+        keep_running=keep_running,
+        kafka_port=kafka_port,
+        port_base=port_base,
     )
     summary = run_demo(options, console)
     ok = summary["accounting"]["zero_loss"] and all(m["agree"] is not False for m in summary["models"].values())

@@ -332,6 +332,7 @@ def model_figures(
     common = [k for k in streamed if k in offline_scores]
     diff = max((abs(streamed[k] - offline_scores[k]) for k in common), default=0.0)
     return {
+        "patient_ids": sorted(set(rows["patient_id"].astype(str))),
         "stays": int(cohort.n_stays),
         "rows": len(rows),
         "threshold": threshold,
@@ -767,6 +768,7 @@ class Demo:
             },
             "accounting": {
                 "ingest_entry_outcomes": dict(entries),
+                "fhir_entries_sent": sum(r.entries_sent for r in reports),
                 "http_status": {k: v for r in reports for k, v in r.as_dict()["http_status"].items()},
                 "stay_hours_without_live_score": len(unscored),
                 "unscored_examples": [f"{e}@{h}" for e, h in sorted(unscored)[:10]],
@@ -873,14 +875,14 @@ def render_html(s: dict[str, Any]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
     labels = list(s["models"])
     au = [s["models"][k]["streamed"].get("auroc") or 0 for k in labels]
     ut = [s["models"][k]["streamed"].get("utility") or 0 for k in labels]
     x = np.arange(len(labels))
     ax.bar(x - 0.2, au, 0.4, label="AUROC")
     ax.bar(x + 0.2, ut, 0.4, label="utility")
-    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_xticks(x, [lbl.replace(" (", "\n(") for lbl in labels], fontsize=7)
     ax.legend()
     ax.set_title("Models on the stays they scored (from the streamed scores)")
     buf = io.BytesIO()

@@ -100,6 +100,7 @@ class SimulationReport:
     stays: int = 0
     bundles: int = 0
     observations_sent: int = 0
+    entries_sent: int = 0
     readings_sent: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
     http_status: Counter[int] = field(default_factory=Counter)
@@ -113,6 +114,7 @@ class SimulationReport:
             "stays": self.stays,
             "bundles": self.bundles,
             "observations_sent": self.observations_sent,
+            "entries_sent": self.entries_sent,
             "outcomes": dict(self.outcomes),
             "http_status": {str(k): v for k, v in self.http_status.items()},
             "entry_outcomes": dict(self.entry_outcomes),
@@ -286,6 +288,7 @@ def hour_bundle(
     if not resources:
         return None
     report.observations_sent += sum(1 for r in resources if r["resourceType"] == "Observation")
+    report.entries_sent += len(resources)
     return {
         "resourceType": "Bundle",
         "id": deterministic_id("bundle", stay.encounter, hour),
