@@ -28,6 +28,7 @@ The rules (docs/ingest.md has the full list):
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
@@ -51,6 +52,8 @@ from vigil_common.events import (
 from vigil_common.vocabulary import VOCABULARY, Measurement
 from vigil_ingest.local_codes import LOCAL_CODES
 from vigil_ingest.units import UCUM_SYSTEMS, UnitConverter, UnitError
+
+log = logging.getLogger(__name__)
 
 LOINC_SYSTEMS = frozenset(
     {"http://loinc.org", "https://loinc.org", "http://loinc.org/", "loinc", "urn:oid:2.16.840.1.113883.6.1", "LN"}
@@ -374,15 +377,24 @@ class Mapper:
         """Map a parsed resource or Bundle (never raises on bad input: problems become rejections)."""
         try:
             return self._map(payload, system)
-        except InvalidPayload as error:
-            result = MapResult()
-            rtype = payload.get("resourceType") if isinstance(payload, dict) else None
-            rid = payload.get("id") if isinstance(payload, dict) and isinstance(payload.get("id"), str) else None
-            rej = Rejection(error.reason, rtype if isinstance(rtype, str) else None, rid, issue=error.issue)
-            result.rejections.append(rej)
-            result.entries.append(EntryOutcome(None, rej.resource_type, rid, "rejected", rejections=[rej]))
-            result.counts["rejected_payload"] += 1
-            return result
+        except (TypeError, AttributeError, KeyError, ValueError, IndexError, RecursionError) as error:
+            # A shape the structural checks missed must not crash a consumer (a poison record would be redelivered
+            # for ever): the payload is rejected, named by the error type only, and logged for a fix.
+            if isinstance(error, InvalidPayload):
+                return self._invalid(payload, error)
+            log.error("unexpected structure", extra={"error_type": type(error).__name__})
+            return self._invalid(payload, InvalidPayload(f"unexpected structure ({type(error).__name__})", "exception"))
+
+    @staticmethod
+    def _invalid(payload: Any, error: InvalidPayload) -> MapResult:
+        result = MapResult()
+        rtype = payload.get("resourceType") if isinstance(payload, dict) else None
+        rid = payload.get("id") if isinstance(payload, dict) and isinstance(payload.get("id"), str) else None
+        rej = Rejection(error.reason, rtype if isinstance(rtype, str) else None, rid, issue=error.issue)
+        result.rejections.append(rej)
+        result.entries.append(EntryOutcome(None, rej.resource_type, rid, "rejected", rejections=[rej]))
+        result.counts["rejected_payload"] += 1
+        return result
 
     # --- payload and bundle ---------------------------------------------------------------------------
 
@@ -525,13 +537,26 @@ class Mapper:
                 return self._report(resource, rid, index, ctx, counts)
             if r_type == "Bundle" and ctx.depth < 3:
                 # A Bundle inside a Bundle (a message or document carrying a searchset, say): map its entries.
-                inner = self._map(resource, ctx.system, depth=ctx.depth + 1)
+                try:
+                    inner = self._map(resource, ctx.system, depth=ctx.depth + 1)
+                except InvalidPayload as error:
+                    raise _Reject(error.reason, error.issue) from error
                 counts.update(inner.counts)
                 outcome: Outcome = "mapped" if inner.events else ("rejected" if inner.rejections else "ignored")
                 return EntryOutcome(index, r_type, rid, outcome, events=inner.events, rejections=inner.rejections)
         except _Reject as error:
             counts["rejected"] += 1
             rej = Rejection(error.reason, r_type, rid, issue=error.issue)
+            return EntryOutcome(index, r_type, rid, "rejected", rejections=[rej])
+        except (TypeError, AttributeError, KeyError, ValueError, IndexError) as error:
+            # One entry of a shape the structural checks missed: reject it, keep the rest of the bundle.
+            log.error(
+                "unexpected structure",
+                extra={"error_type": type(error).__name__, "resource_type": r_type},
+                exc_info=True,
+            )
+            counts["rejected"] += 1
+            rej = Rejection(f"unexpected structure ({type(error).__name__})", r_type, rid, issue="exception")
             return EntryOutcome(index, r_type, rid, "rejected", rejections=[rej])
         counts[f"ignored_resource_type:{r_type}"] += 1
         return EntryOutcome(index, r_type, rid, "ignored", note=f"{r_type} is not used by ingest")
@@ -747,7 +772,8 @@ class Mapper:
                     lid = self._ref(ref, "Location", ctx, contained)
                     if lid is not None and isinstance(self.locations.get(lid), str):
                         texts.append(self.locations[lid])
-        for concept in (res.get("serviceType"), *(res.get("type") or [])):
+        types = res.get("type")
+        for concept in (res.get("serviceType"), *(types if isinstance(types, list) else [])):
             if isinstance(concept, dict):
                 if isinstance(concept.get("text"), str):
                     texts.append(concept["text"])
@@ -808,6 +834,8 @@ class Mapper:
             if not isinstance(code, str):
                 continue
             system = coding.get("system")
+            if system is not None and not isinstance(system, str):
+                continue
             if system in LOINC_SYSTEMS or (system is None and _LOINC_SHAPE.match(code.strip())):
                 code = code.strip()
                 if code in AVERAGE_CODES:
@@ -873,7 +901,8 @@ class Mapper:
             version_id=version,
             system=ctx.system,
         )
-        status = res.get("status")
+        raw_status = res.get("status")
+        status = raw_status if isinstance(raw_status, str) else None
         features = [f for f in (feature, *(f for f, _ in components)) if f is not None]
 
         if status in RETRACTING_STATUSES:
@@ -1048,12 +1077,13 @@ class Mapper:
             value = float(raw)
             comp = quantity.get("comparator")
             if comp is not None:
-                comparator = _COMPARATORS.get(comp)
+                comparator = _COMPARATORS.get(comp) if isinstance(comp, str) else None
                 if comparator is None:
                     raise _Reject(f"{m.name}: comparator '{str(comp)[:8]}' is not a usable bound", "not-supported")
             code = quantity.get("code") if isinstance(quantity.get("code"), str) else None
             text = quantity.get("unit") if isinstance(quantity.get("unit"), str) else None
-            ucum = quantity.get("system") in UCUM_SYSTEMS
+            unit_system = quantity.get("system")
+            ucum = isinstance(unit_system, str) and unit_system in UCUM_SYSTEMS
         elif "valueInteger" in holder or "valueDecimal" in holder:
             raw = holder.get("valueInteger", holder.get("valueDecimal"))
             if isinstance(raw, bool) or not isinstance(raw, int | float):
