@@ -242,7 +242,7 @@ async def test_on_the_default_model_the_registry_is_asked_again_and_its_version_
     svc.settings.registry_poll_s = 0.01
     svc.install(await svc.load_initial_model())
     assert svc.core is not None and svc.core.default_model
-    poll = asyncio.create_task(svc.poll_registry_while_default())
+    poll = asyncio.create_task(svc.poll_registry())
     try:
         up["registry"] = True
         for _ in range(200):
@@ -253,3 +253,34 @@ async def test_on_the_default_model_the_registry_is_asked_again_and_its_version_
         poll.cancel()
         await asyncio.gather(poll, return_exceptions=True)
     assert not svc.core.default_model and svc.core.model_version == "1"
+
+
+async def test_a_missed_promotion_is_caught_up_by_the_registry_poll(tmp_path: Path, v1: Path) -> None:
+    import asyncio
+
+    v2 = package_path("2")
+    current = {"version": "1"}
+    archives = {"1": tarball(v1), "2": tarball(v2)}
+    digests = {"1": ModelPackage.load(v1).sha256, "2": ModelPackage.load(v2).sha256}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/production"):
+            v = current["version"]
+            return httpx.Response(200, json={"version": v, "artifact_url": f"/a/{v}", "artifact_sha256": digests[v]})
+        return httpx.Response(200, content=archives[request.url.path.rsplit("/", 1)[-1]])
+
+    svc = service(tmp_path, handler)
+    svc.settings.registry_poll_s = 0.01
+    svc.install(await svc.load_initial_model())
+    assert svc.core is not None and svc.core.model_version == "1" and not svc.core.default_model
+    poll = asyncio.create_task(svc.poll_registry())
+    try:
+        current["version"] = "2"  # promoted while the lifecycle event went unseen
+        for _ in range(200):
+            if svc.core.model_version == "2":
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        poll.cancel()
+        await asyncio.gather(poll, return_exceptions=True)
+    assert svc.core.model_version == "2" and svc.core.stage is ev.Stage.PRODUCTION

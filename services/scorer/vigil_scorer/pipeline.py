@@ -205,18 +205,32 @@ class ScorerService:
                 self.core.stage = Stage(event.to_stage)
             log.warning("model left production; live scoring paused", extra={"model_version": event.model_version})
 
-    async def poll_registry_while_default(self) -> None:
-        """While on the default model, ask the registry now and then for a production version."""
+    async def poll_registry(self) -> None:
+        """Every ``registry_poll_s``, reconcile with the registry's production version.
+
+        On the default model: swap in the registry's version as soon as there is one. On a registry model: swap
+        when the registry names another production version (a lifecycle event missed while the subscriber
+        started, say). A registry that does not answer changes nothing.
+        """
         while True:
             await asyncio.sleep(self.settings.registry_poll_s)
-            if self.core is None or not self.core.default_model:
+            core = self.core
+            if core is None:
                 continue
             try:
+                if not core.default_model:
+                    ref = await self.registry.production(self.settings.model_name)
+                    if ref is None or (ref.version == core.model_version and core.stage is Stage.PRODUCTION):
+                        continue
                 model = await self.registry_model()
-            except Exception:  # keep polling; the default model keeps scoring
+            except RegistryUnavailable:
+                continue
+            except Exception:  # keep polling; the current model keeps scoring
                 log.exception("registry poll failed")
                 continue
-            if model is not None:
+            if model is not None and (
+                core.default_model or str(model.package.version) != core.model_version or core.stage is not model.stage
+            ):
                 async with self.lock:
                     self.install(model)
                 self.metrics.swaps.labels("swapped").inc()
@@ -384,10 +398,10 @@ class ScorerService:
                 log.exception("eviction failed")
 
     def start_background(self) -> None:
-        """Eviction and, while on the default model, registry polling."""
+        """Eviction and registry reconciliation."""
         self._tasks = [
             asyncio.create_task(self.evict_loop()),
-            asyncio.create_task(self.poll_registry_while_default()),
+            asyncio.create_task(self.poll_registry()),
         ]
 
     async def stop_background(self) -> None:
