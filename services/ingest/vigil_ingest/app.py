@@ -90,6 +90,7 @@ class IngestCore:
         self.publisher = publisher
         self.metrics = metrics
         self.topic = settings.topics.observations
+        self._warming: asyncio.Future[bool] | None = None
 
     async def publish(self, events: Sequence[Event]) -> tuple[list[Event], int]:
         """Publish the events not already published and wait for the broker; returns (published, duplicates)."""
@@ -122,6 +123,10 @@ class IngestCore:
                 failures.append((item.record, reasons[:2000]))
         await self.publish(events)
         return failures
+
+    async def warm_up(self) -> None:
+        """Load the UCUM library in a worker thread, in the background (start-up does not wait for it)."""
+        self._warming = asyncio.get_running_loop().run_in_executor(None, self.mapper.units.warm_up)
 
     def count_result(self, topic: str, result: MapResult) -> None:
         """Count what a payload gave (metrics labels carry no identifiers)."""
@@ -345,7 +350,7 @@ def build(settings: Settings) -> tuple[ServiceRuntime, IngestCore]:
         broker=broker,
         metrics=metrics,
         checks={"producer": lambda: events_publisher.producer is not None},
-        on_start=[events_publisher.start],
+        on_start=[events_publisher.start, core.warm_up],
         on_stop=[events_publisher.stop],
     )
     return runtime, core

@@ -271,6 +271,10 @@ class UnitConverter:
         except Exception:
             return None
 
+    def warm_up(self) -> bool:
+        """Load the UCUM library now (about a second), so the first unusual unit does not stall a request."""
+        return self._ucum() is not None
+
     def _ucum(self) -> Any:
         with self._lock:
             if self._registry is None:
