@@ -248,6 +248,9 @@ def _mount() -> None:
     from vigil_shadow.cli import replay as shadow_replay
 
     app.command("replay")(shadow_replay)
+    from vigil_scorer.cli import app as scorer_bench_app
+
+    app.add_typer(scorer_bench_app, name="bench")
 
 
 _mount()
