@@ -26,6 +26,8 @@ def train_cmd(
     seed: int = typer.Option(7, help="Seed of the split, the model and the bootstrap."),
     max_stays: int = typer.Option(None, help="Train on a seeded subset of this many stays (quick runs)."),
     max_iter: int = typer.Option(None, help="Boosting iterations (default 300)."),
+    learning_rate: float = typer.Option(None, help="Boosting learning rate (default 0.05)."),
+    max_leaf_nodes: int = typer.Option(None, help="Leaves per tree (default 31)."),
     n_boot: int = typer.Option(200, help="Bootstrap resamples for the CIs."),
     hold_out_sample: bool = typer.Option(True, help="Drop the bundled sample's patients before splitting."),
 ) -> None:
@@ -36,8 +38,9 @@ def train_cmd(
     path = data_path or vdata.SHARED_SET_A
     cfg = TrainConfig(name=name, version=version, seed=seed, max_stays=max_stays, n_boot=n_boot)
     cfg.hold_out_sample = hold_out_sample
-    if max_iter is not None:
-        cfg.hgb["max_iter"] = max_iter
+    for key, value in (("max_iter", max_iter), ("learning_rate", learning_rate), ("max_leaf_nodes", max_leaf_nodes)):
+        if value is not None:
+            cfg.hgb[key] = value
     run = out or vdata.REPO_ROOT / "ml" / "runs" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     res = train(path, run, cfg)
     s = res.metrics["scores"]

@@ -36,7 +36,13 @@ from vigil_ml.metrics import (
     subgroup_table,
     threshold_at_specificity,
 )
-from vigil_ml.onnx_export import PARITY_TOLERANCE, onnx_proba, parity, to_onnx_bytes
+from vigil_ml.onnx_export import (
+    PARITY_TOLERANCE,
+    onnx_proba,
+    parity,
+    snap_thresholds_to_float32,
+    to_onnx_bytes,
+)
 
 HGB_DEFAULT: dict[str, Any] = {
     "max_iter": 300,
@@ -63,6 +69,8 @@ class TrainConfig:
     """Use a seeded random subset of this many stays (quick runs and tests)."""
     hgb: dict[str, Any] = field(default_factory=lambda: dict(HGB_DEFAULT))
     lr_c: float = 0.05
+    lr_max_rows: int | None = 200_000
+    """Fit the baseline on a seeded random subset of this many training rows (bounds its cost; None: all)."""
     n_boot: int = 200
     high_specificity: float = 0.99
     """Row-level specificity (validation) whose threshold marks the 'high' risk band."""
@@ -166,13 +174,18 @@ def train(data_path: str | Path, out_dir: str | Path, config: TrainConfig | None
     t0 = time.monotonic()
     hgb = build_hgb(cfg.seed, cfg.hgb).fit(X[parts["train"]], y[parts["train"]])
     t_hgb = time.monotonic() - t0
-    t0 = time.monotonic()
-    lr = build_lr(cfg.seed, cfg.lr_c).fit(X[parts["train"]], y[parts["train"]])
-    t_lr = time.monotonic() - t0
-
+    snap_thresholds_to_float32(hgb)
+    # Export and parity first: a model that cannot be served identically must fail before anything else runs.
     onnx_bytes = to_onnx_bytes(hgb, X.shape[1])
     held = parts["valid"] | parts["test"]
     parity_diff = parity(hgb, onnx_bytes, X[held])
+
+    t0 = time.monotonic()
+    train_rows = np.flatnonzero(parts["train"])
+    if cfg.lr_max_rows is not None and len(train_rows) > cfg.lr_max_rows:
+        train_rows = np.sort(np.random.default_rng(cfg.seed).choice(train_rows, cfg.lr_max_rows, replace=False))
+    lr = build_lr(cfg.seed, cfg.lr_c).fit(X[train_rows], y[train_rows])
+    t_lr = time.monotonic() - t0
 
     frames = {k: df.loc[parts[k]].reset_index(drop=True) for k in ("valid", "test")}
     cohorts = {k: Cohort.from_frame(frames[k]) for k in frames}
