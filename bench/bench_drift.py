@@ -136,8 +136,13 @@ def main() -> None:
         false_before = [a.alert_key for a in res.alerts if a.state == "open" and a.occurred_at.timestamp() < t_inj]
         other = sorted({a.alert_key for a in res.alerts if a.state == "open" and a.occurred_at.timestamp() >= t_inj})
         rows_after = int(((d["t"] >= t_inj) & (d["t"] <= (hit or 0))).sum()) if hit else None
+        delays = {}
+        for a in sorted(res.alerts, key=lambda a: a.occurred_at):
+            if a.state == "open" and a.occurred_at.timestamp() >= t_inj and a.alert_key not in delays:
+                delays[a.alert_key] = round((a.occurred_at.timestamp() - t_inj) / HOUR, 1)
         entry = {
             "alert_key": key,
+            "delays_hours_by_alert": delays,
             "detected": hit is not None,
             "delay_hours": round((hit - t_inj) / HOUR, 1) if hit else None,
             "stay_hours_until_detection": rows_after,
@@ -168,9 +173,6 @@ def main() -> None:
     inject("heart_rate_plus_10pct", hr_up, "data_drift:inputs:heart_rate")
     if not args.quick:
         inject("labels_flipped_for_women_auroc", flip_women, "performance:m:auroc", scored=True)
-        report["injections"]["labels_flipped_for_women_fairness"] = {
-            "alert_key": "fairness:m:auroc_disparity:sex (see alerts_after_injection above)"
-        }
         inject("latency_x12", slow, "latency:m:latency_p99_ms", scored=True)
     print(json.dumps(report["injections"], indent=1))
     n_alarms = sum(len(e["alerts_opened"]) for e in report["false_alarms"])
