@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from vigil_drift.check import on_timeline, run_check
 
 STAYS_PER_HALF = 3000
