@@ -10,13 +10,14 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer
+from fastapi.testclient import TestClient
 
 from tests import factories
 from tests.unit.test_drift_reference import synthetic_stays
 from vigil_common import events as ev
 from vigil_common.kafka import Publisher, encode, ensure_topics, make_broker
 from vigil_common.reference import build_reference
-from vigil_drift.app import bootstrap
+from vigil_drift.app import bootstrap, create_app
 from vigil_drift.settings import Settings
 
 SMALL = {
@@ -148,3 +149,17 @@ async def test_service_consumes_live_topics_and_publishes_alerts(settings_env: d
     assert 'vigil_drift_feature{feature="temperature",quantity="drift_score"}' in exposed
     assert 'vigil_drift_alerts_total{kind="data_drift",state="open"}' in exposed
     assert encode(temp)  # alerts are well-formed events
+
+
+def test_http_app_runs_the_consumer_and_serves_state(settings_env: dict[str, Any], tmp_path: Path) -> None:
+    reference = build_reference(synthetic_stays(30, seed=3))
+    path = reference.save(tmp_path / "reference.json")
+    settings = Settings(**settings_env, reference_path=str(path), model_name="sepsis", group_id="drift-http")
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/ready")
+        assert ready.status_code == 200, ready.json()
+        assert ready.json()["checks"]["reference"] is True
+        state = client.get("/drift").json()
+        assert "heart_rate" in state["inputs"] and state["open_alerts"] == []
+        metrics = client.get("/metrics").text
+        assert "vigil_drift_open_alerts" in metrics and "vigil_ready" in metrics

@@ -331,3 +331,40 @@ def test_cli_check_prints_alerts_as_json_lines(tmp_path: Path, halves: tuple[pd.
     temp = [x for x in lines if x.get("feature") == "temperature"]
     assert temp and temp[0]["kind"] == "data_drift" and temp[0]["state"] == "open"
     assert {"kind", "feature", "metric", "value", "threshold", "severity"} <= set(temp[0])
+
+
+def test_service_reads_its_reference_and_tolerates_a_foreign_one(tmp_path: Path) -> None:
+    from vigil_drift.app import build_core, load_reference
+    from vigil_drift.settings import Settings
+
+    ours = build_reference(synthetic_stays(20), np.full(len(synthetic_stays(20)), 0.1), threshold=0.5)
+    core = build_core(Settings(reference_path=str(ours.save(tmp_path / "reference.json")), model_name="m"))
+    assert "heart_rate" in core.inputs.features
+    foreign = tmp_path / "pkg.json"
+    foreign.write_text(json.dumps({"feature_set_version": "v1", "rows": 10, "features": {}, "risk": {"mean": 0.04}}))
+    ref = load_reference(foreign)
+    assert ref.features == {} and ref.scores is not None and ref.scores.mean_score == 0.04
+    small = json.dumps({"*": SMALL.model_dump(mode="json")})
+    core = build_core(Settings(reference_path=str(foreign), model_name="m", thresholds=small))
+    assert core.inputs.features == ()
+    # the package's mean risk is the score baseline; the alert rate is learnt from the first window
+    out = core.scores(_scores(1000, 0.2, 0.05, 1))
+    shift = next(a for a in out if a.alert_key == "prediction_drift:m:mean_score_shift")
+    assert shift.evidence["baseline_mean"] == 0.04 and shift.evidence["baseline"] == "reference"
+    assert core.predictions["m"].baseline_alert_rate is not None
+    assert core.snapshot()["reference"]["format"] == "foreign"
+
+
+def test_cli_accepts_a_reference_json(tmp_path: Path, halves: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    ref, cur = halves
+    path = build_reference(ref).save(tmp_path / "reference.json")
+    cur.to_parquet(tmp_path / "cur.parquet")
+    small = json.dumps({"*": SMALL.model_dump(mode="json")})
+    result = CliRunner().invoke(
+        drift_cli,
+        ["check", "--reference", str(path), "--current", str(tmp_path / "cur.parquet"), "--thresholds", small,
+         "--census", "30", "--warmup-hours", "24"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == ""  # same population: nothing printed
+    assert '"alerts_opened": 0' in result.stderr

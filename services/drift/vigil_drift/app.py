@@ -8,6 +8,7 @@ the process lives. Detector state is in memory: a restarted service re-learns it
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,7 +28,7 @@ from vigil_common.events import (
 )
 from vigil_common.kafka import DeadLetters, Parsed, Publisher, make_broker, process_batch, raw_batch_decoder
 from vigil_common.metrics import ServiceMetrics
-from vigil_common.reference import Reference
+from vigil_common.reference import Reference, ScoreBaseline
 from vigil_common.service import ServiceRuntime, build_http_app
 from vigil_drift.config import parse_overrides, thresholds_for
 from vigil_drift.core import DriftCore
@@ -45,16 +46,43 @@ DriftInput = Annotated[
 input_adapter: TypeAdapter[Any] = TypeAdapter(DriftInput)
 
 
+def empty_reference(scores: ScoreBaseline | None = None) -> Reference:
+    """No feature reference: inputs are not judged; predictions use ``scores`` or their first window."""
+    return Reference(features={}, n_rows=0, n_stays=0, scores=scores, source={"format": "none"})
+
+
+def load_reference(path: str | Path) -> Reference:
+    """The reference at ``path``; tolerates a model package whose reference.json has another layout.
+
+    ``vigil_common.reference`` files are the contract. A package written before its trainer adopted it
+    (per-feature quantiles of model features plus ``risk.mean``) still gives the score baseline; its feature
+    quantiles describe model features (carried forward), not stay-hour readings, so inputs are not judged
+    against them rather than judged wrongly. A warning says so, and ``/drift`` shows the reference's format.
+    """
+    text = Path(path).read_text()
+    try:
+        return Reference.from_json(text)
+    except (ValueError, KeyError, TypeError) as error:
+        raw = json.loads(text)
+        risk = raw.get("risk") if isinstance(raw, dict) else None
+        mean = risk.get("mean") if isinstance(risk, dict) else None
+        baseline = ScoreBaseline(n_scores=int(raw.get("rows") or 0), mean_score=float(mean)) if mean else None
+        log.warning(
+            "reference is not a vigil_common.reference file: inputs are not judged",
+            extra={"error": type(error).__name__, "score_baseline": baseline is not None},
+        )
+        ref = empty_reference(baseline)
+        ref.source = {"format": "foreign", "feature_set_version": raw.get("feature_set_version")}
+        return ref
+
+
 def build_core(settings: Settings) -> DriftCore:
     """The detector core from the settings: the production model's reference and per-model thresholds."""
     text = settings.thresholds
     if text and not text.lstrip().startswith("{") and Path(text).exists():
         text = Path(text).read_text()
     overrides = parse_overrides(text)
-    if settings.reference_path:
-        reference = Reference.load(settings.reference_path)
-    else:
-        reference = Reference(features={}, n_rows=0, n_stays=0)
+    reference = load_reference(settings.reference_path) if settings.reference_path else empty_reference()
     models = set(overrides) - {"*", "inputs"} | ({settings.model_name} if settings.model_name else set())
     return DriftCore(
         reference,
@@ -165,7 +193,8 @@ def bootstrap(settings: Settings, core: DriftCore | None = None) -> ServiceRunti
 
     broker.publisher(topics.alerts, schema=AlertRaised, title="alerts")
     runtime = ServiceRuntime(name=SERVICE, settings=settings, broker=broker, metrics=metrics)
-    runtime.checks["reference"] = lambda: not settings.reference_path or bool(core.reference.features)
+    # ready when the configured reference was read (a foreign layout still counts: it is logged, not fatal)
+    runtime.checks["reference"] = lambda: not settings.reference_path or core.reference.source.get("format") != "none"
     return runtime
 
 

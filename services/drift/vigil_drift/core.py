@@ -289,4 +289,8 @@ class DriftCore:
             "predictions": {m: dict(p.last) for m, p in self.predictions.items()},
             "performance": {m: dict(p.last) for m, p in self.performance.items()},
             "open_alerts": self.book.open_keys(),
+            "reference": {
+                "format": self.reference.source.get("format", "vigil"),
+                "features": len(self.reference.features),
+            },
         }

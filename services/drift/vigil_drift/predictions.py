@@ -82,10 +82,13 @@ class PredictionMonitor:
         p = np.concatenate([self.p, batch.probability.astype(float)])
         a = np.concatenate([self.a, batch.alert.astype(float)])
         start = self.seen - len(self.p)
-        if self.baseline_mean is None and self.seen + n >= w:
+        if (self.baseline_mean is None or self.baseline_alert_rate is None) and self.seen + n >= w:
             first = w - start
-            self.baseline_mean = float(p[first - w : first].mean())
-            self.baseline_alert_rate = float(a[first - w : first].mean())
+            if first - w >= 0:  # the first full window is in this batch's reach
+                if self.baseline_mean is None:
+                    self.baseline_mean = float(p[first - w : first].mean())
+                if self.baseline_alert_rate is None:
+                    self.baseline_alert_rate = float(a[first - w : first].mean())
         for e in (_ends(self.seen, n, th.prediction_every, w) - start).tolist():
             at = at_time(batch.times[e - 1 - (len(p) - n)])
             mean, rate = float(p[e - w : e].mean()), float(a[e - w : e].mean())
