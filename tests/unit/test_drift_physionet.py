@@ -46,3 +46,22 @@ def test_temperature_in_fahrenheit_is_caught_and_nothing_else(halves: tuple[pd.D
     assert [a.alert_key for a in opened] == ["data_drift:inputs:temperature"]
     assert opened[0].occurred_at.timestamp() >= start
     assert opened[0].severity == "critical"
+
+
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "physionet_sample.parquet"
+
+
+@pytest.mark.skipif(not SAMPLE.exists(), reason="the bundled sample is not in this checkout")
+def test_bundled_sample_short_files_are_judged_at_the_end() -> None:
+    """Files too short to fill a window (300 real stays) are still judged once, over all their values."""
+    df = pd.read_parquet(SAMPLE)
+    ids = np.array(pd.unique(df["patient_id"]))
+    first = set(ids[: len(ids) // 2].tolist())
+    ref = df[df["patient_id"].isin(first)].reset_index(drop=True)
+    cur = df[~df["patient_id"].isin(first)].reset_index(drop=True)
+    quiet = run_check(ref, cur, census=20, warmup_hours=12)
+    assert [a.alert_key for a in quiet.alerts if a.state == "open"] == []
+    cur["Temp"] = cur["Temp"] * 9 / 5 + 32
+    loud = run_check(ref, cur, census=20, warmup_hours=12)
+    temp = [a for a in loud.alerts if a.state == "open" and a.feature == "temperature"]
+    assert temp and temp[0].window.startswith("all ")
