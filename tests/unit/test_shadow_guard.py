@@ -129,7 +129,7 @@ def test_engine_scores_every_candidate_in_shadow_stage_only() -> None:
     core = ShadowCore({("sepsis", "2"): a, ("sepsis", "3"): b})
     with pytest.raises(ModelRefused):
         core.swap(a, stage=ev.Stage.PRODUCTION)  # type: ignore[arg-type]
-    events = [
+    events: list[Any] = [
         factories.encounter(),
         factories.observation(feature="age", value=60.0, unit="a"),
         factories.observation(source=factories.source(resource_id="hr"), value=90.0),

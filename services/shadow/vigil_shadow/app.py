@@ -124,7 +124,7 @@ class ShadowService:
 
     # --- scoring -----------------------------------------------------------------------------------------
 
-    async def score_batch(self, items: list[Parsed[Any]]) -> list[tuple[ConsumerRecord[Any, Any], str]]:
+    async def score_batch(self, items: list[Parsed[Any]]) -> list[tuple[ConsumerRecord[Any, Any], BaseException | str]]:
         """Score a parsed batch, publish to the shadow topic (awaiting acks); returns what to park."""
         incoming = [
             Incoming(
