@@ -36,6 +36,8 @@ def train_cmd(
     from vigil_ml.train import TrainConfig, train
 
     path = data_path or vdata.SHARED_SET_A
+    if not path.exists():
+        raise typer.BadParameter(f"{path} not found; pass --data PARQUET (PhysioNet-format rows)", param_hint="--data")
     cfg = TrainConfig(name=name, version=version, seed=seed, max_stays=max_stays, n_boot=n_boot)
     cfg.hold_out_sample = hold_out_sample
     for key, value in (("max_iter", max_iter), ("learning_rate", learning_rate), ("max_leaf_nodes", max_leaf_nodes)):
