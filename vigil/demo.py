@@ -64,8 +64,10 @@ class DemoOptions:
     stays: int | None = 120
     json_out: Path | None = None
     report_out: Path | None = None
-    production_version: str = "1"
-    candidate_version: str = "2"
+    production_version: str = "2"
+    """The unit's current model: the smaller gradient-boosted model of the repository."""
+    candidate_version: str = "1"
+    """The candidate: the repository's default model (better on held-out set A stays, see its card)."""
     speed: float = 0.0
     outcome_delay_hours: float = 6.0
     drift: str = "temp-degf"
@@ -564,7 +566,7 @@ class Demo:
         )
 
         self.phase = "evidence and promotion"
-        decision = await self.promotion(registry, watcher)
+        decision = await self.promotion(registry, watcher, expected_encounters=len(first))
 
         self.phase = "streaming under the promoted model, with drift"
         drifts = [sim.Drift.parse(f"{self.o.drift}@0")] if self.o.drift else []
@@ -598,7 +600,7 @@ class Demo:
             self.console.print(self.table(watcher, report_b))
 
         self.phase = "rollback drill"
-        drill = await self.rollback_drill(registry, watcher)
+        drill = await self.rollback_drill(registry, watcher, promoted=decision["promoted"])
 
         self.phase = "summary"
         return self.summarise(registry, watcher, reports, decision, drill, plan)
@@ -619,17 +621,51 @@ class Demo:
                 return
             await asyncio.sleep(0.5)
 
-    async def promotion(self, registry: Registry, watcher: TopicWatcher) -> dict[str, Any]:
+    async def promotion(self, registry: Registry, watcher: TopicWatcher, expected_encounters: int) -> dict[str, Any]:
         v = self.o.candidate_version
-        before = len(watcher.observed.comparisons)
-        # Off the event loop: the topic watcher keeps reading while shadow computes its bootstrap CIs.
-        r = await asyncio.to_thread(httpx.post, f"{self.stack.url('shadow')}/comparisons/publish", timeout=300)
-        self.say(f"shadow asked for its comparison: HTTP {r.status_code}")
+        shadow = self.stack.url("shadow")
+        # Shadow's evidence is complete once its join holds every streamed stay's outcome (outcomes are the last
+        # thing the EHR and the coding feed send).
+        labelled = 0
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                body = (
+                    await asyncio.to_thread(httpx.get, f"{shadow}/comparisons", params={"version": v}, timeout=120)
+                ).json()
+                rows = body.get("comparisons", [])
+                labelled = int(rows[0].get("labelled_encounters") or 0) if rows else 0
+                if body.get("join_rebuilt") and labelled >= expected_encounters:
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            await asyncio.sleep(2)
+        self.say(f"shadow's join holds {labelled} of {expected_encounters} stays with their outcomes")
+        before = {c.event_id for c in watcher.observed.comparisons}
+        status = 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            # Off the event loop: the topic watcher keeps reading while shadow computes its bootstrap CIs.
+            r = await asyncio.to_thread(httpx.post, f"{shadow}/comparisons/publish", timeout=300)
+            status = r.status_code
+            if status == 200:
+                break
+            await asyncio.sleep(2)  # 409 while shadow re-reads its topics after a start
+        self.say(f"shadow published its comparison of v{v} against live: HTTP {status}")
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(watcher.observed.comparisons) <= before:
+        while time.monotonic() < deadline:
+            fresh = [c for c in watcher.observed.comparisons if c.event_id not in before and c.candidate_version == v]
+            if fresh:
+                break
             await asyncio.sleep(0.5)
-        await asyncio.sleep(3)  # the registry consumes the comparison and decides
-        report = registry.call("viewer", "GET", f"/models/{MODEL}/versions/{v}/eligibility")
+        # The registry consumes the comparison and records it; its eligibility report then names every criterion.
+        report: dict[str, Any] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            report = registry.call("viewer", "GET", f"/models/{MODEL}/versions/{v}/eligibility")
+            if any(c.get("name") == "auroc_diff_ci_low" for c in report.get("criteria", [])):
+                break
+            await asyncio.sleep(1)
         for c in report.get("criteria", []):
             mark = {True: "[green]pass[/green]", False: "[red]fail[/red]", None: "n/a"}[c.get("passed")]
             self.console.print(f"  {mark} {c['name']}: observed {c.get('observed')} (required {c.get('required')})")
@@ -661,7 +697,7 @@ class Demo:
             await asyncio.sleep(0.5)
         return False
 
-    async def rollback_drill(self, registry: Registry, watcher: TopicWatcher) -> dict[str, Any]:
+    async def rollback_drill(self, registry: Registry, watcher: TopicWatcher, *, promoted: bool) -> dict[str, Any]:
         prod = registry.call("viewer", "GET", f"/models/{MODEL}/production")
         version = str(prod["version"])
         self.say(f"rollback drill: a critical performance alert against production v{version} (marked as a drill)")
@@ -689,6 +725,19 @@ class Demo:
             await producer.send_and_wait(self.topics.alerts, alert.model_dump_json().encode(), key=MODEL.encode())
         finally:
             await producer.stop()
+        if not promoted:
+            # Nothing was promoted, so there is no earlier production version to restore: the registry records
+            # the alert against the version and flags it (the policy's answer when no rollback target exists).
+            await asyncio.sleep(3)
+            history = registry.call("viewer", "GET", f"/models/{MODEL}/versions/{version}/history")
+            recorded = any(a.get("event_id") == alert.event_id for a in history.get("alerts", []))
+            self.say(f"no earlier production version to restore; the registry recorded the alert: {recorded}")
+            return {
+                "alerted_version": version,
+                "rolled_back": False,
+                "alert_recorded": recorded,
+                "why": "no earlier production version",
+            }
         rolled = None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and rolled is None:

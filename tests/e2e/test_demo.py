@@ -48,17 +48,18 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "18101",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, env=dict(os.environ), check=False)
-    print(done.stderr[-4000:])
+    (out / "demo.log").write_text(done.stdout + done.stderr)
     assert (out / "summary.json").exists(), done.stderr[-4000:]
     summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
     summary["_exit"] = done.returncode
     summary["_dir"] = str(out)
+    summary["_log"] = (done.stdout + done.stderr)[-6000:]
     return summary
 
 
 @pytest.mark.slow
 def test_the_demo_succeeds_and_accounts_for_every_entry(demo: dict[str, Any]) -> None:
-    assert demo["_exit"] == 0
+    assert demo["_exit"] == 0, demo["_log"]
     acc, counts = demo["accounting"], demo["counts"]
     assert acc["zero_loss"] is True
     assert acc["stay_hours_without_live_score"] == 0
@@ -75,7 +76,7 @@ def test_the_lifecycle_is_governed_by_the_registry(demo: dict[str, Any]) -> None
     actions = [(e["action"], e["version"]) for e in demo["lifecycle"]]
     assert ("promoted", "1") in actions or ("promoted", demo["promotion"]["candidate"]) in actions
     criteria = demo["promotion"]["eligibility"]["criteria"]
-    assert {c["name"] for c in criteria} >= {"auroc_diff_ci_low", "calibration_error", "alert_rate_ratio"}
+    assert {c["name"] for c in criteria} >= {"auroc_diff_ci_low", "calibration_error", "alert_rate_ratio"}, demo["_log"]
     if demo["promotion"]["promoted"]:
         assert all(c["passed"] is not False for c in criteria)
         assert demo["rollback_drill"]["rolled_back"] is True
