@@ -14,13 +14,28 @@ from typing import Any
 from faststream.specification import AsyncAPI
 
 from vigil.stack import SERVICE_NAMES
+from vigil_common.service import ServiceRuntime
+
+
+def _runtime(wired: Any) -> ServiceRuntime:
+    """The ServiceRuntime inside whatever a service's ``bootstrap`` returns (a runtime, a tuple, a wiring)."""
+    if isinstance(wired, ServiceRuntime):
+        return wired
+    if isinstance(wired, tuple):
+        return next(part for part in wired if isinstance(part, ServiceRuntime))
+    runtime = wired.runtime
+    assert isinstance(runtime, ServiceRuntime)
+    return runtime
 
 
 def asyncapi_document(service: str) -> dict[str, Any]:
     """The AsyncAPI 3.0 document of one service, built from its broker as ``bootstrap`` wires it."""
     app = importlib.import_module(f"vigil_{service}.app")
-    settings = importlib.import_module(f"vigil_{service}.settings").Settings()
-    runtime = app.bootstrap(settings)
+    # Documentation only: a throwaway SQLite database, never the stack's (the registry's bootstrap opens one).
+    overrides = {"database_url": "sqlite://"} if service == "registry" else {}
+    settings = importlib.import_module(f"vigil_{service}.settings").Settings(**overrides)
+    runtime = _runtime(app.bootstrap(settings))
+    assert runtime.broker is not None, f"{service} has no Kafka side to document"
     spec = AsyncAPI(runtime.broker, title=f"Vigil {service}", version="0.1.0", description=(app.__doc__ or "").strip())
     document: dict[str, Any] = json.loads(spec.to_specification().to_json())
     return document

@@ -74,15 +74,18 @@ def test_the_demo_succeeds_and_accounts_for_every_entry(demo: dict[str, Any]) ->
 @pytest.mark.slow
 def test_the_lifecycle_is_governed_by_the_registry(demo: dict[str, Any]) -> None:
     actions = [(e["action"], e["version"]) for e in demo["lifecycle"]]
-    assert ("promoted", "1") in actions or ("promoted", demo["promotion"]["candidate"]) in actions
+    assert actions[:3] == [("registered", actions[0][1]), ("stage_changed", actions[0][1]), ("promoted", actions[0][1])]
+    assert actions[0][1] != demo["promotion"]["candidate"], "the first production model is not the candidate"
     criteria = demo["promotion"]["eligibility"]["criteria"]
     assert {c["name"] for c in criteria} >= {"auroc_diff_ci_low", "calibration_error", "alert_rate_ratio"}, demo["_log"]
     if demo["promotion"]["promoted"]:
+        assert ("promoted", demo["promotion"]["candidate"]) in actions
         assert all(c["passed"] is not False for c in criteria)
         assert demo["rollback_drill"]["rolled_back"] is True
         assert demo["rollback_drill"]["scorer_switched"] is True
     else:
         assert any(c["passed"] is False for c in criteria), "a refusal names the failing criterion"
+        assert demo["rollback_drill"]["alert_recorded"] is True
 
 
 @pytest.mark.slow

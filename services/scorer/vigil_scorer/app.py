@@ -17,7 +17,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from pydantic import BaseModel, Field
 
-from vigil_common.events import ModelLifecycleChanged
+from vigil_common.events import DeadLettered, ModelLifecycleChanged, RiskScored
 from vigil_common.kafka import DeadLetters, Publisher, make_broker, raw_batch_decoder, raw_decoder
 from vigil_common.metrics import ServiceMetrics
 from vigil_common.service import ServiceRuntime, build_http_app
@@ -47,6 +47,10 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
     broker = make_broker(settings, client_id=f"vigil-{SERVICE}")
     metrics = ServiceMetrics(SERVICE)
     topics = settings.topics
+    # Declared for the AsyncAPI document: scores and snapshots are sent by the KafkaSink, dead letters by DeadLetters.
+    broker.publisher(topics.scores_live, schema=RiskScored, title="live risk scores (key: encounter)")
+    broker.publisher(topics.scorer_state, title="feature-state changelog (compacted; key: encounter)")
+    broker.publisher(topics.dead_letter, schema=DeadLettered, title="dead letters")
     dead_letters = DeadLetters(
         Publisher(broker),
         topics.dead_letter,

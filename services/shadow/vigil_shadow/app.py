@@ -32,7 +32,9 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 
 from vigil_common.events import (
+    ComparisonSummarized,
     ModelLifecycleChanged,
+    RiskScored,
     any_event_adapter,
     canonical_event_adapter,
 )
@@ -227,6 +229,9 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
     metrics = ServiceMetrics(SERVICE)
     topics = settings.topics
     service = ShadowService(settings, metrics, Publisher(broker))
+    # Declared for the AsyncAPI document (sends go through the guarded ShadowPublisher and the comparison desk).
+    broker.publisher(topics.scores_shadow, schema=RiskScored, title="shadow risk scores (key: encounter)")
+    broker.publisher(topics.comparisons, schema=ComparisonSummarized, title="comparisons (key: model name)")
 
     @broker.subscriber(
         topics.observations,
