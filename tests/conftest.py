@@ -35,11 +35,41 @@ def shared_kit() -> Path:
     return SHARED_KIT
 
 
+BROKER: dict[str, str] = {}
+"""How the session got its broker (for the closing summary)."""
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which broker the integration tier used and how many tests ran against it, so CI logs show it."""
+    outcomes: dict[str, int] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") in ("call", "setup") and "kafka_bootstrap" in getattr(
+                report, "vigil_fixtures", ()
+            ):
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    if BROKER:
+        terminalreporter.write_line(
+            f"[kafka] {BROKER['how']} native broker at {BROKER['bootstrap']}; tests against it: "
+            + ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items()))
+        )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    report.vigil_fixtures = tuple(getattr(item, "fixturenames", ()))
+    if report.when == "setup" and report.passed:
+        report.vigil_fixtures = ()  # count each test once: at its call (or at a failed setup)
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """A real Kafka broker's bootstrap servers."""
     given = os.environ.get("VIGIL_TEST_BOOTSTRAP")
     if given:
+        BROKER.update(how="given", bootstrap=given)
         yield given
         return
     from vigil.kafka_local import LocalCluster
@@ -47,7 +77,7 @@ def kafka_bootstrap() -> Iterator[str]:
     cluster = LocalCluster(name="test", base_port=int(os.environ.get("VIGIL_TEST_KAFKA_PORT", "19092")))
     already = cluster.running()
     bootstrap = cluster.start(timeout=120)
-    print(f"\n[kafka] {'reusing' if already else 'started'} native broker at {bootstrap}")
+    BROKER.update(how="reused" if already else "started", bootstrap=bootstrap)
     yield bootstrap
     if not already and not os.environ.get("VIGIL_KEEP_TEST_BROKER"):
         cluster.stop()
