@@ -49,7 +49,7 @@ class CompareConfig:
     bootstrap_seed: int = 2019
     ci_level: float = 0.95
     calibration_bins: int = 10
-    min_subgroup_positives: int = 5
+    min_subgroup_positives: int = 10
 
     @classmethod
     def from_settings(cls, settings: Any) -> CompareConfig:
@@ -221,12 +221,20 @@ def _subgroups(
                 }
             table[group] = entry
         out[attribute] = table
-        for who in ("live", "candidate"):
-            eligible = {
-                g: e[who]["sensitivity"]
-                for g, e in table.items()
-                if g != UNKNOWN and e["positives"] >= min_positives and math.isfinite(e[who]["sensitivity"])
-            }
+        # The disparity ratio compares how many septic stays each group has detected (the article: "does the model
+        # systematically under-flag certain populations?"). Stay-level detection, with a floor of septic stays
+        # per group, is what a small cohort can support; hourly sensitivity swings with one stay's length.
+        for who, alert in (("live", j.alert_live[lab]), ("candidate", j.alert_cand[lab])):
+            eligible = {}
+            for g, e in table.items():
+                m = (row_group == g) & (y == 1)
+                septic = set(enc[m].tolist())
+                e["septic_encounters"] = len(septic)
+                if g == UNKNOWN or len(septic) < min_positives:
+                    continue
+                detected = set(enc[m & alert].tolist())
+                e[who]["stay_sensitivity"] = len(detected) / len(septic)
+                eligible[g] = e[who]["stay_sensitivity"]
             ratio = float("nan")
             if len(eligible) >= 2:
                 worst, best = min(eligible.values()), max(eligible.values())
@@ -236,7 +244,7 @@ def _subgroups(
 
 
 def _overall_disparity(per_attribute: dict[str, Any]) -> float:
-    """The worst attribute's best-to-worst sensitivity ratio (NaN when no attribute has two eligible groups)."""
+    """The worst attribute's best-to-worst ratio of detected septic stays (NaN when no attribute has two groups)."""
     ratios = [v["ratio"] for v in per_attribute.values() if not math.isnan(v["ratio"])]
     return max(ratios) if ratios else float("nan")
 

@@ -27,7 +27,7 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("alert_rate", "Alert rate (scored hours)"),
     ("alerts_per_100_patient_days", "Alerts per 100 patient-days"),
     ("ece", "Calibration error (ECE)"),
-    ("disparity_ratio", "Disparity ratio (sensitivity, best/worst)"),
+    ("disparity_ratio", "Disparity ratio (septic stays detected, best/worst group)"),
     ("threshold", "Operating threshold"),
 )
 

@@ -50,8 +50,8 @@ class Settings(VigilSettings):
     """Fixed seed: the same data always gives the same CIs (live and replay reports are comparable)."""
     ci_level: float = Field(default=0.95, gt=0, lt=1)
     calibration_bins: int = Field(default=10, ge=2)
-    min_subgroup_positives: int = Field(default=5, ge=1)
-    """A subgroup enters the disparity ratio only with at least this many positive labelled hours."""
+    min_subgroup_positives: int = Field(default=10, ge=1)
+    """A subgroup enters the disparity ratio only with at least this many septic (positive) encounters."""
     publish_every_s: float = Field(default=300.0, gt=0)
     """How often comparison summaries are published to the comparisons topic."""
     min_labelled_hours_to_publish: int = Field(default=1, ge=0)
