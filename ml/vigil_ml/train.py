@@ -25,6 +25,7 @@ import pandas as pd
 
 from vigil_common.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, offline_features
 from vigil_common.model_package import ModelPackage, write_manifest
+from vigil_common.reference import build_reference
 from vigil_ml import data
 from vigil_ml.card import CITATION, card_markdown
 from vigil_ml.clinical import CLINICAL_SCORES, clinical_scores
@@ -125,26 +126,6 @@ def _versions() -> dict[str, str]:
         "scikit-learn": sklearn.__version__,
         "skl2onnx": skl2onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
-    }
-
-
-def _reference(X: np.ndarray, risk: np.ndarray) -> dict[str, Any]:
-    """Reference distributions for drift monitoring: per-feature quantiles and missing fraction, risk quantiles."""
-    qs = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0]
-    feats: dict[str, Any] = {}
-    for j, name in enumerate(FEATURE_COLUMNS):
-        col = X[:, j].astype(np.float64)
-        ok = col[~np.isnan(col)]
-        feats[name] = {
-            "missing_fraction": float(1 - len(ok) / len(col)) if len(col) else None,
-            "quantiles": [float(v) for v in np.quantile(ok, qs)] if len(ok) else None,
-        }
-    return {
-        "feature_set_version": FEATURE_SET_VERSION,
-        "quantile_levels": qs,
-        "rows": len(X),
-        "features": feats,
-        "risk": {"quantiles": [float(v) for v in np.quantile(risk, qs)], "mean": float(np.mean(risk))},
     }
 
 
@@ -263,7 +244,8 @@ def train(data_path: str | Path, out_dir: str | Path, config: TrainConfig | None
     card = _card(cfg, params, metrics, hgb, hashlib.sha256(onnx_bytes).hexdigest())
     (pkg / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     (pkg / "card.md").write_text(card_markdown(card))
-    (pkg / "reference.json").write_text(json.dumps(_reference(X[parts["valid"]], risk["valid"])) + "\n")
+    # The drift service's reference: the validation rows (held out of training) and the model's scores on them.
+    build_reference(frames["valid"], risk["valid"], thr).save(pkg / "reference.json")
     write_manifest(pkg, name=cfg.name, version=cfg.version, thresholds=thresholds, created_at=created)
     ModelPackage.load(pkg)  # the package must load and verify before a run counts
 

@@ -71,6 +71,11 @@ def test_export_parity_and_package(run) -> None:
         "reference.json",
     }
     assert pkg.card["onnx"]["parity_max_abs_diff"] < 1e-5
+    # The package carries the drift service's reference, built from held-out rows and the model's scores.
+    from vigil_common.reference import Reference
+
+    reference = Reference.load(pkg.path / "reference.json")
+    assert reference.to_json()
     for key in ("intended_use", "training_data", "features", "metrics", "calibration", "operating_threshold"):
         assert key in pkg.card
     assert {"attribute", "group", "auroc_ratio"} <= set(pkg.card["subgroups"][0])
