@@ -195,7 +195,7 @@ def simulate_cmd(
 @app.command("demo")
 def demo(
     data: Path | None = typer.Option(None, help="PhysioNet-format parquet (default: the bundled sample of set A)."),
-    stays: int | None = typer.Option(120, help="Number of stays streamed (seeded draw); all with --stays 0."),
+    stays: int | None = typer.Option(200, help="Number of stays streamed (seeded draw); all with --stays 0."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the summary as JSON here."),
     report: Path | None = typer.Option(None, help="HTML report (default: .vigil/demo/<run>/report.html)."),
     drift: str = typer.Option("temp-degf", help="Drift injected in the second part ('' for none)."),

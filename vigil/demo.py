@@ -61,7 +61,7 @@ class DemoOptions:
     """What the demo runs on."""
 
     data: Path | None = None
-    stays: int | None = 120
+    stays: int | None = 200
     json_out: Path | None = None
     report_out: Path | None = None
     production_version: str = "2"
