@@ -118,7 +118,7 @@ class Node:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if process_alive(pid) else None
 
     def answers(self) -> bool:
         """The broker's port accepts connections."""
@@ -278,7 +278,7 @@ class LocalCluster:
         os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not process_alive(pid):
                 break
             time.sleep(0.2)
         else:
@@ -301,7 +301,8 @@ class LocalCluster:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process runs (reaping it first if it is our exited child; a zombie counts as gone)."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
     try:

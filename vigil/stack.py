@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from vigil.kafka_local import LocalCluster, vigil_home
+from vigil.kafka_local import LocalCluster, process_alive, vigil_home
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class Stack:
             pid = int((self.run_dir / f"{name}.pid").read_text())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if process_alive(pid) else None
 
     def env(self, spec: ServiceSpec, extra: dict[str, str] | None = None) -> dict[str, str]:
         """The environment a service gets: the stack's broker, its own port, its neighbours' URLs."""
@@ -182,16 +182,3 @@ class Stack:
                 }
             )
         return rows
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False

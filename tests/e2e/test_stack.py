@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from vigil.kafka_local import process_alive
 from vigil.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,18 +59,7 @@ def test_up_status_ready_down(tmp_path: Path) -> None:
     assert stopped.returncode == 0, stopped.stderr
     for pid in pids:
         assert pid is not None
-        assert not _running(pid), f"process {pid} survived vigil down"
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
+        assert not process_alive(pid), f"process {pid} survived vigil down"
 
 
 def _logs(stack: Stack) -> str:
