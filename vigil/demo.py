@@ -779,21 +779,27 @@ class Demo:
         for (version, enc, hour), score in o.shadow.items():
             by_version[f"shadow v{version}"][(enc, hour)] = score.probability
         drifted = self.drifted_encounters
+        rejected: set[str] = set().union(*(r.rejected_encounters for r in reports)) if reports else set()
         for label, scores in sorted(by_version.items()):
             version = label.split("v")[-1]
             encounters = {enc for enc, _ in scores}
             package = ModelPackage.load(default_package_path(version))
-            # Agreement with `vigil model predict` holds on stays streamed as recorded; the stays sent with an
-            # injected drift are reported apart (their inputs differ from the rows by design).
-            clean = [s for s in plan if s.encounter in encounters and s.encounter not in drifted]
-            if clean:
-                sub = rows[rows["patient_id"].isin({s.patient_id for s in clean})].reset_index(drop=True)
-                figures[label] = model_figures(sub, encounter_of, scores, package)
-            dirty = [s for s in plan if s.encounter in encounters and s.encounter in drifted]
-            if dirty:
-                sub = rows[rows["patient_id"].isin({s.patient_id for s in dirty})].reset_index(drop=True)
+            # Agreement with `vigil model predict` holds on stays streamed as recorded. Stays sent with an injected
+            # drift, and stays with a reading ingest refused as implausible (PhysioNet keeps a few, e.g. FiO2 0.05),
+            # reach the model with other inputs than the rows: they are reported apart.
+            groups = {
+                "": [s for s in plan if s.encounter in encounters and s.encounter not in drifted | rejected],
+                " (stays with injected drift)": [s for s in plan if s.encounter in encounters & drifted],
+                " (stays with readings rejected by ingest)": [
+                    s for s in plan if s.encounter in (encounters & rejected) - drifted
+                ],
+            }
+            for suffix, stays in groups.items():
+                if not stays:
+                    continue
+                sub = rows[rows["patient_id"].isin({s.patient_id for s in stays})].reset_index(drop=True)
                 f = model_figures(sub, encounter_of, scores, package)
-                figures[f"{label} (stays with injected drift)"] = {**f, "agree": None}
+                figures[label + suffix] = f if not suffix else {**f, "agree": None}
         audit = registry.call("viewer", "GET", "/audit/verify") if self._has_audit(registry) else None
         summary: dict[str, Any] = {
             "run": self.run_id,
@@ -908,7 +914,7 @@ class Demo:
         self.say(f"report: {report}" + (f"; summary: {self.o.json_out}" if self.o.json_out else ""))
 
 
-AGREE = {True: "yes", False: "NO", None: "n/a (drift)"}
+AGREE = {True: "yes", False: "NO", None: "n/a (inputs differ)"}
 
 
 def _fmt(v: Any) -> str:

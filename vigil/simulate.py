@@ -107,6 +107,8 @@ class SimulationReport:
     entry_outcomes: Counter[str] = field(default_factory=Counter)
     drifted_readings: int = 0
     dropped_readings: int = 0
+    rejected_encounters: set[str] = field(default_factory=set)
+    """Encounters with at least one entry ingest refused (422): their stream differs from the rows."""
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -119,6 +121,7 @@ class SimulationReport:
             "http_status": {str(k): v for k, v in self.http_status.items()},
             "entry_outcomes": dict(self.entry_outcomes),
             "drifted_readings": self.drifted_readings,
+            "encounters_with_rejections": len(self.rejected_encounters),
             "dropped_readings": self.dropped_readings,
             "seconds": round(self.seconds, 2),
         }
@@ -390,17 +393,17 @@ class HttpSender:
 
     async def send(self, key: str, bundle: dict[str, Any]) -> None:
         await self.slots.acquire()
-        task = asyncio.create_task(self._after(self.last.get(key), bundle))
+        task = asyncio.create_task(self._after(self.last.get(key), key, bundle))
         self.last[key] = task
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
-    async def _after(self, previous: asyncio.Task[None] | None, bundle: dict[str, Any]) -> None:
+    async def _after(self, previous: asyncio.Task[None] | None, key: str, bundle: dict[str, Any]) -> None:
         if previous is not None:
             await asyncio.shield(previous)
-        await self._post(bundle)
+        await self._post(key, bundle)
 
-    async def _post(self, bundle: dict[str, Any]) -> None:
+    async def _post(self, key: str, bundle: dict[str, Any]) -> None:
         try:
             for attempt in range(5):
                 r = await self.client.post(
@@ -415,6 +418,8 @@ class HttpSender:
                 for entry in body.get("entry", []) if isinstance(body, dict) else []:
                     status = str(entry.get("response", {}).get("status", "?")).split(" ")[0]
                     self.report.entry_outcomes[status] += 1
+                    if status == "422":
+                        self.report.rejected_encounters.add(key)
         finally:
             self.slots.release()
 
