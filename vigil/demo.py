@@ -568,7 +568,7 @@ class Demo:
         self.phase = "evidence and promotion"
         decision = await self.promotion(registry, watcher, expected_encounters=len(first))
 
-        self.phase = "streaming under the promoted model, with drift"
+        self.phase = "streaming under the production model, with drift"
         drifts = [sim.Drift.parse(f"{self.o.drift}@0")] if self.o.drift else []
         if drifts:
             self.drifted_encounters = {s.encounter for s in second}
