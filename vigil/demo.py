@@ -251,6 +251,14 @@ class Registry:
                     tar.add(f, arcname=f.name)
         return dict(self._post_archive(buf.getvalue()))
 
+    def shadow_propose_approve(self, version: str, *, approver: str, reasons: tuple[str, str, str]) -> None:
+        """The governed path to production: a data scientist stages and proposes, a clinical approver approves."""
+        stage_reason, proposal_reason, approval_reason = reasons
+        base = f"/models/{MODEL}/versions/{version}"
+        self.call("scientist", "POST", f"{base}/stage", json={"to": "shadow", "reason": stage_reason})
+        self.call("scientist", "POST", f"{base}/proposals", json={"reason": proposal_reason})
+        self.call(approver, "POST", f"{base}/approve", json={"reason": approval_reason})
+
     def _post_archive(self, body: bytes) -> Any:
         r = self.client.post(
             f"/models/{MODEL}/versions",
@@ -468,46 +476,28 @@ class Demo:
         registry.register(production)
         registry.call("admin", "PUT", f"/models/{MODEL}/policy", json=self.demo_policy())
         self.say(f"{MODEL} v{v_prod} registered by a data scientist (package sha256 checked by the registry)")
-        registry.call(
-            "scientist",
-            "POST",
-            f"/models/{MODEL}/versions/{v_prod}/stage",
-            json={"to": "shadow", "reason": "demo: initial model"},
-        )
-        registry.call(
-            "scientist",
-            "POST",
-            f"/models/{MODEL}/versions/{v_prod}/proposals",
-            json={"reason": "first production model of the unit"},
-        )
-        registry.call(
-            "approver",
-            "POST",
-            f"/models/{MODEL}/versions/{v_prod}/approve",
-            json={"reason": "validated on the held-out cohort; card reviewed"},
+        registry.shadow_propose_approve(
+            v_prod,
+            approver="approver",
+            reasons=(
+                "demo: initial model",
+                "first production model of the unit",
+                "validated on the held-out cohort; card reviewed",
+            ),
         )
         if registry.call("viewer", "GET", f"/models/{MODEL}/versions/{v_prod}")["stage"] != "production":
             # With auto_promote the registry promotes on approval itself; otherwise the approver does.
             registry.call("approver", "POST", f"/models/{MODEL}/versions/{v_prod}/promote", json={"reason": "go-live"})
         self.say(f"v{v_prod} approved by a clinical approver (not the proposer) and promoted to production")
         registry.register(candidate)
-        registry.call(
-            "scientist",
-            "POST",
-            f"/models/{MODEL}/versions/{v_cand}/stage",
-            json={"to": "shadow", "reason": "candidate for shadow evaluation"},
-        )
-        registry.call(
-            "scientist",
-            "POST",
-            f"/models/{MODEL}/versions/{v_cand}/proposals",
-            json={"reason": "candidate: promote if it proves itself in shadow"},
-        )
-        registry.call(
-            "approver2",
-            "POST",
-            f"/models/{MODEL}/versions/{v_cand}/approve",
-            json={"reason": "approved subject to the evidence policy"},
+        registry.shadow_propose_approve(
+            v_cand,
+            approver="approver2",
+            reasons=(
+                "candidate for shadow evaluation",
+                "candidate: promote if it proves itself in shadow",
+                "approved subject to the evidence policy",
+            ),
         )
         self.say(f"v{v_cand} registered, in shadow, proposed and approved subject to the policy's evidence")
         deadline = time.monotonic() + 60

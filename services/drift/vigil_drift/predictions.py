@@ -94,37 +94,31 @@ class PredictionMonitor:
             mean, rate = float(p[e - w : e].mean()), float(a[e - w : e].mean())
             self.last.update(mean_score=mean, alert_rate=rate)
             ev = {"baseline": self.baseline_source, "adwin_changes": self.adwin_changes}
-            if self.baseline_mean is not None:
-                shift = relative_shift(mean, self.baseline_mean)
-                self.last["mean_score_shift"] = shift
+            # The mean score and the alert rate are judged the same way, each against its own baseline.
+            checks = (
+                ("mean_score", "baseline_mean", mean, self.baseline_mean, th.mean_score_shift, 5),
+                ("alert_rate", "baseline_alert_rate", rate, self.baseline_alert_rate, th.alert_rate_shift, None),
+            )
+            for name, baseline_key, current, baseline, threshold, digits in checks:
+                if baseline is None:
+                    continue
+                shift = relative_shift(current, baseline)
+                self.last[f"{name}_shift"] = shift
                 alert = self.book.observe(
                     kind="prediction_drift",
                     subject=self.model,
-                    metric="mean_score_shift",
+                    metric=f"{name}_shift",
                     value=shift,
-                    threshold=th.mean_score_shift,
-                    clear=th.mean_score_shift * 0.75,
+                    threshold=threshold,
+                    clear=threshold * 0.75,
                     at=at,
                     window=f"last {w} scores",
                     model_version=batch.version,
-                    evidence={**ev, "mean_score": round(mean, 5), "baseline_mean": round(self.baseline_mean, 5)},
-                )
-                if alert:
-                    out.append(alert)
-            if self.baseline_alert_rate is not None:
-                shift = relative_shift(rate, self.baseline_alert_rate)
-                self.last["alert_rate_shift"] = shift
-                alert = self.book.observe(
-                    kind="prediction_drift",
-                    subject=self.model,
-                    metric="alert_rate_shift",
-                    value=shift,
-                    threshold=th.alert_rate_shift,
-                    clear=th.alert_rate_shift * 0.75,
-                    at=at,
-                    window=f"last {w} scores",
-                    model_version=batch.version,
-                    evidence={**ev, "alert_rate": round(rate, 5), "baseline_alert_rate": self.baseline_alert_rate},
+                    evidence={
+                        **ev,
+                        name: round(current, 5),
+                        baseline_key: round(baseline, digits) if digits is not None else baseline,
+                    },
                 )
                 if alert:
                     out.append(alert)
