@@ -30,6 +30,11 @@ def train_cmd(
     max_leaf_nodes: int = typer.Option(None, help="Leaves per tree (default 31)."),
     n_boot: int = typer.Option(200, help="Bootstrap resamples for the CIs."),
     hold_out_sample: bool = typer.Option(True, help="Drop the bundled sample's patients before splitting."),
+    alert_budget_of: Path = typer.Option(
+        None,
+        "--alert-budget-of",
+        help="Package this model would replace: alert on at most its share of validation hours (its threshold).",
+    ),
 ) -> None:
     """Train the baseline and the gradient-boosted model, export ONNX, validate and write a package."""
     from vigil_ml import data as vdata
@@ -40,6 +45,10 @@ def train_cmd(
         raise typer.BadParameter(f"{path} not found; pass --data PARQUET (PhysioNet-format rows)", param_hint="--data")
     cfg = TrainConfig(name=name, version=version, seed=seed, max_stays=max_stays, n_boot=n_boot)
     cfg.hold_out_sample = hold_out_sample
+    if alert_budget_of is not None:
+        if not (alert_budget_of / "manifest.json").is_file():
+            raise typer.BadParameter(f"{alert_budget_of} is not a model package", param_hint="--alert-budget-of")
+        cfg.alert_budget_of = str(alert_budget_of)
     for key, value in (("max_iter", max_iter), ("learning_rate", learning_rate), ("max_leaf_nodes", max_leaf_nodes)):
         if value is not None:
             cfg.hgb[key] = value
@@ -53,6 +62,7 @@ def train_cmd(
                 "package": str(res.package_dir),
                 "onnx_parity_max_abs_diff": res.parity_max_abs_diff,
                 "operating_threshold": res.metrics["operating_threshold"],
+                "alert_budget": res.metrics["alert_budget"],
                 "test": {k: {m: s[k][m]["value"] for m in ("auroc", "auprc", "utility")} for k in s},
             },
             indent=2,

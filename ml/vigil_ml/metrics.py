@@ -269,8 +269,29 @@ LOW_PREVALENCE_SEPTIC_WEIGHT = 0.5
 """Weight of septic stays in the 'lower-prevalence site' half of the robust threshold rule."""
 
 
+def alert_hour_rate(scores: np.ndarray, threshold: float) -> float:
+    """Fraction of hours (rows) that alert at ``threshold`` (alert = score >= threshold)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return float(np.mean(scores >= threshold)) if len(scores) else float("nan")
+
+
+def lowest_threshold_within(scores: np.ndarray, max_alert_rate: float) -> float:
+    """The lowest threshold at which at most ``max_alert_rate`` of the rows alert (ties counted in full)."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    allowed = int(np.floor(max_alert_rate * len(s) + 1e-9))
+    if allowed >= len(s):
+        return float(s[-1])
+    # Just above the (allowed+1)-th highest score: every row tied with it stays below the threshold.
+    return float(np.nextafter(s[allowed], np.inf))
+
+
 def choose_threshold(
-    cohort: Cohort, scores: np.ndarray, *, candidates: int = 300, robust: bool = True
+    cohort: Cohort,
+    scores: np.ndarray,
+    *,
+    candidates: int = 300,
+    robust: bool = True,
+    max_alert_rate: float | None = None,
 ) -> tuple[float, float]:
     """The operating threshold from a validation split, and the normalised utility there.
 
@@ -280,9 +301,17 @@ def choose_threshold(
     prevalence falls (false alarms weigh more), and a new site usually has a different, often lower, prevalence
     (the Challenge's second hospital: 5.7% of stays against 8.8%); the utility curve is flat near its optimum, so
     the robust threshold costs little at the training site and protects a site with fewer septic patients.
+
+    ``max_alert_rate`` (an alert budget): only thresholds at which at most this fraction of the validation hours
+    alert are candidates, so a replacement model holds the alarm burden of the model it replaces and has to earn
+    its place by catching more within it. The lowest threshold within the budget is always a candidate.
     """
     scores = np.asarray(scores, dtype=np.float64)
     grid = np.unique(np.quantile(scores, np.linspace(0.5, 0.999, candidates)))
+    if max_alert_rate is not None:
+        floor = lowest_threshold_within(scores, max_alert_rate)
+        # The floor goes last: on a tie (same alerts) the unconstrained rule's own grid point is kept.
+        grid = np.r_[grid[grid >= floor], [floor] if floor not in grid else []]
     w_low = np.where(cohort.septic, LOW_PREVALENCE_SEPTIC_WEIGHT, 1.0)
 
     def norm(u: np.ndarray, w: np.ndarray) -> float:

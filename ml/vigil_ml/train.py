@@ -31,6 +31,7 @@ from vigil_ml.card import CITATION, card_markdown
 from vigil_ml.clinical import CLINICAL_SCORES, clinical_scores
 from vigil_ml.metrics import (
     Cohort,
+    alert_hour_rate,
     calibration_curve,
     choose_threshold,
     evaluate_score,
@@ -77,6 +78,9 @@ class TrainConfig:
     """Choose thresholds by the robust utility rule (see metrics.choose_threshold); False: plain utility maximum."""
     high_specificity: float = 0.99
     """Row-level specificity (validation) whose threshold marks the 'high' risk band."""
+    alert_budget_of: str | None = None
+    """A model package this model would replace: its alert-hour rate on this run's validation rows, at its own
+    operating threshold, caps ours (the operating threshold is the best within that alarm burden)."""
 
 
 @dataclass
@@ -178,7 +182,14 @@ def train(data_path: str | Path, out_dir: str | Path, config: TrainConfig | None
 
     # Operating points: each score's threshold maximises the challenge utility on the validation split.
     rb = cfg.robust_threshold
-    thr, valid_u = choose_threshold(cohorts["valid"], risk["valid"], robust=rb)
+    budget = alert_budget(cfg.alert_budget_of, X[parts["valid"]]) if cfg.alert_budget_of else None
+    thr, valid_u = choose_threshold(
+        cohorts["valid"], risk["valid"], robust=rb, max_alert_rate=budget["reference_alert_rate"] if budget else None
+    )
+    if budget is not None:
+        budget["alert_rate"] = alert_hour_rate(risk["valid"], thr)
+        budget["unconstrained_threshold"] = choose_threshold(cohorts["valid"], risk["valid"], robust=rb)[0]
+        budget["unconstrained_alert_rate"] = alert_hour_rate(risk["valid"], budget["unconstrained_threshold"])
     lr_thr, _ = choose_threshold(cohorts["valid"], lr_risk["valid"], robust=rb)
     clin_thr = {
         c: choose_threshold(cohorts["valid"], clin["valid"][c].to_numpy(), robust=rb)[0] for c in CLINICAL_SCORES
@@ -228,10 +239,12 @@ def train(data_path: str | Path, out_dir: str | Path, config: TrainConfig | None
         "split": split_info,
         "versions": _versions(),
         "timings_seconds": timings,
+        "alert_budget": budget,
     }
     metrics = {
         "split": "test",
         "operating_threshold": thr,
+        "alert_budget": budget,
         "thresholds": thresholds,
         "validation_utility_at_threshold": valid_u,
         "clinical_thresholds": clin_thr,
@@ -277,6 +290,39 @@ def train(data_path: str | Path, out_dir: str | Path, config: TrainConfig | None
     }
     (run_dir / "report.html").write_text(html_report(report, plots))
     return TrainResult(run_dir=run_dir, package_dir=pkg, metrics=metrics, parity_max_abs_diff=parity_diff)
+
+
+def alert_budget(reference_package: str | Path, X_valid: np.ndarray) -> dict[str, Any]:
+    """The alarm burden of the model to replace: its alert-hour rate on these validation rows at its threshold.
+
+    Measured on this run's validation rows (not copied from the reference's card), so both models are judged on
+    the same hours; a reference whose split shares the same seed never saw these patients in training.
+    """
+    ref = ModelPackage.load(reference_package)
+    if tuple(ref.columns) != tuple(FEATURE_COLUMNS):
+        raise ValueError(f"alert budget reference {ref.name} v{ref.version} uses other features than this run")
+    rate = alert_hour_rate(ref.predict(X_valid), ref.operating_threshold)
+    return {
+        "reference": {"name": ref.name, "version": ref.version, "sha256": ref.sha256},
+        "reference_threshold": ref.operating_threshold,
+        "reference_alert_rate": rate,
+        "validation_hours": len(X_valid),
+    }
+
+
+def _budget_rule(budget: dict[str, Any] | None) -> str:
+    if budget is None:
+        return ""
+    ref = budget["reference"]
+    return (
+        f" Alert budget: this model replaces {ref['name']} version {ref['version']} (sha256 {ref['sha256'][:12]}...) "
+        "and must not raise the alarm burden, so the threshold is the best by that rule among thresholds that "
+        f"alert on at most {budget['reference_alert_rate']:.2%} of the validation hours, the rate of version "
+        f"{ref['version']} at its own threshold {budget['reference_threshold']:.4g} on the same hours. This model "
+        f"alerts on {budget['alert_rate']:.2%} of them (without the budget its threshold would be "
+        f"{budget['unconstrained_threshold']:.4g}, alerting on {budget['unconstrained_alert_rate']:.2%}). "
+        "The bedside scores and the baseline keep their own unconstrained thresholds."
+    )
 
 
 def _card(cfg: TrainConfig, params: dict[str, Any], metrics: dict[str, Any], hgb: Any, sha: str) -> dict[str, Any]:
@@ -332,6 +378,7 @@ def _card(cfg: TrainConfig, params: dict[str, Any], metrics: dict[str, Any], hgb
                     if cfg.robust_threshold
                     else "Plain variant: the threshold that maximises the utility at the observed prevalence."
                 )
+                + _budget_rule(metrics["alert_budget"])
             ),
             "validation_utility": metrics["validation_utility_at_threshold"],
             "risk_levels": {
@@ -340,6 +387,7 @@ def _card(cfg: TrainConfig, params: dict[str, Any], metrics: dict[str, Any], hgb
                 "high": f"at or above the threshold with {cfg.high_specificity:.0%} hourly specificity on validation",
             },
             "thresholds": metrics["thresholds"],
+            **({"alert_budget": metrics["alert_budget"]} if metrics["alert_budget"] else {}),
         },
         "metrics": {"split": "test", "scores": metrics["scores"], "bootstrap": f"{cfg.n_boot} stay resamples"},
         "calibration": {
