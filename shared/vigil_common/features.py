@@ -283,17 +283,35 @@ def offline_features(df: pd.DataFrame) -> pd.DataFrame:
 # --- incremental (serving) -----------------------------------------------------------------------
 
 _US_PER_HOUR = 3_600_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
 
 
 def _micros(t: datetime) -> int:
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
-    d = t - datetime(1970, 1, 1, tzinfo=UTC)
-    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+    return (t - _EPOCH) // _ONE_US  # exact integer arithmetic on the timedelta
 
 
 def _from_micros(us: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _raw_layout() -> tuple[str, ...]:
+    """Names of the raw statistics in the order :meth:`EncounterState._raw` lists them (same loops)."""
+    keys = ["hour", *_DEMOGRAPHIC]
+    for name in USED:
+        keys += [f"last:{name}", f"last_hour:{name}", f"prev:{name}", f"count:{name}"]
+        if name in WINDOWED:
+            for w in WINDOWS:
+                keys += [f"sum:{name}:{w}", f"cnt:{name}:{w}", f"min:{name}:{w}", f"max:{name}:{w}"]
+    return tuple(keys)
+
+
+_RAW_KEYS = _raw_layout()
+_RAW_INDEX = {k: i for i, k in enumerate(_RAW_KEYS)}
+_USED_WINDOWED = tuple((name, name in WINDOWED) for name in USED)
+_EMPTY: tuple[list[int], list[float]] = ([], [])
 
 
 class EncounterState:
@@ -303,6 +321,10 @@ class EncounterState:
     no-op, an amended resource (same resource and time, new version) replaces its value, and a retraction removes
     the resource's readings. Hours are counted from the encounter's ICU admission; until an ``EncounterRecorded``
     gives it, from the earliest reading (then re-bucketed when it arrives).
+
+    The hour buckets (one value per hour and feature, the latest reading of the hour) are updated in place as
+    readings arrive, in time order or late; only a retraction or a new hour origin rebuilds them from the
+    readings. So an event costs the same at hour 200 of a stay as at hour 2.
     """
 
     def __init__(self, encounter: str | None = None, patient: str | None = None) -> None:
@@ -314,40 +336,80 @@ class EncounterState:
         # feature -> "type/id|micros" -> (micros, value, seq); seq orders same-time readings by arrival.
         self._readings: dict[str, dict[str, tuple[int, float, int]]] = {}
         self._seq = 0
-        # Hour buckets per feature (sorted hours, their values), rebuilt lazily for the features that changed.
+        self._count = 0
+        # Per feature: hour -> (micros, seq, value) of the reading that holds the hour, and the sorted hours with
+        # their values. Kept current on apply; features in _dirty are rebuilt from the readings when next read.
+        self._best: dict[str, dict[int, tuple[int, int, float]]] = {}
         self._buckets: dict[str, tuple[list[int], list[float]]] = {}
         self._dirty: set[str] = set()
         self._bucket_base: int | None = None
+        self._max_hour: int | None = None
         self._max_time: int | None = None
+        self._min_time: int | None = None
 
     # -- applying events --
 
     def apply(self, event: ObservationRecorded | ObservationRetracted | EncounterRecorded) -> None:
         """Fold one canonical event into the state (idempotent for redelivered events)."""
-        if isinstance(event, EncounterRecorded):
+        if isinstance(event, ObservationRecorded):
+            if self.patient is None:
+                self.patient = event.patient
+            if self.encounter is None:
+                self.encounter = event.encounter
+            feature = event.feature
+            if feature not in USED and feature not in _DEMOGRAPHIC:
+                return
+            t = _micros(event.observed_at)
+            source = event.source
+            rkey = f"{source.resource_type}/{source.resource_id}|{t}"
+            per = self._readings.get(feature)
+            if per is None:
+                per = self._readings[feature] = {}
+            value = float(event.value)
+            old = per.get(rkey)
+            if old is not None and old[1] == value:
+                return  # a redelivery: nothing changes
+            if old is None:
+                self._count += 1
+            self._seq += 1
+            seq = self._seq
+            per[rkey] = (t, value, seq)
+            # None means "not known" (after a retraction, or no reading yet): recomputed when next read.
+            if self._max_time is not None and t > self._max_time:
+                self._max_time = t
+            if self._min_time is not None and t < self._min_time:
+                self._min_time = t
+            base = self._base()
+            if base is None or base != self._bucket_base or feature in self._dirty:
+                self._dirty.add(feature)  # rebuilt when next read
+                return
+            hr = (t - base) // _US_PER_HOUR
+            best = self._best.get(feature)
+            if best is None:
+                best = self._best[feature] = {}
+                self._buckets[feature] = ([], [])
+            hours, values = self._buckets[feature]
+            held = best.get(hr)
+            if held is None:
+                best[hr] = (t, seq, value)
+                if not hours or hr > hours[-1]:
+                    hours.append(hr)
+                    values.append(value)
+                else:
+                    i = bisect.bisect_left(hours, hr)
+                    hours.insert(i, hr)
+                    values.insert(i, value)
+                if self._max_hour is None or hr > self._max_hour:
+                    self._max_hour = hr
+            elif (t, seq) > held[:2]:
+                best[hr] = (t, seq, value)
+                values[bisect.bisect_left(hours, hr)] = value
+        elif isinstance(event, EncounterRecorded):
             self.encounter = event.encounter
             self.patient = event.patient or self.patient
             if event.icu_admitted_at is not None:
                 self.icu_admitted_at = event.icu_admitted_at
             self.unit = event.unit or self.unit
-        elif isinstance(event, ObservationRecorded):
-            if self.patient is None:
-                self.patient = event.patient
-            if self.encounter is None:
-                self.encounter = event.encounter
-            if event.feature not in USED and event.feature not in _DEMOGRAPHIC:
-                return
-            t = _micros(event.observed_at)
-            rkey = f"{event.source.resource_type}/{event.source.resource_id}|{t}"
-            per = self._readings.setdefault(event.feature, {})
-            old = per.get(rkey)
-            if old is not None and old[1] == event.value:
-                return  # a redelivery: nothing changes
-            self._seq += 1
-            per[rkey] = (t, float(event.value), self._seq)
-            self._dirty.add(event.feature)
-            if self._max_time is None or t > self._max_time:
-                self._max_time = t
         elif isinstance(event, ObservationRetracted):
             prefix = f"{event.retracted_resource.resource_type}/{event.retracted_resource.resource_id}|"
             for feature, per in self._readings.items():
@@ -357,16 +419,22 @@ class EncounterState:
                 for k in gone:
                     del per[k]
                 if gone:
+                    self._count -= len(gone)
                     self._dirty.add(feature)
                     self._max_time = None  # recomputed on demand
+                    self._min_time = None
 
     # -- reading the state --
+
+    def _times(self) -> list[int]:
+        return [r[0] for per in self._readings.values() for r in per.values()]
 
     def _base(self) -> int | None:
         if self.icu_admitted_at is not None:
             return _micros(self.icu_admitted_at)
-        times = [r[0] for per in self._readings.values() for r in per.values()]
-        return min(times) if times else None
+        if self._min_time is None and self._count:
+            self._min_time = min(self._times())
+        return self._min_time
 
     def _bucketed(self) -> dict[str, tuple[list[int], list[float]]]:
         base = self._base()
@@ -378,63 +446,71 @@ class EncounterState:
                 best: dict[int, tuple[int, int, float]] = {}
                 for t, v, seq in self._readings.get(feature, {}).values():
                     hr = (t - (base or 0)) // _US_PER_HOUR
-                    if hr not in best or (t, seq) > best[hr][:2]:
+                    held = best.get(hr)
+                    if held is None or (t, seq) > held[:2]:
                         best[hr] = (t, seq, v)
                 hs = sorted(best)
+                self._best[feature] = best
                 self._buckets[feature] = (hs, [best[x][2] for x in hs])
             self._dirty = set()
+            tops = [hours[-1] for hours, _ in self._buckets.values() if hours]
+            self._max_hour = max(tops) if tops else None
         return self._buckets
 
     @property
     def observations(self) -> int:
         """Number of readings held (redeliveries counted once, retracted ones removed)."""
-        return sum(len(per) for per in self._readings.values())
+        return self._count
 
     @property
     def data_time(self) -> datetime | None:
         """Observed time of the newest reading."""
-        if self._max_time is None:
-            times = [r[0] for per in self._readings.values() for r in per.values()]
-            self._max_time = max(times) if times else None
+        if self._max_time is None and self._count:
+            self._max_time = max(self._times())
         return None if self._max_time is None else _from_micros(self._max_time)
 
     @property
     def hour(self) -> int | None:
         """Whole hours since ICU admission of the newest reading (None before any reading)."""
-        hs = [hours[-1] for hours, _ in self._bucketed().values() if hours]
-        return max(hs) if hs else None
+        self._bucketed()
+        return self._max_hour
 
-    def _raw(self, h: int | None) -> dict[str, float]:
-        """The raw statistics at hour ``h`` as Python floats, keyed like :func:`_raw_from_scalars` expects."""
+    def _raw(self, h: int | None) -> list[float]:
+        """The raw statistics at hour ``h`` as Python floats, in ``_RAW_KEYS`` order (see :func:`features_many`)."""
         b = self._bucketed()
         nan = math.nan
-        out: dict[str, float] = {"hour": nan if h is None else float(h)}
+        out: list[float] = [nan if h is None else float(h)]
         for name in _DEMOGRAPHIC:
-            _, values = b.get(name, ([], []))
+            values = b.get(name, _EMPTY)[1]
             # Demographics do not change with time: the latest reading holds whatever the hour asked.
-            out[name] = values[-1] if values else nan
-        for name in USED:
-            hours, values = b.get(name, ([], []))
-            k = bisect.bisect_right(hours, h) if h is not None else 0
-            out[f"last:{name}"] = values[k - 1] if k >= 1 else nan
-            out[f"last_hour:{name}"] = float(hours[k - 1]) if k >= 1 else nan
-            out[f"prev:{name}"] = values[k - 2] if k >= 2 else nan
-            out[f"count:{name}"] = float(k)
-            if name in WINDOWED:
+            out.append(values[-1] if values else nan)
+        bisect_right, bisect_left = bisect.bisect_right, bisect.bisect_left
+        for name, windowed in _USED_WINDOWED:
+            hours, values = b.get(name, _EMPTY)
+            if h is None or not hours:
+                k = 0
+            elif h >= hours[-1]:
+                k = len(hours)  # the common case: scored at (or after) the feature's newest hour
+            else:
+                k = bisect_right(hours, h)
+            if k >= 2:
+                out += (values[k - 1], float(hours[k - 1]), values[k - 2], float(k))
+            elif k == 1:
+                out += (values[0], float(hours[0]), nan, 1.0)
+            else:
+                out += (nan, nan, nan, 0.0)
+            if windowed:
                 for w in WINDOWS:
-                    total, cnt, lo_v, hi_v = 0.0, 0, nan, nan
-                    if h is not None:
-                        # Oldest hour first, the order _sequential_sum adds in.
-                        for j in range(bisect.bisect_left(hours, h - w + 1), k):
-                            v = values[j]
+                    j = bisect_left(hours, h - w + 1, 0, k) if k else 0
+                    if j < k:
+                        segment = values[j:k]
+                        total = 0.0
+                        for v in segment:  # oldest hour first, the order _sequential_sum adds in
                             total += v
-                            cnt += 1
-                            lo_v = v if cnt == 1 or v < lo_v else lo_v
-                            hi_v = v if cnt == 1 or v > hi_v else hi_v
-                    out[f"sum:{name}:{w}"] = total
-                    out[f"cnt:{name}:{w}"] = float(cnt)
-                    out[f"min:{name}:{w}"] = lo_v
-                    out[f"max:{name}:{w}"] = hi_v
+                        # min/max keep the first of equal values and replace on a strict comparison, as before.
+                        out += (total, float(k - j), min(segment), max(segment))
+                    else:
+                        out += (0.0, 0.0, nan, nan)
         return out
 
     def features(self, at_hour: int | None = None) -> np.ndarray:
@@ -472,6 +548,7 @@ class EncounterState:
         s._seq = int(d.get("seq", 0))
         for f, rows in d.get("readings", {}).items():
             s._readings[f] = {str(k): (int(t), float(v), int(q)) for k, t, v, q in rows}
+        s._count = sum(len(per) for per in s._readings.values())
         s._dirty = set(s._readings)
         return s
 
@@ -487,14 +564,13 @@ def features_many(states: list[EncounterState], at_hours: list[int | None] | Non
         if at_hours is None
         else [s.hour if a is None else a for s, a in zip(states, at_hours, strict=True)]
     )
-    rows = [s._raw(h) for s, h in zip(states, hours, strict=True)]
-    n = len(rows)
-    keys = list(rows[0]) if rows else []
-    matrix = np.array([list(r.values()) for r in rows], dtype=np.float64).reshape(n, len(keys))
-    where = {k: i for i, k in enumerate(keys)}
+    n = len(states)
+    matrix = np.array([s._raw(h) for s, h in zip(states, hours, strict=True)], dtype=np.float64).reshape(
+        n, len(_RAW_KEYS)
+    )
 
     def col(key: str) -> np.ndarray:
-        return matrix[:, where[key]] if n else np.zeros(0)
+        return matrix[:, _RAW_INDEX[key]]
 
     raw = _Raw(
         n=n,

@@ -156,3 +156,45 @@ def test_hours_counted_from_first_reading_until_admission_known() -> None:
     s.apply(f.encounter(icu_admitted_at=f.T0))
     assert s.hour == 3
     assert s.features()[FEATURE_COLUMNS.index("icu_hours")] == 3.0
+
+
+def test_buckets_updated_in_place_equal_a_rebuild_from_the_readings(sample: pd.DataFrame) -> None:
+    """The state updates its hour buckets as readings arrive; a restored copy rebuilds them from the readings.
+
+    Under disorder, late readings inside an earlier hour, amendments and retractions, both must give the same
+    features at every hour, the same hour, count and newest time.
+    """
+    pid = sorted(sample["patient_id"].unique())[11]
+    stay = sample[sample["patient_id"] == pid]
+    events = list(stay_events(stay, encounter="e", patient="p", icu_admitted_at=ICU_EPOCH))
+    rng = np.random.default_rng(5)
+    observations = [e for e in events if isinstance(e, ObservationRecorded)]
+    extra = []
+    for i in rng.choice(len(observations), size=40, replace=False):
+        o = observations[i]
+        # A second reading later in the same hour (it holds the hour), and an amendment of the first one.
+        later = o.observed_at + timedelta(minutes=int(rng.integers(1, 59 - o.observed_at.minute + 1)))
+        if later.hour == o.observed_at.hour:
+            extra.append(o.model_copy(update={"value": o.value + 1.0, "observed_at": later, "event_id": f"late-{i}"}))
+        src = o.source.model_copy(update={"version_id": "2"})
+        extra.append(o.model_copy(update={"value": o.value * 1.1, "source": src, "event_id": f"amend-{i}"}))
+    stream = [
+        events[0],
+        *[x for x in np.array(events[1:] + extra, dtype=object)[rng.permutation(len(events) - 1 + len(extra))]],
+    ]
+    retract_at = {int(k) for k in rng.choice(len(stream), size=5, replace=False)}
+    state = EncounterState()
+    for n, e in enumerate(stream):
+        state.apply(e)
+        if n in retract_at and isinstance(e, ObservationRecorded):
+            state.apply(f.retraction(feature=e.feature, retracted_resource=e.source))
+        if n % 25 == 0 or n == len(stream) - 1:
+            rebuilt = EncounterState.from_dict(state.to_dict())
+            assert (rebuilt.hour, rebuilt.observations, rebuilt.data_time) == (
+                state.hour,
+                state.observations,
+                state.data_time,
+            )
+            top = state.hour or 0
+            at = sorted({0, top // 2, top, top + 3})
+            assert_same(features_many([state] * len(at), list(at)), features_many([rebuilt] * len(at), list(at)))
