@@ -195,7 +195,11 @@ def simulate_cmd(
 @app.command("demo")
 def demo(
     data: Path | None = typer.Option(None, help="PhysioNet-format parquet (default: the bundled sample of set A)."),
-    stays: int | None = typer.Option(200, help="Number of stays streamed (seeded draw); all with --stays 0."),
+    stays: int | None = typer.Option(
+        300, help="Number of stays streamed (seeded draw; 300 = the whole bundled sample); all with --stays 0."
+    ),
+    production: str = typer.Option("2", help="Version registered as the unit's production model."),
+    candidate: str = typer.Option("3", help="Version registered as the candidate in shadow."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the summary as JSON here."),
     report: Path | None = typer.Option(None, help="HTML report (default: .vigil/demo/<run>/report.html)."),
     drift: str = typer.Option("temp-degf", help="Drift injected in the second part ('' for none)."),
@@ -209,6 +213,8 @@ def demo(
     options = DemoOptions(
         data=data,
         stays=stays or None,
+        production_version=production,
+        candidate_version=candidate,
         json_out=json_out,
         report_out=report,
         drift=drift,

@@ -61,13 +61,19 @@ class DemoOptions:
     """What the demo runs on."""
 
     data: Path | None = None
-    stays: int | None = 200
+    stays: int | None = 300
+    """The whole bundled sample: its 45 septic stays (21 women, 24 men) are few, and the policy's disparity ratio
+    needs at least 10 septic stays in each group during shadow (else it is undefined and the policy fails closed)."""
+    shadow_share: float = 2 / 3
+    """Share of the stays streamed while the candidate is in shadow (stratified by sex and sepsis): 200 of 300,
+    so 14 septic women and 16 septic men; the other 100 (about 4,000 stay-hours, above the drift detector's
+    2,000-stay-hour missingness window) stream under whichever model is then in production."""
     json_out: Path | None = None
     report_out: Path | None = None
     production_version: str = "2"
     """The unit's current model: the smaller gradient-boosted model of the repository."""
-    candidate_version: str = "1"
-    """The candidate: the repository's default model (better on held-out set A stays, see its card)."""
+    candidate_version: str = "3"
+    """The candidate: v1's larger model trained on v2's split, its threshold held to v2's alert budget (its card)."""
     speed: float = 0.0
     outcome_delay_hours: float = 6.0
     drift: str = "temp-degf"
@@ -363,6 +369,25 @@ def _same(a: Any, b: Any) -> bool:
     return bool(va == vb or (va is not None and vb is not None and abs(va - vb) < 1e-9))
 
 
+def shadow_split(plan: list[sim.Stay], share: float) -> tuple[list[sim.Stay], list[sim.Stay]]:
+    """The stays streamed in shadow and the rest, stratified by sex and sepsis (each keeps the plan's order).
+
+    Each (sex, septic) stratum gives ``round(share * n)`` of its stays to the shadow phase, so the policy's
+    per-group evidence does not depend on the luck of one draw; a non-empty rest is kept when there is one.
+    """
+    strata: dict[tuple[str, bool], list[sim.Stay]] = defaultdict(list)
+    for stay in plan:
+        gender = stay.rows["Gender"].dropna() if "Gender" in stay.rows else pd.Series(dtype=float)
+        sex = "unknown" if gender.empty else ("male" if float(gender.iloc[0]) == 1.0 else "female")
+        strata[(sex, stay.onset_hour is not None)].append(stay)
+    chosen: set[str] = set()
+    for stays in strata.values():
+        chosen.update(s.encounter for s in stays[: math.floor(share * len(stays) + 0.5)])
+    if len(chosen) == len(plan) and share < 1 and len(plan) > 1:
+        chosen.discard(plan[-1].encounter)
+    return [s for s in plan if s.encounter in chosen], [s for s in plan if s.encounter not in chosen]
+
+
 class Demo:
     """One run of the story."""
 
@@ -522,8 +547,7 @@ class Demo:
         plan = sim.load_stays(
             self.o.data, stays=self.o.stays, seed=self.o.seed, arrival_hours=48.0, id_prefix=f"d{self.run_id[-4:]}"
         )
-        split = int(len(plan) * 0.6)
-        first, second = plan[:split], plan[split:]
+        first, second = shadow_split(plan, self.o.shadow_share)
         report_a = sim.SimulationReport()
         reports: list[sim.SimulationReport] = []
 
