@@ -315,10 +315,11 @@ async def run(
             stage: round(
                 _metric(metrics, f'vigil_processing_seconds_sum{{service="scorer",stage="{stage}"}}') / batch_count, 4
             )
-            for stage in ("batch", "score", "publish_scores", "snapshot", "publish_state")
+            for stage in ("batch", "score", "publish_scores")
         }
         if batch_count
         else None,
+        "checkpoints": _checkpoints(metrics),
         "targets": {"events_per_s": 20000, "p99_ms_at_5000_events_per_s": 50},
         "machine_cpus": os.cpu_count(),
     }
@@ -343,6 +344,22 @@ def _core_only(events: list[Any], batch: int) -> dict[str, Any]:
         scores += len(out.scores)
     elapsed = time.perf_counter() - t0
     return {"events_per_s": round(len(events) / elapsed, 1), "scores_per_s": round(scores / elapsed, 1)}
+
+
+def _checkpoints(metrics: str) -> dict[str, Any]:
+    """How many checkpoints the scorer wrote and the mean seconds of their steps (capture, changelog, commit)."""
+    count = _metric(metrics, 'vigil_processing_seconds_count{service="scorer",stage="snapshot"}')
+    if not count:
+        return {"count": 0}
+    return {
+        "count": int(count),
+        **{
+            f"mean_{stage}_s": round(
+                _metric(metrics, f'vigil_processing_seconds_sum{{service="scorer",stage="{stage}"}}') / count, 4
+            )
+            for stage in ("snapshot", "publish_state", "commit")
+        },
+    }
 
 
 def _metric(text: str, name: str) -> float:

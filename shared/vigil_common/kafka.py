@@ -234,12 +234,17 @@ async def process_batch(
     adapter: TypeAdapter[T],
     handle: BatchHandler[T],
     dead_letters: DeadLetters,
+    *,
+    commit: bool = True,
 ) -> tuple[int, int]:
     """Run the at-least-once contract over one FastStream batch; returns (processed, parked).
 
     ``handle`` publishes its outputs (awaiting acknowledgement) and returns the records it could not process,
     with their reasons; those are parked. Only then is the batch committed. An exception from ``handle``
     (the broker unreachable, say) propagates: nothing is committed and the batch is redelivered.
+
+    ``commit=False`` leaves the commit to the caller, which then commits several batches at once after its own
+    durable step (the scorer's checkpoint: state snapshots first, then the offsets).
     """
     try:
         good, bad = parse_batch(records_of(message), adapter)
@@ -252,5 +257,6 @@ async def process_batch(
         # next batch's commit would otherwise skip this one.
         await message.nack()
         raise
-    await message.ack()
+    if commit:
+        await message.ack()
     return len(good) - len(failed), len(parked)

@@ -73,25 +73,91 @@ def items() -> list[Parsed[Any]]:
     return [record(e, 0, i) for i, e in enumerate(events)]
 
 
-def test_scores_are_published_before_the_state_snapshots(svc: tuple[ScorerService, FakeSink]) -> None:
-    service, sink = svc
-    failed = asyncio.run(service._handle(items()))
-    assert failed == []
-    topics = [t for t, _ in sink.sent]
-    assert topics == [service.topics.scores_live, service.topics.scorer_state]
-    key, value, partition = sink.sent[1][1][0]
-    assert key == b"enc-1" and value is not None and partition == 0
+class FakeConsumer:
+    """Records commits (into the sink's log, so their order against the changelog shows) and seeks."""
+
+    def __init__(self, sink: FakeSink) -> None:
+        self.sink = sink
+        self.seeks: list[tuple[int, int]] = []
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        self.sink.sent.append(("commit", [(None, None, tp.partition) for tp in offsets]))
+        self.committed = {tp.partition: o for tp, o in offsets.items()}
+
+    async def committed(self, tp: Any) -> int | None:
+        return None
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tp.partition, offset))
+
+    async def seek_to_beginning(self, tp: Any) -> None:
+        self.seeks.append((tp.partition, 0))
 
 
-def test_a_failed_publish_drops_the_batch_states_and_rereads_them_before_the_retry(
+def test_a_batch_publishes_its_scores_and_the_checkpoint_its_states_then_commits(
     svc: tuple[ScorerService, FakeSink],
 ) -> None:
     service, sink = svc
+    consumer = FakeConsumer(sink)
+    service.consumer_of = lambda: consumer
+    failed = asyncio.run(service._handle(items()))
+    assert failed == []
+    assert [t for t, _ in sink.sent] == [service.topics.scores_live]  # the states wait for the checkpoint
+    assert service.unsaved == {"enc-1": 0}
+    service.consumed[0] = 2
+    asyncio.run(service.checkpoint())
+    assert [t for t, _ in sink.sent] == [service.topics.scores_live, service.topics.scorer_state, "commit"]
+    key, value, partition = sink.sent[1][1][0]
+    assert key == b"enc-1" and value is not None and partition == 0
+    assert consumer.committed == {0: 2} and service.committed == {0: 2} and not service.unsaved
+
+
+def test_a_failed_checkpoint_keeps_states_and_offsets_for_the_next_one(svc: tuple[ScorerService, FakeSink]) -> None:
+    service, sink = svc
+    consumer = FakeConsumer(sink)
+    service.consumer_of = lambda: consumer
+    asyncio.run(service._handle(items()))
+    service.consumed[0] = 2
     sink.fail_on = "scorer.state"
+    with pytest.raises(ConnectionError):
+        asyncio.run(service.checkpoint())
+    assert service.unsaved == {"enc-1": 0} and service.committed == {}  # nothing committed past the changelog
+    assert service.core is not None and "enc-1" in service.core.states
+    sink.fail_on = None
+    asyncio.run(service.checkpoint())
+    assert consumer.committed == {0: 2} and not service.unsaved
+
+
+def test_revoked_partitions_are_checkpointed_before_their_states_are_dropped(
+    svc: tuple[ScorerService, FakeSink],
+) -> None:
+    service, sink = svc
+    consumer = FakeConsumer(sink)
+    service.consumer_of = lambda: consumer
+    batch = [*items(), record(factories.observation(encounter="enc-2", key="enc-2"), 1, 0)]
+    asyncio.run(service._handle(batch))
+    service.consumed.update({0: 2, 1: 1})
+    asyncio.run(service.partitions_revoked({1}))
+    state_keys = [k for t, b in sink.sent if t == service.topics.scorer_state for k, _, _ in b]
+    assert state_keys == [b"enc-2"] and consumer.committed == {1: 1}
+    assert service.core is not None and set(service.core.states) == {"enc-1"}
+    assert service.unsaved == {"enc-1": 0} and service.owned == {0}
+
+
+def test_a_failed_publish_drops_the_batch_states_and_rewinds_to_the_committed_offsets(
+    svc: tuple[ScorerService, FakeSink],
+) -> None:
+    service, sink = svc
+    consumer = FakeConsumer(sink)
+    service.consumer_of = lambda: consumer
+    service.committed[0] = 0
+    sink.fail_on = "scores.live"
     with pytest.raises(ConnectionError):
         asyncio.run(service._handle(items()))
     assert service.core is not None and "enc-1" not in service.core.states
     assert service.needs_restore == {0}
+    asyncio.run(service._rewind({0}))
+    assert consumer.seeks == [(0, 0)] and not service.unsaved
 
 
 def test_records_of_partitions_not_owned_are_skipped(svc: tuple[ScorerService, FakeSink]) -> None:

@@ -23,9 +23,12 @@ class KafkaSink:
     second and needs explicit partitions and null values (tombstones).
     """
 
-    def __init__(self, bootstrap: str, *, client_id: str) -> None:
+    def __init__(self, bootstrap: str, *, client_id: str, linger_ms: int = 0) -> None:
         self.bootstrap = bootstrap
         self.client_id = client_id
+        # Each batch sends all its records and then waits for them: nothing more comes while it waits, so lingering
+        # would only add to every score's latency.
+        self.linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
 
     @property
@@ -42,7 +45,7 @@ class KafkaSink:
             client_id=self.client_id,
             acks="all",
             enable_idempotence=True,
-            linger_ms=2,
+            linger_ms=self.linger_ms,
             max_batch_size=256 * 1024,
         )
         await self._producer.start()

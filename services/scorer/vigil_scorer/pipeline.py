@@ -6,14 +6,23 @@ One batch (FastStream batch subscriber, ``AckPolicy.MANUAL``) goes through ``vig
 2. :class:`~vigil_common.scoring.ScoringCore` applies the rest and scores every touched encounter-hour in one
    model call;
 3. the scores are published to the live topic through :class:`~vigil_common.scoring.LivePublisher` (which refuses
-   anything but a production-stage model) and acknowledged (acks=all, idempotent producer);
-4. only then the touched encounters' snapshots are published to the compacted changelog and acknowledged;
-5. only then the batch's offsets are committed.
+   anything but a production-stage model) and acknowledged (acks=all, idempotent producer).
 
-A crash between 3 and 4 restores the older snapshot and re-applies the batch: the same scores with the same ids.
-A crash between 4 and 5 restores the newer snapshot, whose last applied offset makes the redelivered records
-duplicates: their scores were already acknowledged in 3. Either way every encounter-hour is scored and its
-score is what an uninterrupted scorer produces.
+Every ``checkpoint_interval_s`` (and before partitions are given up in a rebalance) a checkpoint follows a batch:
+
+4. the snapshots of the encounters changed since the last checkpoint are published to the compacted changelog
+   and acknowledged;
+5. only then the offsets of every batch processed since the last checkpoint are committed.
+
+Checkpointing every batch would write each touched encounter's whole state (kilobytes) per batch and add two
+broker round trips to every batch's latency; a checkpoint a second writes each encounter once.
+
+A crash before 4 restores the older snapshots and replays from the older committed offsets: the same events,
+so the same scores with the same ids (consumers dedupe). A crash between 4 and 5 restores the newer snapshots,
+whose last applied offsets make the replayed records duplicates: their scores were already acknowledged in 3.
+Either way every encounter-hour is scored and its score is what an uninterrupted scorer produces. A failed
+batch is handled like a crash of its partitions: their states are dropped, re-read from the changelog, and the
+partitions rewound to their committed offsets.
 
 Partitions follow the consumer group: on assignment the states of the assigned partitions are read back from the
 changelog before any of their records is scored; on revocation they are dropped (after the in-flight batch).
@@ -29,13 +38,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from faststream.kafka.message import KafkaMessage
 from prometheus_client import Counter, Gauge
 
 from vigil_common.events import LifecycleAction, ModelLifecycleChanged, Stage, canonical_event_adapter
-from vigil_common.kafka import DeadLetters, Parsed, encode, process_batch
+from vigil_common.kafka import DeadLetters, Parsed, encode, process_batch, records_of
 from vigil_common.metrics import ServiceMetrics
 from vigil_common.model_package import ModelPackage, default_package_path
 from vigil_common.scoring import Incoming, LivePublisher, NotProductionError, ScoringCore
@@ -54,6 +63,15 @@ class LoadedModel:
     package: ModelPackage
     stage: Stage
     default_model: bool = False
+
+
+@dataclass
+class _Checkpoint:
+    """What one checkpoint writes: snapshots of the encounters it covers, then the offsets it commits."""
+
+    encounters: list[tuple[str, int | None]]
+    snapshots: list[tuple[bytes, bytes, int | None]]
+    offsets: dict[int, int]
 
 
 class ScorerMetrics:
@@ -85,6 +103,7 @@ class ScorerService:
         metrics: ServiceMetrics,
         *,
         sink: KafkaSink,
+        state_sink: KafkaSink | None = None,
         dead_letters: DeadLetters,
         registry: RegistryClient,
     ) -> None:
@@ -92,6 +111,8 @@ class ScorerService:
         self.topics = settings.topics
         self.metrics = ScorerMetrics(metrics)
         self.sink = sink
+        self.state_sink = state_sink or sink
+        """The changelog's producer: its own connection, so megabytes of snapshots do not queue ahead of scores."""
         self.dead_letters = dead_letters
         self.registry = registry
         self.core: ScoringCore | None = None
@@ -102,7 +123,17 @@ class ScorerService:
         self.owned: set[int] = set()
         self.needs_restore: set[int] = set()
         self.consumer_of: Callable[[], Any] = lambda: None
-        """The subscriber's aiokafka consumer (for the lag), once the broker has started."""
+        """The subscriber's aiokafka consumer (lag, commits, rewinds), once the broker has started."""
+        self.unsaved: dict[str, int | None] = {}
+        """Encounters changed since the last checkpoint, with their partition."""
+        self.consumed: dict[int, int] = {}
+        """Per owned partition, the offset after the last record processed (what the next checkpoint commits)."""
+        self.committed: dict[int, int] = {}
+        """Per owned partition, the offset the last checkpoint committed."""
+        self._last_checkpoint = time.monotonic()
+        self._writing: asyncio.Task[None] | None = None
+        self._lag_updated = 0.0
+        """The checkpoint being written, if any."""
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- model --------------------------------------------------------------------------------------
@@ -242,13 +273,143 @@ class ScorerService:
         await self.assignment_done.wait()
         async with self.lock:
             t0 = time.perf_counter()
-            _, parked = await process_batch(message, canonical_event_adapter, self._handle, self.dead_letters)
+            records = [r for r in records_of(message) if r.partition in self.owned]
+            try:
+                _, parked = await process_batch(
+                    message, canonical_event_adapter, self._handle, self.dead_letters, commit=False
+                )
+            except BaseException:
+                await self._rewind({r.partition for r in records})
+                raise
+            for r in records:
+                if r.offset + 1 > self.consumed.get(r.partition, -1):
+                    self.consumed[r.partition] = r.offset + 1
             base = self.metrics.base
             base.processing.labels(SERVICE, "batch").observe(time.perf_counter() - t0)
             base.count(self.topics.observations, "parked", parked)
-            await self._update_lag()
+            if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
+                self.checkpoint_in_background()
+            if time.monotonic() - self._lag_updated >= 1.0:  # asking for positions per batch costs more than it tells
+                self._lag_updated = time.monotonic()
+                await self._update_lag()
             if self.core is not None:
                 self.metrics.states.set(len(self.core))
+
+    def _capture(self, partitions: set[int] | None) -> _Checkpoint:
+        """The snapshots of the states changed since the last checkpoint and the offsets they cover, as of now."""
+        t0 = time.perf_counter()
+        core = self.core
+        chosen = [(e, p) for e, p in self.unsaved.items() if partitions is None or p in partitions]
+        snapshots = []
+        if core is not None:
+            for encounter, partition in chosen:
+                value = core.snapshot(encounter)
+                if value is not None:  # evicted or dropped since: nothing to save (eviction wrote its tombstone)
+                    snapshots.append((encounter.encode(), value, partition))
+        for encounter, _ in chosen:
+            del self.unsaved[encounter]
+        offsets = {
+            p: o
+            for p, o in self.consumed.items()
+            if (partitions is None or p in partitions) and p in self.owned and self.committed.get(p) != o
+        }
+        self.metrics.base.processing.labels(SERVICE, "snapshot").observe(time.perf_counter() - t0)
+        return _Checkpoint(chosen, snapshots, offsets)
+
+    async def _write(self, checkpoint: _Checkpoint) -> None:
+        """Publish a checkpoint's snapshots (awaiting acknowledgement), then commit its offsets.
+
+        On failure its encounters are marked unsaved again and nothing is committed: the next checkpoint retries.
+        """
+        t0 = time.perf_counter()
+        try:
+            await self.state_sink.send_all(self.topics.scorer_state, checkpoint.snapshots)
+            t1 = time.perf_counter()
+            consumer = self.consumer_of()
+            if checkpoint.offsets and consumer is not None:
+                await consumer.commit(
+                    {TopicPartition(self.topics.observations, p): o for p, o in checkpoint.offsets.items()}
+                )
+        except BaseException:
+            held = self.core.states if self.core is not None else {}
+            for encounter, partition in checkpoint.encounters:
+                if encounter in held and partition in self.owned:
+                    self.unsaved.setdefault(encounter, partition)
+            raise
+        self.committed.update({p: o for p, o in checkpoint.offsets.items() if p in self.owned})
+        stages = self.metrics.base.processing
+        stages.labels(SERVICE, "publish_state").observe(t1 - t0)
+        stages.labels(SERVICE, "commit").observe(time.perf_counter() - t1)
+
+    async def settle(self) -> None:
+        """Wait for the checkpoint in flight, if any (its failure is counted and logged where it ran)."""
+        task = self._writing
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+
+    async def checkpoint(self, partitions: set[int] | None = None) -> None:
+        """Checkpoint now and wait for it (under :attr:`lock`; a revocation passes the revoked ``partitions``)."""
+        await self.settle()
+        if partitions is None:
+            self._last_checkpoint = time.monotonic()
+        await self._write(self._capture(partitions))
+
+    def checkpoint_in_background(self) -> None:
+        """Capture a checkpoint between batches and write it while the next batches are scored.
+
+        The snapshots are taken here, so they match the offsets captured with them; writing them (a few
+        megabytes for a busy unit) and committing would otherwise stall scoring for tens of milliseconds.
+        One checkpoint is in flight at a time; the next is captured after it has finished.
+        """
+        if self._writing is not None and not self._writing.done():
+            return
+        self._last_checkpoint = time.monotonic()
+        task = asyncio.create_task(self._write(self._capture(None)))
+        task.add_done_callback(self._written)
+        self._writing = task
+
+    def _written(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.metrics.errors.labels("checkpoint").inc()
+            log.error("checkpoint failed; retried", extra={"error_type": type(task.exception()).__name__})
+
+    async def checkpoint_loop(self) -> None:
+        """Checkpoint when the stream goes quiet, so the last batches do not wait for the next one."""
+        while True:
+            await asyncio.sleep(self.settings.checkpoint_interval_s)
+            if time.monotonic() - self._last_checkpoint < self.settings.checkpoint_interval_s:
+                continue
+            try:
+                async with self.lock:
+                    if self.unsaved or any(self.committed.get(p) != o for p, o in self.consumed.items()):
+                        await self.checkpoint()
+            except Exception:
+                self.metrics.errors.labels("checkpoint").inc()
+                log.exception("checkpoint failed; retried")
+
+    async def _rewind(self, partitions: set[int]) -> None:
+        """After a failed batch: forget the partitions' states and progress, rewind them to the committed offsets."""
+        await self.settle()
+        if self.core is not None:
+            self.core.drop_partitions(partitions)
+        self.needs_restore |= partitions
+        for encounter in [e for e, p in self.unsaved.items() if p in partitions]:
+            del self.unsaved[encounter]
+        consumer = self.consumer_of()
+        for p in partitions:
+            self.consumed.pop(p, None)
+            if consumer is None:
+                continue
+            tp = TopicPartition(self.topics.observations, p)
+            with contextlib.suppress(Exception):  # a partition revoked meanwhile: its new owner starts from the commit
+                offset = self.committed.get(p)
+                if offset is None:
+                    offset = await consumer.committed(tp)
+                if offset is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, offset)
 
     async def _handle(self, items: list[Parsed[Any]]) -> list[tuple[ConsumerRecord[Any, Any], BaseException | str]]:
         core, live = self.core, self.live
@@ -275,17 +436,13 @@ class ScorerService:
             t1 = time.perf_counter()
             await live.publish(outcome.scores)
             t2 = time.perf_counter()
-            snapshots = [(enc.encode(), core.snapshot(enc), partition) for enc, partition in outcome.changed.items()]
-            t3 = time.perf_counter()
-            await self.sink.send_all(self.topics.scorer_state, snapshots)
-            t4 = time.perf_counter()
+            self.unsaved.update(outcome.changed)
             stages = base.processing
             stages.labels(SERVICE, "score").observe(t1 - t0)
             stages.labels(SERVICE, "publish_scores").observe(t2 - t1)
-            stages.labels(SERVICE, "snapshot").observe(t3 - t2)
-            stages.labels(SERVICE, "publish_state").observe(t4 - t3)
         except BaseException:
-            # The in-memory states may now be ahead of the changelog: drop them, re-read them before the retry.
+            # The in-memory states may now be ahead of the changelog: drop them, re-read them before the retry
+            # (on_batch also rewinds the partitions to their committed offsets).
             self.metrics.errors.labels("batch").inc()
             core.drop_partitions(partitions)
             self.needs_restore |= partitions
@@ -349,10 +506,21 @@ class ScorerService:
         """Drop the states of revoked partitions once the in-flight batch is done."""
         self.assignment_done.clear()
         async with self.lock:
+            # Save what was processed, so the new owner restores it instead of replaying it.
+            try:
+                await self.checkpoint(partitions & self.owned - self.needs_restore)
+            except Exception:
+                self.metrics.errors.labels("checkpoint").inc()
+                log.exception("checkpoint before revocation failed; the new owner replays from the last commit")
             if self.core is not None:
                 self.core.drop_partitions(partitions)
             self.owned -= partitions
             self.needs_restore -= partitions
+            for encounter in [e for e, p in self.unsaved.items() if p in partitions]:
+                del self.unsaved[encounter]
+            for p in partitions:
+                self.consumed.pop(p, None)
+                self.committed.pop(p, None)
             for p in partitions:
                 with contextlib.suppress(KeyError):
                     self.metrics.lag.remove(str(p))
@@ -363,6 +531,9 @@ class ScorerService:
             async with self.lock:
                 self.owned = set(partitions)
                 self.needs_restore |= partitions
+                for p in partitions:
+                    self.consumed.pop(p, None)
+                    self.committed.pop(p, None)
                 try:
                     await self._restore(self.needs_restore & partitions)
                 except Exception:
@@ -379,9 +550,12 @@ class ScorerService:
         async with self.lock:
             if self.core is None:
                 return 0
+            await self.settle()  # no snapshot in flight may land after a tombstone
             evicted = self.core.evict_idle(now)
+            for encounter, _ in evicted:
+                self.unsaved.pop(encounter, None)
             if evicted:
-                await self.sink.send_all(
+                await self.state_sink.send_all(
                     self.topics.scorer_state, [(enc.encode(), None, partition) for enc, partition in evicted]
                 )
                 self.metrics.evictions.inc(len(evicted))
@@ -402,6 +576,7 @@ class ScorerService:
         self._tasks = [
             asyncio.create_task(self.evict_loop()),
             asyncio.create_task(self.poll_registry()),
+            asyncio.create_task(self.checkpoint_loop()),
         ]
 
     async def stop_background(self) -> None:
