@@ -501,7 +501,7 @@ class EncounterState:
                 out += (nan, nan, nan, 0.0)
             if windowed:
                 for w in WINDOWS:
-                    j = bisect_left(hours, h - w + 1, 0, k) if k else 0
+                    j = bisect_left(hours, h - w + 1, 0, k) if k and h is not None else 0
                     if j < k:
                         segment = values[j:k]
                         total = 0.0
