@@ -82,7 +82,7 @@ class FakeConsumer:
 
     async def commit(self, offsets: dict[Any, int]) -> None:
         self.sink.sent.append(("commit", [(None, None, tp.partition) for tp in offsets]))
-        self.committed = {tp.partition: o for tp, o in offsets.items()}
+        self.commits = {tp.partition: o for tp, o in offsets.items()}
 
     async def committed(self, tp: Any) -> int | None:
         return None
@@ -109,7 +109,7 @@ def test_a_batch_publishes_its_scores_and_the_checkpoint_its_states_then_commits
     assert [t for t, _ in sink.sent] == [service.topics.scores_live, service.topics.scorer_state, "commit"]
     key, value, partition = sink.sent[1][1][0]
     assert key == b"enc-1" and value is not None and partition == 0
-    assert consumer.committed == {0: 2} and service.committed == {0: 2} and not service.unsaved
+    assert consumer.commits == {0: 2} and service.committed == {0: 2} and not service.unsaved
 
 
 def test_a_failed_checkpoint_keeps_states_and_offsets_for_the_next_one(svc: tuple[ScorerService, FakeSink]) -> None:
@@ -125,7 +125,7 @@ def test_a_failed_checkpoint_keeps_states_and_offsets_for_the_next_one(svc: tupl
     assert service.core is not None and "enc-1" in service.core.states
     sink.fail_on = None
     asyncio.run(service.checkpoint())
-    assert consumer.committed == {0: 2} and not service.unsaved
+    assert consumer.commits == {0: 2} and not service.unsaved
 
 
 def test_revoked_partitions_are_checkpointed_before_their_states_are_dropped(
@@ -139,7 +139,7 @@ def test_revoked_partitions_are_checkpointed_before_their_states_are_dropped(
     service.consumed.update({0: 2, 1: 1})
     asyncio.run(service.partitions_revoked({1}))
     state_keys = [k for t, b in sink.sent if t == service.topics.scorer_state for k, _, _ in b]
-    assert state_keys == [b"enc-2"] and consumer.committed == {1: 1}
+    assert state_keys == [b"enc-2"] and consumer.commits == {1: 1}
     assert service.core is not None and set(service.core.states) == {"enc-1"}
     assert service.unsaved == {"enc-1": 0} and service.owned == {0}
 
