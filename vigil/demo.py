@@ -388,6 +388,11 @@ def shadow_split(plan: list[sim.Stay], share: float) -> tuple[list[sim.Stay], li
     return [s for s in plan if s.encounter in chosen], [s for s in plan if s.encounter not in chosen]
 
 
+def promotion_event(lifecycle: list[ev.ModelLifecycleChanged], version: str) -> ev.ModelLifecycleChanged | None:
+    """The event that promoted ``version``; its ``evidence["policy"]`` is the report the registry decided on."""
+    return next((e for e in lifecycle if e.action == ev.LifecycleAction.PROMOTED and e.model_version == version), None)
+
+
 class Demo:
     """One run of the story."""
 
@@ -672,26 +677,32 @@ class Demo:
             if fresh:
                 break
             await asyncio.sleep(0.5)
+
         # The registry consumes the comparison and records it; its eligibility report then names every criterion.
+        # With auto_promote it may promote at once: the candidate is then production and its eligibility endpoint
+        # answers as for a production model, so the evidence is the report the promotion event carries.
         report: dict[str, Any] = {}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            if (event := promotion_event(watcher.observed.lifecycle, v)) is not None and event.evidence.get("policy"):
+                report = dict(event.evidence["policy"])
+                break
             report = registry.call("viewer", "GET", f"/models/{MODEL}/versions/{v}/eligibility")
             if any(c.get("name") == "auroc_diff_ci_low" for c in report.get("criteria", [])):
                 break
             await asyncio.sleep(1)
-        for c in report.get("criteria", []):
-            mark = {True: "[green]pass[/green]", False: "[red]fail[/red]", None: "n/a"}[c.get("passed")]
-            self.console.print(f"  {mark} {c['name']}: observed {c.get('observed')} (required {c.get('required')})")
         promoted = False
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if any(
-                e.action == ev.LifecycleAction.PROMOTED and e.model_version == v for e in watcher.observed.lifecycle
-            ):
+            if (event := promotion_event(watcher.observed.lifecycle, v)) is not None:
                 promoted = True
+                if event.evidence.get("policy"):
+                    report = dict(event.evidence["policy"])  # what the registry decided on
                 break
             await asyncio.sleep(0.5)
+        for c in report.get("criteria", []):
+            mark = {True: "[green]pass[/green]", False: "[red]fail[/red]", None: "n/a"}[c.get("passed")]
+            self.console.print(f"  {mark} {c['name']}: observed {c.get('observed')} (required {c.get('required')})")
         if promoted:
             switched = await self.wait_model(v)
             self.say(

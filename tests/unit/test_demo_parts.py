@@ -1,0 +1,65 @@
+"""Demo parts: the shadow phase is stratified by sex and sepsis (the policy's per-group evidence is there by design);
+the promotion's evidence is the report the registry decided on."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from vigil import simulate as sim
+from vigil.demo import DemoOptions, promotion_event, shadow_split
+from vigil_common import events as ev
+
+
+def strata(stays: list[sim.Stay]) -> Counter[tuple[str, bool]]:
+    return Counter(
+        ("male" if float(s.rows["Gender"].iloc[0]) == 1.0 else "female", s.onset_hour is not None) for s in stays
+    )
+
+
+def test_the_default_shadow_phase_has_ten_septic_stays_in_each_sex() -> None:
+    o = DemoOptions()
+    plan = sim.load_stays(None, stays=o.stays, seed=o.seed, arrival_hours=48.0)
+    first, second = shadow_split(plan, o.shadow_share)
+    shadow = strata(first)
+    assert shadow[("female", True)] >= 10 and shadow[("male", True)] >= 10
+    assert len(first) + len(second) == len(plan) == 300
+    assert {s.encounter for s in first}.isdisjoint(s.encounter for s in second)
+    # Each part keeps the plan's (arrival) order.
+    order = {s.encounter: i for i, s in enumerate(plan)}
+    assert [order[s.encounter] for s in first] == sorted(order[s.encounter] for s in first)
+    whole = strata(plan)
+    for key, n in whole.items():
+        assert abs(shadow[key] - o.shadow_share * n) <= 0.5
+
+
+def test_a_small_cohort_still_leaves_stays_for_the_second_phase() -> None:
+    plan = sim.load_stays(None, stays=3, seed=7)
+    first, second = shadow_split(plan, 0.99)
+    assert first and second and len(first) + len(second) == 3
+
+
+def lifecycle(action: ev.LifecycleAction, version: str, evidence: dict | None = None) -> ev.ModelLifecycleChanged:
+    return ev.ModelLifecycleChanged(
+        event_id=f"{action.value}-{version}",
+        occurred_at=ev.utcnow(),
+        key="sepsis",
+        action=action,
+        model_name="sepsis",
+        model_version=version,
+        from_stage=ev.Stage.SHADOW,
+        to_stage=ev.Stage.PRODUCTION,
+        actor="policy",
+        evidence=evidence or {},
+    )
+
+
+def test_the_promotion_evidence_is_the_report_carried_by_the_candidates_promotion() -> None:
+    report = {"eligible": True, "criteria": [{"name": "auroc_diff_ci_low", "passed": True}]}
+    events = [
+        lifecycle(ev.LifecycleAction.PROMOTED, "2", {"policy": {"criteria": []}}),
+        lifecycle(ev.LifecycleAction.STAGE_CHANGED, "3"),
+        lifecycle(ev.LifecycleAction.PROMOTED, "3", {"policy": report}),
+    ]
+    found = promotion_event(events, "3")
+    assert found is not None and found.evidence["policy"] == report
+    assert promotion_event(events[:2], "3") is None
