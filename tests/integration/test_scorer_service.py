@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tests import factories
 from vigil_common import events as ev
@@ -16,6 +17,7 @@ from vigil_common.features import EncounterState
 from vigil_common.kafka import encode, ensure_topics
 from vigil_common.model_package import ModelPackage
 from vigil_scorer.app import create_app
+from vigil_scorer.changelog import read_changelog
 from vigil_scorer.settings import Settings
 from vigil_scorer.testing import FakeRegistry, events_of, load_stays, offline_predictions, package_path
 
@@ -102,6 +104,28 @@ def hours_of(events: list[Any]) -> set[tuple[str, int]]:
     }
 
 
+async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    """Per partition of ``topic`` that holds records, the offset after its last record."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items() if offset}
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str) -> dict[int, int]:
+    """The consumer group's committed offsets, per partition."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+    finally:
+        await admin.close()
+
+
 def settings_for(settings_env: dict[str, Any], tmp_path: Path, **over: Any) -> Settings:
     return Settings(
         **{
@@ -135,6 +159,17 @@ async def test_streamed_stays_score_like_the_offline_model(
     reader = ScoreReader(settings.kafka_bootstrap_servers, settings.topics.scores_live)
     async with reader, app.router.lifespan_context(app):
         await reader.wait(complete(final_observations(events)))
+        # The stream is quiet now: the checkpoint loop saves every state, then commits to the end of the topic.
+        ends = await end_offsets(settings.kafka_bootstrap_servers, settings.topics.observations, settings.partitions)
+        committed: dict[int, int] = {}
+        for _ in range(100):
+            committed = await committed_offsets(settings.kafka_bootstrap_servers, settings.group_id)
+            if committed == ends:
+                break
+            await asyncio.sleep(0.1)
+        saved = await read_changelog(
+            settings.kafka_bootstrap_servers, settings.topics.scorer_state, range(settings.partitions)
+        )
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://scorer") as http:
             ready = (await http.get("/ready")).json()
@@ -152,6 +187,8 @@ async def test_streamed_stays_score_like_the_offline_model(
     assert all(s.stage is ev.Stage.PRODUCTION and s.default_model for s in reader.scores)
     assert all(s.model_version == package.version and s.latency_ms >= 0 for s in reader.scores)
 
+    assert committed == ends, (committed, ends)
+    assert set(saved) == set(final_observations(events)) and all(v is not None for v in saved.values())
     assert ready["ready"], ready
     assert 'vigil_scores_total{model="sepsis"' in metrics or "vigil_scores_total{" in metrics
     assert "vigil_score_latency_seconds_bucket" in metrics
