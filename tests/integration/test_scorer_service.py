@@ -115,13 +115,13 @@ async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, 
         await consumer.stop()
 
 
-async def committed_offsets(bootstrap: str, group: str) -> dict[int, int]:
-    """The consumer group's committed offsets, per partition."""
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The consumer group's committed offsets on ``topic``, per partition."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
-        return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+        return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
     finally:
         await admin.close()
 
@@ -163,7 +163,9 @@ async def test_streamed_stays_score_like_the_offline_model(
         ends = await end_offsets(settings.kafka_bootstrap_servers, settings.topics.observations, settings.partitions)
         committed: dict[int, int] = {}
         for _ in range(100):
-            committed = await committed_offsets(settings.kafka_bootstrap_servers, settings.group_id)
+            committed = await committed_offsets(
+                settings.kafka_bootstrap_servers, settings.group_id, settings.topics.observations
+            )
             if committed == ends:
                 break
             await asyncio.sleep(0.1)

@@ -190,3 +190,37 @@ def test_a_redelivered_batch_after_the_snapshot_publishes_nothing_new(svc: tuple
     asyncio.run(service._handle(batch))  # the commit was lost: the same records again
     scores = [b for t, b in sink.sent if t == service.topics.scores_live]
     assert published == 1 and all(not b for b in scores)
+
+
+def test_a_checkpoint_is_captured_a_slice_per_batch_and_commits_the_offsets_it_began_with(
+    svc: tuple[ScorerService, FakeSink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vigil_scorer.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "CAPTURE_SLICE_S", 0.0)  # one snapshot per step
+    service, sink = svc
+    consumer = FakeConsumer(sink)
+    service.consumer_of = lambda: consumer
+    service.settings.checkpoint_interval_s = 0.0
+    encounters = [f"enc-{i}" for i in range(3)]
+    batch = [record(factories.observation(encounter=e, key=e), 0, i) for i, e in enumerate(encounters)]
+
+    async def run() -> None:
+        await service._handle(batch)
+        service.consumed[0] = 3
+        service.checkpoint_step()  # begins the checkpoint, captures one snapshot
+        assert service._capturing is not None and not service.unsaved
+        newer = factories.observation(encounter="enc-0", key="enc-0", observed_at=factories.T0 + timedelta(hours=1))
+        later = record(newer, 0, 3)
+        await service._handle([later])  # a batch in between: enc-0 changed again
+        service.consumed[0] = 4
+        service.checkpoint_step()
+        service.checkpoint_step()  # the last snapshot: writing starts
+        assert service._capturing is None
+        await service.settle()
+
+    asyncio.run(run())
+    state = [k or b"" for t, b in sink.sent if t == service.topics.scorer_state for k, _, _ in b]
+    assert sorted(state) == sorted(e.encode() for e in encounters)
+    assert [t for t, _ in sink.sent][-1] == "commit" and consumer.commits == {0: 3}  # the offsets it began with
+    assert service.unsaved == {"enc-0": 0}  # changed after the checkpoint began: in the next one

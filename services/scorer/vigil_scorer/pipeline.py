@@ -34,8 +34,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -54,6 +55,8 @@ from vigil_scorer.settings import Settings
 
 log = logging.getLogger(__name__)
 SERVICE = "scorer"
+CAPTURE_SLICE_S = 0.002
+"""Time a batch spends capturing checkpoint snapshots before it hands back to scoring."""
 
 
 @dataclass
@@ -70,8 +73,13 @@ class _Checkpoint:
     """What one checkpoint writes: snapshots of the encounters it covers, then the offsets it commits."""
 
     encounters: list[tuple[str, int | None]]
-    snapshots: list[tuple[bytes, bytes, int | None]]
     offsets: dict[int, int]
+    """Taken when the checkpoint began: every snapshot, captured then or between later batches, covers them."""
+    todo: deque[tuple[str, int | None]] = field(default_factory=deque)
+    """Encounters whose snapshot is still to be captured."""
+    snapshots: list[tuple[bytes, bytes, int | None]] = field(default_factory=list)
+    seconds: float = 0.0
+    """Time spent capturing snapshots."""
 
 
 class ScorerMetrics:
@@ -132,8 +140,10 @@ class ScorerService:
         """Per owned partition, the offset the last checkpoint committed."""
         self._last_checkpoint = time.monotonic()
         self._writing: asyncio.Task[None] | None = None
-        self._lag_updated = 0.0
         """The checkpoint being written, if any."""
+        self._capturing: _Checkpoint | None = None
+        """The checkpoint whose snapshots are being captured, a slice per batch."""
+        self._lag_updated = 0.0
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- model --------------------------------------------------------------------------------------
@@ -287,25 +297,16 @@ class ScorerService:
             base = self.metrics.base
             base.processing.labels(SERVICE, "batch").observe(time.perf_counter() - t0)
             base.count(self.topics.observations, "parked", parked)
-            if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
-                self.checkpoint_in_background()
+            self.checkpoint_step()
             if time.monotonic() - self._lag_updated >= 1.0:  # asking for positions per batch costs more than it tells
                 self._lag_updated = time.monotonic()
                 await self._update_lag()
             if self.core is not None:
                 self.metrics.states.set(len(self.core))
 
-    def _capture(self, partitions: set[int] | None) -> _Checkpoint:
-        """The snapshots of the states changed since the last checkpoint and the offsets they cover, as of now."""
-        t0 = time.perf_counter()
-        core = self.core
+    def _begin(self, partitions: set[int] | None) -> _Checkpoint:
+        """Start a checkpoint of the states changed so far and the offsets processed so far (between batches)."""
         chosen = [(e, p) for e, p in self.unsaved.items() if partitions is None or p in partitions]
-        snapshots = []
-        if core is not None:
-            for encounter, partition in chosen:
-                value = core.snapshot(encounter)
-                if value is not None:  # evicted or dropped since: nothing to save (eviction wrote its tombstone)
-                    snapshots.append((encounter.encode(), value, partition))
         for encounter, _ in chosen:
             del self.unsaved[encounter]
         offsets = {
@@ -313,8 +314,29 @@ class ScorerService:
             for p, o in self.consumed.items()
             if (partitions is None or p in partitions) and p in self.owned and self.committed.get(p) != o
         }
-        self.metrics.base.processing.labels(SERVICE, "snapshot").observe(time.perf_counter() - t0)
-        return _Checkpoint(chosen, snapshots, offsets)
+        return _Checkpoint(chosen, offsets, deque(chosen))
+
+    def _capture(self, checkpoint: _Checkpoint, budget_s: float | None = None) -> bool:
+        """Snapshot encounters of ``checkpoint`` for about ``budget_s`` (None: all); True once all are captured.
+
+        Call between batches only (under :attr:`lock`): every batch applied to a state then has its scores
+        acknowledged, and a snapshot newer than the checkpoint's offsets is safe (replayed records are recognised
+        by offset and their scores were published).
+        """
+        t0 = time.perf_counter()
+        core, todo = self.core, checkpoint.todo
+        while todo:
+            encounter, partition = todo.popleft()
+            value = core.snapshot(encounter) if core is not None else None
+            if value is not None:  # evicted or dropped since: nothing to save (eviction wrote its tombstone)
+                checkpoint.snapshots.append((encounter.encode(), value, partition))
+            if budget_s is not None and time.perf_counter() - t0 >= budget_s:
+                break
+        checkpoint.seconds += time.perf_counter() - t0
+        if todo:
+            return False
+        self.metrics.base.processing.labels(SERVICE, "snapshot").observe(checkpoint.seconds)
+        return True
 
     async def _write(self, checkpoint: _Checkpoint) -> None:
         """Publish a checkpoint's snapshots (awaiting acknowledgement), then commit its offsets.
@@ -342,7 +364,13 @@ class ScorerService:
         stages.labels(SERVICE, "commit").observe(time.perf_counter() - t1)
 
     async def settle(self) -> None:
-        """Wait for the checkpoint in flight, if any (its failure is counted and logged where it ran)."""
+        """Finish the checkpoint under way, if any, and wait until it is written (call under :attr:`lock`).
+
+        Its failure is counted and logged where it ran; its encounters are then unsaved again.
+        """
+        if self._capturing is not None:
+            self._capture(self._capturing)
+            self._start_writing(self._capturing)
         task = self._writing
         if task is not None:
             with contextlib.suppress(Exception):
@@ -353,19 +381,30 @@ class ScorerService:
         await self.settle()
         if partitions is None:
             self._last_checkpoint = time.monotonic()
-        await self._write(self._capture(partitions))
+        checkpoint = self._begin(partitions)
+        self._capture(checkpoint)
+        await self._write(checkpoint)
 
-    def checkpoint_in_background(self) -> None:
-        """Capture a checkpoint between batches and write it while the next batches are scored.
+    def checkpoint_step(self) -> None:
+        """Between batches: begin a checkpoint when one is due, capture a slice of it, write it once captured.
 
-        The snapshots are taken here, so they match the offsets captured with them; writing them (a few
-        megabytes for a busy unit) and committing would otherwise stall scoring for tens of milliseconds.
-        One checkpoint is in flight at a time; the next is captured after it has finished.
+        Snapshots are captured a couple of milliseconds per batch rather than all at once (a busy unit's states
+        take tens of milliseconds to serialise), and written and committed in the background while the next
+        batches are scored. One checkpoint is under way at a time.
         """
-        if self._writing is not None and not self._writing.done():
-            return
-        self._last_checkpoint = time.monotonic()
-        task = asyncio.create_task(self._write(self._capture(None)))
+        if self._capturing is None:
+            if self._writing is not None and not self._writing.done():
+                return
+            if time.monotonic() - self._last_checkpoint < self.settings.checkpoint_interval_s:
+                return
+            self._last_checkpoint = time.monotonic()
+            self._capturing = self._begin(None)
+        if self._capture(self._capturing, CAPTURE_SLICE_S):
+            self._start_writing(self._capturing)
+
+    def _start_writing(self, checkpoint: _Checkpoint) -> None:
+        self._capturing = None
+        task = asyncio.create_task(self._write(checkpoint))
         task.add_done_callback(self._written)
         self._writing = task
 
@@ -382,7 +421,11 @@ class ScorerService:
                 continue
             try:
                 async with self.lock:
-                    if self.unsaved or any(self.committed.get(p) != o for p, o in self.consumed.items()):
+                    if (
+                        self.unsaved
+                        or self._capturing is not None
+                        or any(self.committed.get(p) != o for p, o in self.consumed.items())
+                    ):
                         await self.checkpoint()
             except Exception:
                 self.metrics.errors.labels("checkpoint").inc()
