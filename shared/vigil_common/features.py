@@ -346,6 +346,7 @@ class EncounterState:
         self._max_hour: int | None = None
         self._max_time: int | None = None
         self._min_time: int | None = None
+        self._admitted: tuple[datetime | None, int] = (None, 0)
 
     # -- applying events --
 
@@ -430,8 +431,11 @@ class EncounterState:
         return [r[0] for per in self._readings.values() for r in per.values()]
 
     def _base(self) -> int | None:
-        if self.icu_admitted_at is not None:
-            return _micros(self.icu_admitted_at)
+        admitted = self.icu_admitted_at
+        if admitted is not None:
+            if admitted is not self._admitted[0]:  # converted once per admission time, not once per event
+                self._admitted = (admitted, _micros(admitted))
+            return self._admitted[1]
         if self._min_time is None and self._count:
             self._min_time = min(self._times())
         return self._min_time
@@ -532,10 +536,9 @@ class EncounterState:
             "icu_admitted_at": None if self.icu_admitted_at is None else self.icu_admitted_at.isoformat(),
             "unit": self.unit,
             "seq": self._seq,
-            "readings": {
-                f: [[k, t, v, s] for k, (t, v, s) in sorted(per.items(), key=lambda kv: kv[1][2])]
-                for f, per in self._readings.items()
-            },
+            # In no particular order: each reading carries its arrival sequence number, and the buckets are rebuilt
+            # from (time, sequence), not from the order of the list.
+            "readings": {f: [[k, t, v, q] for k, (t, v, q) in per.items()] for f, per in self._readings.items()},
         }
 
     @classmethod
