@@ -26,11 +26,11 @@ def bench_scorer(
     bootstrap: str = typer.Option(
         os.environ.get("VIGIL_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), help="A running broker's bootstrap servers."
     ),
-    stays: int = typer.Option(120, help="Set A stays streamed for the throughput run."),
+    stays: int = typer.Option(240, help="Set A stays streamed for the throughput run."),
     rate: float = typer.Option(5000.0, help="Offered load (events/s) of the latency run."),
     extra_rates: str = typer.Option("2000", help="Comma-separated further offered loads (events/s)."),
     latency_seconds: float = typer.Option(8.0, help="Duration of each latency run."),
-    batch_max_records: int = typer.Option(1000, help="The scorer's largest batch."),
+    batch_max_records: int = typer.Option(2000, help="The scorer's largest batch."),
 ) -> None:
     """Scorer throughput and latency through the broker, against the article-style baseline: one JSON line."""
     from bench.bench_scorer import run

@@ -29,8 +29,10 @@ class Settings(VigilSettings):
     """Package used when no registry answers on first start; None: the repository's default package."""
     model_cache_dir: Path = Path(".vigil/scorer/models")
     """Where downloaded packages are unpacked (one folder per sha256)."""
-    batch_max_records: int = Field(default=1000, ge=1)
-    """Records per consumed batch at most: larger batches amortise the model call, smaller ones cut latency."""
+    batch_max_records: int = Field(default=2000, ge=1)
+    """Records per consumed batch at most. A batch holds what has arrived, so at a steady load batches stay small
+    and this cap only matters when a backlog is worked off: larger batches amortise the per-batch costs (the model
+    call, the score publication's round trip), 2,000 gave ~20% more throughput than 1,000 in the benchmark."""
     batch_timeout_ms: int = Field(default=5, ge=0)
     """How long the consumer waits to fill a batch when records trickle in."""
     idle_hours: float = Field(default=24.0, gt=0)
