@@ -72,8 +72,14 @@ async def test_topics_have_configured_partitions_and_compaction(settings_env: di
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
-        described = await admin.describe_topics([settings.topics.observations, settings.topics.scorer_state])
-        assert all(len(t["partitions"]) == 4 for t in described)
+        names = [settings.topics.observations, settings.topics.scorer_state]
+        described = await admin.describe_topics(names)
+        for _ in range(50):  # creation is asynchronous: a new topic's partitions can take a moment to be described
+            if all(len(t["partitions"]) == 4 for t in described):
+                break
+            await asyncio.sleep(0.1)
+            described = await admin.describe_topics(names)
+        assert all(len(t["partitions"]) == 4 for t in described), described
         configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topics.scorer_state)])
         resource = configs[0].to_object()["resources"][0]
         entries = {c["config_names"]: c["config_value"] for c in resource["config_entries"]}
