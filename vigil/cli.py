@@ -198,6 +198,10 @@ def demo(
     stays: int | None = typer.Option(
         300, help="Number of stays streamed (seeded draw; 300 = the whole bundled sample); all with --stays 0."
     ),
+    septic_share: float = typer.Option(
+        0.15,
+        help="Share of septic stays when drawing fewer stays than the data holds (0: a plain random draw).",
+    ),
     production: str = typer.Option("2", help="Version registered as the unit's production model."),
     candidate: str = typer.Option("3", help="Version registered as the candidate in shadow."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the summary as JSON here."),
@@ -213,6 +217,7 @@ def demo(
     options = DemoOptions(
         data=data,
         stays=stays or None,
+        septic_share=septic_share or None,
         production_version=production,
         candidate_version=candidate,
         json_out=json_out,

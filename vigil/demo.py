@@ -64,6 +64,10 @@ class DemoOptions:
     stays: int | None = 300
     """The whole bundled sample: its 45 septic stays (21 women, 24 men) are few, and the policy's disparity ratio
     needs at least 10 septic stays in each group during shadow (else it is undefined and the policy fails closed)."""
+    septic_share: float | None = 0.15
+    """When ``stays`` is fewer than the data holds: the share of septic stays in the draw (the bundled sample's 15%;
+    None: a plain random draw). Another hospital's data (the Challenge's set B: 5.7% septic) would otherwise give a
+    few-hundred-stay cohort too few septic stays per group for the policy, which then fails closed."""
     shadow_share: float = 2 / 3
     """Share of the stays streamed while the candidate is in shadow (stratified by sex and sepsis): 200 of 300,
     so 14 septic women and 16 septic men; the other 100 (about 4,000 stay-hours, above the drift detector's
@@ -550,7 +554,21 @@ class Demo:
 
     async def stream_and_decide(self, registry: Registry, watcher: TopicWatcher, t0: float) -> dict[str, Any]:
         plan = sim.load_stays(
-            self.o.data, stays=self.o.stays, seed=self.o.seed, arrival_hours=48.0, id_prefix=f"d{self.run_id[-4:]}"
+            self.o.data,
+            stays=self.o.stays,
+            seed=self.o.seed,
+            arrival_hours=48.0,
+            id_prefix=f"d{self.run_id[-4:]}",
+            septic_share=self.o.septic_share,
+        )
+        septic = sum(s.onset_hour is not None for s in plan)
+        self.say(
+            f"cohort: {len(plan)} stays, {septic} of them septic"
+            + (
+                f" (drawn with {self.o.septic_share:.0%} septic stays)"
+                if self.o.septic_share is not None and self.o.stays
+                else ""
+            )
         )
         first, second = shadow_split(plan, self.o.shadow_share)
         report_a = sim.SimulationReport()
@@ -831,6 +849,15 @@ class Demo:
             "topic_prefix": self.prefix,
             "data": str(self.o.data or sim.SAMPLE),
             "stays": len(plan),
+            "cohort": {
+                "stays": len(plan),
+                "septic_stays": sum(s.onset_hour is not None for s in plan),
+                "draw": (
+                    f"seeded draw of {self.o.stays} stays with {self.o.septic_share:.0%} septic (case-enriched)"
+                    if self.o.stays and self.o.septic_share is not None
+                    else (f"seeded random draw of {self.o.stays} stays" if self.o.stays else "all stays")
+                ),
+            },
             "counts": {
                 "fhir_bundles_sent": sum(r.bundles for r in reports),
                 "fhir_observations_sent": sent,

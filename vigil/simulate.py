@@ -135,16 +135,31 @@ def load_stays(
     start: datetime = ICU_EPOCH,
     arrival_hours: float = 0.0,
     id_prefix: str = "sim",
+    septic_share: float | None = None,
 ) -> list[Stay]:
     """Read PhysioNet-format rows (the bundled sample by default) and plan each stay's admission time.
 
-    ``arrival_hours`` spreads admissions evenly over that many hours (0: all admitted at ``start``).
+    ``stays`` draws that many stays (seeded); with ``septic_share`` the draw takes that share of septic stays
+    (as many as there are, at most), the rest from the others: a case-enriched cohort, as the bundled sample is
+    (15%), so that a few hundred stays hold enough septic stays for per-group evidence. ``arrival_hours`` spreads
+    admissions evenly over that many hours (0: all admitted at ``start``).
     """
     path = data or SAMPLE
     frame = pd.read_parquet(path)
     ids = list(dict.fromkeys(frame["patient_id"].astype(str)))
     if stays is not None and stays < len(ids):
-        ids = sorted(pd.Series(ids).sample(n=stays, random_state=seed).tolist())
+        if septic_share is None:
+            ids = sorted(pd.Series(ids).sample(n=stays, random_state=seed).tolist())
+        else:
+            septic = frame.groupby(frame["patient_id"].astype(str), sort=False)["SepsisLabel"].max() > 0
+            cases, others = septic[septic].index.tolist(), septic[~septic].index.tolist()
+            n_cases = min(len(cases), round(septic_share * stays))
+            n_others = min(len(others), stays - n_cases)
+            n_cases = min(len(cases), stays - n_others)  # few non-septic stays: fill up with septic ones
+            ids = sorted(
+                pd.Series(cases).sample(n=n_cases, random_state=seed).tolist()
+                + pd.Series(others).sample(n=n_others, random_state=seed).tolist()
+            )
     wanted = frame[frame["patient_id"].astype(str).isin(set(ids))]
     out: list[Stay] = []
     for i, (pid, rows) in enumerate(wanted.groupby("patient_id", sort=True)):

@@ -63,3 +63,14 @@ def test_the_promotion_evidence_is_the_report_carried_by_the_candidates_promotio
     found = promotion_event(events, "3")
     assert found is not None and found.evidence["policy"] == report
     assert promotion_event(events[:2], "3") is None
+
+
+def test_a_draw_from_larger_data_takes_the_requested_share_of_septic_stays() -> None:
+    # The bundled sample stands in for a larger file: 300 stays, 45 septic.
+    enriched = sim.load_stays(None, stays=100, seed=3, septic_share=0.3)
+    assert len(enriched) == 100 and sum(s.onset_hour is not None for s in enriched) == 30
+    again = sim.load_stays(None, stays=100, seed=3, septic_share=0.3)
+    assert [s.patient_id for s in again] == [s.patient_id for s in enriched]  # seeded
+    capped = sim.load_stays(None, stays=100, seed=3, septic_share=0.9)
+    assert len(capped) == 100 and sum(s.onset_hour is not None for s in capped) == 45  # all there are
+    assert len(sim.load_stays(None, stays=300, septic_share=0.5)) == 300  # the whole file: nothing to enrich
