@@ -25,6 +25,7 @@ import httpx
 from tests.integration.test_scorer_service import (
     ScoreReader,
     complete,
+    end_offsets,
     final_observations,
     final_per_hour,
     hours_of,
@@ -61,6 +62,7 @@ class ScorerProcess:
             "SCORER_DEFAULT_MODEL_PATH": str(settings.default_model_path),
             "SCORER_MODEL_CACHE_DIR": str(settings.model_cache_dir),
             "SCORER_BATCH_MAX_RECORDS": str(settings.batch_max_records),
+            "SCORER_CHECKPOINT_INTERVAL_S": str(settings.checkpoint_interval_s),
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vigil_scorer"], env=env, stdout=subprocess.DEVNULL, stderr=self.log.open("wb")
@@ -127,7 +129,9 @@ def check_scores(scores: list[ev.RiskScored], stays: Any, events: list[Any]) -> 
 async def test_kill_9_mid_stream_then_restart_loses_nothing(
     settings_env: dict[str, Any], tmp_path: Path, shared_kit: Path
 ) -> None:
-    settings = settings_for(settings_env, tmp_path, batch_max_records=40)
+    # Checkpoints every 0.2 s: the kill lands after some, so the restart restores states from the changelog and
+    # replays only what came after the last commit.
+    settings = settings_for(settings_env, tmp_path, batch_max_records=40, checkpoint_interval_s=0.2)
     await ensure_topics(settings)
     stays = load_stays(24, first=40, data=shared_kit / "data" / "physionet2019_setA.parquet")
     events = events_of(stays)
@@ -137,6 +141,13 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(
         first = ScorerProcess(settings, tmp_path, "first")
         try:
             await reader.wait(lambda scores: len(scores) >= expected_rows // 4, timeout=60)
+            for _ in range(100):
+                saved = await end_offsets(
+                    settings.kafka_bootstrap_servers, settings.topics.scorer_state, settings.partitions
+                )
+                if saved:
+                    break
+                await asyncio.sleep(0.05)
         finally:
             first.kill()
         at_kill = len(reader.scores)
@@ -147,7 +158,8 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(
         finally:
             second.stop()
     assert at_kill < expected_rows  # killed mid-stream
-    assert "vigil_scorer_restored_states_total" in metrics
+    restored = [line for line in metrics.splitlines() if line.startswith("vigil_scorer_restored_states_total")]
+    assert saved and restored and float(restored[0].rsplit(" ", 1)[1]) > 0  # restored from a checkpoint
     duplicates = check_scores(reader.scores, stays, events)
     print(f"\n[kill -9] scores at kill {at_kill}, total {len(reader.scores)}, redelivered duplicates {duplicates}")
 
