@@ -224,3 +224,34 @@ def test_a_checkpoint_is_captured_a_slice_per_batch_and_commits_the_offsets_it_b
     assert sorted(state) == sorted(e.encode() for e in encounters)
     assert [t for t, _ in sink.sent][-1] == "commit" and consumer.commits == {0: 3}  # the offsets it began with
     assert service.unsaved == {"enc-0": 0}  # changed after the checkpoint began: in the next one
+
+
+def test_a_batch_failing_during_a_checkpoint_keeps_its_partition_out_of_that_commit(
+    svc: tuple[ScorerService, FakeSink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vigil_scorer.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "CAPTURE_SLICE_S", 0.0)  # one snapshot per step
+    service, sink = svc
+    consumer = FakeConsumer(sink)
+    service.consumer_of = lambda: consumer
+    service.settings.checkpoint_interval_s = 0.0
+    batch = [
+        record(factories.observation(encounter=e, key=e), p, i)
+        for i, (e, p) in enumerate([("enc-a", 0), ("enc-b", 0), ("enc-c", 1)])
+    ]
+
+    async def run() -> None:
+        await service._handle(batch)
+        service.consumed.update({0: 2, 1: 3})
+        service.checkpoint_step()  # begins; one of the three snapshots captured
+        sink.fail_on = "scores.live"
+        later = record(factories.observation(encounter="enc-b", key="enc-b", value=90.0, event_id="x"), 0, 2)
+        with pytest.raises(ConnectionError):
+            await service._handle([later])  # partition 0's states are dropped mid-checkpoint
+        sink.fail_on = None
+        await service._rewind({0})
+
+    asyncio.run(run())
+    assert 0 not in consumer.commits and consumer.commits.get(1) == 3  # only the partition it fully captured
+    assert service.committed.get(0) is None and consumer.seeks == [(0, 0)]

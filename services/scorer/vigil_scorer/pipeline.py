@@ -416,7 +416,7 @@ class ScorerService:
     async def checkpoint_loop(self) -> None:
         """Checkpoint when the stream goes quiet, so the last batches do not wait for the next one."""
         while True:
-            await asyncio.sleep(self.settings.checkpoint_interval_s)
+            await asyncio.sleep(max(self.settings.checkpoint_interval_s, 0.1))
             if time.monotonic() - self._last_checkpoint < self.settings.checkpoint_interval_s:
                 continue
             try:
@@ -489,6 +489,11 @@ class ScorerService:
             self.metrics.errors.labels("batch").inc()
             core.drop_partitions(partitions)
             self.needs_restore |= partitions
+            if self._capturing is not None:
+                # A checkpoint under way has not captured all of these partitions' states, and now cannot: it must
+                # not commit their offsets past the snapshots it lacks (its other partitions are unaffected).
+                for p in partitions:
+                    self._capturing.offsets.pop(p, None)
             raise
         failed: list[tuple[ConsumerRecord[Any, Any], BaseException | str]] = [
             (mine[i].record, reason) for i, reason in outcome.failures
