@@ -27,7 +27,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -571,7 +571,6 @@ class Demo:
             )
         )
         first, second = shadow_split(plan, self.o.shadow_share)
-        report_a = sim.SimulationReport()
         reports: list[sim.SimulationReport] = []
 
         self.phase = "streaming (production + shadow)"
@@ -579,25 +578,7 @@ class Demo:
             f"streaming {len(first)} real ICU stays as FHIR over HTTP to ingest; outcomes follow "
             f"{self.o.outcome_delay_hours:g} h (simulated) later"
         )
-        with Live(self.table(watcher, report_a), console=self.console, refresh_per_second=4, transient=True) as live:
-
-            def progress(rep: sim.SimulationReport, at: datetime) -> None:
-                live.update(self.table(watcher, rep))
-
-            report_a = await sim.simulate(
-                first,
-                bootstrap=self.stack.cluster.bootstrap_servers,
-                topics=self.topics,
-                via="http",
-                ingest_url=self.stack.url("ingest"),
-                speed=self.o.speed,
-                outcome_delay_hours=self.o.outcome_delay_hours,
-                start=ICU_EPOCH,
-                on_progress=progress,
-            )
-            reports.append(report_a)
-            await self.wait_scored(watcher, live, report_a, candidate=self.o.candidate_version)
-        self.console.print(self.table(watcher, report_a))
+        reports.append(await self.stream(watcher, first, drifts=[], candidate=self.o.candidate_version))
         self.say(
             f"phase 1 scored: {len(watcher.observed.live)} stay-hours live, {len(watcher.observed.shadow)} in shadow"
         )
@@ -614,33 +595,38 @@ class Demo:
                 f"streaming {len(second)} more stays; from now the EHR interface sends "
                 f"{'temperature in degF labelled Cel' if self.o.drift == 'temp-degf' else self.o.drift}"
             )
-            with Live(self.table(watcher, None), console=self.console, refresh_per_second=4, transient=True) as live:
-
-                def progress2(rep: sim.SimulationReport, at: datetime) -> None:
-                    live.update(self.table(watcher, rep))
-
-                start_b = ICU_EPOCH + timedelta(hours=0)
-                report_b = await sim.simulate(
-                    second,
-                    bootstrap=self.stack.cluster.bootstrap_servers,
-                    topics=self.topics,
-                    via="http",
-                    ingest_url=self.stack.url("ingest"),
-                    speed=self.o.speed,
-                    outcome_delay_hours=self.o.outcome_delay_hours,
-                    drifts=drifts,
-                    start=start_b,
-                    on_progress=progress2,
-                )
-                reports.append(report_b)
-                await self.wait_scored(watcher, live, report_b, candidate=None)
-            self.console.print(self.table(watcher, report_b))
+            reports.append(await self.stream(watcher, second, drifts=drifts, candidate=None))
 
         self.phase = "rollback drill"
         drill = await self.rollback_drill(registry, watcher, promoted=decision["promoted"])
 
         self.phase = "summary"
         return self.summarise(registry, watcher, reports, decision, drill, plan)
+
+    async def stream(
+        self, watcher: TopicWatcher, stays: list[sim.Stay], *, drifts: list[sim.Drift], candidate: str | None
+    ) -> sim.SimulationReport:
+        """Send stays to ingest as the EHR would, with a live progress table, until every stay-hour is scored."""
+        with Live(self.table(watcher, None), console=self.console, refresh_per_second=4, transient=True) as live:
+
+            def progress(rep: sim.SimulationReport, at: datetime) -> None:
+                live.update(self.table(watcher, rep))
+
+            report = await sim.simulate(
+                stays,
+                bootstrap=self.stack.cluster.bootstrap_servers,
+                topics=self.topics,
+                via="http",
+                ingest_url=self.stack.url("ingest"),
+                speed=self.o.speed,
+                outcome_delay_hours=self.o.outcome_delay_hours,
+                drifts=drifts,
+                start=ICU_EPOCH,
+                on_progress=progress,
+            )
+            await self.wait_scored(watcher, live, report, candidate=candidate)
+        self.console.print(self.table(watcher, report))
+        return report
 
     async def wait_scored(
         self, watcher: TopicWatcher, live: Live, report: sim.SimulationReport, candidate: str | None

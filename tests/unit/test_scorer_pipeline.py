@@ -94,12 +94,30 @@ class FakeConsumer:
         self.seeks.append((tp.partition, 0))
 
 
-def test_a_batch_publishes_its_scores_and_the_checkpoint_its_states_then_commits(
-    svc: tuple[ScorerService, FakeSink],
-) -> None:
+Wired = tuple[ScorerService, FakeSink, FakeConsumer]
+
+
+@pytest.fixture
+def wired(svc: tuple[ScorerService, FakeSink]) -> Wired:
+    """The service with a fake consumer to commit to and seek."""
     service, sink = svc
     consumer = FakeConsumer(sink)
     service.consumer_of = lambda: consumer
+    return service, sink, consumer
+
+
+@pytest.fixture
+def sliced(wired: Wired, monkeypatch: pytest.MonkeyPatch) -> Wired:
+    """A checkpoint due after every batch, capturing one snapshot per step."""
+    import vigil_scorer.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "CAPTURE_SLICE_S", 0.0)
+    wired[0].settings.checkpoint_interval_s = 0.0
+    return wired
+
+
+def test_a_batch_publishes_its_scores_and_the_checkpoint_its_states_then_commits(wired: Wired) -> None:
+    service, sink, consumer = wired
     failed = asyncio.run(service._handle(items()))
     assert failed == []
     assert [t for t, _ in sink.sent] == [service.topics.scores_live]  # the states wait for the checkpoint
@@ -112,10 +130,8 @@ def test_a_batch_publishes_its_scores_and_the_checkpoint_its_states_then_commits
     assert consumer.commits == {0: 2} and service.committed == {0: 2} and not service.unsaved
 
 
-def test_a_failed_checkpoint_keeps_states_and_offsets_for_the_next_one(svc: tuple[ScorerService, FakeSink]) -> None:
-    service, sink = svc
-    consumer = FakeConsumer(sink)
-    service.consumer_of = lambda: consumer
+def test_a_failed_checkpoint_keeps_states_and_offsets_for_the_next_one(wired: Wired) -> None:
+    service, sink, consumer = wired
     asyncio.run(service._handle(items()))
     service.consumed[0] = 2
     sink.fail_on = "scorer.state"
@@ -128,12 +144,8 @@ def test_a_failed_checkpoint_keeps_states_and_offsets_for_the_next_one(svc: tupl
     assert consumer.commits == {0: 2} and not service.unsaved
 
 
-def test_revoked_partitions_are_checkpointed_before_their_states_are_dropped(
-    svc: tuple[ScorerService, FakeSink],
-) -> None:
-    service, sink = svc
-    consumer = FakeConsumer(sink)
-    service.consumer_of = lambda: consumer
+def test_revoked_partitions_are_checkpointed_before_their_states_are_dropped(wired: Wired) -> None:
+    service, sink, consumer = wired
     batch = [*items(), record(factories.observation(encounter="enc-2", key="enc-2"), 1, 0)]
     asyncio.run(service._handle(batch))
     service.consumed.update({0: 2, 1: 1})
@@ -144,12 +156,8 @@ def test_revoked_partitions_are_checkpointed_before_their_states_are_dropped(
     assert service.unsaved == {"enc-1": 0} and service.owned == {0}
 
 
-def test_a_failed_publish_drops_the_batch_states_and_rewinds_to_the_committed_offsets(
-    svc: tuple[ScorerService, FakeSink],
-) -> None:
-    service, sink = svc
-    consumer = FakeConsumer(sink)
-    service.consumer_of = lambda: consumer
+def test_a_failed_publish_drops_the_batch_states_and_rewinds_to_the_committed_offsets(wired: Wired) -> None:
+    service, sink, consumer = wired
     service.committed[0] = 0
     sink.fail_on = "scores.live"
     with pytest.raises(ConnectionError):
@@ -193,15 +201,9 @@ def test_a_redelivered_batch_after_the_snapshot_publishes_nothing_new(svc: tuple
 
 
 def test_a_checkpoint_is_captured_a_slice_per_batch_and_commits_the_offsets_it_began_with(
-    svc: tuple[ScorerService, FakeSink], monkeypatch: pytest.MonkeyPatch
+    sliced: Wired,
 ) -> None:
-    import vigil_scorer.pipeline as pipeline
-
-    monkeypatch.setattr(pipeline, "CAPTURE_SLICE_S", 0.0)  # one snapshot per step
-    service, sink = svc
-    consumer = FakeConsumer(sink)
-    service.consumer_of = lambda: consumer
-    service.settings.checkpoint_interval_s = 0.0
+    service, sink, consumer = sliced
     encounters = [f"enc-{i}" for i in range(3)]
     batch = [record(factories.observation(encounter=e, key=e), 0, i) for i, e in enumerate(encounters)]
 
@@ -227,15 +229,9 @@ def test_a_checkpoint_is_captured_a_slice_per_batch_and_commits_the_offsets_it_b
 
 
 def test_a_batch_failing_during_a_checkpoint_keeps_its_partition_out_of_that_commit(
-    svc: tuple[ScorerService, FakeSink], monkeypatch: pytest.MonkeyPatch
+    sliced: Wired,
 ) -> None:
-    import vigil_scorer.pipeline as pipeline
-
-    monkeypatch.setattr(pipeline, "CAPTURE_SLICE_S", 0.0)  # one snapshot per step
-    service, sink = svc
-    consumer = FakeConsumer(sink)
-    service.consumer_of = lambda: consumer
-    service.settings.checkpoint_interval_s = 0.0
+    service, sink, consumer = sliced
     batch = [
         record(factories.observation(encounter=e, key=e), p, i)
         for i, (e, p) in enumerate([("enc-a", 0), ("enc-b", 0), ("enc-c", 1)])
