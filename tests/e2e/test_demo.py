@@ -26,6 +26,8 @@ from vigil_common.physionet import MEASUREMENT_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]
 STAYS = 40
+# Several worktrees on one machine run e2e side by side by shifting every port with VIGIL_TEST_E2E_PORT_OFFSET.
+_OFFSET = int(os.environ.get("VIGIL_TEST_E2E_PORT_OFFSET", "0"))
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +45,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "--report",
         str(out / "report.html"),
         "--kafka-port",
-        "29192",
+        str(29192 + _OFFSET),
         "--port-base",
-        "18101",
+        str(18101 + _OFFSET),
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, env=dict(os.environ), check=False)
     (out / "demo.log").write_text(done.stdout + done.stderr)

@@ -16,8 +16,10 @@ from vigil.kafka_local import process_alive
 from vigil.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
-KAFKA_PORT = 29092
-PORT_BASE = 18001
+# Several worktrees on one machine run e2e side by side by shifting every port with VIGIL_TEST_E2E_PORT_OFFSET.
+_OFFSET = int(os.environ.get("VIGIL_TEST_E2E_PORT_OFFSET", "0"))
+KAFKA_PORT = 29092 + _OFFSET
+PORT_BASE = 18001 + _OFFSET
 
 
 def vigil(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
