@@ -299,8 +299,10 @@ class LocalCluster:
                 out.write(self._properties(node))
             if not (node.directory / "data" / "meta.properties").exists():
                 fmt = subprocess.run(
-                    [java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)]
-                    + self._scram_arguments(),
+                    [
+                        *(java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
+                        *self._scram_arguments(),
+                    ],
                     capture_output=True,
                     text=True,
                     check=False,
@@ -343,9 +345,7 @@ class LocalCluster:
             out += ["--add-scram", f"SCRAM-SHA-512=[name={principal},password={password}]"]
         return out
 
-    def provision(
-        self, topics: Topics, *, partitions: int = 6, extra_acls: Iterable[AclBinding] = ()
-    ) -> list[str]:
+    def provision(self, topics: Topics, *, partitions: int = 6, extra_acls: Iterable[AclBinding] = ()) -> list[str]:
         """As the administrator: create the stack's topics and the ACLs of :mod:`vigil_common.access` for them.
 
         Services cannot create topics on a secured cluster; this is the step that does it (idempotent).
@@ -431,6 +431,20 @@ class LocalCluster:
         """Stop and delete the cluster's data."""
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def client_connection(bootstrap: str, principal: str, home: Path | None = None) -> KafkaConnection:
+    """How a command-line tool connects to the broker.
+
+    The ``VIGIL_KAFKA_*`` settings when a person gave them, else the local stack's credentials for ``principal``
+    (made on first start, under ``.vigil/secrets``).
+    """
+    from vigil_common.settings import VigilSettings
+
+    settings = VigilSettings(kafka_bootstrap_servers=bootstrap)
+    if settings.kafka_username or settings.kafka_security_protocol == "PLAINTEXT":
+        return settings.kafka
+    return kafka_secrets(home or vigil_home()).connection(bootstrap, principal)
 
 
 def process_alive(pid: int) -> bool:

@@ -1,5 +1,4 @@
-"""The one way every Vigil Kafka client connects: TLS to the broker and SCRAM-SHA-512 credentials, or plaintext
-only in development mode.
+"""The one way every Vigil Kafka client connects: TLS and SCRAM-SHA-512, or plaintext in development mode only.
 
 Services, the CLI's readers, the simulator, replay, the demo and the benchmarks all take a
 :class:`KafkaConnection` (built from a service's settings by ``settings.kafka``) and hand its
@@ -77,7 +76,7 @@ class KafkaConnection:
         )
 
     def security_kwargs(self) -> dict[str, Any]:
-        """aiokafka's security arguments (no bootstrap servers)."""
+        """Aiokafka's security arguments (no bootstrap servers)."""
         if not self.secured:
             return {"security_protocol": "PLAINTEXT"}
         self.check()

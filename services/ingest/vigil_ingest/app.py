@@ -53,7 +53,7 @@ class ProducerPublisher:
     async def start(self) -> None:
         """Connect the producer (called from the service's lifespan)."""
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **self.settings.kafka.client_kwargs(),
             client_id=self.client_id,
             acks="all",
             enable_idempotence=True,

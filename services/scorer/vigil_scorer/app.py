@@ -62,8 +62,8 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
     service = ScorerService(
         settings,
         metrics,
-        sink=KafkaSink(settings.kafka_bootstrap_servers, client_id=f"vigil-{SERVICE}-out"),
-        state_sink=KafkaSink(settings.kafka_bootstrap_servers, client_id=f"vigil-{SERVICE}-state"),
+        sink=KafkaSink(settings.kafka, client_id=f"vigil-{SERVICE}-out"),
+        state_sink=KafkaSink(settings.kafka, client_id=f"vigil-{SERVICE}-state"),
         dead_letters=dead_letters,
         registry=RegistryClient(
             settings.registry_url, token=settings.registry_token, timeout=settings.registry_timeout_s

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from vigil_common.kafka_security import KafkaConnection
+
 log = logging.getLogger(__name__)
 
 
@@ -23,8 +25,8 @@ class KafkaSink:
     second and needs explicit partitions and null values (tombstones).
     """
 
-    def __init__(self, bootstrap: str, *, client_id: str, linger_ms: int = 0) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: KafkaConnection, *, client_id: str, linger_ms: int = 0) -> None:
+        self.kafka = kafka
         self.client_id = client_id
         # Each batch sends all its records and then waits for them: nothing more comes while it waits, so lingering
         # would only add to every score's latency.
@@ -41,7 +43,7 @@ class KafkaSink:
     async def start(self) -> None:
         """Connect (aiokafka wants its producer made inside the running loop)."""
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+            **self.kafka.client_kwargs(),
             client_id=self.client_id,
             acks="all",
             enable_idempotence=True,
@@ -67,14 +69,14 @@ class KafkaSink:
 
 
 async def read_changelog(
-    bootstrap: str, topic: str, partitions: Iterable[int], *, timeout_s: float = 60.0
+    kafka: KafkaConnection, topic: str, partitions: Iterable[int], *, timeout_s: float = 60.0
 ) -> dict[str, bytes | None]:
     """Read changelog partitions from the beginning to their current end; the last value per key wins."""
     tps = [TopicPartition(topic, p) for p in sorted(set(partitions))]
     if not tps:
         return {}
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **kafka.client_kwargs(),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

@@ -530,7 +530,7 @@ class ScorerService:
     async def _restore(self, partitions: Iterable[int]) -> None:
         parts = set(partitions)
         values = await read_changelog(
-            self.settings.kafka_bootstrap_servers,
+            self.settings.kafka,
             self.topics.scorer_state,
             parts,
             timeout_s=self.settings.restore_timeout_s,
