@@ -172,6 +172,30 @@ def kafka_env(connection: KafkaConnection, password_file: Path, prefix: str = "V
     return {f"{prefix}_{k.upper()}": str(v) for k, v in kafka_settings(connection, password_file).items()}
 
 
+KAFKA_FIELDS = ("kafka_bootstrap_servers", "kafka_security_protocol", "kafka_ca_file", "kafka_username")
+
+
+def settings_kafka_env(settings: Any, prefix: str = "VIGIL") -> dict[str, str]:
+    """A settings object's broker and credentials as environment variables (its password file, not the password)."""
+    env = {f"{prefix}_{k.upper()}": str(getattr(settings, k)) for k in KAFKA_FIELDS if getattr(settings, k)}
+    if settings.kafka_password_file:
+        env[f"{prefix}_KAFKA_PASSWORD_FILE"] = settings.kafka_password_file
+    return env
+
+
+@pytest.fixture(scope="session")
+def principal_env(
+    kafka_cluster: LocalCluster, kafka_as: Callable[[str, str], KafkaConnection]
+) -> Callable[..., dict[str, str]]:
+    """Environment variables that make a subprocess connect as ``principal`` (its ACLs made for the prefix)."""
+
+    def env(principal: str, topic_prefix: str, prefix: str = "VIGIL") -> dict[str, str]:
+        connection = kafka_as(principal, topic_prefix)
+        return kafka_env(connection, kafka_cluster.secrets.password_file(principal), prefix)
+
+    return env
+
+
 @pytest.fixture
 def settings_env(kafka_cluster: LocalCluster, kafka: KafkaConnection, topic_prefix: str) -> dict[str, object]:
     """Keyword arguments that point any service's Settings at the test broker (as test-admin) and this test's topics."""
