@@ -192,3 +192,89 @@ class KafkaSecrets:
 def kafka_secrets(home: Path) -> KafkaSecrets:
     """The Kafka secrets under a Vigil home (``<home>/secrets/kafka``)."""
     return KafkaSecrets(home / "secrets" / "kafka")
+
+
+# --- compose: the one-shot services that make the secrets and provision the broker ----------------------------
+
+BROKER_UID = 1000
+"""The apache/kafka image's user."""
+SERVICE_UID = 10001
+"""deploy/Dockerfile's ``vigil`` user."""
+COMPOSE_DATA = "/var/lib/kafka/data"
+
+
+def compose_init(directory: Path) -> None:
+    """Make the secrets in a volume and the broker's configuration; give each file to the one user that reads it.
+
+    Runs as root in the ``kafka-init`` service. The broker (uid 1000) reads its key, its configuration and the
+    format arguments; the services (uid 10001) read their passwords and the CA; the admin password stays root's
+    (only ``kafka-provision``, also root, uses it).
+    """
+    from vigil.kafka_local import scram_arguments, server_properties
+
+    kafka = KafkaSecrets(directory)
+    kafka.ensure(hosts=("kafka", "localhost", "127.0.0.1"))
+    properties = server_properties(
+        node_id=1,
+        voters="1@kafka:9093",
+        listen_host="0.0.0.0",
+        advertised_host="kafka",
+        port=9092,
+        controller_port=9093,
+        log_dir=COMPOSE_DATA,
+        replication=1,
+        secrets=kafka,
+    )
+    # The controller listener binds the container's interfaces but admits only the CA's certificates (mTLS).
+    _write_private(directory / "server.properties", properties.encode())
+    _write_private(directory / "format.args", " ".join(scram_arguments(kafka, [p.value for p in Principal])).encode())
+    cluster_id = directory / "cluster.id"
+    if not cluster_id.exists():
+        from vigil.kafka_local import _kafka_uuid
+
+        _write_private(cluster_id, _kafka_uuid().encode())
+    _write_private(
+        directory / "admin-client.properties",
+        (
+            "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n"
+            f"ssl.truststore.type=PEM\nssl.truststore.location={kafka.ca_file}\n"
+            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="admin" password="{kafka.password(Principal.ADMIN.value).get_secret_value()}";\n'
+        ).encode(),
+    )
+    directory.chmod(0o755)  # a directory listing; every file keeps its own 0600 owner
+    kafka.ca_file.chmod(0o644)
+    for name in ("broker.pem", "server.properties", "format.args", "cluster.id", "admin-client.properties"):
+        os.chown(directory / name, BROKER_UID, BROKER_UID)
+    for principal in Principal:
+        if principal not in (Principal.ADMIN,):
+            os.chown(kafka.password_file(principal.value), SERVICE_UID, SERVICE_UID)
+
+
+def compose_provision(directory: Path, bootstrap: str, prefix: str, partitions: int) -> None:
+    """Create the topics and ACLs as the admin principal (the ``kafka-provision`` one-shot service)."""
+    import asyncio
+
+    from vigil.kafka_local import provision
+    from vigil_common.topics import Topics
+
+    connection = KafkaSecrets(directory).connection(bootstrap, Principal.ADMIN.value)
+    created = asyncio.run(provision(connection, Topics(prefix), partitions=partitions))
+    print(f"provisioned {len(created)} new topics and the ACL table for prefix {prefix!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m vigil.credentials compose-init DIR`` or ``compose-provision DIR BOOTSTRAP PREFIX PARTITIONS``."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) == 2 and args[0] == "compose-init":
+        compose_init(Path(args[1]))
+    elif len(args) == 5 and args[0] == "compose-provision":
+        compose_provision(Path(args[1]), args[2], args[3], int(args[4]))
+    else:
+        raise SystemExit(main.__doc__)
+
+
+if __name__ == "__main__":
+    main()

@@ -73,6 +73,116 @@ def vigil_home() -> Path:
     return Path(os.environ.get("VIGIL_HOME", REPO_ROOT / ".vigil"))
 
 
+def server_properties(
+    *,
+    node_id: int,
+    voters: str,
+    listen_host: str,
+    advertised_host: str,
+    port: int,
+    controller_port: int,
+    log_dir: Path | str,
+    replication: int,
+    secrets: KafkaSecrets | None,
+) -> str:
+    """One node's ``server.properties``: secured with ``secrets`` (the native broker and compose share this)."""
+    rf = replication
+    client = "SASL_SSL" if secrets is not None else "PLAINTEXT"
+    lines = [
+        "process.roles=broker,controller",
+        f"node.id={node_id}",
+        f"controller.quorum.voters={voters}",
+        f"listeners={client}://{listen_host}:{port},CONTROLLER://{listen_host}:{controller_port}",
+        f"advertised.listeners={client}://{advertised_host}:{port}",
+        "controller.listener.names=CONTROLLER",
+        f"inter.broker.listener.name={client}",
+        f"log.dirs={log_dir}",
+        "num.partitions=6",
+        f"default.replication.factor={rf}",
+        f"min.insync.replicas={max(1, rf - 1)}",
+        f"offsets.topic.replication.factor={rf}",
+        f"transaction.state.log.replication.factor={rf}",
+        f"transaction.state.log.min.isr={max(1, rf - 1)}",
+        "offsets.topic.num.partitions=12",
+        "group.initial.rebalance.delay.ms=0",
+        # Secured, nobody but the administrator creates topics (a typo must not make a new topic).
+        f"auto.create.topics.enable={'false' if secrets is not None else 'true'}",
+        # Replay re-publishes observations with their clinical times; allow old timestamps.
+        "log.message.timestamp.before.max.ms=9223372036854775807",
+        "log.message.timestamp.after.max.ms=86400000",
+        "log.retention.hours=168",
+        "log.segment.bytes=67108864",
+    ]
+    if secrets is None:
+        lines.append("listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT")
+        return "\n".join([*lines, ""])
+    admin = Principal.ADMIN.value
+    password = secrets.password(admin).get_secret_value()
+    lines += [
+        "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SSL",
+        "sasl.enabled.mechanisms=SCRAM-SHA-512",
+        "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+        f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{admin}" '
+        f'password="{password}";',
+        # PEM key and chain read directly: no keytool, no JKS password.
+        "ssl.keystore.type=PEM",
+        f"ssl.keystore.location={secrets.broker_pem}",
+        "ssl.truststore.type=PEM",
+        f"ssl.truststore.location={secrets.ca_file}",
+        "ssl.client.auth=none",
+        # The controller quorum admits only certificates from the local CA; CN=admin is the principal.
+        "listener.name.controller.ssl.client.auth=required",
+        "ssl.principal.mapping.rules=RULE:^CN=([^,]+).*$/$1/,DEFAULT",
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found=false",
+        f"super.users=User:{admin}",
+    ]
+    return "\n".join([*lines, ""])
+
+
+def scram_arguments(secrets: KafkaSecrets, principals: Iterable[str]) -> list[str]:
+    """``kafka-storage format`` arguments that create a SCRAM-SHA-512 user per principal in the metadata."""
+    out: list[str] = []
+    for principal in principals:
+        password = secrets.password(principal).get_secret_value()
+        out += ["--add-scram", f"SCRAM-SHA-512=[name={principal},password={password}]"]
+    return out
+
+
+async def provision(
+    connection: KafkaConnection,
+    topics: Topics,
+    *,
+    partitions: int = 6,
+    replication_factor: int = 1,
+    extra_acls: Iterable[AclBinding] = (),
+) -> list[str]:
+    """As the administrator: create the stack's topics and the ACLs of :mod:`vigil_common.access` for them.
+
+    Services cannot create topics on a secured cluster; this is the step that does it (idempotent). Used by
+    ``vigil kafka start``, ``vigil up`` and compose's ``kafka-provision`` service.
+    """
+    from vigil_common.kafka import ensure_topics
+    from vigil_common.settings import VigilSettings
+
+    settings = VigilSettings(
+        kafka_bootstrap_servers=connection.bootstrap_servers,
+        topic_prefix=topics.prefix,
+        partitions=partitions,
+        replication_factor=replication_factor,
+        kafka_security_protocol=connection.security_protocol,
+        kafka_ca_file=connection.ca_file,
+        kafka_username=connection.username,
+        kafka_password=connection.password,
+        development=not connection.secured,
+    )
+    created = await ensure_topics(settings)
+    if connection.secured:
+        await create_acls(connection, [*bindings_for(topics), *extra_acls])
+    return created
+
+
 class KafkaError(RuntimeError):
     """The local broker could not be fetched, started or stopped."""
 
@@ -211,61 +321,17 @@ class LocalCluster:
         return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
     def _properties(self, node: Node) -> str:
-        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
-        rf = min(3, self.brokers)
-        client = "SASL_SSL" if self.secured else "PLAINTEXT"
-        lines = [
-            "process.roles=broker,controller",
-            f"node.id={node.node_id}",
-            f"controller.quorum.voters={voters}",
-            f"listeners={client}://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-            f"advertised.listeners={client}://127.0.0.1:{node.port}",
-            "controller.listener.names=CONTROLLER",
-            f"inter.broker.listener.name={client}",
-            f"log.dirs={node.directory / 'data'}",
-            "num.partitions=6",
-            f"default.replication.factor={rf}",
-            f"min.insync.replicas={max(1, rf - 1)}",
-            f"offsets.topic.replication.factor={rf}",
-            f"transaction.state.log.replication.factor={rf}",
-            f"transaction.state.log.min.isr={max(1, rf - 1)}",
-            "offsets.topic.num.partitions=12",
-            "group.initial.rebalance.delay.ms=0",
-            # Secured, nobody but the administrator creates topics (a typo must not make a new topic).
-            f"auto.create.topics.enable={'false' if self.secured else 'true'}",
-            # Replay re-publishes observations with their clinical times; allow old timestamps.
-            "log.message.timestamp.before.max.ms=9223372036854775807",
-            "log.message.timestamp.after.max.ms=86400000",
-            "log.retention.hours=168",
-            "log.segment.bytes=67108864",
-        ]
-        if not self.secured:
-            lines.append("listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT")
-            return "\n".join([*lines, ""])
-        secrets = self.secrets
-        admin = Principal.ADMIN.value
-        password = secrets.password(admin).get_secret_value()
-        lines += [
-            "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SSL",
-            "sasl.enabled.mechanisms=SCRAM-SHA-512",
-            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
-            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
-            f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{admin}" '
-            f'password="{password}";',
-            # PEM key and chain read directly: no keytool, no JKS password.
-            "ssl.keystore.type=PEM",
-            f"ssl.keystore.location={secrets.broker_pem}",
-            "ssl.truststore.type=PEM",
-            f"ssl.truststore.location={secrets.ca_file}",
-            "ssl.client.auth=none",
-            # The controller quorum admits only certificates from the local CA; CN=admin is the principal.
-            "listener.name.controller.ssl.client.auth=required",
-            "ssl.principal.mapping.rules=RULE:^CN=([^,]+).*$/$1/,DEFAULT",
-            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-            "allow.everyone.if.no.acl.found=false",
-            f"super.users=User:{admin}",
-        ]
-        return "\n".join([*lines, ""])
+        return server_properties(
+            node_id=node.node_id,
+            voters=",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes),
+            listen_host="127.0.0.1",
+            advertised_host="127.0.0.1",
+            port=node.port,
+            controller_port=node.controller_port,
+            log_dir=node.directory / "data",
+            replication=min(3, self.brokers),
+            secrets=self.secrets if self.secured else None,
+        )
 
     def _java(self) -> str:
         java = shutil.which("java")
@@ -337,45 +403,21 @@ class LocalCluster:
 
     def _scram_arguments(self) -> list[str]:
         """``--add-scram`` for every principal: SCRAM users live in the metadata, written at format time."""
-        if not self.secured:
-            return []
-        out: list[str] = []
-        for principal in self.principals:
-            password = self.secrets.password(principal).get_secret_value()
-            out += ["--add-scram", f"SCRAM-SHA-512=[name={principal},password={password}]"]
-        return out
+        return scram_arguments(self.secrets, self.principals) if self.secured else []
 
     def provision(self, topics: Topics, *, partitions: int = 6, extra_acls: Iterable[AclBinding] = ()) -> list[str]:
-        """As the administrator: create the stack's topics and the ACLs of :mod:`vigil_common.access` for them.
-
-        Services cannot create topics on a secured cluster; this is the step that does it (idempotent).
-        """
+        """Create the stack's topics and ACLs as the administrator (see :func:`provision`)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from vigil_common.kafka import ensure_topics
-        from vigil_common.settings import VigilSettings
-
-        connection = self.connection()
-        settings = VigilSettings(
-            kafka_bootstrap_servers=self.bootstrap_servers,
-            topic_prefix=topics.prefix,
+        run = provision(
+            self.connection(),
+            topics,
             partitions=partitions,
             replication_factor=min(3, self.brokers),
-            kafka_security_protocol=connection.security_protocol,
-            kafka_ca_file=connection.ca_file,
-            kafka_username=connection.username,
-            kafka_password=connection.password,
-            development=not self.secured,
+            extra_acls=extra_acls,
         )
-
-        async def run() -> list[str]:
-            created = await ensure_topics(settings)
-            if self.secured:
-                await create_acls(connection, [*bindings_for(topics), *extra_acls])
-            return created
-
         with ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, run()).result()
+            return pool.submit(asyncio.run, run).result()
 
     def wait_ready(self, *, timeout: float = 90.0) -> None:
         """Wait until every node answers and the cluster serves metadata with all brokers registered."""
