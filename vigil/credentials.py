@@ -71,7 +71,6 @@ class KafkaSecrets:
         """Create whatever is missing: the CA, the broker's key and certificate, a password per principal."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.directory.chmod(0o700)
-        self.directory.parent.chmod(0o700)
         if not (self.ca_file.exists() and self.ca_key.exists()):
             self._make_ca()
             self.broker_pem.unlink(missing_ok=True)  # a new CA invalidates the old leaf
@@ -190,8 +189,13 @@ class KafkaSecrets:
 
 
 def kafka_secrets(home: Path) -> KafkaSecrets:
-    """The Kafka secrets under a Vigil home (``<home>/secrets/kafka``)."""
-    return KafkaSecrets(home / "secrets" / "kafka")
+    """The Kafka secrets under a Vigil home (``<home>/secrets/kafka``; ``<home>/secrets`` is 0700 too)."""
+    secrets_dir = home / "secrets"
+    if secrets_dir.exists():
+        secrets_dir.chmod(0o700)
+    else:
+        secrets_dir.mkdir(mode=0o700, parents=True)
+    return KafkaSecrets(secrets_dir / "kafka")
 
 
 # --- compose: the one-shot services that make the secrets and provision the broker ----------------------------
