@@ -86,8 +86,9 @@ async def ensure_topics(settings: VigilSettings, topics: Iterable[Topic] | None 
                     continue
                 elif code == TopicAuthorizationFailedError.errno:
                     # A service principal sees only the topics its ACLs name and may create none: on a secured
-                    # stack the administrator creates the topics (``vigil kafka start``, compose's init service).
-                    log.warning("topic missing and not ours to create", extra={"topic": name})
+                    # stack the administrator creates the topics (``vigil up``, compose's kafka-provision). A
+                    # topic this service uses and cannot see shows up as an authorization error when it is used.
+                    log.info("topic not visible to this principal, left to the administrator", extra={"topic": name})
                 else:
                     raise for_code(code)(f"creating topic {name} failed")
     finally:
