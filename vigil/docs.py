@@ -14,7 +14,7 @@ from typing import Any
 from faststream.specification import AsyncAPI
 
 from vigil.stack import SERVICE_NAMES
-from vigil_common.service import ServiceRuntime
+from vigil_runtime.service import ServiceRuntime
 
 
 def _runtime(wired: Any) -> ServiceRuntime:

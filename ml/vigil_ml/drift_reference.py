@@ -1,7 +1,7 @@
 """Write a package's drift reference (``reference.json``) in the drift service's format.
 
 The reference is built from the package's own validation split (held out of training) of PhysioNet-format rows,
-with the model's scores on them, by :func:`vigil_common.reference.build_reference`: per-feature value bins and
+with the model's scores on them, by :func:`vigil_scoring.reference.build_reference`: per-feature value bins and
 samples, missingness and measurement frequency, and the score baseline. The split is recomputed from the
 package's recorded seed and fractions, and checked against the digest of the validation ids in its card.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vigil_common.features import offline_features
-from vigil_common.model_package import ModelPackage, write_manifest
-from vigil_common.reference import build_reference
 from vigil_ml import data
+from vigil_scoring.features import offline_features
+from vigil_scoring.model_package import ModelPackage, write_manifest
+from vigil_scoring.reference import build_reference
 
 
 def validation_rows(package: Path, data_path: Path) -> pd.DataFrame:

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 from river.drift import ADWIN
 
-from vigil_common.events import AlertRaised
-from vigil_common.reference import ScoreBaseline
+from vigil_contracts.events import AlertRaised
 from vigil_drift.alerts import AlertBook
 from vigil_drift.config import Thresholds
 from vigil_drift.inputs import at_time
+from vigil_scoring.reference import ScoreBaseline
 
 
 @dataclass

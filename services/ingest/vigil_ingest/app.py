@@ -20,13 +20,13 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import TypeAdapter
 
-from vigil_common.events import CanonicalEvent, DeadLettered, Event
-from vigil_common.kafka import DeadLetters, Parsed, Publisher, encode, make_broker, process_batch, raw_batch_decoder
-from vigil_common.metrics import ServiceMetrics
-from vigil_common.service import ServiceRuntime, build_http_app
+from vigil_contracts.events import CanonicalEvent, DeadLettered, Event
 from vigil_ingest.fhir_http import entry_status, location, operation_outcome, rejection_issues
 from vigil_ingest.mapping import Deduper, Mapper, MapResult
 from vigil_ingest.settings import Settings
+from vigil_runtime.kafka import DeadLetters, Parsed, Publisher, encode, make_broker, process_batch, raw_batch_decoder
+from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.service import ServiceRuntime, build_http_app
 
 SERVICE = "ingest"
 FHIR_JSON = "application/fhir+json"
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 class ProducerPublisher:
     """Publishes canonical events with aiokafka's producer directly, waiting for every acknowledgement.
 
-    Same guarantees as ``vigil_common.kafka.Publisher`` (acks=all, idempotent producer) at about a third of the
+    Same guarantees as ``vigil_runtime.kafka.Publisher`` (acks=all, idempotent producer) at about a third of the
     cost per event (measured: FastStream's publish path ~12k events/s, this ~40k/s on the 2-core machine):
     the HTTP target of 5,000 observations/s needs the difference.
     """

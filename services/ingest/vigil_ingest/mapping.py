@@ -39,7 +39,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from vigil_common.events import (
+from vigil_contracts.events import (
     VIGIL_NAMESPACE,
     EncounterRecorded,
     Event,
@@ -49,7 +49,7 @@ from vigil_common.events import (
     deterministic_id,
     utcnow,
 )
-from vigil_common.vocabulary import VOCABULARY, Measurement
+from vigil_contracts.vocabulary import VOCABULARY, Measurement
 from vigil_ingest.local_codes import LOCAL_CODES
 from vigil_ingest.units import UCUM_SYSTEMS, UnitConverter, UnitError
 
@@ -142,7 +142,7 @@ def _uuid5_of(name: str) -> str:
 
 
 def fast_id(*parts: object) -> str:
-    """``vigil_common.events.deterministic_id`` without building a UUID object (the hot path makes one a reading).
+    """``vigil_contracts.events.deterministic_id`` without building a UUID object (the hot path makes one a reading).
 
     Same bytes as ``uuid.uuid5(VIGIL_NAMESPACE, name)``; a unit test holds the two equal.
     """

@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge
 
-from vigil_common.events import ModelLifecycleChanged
-from vigil_common.kafka import Publisher
-from vigil_common.metrics import ServiceMetrics
+from vigil_contracts.events import ModelLifecycleChanged
 from vigil_registry.core import Registry
+from vigil_runtime.kafka import Publisher
+from vigil_runtime.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 

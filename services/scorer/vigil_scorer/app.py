@@ -19,14 +19,15 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from pydantic import BaseModel, Field
 
-from vigil_common.events import DeadLettered, ModelLifecycleChanged, RiskScored
-from vigil_common.kafka import DeadLetters, Publisher, make_broker, raw_batch_decoder, raw_decoder
-from vigil_common.metrics import ServiceMetrics
-from vigil_common.service import ServiceRuntime, build_http_app
+from vigil_contracts.events import DeadLettered, ModelLifecycleChanged, RiskScored
+from vigil_runtime.kafka import DeadLetters, Publisher, make_broker, raw_batch_decoder, raw_decoder
+from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.registry_client import RegistryClient
+from vigil_runtime.service import ServiceRuntime, build_http_app
 from vigil_scorer.changelog import KafkaSink
 from vigil_scorer.pipeline import SERVICE, ScorerService, StateRebalanceListener
-from vigil_scorer.registry_client import RegistryClient
 from vigil_scorer.settings import Settings
+from vigil_scoring.model_package import verify_package
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,10 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
         state_sink=KafkaSink(settings.kafka_bootstrap_servers, client_id=f"vigil-{SERVICE}-state"),
         dead_letters=dead_letters,
         registry=RegistryClient(
-            settings.registry_url, token=settings.registry_token, timeout=settings.registry_timeout_s
+            settings.registry_url,
+            verify=verify_package,
+            token=settings.registry_token,
+            timeout=settings.registry_timeout_s,
         ),
     )
 

@@ -1,11 +1,11 @@
 """The live scorer's Kafka side: batches in, scores and state snapshots out, offsets committed last.
 
-One batch (FastStream batch subscriber, ``AckPolicy.MANUAL``) goes through ``vigil_common.kafka.process_batch``:
+One batch (FastStream batch subscriber, ``AckPolicy.MANUAL``) goes through ``vigil_runtime.kafka.process_batch``:
 
 1. records that do not parse are parked in the dead-letter topic (so are events without an encounter);
-2. :class:`~vigil_common.scoring.ScoringCore` applies the rest and scores every touched encounter-hour in one
+2. :class:`~vigil_scoring.scoring.ScoringCore` applies the rest and scores every touched encounter-hour in one
    model call;
-3. the scores are published to the live topic through :class:`~vigil_common.scoring.LivePublisher` (which refuses
+3. the scores are published to the live topic through :class:`~vigil_scoring.scoring.LivePublisher` (which refuses
    anything but a production-stage model) and acknowledged (acks=all, idempotent producer).
 
 Every ``checkpoint_interval_s`` (and before partitions are given up in a rebalance) a checkpoint follows a batch:
@@ -44,14 +44,14 @@ from aiokafka.abc import ConsumerRebalanceListener
 from faststream.kafka.message import KafkaMessage
 from prometheus_client import Counter, Gauge
 
-from vigil_common.events import LifecycleAction, ModelLifecycleChanged, Stage, canonical_event_adapter
-from vigil_common.kafka import DeadLetters, Parsed, encode, process_batch, records_of
-from vigil_common.metrics import ServiceMetrics
-from vigil_common.model_package import ModelPackage, default_package_path
-from vigil_common.scoring import Incoming, LivePublisher, NotProductionError, ScoringCore
+from vigil_contracts.events import LifecycleAction, ModelLifecycleChanged, Stage, canonical_event_adapter
+from vigil_runtime.kafka import DeadLetters, Parsed, encode, process_batch, records_of
+from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.registry_client import PackageRejected, RegistryClient, RegistryUnavailable
 from vigil_scorer.changelog import KafkaSink, read_changelog
-from vigil_scorer.registry_client import PackageRejected, RegistryClient, RegistryUnavailable
 from vigil_scorer.settings import Settings
+from vigil_scoring.model_package import ModelPackage, default_package_path
+from vigil_scoring.scoring import Incoming, LivePublisher, NotProductionError, ScoringCore
 
 log = logging.getLogger(__name__)
 SERVICE = "scorer"
@@ -113,7 +113,7 @@ class ScorerService:
         sink: KafkaSink,
         state_sink: KafkaSink | None = None,
         dead_letters: DeadLetters,
-        registry: RegistryClient,
+        registry: RegistryClient[ModelPackage],
     ) -> None:
         self.settings = settings
         self.topics = settings.topics

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from vigil_common.events import (
+from vigil_contracts.events import (
     EncounterRecorded,
     ObservationRecorded,
     ObservationRetracted,

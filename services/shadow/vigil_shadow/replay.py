@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from vigil_common.events import (
+from vigil_contracts.events import (
     EncounterRecorded,
     ObservationRecorded,
     ObservationRetracted,
@@ -40,8 +40,8 @@ from vigil_common.events import (
     any_event_adapter,
     canonical_event_adapter,
 )
-from vigil_common.scoring import Incoming
-from vigil_common.topics import Topics
+from vigil_contracts.topics import Topics
+from vigil_scoring.scoring import Incoming
 from vigil_shadow import logscan
 from vigil_shadow.catalog import ModelKey, RegistryReader, ShadowModel, load_local, parse_model_spec
 from vigil_shadow.compare import CompareConfig, Comparison, compare_all

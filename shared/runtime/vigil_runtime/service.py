@@ -21,9 +21,9 @@ from fastapi.responses import JSONResponse
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
 
-from vigil_common.kafka import ensure_topics
-from vigil_common.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
-from vigil_common.settings import VigilSettings
+from vigil_runtime.kafka import ensure_topics
+from vigil_runtime.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
+from vigil_runtime.settings import VigilSettings
 
 log = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
-from vigil_common.events import EncounterRecorded, ObservationRecorded, ObservationRetracted
-from vigil_common.vocabulary import BY_COLUMN, LABS, VITALS
+from vigil_contracts.events import EncounterRecorded, ObservationRecorded, ObservationRetracted
+from vigil_contracts.vocabulary import BY_COLUMN, LABS, VITALS
 
 FEATURE_SET_VERSION = "physionet-hourly-v1"
 """Version of the feature definitions; a model package declares the version it was trained with."""
@@ -189,7 +189,7 @@ def offline_features(df: pd.DataFrame) -> pd.DataFrame:
     """FEATURE_COLUMNS (float32) for PhysioNet-format hourly rows, in the input's row order and index.
 
     Row ``r`` equals what :class:`EncounterState` gives after applying that stay's events (see
-    :func:`vigil_common.physionet.stay_events`) up to row r's hour, taken at that hour. Stays are told apart by
+    :func:`vigil_scoring.physionet.stay_events`) up to row r's hour, taken at that hour. Stays are told apart by
     ``patient_id``; hours within a stay must be unique but need not be contiguous.
     """
     n = len(df)
