@@ -160,7 +160,7 @@ def dead_letter_for(
         error_type=error_type,
         error=reason,
         payload=text,
-        payload_encoding=encoding,  # type: ignore[arg-type]
+        payload_encoding=encoding,
     )
 
 

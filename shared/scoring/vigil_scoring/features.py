@@ -350,7 +350,7 @@ class EncounterState:
 
     # -- applying events --
 
-    def apply(self, event: ObservationRecorded | ObservationRetracted | EncounterRecorded) -> None:
+    def apply(self, event: ObservationRecorded | ObservationRetracted | EncounterRecorded) -> None:  # noqa: C901 - the per-reading hot path; a split needs bench_model figures first
         """Fold one canonical event into the state (idempotent for redelivered events)."""
         if isinstance(event, ObservationRecorded):
             if self.patient is None:
@@ -522,7 +522,8 @@ class EncounterState:
 
         Pass ``at_hour`` to score a later hour with no new reading (time since measurement grows).
         """
-        return features_many([self], None if at_hour is None else [at_hour])[0]
+        row: np.ndarray = features_many([self], None if at_hour is None else [at_hour])[0]
+        return row
 
     # -- snapshots --
 

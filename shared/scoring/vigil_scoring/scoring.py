@@ -203,7 +203,7 @@ def _hour_of(state: EncounterState, event: CanonicalEventT) -> int | None:
     """The ICU hour an observation falls in, when the state knows the admission time."""
     if not isinstance(event, ObservationRecorded):
         return None
-    admitted = getattr(state, "icu_admitted_at", None)
+    admitted: datetime | None = getattr(state, "icu_admitted_at", None)
     if admitted is None:
         return None
     return math.floor((event.observed_at - admitted).total_seconds() / 3600.0)
@@ -260,7 +260,7 @@ def predict(rows: Sequence[Row], models: Sequence[Deployed], *, created: float) 
                     stage=stage,
                     default_model=model.default_model,
                     probability=probability,
-                    risk_level=package.risk_level(probability),  # type: ignore[arg-type]
+                    risk_level=package.risk_level(probability),
                     threshold=threshold,
                     alert=probability >= threshold,
                     data_time=row.data_time,
