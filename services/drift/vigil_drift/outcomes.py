@@ -138,7 +138,8 @@ class Labeller:
             groups = self._groups_of(o.encounter, attributes)
             for item in sorted(waiting.values(), key=lambda x: x.time):
                 y = self._label(o.encounter, item.time)
-                assert y is not None
+                if y is None:
+                    raise RuntimeError("an outcome with a known label gave no label")
                 out.setdefault(item.model, Labelled(item.model)).add(
                     item.probability, y, item.alert, item.time, groups, o.encounter
                 )

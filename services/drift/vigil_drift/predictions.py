@@ -130,7 +130,8 @@ class PredictionMonitor:
 
     def _latency(self, batch: ScoreBatch) -> list[AlertRaised]:
         th, out = self.th, []
-        assert batch.latency_ms is not None
+        if batch.latency_ms is None:
+            raise ValueError("a latency check needs the batch's latencies")
         n, w = len(batch.latency_ms), th.latency_window
         lat = np.concatenate([self.lat, batch.latency_ms.astype(float)])
         start = self.lat_seen - len(self.lat)

@@ -31,7 +31,7 @@ import hashlib
 import logging
 import re
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias, TypeVar
@@ -1199,16 +1199,6 @@ def event_line(event: Canonical) -> dict[str, Any]:
     return event.model_dump(mode="json")
 
 
-def iter_payloads(data: bytes, *, ndjson: bool) -> Iterator[bytes]:
-    """Split a file's bytes into payloads: one per non-blank line for NDJSON, else the whole file."""
-    if not ndjson:
-        yield data
-        return
-    for line in data.splitlines():
-        if line.strip():
-            yield line
-
-
 __all__ = [
     "Deduper",
     "EntryOutcome",
@@ -1217,6 +1207,5 @@ __all__ = [
     "Mapper",
     "Rejection",
     "event_line",
-    "iter_payloads",
     "parse_fhir_datetime",
 ]

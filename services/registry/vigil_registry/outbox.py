@@ -102,7 +102,8 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Drain on every wake-up and every ``poll_seconds``; back off (bounded) while the broker fails."""
-        assert self._wake is not None
+        if self._wake is None:
+            raise RuntimeError("the outbox relay runs only after start()")
         delay = self.poll_seconds
         while True:
             if self.ready():

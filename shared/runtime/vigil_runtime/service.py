@@ -63,7 +63,8 @@ class ServiceRuntime:
 
     def stream(self) -> FastStream:
         """The FastStream application (used for the AsyncAPI document)."""
-        assert self.broker is not None
+        if self.broker is None:
+            raise RuntimeError(f"{self.name} has no Kafka side")
         return FastStream(self.broker)
 
 
