@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from vigil_common.kafka_security import KafkaConnection, create_acls
+from vigil_runtime.kafka_security import KafkaConnection, create_acls
 
 if TYPE_CHECKING:
     from vigil.kafka_local import LocalCluster
@@ -93,7 +93,7 @@ OUTSIDER = "outsider"
 def kafka_cluster() -> Iterator[LocalCluster]:
     """The secured test cluster (started here unless ``$VIGIL_TEST_BOOTSTRAP`` names a running one)."""
     from vigil.kafka_local import KafkaError, LocalCluster
-    from vigil_common.access import AclBinding
+    from vigil_contracts.access import AclBinding
 
     cluster = LocalCluster(
         name="test",
@@ -140,8 +140,8 @@ def kafka(kafka_cluster: LocalCluster, kafka_bootstrap: str) -> KafkaConnection:
 @pytest.fixture(scope="session")
 def kafka_as(kafka_cluster: LocalCluster, kafka_bootstrap: str) -> Callable[[str, str], KafkaConnection]:
     """A connection as ``principal`` with the stack's ACLs created for ``topic_prefix`` (idempotent)."""
-    from vigil_common.access import bindings_for
-    from vigil_common.topics import Topics
+    from vigil_contracts.access import bindings_for
+    from vigil_contracts.topics import Topics
 
     def connect(principal: str, topic_prefix: str) -> KafkaConnection:
         run_sync(create_acls(kafka_cluster.connection(), bindings_for(Topics(topic_prefix))))

@@ -38,7 +38,7 @@ def kafka_start(
     dev: bool = DevOpt,
 ) -> None:
     """Fetch the broker (first time), make its secrets (first time), start it, create the topics and ACLs."""
-    from vigil_common.topics import Topics
+    from vigil_contracts.topics import Topics
 
     t0 = time.monotonic()
     cluster = _cluster(brokers, port, name, dev)
@@ -183,8 +183,8 @@ def simulate_cmd(
     import asyncio
 
     from vigil import simulate as sim
-    from vigil_common.access import Principal
-    from vigil_common.topics import Topics
+    from vigil_contracts.access import Principal
+    from vigil_contracts.topics import Topics
 
     drifts = [sim.Drift.parse(d) for d in drift]
     plan = sim.load_stays(data, stays=stays, arrival_hours=arrival_hours, id_prefix=id_prefix)
@@ -275,9 +275,9 @@ def _mount() -> None:
     from vigil_shadow.cli import replay as shadow_replay
 
     app.command("replay")(shadow_replay)
-    from vigil_scorer.cli import app as scorer_bench_app
+    from bench.cli import app as bench_app
 
-    app.add_typer(scorer_bench_app, name="bench")
+    app.add_typer(bench_app, name="bench")
 
 
 _mount()

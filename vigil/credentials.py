@@ -26,8 +26,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from vigil_common.access import Principal
-from vigil_common.kafka_security import KafkaConnection
+from vigil_contracts.access import Principal
+from vigil_runtime.kafka_security import KafkaConnection
 
 BROKER_HOSTS = ("127.0.0.1", "localhost", "kafka")
 CERT_DAYS = 825
@@ -260,7 +260,7 @@ def compose_provision(directory: Path, bootstrap: str, prefix: str, partitions: 
     import asyncio
 
     from vigil.kafka_local import provision
-    from vigil_common.topics import Topics
+    from vigil_contracts.topics import Topics
 
     connection = KafkaSecrets(directory).connection(bootstrap, Principal.ADMIN.value)
     created = asyncio.run(provision(connection, Topics(prefix), partitions=partitions))

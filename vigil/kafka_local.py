@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vigil.credentials import KafkaSecrets, kafka_secrets
-from vigil_common.access import AclBinding, Principal, bindings_for
-from vigil_common.kafka_security import KafkaConnection, create_acls
-from vigil_common.topics import Topics
+from vigil_contracts.access import AclBinding, Principal, bindings_for
+from vigil_contracts.topics import Topics
+from vigil_runtime.kafka_security import KafkaConnection, create_acls
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"
@@ -158,13 +158,13 @@ async def provision(
     replication_factor: int = 1,
     extra_acls: Iterable[AclBinding] = (),
 ) -> list[str]:
-    """As the administrator: create the stack's topics and the ACLs of :mod:`vigil_common.access` for them.
+    """As the administrator: create the stack's topics and the ACLs of :mod:`vigil_contracts.access` for them.
 
     Services cannot create topics on a secured cluster; this is the step that does it (idempotent). Used by
     ``vigil kafka start``, ``vigil up`` and compose's ``kafka-provision`` service.
     """
-    from vigil_common.kafka import ensure_topics
-    from vigil_common.settings import VigilSettings
+    from vigil_runtime.kafka import ensure_topics
+    from vigil_runtime.settings import VigilSettings
 
     settings = VigilSettings(
         kafka_bootstrap_servers=connection.bootstrap_servers,
@@ -460,10 +460,6 @@ class LocalCluster:
             time.sleep(0.5)
         node.pid_file.unlink(missing_ok=True)
 
-    def start_node(self, node_id: int, *, timeout: float = 90.0) -> None:
-        """Restart one stopped node (the others keep running)."""
-        self.start(timeout=timeout)
-
     def stop(self, *, timeout: float = 30.0) -> None:
         """Stop every node cleanly."""
         for node in reversed(self.nodes):
@@ -481,7 +477,7 @@ def client_connection(bootstrap: str, principal: str, home: Path | None = None) 
     The ``VIGIL_KAFKA_*`` settings when a person gave them, else the local stack's credentials for ``principal``
     (made on first start, under ``.vigil/secrets``).
     """
-    from vigil_common.settings import VigilSettings
+    from vigil_runtime.settings import VigilSettings
 
     settings = VigilSettings(kafka_bootstrap_servers=bootstrap)
     if settings.kafka_username or settings.kafka_security_protocol == "PLAINTEXT":

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from vigil.kafka_local import LocalCluster, process_alive, vigil_home
-from vigil_common.topics import Topics
+from vigil_contracts.topics import Topics
 
 
 @dataclass(frozen=True)

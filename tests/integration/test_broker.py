@@ -11,8 +11,9 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 
 from tests import factories
-from vigil_common import events as ev
-from vigil_common.kafka import (
+from vigil_contracts import events as ev
+from vigil_contracts.topics import Topic
+from vigil_runtime.kafka import (
     DeadLetters,
     Parsed,
     Publisher,
@@ -22,9 +23,8 @@ from vigil_common.kafka import (
     process_batch,
     raw_batch_decoder,
 )
-from vigil_common.kafka_security import KafkaConnection
-from vigil_common.settings import VigilSettings
-from vigil_common.topics import Topic
+from vigil_runtime.kafka_security import KafkaConnection
+from vigil_runtime.settings import VigilSettings
 
 
 async def consume(

@@ -11,11 +11,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi.testclient import TestClient
 
-from vigil_common.events import DeadLettered, canonical_event_adapter
-from vigil_common.kafka_security import KafkaConnection
+from vigil_contracts.events import DeadLettered, canonical_event_adapter
 from vigil_ingest.app import create_app
 from vigil_ingest.mapping import Mapper
 from vigil_ingest.settings import Settings
+from vigil_runtime.kafka_security import KafkaConnection
 
 TESTDATA = Path(__file__).resolve().parents[1] / "testdata" / "fhir"
 FHIR = {"content-type": "application/fhir+json"}

@@ -1,6 +1,6 @@
 """The secured broker from outside: who may connect, and what each principal may read and write.
 
-Every cell of the ACL table (``vigil_common.access``) is tried for real against the test broker: a principal
+Every cell of the ACL table (``vigil_contracts.access``) is tried for real against the test broker: a principal
 the table allows succeeds, every other principal is refused by the broker's authorizer. Clients without
 credentials, with a wrong password or without the CA do not get in at all.
 """
@@ -24,9 +24,9 @@ from aiokafka.errors import (
 from pydantic import SecretStr
 
 from tests.conftest import OUTSIDER
-from vigil_common.access import Operation, Principal, may
-from vigil_common.kafka_security import KafkaConnection
-from vigil_common.topics import Topic, Topics
+from vigil_contracts.access import Operation, Principal, may
+from vigil_contracts.topics import Topic, Topics
+from vigil_runtime.kafka_security import KafkaConnection
 
 pytestmark = pytest.mark.asyncio
 
@@ -35,8 +35,8 @@ SEED = b'{"seed": true}'
 
 
 async def _topics(kafka: KafkaConnection, prefix: str) -> Topics:
-    from vigil_common.kafka import ensure_topics
-    from vigil_common.settings import VigilSettings
+    from vigil_runtime.kafka import ensure_topics
+    from vigil_runtime.settings import VigilSettings
 
     settings = VigilSettings(
         kafka_bootstrap_servers=kafka.bootstrap_servers,

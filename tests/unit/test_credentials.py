@@ -9,8 +9,8 @@ from pathlib import Path
 from cryptography import x509
 
 from vigil.credentials import KafkaSecrets, kafka_secrets
-from vigil_common.access import Principal
-from vigil_common.settings import VigilSettings
+from vigil_contracts.access import Principal
+from vigil_runtime.settings import VigilSettings
 
 
 def test_secrets_are_owner_only_and_reused(tmp_path: Path) -> None:

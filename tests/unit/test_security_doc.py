@@ -1,11 +1,11 @@
-"""docs/security.md shows the ACL table the code enforces (vigil_common.access), not a hand-written copy."""
+"""docs/security.md shows the ACL table the code enforces (vigil_contracts.access), not a hand-written copy."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from vigil_common.access import ACL_TABLE, CONSUMER_GROUPS, Principal, markdown_table
+from vigil_contracts.access import ACL_TABLE, CONSUMER_GROUPS, Principal, markdown_table
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 

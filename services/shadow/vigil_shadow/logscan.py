@@ -13,7 +13,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from vigil_common.kafka_security import KafkaConnection
+from vigil_runtime.kafka_security import KafkaConnection
 
 
 async def committed_offsets(kafka: KafkaConnection, group_id: str, topic: str) -> dict[int, int]:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from faststream.security import BaseSecurity, SASLScram256, SASLScram512
 from pydantic import SecretStr
 
-from vigil_common.access import AclBinding
+from vigil_contracts.access import AclBinding
 
 SecurityProtocol = Literal["SASL_SSL", "PLAINTEXT"]
 SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256"]

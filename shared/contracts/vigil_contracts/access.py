@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from vigil_common.topics import Topic, Topics
+from vigil_contracts.topics import Topic, Topics
 
 
 class Principal(StrEnum):

@@ -17,8 +17,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from vigil_common.kafka_security import KafkaConnection, KafkaSecurityError, SaslMechanism, SecurityProtocol
-from vigil_common.topics import Topics
+from vigil_contracts.topics import Topics
+from vigil_runtime.kafka_security import KafkaConnection, KafkaSecurityError, SaslMechanism, SecurityProtocol
 
 PLACEHOLDER_SECRETS = frozenset({"", "changethis", "changeme", "secret", "dev", "development"})
 
