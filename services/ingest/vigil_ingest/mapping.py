@@ -49,8 +49,9 @@ from vigil_common.events import (
     deterministic_id,
     utcnow,
 )
-from vigil_common.vocabulary import VOCABULARY, Measurement
+from vigil_common.vocabulary import SYSTEMIC_PRESSURE_FEATURES, VOCABULARY, Measurement
 from vigil_ingest.local_codes import LOCAL_CODES
+from vigil_ingest.pressure import pressure_site
 from vigil_ingest.units import UCUM_SYSTEMS, UnitConverter, UnitError
 
 log = logging.getLogger(__name__)
@@ -870,6 +871,33 @@ class Mapper:
                     raise _Reject("an average over a period (96607-7 family) is not a point reading", "not-supported")
                 if comp_feature is not None:
                     components.append((comp_feature, comp))
+        # What was measured decides the feature: systolic/diastolic/mean codes of a pulmonary, atrial, ventricular
+        # or venous panel are not systemic arterial pressure (vigil_ingest.pressure has the rule).
+        site_notes: list[str] = []
+        site_refusals: list[str] = []
+        if feature in SYSTEMIC_PRESSURE_FEATURES:
+            verdict = pressure_site(res, None)
+            if verdict.verdict != "systemic":
+                site_notes.append(verdict.reason)
+                feature = None
+        if any(f in SYSTEMIC_PRESSURE_FEATURES for f, _ in components):
+            kept: list[tuple[str, dict[str, Any]]] = []
+            for comp_feature, comp in components:
+                if comp_feature in SYSTEMIC_PRESSURE_FEATURES:
+                    verdict = pressure_site(res, comp)
+                    if verdict.verdict == "other":
+                        site_notes.append(verdict.reason)
+                        continue
+                    if verdict.verdict == "unknown":
+                        site_refusals.append(verdict.reason)
+                        continue
+                kept.append((comp_feature, comp))
+            components = kept
+        site_notes = list(dict.fromkeys(site_notes))
+        site_refusals = list(dict.fromkeys(site_refusals))
+        if site_notes or site_refusals:
+            counts["not_systemic_pressure"] += len(site_notes)
+            counts["pressure_site_unknown"] += len(site_refusals)
         contained_obs = (
             [c for c in res["contained"] if isinstance(c, dict) and c.get("resourceType") == "Observation"]
             if isinstance(res.get("contained"), list)
@@ -879,6 +907,12 @@ class Mapper:
         if feature is None and not components:
             if nested is not None and (nested.events or nested.rejections):
                 return nested
+            if site_refusals:
+                counts["rejected"] += len(site_refusals)
+                rejected = [Rejection(r, "Observation", rid, "not-supported") for r in site_refusals]
+                return EntryOutcome(index, "Observation", rid, "rejected", rejections=rejected)
+            if site_notes:
+                return EntryOutcome(index, "Observation", rid, "ignored", note="; ".join(site_notes))
             counts["ignored_code"] += 1
             return EntryOutcome(index, "Observation", rid, "ignored", note="code not in the vocabulary")
 
@@ -916,7 +950,7 @@ class Mapper:
             )
         # Values first: an Observation whose values are all absent is "no reading" whatever its time says.
         absent = 0
-        rejections: list[Rejection] = []
+        rejections: list[Rejection] = [Rejection(r, "Observation", rid, "not-supported") for r in site_refusals]
         values: list[tuple[Measurement, float, str | None, tuple[float, str | None] | None, str]] = []
         holders: list[tuple[str, dict[str, Any], bool]] = []
         if feature is not None:
@@ -977,7 +1011,8 @@ class Mapper:
             outcome = "rejected"
         else:
             outcome = "absent"
-        note = f"{absent} value(s) absent (dataAbsentReason)" if absent else None
+        notes = ([f"{absent} value(s) absent (dataAbsentReason)"] if absent else []) + site_notes
+        note = "; ".join(notes) if notes else None
         return EntryOutcome(index, "Observation", rid, outcome, events=events, rejections=rejections, note=note)
 
     def _nested(
