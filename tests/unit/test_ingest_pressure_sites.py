@@ -14,7 +14,6 @@ from vigil_common.vocabulary import PRESSURE_SITE_CODES
 from vigil_ingest.mapping import Mapper
 from vigil_ingest.pressure import pressure_site
 
-
 SITES = Path(__file__).resolve().parents[1] / "testdata" / "fhir" / "sites"
 EXPECTED: dict[str, Any] = json.loads((SITES / "expected.json").read_text())
 L, S = "http://loinc.org", "http://snomed.info/sct"

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -25,7 +26,7 @@ from vigil_common.kafka import DeadLetters, Parsed, Publisher, encode, make_brok
 from vigil_common.metrics import ServiceMetrics
 from vigil_common.service import ServiceRuntime, build_http_app
 from vigil_ingest.fhir_http import entry_status, location, operation_outcome, rejection_issues
-from vigil_ingest.mapping import Deduper, Mapper, MapResult
+from vigil_ingest.mapping import Deduper, Mapper, MapResult, TimeRules, strip_bom
 from vigil_ingest.settings import Settings
 
 SERVICE = "ingest"
@@ -85,7 +86,13 @@ class IngestCore:
 
     def __init__(self, settings: Settings, publisher: Publisher | ProducerPublisher, metrics: ServiceMetrics) -> None:
         self.settings = settings
-        self.mapper = Mapper(state_size=settings.state_size)
+        self.mapper = Mapper(
+            state_size=settings.state_size,
+            time_rules=TimeRules(
+                future_skew=timedelta(seconds=settings.max_future_skew_s),
+                before_encounter=timedelta(days=settings.max_days_before_encounter),
+            ),
+        )
         self.deduper = Deduper(settings.dedupe_size)
         self.publisher = publisher
         self.metrics = metrics
@@ -101,6 +108,15 @@ class IngestCore:
         self.metrics.count(self.topic, "duplicate", duplicates)
         return fresh, duplicates
 
+    async def publish_result(self, result: MapResult) -> tuple[list[Event], int]:
+        """Publish a mapping result's events, then let the mapper remember what it published (corrections)."""
+        undo = self.mapper.remember(result)
+        try:
+            return await self.publish(result.events)
+        except BaseException:
+            self.mapper.forget(undo)
+            raise
+
     async def handle_records(self, items: list[Parsed[dict[str, Any]]]) -> list[tuple[Any, BaseException | str]]:
         """Map a batch of raw FHIR records, publish every canonical event, return the records to park.
 
@@ -108,10 +124,14 @@ class IngestCore:
         entries are still published, so a parked record is partly processed: replaying it is safe (ids dedupe).
         """
         events: list[Event] = []
+        undo: list[tuple[str, Any]] = []
         failures: list[tuple[Any, BaseException | str]] = []
         raw_topic = self.settings.topics.fhir_raw
         for item in items:
             result = self.mapper.map_payload(item.event)
+            # Remembered before the next record maps, so a correction in the same batch is seen as one; forgotten
+            # if the batch's publish fails, so the redelivery maps to the same change.
+            undo.extend(self.mapper.remember(result))
             events.extend(result.events)
             self.count_result(raw_topic, result)
             if result.rejections:
@@ -121,7 +141,11 @@ class IngestCore:
                 if result.events:
                     reasons = f"partly processed ({len(result.events)} canonical events mapped): {reasons}"
                 failures.append((item.record, reasons[:2000]))
-        await self.publish(events)
+        try:
+            await self.publish(events)
+        except BaseException:
+            self.mapper.forget(undo)
+            raise
         return failures
 
     async def warm_up(self) -> None:
@@ -170,7 +194,7 @@ def build_router(core: IngestCore, settings: Settings, prefix: str | None = None
                 return _problem(413, "too-costly", f"body larger than {settings.max_body_bytes} bytes")
             chunks.append(chunk)
         try:
-            return orjson.loads(b"".join(chunks))
+            return orjson.loads(strip_bom(b"".join(chunks)))
         except orjson.JSONDecodeError as error:
             return _problem(400, "invalid", f"invalid JSON: {error.msg} at line {error.lineno} column {error.colno}")
 
@@ -190,35 +214,39 @@ def build_router(core: IngestCore, settings: Settings, prefix: str | None = None
         if rtype == "Bundle":
             response = await _bundle(result, payload)
         else:
-            response = await _single(result)
+            response = await _single(result, payload)
         core.metrics.processing.labels(SERVICE, "http").observe(time.perf_counter() - started)
         return response
 
-    async def _publish_or_503(events: Sequence[Event]) -> tuple[list[Event], int] | Response:
+    async def _publish_or_503(result: MapResult) -> tuple[list[Event], int] | Response:
         try:
-            return await core.publish(events)
+            return await core.publish_result(result)
         except Exception as error:
-            log.error("publish failed", extra={"error_type": type(error).__name__, "count": len(events)})
+            log.error("publish failed", extra={"error_type": type(error).__name__, "count": len(result.events)})
             return _problem(503, "transient", "the broker did not acknowledge the events; retry")
 
-    async def _single(result: MapResult) -> Response:
+    async def _single(result: MapResult, payload: dict[str, Any]) -> Response:
         entry = result.entries[0]
         if entry.outcome == "rejected":
-            return _fhir(operation_outcome(rejection_issues(entry.rejections)), 422)
-        published = await _publish_or_503(result.events)
+            status_line, issues = entry_status(entry, 0)
+            return _fhir(operation_outcome(issues), int(status_line[:3]))
+        published = await _publish_or_503(result)
         if isinstance(published, Response):
             return published
         fresh_ids = {e.event_id for e in published[0]}
         fresh = sum(1 for e in entry.events if e.event_id in fresh_ids)
         status_line, issues = entry_status(entry, fresh)
         headers = {"Location": loc} if (loc := location(entry)) else None
+        if entry.events and not fresh and not entry.rejections:
+            # An identical resubmission: 200 with the resource as it stands (the same content as sent).
+            return _fhir(payload, 200, headers)
         return _fhir(operation_outcome(issues), int(status_line[:3]), headers)
 
     async def _bundle(result: MapResult, payload: dict[str, Any]) -> Response:
         transaction = result.bundle_type == "transaction"
         if transaction and settings.strict_transactions and result.rejections:
             return _fhir(operation_outcome(rejection_issues(result.rejections)), 422)
-        published = await _publish_or_503(result.events)
+        published = await _publish_or_503(result)
         if isinstance(published, Response):
             return published
         fresh_ids = {e.event_id for e in published[0]}
@@ -229,7 +257,13 @@ def build_router(core: IngestCore, settings: Settings, prefix: str | None = None
                 if event.event_id in fresh_ids:
                     fresh += 1
             response: dict[str, Any]
-            if fresh and fresh == len(entry.events) and not entry.rejections and entry.note is None:
+            if (
+                fresh
+                and fresh == len(entry.events)
+                and not entry.rejections
+                and entry.note is None
+                and not entry.correction
+            ):
                 # The common case, kept small (a Bundle of thousands of readings): created, nothing to say.
                 response = {"status": "201 Created"}
             else:

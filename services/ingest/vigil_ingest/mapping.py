@@ -31,9 +31,9 @@ import hashlib
 import logging
 import re
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeAlias, TypeVar
 from urllib.parse import unquote
 
@@ -110,6 +110,10 @@ class EntryOutcome:
     events: list[Canonical] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     note: str | None = None
+    content: tuple[str, str, str | None] | None = None
+    """(resource id, digest of its content, version) of a mapped Observation, remembered once published."""
+    correction: bool = False
+    """A known id sent again with different content: published as an amendment with a new version."""
 
 
 @dataclass(slots=True)
@@ -309,6 +313,42 @@ def parse_fhir_datetime(text: Any) -> tuple[datetime, bool]:
     return result
 
 
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return "null" if value is None else type(value).__name__
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def strip_bom(data: bytes) -> bytes:
+    """The one byte-order-mark rule of HTTP and ``vigil ingest map``: a leading UTF-8 BOM is dropped.
+
+    RFC 8259 section 8.1 lets a JSON parser ignore it, and Windows tools (Notepad, PowerShell's UTF8 encoding)
+    write one; refusing it on one path and accepting it on the other gave the same file two answers.
+    """
+    return data[3:] if data.startswith(UTF8_BOM) else data
+
+
+def content_digest(resource: dict[str, Any]) -> str:
+    """What a resource says, without its bookkeeping (meta, narrative): equal digests mean the same content."""
+    body = {k: v for k, v in resource.items() if k not in ("meta", "text")}
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class _Known:
+    latest: str
+    version: str | None
+
+
 def _id_from_url(url: str) -> str:
     if url.startswith("urn:uuid:") or url.startswith("urn:oid:"):
         return url[9:] if url.startswith("urn:uuid:") else url
@@ -334,19 +374,57 @@ def _content_id(resource: dict[str, Any]) -> str:
     return f"sha256-{digest[:32]}"
 
 
+@dataclass(frozen=True, slots=True)
+class TimeRules:
+    """When a reading's time is not believable (a clock error or a typo in the EHR), with the clock to judge by.
+
+    A reading dated 2099 once kept an encounter in a false alarm for good: the scorer's hour and every window
+    followed it. Ingest refuses such readings with their reason; the scorer clamps as a second line of defence.
+    """
+
+    future_skew: timedelta = timedelta(minutes=5)
+    """How far after ingest's own clock a reading may be dated (senders' clocks drift)."""
+    before_encounter: timedelta = timedelta(days=14)
+    """How long before its encounter began a reading may be dated (pre-admission readings are legitimate)."""
+    clock: Callable[[], datetime] = utcnow
+
+    def problem(self, observed_at: datetime, birth: datetime | None, encounter_start: datetime | None) -> str | None:
+        """Why ``observed_at`` cannot be believed, or None."""
+        if observed_at > self.clock() + self.future_skew:
+            return (
+                f"effective time is later than ingest's clock plus the allowed skew "
+                f"({int(self.future_skew.total_seconds())} s): a clock error or a typo"
+            )
+        if birth is not None and observed_at < birth:
+            return "effective time is before the patient's birth"
+        if encounter_start is not None and observed_at < encounter_start - self.before_encounter:
+            days = self.before_encounter.total_seconds() / 86_400
+            return f"effective time is more than {days:g} days before the encounter began"
+        return None
+
+
 class Mapper:
     """Maps FHIR R4 JSON to canonical events; keeps bounded linkage state (patients, encounters, locations).
 
     Not thread-safe: one per event loop or process. ``system`` names the sender on every SourceRef.
     """
 
-    def __init__(self, *, state_size: int = 100_000, units: UnitConverter | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        state_size: int = 100_000,
+        units: UnitConverter | None = None,
+        time_rules: TimeRules | None = None,
+    ) -> None:
         self.units = units or UnitConverter()
+        self.time_rules = time_rules or TimeRules()
         self.patients = BoundedCache(state_size)
         self.patient_ids = BoundedCache(state_size)
         self.encounters = BoundedCache(state_size)
         self.open_encounter = BoundedCache(state_size)
         self.locations = BoundedCache(10_000)
+        self.contents = BoundedCache(state_size)
+        """Observation id -> what was last published under it (content digest, version)."""
         self._codes: dict[tuple[str, str], str] = {}
         for m in VOCABULARY.values():
             for code in m.loinc:
@@ -359,8 +437,8 @@ class Mapper:
 
     def map_bytes(self, data: bytes | str, *, system: str | None = None) -> MapResult:
         """Parse and map one payload; a payload that is not JSON gives one rejection (never raises)."""
-        if isinstance(data, bytes) and data.startswith(b"\xef\xbb\xbf"):
-            data = data[3:]  # a UTF-8 byte-order mark, as some Windows tools write
+        if isinstance(data, bytes):
+            data = strip_bom(data)
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError as error:
@@ -385,6 +463,28 @@ class Mapper:
                 return self._invalid(payload, error)
             log.error("unexpected structure", extra={"error_type": type(error).__name__})
             return self._invalid(payload, InvalidPayload(f"unexpected structure ({type(error).__name__})", "exception"))
+
+    def remember(self, result: MapResult) -> list[tuple[str, Any]]:
+        """Record the content of the Observations of ``result`` as published; returns what :meth:`forget` undoes.
+
+        A publish that fails must be forgotten, so its retry is the same change (with its retraction), not a repeat.
+        """
+        undo: list[tuple[str, Any]] = []
+        for entry in result.entries:
+            if entry.content is None or entry.outcome == "rejected":
+                continue
+            rid, digest, version = entry.content
+            undo.append((rid, self.contents.get(rid)))
+            self.contents.put(rid, _Known(digest, version))
+        return undo
+
+    def forget(self, undo: list[tuple[str, Any]]) -> None:
+        """Undo :meth:`remember` (the events were not acknowledged)."""
+        for rid, previous in reversed(undo):
+            if previous is None:
+                self.contents.pop(rid, None)
+            else:
+                self.contents.put(rid, previous)
 
     @staticmethod
     def _invalid(payload: Any, error: InvalidPayload) -> MapResult:
@@ -464,10 +564,41 @@ class Mapper:
                 self._index_report(resource, ctx)
             prepared.append((item_index, resource, r_type, rid))
 
+        # The same Observation twice in one request: a repeat is answered once; a conflicting one (same id and
+        # version, different content) is refused, since which of the two is true cannot be told.
+        first_of: dict[tuple[str, str | None], tuple[str, int | None]] = {}
+        repeats: dict[int | None, EntryOutcome] = {}
+        for position, resource, r_type, rid in prepared:
+            if r_type != "Observation":
+                continue
+            key = (rid, _version(resource.get("meta")))
+            digest = content_digest(resource)
+            seen = first_of.get(key)
+            if seen is None:
+                first_of[key] = (digest, position)
+                continue
+            where = f"entry {seen[1]}" if seen[1] is not None else "another entry"
+            if seen[0] == digest:
+                result.counts["repeated_in_request"] += 1
+                repeats[position] = EntryOutcome(
+                    position, r_type, rid, "ignored", note=f"repeats {where} of this request"
+                )
+            else:
+                result.counts["rejected"] += 1
+                reason = (
+                    f"same id and version as {where} of this request with different content: the later entry is refused"
+                )
+                rej = Rejection(reason, r_type, rid, issue="conflict")
+                repeats[position] = EntryOutcome(position, r_type, rid, "rejected", rejections=[rej])
+
         # Linkage first (patients, locations, encounters), then readings: entry order does not matter.
         order = {"Patient": 0, "Location": 1, "Encounter": 2}
         outcomes: list[EntryOutcome] = []
         for position, resource, r_type, rid in sorted(prepared, key=lambda p: order.get(p[2], 3)):
+            repeat = repeats.get(position) if position is not None else None
+            if repeat is not None:
+                outcomes.append(repeat)
+                continue
             outcome = self._map_resource(resource, r_type, rid, position, ctx, result.counts)
             outcomes.append(outcome)
         outcomes.sort(key=lambda o: -1 if o.index is None else o.index)
@@ -929,14 +1060,31 @@ class Mapper:
             counts["no_encounter"] += 1
         meta = res.get("meta")
         version = _version(meta)
+        raw_status = res.get("status")
+        status = raw_status if isinstance(raw_status, str) else None
+        # A known id sent again: the same content is a repeat (the same event ids, answered 200); new content is a
+        # correction, published as an amendment under a new version derived from the content, so the bedside never
+        # keeps a value its source has replaced. New content under the same explicit version is a conflict.
+        digest = content_digest(res)
+        known = self.contents.get(rid)
+        correction = False
+        if known is not None and digest != known.latest:
+            if version is not None and version == known.version:
+                raise _Reject(
+                    f"version {version[:20]} was already published with different content: send a new version",
+                    "conflict",
+                )
+            correction = status in READING_STATUSES and status not in ("amended", "corrected")
+            if version is None:
+                version = f"content-{digest}"
+        elif known is not None and version is None:
+            version = known.version  # a repeat keeps the ids it was published under
         source = SourceRef(
             resource_type="Observation",
             resource_id=rid,
             version_id=version,
             system=ctx.system,
         )
-        raw_status = res.get("status")
-        status = raw_status if isinstance(raw_status, str) else None
         features = [f for f in (feature, *(f for f, _ in components)) if f is not None]
 
         if status in RETRACTING_STATUSES:
@@ -971,13 +1119,15 @@ class Mapper:
         events: list[Canonical] = []
         if values:
             observed_at = self._time(res, ctx, rid)
+            self._check_time(observed_at, patient, encounter)
             issued = res.get("issued")
             try:
                 occurred_at = parse_fhir_datetime(issued)[0] if issued is not None else observed_at
             except (ValueError, TypeError):
                 occurred_at = observed_at
-            if status in ("amended", "corrected"):
-                events.append(self._retraction(source, encounter, patient, features, str(status), res))
+            if status in ("amended", "corrected") or correction:
+                reason = "amended" if correction else str(status)
+                events.append(self._retraction(source, encounter, patient, features, reason, res))
             for m, value, comparator, original, unit in values:
                 events.append(
                     self._reading(
@@ -1012,8 +1162,35 @@ class Mapper:
         else:
             outcome = "absent"
         notes = ([f"{absent} value(s) absent (dataAbsentReason)"] if absent else []) + site_notes
+        if correction and readings:
+            counts["corrections"] += 1
+            notes.append(f"a known id with new content: published as a correction (amended, version {version})")
         note = "; ".join(notes) if notes else None
-        return EntryOutcome(index, "Observation", rid, outcome, events=events, rejections=rejections, note=note)
+        return EntryOutcome(
+            index,
+            "Observation",
+            rid,
+            outcome,
+            events=events,
+            rejections=rejections,
+            note=note,
+            content=(rid, digest, version),
+            correction=correction and bool(readings),
+        )
+
+    def _check_time(self, observed_at: datetime, patient: str | None, encounter: str | None) -> None:
+        birth: datetime | None = None
+        info = self.patients.get(patient) if patient is not None else None
+        if info is not None and info.birth is not None:
+            year, month, day = info.birth
+            try:
+                birth = datetime(year, month or 1, day or 1, tzinfo=UTC)
+            except ValueError:
+                birth = None
+        enc = self.encounters.get(encounter) if encounter is not None else None
+        problem = self.time_rules.problem(observed_at, birth, enc.start if enc is not None else None)
+        if problem is not None:
+            raise _Reject(problem, "value")
 
     def _nested(
         self,
@@ -1100,15 +1277,12 @@ class Mapper:
                 if "dataAbsentReason" in holder:
                     raise _Absent
                 raise _Reject(f"{m.name}: valueQuantity has no value", "required")
-            if isinstance(raw, bool):
-                raise _Reject(f"{m.name}: valueQuantity.value is not a number", "invalid")
-            if isinstance(raw, str):
-                try:
-                    raw = float(raw)
-                except ValueError as error:
-                    raise _Reject(f"{m.name}: valueQuantity.value is not a number", "invalid") from error
-            if not isinstance(raw, int | float):
-                raise _Reject(f"{m.name}: valueQuantity.value is not a number", "invalid")
+            # FHIR JSON writes a decimal as a JSON number: "88" (a string), true or {...} is a sender's bug whose
+            # meaning is a guess, so it is refused with the type named rather than converted.
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise _Reject(
+                    f"{m.name}: valueQuantity.value is a JSON {_json_type(raw)}, not a number (FHIR decimal)", "invalid"
+                )
             value = float(raw)
             comp = quantity.get("comparator")
             if comp is not None:
@@ -1251,7 +1425,10 @@ __all__ = [
     "MapResult",
     "Mapper",
     "Rejection",
+    "TimeRules",
+    "content_digest",
     "event_line",
     "iter_payloads",
     "parse_fhir_datetime",
+    "strip_bom",
 ]

@@ -1,4 +1,4 @@
-"""What a pressure measures: is a systolic / diastolic / mean value systemic arterial blood pressure?
+"""What a pressure measures: whether a systolic, diastolic or mean value is systemic arterial blood pressure.
 
 Cardiac, pulmonary and venous pressure panels reuse the systemic component codes (8480-6, 8462-4, 8478-0) for
 their own systolic, diastolic and mean values (the MII ICU and ISiK pulsatile-pressure profiles do, by design), so
@@ -15,6 +15,8 @@ The rule, in order:
 3. a component of a panel whose code or body site is systemic arterial -> ``systemic``;
 4. any other panel (a generic "blood pressure" with no site, a local code) -> ``unknown``: refused, because
    guessing the site wrong turns a pulmonary 25/8 into profound systemic hypotension.
+
+Sources: see the vocabulary's table.
 """
 
 from __future__ import annotations
