@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
@@ -49,6 +49,7 @@ from vigil_common.events import (
     ObservationRetracted,
     RiskScored,
     Stage,
+    utcnow,
 )
 from vigil_common.features import FEATURE_COLUMNS, EncounterState, features_many
 
@@ -216,8 +217,14 @@ class ScoringCore:
         idle_hours: float = 24.0,
         dedupe_ids: int = 1024,
         clock: Callable[[], float] = time.time,
+        future_skew: timedelta = timedelta(minutes=5),
+        utc_now: Callable[[], datetime] = utcnow,
     ) -> None:
         self.states: dict[str, Tracked] = {}
+        # Defence in depth behind ingest's time rules (the topic may have other producers): one reading dated past
+        # the scorer's own clock would move the encounter's hour there and keep it in a false alarm for good.
+        self.future_skew = future_skew
+        self.utc_now = utc_now
         self.idle_hours = idle_hours
         self.dedupe_ids = dedupe_ids
         self.clock = clock
@@ -261,9 +268,13 @@ class ScoringCore:
         rows: list[_Row] = []
         touched: dict[str, Tracked] = {}
         wall = self.clock() if now is None else now
+        latest_believable = self.utc_now() + self.future_skew
         for index, item in enumerate(events):
             inc = item if isinstance(item, Incoming) else Incoming(item)
             event = inc.event
+            if isinstance(event, ObservationRecorded) and event.observed_at > latest_believable:
+                out.failures.append((index, "observed_at is later than the scorer's clock plus the allowed skew"))
+                continue
             encounter = _encounter_of(event)
             if not encounter:
                 out.failures.append((index, "no encounter linked: cannot be scored"))

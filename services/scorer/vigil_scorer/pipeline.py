@@ -37,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -183,6 +184,7 @@ class ScorerService:
                 default_model=model.default_model,
                 idle_hours=self.settings.idle_hours,
                 dedupe_ids=self.settings.dedupe_ids,
+                future_skew=timedelta(seconds=self.settings.max_future_skew_s),
             )
         else:
             self.core.swap(model.package, stage=model.stage, default_model=model.default_model)
