@@ -443,7 +443,12 @@ class ScoringCore:
     def snapshot(self, encounter: str) -> bytes | None:
         """The changelog value of an encounter's state (None when it is not held)."""
         tracked = self.states.get(encounter)
-        return orjson.dumps(tracked.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY) if tracked is not None else None
+        if tracked is None:
+            return None
+        # Compacted in place, not only in the snapshot: the state that goes on scoring is the one a restart restores,
+        # so a restart re-sends nothing that differs. Between batches only (the pipeline snapshots there).
+        tracked.state.compact()
+        return orjson.dumps(tracked.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
 
     def restore(self, encounter: str, value: bytes | None) -> None:
         """Install a state from its changelog value; a tombstone (None) forgets it."""
