@@ -193,7 +193,16 @@ class AlertRaised(Event):
     type: Literal["alert.raised"] = "alert.raised"
     alert_key: str = Field(description="Stable id of the condition: kind, model and feature or metric.")
     state: Literal["open", "resolved"]
-    kind: Literal["data_drift", "missingness", "prediction_drift", "performance", "calibration", "fairness", "latency"]
+    kind: Literal[
+        "data_drift",
+        "missingness",
+        "prediction_drift",
+        "performance",
+        "calibration",
+        "fairness",
+        "latency",
+        "checkpoint",
+    ]
     severity: Severity
     model_name: str | None = None
     model_version: str | None = None

@@ -38,14 +38,23 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from faststream.kafka.message import KafkaMessage
 from prometheus_client import Counter, Gauge
 
-from vigil_common.events import LifecycleAction, ModelLifecycleChanged, Stage, canonical_event_adapter
+from vigil_common.events import (
+    AlertRaised,
+    LifecycleAction,
+    ModelLifecycleChanged,
+    Severity,
+    Stage,
+    canonical_event_adapter,
+    deterministic_id,
+    utcnow,
+)
 from vigil_common.kafka import DeadLetters, Parsed, encode, process_batch, records_of
 from vigil_common.metrics import ServiceMetrics
 from vigil_common.model_package import ModelPackage, default_package_path
@@ -101,6 +110,9 @@ class ScorerMetrics:
         self.evictions = Counter("vigil_scorer_evictions", "Idle encounter states evicted.", registry=r)
         self.swaps = Counter("vigil_model_swaps", "Model swaps, by outcome.", ["outcome"], registry=r)
         self.restored = Counter("vigil_scorer_restored_states", "States restored from the changelog.", registry=r)
+        self.checkpoint_failures = Gauge(
+            "vigil_scorer_checkpoint_failures", "Checkpoints failed in a row (0 once one is written).", registry=r
+        )
 
 
 class ScorerService:
@@ -146,6 +158,8 @@ class ScorerService:
         """The checkpoint whose snapshots are being captured, a slice per batch."""
         self._lag_updated = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self.checkpoint_failures = 0
+        """Checkpoints failed in a row: from ``checkpoint_failures_unready`` on, /ready fails and an alert is open."""
 
     # --- model --------------------------------------------------------------------------------------
 
@@ -354,16 +368,57 @@ class ScorerService:
                 await consumer.commit(
                     {TopicPartition(self.topics.observations, p): o for p, o in checkpoint.offsets.items()}
                 )
-        except BaseException:
+        except BaseException as error:
             held = self.core.states if self.core is not None else {}
             for encounter, partition in checkpoint.encounters:
                 if encounter in held and partition in self.owned:
                     self.unsaved.setdefault(encounter, partition)
+            await self._checkpoint_outcome(error)
             raise
+        await self._checkpoint_outcome(None)
         self.committed.update({p: o for p, o in checkpoint.offsets.items() if p in self.owned})
         stages = self.metrics.base.processing
         stages.labels(SERVICE, "publish_state").observe(t1 - t0)
         stages.labels(SERVICE, "commit").observe(time.perf_counter() - t1)
+
+    def checkpoints_ok(self) -> bool:
+        """False once checkpoints keep failing: offsets stop advancing, so a restart would replay ever more."""
+        return self.checkpoint_failures < self.settings.checkpoint_failures_unready
+
+    async def _checkpoint_outcome(self, error: BaseException | None) -> None:
+        """Count a checkpoint's outcome; open an alert when they keep failing, resolve it when one is written."""
+        was_ok = self.checkpoints_ok()
+        self.checkpoint_failures = 0 if error is None else self.checkpoint_failures + 1
+        self.metrics.checkpoint_failures.set(self.checkpoint_failures)
+        if was_ok == self.checkpoints_ok():
+            return
+        state: Literal["open", "resolved"] = "resolved" if error is None else "open"
+        if error is not None:
+            log.error(
+                "checkpoints keep failing: not ready",
+                extra={"error_type": type(error).__name__, "failures": self.checkpoint_failures},
+            )
+        core = self.core
+        alert = AlertRaised(
+            event_id=deterministic_id("checkpoint-alert", self.settings.group_id, state, time.time()),
+            occurred_at=utcnow(),
+            key=f"checkpoint:{self.settings.group_id}",
+            alert_key=f"checkpoint:{self.settings.group_id}",
+            state=state,
+            kind="checkpoint",
+            severity=Severity.CRITICAL,
+            model_name=core.model_name if core is not None else None,
+            model_version=core.model_version if core is not None else None,
+            metric="checkpoint_failures",
+            value=float(self.checkpoint_failures),
+            threshold=float(self.settings.checkpoint_failures_unready),
+            window="checkpoints in a row",
+            evidence={"error_type": type(error).__name__} if error is not None else {},
+        )
+        try:
+            await self.sink.send_all(self.topics.alerts, [(alert.key_bytes(), encode(alert), None)])
+        except Exception as publish_error:  # the broker may be what fails: /ready and the gauge still say it
+            log.error("checkpoint alert not published", extra={"error_type": type(publish_error).__name__})
 
     async def settle(self) -> None:
         """Finish the checkpoint under way, if any, and wait until it is written (call under :attr:`lock`).

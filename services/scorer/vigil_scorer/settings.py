@@ -48,6 +48,9 @@ class Settings(VigilSettings):
     """How often the states changed since the last checkpoint go to the changelog and the offsets processed since
     are committed (0: after every batch). Scores are published with every batch regardless; after a crash at most
     this much input is replayed, reproducing the same score ids."""
+    checkpoint_failures_unready: int = Field(default=3, ge=1)
+    """Checkpoints failed in a row after which /ready fails and a critical alert is published (resolved by the next
+    checkpoint written): a scorer must never run on silently while its offsets stop advancing."""
     restore_timeout_s: float = Field(default=60.0, gt=0)
     """Longest time a partition's state restore from the changelog may take."""
     registry_poll_s: float = Field(default=30.0, gt=0)
