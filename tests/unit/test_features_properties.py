@@ -87,12 +87,12 @@ def test_any_order_and_duplicates_give_the_same_features(
 def test_compaction_and_restore_keep_the_features_of_the_newest_hours(
     raw: list[tuple[str, int, float]], compact_after: list[int]
 ) -> None:
-    events = [admission()] + [reading(i, feat, minute, value) for i, (feat, minute, value) in enumerate(raw)]
-    events_sorted = sorted(events[1:], key=lambda e: e.observed_at)
+    observations = [reading(i, feat, minute, value) for i, (feat, minute, value) in enumerate(raw)]
+    events_sorted = sorted(observations, key=lambda e: e.observed_at)
     full = EncounterState()
     compacted = EncounterState()
     for state in (full, compacted):
-        state.apply(events[0])
+        state.apply(admission())
     points = set(compact_after)
     for n, event in enumerate(events_sorted):
         full.apply(event)

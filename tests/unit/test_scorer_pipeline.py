@@ -265,20 +265,20 @@ def test_checkpoints_that_keep_failing_make_ready_fail_and_open_an_alert_then_re
             asyncio.run(service.checkpoint())
     assert not service.checkpoints_ok()
     alerts = [
-        ev.AlertRaised.model_validate_json(v)
+        ev.AlertRaised.model_validate_json(v or b"")
         for t, batch in sink.sent
         if t == service.topics.alerts
         for _, v, _ in batch
-    ]  # type: ignore[arg-type]
+    ]
     assert [(a.kind, a.state, a.severity) for a in alerts] == [("checkpoint", "open", ev.Severity.CRITICAL)]
     assert service.metrics.checkpoint_failures._value.get() == service.settings.checkpoint_failures_unready  # type: ignore[attr-defined]
     sink.fail_on = None
     asyncio.run(service.checkpoint())
     assert service.checkpoints_ok() and consumer.commits == {0: 2}
     alerts = [
-        ev.AlertRaised.model_validate_json(v)
+        ev.AlertRaised.model_validate_json(v or b"")
         for t, batch in sink.sent
         if t == service.topics.alerts
         for _, v, _ in batch
-    ]  # type: ignore[arg-type]
+    ]
     assert [a.state for a in alerts] == ["open", "resolved"]

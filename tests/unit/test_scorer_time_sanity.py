@@ -18,7 +18,10 @@ def core() -> ScoringCore:
 
 def test_a_2099_reading_is_refused_and_scores_stay_those_of_the_real_readings() -> None:
     t0 = factories.T0
-    real = [factories.encounter(), factories.observation(observed_at=t0, value=80.0)]
+    real: list[ev.EncounterRecorded | ev.ObservationRecorded] = [
+        factories.encounter(),
+        factories.observation(observed_at=t0, value=80.0),
+    ]
     reference = core()
     expected = reference.process(real)
     scorer = core()
