@@ -113,6 +113,12 @@ class Tracked:
     """(data_time, observations) of the last row taken: an unchanged state is not scored twice."""
     deferred: list[_Row] = field(default_factory=list)
     """This batch's rows of earlier hours whose features are not computed yet (see ``ScoringCore.process``)."""
+    scored_by: str | None = None
+    """Model version of the last score taken (kept in the snapshot): a replay under another version is a re-score."""
+    restored_by: str | None = None
+    """``scored_by`` of the snapshot this state was restored from: the version the replayed records were scored by."""
+    pending_replay: bool = False
+    """Events applied since the last row include records that existed before this process started."""
 
     def __post_init__(self) -> None:
         if self.cur_hour is None and self.max_time is None:
@@ -139,6 +145,7 @@ class Tracked:
             "last_offset": self.last_offset,
             "recent_ids": list(self.recent_ids),
             "last_seen": self.last_seen,
+            "scored_by": self.scored_by,
         }
 
     @classmethod
@@ -154,6 +161,8 @@ class Tracked:
             recent_ids=ids,
             id_set=set(ids),
             last_seen=float(d.get("last_seen", 0.0)),
+            scored_by=d.get("scored_by"),
+            restored_by=d.get("scored_by"),
         )
 
 
@@ -168,6 +177,7 @@ class _Row:
     data_time: datetime
     observations: int
     arrived_at: float | None
+    rescore: bool = False
 
 
 @dataclass
@@ -221,6 +231,8 @@ class ScoringCore:
         utc_now: Callable[[], datetime] = utcnow,
     ) -> None:
         self.states: dict[str, Tracked] = {}
+        self.replay_until: dict[int, int] = {}
+        """Per partition, the log end when its states were restored: records before it are a replay."""
         # Defence in depth behind ingest's time rules (the topic may have other producers): one reading dated past
         # the scorer's own clock would move the encounter's hour there and keep it in a false alarm for good.
         self.future_skew = future_skew
@@ -327,6 +339,8 @@ class ScoringCore:
             tracked.last_seen = wall
             if inc.arrived_at is not None:
                 tracked.pending_arrival = max(tracked.pending_arrival or 0.0, inc.arrived_at)
+            if inc.offset is not None and inc.offset < self.replay_until.get(inc.partition, -1):  # type: ignore[arg-type]
+                tracked.pending_replay = True
             touched[encounter] = tracked
             out.changed[encounter] = tracked.partition
             if tracked.max_time is not None:
@@ -376,6 +390,10 @@ class ScoringCore:
             tracked.pending_arrival = None
             return  # e.g. a reading the state ignores: the same score again would add nothing
         tracked.last_row = (data_time, observations)
+        version = self.model_version
+        rescore = tracked.pending_replay and tracked.restored_by is not None and tracked.restored_by != version
+        tracked.scored_by = version
+        tracked.pending_replay = False
         row = _Row(
             encounter=state.encounter or "",
             patient=state.patient,
@@ -385,6 +403,7 @@ class ScoringCore:
             data_time=data_time,
             observations=observations,
             arrived_at=tracked.pending_arrival,
+            rescore=rescore,
         )
         rows.append(row)
         if defer:
@@ -422,6 +441,7 @@ class ScoringCore:
                     hour=row.hour,
                     observations=row.observations,
                     latency_ms=max(0.0, latency),
+                    rescore=row.rescore,
                 )
             )
         return scores

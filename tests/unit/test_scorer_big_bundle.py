@@ -151,3 +151,47 @@ def test_a_16_mib_bundle_keeps_checkpoints_committing_and_a_restart_resends_noth
         assert asyncio.run(second._handle(replay[i : i + BATCH])) == []
     resent = scores_of(sink2, second.topics.scores_live)
     assert resent == resent_expected  # same ids, same probabilities, same hours: nothing that differs
+
+
+def test_a_replay_under_another_model_version_is_marked_as_a_rescore(tmp_path: Path) -> None:
+    """After a restart with another model, re-sent stay-hours carry the new version and say they replace a score."""
+    from tests import factories
+
+    events = [factories.encounter()] + [
+        factories.observation(
+            observed_at=factories.T0 + timedelta(hours=h), source=factories.source(resource_id=f"o{h}")
+        )
+        for h in range(6)
+    ]
+    records = [record(e, 0, i) for i, e in enumerate(events)]
+    first, sink, _ = scorer(tmp_path / "a")
+    asyncio.run(first._handle(records[:3]))
+    first.consumed[0] = 3
+    asyncio.run(first.checkpoint())
+    asyncio.run(first._handle(records[3:]))  # scored, then a crash before the next checkpoint
+    (snapshot,) = [b for t, b in sink.sent if t == first.topics.scorer_state][-1]
+
+    second, sink2, _ = scorer(tmp_path / "b")
+    second.install(LoadedModel(ModelPackage.load(package_path("2")), ev.Stage.PRODUCTION))  # the model changed
+    assert second.core is not None
+    second.core.restore("enc-1", snapshot[1])
+    second.core.replay_until[0] = len(records)  # what _mark_replay reads from the log end on restore
+    asyncio.run(second._handle(records[3:]))
+    later = record(
+        factories.observation(
+            observed_at=factories.T0 + timedelta(hours=7), source=factories.source(resource_id="new")
+        ),
+        0,
+        len(records),
+    )
+    asyncio.run(second._handle([later]))
+    sent = [
+        ev.RiskScored.model_validate_json(v or b"")
+        for t, batch in sink2.sent
+        if t == second.topics.scores_live
+        for _, v, _ in batch
+    ]
+    assert [s.model_version for s in sent] == ["2"] * len(sent)
+    assert [s.rescore for s in sent] == [True] * (len(sent) - 1) + [False]  # the new record is no replay
+    first_ids = {s[0] for s in scores_of(sink, first.topics.scores_live)}
+    assert not first_ids & {s.event_id for s in sent}  # never one id for two probabilities

@@ -604,8 +604,26 @@ class ScorerService:
                 continue
             restored += value is not None
         self.needs_restore -= parts
+        await self._mark_replay(parts)
         self.metrics.restored.inc(restored)
         log.info("states restored", extra={"count": restored, "processed": len(parts)})
+
+    async def _mark_replay(self, partitions: set[int]) -> None:
+        """Mark records before the partitions' current log end as a replay (the previous owner may have scored them).
+
+        A score of them under another model version than the snapshot's is marked as a re-score (``rescore``).
+        """
+        consumer = self.consumer_of()
+        if consumer is None or self.core is None or not partitions:
+            return
+        tps = [TopicPartition(self.topics.observations, p) for p in partitions]
+        try:
+            ends = await consumer.end_offsets(tps)
+        except Exception as error:  # without it, replayed scores are still correct, only not marked
+            log.warning("log end offsets unavailable", extra={"error_type": type(error).__name__})
+            return
+        for tp, end in ends.items():
+            self.core.replay_until[tp.partition] = int(end)
 
     async def partitions_revoked(self, partitions: set[int]) -> None:
         """Drop the states of revoked partitions once the in-flight batch is done."""
