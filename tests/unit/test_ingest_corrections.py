@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 
 from vigil_common.events import Event, ObservationRecorded, ObservationRetracted
 from vigil_common.metrics import ServiceMetrics
-from vigil_ingest.app import IngestCore, build_router
+from vigil_ingest.api import mount_fhir
+from vigil_ingest.core import IngestCore
 from vigil_ingest.cli import map_files
 from vigil_ingest.settings import Settings
 
@@ -37,7 +38,7 @@ def setup() -> tuple[TestClient, FakePublisher]:
     publisher = FakePublisher()
     core = IngestCore(settings, publisher, ServiceMetrics("ingest"))  # type: ignore[arg-type]
     app = FastAPI()
-    app.include_router(build_router(core, settings))
+    mount_fhir(app, core, settings)
     return TestClient(app), publisher
 
 

@@ -19,7 +19,9 @@ from fastapi.testclient import TestClient
 
 from vigil_common.events import Event
 from vigil_common.metrics import ServiceMetrics
-from vigil_ingest.app import RESOURCE_TYPES, IngestCore, build_router
+from vigil_ingest.api import mount_fhir
+from vigil_ingest.api.routes.fhir import RESOURCE_TYPES
+from vigil_ingest.core import IngestCore
 from vigil_ingest.cli import map_files, read_payloads
 from vigil_ingest.settings import Settings
 
@@ -58,7 +60,7 @@ def over_http(path: Path) -> tuple[list[str], list[str], int]:
     settings = Settings(topic_prefix="parity.", max_body_bytes=64 * 1024 * 1024)
     recorder = Recorder()
     app = FastAPI()
-    app.include_router(build_router(IngestCore(settings, recorder, ServiceMetrics("ingest")), settings))  # type: ignore[arg-type]
+    mount_fhir(app, IngestCore(settings, recorder, ServiceMetrics("ingest")), settings)  # type: ignore[arg-type]
     client = TestClient(app)
     refusals: list[str] = []
     unrouted = 0
