@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from vigil_common.events import Event, ObservationRecorded, ObservationRetracted
 from vigil_common.metrics import ServiceMetrics
 from vigil_ingest.api import mount_fhir
-from vigil_ingest.core import IngestCore
 from vigil_ingest.cli import map_files
+from vigil_ingest.core import IngestCore
 from vigil_ingest.settings import Settings
 
 FHIR = {"content-type": "application/fhir+json"}

@@ -21,8 +21,8 @@ from vigil_common.events import Event
 from vigil_common.metrics import ServiceMetrics
 from vigil_ingest.api import mount_fhir
 from vigil_ingest.api.routes.fhir import RESOURCE_TYPES
-from vigil_ingest.core import IngestCore
 from vigil_ingest.cli import map_files, read_payloads
+from vigil_ingest.core import IngestCore
 from vigil_ingest.settings import Settings
 
 FHIR = {"content-type": "application/fhir+json"}
