@@ -18,7 +18,8 @@ from vigil_common.events import (
     deterministic_id,
 )
 from vigil_common.vocabulary import VOCABULARY
-from vigil_ingest.mapping import Deduper, Mapper, MapResult, TimeRules, fast_id, observation_id
+from vigil_ingest.mapping import Mapper, MapResult, TimeRules, fast_id, observation_id
+from vigil_ingest.publishing import Deduper
 
 TESTDATA = Path(__file__).resolve().parents[1] / "testdata" / "fhir"
 

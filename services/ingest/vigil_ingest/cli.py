@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 import typer
 
-from vigil_ingest.mapping import Deduper, Mapper, TimeRules, event_line, parse_fhir_datetime, strip_bom
+from vigil_ingest.mapping import Mapper, TimeRules, event_line, parse_fhir_datetime, strip_bom
+from vigil_ingest.publishing import Deduper
 
 app = typer.Typer(help="ingest commands.", no_args_is_help=True)
 

@@ -13,7 +13,8 @@ from aiokafka import AIOKafkaProducer
 from vigil_common.events import Event
 from vigil_common.kafka import Parsed, Publisher, encode
 from vigil_common.metrics import ServiceMetrics
-from vigil_ingest.mapping import Deduper, Mapper, MapResult, TimeRules
+from vigil_ingest.mapping import Mapper, MapResult, TimeRules
+from vigil_ingest.publishing import Deduper
 from vigil_ingest.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -31,10 +31,10 @@ import hashlib
 import logging
 import re
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeAlias, TypeVar
+from typing import Any, Literal, TypeAlias
 from urllib.parse import unquote
 
 import orjson
@@ -42,7 +42,6 @@ import orjson
 from vigil_common.events import (
     VIGIL_NAMESPACE,
     EncounterRecorded,
-    Event,
     ObservationRecorded,
     ObservationRetracted,
     SourceRef,
@@ -76,7 +75,6 @@ UNLINKED_KEY = "unlinked"
 
 Canonical: TypeAlias = ObservationRecorded | ObservationRetracted | EncounterRecorded
 """The events ingest publishes."""
-E = TypeVar("E", bound=Event)
 
 Outcome = Literal["mapped", "partial", "retracted", "ignored", "absent", "rejected", "recorded"]
 
@@ -203,45 +201,6 @@ class BoundedCache(OrderedDict[str, Any]):
             self.popitem(last=False)
 
 
-class Deduper:
-    """Bounded memory of published event ids (an LRU): the same resource version delivered twice publishes once.
-
-    Ids are remembered only once their events are durably published (``remember``), so a failed publish is
-    retried rather than suppressed. After a restart the memory is empty: event ids are deterministic, so
-    downstream consumers dedupe what a redelivery republishes.
-    """
-
-    def __init__(self, maxsize: int = 200_000) -> None:
-        self.maxsize = maxsize
-        self._seen: OrderedDict[str, None] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def fresh(self, events: Iterable[E]) -> tuple[list[E], int]:
-        """The events not yet published (first occurrence kept), and how many were duplicates."""
-        out: list[E] = []
-        batch: set[str] = set()
-        dupes = 0
-        for event in events:
-            eid = event.event_id
-            if eid in self._seen or eid in batch:
-                dupes += 1
-                continue
-            batch.add(eid)
-            out.append(event)
-        return out, dupes
-
-    def remember(self, events: Iterable[Event]) -> None:
-        """Record events as durably published."""
-        seen = self._seen
-        for event in events:
-            seen[event.event_id] = None
-            seen.move_to_end(event.event_id)
-        while len(seen) > self.maxsize:
-            seen.popitem(last=False)
-
-
 @dataclass(slots=True)
 class _PatientInfo:
     birth: tuple[int, int | None, int | None] | None
@@ -254,6 +213,49 @@ class _PatientInfo:
 class _EncounterInfo:
     patient: str | None
     start: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Value:
+    """One value read from an Observation (or a demographic): the feature, in its canonical unit."""
+
+    measurement: Measurement
+    value: float
+    comparator: str | None = None
+    original: tuple[float, str | None] | None = None
+    """(value, unit) as sent, when converted."""
+    unit: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """Whose reading, of which source, when: what every reading of one resource shares."""
+
+    source: SourceRef
+    encounter: str | None
+    patient: str | None
+    observed_at: datetime
+    occurred_at: datetime
+    status: Any
+
+
+@dataclass(slots=True)
+class _Sites:
+    """The features left once pressures of other sites are set aside, with the reasons."""
+
+    feature: str | None
+    components: list[tuple[str, dict[str, Any]]]
+    notes: list[str]
+    refusals: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """The version a resource's readings are published under, its content digest, and whether it corrects."""
+
+    version: str | None
+    digest: str
+    correction: bool
 
 
 @dataclass(slots=True)
@@ -403,6 +405,9 @@ class TimeRules:
         return None
 
 
+_ResourceMapper: TypeAlias = Callable[[dict[str, Any], str, int | None, _Context, Counter[str]], EntryOutcome]
+
+
 class Mapper:
     """Maps FHIR R4 JSON to canonical events; keeps bounded linkage state (patients, encounters, locations).
 
@@ -432,6 +437,15 @@ class Mapper:
             for code in m.snomed:
                 self._codes.setdefault(("snomed", code), m.name)
         self._codes[("loinc", LAB_ONLY_SAO2)] = "spo2"
+        # One mapper per resource type, chosen from this table; a type not in it is ignored (named in the answer).
+        self._mappers: dict[str, _ResourceMapper] = {
+            "Observation": self._observation,
+            "Patient": self._patient,
+            "Encounter": self._encounter,
+            "Location": self._location,
+            "DiagnosticReport": self._report,
+            "Bundle": self._inner_bundle,
+        }
 
     # --- entry points ---------------------------------------------------------------------------------
 
@@ -653,29 +667,10 @@ class Mapper:
         ctx: _Context,
         counts: Counter[str],
     ) -> EntryOutcome:
+        mapper = self._mappers.get(r_type)
         try:
-            if r_type == "Observation":
-                return self._observation(resource, rid, index, ctx, counts)
-            if r_type == "Patient":
-                return self._patient(resource, rid, index, counts)
-            if r_type == "Encounter":
-                return self._encounter(resource, rid, index, ctx, counts)
-            if r_type == "Location":
-                if isinstance(resource.get("name"), str):
-                    self.locations.put(rid, resource["name"])
-                counts["location_cached"] += 1
-                return EntryOutcome(index, r_type, rid, "recorded", note="location cached for ICU unit names")
-            if r_type == "DiagnosticReport":
-                return self._report(resource, rid, index, ctx, counts)
-            if r_type == "Bundle" and ctx.depth < 3:
-                # A Bundle inside a Bundle (a message or document carrying a searchset, say): map its entries.
-                try:
-                    inner = self._map(resource, ctx.system, depth=ctx.depth + 1)
-                except InvalidPayload as error:
-                    raise _Reject(error.reason, error.issue) from error
-                counts.update(inner.counts)
-                outcome: Outcome = "mapped" if inner.events else ("rejected" if inner.rejections else "ignored")
-                return EntryOutcome(index, r_type, rid, outcome, events=inner.events, rejections=inner.rejections)
+            if mapper is not None and (r_type != "Bundle" or ctx.depth < 3):
+                return mapper(resource, rid, index, ctx, counts)
         except _Reject as error:
             counts["rejected"] += 1
             rej = Rejection(error.reason, r_type, rid, issue=error.issue)
@@ -692,6 +687,26 @@ class Mapper:
             return EntryOutcome(index, r_type, rid, "rejected", rejections=[rej])
         counts[f"ignored_resource_type:{r_type}"] += 1
         return EntryOutcome(index, r_type, rid, "ignored", note=f"{r_type} is not used by ingest")
+
+    def _location(
+        self, res: dict[str, Any], rid: str, index: int | None, ctx: _Context, counts: Counter[str]
+    ) -> EntryOutcome:
+        if isinstance(res.get("name"), str):
+            self.locations.put(rid, res["name"])
+        counts["location_cached"] += 1
+        return EntryOutcome(index, "Location", rid, "recorded", note="location cached for ICU unit names")
+
+    def _inner_bundle(
+        self, res: dict[str, Any], rid: str, index: int | None, ctx: _Context, counts: Counter[str]
+    ) -> EntryOutcome:
+        """A Bundle inside a Bundle (a message or document carrying a searchset, say): map its entries."""
+        try:
+            inner = self._map(res, ctx.system, depth=ctx.depth + 1)
+        except InvalidPayload as error:
+            raise _Reject(error.reason, error.issue) from error
+        counts.update(inner.counts)
+        outcome: Outcome = "mapped" if inner.events else ("rejected" if inner.rejections else "ignored")
+        return EntryOutcome(index, "Bundle", rid, outcome, events=inner.events, rejections=inner.rejections)
 
     # --- references -----------------------------------------------------------------------------------
 
@@ -746,7 +761,9 @@ class Mapper:
 
     # --- Patient, Encounter, DiagnosticReport ---------------------------------------------------------
 
-    def _patient(self, res: dict[str, Any], rid: str, index: int | None, counts: Counter[str]) -> EntryOutcome:
+    def _patient(
+        self, res: dict[str, Any], rid: str, index: int | None, ctx: _Context, counts: Counter[str]
+    ) -> EntryOutcome:
         birth = None
         birth_date = res.get("birthDate")
         if isinstance(birth_date, str):
@@ -806,11 +823,8 @@ class Mapper:
                 age -= 1
             m = VOCABULARY["age"]
             if m.low <= age <= m.high:
-                events.append(
-                    self._reading(
-                        source, encounter, patient, m, float(age), start, start, "final", None, per_encounter=True
-                    )
-                )
+                where = _Where(source, encounter, patient, start, start, "final")
+                events.append(self._reading(where, _Value(m, float(age)), per_encounter=True))
                 counts["demographics"] += 1
             else:
                 rejections.append(
@@ -818,9 +832,8 @@ class Mapper:
                 )
         if info.sex is not None:
             m = VOCABULARY["sex"]
-            events.append(
-                self._reading(source, encounter, patient, m, info.sex, start, start, "final", None, per_encounter=True)
-            )
+            where = _Where(source, encounter, patient, start, start, "final")
+            events.append(self._reading(where, _Value(m, info.sex), per_encounter=True))
             counts["demographics"] += 1
 
     def _encounter(
@@ -986,49 +999,10 @@ class Mapper:
     def _observation(
         self, res: dict[str, Any], rid: str, index: int | None, ctx: _Context, counts: Counter[str]
     ) -> EntryOutcome:
-        feature, average = self.feature_of(res.get("code"), res)
-        if average:
-            counts["rejected_average"] += 1
-            raise _Reject("an average over a period (96607-7 family) is not a point reading", "not-supported")
-        components: list[tuple[str, dict[str, Any]]] = []
-        raw_components = res.get("component")
-        if isinstance(raw_components, list):
-            for comp in raw_components:
-                if not isinstance(comp, dict):
-                    continue
-                comp_feature, comp_average = self.feature_of(comp.get("code"), res)
-                if comp_average:
-                    counts["rejected_average"] += 1
-                    raise _Reject("an average over a period (96607-7 family) is not a point reading", "not-supported")
-                if comp_feature is not None:
-                    components.append((comp_feature, comp))
-        # What was measured decides the feature: systolic/diastolic/mean codes of a pulmonary, atrial, ventricular
-        # or venous panel are not systemic arterial pressure (vigil_ingest.pressure has the rule).
-        site_notes: list[str] = []
-        site_refusals: list[str] = []
-        if feature in SYSTEMIC_PRESSURE_FEATURES:
-            verdict = pressure_site(res, None)
-            if verdict.verdict != "systemic":
-                site_notes.append(verdict.reason)
-                feature = None
-        if any(f in SYSTEMIC_PRESSURE_FEATURES for f, _ in components):
-            kept: list[tuple[str, dict[str, Any]]] = []
-            for comp_feature, comp in components:
-                if comp_feature in SYSTEMIC_PRESSURE_FEATURES:
-                    verdict = pressure_site(res, comp)
-                    if verdict.verdict == "other":
-                        site_notes.append(verdict.reason)
-                        continue
-                    if verdict.verdict == "unknown":
-                        site_refusals.append(verdict.reason)
-                        continue
-                kept.append((comp_feature, comp))
-            components = kept
-        site_notes = list(dict.fromkeys(site_notes))
-        site_refusals = list(dict.fromkeys(site_refusals))
-        if site_notes or site_refusals:
-            counts["not_systemic_pressure"] += len(site_notes)
-            counts["pressure_site_unknown"] += len(site_refusals)
+        """One Observation: its features (by code and site), its identity (repeat, correction), values, events."""
+        feature, components = self._coded_features(res, counts)
+        sites = self._site_filter(res, feature, components, counts)
+        feature, components = sites.feature, sites.components
         contained_obs = (
             [c for c in res["contained"] if isinstance(c, dict) and c.get("resourceType") == "Observation"]
             if isinstance(res.get("contained"), list)
@@ -1038,53 +1012,21 @@ class Mapper:
         if feature is None and not components:
             if nested is not None and (nested.events or nested.rejections):
                 return nested
-            if site_refusals:
-                counts["rejected"] += len(site_refusals)
-                rejected = [Rejection(r, "Observation", rid, "not-supported") for r in site_refusals]
+            if sites.refusals:
+                counts["rejected"] += len(sites.refusals)
+                rejected = [Rejection(r, "Observation", rid, "not-supported") for r in sites.refusals]
                 return EntryOutcome(index, "Observation", rid, "rejected", rejections=rejected)
-            if site_notes:
-                return EntryOutcome(index, "Observation", rid, "ignored", note="; ".join(site_notes))
+            if sites.notes:
+                return EntryOutcome(index, "Observation", rid, "ignored", note="; ".join(sites.notes))
             counts["ignored_code"] += 1
             return EntryOutcome(index, "Observation", rid, "ignored", note="code not in the vocabulary")
 
         contained = self._contained(res) if contained_obs is not None else {}
-        patient = self._ref(res.get("subject"), "Patient", ctx, contained)
-        encounter = self._ref(res.get("encounter") or res.get("context"), "Encounter", ctx, contained)
-        if patient is None and encounter is not None:
-            known = self.encounters.get(encounter)
-            patient = known.patient if known is not None else None
-        if encounter is None and patient is not None:
-            encounter = self.open_encounter.get(patient)
-            counts["attached_to_open_encounter" if encounter else "no_encounter"] += 1
-        elif encounter is None:
-            counts["no_encounter"] += 1
-        meta = res.get("meta")
-        version = _version(meta)
+        patient, encounter = self._subject_and_encounter(res, ctx, contained, counts)
         raw_status = res.get("status")
         status = raw_status if isinstance(raw_status, str) else None
-        # A known id sent again: the same content is a repeat (the same event ids, answered 200); new content is a
-        # correction, published as an amendment under a new version derived from the content, so the bedside never
-        # keeps a value its source has replaced. New content under the same explicit version is a conflict.
-        digest = content_digest(res)
-        known = self.contents.get(rid)
-        correction = False
-        if known is not None and digest != known.latest:
-            if version is not None and version == known.version:
-                raise _Reject(
-                    f"version {version[:20]} was already published with different content: send a new version",
-                    "conflict",
-                )
-            correction = status in READING_STATUSES and status not in ("amended", "corrected")
-            if version is None:
-                version = f"content-{digest}"
-        elif known is not None and version is None:
-            version = known.version  # a repeat keeps the ids it was published under
-        source = SourceRef(
-            resource_type="Observation",
-            resource_id=rid,
-            version_id=version,
-            system=ctx.system,
-        )
+        identity = self._identity(res, rid, status)
+        source = SourceRef(resource_type="Observation", resource_id=rid, version_id=identity.version, system=ctx.system)
         features = [f for f in (feature, *(f for f, _ in components)) if f is not None]
 
         if status in RETRACTING_STATUSES:
@@ -1097,24 +1039,8 @@ class Mapper:
                 "value" if isinstance(status, str) else "required",
             )
         # Values first: an Observation whose values are all absent is "no reading" whatever its time says.
-        absent = 0
-        rejections: list[Rejection] = [Rejection(r, "Observation", rid, "not-supported") for r in site_refusals]
-        values: list[tuple[Measurement, float, str | None, tuple[float, str | None] | None, str]] = []
-        holders: list[tuple[str, dict[str, Any], bool]] = []
-        if feature is not None:
-            holders.append((feature, res, True))
-        holders.extend((f, comp, False) for f, comp in components)
-        for name, holder, is_main in holders:
-            m = VOCABULARY[name]
-            try:
-                value, comparator, original, unit = self._value(m, holder, is_main and bool(components))
-            except _Absent:
-                absent += 1
-                continue
-            except _Reject as error:
-                rejections.append(Rejection(error.reason, "Observation", rid, error.issue))
-                continue
-            values.append((m, value, comparator, original, unit))
+        values, absent, rejections = self._values(res, rid, feature, components)
+        rejections = [Rejection(r, "Observation", rid, "not-supported") for r in sites.refusals] + rejections
 
         events: list[Canonical] = []
         if values:
@@ -1125,25 +1051,11 @@ class Mapper:
                 occurred_at = parse_fhir_datetime(issued)[0] if issued is not None else observed_at
             except (ValueError, TypeError):
                 occurred_at = observed_at
-            if status in ("amended", "corrected") or correction:
-                reason = "amended" if correction else str(status)
+            if status in ("amended", "corrected") or identity.correction:
+                reason = "amended" if identity.correction else str(status)
                 events.append(self._retraction(source, encounter, patient, features, reason, res))
-            for m, value, comparator, original, unit in values:
-                events.append(
-                    self._reading(
-                        source,
-                        encounter,
-                        patient,
-                        m,
-                        value,
-                        observed_at,
-                        occurred_at,
-                        status,
-                        comparator,
-                        original,
-                        unit,
-                    )
-                )
+            where = _Where(source, encounter, patient, observed_at, occurred_at, status)
+            events.extend(self._reading(where, value) for value in values)
         readings = len(values)
         counts["readings"] += readings
         if absent:
@@ -1161,11 +1073,12 @@ class Mapper:
             outcome = "rejected"
         else:
             outcome = "absent"
-        notes = ([f"{absent} value(s) absent (dataAbsentReason)"] if absent else []) + site_notes
-        if correction and readings:
+        notes = ([f"{absent} value(s) absent (dataAbsentReason)"] if absent else []) + sites.notes
+        if identity.correction and readings:
             counts["corrections"] += 1
-            notes.append(f"a known id with new content: published as a correction (amended, version {version})")
-        note = "; ".join(notes) if notes else None
+            notes.append(
+                f"a known id with new content: published as a correction (amended, version {identity.version})"
+            )
         return EntryOutcome(
             index,
             "Observation",
@@ -1173,10 +1086,133 @@ class Mapper:
             outcome,
             events=events,
             rejections=rejections,
-            note=note,
-            content=(rid, digest, version),
-            correction=correction and bool(readings),
+            note="; ".join(notes) if notes else None,
+            content=(rid, identity.digest, identity.version),
+            correction=identity.correction and bool(readings),
         )
+
+    def _coded_features(
+        self, res: dict[str, Any], counts: Counter[str]
+    ) -> tuple[str | None, list[tuple[str, dict[str, Any]]]]:
+        """The feature the Observation's code names and the features of its components (averages refused)."""
+        feature, average = self.feature_of(res.get("code"), res)
+        if average:
+            counts["rejected_average"] += 1
+            raise _Reject("an average over a period (96607-7 family) is not a point reading", "not-supported")
+        components: list[tuple[str, dict[str, Any]]] = []
+        raw_components = res.get("component")
+        if isinstance(raw_components, list):
+            for comp in raw_components:
+                if not isinstance(comp, dict):
+                    continue
+                comp_feature, comp_average = self.feature_of(comp.get("code"), res)
+                if comp_average:
+                    counts["rejected_average"] += 1
+                    raise _Reject("an average over a period (96607-7 family) is not a point reading", "not-supported")
+                if comp_feature is not None:
+                    components.append((comp_feature, comp))
+        return feature, components
+
+    @staticmethod
+    def _site_filter(
+        res: dict[str, Any],
+        feature: str | None,
+        components: list[tuple[str, dict[str, Any]]],
+        counts: Counter[str],
+    ) -> _Sites:
+        """Set aside pressures of other sites: what was measured decides the feature.
+
+        Systolic/diastolic/mean codes of a pulmonary, atrial, ventricular or venous panel are not systemic arterial
+        pressure (``vigil_ingest.pressure`` has the rule).
+        """
+        notes: list[str] = []
+        refusals: list[str] = []
+        if feature in SYSTEMIC_PRESSURE_FEATURES:
+            verdict = pressure_site(res, None)
+            if verdict.verdict != "systemic":
+                notes.append(verdict.reason)
+                feature = None
+        if any(f in SYSTEMIC_PRESSURE_FEATURES for f, _ in components):
+            kept: list[tuple[str, dict[str, Any]]] = []
+            for comp_feature, comp in components:
+                if comp_feature in SYSTEMIC_PRESSURE_FEATURES:
+                    verdict = pressure_site(res, comp)
+                    if verdict.verdict == "other":
+                        notes.append(verdict.reason)
+                        continue
+                    if verdict.verdict == "unknown":
+                        refusals.append(verdict.reason)
+                        continue
+                kept.append((comp_feature, comp))
+            components = kept
+        sites = _Sites(feature, components, list(dict.fromkeys(notes)), list(dict.fromkeys(refusals)))
+        counts["not_systemic_pressure"] += len(sites.notes)
+        counts["pressure_site_unknown"] += len(sites.refusals)
+        return sites
+
+    def _subject_and_encounter(
+        self, res: dict[str, Any], ctx: _Context, contained: dict[str, dict[str, Any]], counts: Counter[str]
+    ) -> tuple[str | None, str | None]:
+        """The patient and encounter a reading belongs to (an open encounter of the patient when none is named)."""
+        patient = self._ref(res.get("subject"), "Patient", ctx, contained)
+        encounter = self._ref(res.get("encounter") or res.get("context"), "Encounter", ctx, contained)
+        if patient is None and encounter is not None:
+            known = self.encounters.get(encounter)
+            patient = known.patient if known is not None else None
+        if encounter is None and patient is not None:
+            encounter = self.open_encounter.get(patient)
+            counts["attached_to_open_encounter" if encounter else "no_encounter"] += 1
+        elif encounter is None:
+            counts["no_encounter"] += 1
+        return patient, encounter
+
+    def _identity(self, res: dict[str, Any], rid: str, status: str | None) -> _Identity:
+        """The version to publish under: a repeat keeps its ids, new content for a known id is a correction.
+
+        The same content is a repeat (the same event ids, answered 200); new content is a correction, published as
+        an amendment under a new version derived from the content, so the bedside never keeps a value its source
+        has replaced. New content under the same explicit version is a conflict.
+        """
+        version = _version(res.get("meta"))
+        digest = content_digest(res)
+        known = self.contents.get(rid)
+        correction = False
+        if known is not None and digest != known.latest:
+            if version is not None and version == known.version:
+                raise _Reject(
+                    f"version {version[:20]} was already published with different content: send a new version",
+                    "conflict",
+                )
+            correction = status in READING_STATUSES and status not in ("amended", "corrected")
+            if version is None:
+                version = f"content-{digest}"
+        elif known is not None and version is None:
+            version = known.version  # a repeat keeps the ids it was published under
+        return _Identity(version, digest, correction)
+
+    def _values(
+        self, res: dict[str, Any], rid: str, feature: str | None, components: list[tuple[str, dict[str, Any]]]
+    ) -> tuple[list[_Value], int, list[Rejection]]:
+        """The readable values of the Observation and its components, how many were absent, the refused ones."""
+        absent = 0
+        rejections: list[Rejection] = []
+        values: list[_Value] = []
+        holders: list[tuple[str, dict[str, Any], bool]] = []
+        if feature is not None:
+            holders.append((feature, res, True))
+        holders.extend((f, comp, False) for f, comp in components)
+        for name, holder, is_main in holders:
+            m = VOCABULARY[name]
+            try:
+                value, comparator, original, unit = self._value(m, holder, is_main and bool(components))
+            except _Absent:
+                absent += 1
+                continue
+            except _Reject as error:
+                rejections.append(Rejection(error.reason, "Observation", rid, error.issue))
+                continue
+            values.append(_Value(m, value, comparator, original, unit))
+        return values, absent, rejections
 
     def _check_time(self, observed_at: datetime, patient: str | None, encounter: str | None) -> None:
         birth: datetime | None = None
@@ -1328,40 +1364,27 @@ class Mapper:
             raise _Reject(f"{m.name} outside plausible range [{m.low:g}, {m.high:g}] {m.unit}", "value")
         return value, comparator, original, recognised
 
-    def _reading(
-        self,
-        source: SourceRef,
-        encounter: str | None,
-        patient: str | None,
-        m: Measurement,
-        value: float,
-        observed_at: datetime,
-        occurred_at: datetime,
-        status: Any,
-        comparator: str | None,
-        original: tuple[float, str | None] | None = None,
-        unit: str | None = None,
-        *,
-        per_encounter: bool = False,
-    ) -> ObservationRecorded:
+    def _reading(self, where: _Where, reading: _Value, *, per_encounter: bool = False) -> ObservationRecorded:
         # Age and sex come from one Patient resource for each of its encounters: the encounter is part of their
         # natural key (two encounters may start at the same instant).
-        event_id = observation_id(source, m.name, observed_at)
+        m = reading.measurement
+        event_id = observation_id(where.source, m.name, where.observed_at)
         if per_encounter:
-            event_id = fast_id(event_id, encounter)
+            event_id = fast_id(event_id, where.encounter)
+        original = reading.original
         return ObservationRecorded(
             event_id=event_id,
-            occurred_at=occurred_at,
-            key=encounter or UNLINKED_KEY,
-            encounter=encounter,
-            patient=patient,
+            occurred_at=where.occurred_at,
+            key=where.encounter or UNLINKED_KEY,
+            encounter=where.encounter,
+            patient=where.patient,
             feature=m.name,
-            value=value,
+            value=reading.value,
             unit=m.unit,
-            observed_at=observed_at,
-            status=status,
-            comparator=comparator,  # type: ignore[arg-type]
-            source=source,
+            observed_at=where.observed_at,
+            status=where.status,
+            comparator=reading.comparator,  # type: ignore[arg-type]
+            source=where.source,
             original_value=original[0] if original else None,
             original_unit=original[1] if original else None,
         )
@@ -1419,7 +1442,6 @@ def iter_payloads(data: bytes, *, ndjson: bool) -> Iterator[bytes]:
 
 
 __all__ = [
-    "Deduper",
     "EntryOutcome",
     "InvalidPayload",
     "MapResult",
