@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import factories as f
-from vigil_common.events import EncounterRecorded, ObservationRecorded
-from vigil_common.features import EncounterState
+from vigil_contracts.events import EncounterRecorded, ObservationRecorded
+from vigil_scoring.features import EncounterState
 
 FEATURES = ("heart_rate", "sbp", "temperature", "lactate", "creatinine")
 UNITS = {"heart_rate": "/min", "sbp": "mm[Hg]", "temperature": "Cel", "lactate": "mmol/L", "creatinine": "mg/dL"}

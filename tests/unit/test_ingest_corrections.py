@@ -11,12 +11,12 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from vigil_common.events import Event, ObservationRecorded, ObservationRetracted
-from vigil_common.metrics import ServiceMetrics
+from vigil_contracts.events import Event, ObservationRecorded, ObservationRetracted
 from vigil_ingest.api import mount_fhir
 from vigil_ingest.cli import map_files
 from vigil_ingest.core import IngestCore
 from vigil_ingest.settings import Settings
+from vigil_runtime.metrics import ServiceMetrics
 
 FHIR = {"content-type": "application/fhir+json"}
 

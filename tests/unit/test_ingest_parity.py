@@ -17,13 +17,13 @@ import orjson
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from vigil_common.events import Event
-from vigil_common.metrics import ServiceMetrics
+from vigil_contracts.events import Event
 from vigil_ingest.api import mount_fhir
 from vigil_ingest.api.routes.fhir import RESOURCE_TYPES
 from vigil_ingest.cli import map_files, read_payloads
 from vigil_ingest.core import IngestCore
 from vigil_ingest.settings import Settings
+from vigil_runtime.metrics import ServiceMetrics
 
 FHIR = {"content-type": "application/fhir+json"}
 NDJSON_LINES = 400

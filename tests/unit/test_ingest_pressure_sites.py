@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from vigil_common.events import ObservationRecorded
-from vigil_common.vocabulary import PRESSURE_SITE_CODES
+from vigil_contracts.events import ObservationRecorded
+from vigil_contracts.vocabulary import PRESSURE_SITE_CODES
 from vigil_ingest.mapping import Mapper
 from vigil_ingest.pressure import pressure_site
 

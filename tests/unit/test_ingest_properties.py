@@ -14,8 +14,8 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vigil_common.events import ObservationRecorded
-from vigil_common.vocabulary import SYSTEMIC_PRESSURE_FEATURES, VOCABULARY
+from vigil_contracts.events import ObservationRecorded
+from vigil_contracts.vocabulary import SYSTEMIC_PRESSURE_FEATURES, VOCABULARY
 from vigil_ingest.mapping import Mapper, TimeRules
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from vigil_common.events import ObservationRecorded
+from vigil_contracts.events import ObservationRecorded
 from vigil_ingest.mapping import Mapper, TimeRules
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

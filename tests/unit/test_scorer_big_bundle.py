@@ -15,14 +15,14 @@ from typing import Any
 
 import orjson
 
+from bench.support import package_path
 from tests.unit.test_scorer_pipeline import FakeConsumer, FakeSink, record
-from vigil_common import events as ev
-from vigil_common.metrics import ServiceMetrics
-from vigil_common.model_package import ModelPackage
+from vigil_contracts import events as ev
 from vigil_ingest.mapping import Mapper, TimeRules
+from vigil_runtime.metrics import ServiceMetrics
 from vigil_scorer.pipeline import LoadedModel, ScorerService
 from vigil_scorer.settings import Settings
-from vigil_scorer.testing import package_path
+from vigil_scoring.model_package import ModelPackage
 
 READINGS = 25_000
 START = datetime(2026, 3, 1, 0, 0, tzinfo=UTC)

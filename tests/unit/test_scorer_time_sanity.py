@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from tests import factories
 from tests.unit.test_scorer_core import FakePackage
-from vigil_common import events as ev
-from vigil_common.scoring import ScoringCore
+from vigil_contracts import events as ev
+from vigil_scoring.scoring import ScoringCore
 
 NOW = datetime(2026, 1, 2, 0, 0, tzinfo=UTC)
 

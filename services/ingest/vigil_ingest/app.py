@@ -17,19 +17,20 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import TypeAdapter
 
-from vigil_common.events import CanonicalEvent, DeadLettered
-from vigil_common.kafka import DeadLetters, Publisher, make_broker, process_batch, raw_batch_decoder
-from vigil_common.metrics import ServiceMetrics
-from vigil_common.service import ServiceRuntime, build_http_app
+from vigil_contracts.events import CanonicalEvent, DeadLettered
 from vigil_ingest.api import mount_fhir
 from vigil_ingest.api.routes.fhir import RESOURCE_TYPES
-from vigil_ingest.core import IngestCore, ProducerPublisher
+from vigil_ingest.core import IngestCore
 from vigil_ingest.settings import Settings
+from vigil_runtime.kafka import DeadLetters, Publisher, make_broker, process_batch, raw_batch_decoder
+from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.producer import AckedProducer
+from vigil_runtime.service import ServiceRuntime, build_http_app
 
 SERVICE = "ingest"
 RAW_ADAPTER: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 
-__all__ = ["RESOURCE_TYPES", "IngestCore", "ProducerPublisher", "bootstrap", "build", "create_app"]
+__all__ = ["RESOURCE_TYPES", "IngestCore", "bootstrap", "build", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ def build(settings: Settings) -> tuple[ServiceRuntime, IngestCore]:
     """Wire the service: broker, metrics, core, raw-topic subscriber, readiness checks."""
     broker: KafkaBroker = make_broker(settings, client_id=f"vigil-{SERVICE}")
     metrics = ServiceMetrics(SERVICE)
-    events_publisher = ProducerPublisher(settings, client_id=f"vigil-{SERVICE}-events")
+    # Concurrent HTTP requests share the producer: a short linger lets their records share broker requests.
+    events_publisher = AckedProducer(settings.kafka_bootstrap_servers, client_id=f"vigil-{SERVICE}-events", linger_ms=2)
     core = IngestCore(settings, events_publisher, metrics)
     dead_letters = DeadLetters(Publisher(broker), settings.topics.dead_letter, service=SERVICE)
     topics = settings.topics
@@ -69,7 +71,7 @@ def build(settings: Settings) -> tuple[ServiceRuntime, IngestCore]:
             metrics.processing.labels(SERVICE, "batch").observe(time.perf_counter() - started)
             log.info("batch", extra={"batch_size": len(body), "processed": processed, "parked": parked})
 
-    # Declared for the AsyncAPI document: canonical events are sent by ProducerPublisher, dead letters by DeadLetters.
+    # Declared for the AsyncAPI document: canonical events are sent by the AckedProducer, dead letters by DeadLetters.
     broker.publisher(topics.observations, schema=CanonicalEvent, title="canonical events (key: encounter)")
     broker.publisher(topics.dead_letter, schema=DeadLettered, title="dead letters")
     runtime = ServiceRuntime(
@@ -77,7 +79,7 @@ def build(settings: Settings) -> tuple[ServiceRuntime, IngestCore]:
         settings=settings,
         broker=broker,
         metrics=metrics,
-        checks={"producer": lambda: events_publisher.producer is not None},
+        checks={"producer": lambda: events_publisher.started},
         on_start=[events_publisher.start, core.warm_up],
         on_stop=[events_publisher.stop],
     )

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vigil_common.vocabulary import (
+from vigil_contracts.vocabulary import (
     NON_SYSTEMIC_IEEE_RANGES,
     NON_SYSTEMIC_WORDS,
     PRESSURE_SITE_CODES,

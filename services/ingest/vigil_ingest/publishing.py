@@ -6,7 +6,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TypeVar
 
-from vigil_common.events import Event
+from vigil_contracts.events import Event
 
 E = TypeVar("E", bound=Event)
 

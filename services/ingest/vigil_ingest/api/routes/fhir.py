@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from vigil_common.events import Event
+from vigil_contracts.events import Event
 from vigil_ingest.api.deps import CoreDep, FhirBody, FhirError, SettingsDep, fhir_response
 from vigil_ingest.core import IngestCore
 from vigil_ingest.fhir_http import entry_status, location, operation_outcome, rejection_issues
