@@ -7,6 +7,8 @@ service-specific variable wins over the ``VIGIL_`` one.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -15,6 +17,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from vigil_common.auth import AuthSettings, Grant
 from vigil_common.topics import Topics
 
 PLACEHOLDER_SECRETS = frozenset({"", "changethis", "changeme", "secret", "dev", "development"})
@@ -23,7 +26,8 @@ PLACEHOLDER_SECRETS = frozenset({"", "changethis", "changeme", "secret", "dev", 
 class VigilSettings(BaseSettings):
     """Settings shared by every Vigil service."""
 
-    model_config = SettingsConfigDict(env_prefix="VIGIL_", env_file=".env", extra="ignore")
+    # Validation errors must not echo tokens back (they reach logs and terminals).
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     """Kafka bootstrap servers, comma-separated."""
@@ -40,6 +44,20 @@ class VigilSettings(BaseSettings):
     """Structured JSON logs (PHI-free fields only); plain text when false."""
     development: bool = False
     """Development mode: allows the built-in demo tokens and other conveniences refused in production."""
+    auth_tokens_file: Path | None = None
+    """JSON ``{token: {"user", "role", "scopes"}}`` of the static bearer tokens this service accepts (the stack
+    generates it under ``.vigil/secrets``). Demo tokens and tokens shorter than 24 characters are refused outside
+    development mode."""
+    auth_tokens: dict[str, Grant] = Field(default_factory=dict)
+    """More static tokens, as JSON in the environment (same shape as the file)."""
+    auth_jwks: str | None = None
+    """JWKS for OAuth2 access tokens (SMART Backend Services): a file path or an https URL."""
+    auth_jwt_issuer: str | None = None
+    """Required ``iss`` of access tokens (None: not checked)."""
+    auth_jwt_audience: str | None = None
+    """Required ``aud`` of access tokens (None: not checked)."""
+    auth_protect_operations: bool = False
+    """Require a credential on ``/health``, ``/ready`` and ``/metrics`` too (open by default for probes)."""
 
     @classmethod
     def settings_customise_sources(
@@ -58,6 +76,18 @@ class VigilSettings(BaseSettings):
     def topics(self) -> Topics:
         """The topic names under this stack's prefix."""
         return Topics(self.topic_prefix)
+
+    def auth(self) -> AuthSettings:
+        """The authentication settings, gathered for ``vigil_common.auth.build_authenticator``."""
+        return AuthSettings(
+            development=self.development,
+            tokens=self.auth_tokens,
+            tokens_file=self.auth_tokens_file,
+            jwks=self.auth_jwks,
+            jwt_issuer=self.auth_jwt_issuer,
+            jwt_audience=self.auth_jwt_audience,
+            protect_operations=self.auth_protect_operations,
+        )
 
     @model_validator(mode="after")
     def _check_prefix(self) -> VigilSettings:

@@ -13,14 +13,17 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from vigil_common.auth import AuthError, Authenticator, Grant, TokenTable
 from vigil_common.events import Event
 from vigil_common.logging import JsonFormatter
 from vigil_common.metrics import ServiceMetrics
-from vigil_ingest.app import IngestCore, build_router
+from vigil_ingest.app import IngestCore, auth_refused, build_router
 from vigil_ingest.settings import Settings
 
 TESTDATA = Path(__file__).resolve().parents[1] / "testdata" / "fhir"
 FHIR = {"content-type": "application/fhir+json"}
+EHR_TOKEN = "ehr-token-for-the-unit-tests-0123456789"
+READER_TOKEN = "reader-token-for-the-unit-tests-0123456"
 
 
 class FakePublisher:
@@ -40,9 +43,47 @@ def setup() -> tuple[TestClient, FakePublisher]:
     publisher = FakePublisher()
     core = IngestCore(settings, publisher, ServiceMetrics("ingest"))  # type: ignore[arg-type]
     app = FastAPI()
+    app.state.auth = Authenticator(
+        TokenTable(
+            {
+                EHR_TOKEN: Grant(user="ehr", scopes=["system/*.write"]),
+                READER_TOKEN: Grant(user="reader", scopes=["system/*.read"]),
+            }
+        )
+    )
+    app.add_exception_handler(AuthError, auth_refused)
     app.include_router(build_router(core, settings))
     app.include_router(build_router(core, settings, prefix=""))
-    return TestClient(app), publisher
+    return TestClient(app, headers={"Authorization": f"Bearer {EHR_TOKEN}"}), publisher
+
+
+@pytest.mark.parametrize("path", ["/fhir", "/fhir/Observation", "/fhir/Observation/hr-1", "/"])
+def test_writes_without_credentials_are_401_operation_outcomes(
+    setup: tuple[TestClient, FakePublisher], path: str
+) -> None:
+    client, publisher = setup
+    method = "PUT" if path.endswith("hr-1") else "POST"
+    body = orjson.dumps(observation() if "Observation" in path else {"resourceType": "Bundle", "type": "batch"})
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer not-a-known-token-at-all-000"}):
+        r = client.request(method, path, content=body, headers={**FHIR, **headers})
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith('Bearer realm="vigil"')
+        outcome = r.json()
+        assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "login"
+    assert publisher.published == []
+
+
+def test_a_token_without_the_write_scope_is_403(setup: tuple[TestClient, FakePublisher]) -> None:
+    client, publisher = setup
+    r = client.post(
+        "/fhir/Observation",
+        content=orjson.dumps(observation()),
+        headers={**FHIR, "Authorization": f"Bearer {READER_TOKEN}"},
+    )
+    assert r.status_code == 403
+    issue = r.json()["issue"][0]
+    assert issue["code"] == "forbidden" and "system/Observation.write" in issue["diagnostics"]
+    assert publisher.published == []
 
 
 def observation(**overrides: Any) -> dict[str, Any]:
@@ -193,8 +234,9 @@ def test_strict_transactions_refuse_the_whole_bundle() -> None:
     publisher = FakePublisher()
     core = IngestCore(settings, publisher, ServiceMetrics("ingest"))  # type: ignore[arg-type]
     app = FastAPI()
+    app.state.auth = Authenticator(TokenTable({EHR_TOKEN: Grant(user="ehr", scopes=["system/Observation.write"])}))
     app.include_router(build_router(core, settings))
-    client = TestClient(app)
+    client = TestClient(app, headers={"Authorization": f"Bearer {EHR_TOKEN}"})
     bundle = json.loads((TESTDATA / "icu-bundle.json").read_text())
     bundle["entry"].append({"resource": observation(id="bad", valueQuantity={"value": 900, "unit": "/min"})})
     r = client.post("/fhir", content=orjson.dumps(bundle), headers=FHIR)

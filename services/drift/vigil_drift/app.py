@@ -30,6 +30,7 @@ from vigil_common.kafka import DeadLetters, Parsed, Publisher, make_broker, proc
 from vigil_common.metrics import ServiceMetrics
 from vigil_common.reference import Reference, ScoreBaseline
 from vigil_common.service import ServiceRuntime, build_http_app
+from vigil_drift.api.routes import drift
 from vigil_drift.config import parse_overrides, thresholds_for
 from vigil_drift.core import DriftCore
 from vigil_drift.metrics import DriftMetrics
@@ -204,9 +205,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     core = build_core(settings)
     runtime = bootstrap(settings, core)
     app = build_http_app(runtime, title="Vigil drift")
-
-    @app.get("/drift", tags=["drift"], summary="Every monitored quantity and the open alerts")
-    async def drift_state() -> dict[str, Any]:
-        return core.snapshot()
-
+    app.state.drift = core
+    app.include_router(drift.router)
     return app

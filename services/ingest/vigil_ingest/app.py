@@ -15,11 +15,12 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import TypeAdapter
 
+from vigil_common.auth import AuthError, CurrentPrincipal, Forbidden, Principal
 from vigil_common.events import CanonicalEvent, DeadLettered, Event
 from vigil_common.kafka import DeadLetters, Parsed, Publisher, encode, make_broker, process_batch, raw_batch_decoder
 from vigil_common.metrics import ServiceMetrics
@@ -147,6 +148,27 @@ def _problem(status: int, code: str, diagnostics: str) -> Response:
     return _fhir(operation_outcome([("error", code, diagnostics)]), status)
 
 
+def fhir_write(request: Request, principal: CurrentPrincipal) -> Principal:
+    """The caller must hold ``system/<type>.write`` for the resource type it writes (SMART Backend Services).
+
+    A Bundle is checked as an Observation write: what ingest keeps from any Bundle is observations (and the
+    encounter and demographic facts they are scored with).
+    """
+    resource_type = request.path_params.get("resource_type") or "Observation"
+    required = f"system/{resource_type}.write"
+    if not principal.allows(required):
+        raise Forbidden(f"this call needs the scope {required}", scope=required)
+    return principal
+
+
+def auth_refused(_: Request, error: Exception) -> Response:
+    """A 401/403 as a FHIR OperationOutcome (``login``/``forbidden``) with the ``WWW-Authenticate`` challenge."""
+    assert isinstance(error, AuthError)
+    code = "forbidden" if error.status == 403 else "login"
+    body = operation_outcome([("error", code, error.reason)])
+    return _fhir(body, error.status, {"WWW-Authenticate": error.www_authenticate()})
+
+
 def build_router(core: IngestCore, settings: Settings, prefix: str | None = None) -> APIRouter:
     """The FHIR REST endpoints: POST a Bundle to the base, POST/PUT a resource to its type.
 
@@ -254,9 +276,12 @@ def build_router(core: IngestCore, settings: Settings, prefix: str | None = None
         return await ingest(payload, "Bundle")
 
     summary = "Post a Bundle (transaction, batch, collection, searchset, message) to the base"
+    writer = [Depends(fhir_write)]
     if base:
-        router.add_api_route("", post_base, methods=["POST"], summary=summary)
-    router.add_api_route("/", post_base, methods=["POST"], summary=summary, include_in_schema=not base)
+        router.add_api_route("", post_base, methods=["POST"], summary=summary, dependencies=writer)
+    router.add_api_route(
+        "/", post_base, methods=["POST"], summary=summary, include_in_schema=not base, dependencies=writer
+    )
 
     @router.get("/metadata", summary="A minimal CapabilityStatement")
     async def metadata() -> Response:
@@ -281,7 +306,11 @@ def build_router(core: IngestCore, settings: Settings, prefix: str | None = None
             200,
         )
 
-    @router.post("/{resource_type}", summary="Post one resource (Observation, Patient, Encounter...) to its type")
+    @router.post(
+        "/{resource_type}",
+        summary="Post one resource (Observation, Patient, Encounter...) to its type",
+        dependencies=writer,
+    )
     async def post_resource(resource_type: str, request: Request) -> Response:
         if resource_type not in RESOURCE_TYPES:
             return _problem(404, "not-supported", f"resource type '{resource_type[:40]}' is not accepted here")
@@ -290,7 +319,11 @@ def build_router(core: IngestCore, settings: Settings, prefix: str | None = None
             return payload
         return await ingest(payload, resource_type)
 
-    @router.put("/{resource_type}/{resource_id}", summary="Put one resource (an update: amended, corrected...)")
+    @router.put(
+        "/{resource_type}/{resource_id}",
+        summary="Put one resource (an update: amended, corrected...)",
+        dependencies=writer,
+    )
     async def put_resource(resource_type: str, resource_id: str, request: Request) -> Response:
         if resource_type not in RESOURCE_TYPES - {"Bundle"}:
             return _problem(404, "not-supported", f"resource type '{resource_type[:40]}' is not accepted here")
@@ -366,6 +399,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="FHIR R4 in (REST and the raw topic), canonical observations out.",
     )
     app.state.core = core
+    app.add_exception_handler(AuthError, auth_refused)
     app.include_router(build_router(core, settings))
     if settings.fhir_base.strip("/"):
         # The root too: integrations configured with the server's address as their FHIR base (the simulator).

@@ -14,13 +14,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from vigil_common.auth import build_authenticator
 from vigil_common.events import ModelLifecycleChanged
 from vigil_common.kafka import DeadLetters, Publisher, make_broker
 from vigil_common.metrics import ServiceMetrics
 from vigil_common.service import ServiceRuntime, build_http_app
 from vigil_registry.api.routes import audits, models, proposals
 from vigil_registry.artifacts import ArtifactStore
-from vigil_registry.auth import TokenTable
+from vigil_registry.auth import grants
 from vigil_registry.consumer import EvidenceHandler, subscribe
 from vigil_registry.core import Registry
 from vigil_registry.db import make_engine, migrate
@@ -112,8 +113,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The registry's HTTP app (OpenAPI at /docs); its lifespan migrates and runs the Kafka side."""
     settings = settings or Settings()
     wiring = bootstrap(settings)
+    authenticator = build_authenticator(settings.auth(), extra=grants(settings.effective_tokens()))
     app = build_http_app(
         wiring.runtime,
+        authenticator=authenticator,
         title="Vigil registry",
         description=(
             "Model versions, stages (registered, shadow, production, archived, retired), model cards, "
@@ -122,7 +125,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.wiring = wiring
     app.state.registry = wiring.registry
-    app.state.tokens = TokenTable(settings.effective_tokens())
     app.state.anonymous_read = settings.anonymous_read or settings.development
     app.include_router(models.router)
     app.include_router(proposals.router)
@@ -136,6 +138,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
         return JSONResponse(body, status_code=error.status, headers=headers)
 
-    if not settings.effective_tokens():
-        log.warning("no registry tokens configured: only anonymous reads (if enabled) will be accepted")
     return app

@@ -3,7 +3,7 @@
 Kafka: a batch subscriber on the canonical observations topic (consumer group ``settings.group_id``, manual
 commits after the outputs are acknowledged, a rebalance listener that moves state with the partitions) and a
 subscriber on the lifecycle topic without a group (every process sees every registry decision). HTTP:
-``POST /predict`` (stateless: a feature snapshot in, a score out), ``/health``, ``/ready`` (model loaded, states
+``POST /predict`` (stateless, in ``api/routes``), ``/health``, ``/ready`` (model loaded, states
 restored, broker reachable) and ``/metrics``.
 """
 
@@ -12,36 +12,22 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from typing import Annotated
 
-from fastapi import Body, FastAPI, HTTPException
+from fastapi import FastAPI
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
-from pydantic import BaseModel, Field
 
 from vigil_common.events import DeadLettered, ModelLifecycleChanged, RiskScored
 from vigil_common.kafka import DeadLetters, Publisher, make_broker, raw_batch_decoder, raw_decoder
 from vigil_common.metrics import ServiceMetrics
 from vigil_common.service import ServiceRuntime, build_http_app
+from vigil_scorer.api.routes import predict
 from vigil_scorer.changelog import KafkaSink
 from vigil_scorer.pipeline import SERVICE, ScorerService, StateRebalanceListener
 from vigil_scorer.registry_client import RegistryClient
 from vigil_scorer.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class PredictResponse(BaseModel):
-    """A stateless score of one feature snapshot."""
-
-    probability: float = Field(ge=0.0, le=1.0)
-    risk_level: str = Field(examples=["low"])
-    alert: bool
-    threshold: float
-    model_name: str
-    model_version: str
-    stage: str
-    default_model: bool
 
 
 def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
@@ -156,30 +142,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     runtime, service = bootstrap(settings or Settings())
     app = build_http_app(runtime, title="Vigil scorer", description=__doc__ or "")
     app.state.scorer = service
-
-    @app.post("/predict", tags=["scoring"], summary="Score one feature snapshot (stateless)")
-    async def predict(
-        features: Annotated[
-            dict[str, float | None],
-            Body(description="FEATURE_COLUMNS names to numbers (null or absent: missing).", examples=[{"age": 64.0}]),
-        ],
-    ) -> PredictResponse:
-        core = service.core
-        if core is None:
-            raise HTTPException(503, "no model loaded yet")
-        try:
-            p, level, alert = core.predict_snapshot(features)
-        except ValueError as error:
-            raise HTTPException(422, str(error)) from error
-        return PredictResponse(
-            probability=p,
-            risk_level=level,
-            alert=alert,
-            threshold=core.threshold,
-            model_name=core.model_name,
-            model_version=core.model_version,
-            stage=core.stage.value,
-            default_model=core.default_model,
-        )
-
+    app.include_router(predict.router)
     return app

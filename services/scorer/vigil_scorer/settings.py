@@ -13,7 +13,7 @@ from vigil_common.settings import VigilSettings
 class Settings(VigilSettings):
     """The scorer service's settings."""
 
-    model_config = SettingsConfigDict(env_prefix="SCORER_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SCORER_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     http_port: int = 8002
     group_id: str = "vigil-scorer"

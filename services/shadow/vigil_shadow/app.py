@@ -23,11 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
 from typing import Any
 
 from aiokafka import ConsumerRecord
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 
@@ -52,6 +51,7 @@ from vigil_common.metrics import ServiceMetrics
 from vigil_common.scoring import Incoming
 from vigil_common.service import ServiceRuntime, build_http_app
 from vigil_shadow import logscan
+from vigil_shadow.api.routes import comparisons
 from vigil_shadow.catalog import Catalog, ModelKey, RegistryReader, ShadowModel
 from vigil_shadow.compare import CompareConfig
 from vigil_shadow.desk import ComparisonDesk
@@ -304,32 +304,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     runtime, service = bootstrap(settings or Settings())
     app = build_http_app(runtime, title="Vigil shadow", description=__doc__ or "")
     app.state.shadow = service
-
-    @app.get("/comparisons", tags=["shadow"], summary="Every candidate against live (optionally over a window)")
-    async def comparisons(
-        start: datetime | None = Query(default=None, alias="from", description="Window start (data time, UTC)."),
-        end: datetime | None = Query(default=None, alias="to", description="Window end, exclusive."),
-        model: str | None = None,
-        version: str | None = None,
-    ) -> dict[str, Any]:
-        found = await service.desk.compute(window_start=start, window_end=end)
-        rows = [
-            c.summary()
-            for c in found
-            if (model is None or c.model_name == model) and (version is None or c.candidate_version == version)
-        ]
-        return {
-            "comparisons": rows,
-            "candidates": [f"{n}:{v}" for n, v in sorted(service.catalog.models)],
-            "join": dict(service.join.counts),
-            "join_rebuilt": service.join_rebuilt,
-        }
-
-    @app.post("/comparisons/publish", tags=["shadow"], summary="Publish every candidate's summary now")
-    async def publish_now() -> dict[str, Any]:
-        if not service.join_rebuilt:
-            raise HTTPException(status_code=409, detail="the join is still re-reading its topics; try again")
-        events = await service.desk.publish()
-        return {"published": [e.model_dump(mode="json") for e in events]}
-
+    app.include_router(comparisons.router)
     return app

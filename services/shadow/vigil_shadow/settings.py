@@ -22,7 +22,7 @@ class LiveTopicRefused(ValueError):
 class Settings(VigilSettings):
     """The shadow service's settings."""
 
-    model_config = SettingsConfigDict(env_prefix="SHADOW_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SHADOW_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     http_port: int = 8003
     group_id: str = "vigil-shadow"
