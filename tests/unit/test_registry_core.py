@@ -388,6 +388,16 @@ def test_roles_are_enforced_with_reasons(registry: Registry, tmp_path: Path) -> 
         registry.set_policy(APPROVER, "sepsis", {"auto_promote": True})
 
 
+@pytest.mark.parametrize("approver", ["mallory", "MALLORY", " mallory\t", "\uff4d\uff41llory"])
+def test_four_eyes_compares_normalised_ids(registry: Registry, tmp_path: Path, approver: str) -> None:
+    register(registry, tmp_path, "1")
+    registry.set_stage(SCIENTIST, "sepsis", "1", Stage.SHADOW)
+    # Principals made by hand skip the normalisation tokens get: the rule itself must normalise.
+    registry.propose(Principal("Mallory ", "data_scientist"), "sepsis", "1")
+    with pytest.raises(Forbidden, match="four-eyes"):
+        registry.approve(Principal(approver, "clinical_approver"), "sepsis", "1")
+
+
 def test_four_eyes_the_proposer_cannot_approve(registry: Registry, tmp_path: Path) -> None:
     register(registry, tmp_path, "1")
     registry.set_stage(SCIENTIST, "sepsis", "1", Stage.SHADOW)

@@ -30,6 +30,7 @@ from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from vigil_common.auth import same_person
 from vigil_common.events import (
     AlertRaised,
     ComparisonSummarized,
@@ -90,6 +91,29 @@ def check_transition(current: Stage, target: Stage, via: str) -> None:
         raise Conflict(f"a {current.value} version cannot move to {target.value}{hint}")
     if allowed != via:
         raise Conflict(f"{current.value} -> {target.value} is made by '{allowed}', not by '{via}'")
+
+
+def four_eyes(proposer: str, approver: str | None, *, approving: bool = False) -> None:
+    """The four-eyes rule, the one place it is written: the approver must be someone other than the proposer.
+
+    Ids are compared normalised (NFKC, case-folded, trimmed): "Mallory " and "mallory" are one person. Raises
+    Forbidden with the reason; ``approving`` words it for the approval itself rather than a later promotion.
+    """
+    if approver is None:
+        raise Forbidden("four-eyes rule: the proposal has no approval")
+    if same_person(proposer, approver):
+        if approving:
+            raise Forbidden("four-eyes rule: the approver must not be the proposer")
+        raise Forbidden("four-eyes rule: the approval was given by the proposer")
+
+
+def four_eyes_hold(proposer: str, approver: str | None) -> bool:
+    """Whether the four-eyes rule holds (for the policy's automatic promotions, which skip rather than refuse)."""
+    try:
+        four_eyes(proposer, approver)
+    except Forbidden:
+        return False
+    return True
 
 
 @dataclass
@@ -404,8 +428,7 @@ class Registry:
             proposal = crud.open_proposal(session, name=name, version=version)
             if proposal is None or proposal.status != ProposalStatus.OPEN.value:
                 raise Conflict(f"{name} {version} has no open proposal to approve")
-            if proposal.proposed_by == actor.user:
-                raise Forbidden("four-eyes rule: the approver must not be the proposer")
+            four_eyes(proposal.proposed_by, actor.user, approving=True)
             now = utcnow()
             proposal.status = ProposalStatus.APPROVED.value
             proposal.decided_by = actor.user
@@ -472,8 +495,7 @@ class Registry:
             proposal = crud.open_proposal(session, name=name, version=version)
             if proposal is None or proposal.status != ProposalStatus.APPROVED.value:
                 raise Forbidden("promotion to production needs a proposal approved by a clinical approver")
-            if proposal.decided_by == proposal.proposed_by:
-                raise Forbidden("four-eyes rule: the approval was given by the proposer")
+            four_eyes(proposal.proposed_by, proposal.decided_by)
             report = self._evaluate(session, model, row)
             if not report.eligible:
                 raise NotEligible(f"not eligible: {', '.join(report.failed)}", report.as_dict())
@@ -652,7 +674,7 @@ class Registry:
                 proposal = crud.open_proposal(session, name=model.name, version=row.version)
                 if proposal is not None and proposal.status == ProposalStatus.APPROVED.value:
                     report = self._evaluate(session, model, row)
-                    if report.eligible and proposal.decided_by != proposal.proposed_by:
+                    if report.eligible and four_eyes_hold(proposal.proposed_by, proposal.decided_by):
                         reason = f"policy: eligible on comparison {event.event_id}, approved by {proposal.decided_by}"
                         self._promote(session, model, row, proposal, POLICY, report, reason)
                         outcome = "promoted"
@@ -771,7 +793,7 @@ class Registry:
                     or row.stage != Stage.SHADOW.value
                     or proposal is None
                     or proposal.status != ProposalStatus.APPROVED.value
-                    or proposal.decided_by == proposal.proposed_by
+                    or not four_eyes_hold(proposal.proposed_by, proposal.decided_by)
                     or not self._policy(model).auto_promote
                 ):
                     continue
