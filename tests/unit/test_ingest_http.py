@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from vigil_common.auth import AuthError, Authenticator, Grant, TokenTable
+from vigil_common.auth import Authenticator, AuthError, Grant, TokenTable
 from vigil_common.events import Event
 from vigil_common.logging import JsonFormatter
 from vigil_common.metrics import ServiceMetrics

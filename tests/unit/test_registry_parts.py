@@ -24,6 +24,7 @@ from tests.unit.test_registry_core import (
 )
 from vigil_common.events import ModelLifecycleChanged, Stage
 from vigil_common.kafka import Parsed
+from vigil_common.provenance import LifecycleSigner, LifecycleVerifier, ensure_signing_key, load_public_keys
 from vigil_registry.artifacts import ArtifactStore, pack_folder, package_digest, read_package, unpack_archive
 from vigil_registry.consumer import EvidenceHandler
 from vigil_registry.core import Registry
@@ -239,7 +240,8 @@ async def test_relay_publishes_in_order_retries_and_republishes_after_a_crash(tm
     registry = make_registry(f"sqlite:///{tmp_path / 'r.db'}", tmp_path)
     to_production_first(registry, tmp_path, "1")
     publisher = FlakyPublisher()
-    relay = OutboxRelay(registry, publisher, "lifecycle", batch_size=2)  # type: ignore[arg-type]
+    key = ensure_signing_key(tmp_path / "secrets" / "signing.key")
+    relay = OutboxRelay(registry, publisher, "lifecycle", signer=LifecycleSigner(key), batch_size=2)  # type: ignore[arg-type]
 
     publisher.fail_next = True
     with pytest.raises(ConnectionError):
@@ -258,6 +260,10 @@ async def test_relay_publishes_in_order_retries_and_republishes_after_a_crash(tm
     assert len(ids) == 5 and ids[:2] == ids[2:4]  # at least once, same ids: consumers dedupe
     actions = [ModelLifecycleChanged.model_validate_json(v).to_stage for _, v in publisher.sent[2:]]
     assert actions == [Stage.REGISTERED, Stage.SHADOW, Stage.PRODUCTION]
+    # Every event leaves signed, and the signature verifies with the public key written beside the private one.
+    verifier = LifecycleVerifier(load_public_keys(tmp_path / "secrets" / "signing.pub"), "http://registry.test")
+    for _, value in publisher.sent:
+        verifier.check(ModelLifecycleChanged.model_validate_json(value))
     assert all(k == b"sepsis" for k, _ in publisher.sent)
     assert registry.pending_events() == []
 

@@ -22,7 +22,16 @@ from pydantic import TypeAdapter
 
 from vigil_common.auth import AuthError, CurrentPrincipal, Forbidden, Principal
 from vigil_common.events import CanonicalEvent, DeadLettered, Event
-from vigil_common.kafka import DeadLetters, Parsed, Publisher, encode, make_broker, process_batch, raw_batch_decoder
+from vigil_common.kafka import (
+    DeadLetters,
+    Parsed,
+    Publisher,
+    Rejected,
+    encode,
+    make_broker,
+    process_batch,
+    raw_batch_decoder,
+)
 from vigil_common.metrics import ServiceMetrics
 from vigil_common.service import ServiceRuntime, build_http_app
 from vigil_ingest.fhir_http import entry_status, location, operation_outcome, rejection_issues
@@ -121,7 +130,8 @@ class IngestCore:
                     reasons += f"; and {len(result.rejections) - 5} more"
                 if result.events:
                     reasons = f"partly processed ({len(result.events)} canonical events mapped): {reasons}"
-                failures.append((item.record, reasons[:2000]))
+                resources = [f"{r.resource_type}/{r.resource_id}" for r in result.rejections if r.resource_id]
+                failures.append((item.record, Rejected(reasons[:2000], resources)))
         await self.publish(events)
         return failures
 

@@ -18,6 +18,7 @@ from vigil_common.auth import build_authenticator
 from vigil_common.events import ModelLifecycleChanged
 from vigil_common.kafka import DeadLetters, Publisher, make_broker
 from vigil_common.metrics import ServiceMetrics
+from vigil_common.provenance import LifecycleSigner, ensure_signing_key
 from vigil_common.service import ServiceRuntime, build_http_app
 from vigil_registry.api.routes import audits, models, proposals
 from vigil_registry.artifacts import ArtifactStore
@@ -87,6 +88,7 @@ def bootstrap(settings: Settings) -> Wiring:
             registry,
             publisher,
             settings.topics.lifecycle,
+            signer=LifecycleSigner(ensure_signing_key(settings.signing_key_file)),
             poll_seconds=settings.outbox_poll_seconds,
             ready=lambda: runtime.started,
             metrics=metrics,
@@ -95,7 +97,10 @@ def bootstrap(settings: Settings) -> Wiring:
         broker.publisher(
             settings.topics.lifecycle,
             title="models.lifecycle",
-            description="ModelLifecycleChanged for every registry decision, keyed by model name (from the outbox).",
+            description=(
+                "ModelLifecycleChanged for every registry decision, keyed by model name (from the outbox), "
+                "signed with the registry's Ed25519 key (signature and signing_key_id fields)."
+            ),
             schema=ModelLifecycleChanged,
         )
         relay_box.append(relay)

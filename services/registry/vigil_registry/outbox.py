@@ -8,6 +8,9 @@ and this relay publishes every unpublished row (awaiting the broker's acknowledg
 marking it. A crash after the acknowledgement but before the mark republishes the event with the same
 ``event_id``: delivery is at least once and consumers dedupe by id. Rows are published in decision order, keyed
 by model name, so each model's events stay in order on one partition.
+
+Signing happens here, as each event leaves for the broker (``vigil_common.provenance``): the database keeps the
+decision, the key stays in this process's memory, and every event on the topic carries the registry's signature.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from prometheus_client import Counter, Gauge
 from vigil_common.events import ModelLifecycleChanged
 from vigil_common.kafka import Publisher
 from vigil_common.metrics import ServiceMetrics
+from vigil_common.provenance import LifecycleSigner
 from vigil_registry.core import Registry
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,7 @@ class OutboxRelay:
         publisher: Publisher,
         topic: str,
         *,
+        signer: LifecycleSigner,
         poll_seconds: float = 1.0,
         batch_size: int = 100,
         ready: Callable[[], bool] = lambda: True,
@@ -44,6 +49,7 @@ class OutboxRelay:
         self.registry = registry
         self.publisher = publisher
         self.topic = topic
+        self.signer = signer
         self.poll_seconds = poll_seconds
         self.batch_size = batch_size
         self.ready = ready
@@ -84,18 +90,18 @@ class OutboxRelay:
             if not pending:
                 return total
             ids = [row.id for row in pending if row.id is not None]
+            events = [self.signer.sign(ModelLifecycleChanged.model_validate_json(row.payload)) for row in pending]
             try:
                 await self.publisher.publish_raw(
-                    self.topic, [(row.key.encode(), row.payload.encode()) for row in pending]
+                    self.topic, [(event.key.encode(), event.model_dump_json().encode()) for event in events]
                 )
             except Exception as error:
                 await asyncio.to_thread(self.registry.mark_failed, ids, f"{type(error).__name__}: {error}")
                 raise
             await asyncio.to_thread(self.registry.mark_published, ids)
             if self._published is not None:
-                for row in pending:
-                    action = ModelLifecycleChanged.model_validate_json(row.payload).action.value
-                    self._published.labels(action).inc()
+                for event in events:
+                    self._published.labels(event.action.value).inc()
             total += len(ids)
             self.published += len(ids)
             log.info("lifecycle events published", extra={"count": len(ids), "topic": self.topic})

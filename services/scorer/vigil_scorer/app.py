@@ -17,9 +17,10 @@ from fastapi import FastAPI
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 
-from vigil_common.events import DeadLettered, ModelLifecycleChanged, RiskScored
+from vigil_common.events import AlertRaised, DeadLettered, RiskScored
 from vigil_common.kafka import DeadLetters, Publisher, make_broker, raw_batch_decoder, raw_decoder
 from vigil_common.metrics import ServiceMetrics
+from vigil_common.provenance import LifecycleGate, LifecycleVerifier
 from vigil_common.service import ServiceRuntime, build_http_app
 from vigil_scorer.api.routes import predict
 from vigil_scorer.changelog import KafkaSink
@@ -39,8 +40,10 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
     broker.publisher(topics.scores_live, schema=RiskScored, title="live risk scores (key: encounter)")
     broker.publisher(topics.scorer_state, title="feature-state changelog (compacted; key: encounter)")
     broker.publisher(topics.dead_letter, schema=DeadLettered, title="dead letters")
+    broker.publisher(topics.alerts, schema=AlertRaised, title="provenance alerts (refused lifecycle events)")
+    publisher = Publisher(broker)
     dead_letters = DeadLetters(
-        Publisher(broker),
+        publisher,
         topics.dead_letter,
         service=SERVICE,
         on_parked=lambda letter: metrics.count(letter.source_topic, "parked_total"),
@@ -52,8 +55,21 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
         state_sink=KafkaSink(settings.kafka_bootstrap_servers, client_id=f"vigil-{SERVICE}-state"),
         dead_letters=dead_letters,
         registry=RegistryClient(
-            settings.registry_url, token=settings.registry_token, timeout=settings.registry_timeout_s
+            settings.registry_url,
+            token=settings.registry_token,
+            timeout=settings.registry_timeout_s,
+            development=settings.development,
         ),
+    )
+    gate = LifecycleGate(
+        LifecycleVerifier.from_settings(
+            settings.lifecycle_public_key_file, registry_url=settings.registry_url, development=settings.development
+        ),
+        service=SERVICE,
+        dead_letters=dead_letters,
+        publisher=publisher,
+        alerts_topic=topics.alerts,
+        metrics=metrics,
     )
 
     observations = broker.subscriber(
@@ -83,16 +99,18 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
         auto_offset_reset="latest",
         decoder=raw_decoder,
         title="scorer.lifecycle",
-        description="Registry decisions: a new production version is loaded, verified and swapped in.",
+        description=(
+            "Registry decisions, acted on only when signed by the registry's key and naming an artifact under the "
+            "registry URL (else parked, with an alert): a new production version is loaded, verified, swapped in."
+        ),
     )
 
     @lifecycle
-    async def on_lifecycle(body: bytes) -> None:
-        try:
-            event = ModelLifecycleChanged.model_validate_json(body)
-        except ValueError:
-            metrics.count(topics.lifecycle, "ignored")
-            log.warning("unreadable lifecycle event ignored")
+    async def on_lifecycle(body: bytes, message: KafkaMessage) -> None:
+        # Verified before anything else looks at it: a forged event is parked and changes nothing.
+        event = await gate.admit(message.raw_message, body)
+        if event is None:
+            metrics.count(topics.lifecycle, "refused")
             return
         metrics.count(topics.lifecycle, "processed")
         await service.on_lifecycle(event)
@@ -100,7 +118,9 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
     async def start() -> None:
         await service.sink.start()
         await service.state_sink.start()
-        service.install(await service.load_initial_model())
+        model = await service.load_initial_model()
+        if model is not None:
+            service.install(model)
         # Parsing allocates many short-lived objects per event while the encounter states hold many long-lived
         # ones: with CPython's default young-generation threshold (700 allocations) the collector ran every few
         # events, and now and then a full collection paused scoring for 20 ms or more. Freeze what start-up built

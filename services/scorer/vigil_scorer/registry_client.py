@@ -11,7 +11,8 @@ about the field names, because it only needs four facts:
 
 404 means "no production version" (``None``); a connection error, a timeout or a 5xx raise
 :class:`RegistryUnavailable`. The package is downloaded as a tar (optionally gzipped) or zip archive of the
-package folder; ``file://`` URLs and local paths are accepted too (development and tests). A package is accepted
+package folder from a URL under the registry's; ``file://`` URLs and local paths only in development mode
+(``vigil_common.provenance.check_artifact_url``). A package is accepted
 only when every digest the registry gave matches, its manifest's file digests hold and its input schema is this
 feature pipeline's (``ModelPackage.load``).
 """
@@ -35,6 +36,7 @@ import httpx
 
 from vigil_common.features import FEATURE_COLUMNS, FEATURE_SET_VERSION
 from vigil_common.model_package import ModelPackage, sha256_of_dir
+from vigil_common.provenance import ProvenanceRefused, check_artifact_url
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +87,10 @@ class RegistryClient:
         token: str | None = None,
         timeout: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        development: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.development = development
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(timeout=timeout, headers=headers, transport=transport)
 
@@ -120,7 +124,14 @@ class RegistryClient:
         artifact_sha256: str | None,
         package_sha256: str | None = None,
     ) -> ModelPackage:
-        """Download, unpack and verify a package; the result is fully loaded (ready to swap in)."""
+        """Download, unpack and verify a package; the result is fully loaded (ready to swap in).
+
+        The URL must be under the registry's (local files only in development mode): PackageRejected otherwise.
+        """
+        try:
+            check_artifact_url(url, registry_url=self.base_url, development=self.development)
+        except ProvenanceRefused as refused:
+            raise PackageRejected(refused.reason) from refused
         local = _local_path(url)
         if local is None and not urlparse(url).scheme:
             # A path on the registry (lifecycle events may carry relative artifact URLs).

@@ -31,6 +31,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 
 from vigil_common.events import (
+    AlertRaised,
     ComparisonSummarized,
     ModelLifecycleChanged,
     RiskScored,
@@ -48,6 +49,7 @@ from vigil_common.kafka import (
     records_of,
 )
 from vigil_common.metrics import ServiceMetrics
+from vigil_common.provenance import LifecycleGate, LifecycleVerifier
 from vigil_common.scoring import Incoming
 from vigil_common.service import ServiceRuntime, build_http_app
 from vigil_shadow import logscan
@@ -87,6 +89,7 @@ class ShadowService:
                 token=settings.registry_token,
                 timeout=settings.registry_timeout_s,
                 cache_dir=settings.model_cache_dir,
+                development=settings.development,
             )
             if settings.registry_url
             else None
@@ -228,7 +231,21 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
     broker = make_broker(settings, client_id=f"vigil-{SERVICE}")
     metrics = ServiceMetrics(SERVICE)
     topics = settings.topics
-    service = ShadowService(settings, metrics, Publisher(broker))
+    publisher = Publisher(broker)
+    service = ShadowService(settings, metrics, publisher)
+    gate = LifecycleGate(
+        LifecycleVerifier.from_settings(
+            settings.lifecycle_public_key_file,
+            registry_url=settings.registry_url or "",
+            development=settings.development,
+        ),
+        service=SERVICE,
+        dead_letters=service.dead_letters,
+        publisher=publisher,
+        alerts_topic=topics.alerts,
+        metrics=metrics,
+    )
+    broker.publisher(topics.alerts, schema=AlertRaised, title="provenance alerts (refused lifecycle events)")
     # Declared for the AsyncAPI document (sends go through the guarded ShadowPublisher and the comparison desk).
     broker.publisher(topics.scores_shadow, schema=RiskScored, title="shadow risk scores (key: encounter)")
     broker.publisher(topics.comparisons, schema=ComparisonSummarized, title="comparisons (key: model name)")
@@ -278,11 +295,11 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
         title="shadow.lifecycle",
         description="Registry decisions: a watched model's stage change reloads the candidates.",
     )
-    async def on_lifecycle(body: bytes) -> None:
-        try:
-            event = ModelLifecycleChanged.model_validate_json(body)
-        except ValueError:
-            metrics.count(topics.lifecycle, "ignored")
+    async def on_lifecycle(body: bytes, message: KafkaMessage) -> None:
+        # Verified first: a forged event is parked with an alert and does not even trigger a catalog refresh.
+        event = await gate.admit(message.raw_message, body)
+        if event is None:
+            metrics.count(topics.lifecycle, "refused")
             return
         metrics.count(topics.lifecycle, "processed")
         await service.on_lifecycle(event)

@@ -81,12 +81,16 @@ class RegistryReader:
         timeout: float,
         cache_dir: Path,
         transport: httpx.AsyncBaseTransport | None = None,
+        development: bool = False,
     ) -> None:
         from vigil_scorer.registry_client import RegistryClient
 
         self.base_url = base_url.rstrip("/")
         self.cache_dir = cache_dir
-        self._client = RegistryClient(base_url, token=token, timeout=timeout, transport=transport)
+        # The client refuses artifact URLs off the registry (local files only in development mode).
+        self._client = RegistryClient(
+            base_url, token=token, timeout=timeout, transport=transport, development=development
+        )
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(timeout=timeout, headers=headers, transport=transport)
 
