@@ -301,8 +301,7 @@ def build_authenticator(config: AuthSettings, *, extra: dict[str, Grant] | None 
     tokens.update(config.tokens)
     tokens.update(extra or {})
     for token, grant in tokens.items():
-        if token not in DEMO_TOKENS:
-            check_token(token, name=f"the token of {grant.user}", development=config.development)
+        check_token(token, name=f"the token of {grant.user}", development=config.development)
     verifier = JwtVerifier(config.jwks, issuer=config.jwt_issuer, audience=config.jwt_audience) if config.jwks else None
     authenticator = Authenticator(TokenTable(tokens), verifier, protect_operations=config.protect_operations)
     if not authenticator.configured:
