@@ -91,5 +91,15 @@ def topic_prefix() -> str:
 
 @pytest.fixture
 def settings_env(kafka_bootstrap: str, topic_prefix: str) -> dict[str, object]:
-    """Keyword arguments that point any service's Settings at the test broker and this test's topics."""
-    return {"kafka_bootstrap_servers": kafka_bootstrap, "topic_prefix": topic_prefix, "partitions": 3}
+    """Keyword arguments that point any service's Settings at the test broker and this test's topics.
+
+    Every service accepts the tests' bearer token (``tests.factories.AUTH``), with every scope.
+    """
+    from tests.factories import TEST_GRANTS
+
+    return {
+        "kafka_bootstrap_servers": kafka_bootstrap,
+        "topic_prefix": topic_prefix,
+        "partitions": 3,
+        "auth_tokens": TEST_GRANTS,
+    }

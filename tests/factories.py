@@ -133,6 +133,12 @@ def alert(**o: Any) -> ev.AlertRaised:
     )
 
 
+TEST_TOKEN = "integration-tests-token-0123456789abcdef"
+"""A bearer token every service built from ``settings_env`` accepts, with every scope."""
+TEST_GRANTS: dict[str, Any] = {TEST_TOKEN: {"user": "integration-tests", "scopes": ["system/*.*"]}}
+AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
+
+
 def lifecycle(**o: Any) -> ev.ModelLifecycleChanged:
     return ev.ModelLifecycleChanged(
         **{
@@ -186,7 +192,7 @@ def dead_letter(**o: Any) -> ev.DeadLettered:
             "source_offset": 7,
             "error_type": "ValueError",
             "error": "not JSON",
-            "payload": "{oops",
+            "resource_ids": ["Observation/hr-1"],
             **o,
         }
     )

@@ -285,6 +285,7 @@ class DeadLettered(Event):
     """
 
     type: Literal["dead.lettered"] = "dead.lettered"
+    SCHEMA_VERSION: ClassVar[int] = 2
     schema_version: int = Field(default=2, description="2: the payload is no longer carried.", examples=[2])
     service: str
     source_topic: str

@@ -11,6 +11,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi.testclient import TestClient
 
+from tests.factories import AUTH
 from vigil_common.events import DeadLettered, canonical_event_adapter
 from vigil_ingest.app import create_app
 from vigil_ingest.mapping import Mapper
@@ -49,7 +50,7 @@ def test_posted_bundle_yields_exactly_its_events(settings_env: dict[str, Any]) -
     settings = Settings(**settings_env, consume_raw_topic=False)
     bundle = (TESTDATA / "icu-bundle.json").read_bytes()
     expected = expected_events(bundle)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         assert client.get("/ready").status_code == 200
         r = client.post("/fhir", content=bundle, headers=FHIR)
         assert r.status_code == 200
@@ -95,7 +96,7 @@ def test_raw_topic_bundle_and_dead_letters(settings_env: dict[str, Any]) -> None
         finally:
             await producer.stop()
 
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         assert client.get("/ready").status_code == 200
         asyncio.run(produce())
         records = asyncio.run(

@@ -173,7 +173,7 @@ async def test_streamed_stays_score_like_the_offline_model(
             settings.kafka_bootstrap_servers, settings.topics.scorer_state, range(settings.partitions)
         )
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://scorer") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://scorer", headers=factories.AUTH) as http:
             ready = (await http.get("/ready")).json()
             metrics = (await http.get("/metrics")).text
             snapshot = {"heart_rate_last": 120.0, "age": 70.0, "temperature_last": None}

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from tests.factories import AUTH
 from vigil_common import events as ev
 from vigil_common.features import offline_features
 from vigil_common.kafka import Publisher, ensure_topics, make_broker
@@ -177,7 +178,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
                 lambda: len(service.join.shadow.get(("sepsis", "2"), {})) >= until_hours, "shadow scores joined"
             )
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://shadow") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://shadow", headers=AUTH) as client:
                 return {"app": app, "first": (await client.get("/comparisons")).json()}
 
     try:
@@ -218,7 +219,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
             await publisher.publish_all(topics.outcomes, outcomes)
             await _until(lambda: len(service.join.outcomes) == len(pids), "outcomes joined")
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://shadow") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://shadow", headers=AUTH) as client:
                 await _until(lambda: service.join_rebuilt, "join rebuilt")
                 ready = await client.get("/ready")
                 assert ready.status_code == 200, ready.text

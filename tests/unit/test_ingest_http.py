@@ -219,11 +219,12 @@ async def test_raw_records_are_processed_or_parked_with_reasons() -> None:
     records = [SimpleNamespace(offset=i) for i in range(3)]
     items = [Parsed(records[0], bundle), Parsed(records[1], partial), Parsed(records[2], ignored)]
     failures = await core.handle_records(items)  # type: ignore[arg-type]
-    assert [(r.offset, reason) for r, reason in failures] == [
+    assert [(r.offset, rejected.reason, rejected.resource_ids) for r, rejected in failures] == [
         (
             1,
             "partly processed (6 canonical events mapped): Observation/7a0e0c55-0000-4000-8000-000000000001: "
             "heart_rate outside plausible range [10, 300] /min",
+            ["Observation/7a0e0c55-0000-4000-8000-000000000001"],
         )
     ]
     assert len(publisher.published) == 5  # the partial bundle's good events are the same ids: deduped
