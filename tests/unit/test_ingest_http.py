@@ -208,7 +208,7 @@ def test_root_is_a_fhir_base_too_and_metadata(setup: tuple[TestClient, FakePubli
 async def test_raw_records_are_processed_or_parked_with_reasons() -> None:
     from types import SimpleNamespace
 
-    from vigil_common.kafka import Parsed
+    from vigil_common.kafka import Parsed, Rejected
 
     publisher = FakePublisher()
     core = IngestCore(Settings(topic_prefix="unit."), publisher, ServiceMetrics("ingest"))  # type: ignore[arg-type]
@@ -219,7 +219,8 @@ async def test_raw_records_are_processed_or_parked_with_reasons() -> None:
     records = [SimpleNamespace(offset=i) for i in range(3)]
     items = [Parsed(records[0], bundle), Parsed(records[1], partial), Parsed(records[2], ignored)]
     failures = await core.handle_records(items)  # type: ignore[arg-type]
-    assert [(r.offset, rejected.reason, rejected.resource_ids) for r, rejected in failures] == [
+    assert all(isinstance(rejected, Rejected) for _, rejected in failures)
+    assert [(r.offset, rejected.reason, rejected.resource_ids) for r, rejected in failures] == [  # type: ignore[union-attr]
         (
             1,
             "partly processed (6 canonical events mapped): Observation/7a0e0c55-0000-4000-8000-000000000001: "

@@ -11,7 +11,7 @@ from aiokafka import ConsumerRecord
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests import factories
-from vigil_common.events import DeadLettered, Event, ModelLifecycleChanged
+from vigil_common.events import AlertRaised, DeadLettered, Event, ModelLifecycleChanged
 from vigil_common.kafka import DeadLetters
 from vigil_common.metrics import ServiceMetrics
 from vigil_common.provenance import (
@@ -156,6 +156,7 @@ async def test_the_gate_parks_and_alerts_and_hands_over_only_verified_events(
     assert isinstance(letter, DeadLettered)
     assert (letter.source_topic, letter.source_offset, letter.error) == ("lifecycle", 8, "unsigned lifecycle event")
     (alert,) = recorder.sent["alerts"]
+    assert isinstance(alert, AlertRaised)
     assert alert.kind == "provenance" and alert.severity.value == "critical" and alert.model_name is None
     assert alert.evidence["claimed"]["model_version"] == "2"
     assert b'vigil_lifecycle_refused_total{reason="unsigned",service="scorer"} 1.0' in metrics.expose()

@@ -88,7 +88,12 @@ async def test_artifact_urls_off_the_registry_are_refused_outside_development(
     v1: Path, tmp_path: Path, url: str, why: str
 ) -> None:
     asked: list[str] = []
-    client = registry(lambda r: asked.append(str(r.url)) or httpx.Response(200, content=tarball(v1)))
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        return httpx.Response(200, content=tarball(v1))
+
+    client = registry(serve)
     with pytest.raises(PackageRejected, match=why):
         await client.fetch_package(url, cache_dir=tmp_path, artifact_sha256=None)
     with pytest.raises(PackageRejected, match="outside development mode"):

@@ -85,7 +85,7 @@ def bootstrap(settings: Settings) -> Wiring:
         dead_letters = DeadLetters(publisher, settings.topics.dead_letter, service=SERVICE)
         handler = subscribe(broker, settings, registry, dead_letters, metrics)
         relay = OutboxRelay(
-            registry,
+            registry.outbox,
             publisher,
             settings.topics.lifecycle,
             signer=LifecycleSigner(ensure_signing_key(settings.signing_key_file)),
