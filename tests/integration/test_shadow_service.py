@@ -141,10 +141,12 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
     await broker.start()
     publisher = Publisher(broker)
     # The live side is the real scorer service; with no registry answering it scores with the repository's
-    # default package (version 1) in production stage. A local core only tells which hours it will score.
+    # default package (version 1) in production stage, which needs development mode (outside it, a scorer the
+    # registry does not confirm serves nothing). A local core only tells which hours it will score.
     scorer = create_scorer_app(
         ScorerSettings(
             **settings_env,
+            development=True,
             group_id=f"scorer-{uuid.uuid4().hex[:8]}",
             registry_url="http://127.0.0.1:9",
             registry_timeout_s=1.0,
