@@ -41,10 +41,10 @@ from rich.table import Table
 from vigil import simulate as sim
 from vigil.kafka_local import vigil_home
 from vigil.stack import Stack
-from vigil_common import events as ev
-from vigil_common.model_package import ModelPackage, default_package_path
-from vigil_common.physionet import ICU_EPOCH, MEASUREMENT_COLUMNS
-from vigil_common.topics import Topics
+from vigil_contracts import events as ev
+from vigil_contracts.topics import Topics
+from vigil_scoring.model_package import ModelPackage, default_package_path
+from vigil_scoring.physionet import ICU_EPOCH, MEASUREMENT_COLUMNS
 
 MODEL = "sepsis"
 TOKENS = {

@@ -21,7 +21,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from vigil_common.provenance import ensure_signing_key, public_key_path, write_private
+from vigil_runtime.provenance import ensure_signing_key, public_key_path, write_private
 
 WRITE_FHIR = [f"system/{t}.write" for t in ("Observation", "Patient", "Encounter", "Location", "DiagnosticReport")]
 

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from fastapi.testclient import TestClient
 
-from vigil_common.events import DeadLettered
+from vigil_contracts.events import DeadLettered
 from vigil_ingest.app import create_app
 from vigil_ingest.settings import Settings
 

@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.support import FakeRegistry, events_of, load_stays, package_path
 from tests import factories
 from tests.integration.test_scorer_service import (
     ScoreReader,
@@ -18,11 +19,10 @@ from tests.integration.test_scorer_service import (
     publish,
     settings_for,
 )
-from vigil_common import events as ev
-from vigil_common.kafka import ensure_topics
-from vigil_common.provenance import LifecycleSigner, ensure_signing_key
+from vigil_contracts import events as ev
+from vigil_runtime.kafka import ensure_topics
+from vigil_runtime.provenance import LifecycleSigner, ensure_signing_key
 from vigil_scorer.app import create_app
-from vigil_scorer.testing import FakeRegistry, events_of, load_stays, package_path
 
 
 async def read_all(bootstrap: str, topic: str, expect: int, timeout: float = 30.0) -> list[bytes]:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
-from vigil_common.auth import (
+from vigil_runtime.auth import (
     AuthSettings,
     Grant,
     JwtVerifier,
@@ -139,7 +139,7 @@ def test_a_smart_backend_jwt_is_verified_against_the_jwks(jwks_file: Path, rsa_k
 def test_routes_answer_401_with_a_challenge_and_403_with_the_missing_scope(
     jwks_file: Path, rsa_key: rsa.RSAPrivateKey
 ) -> None:
-    from vigil_common.auth import AuthError
+    from vigil_runtime.auth import AuthError
 
     app = FastAPI()
     app.state.auth = build_authenticator(settings(jwks=str(jwks_file)))

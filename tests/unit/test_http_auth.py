@@ -16,7 +16,7 @@ TOKENS = {
     "reader-token-0123456789abcdefghij": {"user": "analyst", "scopes": ["system/*.read"]},
 }
 WRITER, READER = ({"Authorization": f"Bearer {t}"} for t in TOKENS)
-COMMON = {"kafka_bootstrap_servers": "127.0.0.1:9", "auth_tokens": TOKENS, "development": False}
+COMMON: dict[str, Any] = {"kafka_bootstrap_servers": "127.0.0.1:9", "auth_tokens": TOKENS, "development": False}
 
 
 def ingest(tmp_path: Path) -> FastAPI:

@@ -11,10 +11,10 @@ from aiokafka import ConsumerRecord
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests import factories
-from vigil_common.events import AlertRaised, DeadLettered, Event, ModelLifecycleChanged
-from vigil_common.kafka import DeadLetters
-from vigil_common.metrics import ServiceMetrics
-from vigil_common.provenance import (
+from vigil_contracts.events import AlertRaised, DeadLettered, Event, ModelLifecycleChanged
+from vigil_runtime.kafka import DeadLetters
+from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.provenance import (
     LifecycleGate,
     LifecycleSigner,
     LifecycleVerifier,

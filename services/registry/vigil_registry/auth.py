@@ -1,15 +1,15 @@
 """Who acts on the registry, and what each role may do.
 
-Credentials are resolved by the common auth module (``vigil_common.auth``: static bearer tokens compared in
+Credentials are resolved by the common auth module (``vigil_runtime.auth``: static bearer tokens compared in
 constant time, OAuth2 JWTs against a JWKS); the registry adds its roles. Its tokens come from
 ``REGISTRY_TOKENS`` and the stack-wide tokens file, plus the documented demo tokens in development mode only.
 """
 
 from __future__ import annotations
 
-from vigil_common.auth import READ_SCOPE, Grant, Principal
 from vigil_registry.errors import Forbidden
 from vigil_registry.settings import Role, TokenGrant
+from vigil_runtime.auth import READ_SCOPE, Grant, Principal
 
 __all__ = ["ANONYMOUS", "PERMISSIONS", "POLICY", "Principal", "grants", "require"]
 

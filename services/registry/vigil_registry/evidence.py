@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from vigil_common.events import AlertRaised, ComparisonSummarized, OutcomeRecorded, Stage, utcnow
+from vigil_contracts.events import AlertRaised, ComparisonSummarized, OutcomeRecorded, Stage, utcnow
 from vigil_registry import audit, crud
 from vigil_registry.auth import POLICY
 from vigil_registry.lifecycle import Lifecycle, four_eyes_hold

@@ -32,9 +32,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from vigil_common.auth import same_person
-from vigil_common.events import LifecycleAction, ModelLifecycleChanged, Stage, deterministic_id, utcnow
-from vigil_common.kafka import describe_error
+from vigil_contracts.events import LifecycleAction, ModelLifecycleChanged, Stage, deterministic_id, utcnow
 from vigil_registry import audit, crud
 from vigil_registry.artifacts import ArtifactStore, PackageInfo, read_package, unpack_archive
 from vigil_registry.auth import Principal, require
@@ -51,6 +49,8 @@ from vigil_registry.models import (
 from vigil_registry.outbox import Outbox
 from vigil_registry.policy import PolicyReport, PromotionPolicy
 from vigil_registry.queries import Queries, policy_of
+from vigil_runtime.auth import same_person
+from vigil_runtime.kafka import describe_error
 
 log = logging.getLogger(__name__)
 

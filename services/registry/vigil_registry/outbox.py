@@ -9,7 +9,7 @@ marking it. A crash after the acknowledgement but before the mark republishes th
 ``event_id``: delivery is at least once and consumers dedupe by id. Rows are published in decision order, keyed
 by model name, so each model's events stay in order on one partition.
 
-Signing happens here, as each event leaves for the broker (``vigil_common.provenance``): the database keeps the
+Signing happens here, as each event leaves for the broker (``vigil_runtime.provenance``): the database keeps the
 decision, the key stays in this process's memory, and every event on the topic carries the registry's signature.
 """
 
@@ -25,12 +25,12 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col
 
-from vigil_common.events import ModelLifecycleChanged, utcnow
-from vigil_common.kafka import Publisher
-from vigil_common.metrics import ServiceMetrics
-from vigil_common.provenance import LifecycleSigner
+from vigil_contracts.events import ModelLifecycleChanged, utcnow
 from vigil_registry import crud
 from vigil_registry.models import OutboxEvent
+from vigil_runtime.kafka import Publisher
+from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.provenance import LifecycleSigner
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,8 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Drain on every wake-up and every ``poll_seconds``; back off (bounded) while the broker fails."""
-        assert self._wake is not None
+        if self._wake is None:
+            raise RuntimeError("the outbox relay runs only after start()")
         delay = self.poll_seconds
         while True:
             if self.ready():

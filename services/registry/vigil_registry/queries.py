@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from vigil_common.events import Stage
+from vigil_contracts.events import Stage
 from vigil_registry import audit, crud
 from vigil_registry.artifacts import ArtifactStore
 from vigil_registry.errors import NotFound

@@ -30,7 +30,7 @@ from fastapi import FastAPI
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 
-from vigil_common.events import (
+from vigil_contracts.events import (
     AlertRaised,
     ComparisonSummarized,
     ModelLifecycleChanged,
@@ -38,7 +38,7 @@ from vigil_common.events import (
     any_event_adapter,
     canonical_event_adapter,
 )
-from vigil_common.kafka import (
+from vigil_runtime.kafka import (
     DeadLetters,
     Parsed,
     Publisher,
@@ -48,10 +48,10 @@ from vigil_common.kafka import (
     raw_decoder,
     records_of,
 )
-from vigil_common.metrics import ServiceMetrics
-from vigil_common.provenance import LifecycleGate, LifecycleVerifier
-from vigil_common.scoring import Incoming
-from vigil_common.service import ServiceRuntime, build_http_app
+from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.provenance import LifecycleGate, LifecycleVerifier
+from vigil_runtime.service import ServiceRuntime, build_http_app
+from vigil_scoring.scoring import Incoming
 from vigil_shadow import logscan
 from vigil_shadow.api.routes import comparisons
 from vigil_shadow.catalog import Catalog, ModelKey, RegistryReader, ShadowModel

@@ -12,8 +12,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from vigil_common.auth import check_token, read_secret
-from vigil_common.settings import VigilSettings
+from vigil_runtime.auth import check_token, read_secret
+from vigil_runtime.settings import VigilSettings
 
 
 class LiveTopicRefused(ValueError):

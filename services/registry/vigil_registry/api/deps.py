@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from vigil_common.auth import Authenticator
 from vigil_registry.auth import ANONYMOUS, Principal
 from vigil_registry.core import Registry
+from vigil_runtime.auth import Authenticator
 
 bearer = HTTPBearer(auto_error=False, description="A registry token (REGISTRY_TOKENS; demo tokens in development).")
 

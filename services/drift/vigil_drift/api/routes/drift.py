@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from vigil_common.auth import READ_SCOPE, requires
 from vigil_drift.api.deps import DriftDep
+from vigil_runtime.auth import READ_SCOPE, requires
 
 router = APIRouter(tags=["drift"], dependencies=[Depends(requires(READ_SCOPE))])
 

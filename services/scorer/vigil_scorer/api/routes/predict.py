@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, HTTPException
 from pydantic import BaseModel, Field
 
-from vigil_common.auth import requires
+from vigil_runtime.auth import requires
 from vigil_scorer.api.deps import ScorerDep
 
 PREDICT_SCOPE = "system/RiskAssessment.read"

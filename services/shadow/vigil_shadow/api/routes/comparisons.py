@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
-from vigil_common.auth import READ_SCOPE, requires
+from vigil_runtime.auth import READ_SCOPE, requires
 from vigil_shadow.api.deps import ShadowDep
 
 PUBLISH_SCOPE = "system/ComparisonSummary.write"

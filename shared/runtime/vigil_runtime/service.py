@@ -5,7 +5,7 @@ module adds ``/health`` (the process answers), ``/ready`` (every check passes: m
 usable), ``/metrics`` (Prometheus) and a lifespan that creates the topics, starts the broker, and stops it
 gracefully (in-flight batches finish and commit) on shutdown.
 
-It also installs the service's authenticator (``vigil_common.auth``: routes declare what they need with
+It also installs the service's authenticator (``vigil_runtime.auth``: routes declare what they need with
 ``Depends(requires(...))``; refusals become 401/403 with ``WWW-Authenticate`` and the reason) and serves
 ``/docs`` and ``/redoc`` from the Swagger UI and ReDoc assets of the pinned ``fastapi-offline`` package: no CDN,
 so the pages work on a closed clinical network and load no unpinned third-party script.
@@ -29,10 +29,10 @@ from fastapi.staticfiles import StaticFiles
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
 
-from vigil_common.auth import Authenticator, AuthError, build_authenticator, operations_access
-from vigil_common.kafka import ensure_topics
-from vigil_common.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
-from vigil_common.settings import VigilSettings
+from vigil_runtime.auth import Authenticator, AuthError, build_authenticator, operations_access
+from vigil_runtime.kafka import ensure_topics
+from vigil_runtime.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
+from vigil_runtime.settings import VigilSettings
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class ServiceRuntime:
 
     def stream(self) -> FastStream:
         """The FastStream application (used for the AsyncAPI document)."""
-        assert self.broker is not None
+        if self.broker is None:
+            raise RuntimeError(f"{self.name} has no Kafka side")
         return FastStream(self.broker)
 
 

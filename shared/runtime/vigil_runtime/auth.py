@@ -3,7 +3,7 @@
 Two kinds of credential arrive as ``Authorization: Bearer <credential>``:
 
 - **static bearer tokens** for the stack's own callers (the simulator, the demo, the CLI, the registry client of
-  the scorer and shadow). They are generated like the other secrets (``vigil_common.secrets``), read from a
+  the scorer and shadow). They are generated like the other secrets (``vigil/http_tokens.py``), read from a
   JSON file ``{token: {"user": ..., "role": ..., "scopes": [...]}}`` (``VIGIL_AUTH_TOKENS_FILE``) or the
   ``*_AUTH_TOKENS`` setting, and compared in constant time against every configured token;
 - **OAuth2 JWTs** for EHR integrations (SMART Backend Services: the EHR's client obtains an access token from

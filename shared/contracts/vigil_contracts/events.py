@@ -249,7 +249,7 @@ class ModelLifecycleChanged(Event):
         default=None,
         description=(
             "Base64 Ed25519 signature by the registry over every other field as sorted compact JSON; scorers and "
-            "shadow act only on events whose signature verifies (vigil_common.provenance)."
+            "shadow act only on events whose signature verifies (vigil_runtime.provenance)."
         ),
     )
 

@@ -17,8 +17,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from vigil_common.auth import AuthSettings, Grant
-from vigil_common.topics import Topics
+from vigil_contracts.topics import Topics
+from vigil_runtime.auth import AuthSettings, Grant
 
 PLACEHOLDER_SECRETS = frozenset({"", "changethis", "changeme", "secret", "dev", "development"})
 
@@ -78,7 +78,7 @@ class VigilSettings(BaseSettings):
         return Topics(self.topic_prefix)
 
     def auth(self) -> AuthSettings:
-        """The authentication settings, gathered for ``vigil_common.auth.build_authenticator``."""
+        """The authentication settings, gathered for ``vigil_runtime.auth.build_authenticator``."""
         return AuthSettings(
             development=self.development,
             tokens=self.auth_tokens,

@@ -26,9 +26,9 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from vigil_common.events import DeadLettered, Event, deterministic_id, utcnow
-from vigil_common.settings import VigilSettings
-from vigil_common.topics import COMPACTED, Topic, Topics
+from vigil_contracts.events import DeadLettered, Event, deterministic_id, utcnow
+from vigil_contracts.topics import COMPACTED, Topic, Topics
+from vigil_runtime.settings import VigilSettings
 
 log = logging.getLogger(__name__)
 

@@ -40,9 +40,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from vigil_common.events import AlertRaised, ModelLifecycleChanged, Severity, deterministic_id, utcnow
-from vigil_common.kafka import DeadLetters, Publisher, describe_error
-from vigil_common.metrics import ServiceMetrics
+from vigil_contracts.events import AlertRaised, ModelLifecycleChanged, Severity, deterministic_id, utcnow
+from vigil_runtime.kafka import DeadLetters, Publisher, describe_error
+from vigil_runtime.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
