@@ -14,9 +14,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from vigil_contracts.events import Event
-from vigil_ingest.app import IngestCore, auth_refused, build_router
+from vigil_ingest.api import mount_fhir
+from vigil_ingest.core import IngestCore
 from vigil_ingest.settings import Settings
-from vigil_runtime.auth import Authenticator, AuthError, Grant, TokenTable
+from vigil_runtime.auth import Authenticator, Grant, TokenTable
 from vigil_runtime.logging import JsonFormatter
 from vigil_runtime.metrics import ServiceMetrics
 
@@ -51,9 +52,7 @@ def setup() -> tuple[TestClient, FakePublisher]:
             }
         )
     )
-    app.add_exception_handler(AuthError, auth_refused)
-    app.include_router(build_router(core, settings))
-    app.include_router(build_router(core, settings, prefix=""))
+    mount_fhir(app, core, settings)
     return TestClient(app, headers={"Authorization": f"Bearer {EHR_TOKEN}"}), publisher
 
 
@@ -237,7 +236,7 @@ def test_strict_transactions_refuse_the_whole_bundle() -> None:
     core = IngestCore(settings, publisher, ServiceMetrics("ingest"))  # type: ignore[arg-type]
     app = FastAPI()
     app.state.auth = Authenticator(TokenTable({EHR_TOKEN: Grant(user="ehr", scopes=["system/Observation.write"])}))
-    app.include_router(build_router(core, settings))
+    mount_fhir(app, core, settings)
     client = TestClient(app, headers={"Authorization": f"Bearer {EHR_TOKEN}"})
     bundle = json.loads((TESTDATA / "icu-bundle.json").read_text())
     bundle["entry"].append({"resource": observation(id="bad", valueQuantity={"value": 900, "unit": "/min"})})

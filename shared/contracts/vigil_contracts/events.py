@@ -155,6 +155,11 @@ class RiskScored(Event):
     hour: int = Field(description="Whole hours since ICU admission at data_time (PhysioNet's ICULOS - 1).")
     observations: int = Field(description="Number of observations included so far for this encounter.")
     latency_ms: float = Field(description="From the newest observation's arrival in Kafka to this score's creation.")
+    rescore: bool = Field(
+        default=False,
+        description="True when this encounter-hour may have been scored before a restart by another model version: "
+        "this score replaces that one (same data, a different model version, so a different id).",
+    )
 
     @staticmethod
     def make_id(model_name: str, model_version: str, encounter: str, data_time: datetime, observations: int) -> str:
@@ -201,6 +206,7 @@ class AlertRaised(Event):
         "calibration",
         "fairness",
         "latency",
+        "checkpoint",
         "provenance",
     ] = Field(description="What is monitored; 'provenance': a lifecycle event that failed verification was parked.")
     severity: Severity
