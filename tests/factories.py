@@ -139,6 +139,14 @@ TEST_GRANTS: dict[str, Any] = {TEST_TOKEN: {"user": "integration-tests", "scopes
 AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 
 
+def allow_test_caller(app: Any) -> dict[str, str]:
+    """Make a bare FastAPI app (routers mounted by hand) accept the tests' token; returns its headers."""
+    from vigil_runtime.auth import Authenticator, Grant, TokenTable
+
+    app.state.auth = Authenticator(TokenTable({TEST_TOKEN: Grant(user="unit-tests", scopes=["system/*.*"])}))
+    return AUTH
+
+
 def lifecycle(**o: Any) -> ev.ModelLifecycleChanged:
     return ev.ModelLifecycleChanged(
         **{
