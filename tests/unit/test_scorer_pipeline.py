@@ -109,9 +109,9 @@ def wired(svc: tuple[ScorerService, FakeSink]) -> Wired:
 @pytest.fixture
 def sliced(wired: Wired, monkeypatch: pytest.MonkeyPatch) -> Wired:
     """A checkpoint due after every batch, capturing one snapshot per step."""
-    import vigil_scorer.pipeline as pipeline
+    import vigil_scorer.checkpointer as checkpointer
 
-    monkeypatch.setattr(pipeline, "CAPTURE_SLICE_S", 0.0)
+    monkeypatch.setattr(checkpointer, "CAPTURE_SLICE_S", 0.0)
     wired[0].settings.checkpoint_interval_s = 0.0
     return wired
 
