@@ -105,9 +105,10 @@ def build_cmd(
     topic_prefix: str = typer.Option(None, help="Topic prefix of the stack (default: VIGIL_TOPIC_PREFIX)."),
 ) -> None:
     """Hourly PhysioNet-format rows per stay from the canonical observations, labelled from the outcome events."""
-    overrides = {
-        k: v for k, v in (("kafka_bootstrap_servers", bootstrap), ("topic_prefix", topic_prefix)) if v is not None
-    }
-    settings = DatasetSettings(**overrides)
+    settings = DatasetSettings()
+    if bootstrap is not None:
+        settings.kafka_bootstrap_servers = bootstrap
+    if topic_prefix is not None:
+        settings.topic_prefix = topic_prefix
     manifest = build(out, settings=settings, window=Window(_when(start), _when(end)))
     typer.echo(json.dumps(manifest, indent=2))

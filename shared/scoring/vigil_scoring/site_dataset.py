@@ -97,11 +97,14 @@ class DatasetBuilder:
     def apply_outcome(self, outcome: OutcomeRecorded) -> None:
         """One outcome; a sepsis onset outranks a discharge or death of the same stay (the earliest onset wins)."""
         held = self.outcomes.get(outcome.encounter)
-        if held is None or _rank(outcome) > _rank(held):
+        earlier_onset = (
+            held is not None
+            and outcome.onset_at is not None
+            and held.onset_at is not None
+            and outcome.onset_at < held.onset_at
+        )
+        if held is None or _rank(outcome) > _rank(held) or (earlier_onset and _rank(outcome) == _rank(held)):
             self.outcomes[outcome.encounter] = outcome
-        elif outcome.outcome == "sepsis" and held.outcome == "sepsis" and outcome.onset_at and held.onset_at:
-            if outcome.onset_at < held.onset_at:
-                self.outcomes[outcome.encounter] = outcome
 
     def build(self, window: Window | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
         """The labelled rows of the stays admitted in ``window`` and the counts a manifest reports."""
@@ -163,9 +166,9 @@ def stay_rows(
     for col in MEASUREMENT_COLUMNS:
         data[col] = np.full(n, np.nan)
     for feature, (hours, vals) in values.items():
-        col = COLUMN_OF.get(feature)
-        if col is None:
+        if feature not in COLUMN_OF:
             continue
+        col = COLUMN_OF[feature]
         h = np.asarray(hours)
         v = np.asarray(vals, dtype=np.float64)
         if col in ("Age", "Gender"):
