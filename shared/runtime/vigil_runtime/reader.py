@@ -40,7 +40,10 @@ async def scan_to_end(
     mechanism and credentials, SSL context), so a secured broker is read with the caller's own principal.
     Records appended after the start are not waited for: a scan is a snapshot of the range, not a subscription.
     """
+    # Without given partitions the consumer is created subscribed to the topic: starting it then waits for the
+    # topic's metadata, which names the partitions; the subscription is dropped for a manual assignment.
     consumer = AIOKafkaConsumer(
+        *([topic] if partitions is None else []),
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
@@ -51,8 +54,8 @@ async def scan_to_end(
     await consumer.start()
     try:
         if partitions is None:
-            await consumer.topics()  # refreshes the cluster metadata
             partitions = consumer.partitions_for_topic(topic) or set()
+            consumer.unsubscribe()
         tps = [TopicPartition(topic, p) for p in sorted(set(partitions))]
         if not tps:
             return
