@@ -59,7 +59,7 @@ def test_streamed_outcomes_become_a_shadow_candidate_with_lineage(
     rows = pd.read_parquet(tmp_path / "dataset" / "rows.parquet")
     assert_same_rows(rows, stays)
     assert manifest["stays"] == 82 and manifest["labelled_stays"] == 80 and manifest["septic_stays"] == 20
-    assert manifest["unparsed_records"] == 0 and manifest["observation_records"] == len(events)
+    assert manifest["source"]["unparsed_records"] == 0 and manifest["source"]["observation_records"] == len(events)
 
     cfg = AdaptConfig(name="sepsis", version="site-1", min_local_septic=10, min_stacked_septic=5, n_boot=20)
     cfg.local_hgb.update(max_iter=10)
