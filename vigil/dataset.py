@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from vigil_contracts.events import OutcomeRecorded, canonical_event_adapter
+from vigil_runtime.kafka_security import KafkaConnection
 from vigil_runtime.reader import scan_to_end
 from vigil_runtime.settings import VigilSettings
 from vigil_scoring.site_dataset import DatasetBuilder, Window, write_dataset
@@ -35,17 +36,16 @@ class DatasetSettings(VigilSettings):
 
 
 async def read_streams(
-    bootstrap: str,
+    kafka: KafkaConnection,
     *,
     observations_topic: str,
     outcomes_topic: str,
-    client_options: dict[str, Any] | None = None,
     on_progress: Callable[[str, int], None] | None = None,
 ) -> tuple[DatasetBuilder, dict[str, int]]:
     """Fold both topics, as they stand now, into a builder; records that do not parse are counted, not fatal."""
     builder = DatasetBuilder()
     counts = {"observation_records": 0, "outcome_records": 0, "unparsed_records": 0}
-    async for record in scan_to_end(bootstrap, observations_topic, client_options=client_options, timeout_s=600):
+    async for record in scan_to_end(kafka, observations_topic, timeout_s=600):
         counts["observation_records"] += 1
         try:
             builder.apply(canonical_event_adapter.validate_json(record.value or b""))
@@ -53,7 +53,7 @@ async def read_streams(
             counts["unparsed_records"] += 1
         if on_progress and counts["observation_records"] % 50_000 == 0:
             on_progress("observations", counts["observation_records"])
-    async for record in scan_to_end(bootstrap, outcomes_topic, client_options=client_options, timeout_s=600):
+    async for record in scan_to_end(kafka, outcomes_topic, timeout_s=600):
         counts["outcome_records"] += 1
         try:
             builder.apply_outcome(OutcomeRecorded.model_validate_json(record.value or b""))
@@ -69,22 +69,19 @@ def _when(value: str | None) -> datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def build(
-    out: Path,
-    *,
-    settings: DatasetSettings,
-    window: Window,
-    client_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Read the stack's topics, build the rows of the window's stays, write them with their manifest."""
+def build(out: Path, *, settings: DatasetSettings, window: Window) -> dict[str, Any]:
+    """Read the stack's topics, build the rows of the window's stays, write them with their manifest.
+
+    It connects as the principal its settings name (``settings.kafka``): on the secured broker the ``analyst``,
+    whose ACLs read the observations and outcomes and nothing it does not need.
+    """
     topics = settings.topics
     t0 = time.monotonic()
     builder, counts = asyncio.run(
         read_streams(
-            settings.kafka_bootstrap_servers,
+            settings.kafka,
             observations_topic=topics.observations,
             outcomes_topic=topics.outcomes,
-            client_options=client_options,
             on_progress=lambda what, n: console.print(f"read {n} {what} records"),
         )
     )
@@ -101,7 +98,10 @@ def build_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for rows.parquet and manifest.json."),
     start: str = typer.Option(None, "--from", help="ISO time: stays admitted to the ICU at or after it."),
     end: str = typer.Option(None, "--to", help="ISO time: stays admitted to the ICU before it."),
-    bootstrap: str = typer.Option(None, help="Kafka bootstrap servers (default: VIGIL_KAFKA_BOOTSTRAP_SERVERS)."),
+    bootstrap: str = typer.Option(
+        None,
+        help="Kafka bootstrap servers (default: VIGIL_KAFKA_BOOTSTRAP_SERVERS; the principal: VIGIL_KAFKA_USERNAME).",
+    ),
     topic_prefix: str = typer.Option(None, help="Topic prefix of the stack (default: VIGIL_TOPIC_PREFIX)."),
 ) -> None:
     """Hourly PhysioNet-format rows per stay from the canonical observations, labelled from the outcome events."""

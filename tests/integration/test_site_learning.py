@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,21 @@ from typing import Any
 import pandas as pd
 from fastapi.testclient import TestClient
 
+from tests.conftest import kafka_settings
 from tests.factories import T0, stay_stream
 from tests.integration.test_registry_kafka import produce, registry_settings, wait_for
 from tests.unit.test_registry_api import ADMIN, SCI
 from tests.unit.test_site_dataset import assert_same_rows
 from vigil.adapt_loop import register_candidate
 from vigil.dataset import DatasetSettings, build
+from vigil.kafka_local import LocalCluster
 from vigil_contracts.topics import Topic
 from vigil_ml.adapt import AdaptConfig, adapt
 from vigil_ml.data import SAMPLE_PATH
 from vigil_registry.app import create_app
 from vigil_registry.artifacts import pack_folder
 from vigil_runtime.kafka import ensure_topics
+from vigil_runtime.kafka_security import KafkaConnection
 from vigil_scoring.model_package import ModelPackage, default_package_path
 from vigil_scoring.site_dataset import Window
 
@@ -37,10 +41,20 @@ def site_stays(n_plain: int, n_septic: int) -> list[pd.DataFrame]:
 
 
 def test_streamed_outcomes_become_a_shadow_candidate_with_lineage(
-    kafka_bootstrap: str, settings_env: dict[str, Any], tmp_path: Path
+    kafka_cluster: LocalCluster,
+    kafka: KafkaConnection,
+    kafka_as: Callable[[str, str], KafkaConnection],
+    settings_env: dict[str, Any],
+    topic_prefix: str,
+    tmp_path: Path,
 ) -> None:
-    settings = DatasetSettings(**settings_env)
-    asyncio.run(ensure_topics(settings, [Topic.OBSERVATIONS, Topic.OUTCOMES]))
+    asyncio.run(ensure_topics(DatasetSettings(**settings_env), [Topic.OBSERVATIONS, Topic.OUTCOMES]))
+    # The dataset job reads as the analyst principal: its ACLs read observations and outcomes, nothing else.
+    analyst = kafka_as("analyst", topic_prefix)
+    settings = DatasetSettings(
+        **{**settings_env, **kafka_settings(analyst, kafka_cluster.secrets.password_file("analyst"))}
+    )
+    assert settings.kafka.username == "analyst"
     stays = site_stays(60, 20)
     events: list[Any] = []
     outcomes: list[Any] = []
@@ -52,8 +66,8 @@ def test_streamed_outcomes_become_a_shadow_candidate_with_lineage(
     for j, stay in enumerate(site_stays(62, 0)[60:]):
         e, _ = stay_stream(stay, f"pending-{j}", admitted=T0 + timedelta(hours=100 + j), with_outcome=False)
         events += e
-    asyncio.run(produce(kafka_bootstrap, settings.topics.observations, events))
-    asyncio.run(produce(kafka_bootstrap, settings.topics.outcomes, outcomes))
+    asyncio.run(produce(kafka, settings.topics.observations, events))
+    asyncio.run(produce(kafka, settings.topics.outcomes, outcomes))
 
     manifest = build(tmp_path / "dataset", settings=settings, window=Window())
     rows = pd.read_parquet(tmp_path / "dataset" / "rows.parquet")

@@ -3,6 +3,7 @@
 :func:`read_to_end` keeps the latest value per key (a compacted topic's view: the scorer restores its encounter
 states this way from its changelog); :func:`scan_to_end` hands every record over, in partition order (an
 analyst's replay of a range: ``vigil dataset build`` materialises training rows from the canonical topics).
+Both connect with the caller's :class:`KafkaConnection` (its principal and security settings).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from vigil_runtime.kafka_security import KafkaConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,29 +29,25 @@ class Record:
 
 
 async def scan_to_end(
-    bootstrap: str,
+    kafka: KafkaConnection,
     topic: str,
     partitions: Iterable[int] | None = None,
     *,
     timeout_s: float = 60.0,
-    client_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[Record]:
     """Every record of the partitions (default: all of the topic's) up to the end offsets seen at the start.
 
-    ``client_options`` are passed to the consumer as they are (the Kafka security settings: protocol, SASL
-    mechanism and credentials, SSL context), so a secured broker is read with the caller's own principal.
     Records appended after the start are not waited for: a scan is a snapshot of the range, not a subscription.
     """
     # Without given partitions the consumer is created subscribed to the topic: starting it then waits for the
     # topic's metadata, which names the partitions; the subscription is dropped for a manual assignment.
     consumer = AIOKafkaConsumer(
         *([topic] if partitions is None else []),
-        bootstrap_servers=bootstrap,
+        **kafka.client_kwargs(),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_uncommitted",
-        **(client_options or {}),
     )
     await consumer.start()
     try:
@@ -83,14 +81,14 @@ async def scan_to_end(
 
 
 async def read_to_end(
-    bootstrap: str, topic: str, partitions: Iterable[int], *, timeout_s: float = 60.0
+    kafka: KafkaConnection, topic: str, partitions: Iterable[int], *, timeout_s: float = 60.0
 ) -> dict[str, bytes | None]:
     """Read partitions from the beginning to their current end; the last value per key wins (a compacted view)."""
     parts = list(partitions)
     out: dict[str, bytes | None] = {}
     if not parts:
         return out
-    async for record in scan_to_end(bootstrap, topic, parts, timeout_s=timeout_s):
+    async for record in scan_to_end(kafka, topic, parts, timeout_s=timeout_s):
         if record.key is not None:
             out[record.key.decode()] = record.value
     return out
