@@ -17,7 +17,7 @@ import httpx
 import typer
 
 from vigil_registry.artifacts import pack_folder
-from vigil_registry.core import ADAPTED_TAG
+from vigil_registry.queries import ADAPTED_TAG
 
 
 def register_candidate(client: httpx.Client, package_dir: Path, *, name: str, reason: str) -> dict[str, Any]:

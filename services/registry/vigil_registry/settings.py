@@ -70,6 +70,10 @@ class Settings(VigilSettings):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     """Largest package archive accepted."""
 
+    signing_key_file: Path = Path(".vigil/secrets/lifecycle/registry-signing.key")
+    """The Ed25519 key lifecycle events are signed with: made on first use (mode 0600), its public key written
+    beside it (``.pub``) for the scorers and shadow (``VIGIL_LIFECYCLE_PUBLIC_KEY_FILE``)."""
+
     home: Path | None = None
     """``VIGIL_HOME`` (set by ``vigil up``): when given, the default database and artifact store live under it."""
     registry_url: str | None = None
@@ -82,6 +86,8 @@ class Settings(VigilSettings):
                 self.database_url = f"sqlite:///{self.home / 'registry' / 'registry.db'}"
             if "artifact_root" not in self.model_fields_set:
                 self.artifact_root = self.home / "registry" / "artifacts"
+            if "signing_key_file" not in self.model_fields_set:
+                self.signing_key_file = self.home / "secrets" / "lifecycle" / "registry-signing.key"
         if "public_url" not in self.model_fields_set:
             self.public_url = self.registry_url or f"http://127.0.0.1:{self.http_port}"
         return self
