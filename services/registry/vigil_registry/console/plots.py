@@ -72,7 +72,7 @@ def reliability(curves: dict[str, Any] | None) -> str | None:
     return _svg(fig, "Reliability diagram of the live and candidate models")
 
 
-def sparkline(values: list[float], threshold: float | None, title: str) -> str | None:
+def sparkline(values: list[Any], threshold: float | None, title: str) -> str | None:
     """A small line of a monitored statistic over its alerts, with the threshold dashed."""
     points = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
     if not points:
