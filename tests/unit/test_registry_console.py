@@ -165,6 +165,8 @@ def test_a_review_without_shadow_evidence_says_so(app_and_registry: tuple[Any, R
     assert page.status_code == 200
     assert "Shadow has not published a comparison of this version yet" in page.text
     assert "<svg" not in page.text
+    missing = c.get("/ui/models/unknown")
+    assert missing.status_code == 404 and "<html" in missing.text and "unknown" in missing.text
 
 
 def test_sign_out_ends_the_session(app_and_registry: tuple[Any, Registry]) -> None:

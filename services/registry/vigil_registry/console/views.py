@@ -8,6 +8,7 @@ before anyone clicks, what the signed-in role may not do and why (the same rule,
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -15,6 +16,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from sqlmodel import col, select
 
@@ -28,7 +30,25 @@ from vigil_registry.errors import Forbidden, RegistryError
 from vigil_registry.models import AlertRecord, ProposalPublic, ProposalStatus
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
-router = APIRouter(prefix="/ui", include_in_schema=False)
+
+
+class ConsoleRoute(APIRoute):
+    """A console route answers the registry's refusals (unknown model, forbidden move...) with a page, not JSON."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RegistryError as error:
+                session = _sessions(request).get(request.cookies.get(COOKIE))
+                return render(request, session, "error.html", status=error.status, reason=error.reason)
+
+        return handle
+
+
+router = APIRouter(prefix="/ui", include_in_schema=False, route_class=ConsoleRoute)
 
 SECURITY_HEADERS = {
     # Only this server's own files may load (closed networks; and an injected script from elsewhere cannot run).
