@@ -219,7 +219,14 @@ def home() -> Response:
 def models_page(request: Request, session: SessionDep, registry: RegistryDep) -> Response:
     """Every model, its production version and its versions by stage."""
     models = registry.list_models()
-    rows = [{"model": m, "by_stage": _by_stage(m.versions)} for m in models]
+    rows = [
+        {
+            "model": m,
+            "by_stage": _by_stage(m.versions),
+            "awaiting": [p.version for p in registry.proposals(m.name) if p.status == ProposalStatus.OPEN],
+        }
+        for m in models
+    ]
     return render(request, session, "models.html", rows=rows, stages=STAGE_ORDER)
 
 
