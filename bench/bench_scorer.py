@@ -12,6 +12,10 @@
    request; single-row onnxruntime, the packages carry no scikit-learn estimator), closed loop with
    ``baseline_concurrency`` clients: predictions/s and request latency.
 
+4. The cost of TLS + SASL (``--security both``): the throughput run on a secured broker (SASL_SSL, SCRAM-SHA-512,
+   ACLs; the scorer as its own principal) and on a plaintext one, both started here, alternating, in one run;
+   events/s of each and their ratio (the aim: the secured broker costs at most 15% of events/s).
+
 Run: ``vigil bench scorer --bootstrap 127.0.0.1:9092`` or ``python -m bench.bench_scorer``.
 """
 
@@ -28,6 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.support import events_of, load_stays, package_path
+from vigil_contracts.topics import Topics
 from vigil_runtime.kafka import encode, ensure_topics
+from vigil_runtime.kafka_security import KafkaConnection
+from vigil_runtime.settings import VigilSettings
 from vigil_scorer.settings import Settings
 from vigil_scoring.features import EncounterState, offline_features
 
@@ -58,8 +66,8 @@ def _final_observations(events: list[Any]) -> dict[str, int]:
 class _Reader:
     """Reads the live topic: per encounter its newest observation count, plus creation times and latencies."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    def __init__(self, kafka: KafkaConnection, topic: str) -> None:
+        self.consumer = AIOKafkaConsumer(topic, **kafka.client_kwargs(), auto_offset_reset="earliest")
         self.seen: dict[str, int] = {}
         self.created: dict[str, list[float]] = {}
         self.latency: dict[str, list[float]] = {}
@@ -98,8 +106,8 @@ class _Reader:
         await self.consumer.stop()
 
 
-async def _publish_all(bootstrap: str, topic: str, events: list[Any]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", max_batch_size=512 * 1024)
+async def _publish_all(kafka: KafkaConnection, topic: str, events: list[Any]) -> None:
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), linger_ms=5, acks="all", max_batch_size=512 * 1024)
     await producer.start()
     try:
         futures = [await producer.send(topic, encode(e), key=e.key_bytes()) for e in events]
@@ -108,10 +116,10 @@ async def _publish_all(bootstrap: str, topic: str, events: list[Any]) -> None:
         await producer.stop()
 
 
-async def _publish_paced(bootstrap: str, topic: str, events: list[Any], rate: float) -> float:
+async def _publish_paced(kafka: KafkaConnection, topic: str, events: list[Any], rate: float) -> float:
     """Publish at ``rate`` events/s in 10 ms ticks; returns the achieved offered rate."""
     payloads = [(encode(e), e.key_bytes()) for e in events]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks="all")
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), linger_ms=1, acks="all")
     await producer.start()
     try:
         futures = []
@@ -205,7 +213,7 @@ async def _baseline(rows: np.ndarray, *, requests: int, concurrency: int, workdi
 
 
 async def run(
-    bootstrap: str,
+    bootstrap: str | KafkaConnection,
     *,
     stays: int = 240,
     latency_stays: int = 160,
@@ -216,20 +224,35 @@ async def run(
     baseline_requests: int = 3000,
     baseline_concurrency: int = 8,
     settle_s: float = 3.0,
+    throughput_only: bool = False,
+    scorer_env: dict[str, str] | None = None,
+    provision: Callable[[Topics], Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the three measurements (see the module docstring) and return their figures."""
+    """Run the three measurements (see the module docstring) and return their figures.
+
+    ``bootstrap`` is a plain address (the ``VIGIL_KAFKA_*`` settings give the security) or a connection;
+    ``scorer_env`` gives the scorer process its broker credentials; ``provision`` creates the topics and ACLs as
+    the administrator on a secured broker (the scorer's principal cannot create topics).
+    """
+    kafka = (
+        bootstrap if isinstance(bootstrap, KafkaConnection) else VigilSettings(kafka_bootstrap_servers=bootstrap).kafka
+    )
     workdir = Path(tempfile.mkdtemp(prefix="vigil-bench-scorer-"))
     settings = Settings(
-        kafka_bootstrap_servers=bootstrap,
+        kafka_bootstrap_servers=kafka.bootstrap_servers,
         topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
         partitions=6,
-        group_id="bench-scorer",
+        # Under the scorer principal's consumer-group ACL (vigil-scorer*).
+        group_id="vigil-scorer-bench",
         registry_url="http://127.0.0.1:9",
         default_model_path=package_path("1"),
         batch_max_records=batch_max_records,
     )
-    await ensure_topics(settings)
     topics = settings.topics
+    if provision is not None:
+        await asyncio.to_thread(provision, topics)
+    else:
+        await ensure_topics(settings)
 
     frame = load_stays(stays, first=1)
     events = events_of(frame, tag="thr-")
@@ -241,21 +264,22 @@ async def run(
         n_stays = max(10, min(latency_stays, int(n_events / 150) + 5))
         lat_frame = load_stays(n_stays, first=10_000 + 400 * i)
         lat_runs.append((r, f"l{i:02d}", events_of(lat_frame, tag=f"l{i:02d}-")[:n_events]))
-    await _publish_all(bootstrap, topics.observations, events)
+    await _publish_all(kafka, topics.observations, events)
     # The prepared events are hundreds of thousands of objects: a full collection over them paused this process
     # (the load generator: its producer stamps a record's time before sending it) for 300 ms and more, which
     # showed up as scorer latency. Freeze them out of the collector's reach.
     gc.collect()
     gc.freeze()
 
-    reader = _Reader(bootstrap, topics.scores_live)
+    reader = _Reader(kafka, topics.scores_live)
     await reader.start()
     port = _free_port()
     log = workdir / "scorer.log"
     scorer = _spawn(
         [sys.executable, "-m", "vigil_scorer"],
         {
-            "VIGIL_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "VIGIL_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            **(scorer_env or {}),
             "VIGIL_TOPIC_PREFIX": settings.topic_prefix,
             "VIGIL_LOG_LEVEL": "WARNING",
             "SCORER_HTTP_PORT": str(port),
@@ -279,11 +303,11 @@ async def run(
             "complete": done,
         }
         latencies = []
-        for r, tag, lat_events in lat_runs:
+        for r, tag, lat_events in [] if throughput_only else lat_runs:
             # Latency is a steady-state figure: let the scorer write the checkpoint of the burst before (a few
             # megabytes of states after the throughput run) rather than measure that catch-up.
             await asyncio.sleep(settle_s)
-            offered = await _publish_paced(bootstrap, topics.observations, lat_events, r)
+            offered = await _publish_paced(kafka, topics.observations, lat_events, r)
             t_end = time.monotonic()
             done_lat = await reader.wait(_final_observations(lat_events), within=300)
             drain_s = time.monotonic() - t_end
@@ -306,6 +330,8 @@ async def run(
     finally:
         _stop(scorer)
         await reader.stop()
+    if throughput_only:
+        return {"throughput": throughput}
     batch_sum = _metric(metrics, "vigil_batch_size_sum")
     batch_count = _metric(metrics, "vigil_batch_size_count")
     core_only = _core_only(events, batch_max_records)
@@ -380,6 +406,55 @@ def _metric(text: str, name: str) -> float:
         if line.startswith(name):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+async def compare_security(
+    *, plaintext_port: int, secured_port: int, stays: int = 240, rounds: int = 2, batch_max_records: int = 2000
+) -> dict[str, Any]:
+    """Throughput on a secured and on a plaintext broker, alternating ``rounds`` times, in one run.
+
+    Both brokers are local single nodes started here (and stopped at the end if started here) with the same
+    settings but security; the secured one runs the scorer as the ``scorer`` principal under the ACL table.
+    """
+    from vigil.kafka_local import LocalCluster
+
+    clusters = {
+        "plaintext": LocalCluster(name="bench-plaintext", base_port=plaintext_port, secured=False),
+        "sasl_ssl": LocalCluster(name="bench-sasl-ssl", base_port=secured_port),
+    }
+    started = []
+    for cluster in clusters.values():
+        if not cluster.running():
+            await asyncio.to_thread(cluster.start, timeout=120)
+            started.append(cluster)
+    runs: dict[str, list[float]] = {name: [] for name in clusters}
+    try:
+        for _ in range(rounds):
+            for name, cluster in clusters.items():
+                result = await run(
+                    cluster.connection(),
+                    stays=stays,
+                    batch_max_records=batch_max_records,
+                    throughput_only=True,
+                    scorer_env=cluster.service_env("SCORER", "scorer"),
+                    provision=cluster.provision,
+                )
+                if not result["throughput"]["complete"] or not result["throughput"]["events_per_s"]:
+                    raise RuntimeError(f"{name}: the scorer did not score every event: {result['throughput']}")
+                runs[name].append(result["throughput"]["events_per_s"])
+    finally:
+        for cluster in started:
+            await asyncio.to_thread(cluster.stop)
+    best = {name: max(values) for name, values in runs.items()}
+    return {
+        "bench": "scorer-security",
+        "events_per_s_runs": runs,
+        "events_per_s_best": best,
+        "ratio_sasl_ssl_vs_plaintext": round(best["sasl_ssl"] / best["plaintext"], 3),
+        "aim": "ratio >= 0.85 (at most 15% fewer events/s)",
+        "stays": stays,
+        "machine_cpus": os.cpu_count(),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

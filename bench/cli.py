@@ -30,9 +30,32 @@ def bench_scorer(
     extra_rates: str = typer.Option("2000", help="Comma-separated further offered loads (events/s)."),
     latency_seconds: float = typer.Option(8.0, help="Duration of each latency run."),
     batch_max_records: int = typer.Option(2000, help="The scorer's largest batch."),
+    security: str = typer.Option(
+        "settings",
+        help="'settings': the running broker with the VIGIL_KAFKA_* settings; 'both': start a secured and a "
+        "plaintext broker (ports --plaintext-port, --secured-port) and compare their throughput in one run.",
+    ),
+    plaintext_port: int = typer.Option(39092, help="With --security both: the plaintext broker's port."),
+    secured_port: int = typer.Option(39192, help="With --security both: the secured broker's port."),
+    rounds: int = typer.Option(2, help="With --security both: alternating runs on each broker (best counts)."),
 ) -> None:
     """Scorer throughput and latency through the broker, against the article-style baseline: one JSON line."""
-    from bench.bench_scorer import run
+    from bench.bench_scorer import compare_security, run
+
+    if security == "both":
+        compared = asyncio.run(
+            compare_security(
+                plaintext_port=plaintext_port,
+                secured_port=secured_port,
+                stays=stays,
+                rounds=rounds,
+                batch_max_records=batch_max_records,
+            )
+        )
+        typer.echo(json.dumps(compared))
+        return
+    if security != "settings":
+        raise typer.BadParameter("--security is 'settings' or 'both'")
 
     result = asyncio.run(
         run(

@@ -20,8 +20,13 @@ app.add_typer(kafka_app, name="kafka")
 console = Console(stderr=True)
 
 
-def _cluster(brokers: int, port: int, name: str) -> kafka_local.LocalCluster:
-    return kafka_local.LocalCluster(name=name, brokers=brokers, base_port=port)
+def _cluster(brokers: int, port: int, name: str, dev: bool = False) -> kafka_local.LocalCluster:
+    return kafka_local.LocalCluster(name=name, brokers=brokers, base_port=port, secured=not dev)
+
+
+DevOpt = typer.Option(
+    False, "--dev", help="Development mode: plaintext Kafka without ACLs (never the default; say so explicitly)."
+)
 
 
 @kafka_app.command("start")
@@ -29,11 +34,20 @@ def kafka_start(
     brokers: int = typer.Option(1, help="Number of brokers (combined broker+controller nodes)."),
     port: int = typer.Option(9092, help="Client port of node 1; node i uses port + 2(i-1)."),
     name: str = typer.Option("default", help="Cluster name (its state lives in .vigil/kafka/clusters/NAME)."),
+    topic_prefix: str = typer.Option("vigil.", help="Topics (and their ACLs) created for this prefix."),
+    dev: bool = DevOpt,
 ) -> None:
-    """Fetch the broker (first time), format KRaft storage, start and wait until it answers."""
+    """Fetch the broker (first time), make its secrets (first time), start it, create the topics and ACLs."""
+    from vigil_contracts.topics import Topics
+
     t0 = time.monotonic()
-    bootstrap = _cluster(brokers, port, name).start()
-    console.print(f"Kafka {kafka_local.KAFKA_VERSION} ready at {bootstrap} in {time.monotonic() - t0:.1f}s")
+    cluster = _cluster(brokers, port, name, dev)
+    bootstrap = cluster.start()
+    cluster.provision(Topics(topic_prefix))
+    security = "plaintext, no ACLs (development mode)" if dev else f"SASL_SSL, CA {cluster.secrets.ca_file}"
+    console.print(
+        f"Kafka {kafka_local.KAFKA_VERSION} ready at {bootstrap} ({security}) in {time.monotonic() - t0:.1f}s"
+    )
     typer.echo(bootstrap)
 
 
@@ -71,8 +85,8 @@ StackOpt = typer.Option(9092, "--kafka-port", help="Client port of the stack's b
 PortBaseOpt = typer.Option(8001, "--port-base", help="Port of ingest; scorer, shadow, drift, registry follow.")
 
 
-def _stack(kafka_port: int, port_base: int) -> stack.Stack:
-    return stack.Stack(kafka_port=kafka_port, port_base=port_base)
+def _stack(kafka_port: int, port_base: int, dev: bool = False) -> stack.Stack:
+    return stack.Stack(kafka_port=kafka_port, port_base=port_base, development=dev)
 
 
 @app.command("run")
@@ -91,11 +105,12 @@ def up(
     timeout: float = typer.Option(60.0, help="Seconds to wait for every /ready."),
     kafka_port: int = StackOpt,
     port_base: int = PortBaseOpt,
+    dev: bool = DevOpt,
 ) -> None:
     """Start the broker and all five services as processes (logs in .vigil/logs); Ctrl-C stops them all."""
     t0 = time.monotonic()
-    s = _stack(kafka_port, port_base)
-    state = s.up(timeout=timeout)
+    s = _stack(kafka_port, port_base, dev)
+    state = s.up(extra_env={"VIGIL_DEVELOPMENT": "true"} if dev else None, timeout=timeout)
     _print_status(s)
     if not all(state.values()):
         console.print(f"[red]not ready after {timeout:.0f}s: {[k for k, v in state.items() if not v]}[/red]")
@@ -168,6 +183,7 @@ def simulate_cmd(
     import asyncio
 
     from vigil import simulate as sim
+    from vigil_contracts.access import Principal
     from vigil_contracts.topics import Topics
 
     drifts = [sim.Drift.parse(d) for d in drift]
@@ -180,7 +196,7 @@ def simulate_cmd(
         report = asyncio.run(
             sim.simulate(
                 plan,
-                bootstrap=bootstrap,
+                kafka=kafka_local.client_connection(bootstrap, Principal.EHR.value),
                 topics=Topics(topic_prefix),
                 via=via,  # type: ignore[arg-type]
                 ingest_url=ingest_url,

@@ -42,7 +42,9 @@ from vigil import simulate as sim
 from vigil.kafka_local import vigil_home
 from vigil.stack import Stack
 from vigil_contracts import events as ev
+from vigil_contracts.access import Principal
 from vigil_contracts.topics import Topics
+from vigil_runtime.kafka_security import KafkaConnection
 from vigil_scoring.model_package import ModelPackage, default_package_path
 from vigil_scoring.physionet import ICU_EPOCH, MEASUREMENT_COLUMNS
 
@@ -192,8 +194,8 @@ class TopicWatcher:
         "outcomes": "outcomes",
     }
 
-    def __init__(self, bootstrap: str, topics: Topics, on_event: Any = None) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: KafkaConnection, topics: Topics, on_event: Any = None) -> None:
+        self.kafka = kafka
         self.topics = topics
         self.observed = Observed()
         self.on_event = on_event
@@ -208,7 +210,7 @@ class TopicWatcher:
         self.names = {getattr(self.topics, attr): kind for attr, kind in self.KINDS.items()}
         self.consumer = AIOKafkaConsumer(
             *self.names,
-            bootstrap_servers=self.bootstrap,
+            **self.kafka.client_kwargs(),
             group_id=None,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
@@ -491,7 +493,7 @@ class Demo:
         self.phase = "registering models"
         self.setup_models(registry, production, candidate)
 
-        watcher = TopicWatcher(self.stack.cluster.bootstrap_servers, self.topics, self.on_event)
+        watcher = TopicWatcher(self.stack.cluster.connection(), self.topics, self.on_event)
         await watcher.start()
         try:
             summary = await self.stream_and_decide(registry, watcher, t0)
@@ -614,7 +616,7 @@ class Demo:
 
             report = await sim.simulate(
                 stays,
-                bootstrap=self.stack.cluster.bootstrap_servers,
+                kafka=self.stack.cluster.connection(Principal.EHR.value),
                 topics=self.topics,
                 via="http",
                 ingest_url=self.stack.url("ingest"),
@@ -748,7 +750,8 @@ class Demo:
         )
         from aiokafka import AIOKafkaProducer
 
-        producer = AIOKafkaProducer(bootstrap_servers=self.stack.cluster.bootstrap_servers, acks="all")
+        # The drill stands in for a drift monitor; the operator (admin principal) sends it, marked as a drill.
+        producer = AIOKafkaProducer(**self.stack.cluster.connection().client_kwargs(), acks="all")
         await producer.start()
         try:
             await producer.send_and_wait(self.topics.alerts, alert.model_dump_json().encode(), key=MODEL.encode())

@@ -6,6 +6,13 @@ fast), formats KRaft storage and starts a combined broker+controller on 127.0.0.
 N-node cluster on one machine (distinct node ids, ports and log dirs), which the failure tests use to kill a
 broker for real.
 
+Secured by default (``secured=True``): the client listener is SASL_SSL with SCRAM-SHA-512 (credentials made by
+:mod:`vigil.credentials` and written into the metadata when storage is formatted, ``--add-scram``), KRaft's
+``StandardAuthorizer`` denies what no ACL allows, and the only super user is ``admin``. The controller listener
+is on loopback with mutual TLS (only a holder of a certificate from the local CA, i.e. the broker itself, gets in;
+SCRAM cannot authenticate controllers, whose metadata holds the SCRAM credentials). ``secured=False`` is the
+development mode a person asks for: plaintext, no ACLs.
+
 Kafka 4.1.1: the newest 4.1 patch; aiokafka 0.14 speaks the classic consumer-group protocol, which 4.x still
 serves (KAFKA-18648 restored the metadata versions it needs). The integration tier proves the round trip.
 """
@@ -21,8 +28,14 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from vigil.credentials import KafkaSecrets, kafka_secrets
+from vigil_contracts.access import AclBinding, Principal, bindings_for
+from vigil_contracts.topics import Topics
+from vigil_runtime.kafka_security import KafkaConnection, create_acls
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"
@@ -58,6 +71,116 @@ logger.started.level=INFO
 def vigil_home() -> Path:
     """Where local state lives: ``$VIGIL_HOME`` or ``.vigil`` in the repository (git-ignored)."""
     return Path(os.environ.get("VIGIL_HOME", REPO_ROOT / ".vigil"))
+
+
+def server_properties(
+    *,
+    node_id: int,
+    voters: str,
+    listen_host: str,
+    advertised_host: str,
+    port: int,
+    controller_port: int,
+    log_dir: Path | str,
+    replication: int,
+    secrets: KafkaSecrets | None,
+) -> str:
+    """One node's ``server.properties``: secured with ``secrets`` (the native broker and compose share this)."""
+    rf = replication
+    client = "SASL_SSL" if secrets is not None else "PLAINTEXT"
+    lines = [
+        "process.roles=broker,controller",
+        f"node.id={node_id}",
+        f"controller.quorum.voters={voters}",
+        f"listeners={client}://{listen_host}:{port},CONTROLLER://{listen_host}:{controller_port}",
+        f"advertised.listeners={client}://{advertised_host}:{port}",
+        "controller.listener.names=CONTROLLER",
+        f"inter.broker.listener.name={client}",
+        f"log.dirs={log_dir}",
+        "num.partitions=6",
+        f"default.replication.factor={rf}",
+        f"min.insync.replicas={max(1, rf - 1)}",
+        f"offsets.topic.replication.factor={rf}",
+        f"transaction.state.log.replication.factor={rf}",
+        f"transaction.state.log.min.isr={max(1, rf - 1)}",
+        "offsets.topic.num.partitions=12",
+        "group.initial.rebalance.delay.ms=0",
+        # Secured, nobody but the administrator creates topics (a typo must not make a new topic).
+        f"auto.create.topics.enable={'false' if secrets is not None else 'true'}",
+        # Replay re-publishes observations with their clinical times; allow old timestamps.
+        "log.message.timestamp.before.max.ms=9223372036854775807",
+        "log.message.timestamp.after.max.ms=86400000",
+        "log.retention.hours=168",
+        "log.segment.bytes=67108864",
+    ]
+    if secrets is None:
+        lines.append("listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT")
+        return "\n".join([*lines, ""])
+    admin = Principal.ADMIN.value
+    password = secrets.password(admin).get_secret_value()
+    lines += [
+        "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SSL",
+        "sasl.enabled.mechanisms=SCRAM-SHA-512",
+        "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+        f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{admin}" '
+        f'password="{password}";',
+        # PEM key and chain read directly: no keytool, no JKS password.
+        "ssl.keystore.type=PEM",
+        f"ssl.keystore.location={secrets.broker_pem}",
+        "ssl.truststore.type=PEM",
+        f"ssl.truststore.location={secrets.ca_file}",
+        "ssl.client.auth=none",
+        # The controller quorum admits only certificates from the local CA; CN=admin is the principal.
+        "listener.name.controller.ssl.client.auth=required",
+        "ssl.principal.mapping.rules=RULE:^CN=([^,]+).*$/$1/,DEFAULT",
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found=false",
+        f"super.users=User:{admin}",
+    ]
+    return "\n".join([*lines, ""])
+
+
+def scram_arguments(secrets: KafkaSecrets, principals: Iterable[str]) -> list[str]:
+    """``kafka-storage format`` arguments that create a SCRAM-SHA-512 user per principal in the metadata."""
+    out: list[str] = []
+    for principal in principals:
+        password = secrets.password(principal).get_secret_value()
+        out += ["--add-scram", f"SCRAM-SHA-512=[name={principal},password={password}]"]
+    return out
+
+
+async def provision(
+    connection: KafkaConnection,
+    topics: Topics,
+    *,
+    partitions: int = 6,
+    replication_factor: int = 1,
+    extra_acls: Iterable[AclBinding] = (),
+) -> list[str]:
+    """As the administrator: create the stack's topics and the ACLs of :mod:`vigil_contracts.access` for them.
+
+    Services cannot create topics on a secured cluster; this is the step that does it (idempotent). Used by
+    ``vigil kafka start``, ``vigil up`` and compose's ``kafka-provision`` service.
+    """
+    from vigil_runtime.kafka import ensure_topics
+    from vigil_runtime.settings import VigilSettings
+
+    settings = VigilSettings(
+        kafka_bootstrap_servers=connection.bootstrap_servers,
+        topic_prefix=topics.prefix,
+        partitions=partitions,
+        replication_factor=replication_factor,
+        kafka_security_protocol=connection.security_protocol,
+        kafka_ca_file=connection.ca_file,
+        kafka_username=connection.username,
+        kafka_password=connection.password,
+        development=not connection.secured,
+    )
+    created = await ensure_topics(settings)
+    if connection.secured:
+        await create_acls(connection, [*bindings_for(topics), *extra_acls])
+    return created
 
 
 class KafkaError(RuntimeError):
@@ -136,10 +259,53 @@ class LocalCluster:
     base_port: int = 9092
     version: str = KAFKA_VERSION
     home: Path | None = None
+    secured: bool = True
+    """TLS + SCRAM + ACLs; False only in development mode, which a person asks for (``--dev``)."""
+    extra_principals: tuple[str, ...] = ()
+    """SCRAM users beyond the stack's principals (the tests' ``test-admin`` and ``outsider``)."""
 
     @property
     def directory(self) -> Path:
         return (self.home or vigil_home()) / "kafka" / "clusters" / self.name
+
+    @property
+    def secrets(self) -> KafkaSecrets:
+        """The CA, broker certificate and passwords of this cluster's Vigil home."""
+        return kafka_secrets(self.home or vigil_home())
+
+    @property
+    def principals(self) -> tuple[str, ...]:
+        return (*(p.value for p in Principal), *self.extra_principals)
+
+    def connection(self, principal: str = Principal.ADMIN.value) -> KafkaConnection:
+        """A client connection to this cluster as ``principal`` (plaintext when the cluster is not secured)."""
+        if not self.secured:
+            return KafkaConnection(self.bootstrap_servers, security_protocol="PLAINTEXT")
+        return self.secrets.connection(self.bootstrap_servers, principal)
+
+    def service_env(self, env_prefix: str, principal: str) -> dict[str, str]:
+        """A service's Kafka environment: its principal's credentials, or development mode's plaintext."""
+        if not self.secured:
+            return {f"{env_prefix}_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT", "VIGIL_DEVELOPMENT": "true"}
+        return self.secrets.service_env(env_prefix, principal)
+
+    @property
+    def _security_marker(self) -> Path:
+        return self.directory / "security"
+
+    def _check_formatted_mode(self) -> None:
+        """Refuse to start storage formatted for the other mode (a plaintext cluster has no SCRAM users)."""
+        mode = "sasl_ssl" if self.secured else "plaintext"
+        formatted = any((n.directory / "data" / "meta.properties").exists() for n in self.nodes)
+        if not formatted:
+            self._security_marker.write_text(mode)
+            return
+        found = self._security_marker.read_text().strip() if self._security_marker.exists() else "plaintext"
+        if found != mode:
+            raise KafkaError(
+                f"cluster {self.name!r} was formatted {found}, this start asks for {mode}; "
+                f"`vigil kafka stop --destroy --name {self.name}` deletes its data so it can be formatted again"
+            )
 
     @property
     def nodes(self) -> list[Node]:
@@ -155,35 +321,16 @@ class LocalCluster:
         return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
     def _properties(self, node: Node) -> str:
-        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
-        rf = min(3, self.brokers)
-        return "\n".join(
-            [
-                "process.roles=broker,controller",
-                f"node.id={node.node_id}",
-                f"controller.quorum.voters={voters}",
-                f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
-                "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                "inter.broker.listener.name=PLAINTEXT",
-                f"log.dirs={node.directory / 'data'}",
-                "num.partitions=6",
-                f"default.replication.factor={rf}",
-                f"min.insync.replicas={max(1, rf - 1)}",
-                f"offsets.topic.replication.factor={rf}",
-                f"transaction.state.log.replication.factor={rf}",
-                f"transaction.state.log.min.isr={max(1, rf - 1)}",
-                "offsets.topic.num.partitions=12",
-                "group.initial.rebalance.delay.ms=0",
-                "auto.create.topics.enable=true",
-                # Replay re-publishes observations with their clinical times; allow old timestamps.
-                "log.message.timestamp.before.max.ms=9223372036854775807",
-                "log.message.timestamp.after.max.ms=86400000",
-                "log.retention.hours=168",
-                "log.segment.bytes=67108864",
-                "",
-            ]
+        return server_properties(
+            node_id=node.node_id,
+            voters=",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes),
+            listen_host="127.0.0.1",
+            advertised_host="127.0.0.1",
+            port=node.port,
+            controller_port=node.controller_port,
+            log_dir=node.directory / "data",
+            replication=min(3, self.brokers),
+            secrets=self.secrets if self.secured else None,
         )
 
     def _java(self) -> str:
@@ -204,15 +351,24 @@ class LocalCluster:
         cluster_id = cluster_id_file.read_text().strip()
         log4j = self.directory / "log4j2.properties"
         log4j.write_text(LOG4J2)
+        self._check_formatted_mode()
+        if self.secured:
+            self.secrets.ensure(self.principals)
         for node in self.nodes:
             if node.pid() is not None:
                 continue
             node.directory.mkdir(parents=True, exist_ok=True)
             props = node.directory / "server.properties"
-            props.write_text(self._properties(node))
+            # 0600: secured, it holds the admin principal's password (the inter-broker login).
+            fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(self._properties(node))
             if not (node.directory / "data" / "meta.properties").exists():
                 fmt = subprocess.run(
-                    [java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                    [
+                        *(java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
+                        *self._scram_arguments(),
+                    ],
                     capture_output=True,
                     text=True,
                     check=False,
@@ -245,6 +401,24 @@ class LocalCluster:
         self.wait_ready(timeout=timeout)
         return self.bootstrap_servers
 
+    def _scram_arguments(self) -> list[str]:
+        """``--add-scram`` for every principal: SCRAM users live in the metadata, written at format time."""
+        return scram_arguments(self.secrets, self.principals) if self.secured else []
+
+    def provision(self, topics: Topics, *, partitions: int = 6, extra_acls: Iterable[AclBinding] = ()) -> list[str]:
+        """Create the stack's topics and ACLs as the administrator (see :func:`provision`)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        run = provision(
+            self.connection(),
+            topics,
+            partitions=partitions,
+            replication_factor=min(3, self.brokers),
+            extra_acls=extra_acls,
+        )
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, run).result()
+
     def wait_ready(self, *, timeout: float = 90.0) -> None:
         """Wait until every node answers and the cluster serves metadata with all brokers registered."""
         deadline = time.monotonic() + timeout
@@ -253,7 +427,7 @@ class LocalCluster:
             if dead:
                 tail = dead[0].log_file.read_text(errors="replace")[-3000:] if dead[0].log_file.exists() else ""
                 raise KafkaError(f"broker {dead[0].node_id} exited during start-up:\n{tail}")
-            if all(n.answers() for n in self.nodes) and _registered_brokers(self.bootstrap_servers) >= self.brokers:
+            if all(n.answers() for n in self.nodes) and _registered_brokers(self.connection()) >= self.brokers:
                 return
             time.sleep(0.5)
         raise KafkaError(f"Kafka did not answer within {timeout:.0f}s; see {self.nodes[0].log_file}")
@@ -297,6 +471,20 @@ class LocalCluster:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def client_connection(bootstrap: str, principal: str, home: Path | None = None) -> KafkaConnection:
+    """How a command-line tool connects to the broker.
+
+    The ``VIGIL_KAFKA_*`` settings when a person gave them, else the local stack's credentials for ``principal``
+    (made on first start, under ``.vigil/secrets``).
+    """
+    from vigil_runtime.settings import VigilSettings
+
+    settings = VigilSettings(kafka_bootstrap_servers=bootstrap)
+    if settings.kafka_username or settings.kafka_security_protocol == "PLAINTEXT":
+        return settings.kafka
+    return kafka_secrets(home or vigil_home()).connection(bootstrap, principal)
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process runs (reaping it first if it is our exited child; a zombie counts as gone)."""
     with contextlib.suppress(ChildProcessError):
@@ -324,7 +512,7 @@ def _kafka_uuid() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def _registered_brokers(bootstrap: str) -> int:
+def _registered_brokers(connection: KafkaConnection) -> int:
     """How many brokers the cluster's metadata lists (0 when it does not answer yet).
 
     Run on a thread of its own, so that callers inside an event loop (the demo, async tests) can use it too.
@@ -332,13 +520,13 @@ def _registered_brokers(bootstrap: str) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, _brokers_registered(bootstrap)).result()
+        return pool.submit(asyncio.run, _brokers_registered(connection)).result()
 
 
-async def _brokers_registered(bootstrap: str) -> int:
+async def _brokers_registered(connection: KafkaConnection) -> int:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    admin = AIOKafkaAdminClient(**connection.client_kwargs(), request_timeout_ms=3000)
     try:
         await asyncio.wait_for(admin.start(), timeout=5)
         cluster = await asyncio.wait_for(admin.describe_cluster(), timeout=5)

@@ -33,6 +33,7 @@ import pandas as pd
 
 from vigil_contracts.events import OutcomeRecorded, deterministic_id
 from vigil_contracts.vocabulary import BY_COLUMN, VOCABULARY
+from vigil_runtime.kafka_security import KafkaConnection
 from vigil_scoring.physionet import ICU_EPOCH, MEASUREMENT_COLUMNS, sepsis_onset_hour
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -469,7 +470,7 @@ class KafkaSender:
 async def simulate(
     stays: list[Stay],
     *,
-    bootstrap: str,
+    kafka: KafkaConnection,
     topics: Any,
     via: Literal["http", "kafka"] = "http",
     ingest_url: str = "http://127.0.0.1:8001",
@@ -484,7 +485,7 @@ async def simulate(
 
     report = SimulationReport()
     items = timeline(stays, drifts=drifts or [], outcome_delay_hours=outcome_delay_hours, start=start, report=report)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", enable_idempotence=True, linger_ms=5)
     await producer.start()
     sender: HttpSender | KafkaSender = (
         HttpSender(ingest_url, report) if via == "http" else KafkaSender(producer, topics.fhir_raw)

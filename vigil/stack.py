@@ -2,6 +2,10 @@
 
 ``vigil up`` starts what is not running and waits until every ``/ready`` answers; ``vigil down`` stops the
 services (SIGTERM: each finishes its batch and commits) and then the broker; ``vigil status`` tells.
+
+The stack is secured unless a person asks for development mode (``vigil up --dev``): the broker runs SASL_SSL
+with ACLs, ``up`` creates the topics and ACLs as the administrator, and each service gets its own principal
+(user name, CA file and a password file; never the password itself in its environment).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from vigil.kafka_local import LocalCluster, process_alive, vigil_home
+from vigil_contracts.topics import Topics
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,8 @@ class Stack:
     kafka_port: int = 9092
     port_base: int = 8001
     """Port of ingest; the others follow in the order ingest, scorer, shadow, drift, registry."""
+    development: bool = False
+    """Development mode, only when a person asks for it (``--dev``): plaintext Kafka without ACLs."""
 
     @property
     def cluster(self) -> LocalCluster:
@@ -50,6 +57,7 @@ class Stack:
             name="default" if self.kafka_port == 9092 else f"stack-{self.kafka_port}",
             base_port=self.kafka_port,
             home=self.home,
+            secured=not self.development,
         )
 
     @property
@@ -90,7 +98,8 @@ class Stack:
         env[f"{spec.env_prefix}_HTTP_PORT"] = str(spec.port)
         env["VIGIL_REGISTRY_URL"] = self.url("registry")
         env["VIGIL_SCORER_URL"] = self.url("scorer")
-        env.setdefault("VIGIL_DEVELOPMENT", "true")
+        # Each service connects as its own principal; development mode is never implied, only passed on.
+        env.update(self.cluster.service_env(spec.env_prefix, spec.name))
         env.update(extra or {})
         return env
 
@@ -136,8 +145,12 @@ class Stack:
         return state
 
     def up(self, extra_env: dict[str, str] | None = None, timeout: float = 60.0) -> dict[str, bool]:
-        """Start the broker and the services; returns each service's readiness."""
+        """Start the broker, create the topics and ACLs (as the administrator), start the services."""
         self.cluster.start()
+        settings = {**os.environ, **(extra_env or {})}
+        self.cluster.provision(
+            Topics(settings.get("VIGIL_TOPIC_PREFIX", "vigil.")), partitions=int(settings.get("VIGIL_PARTITIONS", "6"))
+        )
         for spec in self.services:
             self.start_service(spec, extra_env)
         return self.wait_ready(timeout=timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -36,6 +37,9 @@ def vigil(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.C
 
 @pytest.mark.slow
 def test_up_status_ready_down(tmp_path: Path) -> None:
+    # VIGIL_DEVELOPMENT is passed on to the services for the HTTP side's demo conveniences (the registry's
+    # development tokens, the bundled model while no production model is registered); it does not change the
+    # broker: `vigil up` without --dev runs SASL_SSL with ACLs, which this test checks from outside.
     env = {**os.environ, "VIGIL_TOPIC_PREFIX": f"e2e{uuid.uuid4().hex[:8]}.", "VIGIL_DEVELOPMENT": "true"}
     stack = Stack(kafka_port=KAFKA_PORT, port_base=PORT_BASE)
     try:
@@ -54,6 +58,7 @@ def test_up_status_ready_down(tmp_path: Path) -> None:
             assert httpx.get(f"http://127.0.0.1:{spec.port}/health", timeout=5).json()["status"] == "ok"
             metrics = httpx.get(f"http://127.0.0.1:{spec.port}/metrics", timeout=5).text
             assert f'vigil_ready{{service="{spec.name}"}} 1.0' in metrics
+        assert asyncio.run(_plaintext_client_refused(stack.cluster.bootstrap_servers))
         pids = [stack.pid(s.name) for s in stack.services] + [n.pid() for n in stack.cluster.nodes]
         assert all(pids), pids
     finally:
@@ -62,6 +67,21 @@ def test_up_status_ready_down(tmp_path: Path) -> None:
     for pid in pids:
         assert pid is not None
         assert not process_alive(pid), f"process {pid} survived vigil down"
+
+
+async def _plaintext_client_refused(bootstrap: str) -> bool:
+    """A client without TLS and credentials, as an outsider would try, gets no connection to the stack's broker."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaConnectionError
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await asyncio.wait_for(producer.start(), timeout=30)
+    except KafkaConnectionError:
+        return True
+    finally:
+        await producer.stop()
+    return False
 
 
 def _logs(stack: Stack) -> str:

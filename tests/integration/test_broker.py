@@ -23,12 +23,15 @@ from vigil_runtime.kafka import (
     process_batch,
     raw_batch_decoder,
 )
+from vigil_runtime.kafka_security import KafkaConnection
 from vigil_runtime.settings import VigilSettings
 
 
-async def consume(bootstrap: str, topic: str, n: int, timeout: float = 30.0, group: str | None = None) -> list[Any]:
+async def consume(
+    kafka: KafkaConnection, topic: str, n: int, timeout: float = 30.0, group: str | None = None
+) -> list[Any]:
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=group, enable_auto_commit=False
+        topic, **kafka.client_kwargs(), auto_offset_reset="earliest", group_id=group, enable_auto_commit=False
     )
     await consumer.start()
     out: list[Any] = []
@@ -54,7 +57,7 @@ async def test_every_contract_round_trips_through_the_broker(settings_env: dict[
         await Publisher(broker).publish_all(settings.topics.name(Topic.ALERTS), events)
     finally:
         await broker.stop()
-    records = await consume(settings.kafka_bootstrap_servers, settings.topics.name(Topic.ALERTS), len(events))
+    records = await consume(settings.kafka, settings.topics.name(Topic.ALERTS), len(events))
     received = [ev.any_event_adapter.validate_json(r.value) for r in records]
     assert sorted(e.event_id for e in received) == sorted(e.event_id for e in events)
     by_id = {e.event_id: e for e in received}
@@ -69,7 +72,7 @@ async def test_topics_have_configured_partitions_and_compaction(settings_env: di
 
     settings = VigilSettings(**{**settings_env, "partitions": 4})
     await ensure_topics(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs())
     await admin.start()
     try:
         names = [settings.topics.observations, settings.topics.scorer_state]
@@ -118,7 +121,7 @@ async def test_malformed_record_is_dead_lettered_and_consumption_goes_on(
 
     good_before = factories.observation(value=80.0, source=factories.source(resource_id="a"))
     good_after = factories.observation(value=81.0, source=factories.source(resource_id="b"))
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    producer = AIOKafkaProducer(**settings.kafka.client_kwargs())
     await producer.start()
     try:
         for value in (encode(good_before), bad, encode(good_after)):
@@ -135,7 +138,7 @@ async def test_malformed_record_is_dead_lettered_and_consumption_goes_on(
     finally:
         await broker.stop()
     assert seen == [good_before.event_id, good_after.event_id]
-    letters = await consume(settings.kafka_bootstrap_servers, topics.dead_letter, 1)
+    letters = await consume(settings.kafka, topics.dead_letter, 1)
     assert len(letters) == 1
     letter = ev.DeadLettered.model_validate_json(letters[0].value)
     assert letter.source_topic == topics.observations

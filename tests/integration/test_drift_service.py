@@ -111,7 +111,7 @@ async def test_service_consumes_live_topics_and_publishes_alerts(settings_env: d
     consumer = AIOKafkaConsumer(
         settings.topics.alerts,
         settings.topics.dead_letter,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **settings.kafka.client_kwargs(),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from tests.conftest import settings_kafka_env
 from vigil_contracts.events import canonical_event_adapter
 from vigil_ingest.mapping import Mapper
 from vigil_runtime.kafka import ensure_topics
@@ -73,9 +74,7 @@ async def scenario(settings: VigilSettings, env: dict[str, str], port: int) -> t
     expected = {e.event_id for p in payloads for e in mapper.map_bytes(p).events}
     assert len(expected) == N
 
-    consumer = AIOKafkaConsumer(
-        topics.observations, bootstrap_servers=settings.kafka_bootstrap_servers, auto_offset_reset="earliest"
-    )
+    consumer = AIOKafkaConsumer(topics.observations, **settings.kafka.client_kwargs(), auto_offset_reset="earliest")
     await consumer.start()
     seen: list[str] = []
 
@@ -84,7 +83,7 @@ async def scenario(settings: VigilSettings, env: dict[str, str], port: int) -> t
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 seen.extend(canonical_event_adapter.validate_json(r.value).event_id for r in records)
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, linger_ms=5)
+    producer = AIOKafkaProducer(**settings.kafka.client_kwargs(), linger_ms=5)
     await producer.start()
 
     backlog = N // 2
@@ -132,7 +131,7 @@ def test_kill_during_a_stream_loses_nothing(settings_env: dict[str, Any]) -> Non
     port = free_port()
     env = {
         **os.environ,
-        "INGEST_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        **settings_kafka_env(settings, "INGEST"),
         "INGEST_TOPIC_PREFIX": settings.topic_prefix,
         "INGEST_HTTP_PORT": str(port),
         "INGEST_PARTITIONS": str(settings.partitions),

@@ -15,14 +15,17 @@ from vigil_contracts.events import DeadLettered, canonical_event_adapter
 from vigil_ingest.app import create_app
 from vigil_ingest.mapping import Mapper
 from vigil_ingest.settings import Settings
+from vigil_runtime.kafka_security import KafkaConnection
 
 TESTDATA = Path(__file__).resolve().parents[1] / "testdata" / "fhir"
 FHIR = {"content-type": "application/fhir+json"}
 
 
-async def drain(bootstrap: str, topic: str, *, expect: int, settle: float = 2.0, timeout: float = 30.0) -> list[Any]:
+async def drain(
+    kafka: KafkaConnection, topic: str, *, expect: int, settle: float = 2.0, timeout: float = 30.0
+) -> list[Any]:
     """Read a topic from the start until ``expect`` records arrived, then ``settle`` more seconds for extras."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(topic, **kafka.client_kwargs(), auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     out: list[Any] = []
     try:
@@ -62,7 +65,7 @@ def test_posted_bundle_yields_exactly_its_events(settings_env: dict[str, Any]) -
         # the same bundle again: 200s, nothing new on the topic
         again = client.post("/fhir", content=bundle, headers=FHIR)
         assert all(e["response"]["status"].startswith("200") for e in again.json()["entry"])
-    records = asyncio.run(drain(settings.kafka_bootstrap_servers, settings.topics.observations, expect=len(expected)))
+    records = asyncio.run(drain(settings.kafka, settings.topics.observations, expect=len(expected)))
     got = [canonical_event_adapter.validate_json(r.value) for r in records]
     assert sorted(e.event_id for e in got) == sorted(e.event_id for e in expected)
     by_id = {e.event_id: e for e in expected}
@@ -87,7 +90,7 @@ def test_raw_topic_bundle_and_dead_letters(settings_env: dict[str, Any]) -> None
     bad = [b"{not json", b"[1, 2, 3]", no_time]
 
     async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+        producer = AIOKafkaProducer(**settings.kafka.client_kwargs())
         await producer.start()
         try:
             for value in (bad[0], bundle, bad[1], bad[2]):
@@ -98,10 +101,8 @@ def test_raw_topic_bundle_and_dead_letters(settings_env: dict[str, Any]) -> None
     with TestClient(create_app(settings)) as client:
         assert client.get("/ready").status_code == 200
         asyncio.run(produce())
-        records = asyncio.run(
-            drain(settings.kafka_bootstrap_servers, settings.topics.observations, expect=len(expected))
-        )
-        letters = asyncio.run(drain(settings.kafka_bootstrap_servers, settings.topics.dead_letter, expect=3))
+        records = asyncio.run(drain(settings.kafka, settings.topics.observations, expect=len(expected)))
+        letters = asyncio.run(drain(settings.kafka, settings.topics.dead_letter, expect=3))
     assert sorted(canonical_event_adapter.validate_json(r.value).event_id for r in records) == sorted(
         e.event_id for e in expected
     )

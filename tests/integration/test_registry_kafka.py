@@ -27,6 +27,7 @@ from vigil_registry.app import create_app
 from vigil_registry.artifacts import pack_folder
 from vigil_registry.settings import Settings
 from vigil_runtime.kafka import encode, ensure_topics
+from vigil_runtime.kafka_security import KafkaConnection
 
 
 def registry_settings(settings_env: dict[str, Any], tmp_path: Path, **extra: Any) -> Settings:
@@ -68,8 +69,8 @@ async def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def produce(bootstrap: str, topic: str, events: list[ev.Event]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+async def produce(kafka: KafkaConnection, topic: str, events: list[ev.Event]) -> None:
+    producer = AIOKafkaProducer(**kafka.client_kwargs())
     await producer.start()
     try:
         for event in events:
@@ -87,7 +88,7 @@ async def test_promotion_on_evidence_and_rollback_on_a_critical_alert_publish_li
 ) -> None:
     settings = registry_settings(settings_env, tmp_path)
     topics = settings.topics
-    bootstrap = settings.kafka_bootstrap_servers
+    kafka = settings.kafka
 
     # Decisions taken while Kafka is off (a registry that died before publishing) wait in the outbox.
     offline_app = create_app(registry_settings(settings_env, tmp_path, kafka_enabled=False))
@@ -104,7 +105,7 @@ async def test_promotion_on_evidence_and_rollback_on_a_critical_alert_publish_li
     with TestClient(app) as client:
         registry = app.state.registry
         await wait_for(lambda: not registry.pending_events(), "the outbox to drain")
-        published = lifecycle(await consume(bootstrap, topics.lifecycle, 3))
+        published = lifecycle(await consume(kafka, topics.lifecycle, 3))
         assert [(e.model_version, e.action) for e in published] == [
             ("1", ev.LifecycleAction.REGISTERED),
             ("1", ev.LifecycleAction.STAGE_CHANGED),
@@ -125,13 +126,13 @@ async def test_promotion_on_evidence_and_rollback_on_a_critical_alert_publish_li
         assert client.get("/models/sepsis/production", headers=VIEW).json()["version"] == "1"
 
         # The evidence arrives through Kafka: outcomes, then shadow's comparison (and one about an unknown model).
-        await produce(bootstrap, topics.outcomes, outcomes(5))
+        await produce(kafka, topics.outcomes, outcomes(5))
         await wait_for(lambda: registry.get_version("sepsis", "2").outcomes_labelled == 5, "the outcomes to be counted")
         unknown = comparison("2", "1", n=99, model_name="no-such-model", key="no-such-model")
-        await produce(bootstrap, topics.comparisons, [unknown, comparison("2", "1")])
+        await produce(kafka, topics.comparisons, [unknown, comparison("2", "1")])
         await wait_for(lambda: registry.production("sepsis").version == "2", "the promotion of version 2")
 
-        records = await consume(bootstrap, topics.lifecycle, 7)
+        records = await consume(kafka, topics.lifecycle, 7)
         events = lifecycle(records)
         assert len(events) == 7  # registered, shadow and promoted for v2; v1 archived; three earlier
         promoted = next(e for e in events if e.action == ev.LifecycleAction.PROMOTED and e.model_version == "2")
@@ -145,7 +146,7 @@ async def test_promotion_on_evidence_and_rollback_on_a_critical_alert_publish_li
         archived = events[events.index(promoted) + 1]
         assert (archived.model_version, archived.to_stage) == ("1", ev.Stage.ARCHIVED)
 
-        letters = await consume(bootstrap, topics.dead_letter, 1)
+        letters = await consume(kafka, topics.dead_letter, 1)
         letter = ev.DeadLettered.model_validate_json(letters[0].value)
         assert letter.source_topic == topics.comparisons and "no-such-model" in letter.error
 
@@ -160,9 +161,9 @@ async def test_promotion_on_evidence_and_rollback_on_a_critical_alert_publish_li
             value=0.71,
             threshold=0.85,
         )
-        await produce(bootstrap, topics.alerts, [alert])
+        await produce(kafka, topics.alerts, [alert])
         await wait_for(lambda: registry.production("sepsis").version == "1", "the rollback to version 1")
-        events = lifecycle(await consume(bootstrap, topics.lifecycle, 9))
+        events = lifecycle(await consume(kafka, topics.lifecycle, 9))
         assert len(events) == 9
         rolled = next(e for e in events if e.action == ev.LifecycleAction.ROLLED_BACK)
         assert (rolled.model_version, rolled.to_stage, rolled.actor) == ("1", ev.Stage.PRODUCTION, "policy")

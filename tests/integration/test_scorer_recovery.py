@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from bench.support import events_of, load_stays, offline_predictions, package_path
+from tests.conftest import settings_kafka_env
 from tests.integration.test_scorer_service import (
     ScoreReader,
     complete,
@@ -52,7 +53,7 @@ class ScorerProcess:
         self.log = tmp_path / f"{name}.log"
         env = {
             **os.environ,
-            "VIGIL_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            **settings_kafka_env(settings),
             "VIGIL_TOPIC_PREFIX": settings.topic_prefix,
             "VIGIL_PARTITIONS": str(settings.partitions),
             "VIGIL_LOG_LEVEL": "WARNING",
@@ -135,16 +136,14 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(
     await ensure_topics(settings)
     stays = load_stays(24, first=40, data=shared_kit / "data" / "physionet2019_setA.parquet")
     events = events_of(stays)
-    await publish(settings.kafka_bootstrap_servers, settings.topics.observations, events)
+    await publish(settings.kafka, settings.topics.observations, events)
     expected_rows = len({(s, h) for s, h in zip(stays["patient_id"], stays["hour"], strict=True)})
-    async with ScoreReader(settings.kafka_bootstrap_servers, settings.topics.scores_live) as reader:
+    async with ScoreReader(settings.kafka, settings.topics.scores_live) as reader:
         first = ScorerProcess(settings, tmp_path, "first")
         try:
             await reader.wait(lambda scores: len(scores) >= expected_rows // 4, timeout=60)
             for _ in range(100):
-                saved = await end_offsets(
-                    settings.kafka_bootstrap_servers, settings.topics.scorer_state, settings.partitions
-                )
+                saved = await end_offsets(settings.kafka, settings.topics.scorer_state, settings.partitions)
                 if saved:
                     break
                 await asyncio.sleep(0.05)
@@ -172,15 +171,15 @@ async def test_two_scorers_share_six_partitions_across_a_rebalance(
     stays = load_stays(24, first=80, data=shared_kit / "data" / "physionet2019_setA.parquet")
     events = events_of(stays)
     half = len(events) // 2
-    await publish(settings.kafka_bootstrap_servers, settings.topics.observations, events[:half])
-    async with ScoreReader(settings.kafka_bootstrap_servers, settings.topics.scores_live) as reader:
+    await publish(settings.kafka, settings.topics.observations, events[:half])
+    async with ScoreReader(settings.kafka, settings.topics.scores_live) as reader:
         a = ScorerProcess(settings, tmp_path, "a")
         b: ScorerProcess | None = None
         try:
             await reader.wait(lambda scores: len(scores) >= 50, timeout=60)
             b = ScorerProcess(settings, tmp_path, "b")  # joins mid-stream: the group rebalances
             await b.wait_ready()
-            await publish(settings.kafka_bootstrap_servers, settings.topics.observations, events[half:])
+            await publish(settings.kafka, settings.topics.observations, events[half:])
             await reader.wait(complete(final_observations(events)), timeout=75)
             metrics_a, metrics_b = await a.metrics(), await b.metrics()
         finally:

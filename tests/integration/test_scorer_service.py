@@ -15,6 +15,7 @@ from bench.support import FakeRegistry, events_of, load_stays, offline_predictio
 from tests import factories
 from vigil_contracts import events as ev
 from vigil_runtime.kafka import encode, ensure_topics
+from vigil_runtime.kafka_security import KafkaConnection
 from vigil_runtime.reader import read_to_end
 from vigil_scorer.app import create_app
 from vigil_scorer.settings import Settings
@@ -24,8 +25,8 @@ from vigil_scoring.model_package import ModelPackage
 N_STAYS = 16
 
 
-async def publish(bootstrap: str, topic: str, events: list[Any]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+async def publish(kafka: KafkaConnection, topic: str, events: list[Any]) -> None:
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), linger_ms=5, acks="all")
     await producer.start()
     try:
         futures = [await producer.send(topic, encode(e), key=e.key_bytes()) for e in events]
@@ -37,8 +38,8 @@ async def publish(bootstrap: str, topic: str, events: list[Any]) -> None:
 class ScoreReader:
     """Reads the live topic in the background; ``wait`` until a condition holds over all scores read so far."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    def __init__(self, kafka: KafkaConnection, topic: str) -> None:
+        self.consumer = AIOKafkaConsumer(topic, **kafka.client_kwargs(), auto_offset_reset="earliest")
         self.scores: list[ev.RiskScored] = []
         self.task: asyncio.Task[None] | None = None
 
@@ -104,9 +105,9 @@ def hours_of(events: list[Any]) -> set[tuple[str, int]]:
     }
 
 
-async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+async def end_offsets(kafka: KafkaConnection, topic: str, partitions: int) -> dict[int, int]:
     """Per partition of ``topic`` that holds records, the offset after its last record."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -115,9 +116,9 @@ async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, 
         await consumer.stop()
 
 
-async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+async def committed_offsets(kafka: KafkaConnection, group: str, topic: str) -> dict[int, int]:
     """The consumer group's committed offsets on ``topic``, per partition."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
@@ -148,30 +149,26 @@ async def test_streamed_stays_score_like_the_offline_model(
     stays = load_stays(N_STAYS, data=shared_kit / "data" / "physionet2019_setA.parquet")
     events = events_of(stays)
     bad = [b"{not json", encode(factories.observation(encounter=None, key="unlinked"))]
-    await publish(settings.kafka_bootstrap_servers, settings.topics.observations, events)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await publish(settings.kafka, settings.topics.observations, events)
+    producer = AIOKafkaProducer(**settings.kafka.client_kwargs())
     await producer.start()
     for value in bad:
         await producer.send_and_wait(settings.topics.observations, value, key=b"x")
     await producer.stop()
 
     app = create_app(settings)
-    reader = ScoreReader(settings.kafka_bootstrap_servers, settings.topics.scores_live)
+    reader = ScoreReader(settings.kafka, settings.topics.scores_live)
     async with reader, app.router.lifespan_context(app):
         await reader.wait(complete(final_observations(events)))
         # The stream is quiet now: the checkpoint loop saves every state, then commits to the end of the topic.
-        ends = await end_offsets(settings.kafka_bootstrap_servers, settings.topics.observations, settings.partitions)
+        ends = await end_offsets(settings.kafka, settings.topics.observations, settings.partitions)
         committed: dict[int, int] = {}
         for _ in range(100):
-            committed = await committed_offsets(
-                settings.kafka_bootstrap_servers, settings.group_id, settings.topics.observations
-            )
+            committed = await committed_offsets(settings.kafka, settings.group_id, settings.topics.observations)
             if committed == ends:
                 break
             await asyncio.sleep(0.1)
-        saved = await read_to_end(
-            settings.kafka_bootstrap_servers, settings.topics.scorer_state, range(settings.partitions)
-        )
+        saved = await read_to_end(settings.kafka, settings.topics.scorer_state, range(settings.partitions))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://scorer") as http:
             ready = (await http.get("/ready")).json()
@@ -206,7 +203,7 @@ async def test_streamed_stays_score_like_the_offline_model(
 
     letters: list[ev.DeadLettered] = []
     consumer = AIOKafkaConsumer(
-        settings.topics.dead_letter, bootstrap_servers=settings.kafka_bootstrap_servers, auto_offset_reset="earliest"
+        settings.topics.dead_letter, **settings.kafka.client_kwargs(), auto_offset_reset="earliest"
     )
     await consumer.start()
     try:
@@ -233,9 +230,9 @@ async def test_registry_model_at_start_and_hot_swap_on_promotion(
         events = events_of(stays)
         half = len(events) // 2
         app = create_app(settings)
-        reader = ScoreReader(settings.kafka_bootstrap_servers, settings.topics.scores_live)
+        reader = ScoreReader(settings.kafka, settings.topics.scores_live)
         async with reader, app.router.lifespan_context(app):
-            await publish(settings.kafka_bootstrap_servers, settings.topics.observations, events[:half])
+            await publish(settings.kafka, settings.topics.observations, events[:half])
             await reader.wait(complete(final_observations(events[:half])))
             facts = registry.publish("2", v2)
             # A tampered announcement is refused: the scorer keeps version 1.
@@ -250,13 +247,13 @@ async def test_registry_model_at_start_and_hot_swap_on_promotion(
                 artifact_url=registry.url + facts["artifact_url"],
                 artifact_sha256=facts["artifact_sha256"],
             )
-            await publish(settings.kafka_bootstrap_servers, settings.topics.lifecycle, [tampered, promoted])
+            await publish(settings.kafka, settings.topics.lifecycle, [tampered, promoted])
             service = app.state.scorer
             for _ in range(100):
                 if service.core.model_version == "2":
                     break
                 await asyncio.sleep(0.1)
-            await publish(settings.kafka_bootstrap_servers, settings.topics.observations, events[half:])
+            await publish(settings.kafka, settings.topics.observations, events[half:])
             await reader.wait(complete(final_observations(events)))
             metrics = service.metrics.base.expose().decode()
     versions = [s.model_version for s in reader.scores]

@@ -17,6 +17,7 @@ from tests import factories
 from tests.factories import T0
 from vigil_contracts import events as ev
 from vigil_runtime.kafka import Publisher, ensure_topics, make_broker
+from vigil_runtime.kafka_security import KafkaConnection
 from vigil_scoring.model_package import ModelPackage, default_package_path
 from vigil_shadow import logscan
 from vigil_shadow.app import create_app
@@ -25,8 +26,8 @@ from vigil_shadow.guard import ShadowStageRefused
 from vigil_shadow.settings import LiveTopicRefused, Settings
 
 
-async def _all(bootstrap: str, topic: str) -> list[Any]:
-    return [r async for chunk in logscan.read_until(bootstrap, topic) for r in chunk]
+async def _all(kafka: KafkaConnection, topic: str) -> list[Any]:
+    return [r async for chunk in logscan.read_until(kafka, topic) for r in chunk]
 
 
 def _stay(enc: str) -> list[Any]:
@@ -73,7 +74,7 @@ async def test_misconfigured_shadow_never_reaches_the_live_topic(
     events = [e for enc in ("g-1", "g-2", "g-3") for e in _stay(enc)]
     feeder = make_broker(settings, client_id="test-guard")
     await feeder.start()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    producer = AIOKafkaProducer(**settings.kafka.client_kwargs())
     await producer.start()
     try:
         await Publisher(feeder).publish_all(topics.observations, events)
@@ -108,10 +109,10 @@ async def test_misconfigured_shadow_never_reaches_the_live_topic(
         await producer.stop()
         await feeder.stop()
 
-    bootstrap = settings.kafka_bootstrap_servers
-    assert await _all(bootstrap, topics.scores_live) == []
-    shadow = [json.loads(r.value) for r in await _all(bootstrap, topics.scores_shadow)]
+    kafka = settings.kafka
+    assert await _all(kafka, topics.scores_live) == []
+    shadow = [json.loads(r.value) for r in await _all(kafka, topics.scores_shadow)]
     assert {(s["stage"], s["model_version"]) for s in shadow} == {("shadow", "2")}
     assert len({(s["encounter"], s["hour"]) for s in shadow}) == 24
-    letters = [ev.DeadLettered.model_validate_json(r.value) for r in await _all(bootstrap, topics.dead_letter)]
+    letters = [ev.DeadLettered.model_validate_json(r.value) for r in await _all(kafka, topics.dead_letter)]
     assert [(d.service, d.source_topic, d.payload) for d in letters] == [("shadow", topics.observations, "{not json")]

@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from vigil_contracts import events as ev
+from vigil_contracts.access import Principal
 from vigil_runtime.kafka import Publisher, ensure_topics, make_broker
+from vigil_runtime.kafka_security import KafkaConnection
 from vigil_scorer.app import create_app as create_scorer_app
 from vigil_scorer.settings import Settings as ScorerSettings
 from vigil_scoring.features import offline_features
@@ -78,8 +82,8 @@ def _admission(i: int) -> Any:
     return ICU_EPOCH + timedelta(hours=3 * i)
 
 
-async def _consume_all(bootstrap: str, topic: str) -> list[Any]:
-    return [r async for chunk in logscan.read_until(bootstrap, topic) for r in chunk]
+async def _consume_all(kafka: KafkaConnection, topic: str) -> list[Any]:
+    return [r async for chunk in logscan.read_until(kafka, topic) for r in chunk]
 
 
 async def _until(predicate: Any, what: str, attempts: int = 600) -> None:
@@ -106,7 +110,11 @@ def _approx_equal(a: Any, b: Any, path: str = "") -> None:
 
 
 async def test_shadow_compares_with_live_like_offline_and_like_replay(
-    shared_kit: Path, settings_env: dict[str, Any], tmp_path: Path
+    shared_kit: Path,
+    settings_env: dict[str, Any],
+    tmp_path: Path,
+    principal_env: Callable[..., dict[str, str]],
+    kafka_as: Callable[[str, str], KafkaConnection],
 ) -> None:
     test_started = datetime.now(UTC)
     df = _stays(shared_kit)
@@ -121,7 +129,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
         batch_max_records=400,
     )
     topics = settings.topics
-    bootstrap = settings.kafka_bootstrap_servers
+    kafka = settings.kafka
     await ensure_topics(settings)
     live_pkg = ModelPackage.load(default_package_path("1"))
     cand_pkg = ModelPackage.load(default_package_path("2"))
@@ -157,7 +165,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
     async def live_keys() -> set[tuple[str, int]]:
         return {
             (json.loads(r.value)["encounter"], json.loads(r.value)["hour"])
-            for r in await _consume_all(bootstrap, topics.scores_live)
+            for r in await _consume_all(kafka, topics.scores_live)
         }
 
     async def feed(events: list[Any]) -> None:
@@ -236,7 +244,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
         await broker.stop()
 
     # --- the comparison event on the topic --------------------------------------------------------------
-    records = await _consume_all(bootstrap, topics.comparisons)
+    records = await _consume_all(kafka, topics.comparisons)
     assert len(records) == 1 and records[0].key == b"sepsis"
     summary = ev.ComparisonSummarized.model_validate_json(records[0].value)
     assert summary.event_id == published[0]["event_id"]
@@ -289,13 +297,15 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
         "--json",
         str(out),
         "--bootstrap-servers",
-        bootstrap,
+        kafka.bootstrap_servers,
         "--topic-prefix",
         settings.topic_prefix,
         "--bootstrap-iterations",
         "100",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # Replay reads as the analyst principal: observations, live scores and outcomes, and nothing else.
+        env={**os.environ, **principal_env(Principal.ANALYST, settings.topic_prefix, "SHADOW")},
     )
     _, stderr = await proc.communicate()
     assert proc.returncode == 0, stderr.decode()[-2000:]
@@ -313,7 +323,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
             start=test_started - timedelta(minutes=5),
             end=datetime.now(UTC) + timedelta(minutes=5),
             models=[f"sepsis:2={default_package_path('2')}"],
-            bootstrap_servers=bootstrap,
+            kafka=kafka_as(Principal.ANALYST, settings.topic_prefix),
             topic_prefix=settings.topic_prefix,
             warmup_hours=0.0,
             time_basis="arrival",
@@ -324,10 +334,10 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
     _approx_equal(arrival.comparisons[0].summary(), everything[0])
 
     # --- nothing but production-stage live scores on the live topic ---------------------------------------
-    live_records = await _consume_all(bootstrap, topics.scores_live)
+    live_records = await _consume_all(kafka, topics.scores_live)
     assert {(json.loads(r.value)["stage"], json.loads(r.value)["model_version"]) for r in live_records} == {
         ("production", "1")
     }
-    shadow_records = await _consume_all(bootstrap, topics.scores_shadow)
+    shadow_records = await _consume_all(kafka, topics.scores_shadow)
     assert shadow_records and {json.loads(r.value)["stage"] for r in shadow_records} == {"shadow"}
     assert not math.isnan(m["candidate"]["ece"])

@@ -33,20 +33,74 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load(done.stdout)
 
 
+ONE_SHOT = ("kafka-init", "kafka-provision")
+"""Services that run once and exit: the secrets and broker configuration, then the topics and ACLs."""
+
+
 def test_every_service_and_dependency_is_declared(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {*SERVICES, "kafka", "postgres", "prometheus"}
+    assert set(compose["services"]) == {*SERVICES, *ONE_SHOT, "kafka", "postgres", "prometheus"}
     assert compose["services"]["kafka"]["image"].startswith("apache/kafka:")
-    assert compose["services"]["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert "/secrets/server.properties" in " ".join(compose["services"]["kafka"]["command"])
 
 
 def test_everything_has_a_healthcheck_and_waits_for_healthy_dependencies(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
-        assert "healthcheck" in service, name
+        if name in ONE_SHOT:
+            assert service["restart"] == "no", name
+        else:
+            assert "healthcheck" in service, name
         for dep, cond in service.get("depends_on", {}).items():
-            assert cond["condition"] == "service_healthy", (name, dep)
+            wanted = "service_completed_successfully" if dep in ONE_SHOT else "service_healthy"
+            assert cond["condition"] == wanted, (name, dep)
     for name in SERVICES:
         assert "kafka" in compose["services"][name]["depends_on"], name
+        assert "kafka-provision" in compose["services"][name]["depends_on"], name
     assert "postgres" in compose["services"]["registry"]["depends_on"]
+    assert "kafka-init" in compose["services"]["kafka"]["depends_on"]
+
+
+def test_the_broker_is_secured_like_the_native_one(tmp_path: Path) -> None:
+    """compose's broker configuration comes from the native broker's generator: SASL_SSL, ACLs, one super user."""
+    from vigil.credentials import KafkaSecrets
+    from vigil.kafka_local import server_properties
+
+    secrets = KafkaSecrets(tmp_path).ensure(hosts=("kafka",))
+    text = server_properties(
+        node_id=1,
+        voters="1@kafka:9093",
+        listen_host="0.0.0.0",
+        advertised_host="kafka",
+        port=9092,
+        controller_port=9093,
+        log_dir="/var/lib/kafka/data",
+        replication=1,
+        secrets=secrets,
+    )
+    props = dict(line.split("=", 1) for line in text.splitlines() if line)
+    assert props["listeners"] == "SASL_SSL://0.0.0.0:9092,CONTROLLER://0.0.0.0:9093"
+    assert props["listener.security.protocol.map"] == "SASL_SSL:SASL_SSL,CONTROLLER:SSL"
+    assert props["listener.name.controller.ssl.client.auth"] == "required"
+    assert props["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["super.users"] == "User:admin"
+    assert "PLAINTEXT" not in text
+
+
+def test_each_service_connects_as_its_own_principal_over_tls(compose: dict[str, Any]) -> None:
+    for name in SERVICES:
+        service = compose["services"][name]
+        env = service["environment"]
+        assert env["VIGIL_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert env["VIGIL_KAFKA_CA_FILE"] == "/secrets/ca.pem"
+        assert env[f"{name.upper()}_KAFKA_USERNAME"] == name
+        assert env[f"{name.upper()}_KAFKA_PASSWORD_FILE"] == f"/secrets/{name}.password"
+        assert not any("PASSWORD" in k and "FILE" not in k and "POSTGRES" not in k for k in env), name
+        # The Compose client prints short volume syntax (v1) or long (v2): accept either, read-only in both.
+        mounts = [
+            v if isinstance(v, str) else f"{v['source']}:{v['target']}:{'ro' if v.get('read_only') else 'rw'}"
+            for v in service["volumes"]
+        ]
+        assert any(m.endswith(":/secrets:ro") for m in mounts), (name, mounts)
 
 
 def test_prometheus_scrapes_every_service() -> None:

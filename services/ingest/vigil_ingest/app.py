@@ -45,7 +45,7 @@ def build(settings: Settings) -> tuple[ServiceRuntime, IngestCore]:
     broker: KafkaBroker = make_broker(settings, client_id=f"vigil-{SERVICE}")
     metrics = ServiceMetrics(SERVICE)
     # Concurrent HTTP requests share the producer: a short linger lets their records share broker requests.
-    events_publisher = AckedProducer(settings.kafka_bootstrap_servers, client_id=f"vigil-{SERVICE}-events", linger_ms=2)
+    events_publisher = AckedProducer(settings.kafka, client_id=f"vigil-{SERVICE}-events", linger_ms=2)
     core = IngestCore(settings, events_publisher, metrics)
     dead_letters = DeadLetters(Publisher(broker), settings.topics.dead_letter, service=SERVICE)
     topics = settings.topics

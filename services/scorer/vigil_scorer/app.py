@@ -63,8 +63,8 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
     service = ScorerService(
         settings,
         metrics,
-        sink=AckedProducer(settings.kafka_bootstrap_servers, client_id=f"vigil-{SERVICE}-out"),
-        state_sink=AckedProducer(settings.kafka_bootstrap_servers, client_id=f"vigil-{SERVICE}-state"),
+        sink=AckedProducer(settings.kafka, client_id=f"vigil-{SERVICE}-out"),
+        state_sink=AckedProducer(settings.kafka, client_id=f"vigil-{SERVICE}-state"),
         dead_letters=dead_letters,
         registry=RegistryClient(
             settings.registry_url,

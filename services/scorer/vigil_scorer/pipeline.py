@@ -597,7 +597,7 @@ class ScorerService:
         # Snapshots go to the changelog partition numbered like the observations partition their events come
         # from, so the owner of observations partition p restores by reading changelog partition p to its end.
         values = await read_to_end(
-            self.settings.kafka_bootstrap_servers,
+            self.settings.kafka,
             self.topics.scorer_state,
             parts,
             timeout_s=self.settings.restore_timeout_s,

@@ -181,14 +181,12 @@ class ShadowService:
         except Exception as error:  # a bad local spec is a configuration error: say so and stop
             log.error("candidates could not be loaded", extra={"error_type": type(error).__name__})
             raise
-        self.join_targets = await logscan.end_offsets(self.settings.kafka_bootstrap_servers, self.join_topics)
+        self.join_targets = await logscan.end_offsets(self.settings.kafka, self.join_topics)
         offsets = await logscan.committed_offsets(
-            self.settings.kafka_bootstrap_servers, self.settings.group_id, self.settings.topics.observations
+            self.settings.kafka, self.settings.group_id, self.settings.topics.observations
         )
         applied = 0
-        async for chunk in logscan.read_until(
-            self.settings.kafka_bootstrap_servers, self.settings.topics.observations, offsets
-        ):
+        async for chunk in logscan.read_until(self.settings.kafka, self.settings.topics.observations, offsets):
             events = []
             for record in chunk:
                 try:

@@ -68,7 +68,7 @@ def replay(
         start=_time(start),
         end=_time(end),
         models=list(model),
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        kafka=settings.kafka,
         topic_prefix=settings.topic_prefix,
         warmup_hours=warmup_hours,
         time_basis=cast(Literal["observation", "arrival"], time_basis),

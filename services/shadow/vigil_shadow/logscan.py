@@ -13,10 +13,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from vigil_runtime.kafka_security import KafkaConnection
 
-async def committed_offsets(bootstrap: str, group_id: str, topic: str) -> dict[int, int]:
+
+async def committed_offsets(kafka: KafkaConnection, group_id: str, topic: str) -> dict[int, int]:
     """The group's committed offset per partition of ``topic`` (empty when the group never committed)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="vigil-shadow-admin")
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs(), client_id="vigil-shadow-admin")
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group_id)
@@ -25,9 +27,9 @@ async def committed_offsets(bootstrap: str, group_id: str, topic: str) -> dict[i
     return {tp.partition: meta.offset for tp, meta in committed.items() if tp.topic == topic and meta.offset >= 0}
 
 
-async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+async def partitions_of(kafka: KafkaConnection, topic: str) -> list[int]:
     """The topic's partition numbers (empty when the topic does not exist)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="vigil-shadow-admin")
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs(), client_id="vigil-shadow-admin")
     await admin.start()
     try:
         described = await admin.describe_topics([topic])
@@ -37,9 +39,9 @@ async def partitions_of(bootstrap: str, topic: str) -> list[int]:
     return sorted(int(p["partition"]) for t in found for p in t.get("partitions", []))
 
 
-async def _consumer(bootstrap: str) -> AIOKafkaConsumer:
+async def _consumer(kafka: KafkaConnection) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **kafka.client_kwargs(),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -50,16 +52,16 @@ async def _consumer(bootstrap: str) -> AIOKafkaConsumer:
 
 
 async def read_until(
-    bootstrap: str, topic: str, until: dict[int, int] | None = None, *, chunk: int = 5000
+    kafka: KafkaConnection, topic: str, until: dict[int, int] | None = None, *, chunk: int = 5000
 ) -> AsyncIterator[list[ConsumerRecord[Any, Any]]]:
     """Records of ``topic`` from the beginning up to ``until[partition]`` (exclusive).
 
     With ``until`` None, up to the current end; partitions missing from a given ``until`` are not read.
     """
-    partitions = await partitions_of(bootstrap, topic)
+    partitions = await partitions_of(kafka, topic)
     if not partitions or (until is not None and not any(until.get(p, 0) > 0 for p in partitions)):
         return  # nothing to read (and a consumer stopped without an assignment can raise in aiokafka 0.14)
-    consumer = await _consumer(bootstrap)
+    consumer = await _consumer(kafka)
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
         if until is None:
@@ -93,12 +95,12 @@ async def read_until(
         await consumer.stop()
 
 
-async def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
+async def end_offsets(kafka: KafkaConnection, topics: list[str]) -> dict[tuple[str, int], int]:
     """The current end offset of every partition of the topics (only partitions holding records)."""
-    wanted = [TopicPartition(t, p) for t in topics for p in await partitions_of(bootstrap, t)]
+    wanted = [TopicPartition(t, p) for t in topics for p in await partitions_of(kafka, t)]
     if not wanted:
         return {}
-    consumer = await _consumer(bootstrap)
+    consumer = await _consumer(kafka)
     try:
         ends = await consumer.end_offsets(wanted)
     finally:
@@ -106,10 +108,10 @@ async def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int]
     return {(tp.topic, tp.partition): int(o) for tp, o in ends.items() if o > 0}
 
 
-async def offsets_for_times(bootstrap: str, topic: str, at: datetime) -> dict[int, int | None]:
+async def offsets_for_times(kafka: KafkaConnection, topic: str, at: datetime) -> dict[int, int | None]:
     """Per partition, the first offset whose record timestamp (broker arrival time) is at or after ``at``."""
-    partitions = await partitions_of(bootstrap, topic)
-    consumer = await _consumer(bootstrap)
+    partitions = await partitions_of(kafka, topic)
+    consumer = await _consumer(kafka)
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
         found = await consumer.offsets_for_times({tp: int(at.timestamp() * 1000) for tp in tps})

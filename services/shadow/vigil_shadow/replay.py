@@ -41,6 +41,7 @@ from vigil_contracts.events import (
     canonical_event_adapter,
 )
 from vigil_contracts.topics import Topics
+from vigil_runtime.kafka_security import KafkaConnection
 from vigil_scoring.scoring import Incoming
 from vigil_shadow import logscan
 from vigil_shadow.catalog import ModelKey, RegistryReader, ShadowModel, load_local, parse_model_spec
@@ -62,7 +63,8 @@ class ReplayRequest:
     end: datetime
     models: list[str]
     """``NAME:VERSION`` (from the registry) or ``NAME:VERSION=PATH`` (a local package folder)."""
-    bootstrap_servers: str
+    kafka: KafkaConnection
+    """The broker and the principal replay reads as (``analyst`` on a secured stack: it reads, writes nothing)."""
     topic_prefix: str = "vigil."
     warmup_hours: float = 336.0
     time_basis: Literal["observation", "arrival"] = "observation"
@@ -131,10 +133,10 @@ async def load_models(request: ReplayRequest) -> dict[ModelKey, ShadowModel]:
 async def _scan_arrival(request: ReplayRequest, topic: str) -> list[Any]:
     """Records whose broker timestamps fall in [start - warm-up, end), found with offsets_for_times."""
     warm_from = request.start - timedelta(hours=request.warmup_hours)
-    first = await logscan.offsets_for_times(request.bootstrap_servers, topic, warm_from)
-    after = await logscan.offsets_for_times(request.bootstrap_servers, topic, request.end)
+    first = await logscan.offsets_for_times(request.kafka, topic, warm_from)
+    after = await logscan.offsets_for_times(request.kafka, topic, request.end)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=request.bootstrap_servers, group_id=None, enable_auto_commit=False, client_id="vigil-replay"
+        **request.kafka.client_kwargs(), group_id=None, enable_auto_commit=False, client_id="vigil-replay"
     )
     await consumer.start()
     out: list[Any] = []
@@ -203,7 +205,7 @@ def _split_range(
 
 async def _read_recorded(request: ReplayRequest, topics: Topics, join: JoinState) -> None:
     """Join the recorded live scores and outcomes of the whole log."""
-    async for chunk in logscan.read_until(request.bootstrap_servers, topics.scores_live):
+    async for chunk in logscan.read_until(request.kafka, topics.scores_live):
         for record in chunk:
             try:
                 event = any_event_adapter.validate_json(record.value or b"")
@@ -211,7 +213,7 @@ async def _read_recorded(request: ReplayRequest, topics: Topics, join: JoinState
                 continue
             if isinstance(event, RiskScored) and event.stage is Stage.PRODUCTION:
                 join.add_score(event)
-    async for chunk in logscan.read_until(request.bootstrap_servers, topics.outcomes):
+    async for chunk in logscan.read_until(request.kafka, topics.outcomes):
         for record in chunk:
             try:
                 event = any_event_adapter.validate_json(record.value or b"")
@@ -233,9 +235,7 @@ async def run_replay(request: ReplayRequest) -> ReplayResult:
     if request.time_basis == "arrival":
         records = await _scan_arrival(request, topics.observations)
     else:
-        records = [
-            r async for chunk in logscan.read_until(request.bootstrap_servers, topics.observations) for r in chunk
-        ]
+        records = [r async for chunk in logscan.read_until(request.kafka, topics.observations) for r in chunk]
     warm, scored = _split_range(records, request, join, counts)
     counts["warmup_events"] = len(warm)
     counts["scored_events"] = len(scored)

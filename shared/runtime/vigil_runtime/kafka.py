@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError, for_code
 from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -40,6 +39,7 @@ def make_broker(settings: VigilSettings, *, client_id: str, logger: logging.Logg
     """A FastStream Kafka broker whose producer waits for all in-sync replicas and never duplicates on retry."""
     return KafkaBroker(
         settings.kafka_bootstrap_servers,
+        security=settings.kafka.faststream_security(),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -55,7 +55,7 @@ async def ensure_topics(settings: VigilSettings, topics: Iterable[Topic] | None 
     """Create the stack's topics if they are missing; returns the names that were created."""
     names = Topics(settings.topic_prefix)
     wanted = list(topics) if topics is not None else list(Topic)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, client_id="vigil-admin")
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs(), client_id="vigil-admin")
     await admin.start()
     created: list[str] = []
     try:
@@ -78,9 +78,19 @@ async def ensure_topics(settings: VigilSettings, topics: Iterable[Topic] | None 
                 )
             )
         if new:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another service created them first
-                await admin.create_topics(new)
-            created = [t.name for t in new]
+            response = await admin.create_topics(new)
+            for name, code, *_ in response.topic_errors:
+                if code == 0:
+                    created.append(name)
+                elif code == TopicAlreadyExistsError.errno:  # another service created it first
+                    continue
+                elif code == TopicAuthorizationFailedError.errno:
+                    # A service principal sees only the topics its ACLs name and may create none: on a secured
+                    # stack the administrator creates the topics (``vigil up``, compose's kafka-provision). A
+                    # topic this service uses and cannot see shows up as an authorization error when it is used.
+                    log.info("topic not visible to this principal, left to the administrator", extra={"topic": name})
+                else:
+                    raise for_code(code)(f"creating topic {name} failed")
     finally:
         await admin.close()
     return created

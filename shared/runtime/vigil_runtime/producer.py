@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer
 
 from vigil_contracts.events import Event
 from vigil_runtime.kafka import encode
+from vigil_runtime.kafka_security import KafkaConnection
 
 
 class AckedProducer:
@@ -19,8 +20,8 @@ class AckedProducer:
     (tombstones). Measured on the 2-core machine: FastStream's publish path ~12k events/s, this ~40k/s.
     """
 
-    def __init__(self, bootstrap: str, *, client_id: str, linger_ms: int = 0) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: KafkaConnection, *, client_id: str, linger_ms: int = 0) -> None:
+        self.kafka = kafka
         self.client_id = client_id
         # A caller that sends all its records and then waits for them gains nothing from lingering (nothing more
         # comes while it waits): 0 by default; ingest's concurrent HTTP requests share batches with a little.
@@ -42,7 +43,7 @@ class AckedProducer:
     async def start(self) -> None:
         """Connect (aiokafka wants its producer made inside the running loop)."""
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+            **self.kafka.client_kwargs(),
             client_id=self.client_id,
             acks="all",
             enable_idempotence=True,

@@ -10,16 +10,18 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from vigil_runtime.kafka_security import KafkaConnection
+
 
 async def read_to_end(
-    bootstrap: str, topic: str, partitions: Iterable[int], *, timeout_s: float = 60.0
+    kafka: KafkaConnection, topic: str, partitions: Iterable[int], *, timeout_s: float = 60.0
 ) -> dict[str, bytes | None]:
     """Read partitions from the beginning to their current end; the last value per key wins (a compacted view)."""
     tps = [TopicPartition(topic, p) for p in sorted(set(partitions))]
     if not tps:
         return {}
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **kafka.client_kwargs(),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

@@ -74,6 +74,7 @@ def build_http_app(runtime: ServiceRuntime, *, title: str, description: str = ""
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if runtime.broker is not None:
+            runtime.settings.kafka.check()  # incomplete credentials fail here, clearly, not as a retry loop
             await _retry(lambda: ensure_topics(runtime.settings), what="create topics")
         for hook in runtime.on_start:
             await hook()

@@ -7,7 +7,9 @@ service-specific variable wins over the ``VIGIL_`` one.
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -16,6 +18,7 @@ from pydantic_settings import (
 )
 
 from vigil_contracts.topics import Topics
+from vigil_runtime.kafka_security import KafkaConnection, KafkaSecurityError, SaslMechanism, SecurityProtocol
 
 PLACEHOLDER_SECRETS = frozenset({"", "changethis", "changeme", "secret", "dev", "development"})
 
@@ -40,6 +43,17 @@ class VigilSettings(BaseSettings):
     """Structured JSON logs (PHI-free fields only); plain text when false."""
     development: bool = False
     """Development mode: allows the built-in demo tokens and other conveniences refused in production."""
+    kafka_security_protocol: SecurityProtocol = "SASL_SSL"
+    """``SASL_SSL`` (TLS + SCRAM); ``PLAINTEXT`` is refused outside development mode."""
+    kafka_ca_file: str | None = None
+    """PEM file of the CA that signed the broker's certificate (None: the system's trust store)."""
+    kafka_sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
+    kafka_username: str | None = None
+    """This service's Kafka principal (``ingest``, ``scorer``...)."""
+    kafka_password: SecretStr | None = None
+    """The principal's password; prefer ``kafka_password_file`` (a 0600 file) over the environment."""
+    kafka_password_file: str | None = None
+    """File holding the principal's password (read at start; wins over ``kafka_password``)."""
 
     @classmethod
     def settings_customise_sources(
@@ -58,6 +72,31 @@ class VigilSettings(BaseSettings):
     def topics(self) -> Topics:
         """The topic names under this stack's prefix."""
         return Topics(self.topic_prefix)
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """How this service's Kafka clients connect (the one helper every client uses)."""
+        password = self.kafka_password
+        if self.kafka_password_file:
+            try:
+                password = SecretStr(Path(self.kafka_password_file).read_text().strip())
+            except OSError as error:
+                # The path is configuration, not a secret; the error says why it could not be read.
+                raise KafkaSecurityError(f"kafka_password_file {self.kafka_password_file}: {error.strerror}") from None
+        return KafkaConnection(
+            bootstrap_servers=self.kafka_bootstrap_servers,
+            security_protocol=self.kafka_security_protocol,
+            ca_file=self.kafka_ca_file,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            username=self.kafka_username,
+            password=password,
+        )
+
+    @model_validator(mode="after")
+    def _plaintext_only_in_development(self) -> VigilSettings:
+        if self.kafka_security_protocol == "PLAINTEXT" and not self.development:
+            raise ValueError("kafka_security_protocol PLAINTEXT is refused outside development mode")
+        return self
 
     @model_validator(mode="after")
     def _check_prefix(self) -> VigilSettings:
