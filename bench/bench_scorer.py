@@ -288,6 +288,8 @@ async def run(
             "SCORER_DEFAULT_MODEL_PATH": str(settings.default_model_path),
             "SCORER_MODEL_CACHE_DIR": str(workdir / "models"),
             "SCORER_BATCH_MAX_RECORDS": str(batch_max_records),
+            # Development mode: the benchmark runs without a registry, on the bundled model (refused otherwise).
+            "SCORER_DEVELOPMENT": "true",
         },
         log,
     )

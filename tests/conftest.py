@@ -198,9 +198,15 @@ def principal_env(
 
 @pytest.fixture
 def settings_env(kafka_cluster: LocalCluster, kafka: KafkaConnection, topic_prefix: str) -> dict[str, object]:
-    """Keyword arguments that point any service's Settings at the test broker (as test-admin) and this test's topics."""
+    """Keyword arguments that point any service's Settings at the test broker (as test-admin) and this test's topics.
+
+    Every service accepts the tests' bearer token (``tests.factories.AUTH``), with every scope.
+    """
+    from tests.factories import TEST_GRANTS
+
     return {
         **kafka_settings(kafka, kafka_cluster.secrets.password_file(TEST_ADMIN)),
         "topic_prefix": topic_prefix,
         "partitions": 3,
+        "auth_tokens": TEST_GRANTS,
     }

@@ -114,17 +114,17 @@ def seed(database_url: str, artifact_root: Path) -> Registry:
         artifact_url=lambda n, v: f"http://127.0.0.1/models/{n}/versions/{v}/artifact",
     )
     for version in ("1", "2"):
-        registry.register_folder(SCIENTIST, PACKAGES / version)
-    registry.set_policy(ADMIN, "sepsis", POLICY)
-    registry.set_stage(SCIENTIST, "sepsis", "1", ev.Stage.SHADOW, "first candidate")
-    registry.propose(SCIENTIST, "sepsis", "1", "first production model")
-    registry.approve(APPROVER, "sepsis", "1", "validated on set A")
-    registry.promote(APPROVER, "sepsis", "1", "first production version")
-    registry.set_stage(SCIENTIST, "sepsis", "2", ev.Stage.SHADOW, "candidate retrained with an alert budget")
-    registry.handle_outcomes(
+        registry.lifecycle.register_folder(SCIENTIST, PACKAGES / version)
+    registry.lifecycle.set_policy(ADMIN, "sepsis", POLICY)
+    registry.lifecycle.set_stage(SCIENTIST, "sepsis", "1", ev.Stage.SHADOW, "first candidate")
+    registry.lifecycle.propose(SCIENTIST, "sepsis", "1", "first production model")
+    registry.lifecycle.approve(APPROVER, "sepsis", "1", "validated on set A")
+    registry.lifecycle.promote(APPROVER, "sepsis", "1", "first production version")
+    registry.lifecycle.set_stage(SCIENTIST, "sepsis", "2", ev.Stage.SHADOW, "candidate retrained with an alert budget")
+    registry.evidence.handle_outcomes(
         [factories.outcome(event_id=ev.deterministic_id("o", i), encounter=f"enc-{i}") for i in range(30)]
     )
-    registry.handle_comparison(synthetic_comparison())
+    registry.evidence.handle_comparison(synthetic_comparison())
     for alert in alerts():
-        registry.handle_alert(alert)
+        registry.evidence.handle_alert(alert)
     return registry

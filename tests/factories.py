@@ -133,6 +133,20 @@ def alert(**o: Any) -> ev.AlertRaised:
     )
 
 
+TEST_TOKEN = "integration-tests-token-0123456789abcdef"
+"""A bearer token every service built from ``settings_env`` accepts, with every scope."""
+TEST_GRANTS: dict[str, Any] = {TEST_TOKEN: {"user": "integration-tests", "scopes": ["system/*.*"]}}
+AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
+
+
+def allow_test_caller(app: Any) -> dict[str, str]:
+    """Make a bare FastAPI app (routers mounted by hand) accept the tests' token; returns its headers."""
+    from vigil_runtime.auth import Authenticator, Grant, TokenTable
+
+    app.state.auth = Authenticator(TokenTable({TEST_TOKEN: Grant(user="unit-tests", scopes=["system/*.*"])}))
+    return AUTH
+
+
 def lifecycle(**o: Any) -> ev.ModelLifecycleChanged:
     return ev.ModelLifecycleChanged(
         **{
@@ -186,7 +200,7 @@ def dead_letter(**o: Any) -> ev.DeadLettered:
             "source_offset": 7,
             "error_type": "ValueError",
             "error": "not JSON",
-            "payload": "{oops",
+            "resource_ids": ["Observation/hr-1"],
             **o,
         }
     )

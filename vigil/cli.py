@@ -178,6 +178,11 @@ def simulate_cmd(
     ),
     id_prefix: str = typer.Option("sim", help="Prefix of the simulated patient and encounter ids."),
     out: Path | None = typer.Option(None, help="Write the FHIR feed as NDJSON instead of sending it."),
+    token_file: Path | None = typer.Option(
+        None,
+        envvar="VIGIL_SIMULATOR_TOKEN_FILE",
+        help="Bearer token for ingest's FHIR writes (default: the local stack's simulator token).",
+    ),
 ) -> None:
     """Send PhysioNet-format stays to ingest as an EHR would (FHIR R4), and their outcomes later."""
     import asyncio
@@ -200,12 +205,23 @@ def simulate_cmd(
                 topics=Topics(topic_prefix),
                 via=via,  # type: ignore[arg-type]
                 ingest_url=ingest_url,
+                token=_simulator_token(token_file) if via == "http" else None,
                 speed=speed,
                 outcome_delay_hours=outcome_delay,
                 drifts=drifts,
             )
         )
     typer.echo(json.dumps(report.as_dict()))
+
+
+def _simulator_token(token_file: Path | None) -> str | None:
+    """The simulator's bearer token: the file given, else the local stack's (made on first use)."""
+    from vigil.http_tokens import HttpSecrets
+    from vigil.kafka_local import vigil_home
+
+    if token_file is not None:
+        return token_file.read_text().strip()
+    return HttpSecrets(vigil_home() / "secrets").ensure().token("simulator")
 
 
 @app.command("demo")

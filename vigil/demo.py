@@ -469,8 +469,6 @@ class Demo:
             "REGISTRY_ARTIFACT_ROOT": str(self.home / "artifacts"),
             "SCORER_MODEL_CACHE_DIR": str(self.home / "scorer-models"),
             "SHADOW_MODEL_CACHE_DIR": str(self.home / "shadow-models"),
-            "SCORER_REGISTRY_TOKEN": TOKENS["viewer"],
-            "SHADOW_REGISTRY_TOKEN": TOKENS["viewer"],
             "SCORER_REGISTRY_POLL_S": "2",
             "SHADOW_PUBLISH_EVERY_S": "3600",
             "DRIFT_MODEL_NAME": MODEL,
@@ -620,6 +618,7 @@ class Demo:
                 topics=self.topics,
                 via="http",
                 ingest_url=self.stack.url("ingest"),
+                token=self.stack.token("simulator"),
                 speed=self.o.speed,
                 outcome_delay_hours=self.o.outcome_delay_hours,
                 drifts=drifts,
@@ -649,6 +648,7 @@ class Demo:
     async def promotion(self, registry: Registry, watcher: TopicWatcher, expected_encounters: int) -> dict[str, Any]:
         v = self.o.candidate_version
         shadow = self.stack.url("shadow")
+        operator = {"Authorization": f"Bearer {self.stack.token('operator')}"}
         # Shadow's evidence is complete once its join holds every streamed stay's outcome (outcomes are the last
         # thing the EHR and the coding feed send).
         labelled = 0
@@ -656,7 +656,9 @@ class Demo:
         while time.monotonic() < deadline:
             try:
                 body = (
-                    await asyncio.to_thread(httpx.get, f"{shadow}/comparisons", params={"version": v}, timeout=120)
+                    await asyncio.to_thread(
+                        httpx.get, f"{shadow}/comparisons", params={"version": v}, headers=operator, timeout=120
+                    )
                 ).json()
                 rows = body.get("comparisons", [])
                 labelled = int(rows[0].get("labelled_encounters") or 0) if rows else 0
@@ -671,7 +673,7 @@ class Demo:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             # Off the event loop: the topic watcher keeps reading while shadow computes its bootstrap CIs.
-            r = await asyncio.to_thread(httpx.post, f"{shadow}/comparisons/publish", timeout=300)
+            r = await asyncio.to_thread(httpx.post, f"{shadow}/comparisons/publish", headers=operator, timeout=300)
             status = r.status_code
             if status == 200:
                 break

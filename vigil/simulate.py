@@ -398,10 +398,11 @@ class HttpSender:
     is acknowledged); different encounters go in parallel.
     """
 
-    def __init__(self, base_url: str, report: SimulationReport, concurrency: int = 8) -> None:
+    def __init__(self, base_url: str, report: SimulationReport, concurrency: int = 8, token: str | None = None) -> None:
         import httpx
 
-        self.client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=30.0)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=30.0, headers=headers)
         self.report = report
         self.slots = asyncio.Semaphore(concurrency)
         self.pending: set[asyncio.Task[None]] = set()
@@ -474,13 +475,17 @@ async def simulate(
     topics: Any,
     via: Literal["http", "kafka"] = "http",
     ingest_url: str = "http://127.0.0.1:8001",
+    token: str | None = None,
     speed: float = 0.0,
     outcome_delay_hours: float = 6.0,
     drifts: list[Drift] | None = None,
     start: datetime = ICU_EPOCH,
     on_progress: Callable[[SimulationReport, datetime], None] | None = None,
 ) -> SimulationReport:
-    """Send every stay's bundles and outcomes in simulated-time order; returns what was sent."""
+    """Send every stay's bundles and outcomes in simulated-time order; returns what was sent.
+
+    ``token``: the bearer token ingest's FHIR writes need (the stack's ``simulator`` token).
+    """
     from aiokafka import AIOKafkaProducer
 
     report = SimulationReport()
@@ -488,7 +493,7 @@ async def simulate(
     producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", enable_idempotence=True, linger_ms=5)
     await producer.start()
     sender: HttpSender | KafkaSender = (
-        HttpSender(ingest_url, report) if via == "http" else KafkaSender(producer, topics.fhir_raw)
+        HttpSender(ingest_url, report, token=token) if via == "http" else KafkaSender(producer, topics.fhir_raw)
     )
     outcome_futures: list[Any] = []
     t0 = time.monotonic()

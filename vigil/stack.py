@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from vigil.http_tokens import HttpSecrets
 from vigil.kafka_local import LocalCluster, process_alive, vigil_home
 from vigil_contracts.topics import Topics
 
@@ -90,9 +91,25 @@ class Stack:
             return None
         return pid if process_alive(pid) else None
 
+    @property
+    def http_secrets(self) -> HttpSecrets:
+        """The callers' tokens and the registry's signing key (made on first use)."""
+        return HttpSecrets(self.home / "secrets").ensure()
+
+    def token(self, caller: str) -> str:
+        """A caller's bearer token (``simulator``, ``operator``, ``scientist``...; see ``vigil/http_tokens.py``)."""
+        return self.http_secrets.token(caller)
+
     def env(self, spec: ServiceSpec, extra: dict[str, str] | None = None) -> dict[str, str]:
-        """The environment a service gets: the stack's broker, its own port, its neighbours' URLs."""
+        """The environment a service gets: the stack's broker, its own port, its neighbours' URLs, its secrets."""
         env = dict(os.environ)
+        http = self.http_secrets
+        # Paths only: the services read the secrets from the files, nothing secret goes into the environment.
+        env["VIGIL_AUTH_TOKENS_FILE"] = str(http.table)
+        env["REGISTRY_SIGNING_KEY_FILE"] = str(http.signing_key)
+        env["VIGIL_LIFECYCLE_PUBLIC_KEY_FILE"] = str(http.public_key)
+        env["SCORER_REGISTRY_TOKEN_FILE"] = str(http.token_file("scorer"))
+        env["SHADOW_REGISTRY_TOKEN_FILE"] = str(http.token_file("shadow"))
         env["VIGIL_KAFKA_BOOTSTRAP_SERVERS"] = self.cluster.bootstrap_servers
         env["VIGIL_HOME"] = str(self.home)
         env[f"{spec.env_prefix}_HTTP_PORT"] = str(spec.port)

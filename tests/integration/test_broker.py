@@ -145,8 +145,5 @@ async def test_malformed_record_is_dead_lettered_and_consumption_goes_on(
     assert letter.source_offset == 1
     assert letter.service == "test"
     assert letter.error
-    assert (
-        letter.payload.encode()
-        if letter.payload_encoding == "utf-8"
-        else __import__("base64").b64decode(letter.payload)
-    ) == bad
+    # Minimum necessary: the letter points at the record (topic, partition, offset) instead of copying it.
+    assert bad.decode("utf-8", "replace") not in letter.model_dump_json()

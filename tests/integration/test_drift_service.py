@@ -155,7 +155,7 @@ def test_http_app_runs_the_consumer_and_serves_state(settings_env: dict[str, Any
     reference = build_reference(synthetic_stays(30, seed=3))
     path = reference.save(tmp_path / "reference.json")
     settings = Settings(**settings_env, reference_path=str(path), model_name="sepsis", group_id="drift-http")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=factories.AUTH) as client:
         ready = client.get("/ready")
         assert ready.status_code == 200, ready.json()
         assert ready.json()["checks"]["reference"] is True

@@ -98,13 +98,13 @@ async def test_promotion_on_evidence_and_rollback_on_a_critical_alert_publish_li
         step(offline, "/models/sepsis/versions/1/proposals", {"reason": "first"}, SCI)
         step(offline, "/models/sepsis/versions/1/approve", {}, APP)
         step(offline, "/models/sepsis/versions/1/promote", {}, APP)
-        assert len(offline_app.state.registry.pending_events()) == 3
+        assert len(offline_app.state.registry.outbox.pending_events()) == 3
 
     await ensure_topics(settings)
     app = create_app(settings)
     with TestClient(app) as client:
         registry = app.state.registry
-        await wait_for(lambda: not registry.pending_events(), "the outbox to drain")
+        await wait_for(lambda: not registry.outbox.pending_events(), "the outbox to drain")
         published = lifecycle(await consume(kafka, topics.lifecycle, 3))
         assert [(e.model_version, e.action) for e in published] == [
             ("1", ev.LifecycleAction.REGISTERED),
@@ -127,10 +127,12 @@ async def test_promotion_on_evidence_and_rollback_on_a_critical_alert_publish_li
 
         # The evidence arrives through Kafka: outcomes, then shadow's comparison (and one about an unknown model).
         await produce(kafka, topics.outcomes, outcomes(5))
-        await wait_for(lambda: registry.get_version("sepsis", "2").outcomes_labelled == 5, "the outcomes to be counted")
+        await wait_for(
+            lambda: registry.queries.get_version("sepsis", "2").outcomes_labelled == 5, "the outcomes to be counted"
+        )
         unknown = comparison("2", "1", n=99, model_name="no-such-model", key="no-such-model")
         await produce(kafka, topics.comparisons, [unknown, comparison("2", "1")])
-        await wait_for(lambda: registry.production("sepsis").version == "2", "the promotion of version 2")
+        await wait_for(lambda: registry.queries.production("sepsis").version == "2", "the promotion of version 2")
 
         records = await consume(kafka, topics.lifecycle, 7)
         events = lifecycle(records)
@@ -162,7 +164,7 @@ async def test_promotion_on_evidence_and_rollback_on_a_critical_alert_publish_li
             threshold=0.85,
         )
         await produce(kafka, topics.alerts, [alert])
-        await wait_for(lambda: registry.production("sepsis").version == "1", "the rollback to version 1")
+        await wait_for(lambda: registry.queries.production("sepsis").version == "1", "the rollback to version 1")
         events = lifecycle(await consume(kafka, topics.lifecycle, 9))
         assert len(events) == 9
         rolled = next(e for e in events if e.action == ev.LifecycleAction.ROLLED_BACK)

@@ -64,6 +64,9 @@ class ScorerProcess:
             "SCORER_MODEL_CACHE_DIR": str(settings.model_cache_dir),
             "SCORER_BATCH_MAX_RECORDS": str(settings.batch_max_records),
             "SCORER_CHECKPOINT_INTERVAL_S": str(settings.checkpoint_interval_s),
+            # Development mode: these tests kill and restart the scorer without a registry, so only the bundled
+            # model can score (refused outside development); what they test is the state's recovery.
+            "SCORER_DEVELOPMENT": "true",
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vigil_scorer"], env=env, stdout=subprocess.DEVNULL, stderr=self.log.open("wb")
@@ -132,7 +135,9 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(
 ) -> None:
     # Checkpoints every 0.2 s: the kill lands after some, so the restart restores states from the changelog and
     # replays only what came after the last commit.
-    settings = settings_for(settings_env, tmp_path, batch_max_records=40, checkpoint_interval_s=0.2)
+    settings = settings_for(
+        settings_env, tmp_path, batch_max_records=40, checkpoint_interval_s=0.2, development=True
+    )  # development mode: no registry, the bundled model (see ScorerProcess)
     await ensure_topics(settings)
     stays = load_stays(24, first=40, data=shared_kit / "data" / "physionet2019_setA.parquet")
     events = events_of(stays)
@@ -166,7 +171,7 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(
 async def test_two_scorers_share_six_partitions_across_a_rebalance(
     settings_env: dict[str, Any], tmp_path: Path, shared_kit: Path
 ) -> None:
-    settings = settings_for({**settings_env, "partitions": 6}, tmp_path, batch_max_records=40)
+    settings = settings_for({**settings_env, "partitions": 6}, tmp_path, batch_max_records=40, development=True)
     await ensure_topics(settings)
     stays = load_stays(24, first=80, data=shared_kit / "data" / "physionet2019_setA.parquet")
     events = events_of(stays)

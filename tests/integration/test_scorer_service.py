@@ -16,6 +16,7 @@ from tests import factories
 from vigil_contracts import events as ev
 from vigil_runtime.kafka import encode, ensure_topics
 from vigil_runtime.kafka_security import KafkaConnection
+from vigil_runtime.provenance import LifecycleSigner, ensure_signing_key
 from vigil_runtime.reader import read_to_end
 from vigil_scorer.app import create_app
 from vigil_scorer.settings import Settings
@@ -144,7 +145,8 @@ def settings_for(settings_env: dict[str, Any], tmp_path: Path, **over: Any) -> S
 async def test_streamed_stays_score_like_the_offline_model(
     settings_env: dict[str, Any], tmp_path: Path, shared_kit: Path
 ) -> None:
-    settings = settings_for(settings_env, tmp_path)
+    # Development mode: no registry answers, so only the bundled model can score (refused outside development).
+    settings = settings_for(settings_env, tmp_path, development=True)
     await ensure_topics(settings)
     stays = load_stays(N_STAYS, data=shared_kit / "data" / "physionet2019_setA.parquet")
     events = events_of(stays)
@@ -170,7 +172,7 @@ async def test_streamed_stays_score_like_the_offline_model(
             await asyncio.sleep(0.1)
         saved = await read_to_end(settings.kafka, settings.topics.scorer_state, range(settings.partitions))
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://scorer") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://scorer", headers=factories.AUTH) as http:
             ready = (await http.get("/ready")).json()
             metrics = (await http.get("/metrics")).text
             snapshot = {"heart_rate_last": 120.0, "age": 70.0, "temperature_last": None}
@@ -224,7 +226,13 @@ async def test_registry_model_at_start_and_hot_swap_on_promotion(
     registry = FakeRegistry()
     with registry.serve():
         registry.publish("1", v1)
-        settings = settings_for(settings_env, tmp_path, registry_url=registry.url)
+        signer = LifecycleSigner(ensure_signing_key(tmp_path / "secrets" / "registry-signing.key"))
+        settings = settings_for(
+            settings_env,
+            tmp_path,
+            registry_url=registry.url,
+            lifecycle_public_key_file=tmp_path / "secrets" / "registry-signing.pub",
+        )
         await ensure_topics(settings)
         stays = load_stays(4, data=shared_kit / "data" / "physionet2019_setA.parquet")
         events = events_of(stays)
@@ -235,7 +243,7 @@ async def test_registry_model_at_start_and_hot_swap_on_promotion(
             await publish(settings.kafka, settings.topics.observations, events[:half])
             await reader.wait(complete(final_observations(events[:half])))
             facts = registry.publish("2", v2)
-            # A tampered announcement is refused: the scorer keeps version 1.
+            # A tampered announcement (signed, but its digest is not the package's) is refused: version 1 stays.
             tampered = factories.lifecycle(
                 model_version="2",
                 artifact_url=registry.url + facts["artifact_url"],
@@ -247,7 +255,11 @@ async def test_registry_model_at_start_and_hot_swap_on_promotion(
                 artifact_url=registry.url + facts["artifact_url"],
                 artifact_sha256=facts["artifact_sha256"],
             )
-            await publish(settings.kafka, settings.topics.lifecycle, [tampered, promoted])
+            await publish(
+                settings.kafka,
+                settings.topics.lifecycle,
+                [signer.sign(tampered), signer.sign(promoted)],
+            )
             service = app.state.scorer
             for _ in range(100):
                 if service.core.model_version == "2":

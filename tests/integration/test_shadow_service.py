@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from tests.factories import AUTH
 from vigil_contracts import events as ev
 from vigil_contracts.access import Principal
 from vigil_runtime.kafka import Publisher, ensure_topics, make_broker
@@ -148,10 +149,12 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
     await broker.start()
     publisher = Publisher(broker)
     # The live side is the real scorer service; with no registry answering it scores with the repository's
-    # default package (version 1) in production stage. A local core only tells which hours it will score.
+    # default package (version 1) in production stage, which needs development mode (outside it, a scorer the
+    # registry does not confirm serves nothing). A local core only tells which hours it will score.
     scorer = create_scorer_app(
         ScorerSettings(
             **settings_env,
+            development=True,
             group_id=f"scorer-{uuid.uuid4().hex[:8]}",
             registry_url="http://127.0.0.1:9",
             registry_timeout_s=1.0,
@@ -185,7 +188,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
                 lambda: len(service.join.shadow.get(("sepsis", "2"), {})) >= until_hours, "shadow scores joined"
             )
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://shadow") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://shadow", headers=AUTH) as client:
                 return {"app": app, "first": (await client.get("/comparisons")).json()}
 
     try:
@@ -226,7 +229,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
             await publisher.publish_all(topics.outcomes, outcomes)
             await _until(lambda: len(service.join.outcomes) == len(pids), "outcomes joined")
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://shadow") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://shadow", headers=AUTH) as client:
                 await _until(lambda: service.join_rebuilt, "join rebuilt")
                 ready = await client.get("/ready")
                 assert ready.status_code == 200, ready.text

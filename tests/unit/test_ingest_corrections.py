@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from tests import factories
 from vigil_contracts.events import Event, ObservationRecorded, ObservationRetracted
 from vigil_ingest.api import mount_fhir
 from vigil_ingest.cli import map_files
@@ -39,7 +40,7 @@ def setup() -> tuple[TestClient, FakePublisher]:
     core = IngestCore(settings, publisher, ServiceMetrics("ingest"))  # type: ignore[arg-type]
     app = FastAPI()
     mount_fhir(app, core, settings)
-    return TestClient(app), publisher
+    return TestClient(app, headers=factories.allow_test_caller(app)), publisher
 
 
 def hr(value: Any, rid: str = "hr-9", **overrides: Any) -> dict[str, Any]:

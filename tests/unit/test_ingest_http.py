@@ -17,11 +17,14 @@ from vigil_contracts.events import Event
 from vigil_ingest.api import mount_fhir
 from vigil_ingest.core import IngestCore
 from vigil_ingest.settings import Settings
+from vigil_runtime.auth import Authenticator, Grant, TokenTable
 from vigil_runtime.logging import JsonFormatter
 from vigil_runtime.metrics import ServiceMetrics
 
 TESTDATA = Path(__file__).resolve().parents[1] / "testdata" / "fhir"
 FHIR = {"content-type": "application/fhir+json"}
+EHR_TOKEN = "ehr-token-for-the-unit-tests-0123456789"
+READER_TOKEN = "reader-token-for-the-unit-tests-0123456"
 
 
 class FakePublisher:
@@ -41,8 +44,45 @@ def setup() -> tuple[TestClient, FakePublisher]:
     publisher = FakePublisher()
     core = IngestCore(settings, publisher, ServiceMetrics("ingest"))  # type: ignore[arg-type]
     app = FastAPI()
+    app.state.auth = Authenticator(
+        TokenTable(
+            {
+                EHR_TOKEN: Grant(user="ehr", scopes=["system/*.write"]),
+                READER_TOKEN: Grant(user="reader", scopes=["system/*.read"]),
+            }
+        )
+    )
     mount_fhir(app, core, settings)
-    return TestClient(app), publisher
+    return TestClient(app, headers={"Authorization": f"Bearer {EHR_TOKEN}"}), publisher
+
+
+@pytest.mark.parametrize("path", ["/fhir", "/fhir/Observation", "/fhir/Observation/hr-1", "/"])
+def test_writes_without_credentials_are_401_operation_outcomes(
+    setup: tuple[TestClient, FakePublisher], path: str
+) -> None:
+    client, publisher = setup
+    method = "PUT" if path.endswith("hr-1") else "POST"
+    body = orjson.dumps(observation() if "Observation" in path else {"resourceType": "Bundle", "type": "batch"})
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer not-a-known-token-at-all-000"}):
+        r = client.request(method, path, content=body, headers={**FHIR, **headers})
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith('Bearer realm="vigil"')
+        outcome = r.json()
+        assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "login"
+    assert publisher.published == []
+
+
+def test_a_token_without_the_write_scope_is_403(setup: tuple[TestClient, FakePublisher]) -> None:
+    client, publisher = setup
+    r = client.post(
+        "/fhir/Observation",
+        content=orjson.dumps(observation()),
+        headers={**FHIR, "Authorization": f"Bearer {READER_TOKEN}"},
+    )
+    assert r.status_code == 403
+    issue = r.json()["issue"][0]
+    assert issue["code"] == "forbidden" and "system/Observation.write" in issue["diagnostics"]
+    assert publisher.published == []
 
 
 def observation(**overrides: Any) -> dict[str, Any]:
@@ -167,7 +207,7 @@ def test_root_is_a_fhir_base_too_and_metadata(setup: tuple[TestClient, FakePubli
 async def test_raw_records_are_processed_or_parked_with_reasons() -> None:
     from types import SimpleNamespace
 
-    from vigil_runtime.kafka import Parsed
+    from vigil_runtime.kafka import Parsed, Rejected
 
     publisher = FakePublisher()
     core = IngestCore(Settings(topic_prefix="unit."), publisher, ServiceMetrics("ingest"))  # type: ignore[arg-type]
@@ -178,11 +218,13 @@ async def test_raw_records_are_processed_or_parked_with_reasons() -> None:
     records = [SimpleNamespace(offset=i) for i in range(3)]
     items = [Parsed(records[0], bundle), Parsed(records[1], partial), Parsed(records[2], ignored)]
     failures = await core.handle_records(items)  # type: ignore[arg-type]
-    assert [(r.offset, reason) for r, reason in failures] == [
+    assert all(isinstance(rejected, Rejected) for _, rejected in failures)
+    assert [(r.offset, rejected.reason, rejected.resource_ids) for r, rejected in failures] == [  # type: ignore[union-attr]
         (
             1,
             "partly processed (6 canonical events mapped): Observation/7a0e0c55-0000-4000-8000-000000000001: "
             "heart_rate outside plausible range [10, 300] /min",
+            ["Observation/7a0e0c55-0000-4000-8000-000000000001"],
         )
     ]
     assert len(publisher.published) == 5  # the partial bundle's good events are the same ids: deduped
@@ -193,8 +235,9 @@ def test_strict_transactions_refuse_the_whole_bundle() -> None:
     publisher = FakePublisher()
     core = IngestCore(settings, publisher, ServiceMetrics("ingest"))  # type: ignore[arg-type]
     app = FastAPI()
+    app.state.auth = Authenticator(TokenTable({EHR_TOKEN: Grant(user="ehr", scopes=["system/Observation.write"])}))
     mount_fhir(app, core, settings)
-    client = TestClient(app)
+    client = TestClient(app, headers={"Authorization": f"Bearer {EHR_TOKEN}"})
     bundle = json.loads((TESTDATA / "icu-bundle.json").read_text())
     bundle["entry"].append({"resource": observation(id="bad", valueQuantity={"value": 900, "unit": "/min"})})
     r = client.post("/fhir", content=orjson.dumps(bundle), headers=FHIR)

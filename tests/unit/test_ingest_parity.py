@@ -17,6 +17,7 @@ import orjson
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from tests import factories
 from vigil_contracts.events import Event
 from vigil_ingest.api import mount_fhir
 from vigil_ingest.api.routes.fhir import RESOURCE_TYPES
@@ -61,7 +62,7 @@ def over_http(path: Path) -> tuple[list[str], list[str], int]:
     recorder = Recorder()
     app = FastAPI()
     mount_fhir(app, IngestCore(settings, recorder, ServiceMetrics("ingest")), settings)  # type: ignore[arg-type]
-    client = TestClient(app)
+    client = TestClient(app, headers=factories.allow_test_caller(app))
     refusals: list[str] = []
     unrouted = 0
     for payload in read_payloads(path):

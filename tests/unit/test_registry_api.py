@@ -26,8 +26,12 @@ TOKENS = {
     "dual-approver-0123456789abcdefgh": {"user": "dr-carol", "role": "clinical_approver"},
     "viewer-token-0123456789abcdefghi": {"user": "vic", "role": "viewer"},
     "admin-token-0123456789abcdefghij": {"user": "root-admin", "role": "admin"},
+    "mallory-scientist-0123456789abcd": {"user": "Mallory ", "role": "data_scientist"},
+    "mallory-approver-0123456789abcde": {"user": "mallory", "role": "clinical_approver"},
 }
-SCI, APP, APP2, DUAL_SCI, DUAL_APP, VIEW, ADMIN = ({"Authorization": f"Bearer {t}"} for t in TOKENS)
+SCI, APP, APP2, DUAL_SCI, DUAL_APP, VIEW, ADMIN, MALLORY_SCI, MALLORY_APP = (
+    {"Authorization": f"Bearer {t}"} for t in TOKENS
+)
 
 
 def settings_for(tmp_path: Path, **extra: Any) -> Settings:
@@ -65,7 +69,7 @@ def test_requests_need_a_valid_bearer_token(client: TestClient) -> None:
     assert client.get("/models").status_code == 401
     response = client.get("/models", headers={"Authorization": "Bearer not-a-token"})
     assert response.status_code == 401
-    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.headers["www-authenticate"].startswith("Bearer ")
     assert client.get("/models", headers=VIEW).json() == []
     assert client.get("/health").status_code == 200
 
@@ -139,6 +143,15 @@ def test_refusals_are_403_with_their_reason_and_the_four_eyes_rule_holds(client:
     assert client.post("/models/sepsis/versions/1/approve", json={}, headers=ADMIN).status_code == 403
     assert client.post("/models/sepsis/versions/1/approve", json={}, headers=APP2).status_code == 200
     assert client.post("/models/sepsis/versions/1/promote", json={}, headers=APP).status_code == 200
+
+
+def test_mallory_with_a_capital_and_a_trailing_space_is_still_mallory(client: TestClient, tmp_path: Path) -> None:
+    upload(client, tmp_path, "1")
+    client.post("/models/sepsis/versions/1/stage", json={"to": "shadow"}, headers=SCI)
+    assert client.post("/models/sepsis/versions/1/proposals", json={}, headers=MALLORY_SCI).status_code == 201
+    own = client.post("/models/sepsis/versions/1/approve", json={}, headers=MALLORY_APP)
+    assert own.status_code == 403 and "four-eyes" in own.json()["detail"]
+    assert client.post("/models/sepsis/versions/1/approve", json={}, headers=APP2).status_code == 200
 
 
 def test_forbidden_transition_is_409_and_ineligible_promotion_carries_the_report(

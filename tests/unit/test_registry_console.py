@@ -47,8 +47,8 @@ def app_and_registry(tmp_path: Path) -> Iterator[tuple[Any, Registry]]:
     app = create_app(settings)
     with TestClient(app):  # runs the lifespan: migrations
         registry: Registry = app.state.registry
-        registry.register_folder(Principal("dana", "data_scientist"), make_package(tmp_path, version="1"))
-        registry.set_stage(Principal("dana", "data_scientist"), "sepsis", "1", Stage.SHADOW)
+        registry.lifecycle.register_folder(Principal("dana", "data_scientist"), make_package(tmp_path, version="1"))
+        registry.lifecycle.set_stage(Principal("dana", "data_scientist"), "sepsis", "1", Stage.SHADOW)
         yield app, registry
 
 
@@ -121,7 +121,7 @@ def test_forms_without_their_csrf_token_are_refused_and_change_nothing(
     assert refused.status_code == 403 and "CSRF" in refused.text
     wrong = c.post("/ui/models/sepsis/versions/1/propose", data={"reason": "forged", "csrf": "guess"})
     assert wrong.status_code == 403
-    assert registry.proposals("sepsis") == []
+    assert registry.queries.proposals("sepsis") == []
     assert c.post("/ui/signout", data={}).status_code == 403
 
 
@@ -147,7 +147,7 @@ def test_roles_and_the_four_eyes_rule_are_shown_and_enforced(app_and_registry: t
     assert "four-eyes rule: you proposed this version" in review.text
     refused = approver.post("/ui/models/sepsis/versions/1/approve", data={"csrf": form_csrf(review.text)})
     assert refused.status_code == 403 and "four-eyes" in refused.text
-    assert registry.proposals("sepsis")[0].status.value == "open"
+    assert registry.queries.proposals("sepsis")[0].status.value == "open"
 
     other = client(app)
     sign_in(other, APP)
@@ -155,7 +155,7 @@ def test_roles_and_the_four_eyes_rule_are_shown_and_enforced(app_and_registry: t
     assert not re.search(r'value="approve"\s+disabled', review.text)
     ok = other.post("/ui/models/sepsis/versions/1/approve", data={"csrf": form_csrf(review.text), "reason": "fine"})
     assert ok.status_code == 303
-    assert registry.proposals("sepsis")[0].decided_by == "dr-alice"
+    assert registry.queries.proposals("sepsis")[0].decided_by == "dr-alice"
 
 
 def test_a_review_without_shadow_evidence_says_so(app_and_registry: tuple[Any, Registry]) -> None:

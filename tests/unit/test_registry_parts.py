@@ -30,6 +30,7 @@ from vigil_registry.errors import InvalidPackage, StoreCorrupted
 from vigil_registry.outbox import OutboxRelay
 from vigil_registry.policy import PromotionPolicy, alert_rate_ratio, evaluate
 from vigil_runtime.kafka import Parsed
+from vigil_runtime.provenance import LifecycleSigner, LifecycleVerifier, ensure_signing_key, load_public_keys
 
 # --- policy --------------------------------------------------------------------------------------
 
@@ -239,27 +240,32 @@ async def test_relay_publishes_in_order_retries_and_republishes_after_a_crash(tm
     registry = make_registry(f"sqlite:///{tmp_path / 'r.db'}", tmp_path)
     to_production_first(registry, tmp_path, "1")
     publisher = FlakyPublisher()
-    relay = OutboxRelay(registry, publisher, "lifecycle", batch_size=2)  # type: ignore[arg-type]
+    key = ensure_signing_key(tmp_path / "secrets" / "signing.key")
+    relay = OutboxRelay(registry.outbox, publisher, "lifecycle", signer=LifecycleSigner(key), batch_size=2)  # type: ignore[arg-type]
 
     publisher.fail_next = True
     with pytest.raises(ConnectionError):
         await relay.drain()
-    assert len(registry.pending_events()) == 3
-    assert registry.pending_events()[0].attempts == 1
+    assert len(registry.outbox.pending_events()) == 3
+    assert registry.outbox.pending_events()[0].attempts == 1
 
     # A crash after the broker acknowledged but before the rows were marked: the same events go out again.
-    original = registry.mark_published
-    registry.mark_published = lambda ids: (_ for _ in ()).throw(SystemExit("crash"))  # type: ignore[method-assign]
+    original = registry.outbox.mark_published
+    registry.outbox.mark_published = lambda ids: (_ for _ in ()).throw(SystemExit("crash"))  # type: ignore[method-assign]
     with pytest.raises(SystemExit):
         await relay.drain()
-    registry.mark_published = original  # type: ignore[method-assign]
+    registry.outbox.mark_published = original  # type: ignore[method-assign]
     assert await relay.drain() == 3
     ids = [ModelLifecycleChanged.model_validate_json(v).event_id for _, v in publisher.sent]
     assert len(ids) == 5 and ids[:2] == ids[2:4]  # at least once, same ids: consumers dedupe
     actions = [ModelLifecycleChanged.model_validate_json(v).to_stage for _, v in publisher.sent[2:]]
     assert actions == [Stage.REGISTERED, Stage.SHADOW, Stage.PRODUCTION]
+    # Every event leaves signed, and the signature verifies with the public key written beside the private one.
+    verifier = LifecycleVerifier(load_public_keys(tmp_path / "secrets" / "signing.pub"), "http://registry.test")
+    for _, value in publisher.sent:
+        verifier.check(ModelLifecycleChanged.model_validate_json(value))
     assert all(k == b"sepsis" for k, _ in publisher.sent)
-    assert registry.pending_events() == []
+    assert registry.outbox.pending_events() == []
 
 
 # --- consumer handler ----------------------------------------------------------------------------
@@ -272,7 +278,7 @@ def _record(topic: str, offset: int) -> ConsumerRecord[Any, Any]:
 async def test_handler_applies_evidence_and_returns_unknown_models_for_parking(tmp_path: Path) -> None:
     registry: Registry = make_registry(f"sqlite:///{tmp_path / 'r.db'}", tmp_path)
     to_production_first(registry, tmp_path, "1")
-    registry.register_folder(SCIENTIST, make_package(tmp_path, version="2"))
+    registry.lifecycle.register_folder(SCIENTIST, make_package(tmp_path, version="2"))
     handler = EvidenceHandler(registry)
     unknown = comparison("2", "1", n=7, model_name="ghost", key="ghost")
     items = [

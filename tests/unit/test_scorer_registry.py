@@ -19,8 +19,10 @@ from vigil_scorer.settings import Settings
 from vigil_scoring.model_package import ModelPackage, verify_package
 
 
-def registry(handler: Any) -> RegistryClient:
-    return RegistryClient("http://registry", verify=verify_package, transport=httpx.MockTransport(handler))
+def registry(handler: Any, *, development: bool = False) -> RegistryClient:
+    return RegistryClient(
+        "http://registry", verify=verify_package, transport=httpx.MockTransport(handler), development=development
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +70,41 @@ async def test_a_package_is_accepted_only_with_matching_digests(v1: Path, tmp_pa
     garbage = registry(lambda r: httpx.Response(200, content=b"not an archive"))
     with pytest.raises(PackageRejected):
         await garbage.fetch_package("http://registry/b", cache_dir=tmp_path / "y", artifact_sha256=None)
-    local = await client.fetch_package(f"file://{v1}", cache_dir=tmp_path, artifact_sha256=sha)
+    # Development mode only: a package straight from a local folder (this test's way of avoiding a server).
+    dev_client = registry(lambda r: httpx.Response(200, content=data), development=True)
+    local = await dev_client.fetch_package(f"file://{v1}", cache_dir=tmp_path, artifact_sha256=sha)
     assert local.version == "1"
 
 
-def service(tmp_path: Path, handler: Any) -> ScorerService:
-    settings = Settings(default_model_path=package_path("1"), model_cache_dir=tmp_path)
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("file:///tmp/model", "outside development mode"),
+        ("http://attacker.example/models/sepsis/versions/9/artifact", "not under the configured registry"),
+        ("http://registry.evil/models/sepsis/versions/9/artifact", "not under the configured registry"),
+        ("https://registry/models/sepsis/versions/9/artifact", "not under the configured registry"),
+        ("//attacker.example/x", "path on the registry"),
+    ],
+)
+async def test_artifact_urls_off_the_registry_are_refused_outside_development(
+    v1: Path, tmp_path: Path, url: str, why: str
+) -> None:
+    asked: list[str] = []
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        return httpx.Response(200, content=tarball(v1))
+
+    client = registry(serve)
+    with pytest.raises(PackageRejected, match=why):
+        await client.fetch_package(url, cache_dir=tmp_path, artifact_sha256=None)
+    with pytest.raises(PackageRejected, match="outside development mode"):
+        await client.fetch_package(str(v1), cache_dir=tmp_path, artifact_sha256=None)  # a local path
+    assert asked == []  # refused before anything was fetched
+
+
+def service(tmp_path: Path, handler: Any, *, development: bool = False) -> ScorerService:
+    settings = Settings(default_model_path=package_path("1"), model_cache_dir=tmp_path, development=development)
     return ScorerService(
         settings,
         ServiceMetrics("scorer"),
@@ -87,13 +118,63 @@ async def test_without_a_registry_the_default_model_scores_flagged(tmp_path: Pat
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
-    svc = service(tmp_path, refuse)
+    # Development mode: the bundled model is a development convenience, refused anywhere else (next test).
+    svc = service(tmp_path, refuse, development=True)
     model = await svc.load_initial_model()
-    assert model.default_model and model.stage is ev.Stage.PRODUCTION
+    assert model is not None and model.default_model and model.stage is ev.Stage.PRODUCTION
     svc.install(model)
     assert svc.core is not None and svc.core.default_model
     scores = svc.core.score([factories.encounter(), factories.observation()])
     assert scores and all(s.default_model for s in scores)
+
+
+@pytest.mark.parametrize("answer", [401, 403, 503, 404, "unreachable"])
+async def test_a_scorer_the_registry_does_not_confirm_serves_nothing_and_is_not_ready(
+    tmp_path: Path, answer: int | str
+) -> None:
+    from vigil_scoring.scoring import NotProductionError
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if answer == "unreachable":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(int(answer), json={"detail": "no"})
+
+    svc = service(tmp_path, handler)  # outside development mode
+    assert await svc.load_initial_model() is None
+    assert svc.core is None and svc.live is None  # /ready's model_loaded check is `core is not None`: not ready
+    with pytest.raises(NotProductionError, match="no production model confirmed"):
+        await svc._handle([])  # a batch publishes nothing and stays uncommitted
+
+
+async def test_a_scorer_that_failed_closed_starts_once_the_registry_confirms(tmp_path: Path, v1: Path) -> None:
+    import asyncio
+
+    data, sha = tarball(v1), ModelPackage.load(v1).sha256
+    allowed = {"yes": False}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if not allowed["yes"]:
+            return httpx.Response(401, json={"detail": "unknown bearer token"})
+        if request.url.path.endswith("/production"):
+            return httpx.Response(200, json={"version": "1", "artifact_url": "/artifacts/1", "artifact_sha256": sha})
+        return httpx.Response(200, content=data)
+
+    svc = service(tmp_path, handler)
+    svc.settings.registry_poll_s = 0.01
+    assert await svc.load_initial_model() is None
+    poll = asyncio.create_task(svc.poll_registry())
+    try:
+        await asyncio.sleep(0.1)
+        assert svc.core is None  # still refused: still nothing
+        allowed["yes"] = True
+        for _ in range(200):
+            if svc.core is not None:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        poll.cancel()
+        await asyncio.gather(poll, return_exceptions=True)
+    assert svc.core is not None and svc.core.model_version == "1" and not svc.core.default_model
 
 
 async def test_registry_production_version_is_used_and_a_demotion_pauses_live_scoring(tmp_path: Path, v1: Path) -> None:
@@ -107,7 +188,7 @@ async def test_registry_production_version_is_used_and_a_demotion_pauses_live_sc
 
     svc = service(tmp_path, handler)
     model = await svc.load_initial_model()
-    assert not model.default_model and model.package.version == "1"
+    assert model is not None and not model.default_model and model.package.version == "1"
     svc.install(model)
     demoted = factories.lifecycle(
         action=ev.LifecycleAction.RETIRED, model_version="1", from_stage=ev.Stage.PRODUCTION, to_stage=ev.Stage.RETIRED
@@ -238,9 +319,12 @@ async def test_on_the_default_model_the_registry_is_asked_again_and_its_version_
             return httpx.Response(200, json={"version": "1", "artifact_url": "/artifacts/1", "artifact_sha256": sha})
         return httpx.Response(200, content=data)
 
-    svc = service(tmp_path, handler)
+    # Development mode: the default model while the registry is down (outside it the scorer would wait, idle).
+    svc = service(tmp_path, handler, development=True)
     svc.settings.registry_poll_s = 0.01
-    svc.install(await svc.load_initial_model())
+    first = await svc.load_initial_model()
+    assert first is not None
+    svc.install(first)
     assert svc.core is not None and svc.core.default_model
     poll = asyncio.create_task(svc.poll_registry())
     try:
@@ -271,7 +355,9 @@ async def test_a_missed_promotion_is_caught_up_by_the_registry_poll(tmp_path: Pa
 
     svc = service(tmp_path, handler)
     svc.settings.registry_poll_s = 0.01
-    svc.install(await svc.load_initial_model())
+    first = await svc.load_initial_model()
+    assert first is not None
+    svc.install(first)
     assert svc.core is not None and svc.core.model_version == "1" and not svc.core.default_model
     poll = asyncio.create_task(svc.poll_registry())
     try:

@@ -26,6 +26,7 @@ from vigil_contracts.events import (
     OutcomeRecorded,
     RiskScored,
 )
+from vigil_drift.api.routes import drift
 from vigil_drift.config import parse_overrides, thresholds_for
 from vigil_drift.core import DriftCore
 from vigil_drift.metrics import DriftMetrics
@@ -204,9 +205,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     core = build_core(settings)
     runtime = bootstrap(settings, core)
     app = build_http_app(runtime, title="Vigil drift")
-
-    @app.get("/drift", tags=["drift"], summary="Every monitored quantity and the open alerts")
-    async def drift_state() -> dict[str, Any]:
-        return core.snapshot()
-
+    app.state.drift = core
+    app.include_router(drift.router)
     return app

@@ -10,7 +10,7 @@ from vigil_runtime.settings import VigilSettings
 class Settings(VigilSettings):
     """The drift service's settings."""
 
-    model_config = SettingsConfigDict(env_prefix="DRIFT_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="DRIFT_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     http_port: int = 8004
     group_id: str = "vigil-drift"

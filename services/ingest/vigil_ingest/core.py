@@ -12,7 +12,7 @@ from vigil_contracts.events import Event
 from vigil_ingest.mapping import Mapper, MapResult, TimeRules
 from vigil_ingest.publishing import Deduper
 from vigil_ingest.settings import Settings
-from vigil_runtime.kafka import Parsed, Publisher
+from vigil_runtime.kafka import Parsed, Publisher, Rejected
 from vigil_runtime.metrics import ServiceMetrics
 from vigil_runtime.producer import AckedProducer
 
@@ -78,7 +78,8 @@ class IngestCore:
                     reasons += f"; and {len(result.rejections) - 5} more"
                 if result.events:
                     reasons = f"partly processed ({len(result.events)} canonical events mapped): {reasons}"
-                failures.append((item.record, reasons[:2000]))
+                resources = [f"{r.resource_type}/{r.resource_id}" for r in result.rejections if r.resource_id]
+                failures.append((item.record, Rejected(reasons[:2000], resources)))
         try:
             await self.publish(events)
         except BaseException:

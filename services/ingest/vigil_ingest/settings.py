@@ -11,7 +11,7 @@ from vigil_runtime.settings import VigilSettings
 class Settings(VigilSettings):
     """The ingest service's settings."""
 
-    model_config = SettingsConfigDict(env_prefix="INGEST_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="INGEST_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     http_port: int = 8001
     group_id: str = "vigil-ingest"

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from vigil_contracts.events import ModelLifecycleChanged
 from vigil_registry.api.routes import audits, models, proposals
 from vigil_registry.artifacts import ArtifactStore
-from vigil_registry.auth import TokenTable
+from vigil_registry.auth import grants
 from vigil_registry.console import mount_console
 from vigil_registry.consumer import EvidenceHandler, subscribe
 from vigil_registry.core import Registry
@@ -25,8 +25,10 @@ from vigil_registry.db import make_engine, migrate
 from vigil_registry.errors import NotEligible, RegistryError, Unauthorized
 from vigil_registry.outbox import OutboxRelay
 from vigil_registry.settings import Settings
+from vigil_runtime.auth import build_authenticator
 from vigil_runtime.kafka import DeadLetters, Publisher, make_broker
 from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.provenance import LifecycleSigner, ensure_signing_key
 from vigil_runtime.service import ServiceRuntime, build_http_app
 
 SERVICE = "registry"
@@ -84,9 +86,10 @@ def bootstrap(settings: Settings) -> Wiring:
         dead_letters = DeadLetters(publisher, settings.topics.dead_letter, service=SERVICE)
         handler = subscribe(broker, settings, registry, dead_letters, metrics)
         relay = OutboxRelay(
-            registry,
+            registry.outbox,
             publisher,
             settings.topics.lifecycle,
+            signer=LifecycleSigner(ensure_signing_key(settings.signing_key_file)),
             poll_seconds=settings.outbox_poll_seconds,
             ready=lambda: runtime.started,
             metrics=metrics,
@@ -95,7 +98,10 @@ def bootstrap(settings: Settings) -> Wiring:
         broker.publisher(
             settings.topics.lifecycle,
             title="models.lifecycle",
-            description="ModelLifecycleChanged for every registry decision, keyed by model name (from the outbox).",
+            description=(
+                "ModelLifecycleChanged for every registry decision, keyed by model name (from the outbox), "
+                "signed with the registry's Ed25519 key (signature and signing_key_id fields)."
+            ),
             schema=ModelLifecycleChanged,
         )
         relay_box.append(relay)
@@ -113,8 +119,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The registry's HTTP app (OpenAPI at /docs); its lifespan migrates and runs the Kafka side."""
     settings = settings or Settings()
     wiring = bootstrap(settings)
+    authenticator = build_authenticator(settings.auth(), extra=grants(settings.effective_tokens()))
     app = build_http_app(
         wiring.runtime,
+        authenticator=authenticator,
         title="Vigil registry",
         description=(
             "Model versions, stages (registered, shadow, production, archived, retired), model cards, "
@@ -123,7 +131,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.wiring = wiring
     app.state.registry = wiring.registry
-    app.state.tokens = TokenTable(settings.effective_tokens())
     app.state.anonymous_read = settings.anonymous_read or settings.development
     app.include_router(models.router)
     app.include_router(proposals.router)
@@ -139,6 +146,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
         return JSONResponse(body, status_code=error.status, headers=headers)
 
-    if not settings.effective_tokens():
-        log.warning("no registry tokens configured: only anonymous reads (if enabled) will be accepted")
     return app

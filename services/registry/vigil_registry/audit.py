@@ -59,7 +59,7 @@ def append(
     version: str | None,
     action: str,
     actor: str,
-    role: str,
+    role: str | None,
     from_stage: str | None = None,
     to_stage: str | None = None,
     reason: str = "",
@@ -82,7 +82,7 @@ def append(
         version=version,
         action=action,
         actor=actor,
-        role=role,
+        role=role or "none",  # an OAuth2 client without a registry role (it can only read, so never lands here)
         from_stage=from_stage,
         to_stage=to_stage,
         reason=reason,

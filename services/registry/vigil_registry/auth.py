@@ -1,28 +1,19 @@
-"""Bearer tokens to principals, and what each role may do.
+"""Who acts on the registry, and what each role may do.
 
-Tokens come from settings (``REGISTRY_TOKENS``), plus the documented demo tokens in development mode only.
-Comparison is constant-time (``hmac.compare_digest``) against every configured token, so response time does
-not reveal how much of a guessed token was right.
+Credentials are resolved by the common auth module (``vigil_runtime.auth``: static bearer tokens compared in
+constant time, OAuth2 JWTs against a JWKS); the registry adds its roles. Its tokens come from
+``REGISTRY_TOKENS`` and the stack-wide tokens file, plus the documented demo tokens in development mode only.
 """
 
 from __future__ import annotations
 
-import hmac
-from dataclasses import dataclass
-
-from vigil_registry.errors import Forbidden, Unauthorized
+from vigil_registry.errors import Forbidden
 from vigil_registry.settings import Role, TokenGrant
+from vigil_runtime.auth import READ_SCOPE, Grant, Principal
 
+__all__ = ["ANONYMOUS", "PERMISSIONS", "POLICY", "Principal", "grants", "require"]
 
-@dataclass(frozen=True)
-class Principal:
-    """Who acts: a user and a role (the policy acts as user 'policy', role 'system')."""
-
-    user: str
-    role: str
-
-
-POLICY = Principal(user="policy", role="system")
+POLICY = Principal(user="policy", role="system", kind="system")
 ANONYMOUS = Principal(user="anonymous", role=Role.VIEWER.value)
 
 _ALL = frozenset(Role)
@@ -42,8 +33,13 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
 
 
 def require(principal: Principal, action: str) -> None:
-    """Raise Forbidden (403, with the reason) unless the principal's role may perform ``action``."""
+    """Raise Forbidden (403, with the reason) unless the principal's role may perform ``action``.
+
+    A principal without a registry role (an OAuth2 client) may read when it holds a read scope, nothing else.
+    """
     if principal == POLICY:
+        return
+    if principal.role is None and action == "read" and principal.allows(READ_SCOPE):
         return
     allowed = PERMISSIONS[action]
     if principal.role not in {r.value for r in allowed}:
@@ -51,22 +47,6 @@ def require(principal: Principal, action: str) -> None:
         raise Forbidden(f"role {principal.role!r} may not {action}; it needs one of: {names}")
 
 
-class TokenTable:
-    """Resolves bearer tokens in constant time per configured token."""
-
-    def __init__(self, tokens: dict[str, TokenGrant]) -> None:
-        self._entries = [(token.encode(), grant) for token, grant in tokens.items()]
-
-    def resolve(self, token: str | None) -> Principal:
-        """The principal a token stands for; Unauthorized when it stands for nobody."""
-        if not token:
-            raise Unauthorized("missing bearer token")
-        given = token.encode()
-        found: TokenGrant | None = None
-        for candidate, grant in self._entries:
-            # Compare against every token (no early exit) so timing tells nothing about which one matched.
-            if hmac.compare_digest(candidate, given):
-                found = grant
-        if found is None:
-            raise Unauthorized("unknown bearer token")
-        return Principal(user=found.user, role=found.role.value)
+def grants(tokens: dict[str, TokenGrant]) -> dict[str, Grant]:
+    """The registry's token grants in the common module's shape (roles read everything)."""
+    return {token: Grant(user=g.user, role=g.role.value, scopes=[READ_SCOPE]) for token, g in tokens.items()}

@@ -1,7 +1,8 @@
 """``vigil registry``: the registry's REST API from the command line.
 
 Every command talks to a running registry (``--url``, env ``VIGIL_REGISTRY_URL``) with a bearer token
-(``--token``, env ``VIGIL_REGISTRY_TOKEN``); ``--json`` prints the API's JSON instead of a summary.
+(``--token-file``, env ``VIGIL_REGISTRY_TOKEN_FILE``, e.g. ``.vigil/secrets/http/scientist.token`` made by
+``vigil up``; or ``--token``, env ``VIGIL_REGISTRY_TOKEN``); ``--json`` prints the API's JSON instead of a summary.
 A refusal prints the registry's reason and exits 1.
 """
 
@@ -33,8 +34,13 @@ def main(
     ctx: typer.Context,
     url: str = typer.Option(DEFAULT_URL, envvar="VIGIL_REGISTRY_URL", help="The registry's base URL."),
     token: str | None = typer.Option(None, envvar="VIGIL_REGISTRY_TOKEN", help="Bearer token."),
+    token_file: Path | None = typer.Option(
+        None, envvar="VIGIL_REGISTRY_TOKEN_FILE", help="A file holding the bearer token (kept off the command line)."
+    ),
 ) -> None:
     """Talk to a running registry."""
+    if token is None and token_file is not None:
+        token = token_file.read_text().strip()
     ctx.obj = {"url": url, "token": token}
 
 

@@ -54,7 +54,8 @@ class EvidenceHandler:
         outcomes = [p for p in items if isinstance(p.event, OutcomeRecorded)]
         if outcomes:
             new = await asyncio.to_thread(
-                self.registry.handle_outcomes, [p.event for p in outcomes if isinstance(p.event, OutcomeRecorded)]
+                self.registry.evidence.handle_outcomes,
+                [p.event for p in outcomes if isinstance(p.event, OutcomeRecorded)],
             )
             self._count(outcomes[0].record.topic, "processed", new)
             self._count(outcomes[0].record.topic, "duplicate", len(outcomes) - new)
@@ -64,9 +65,9 @@ class EvidenceHandler:
                 continue
             try:
                 if isinstance(event, ComparisonSummarized):
-                    result = await asyncio.to_thread(self.registry.handle_comparison, event)
+                    result = await asyncio.to_thread(self.registry.evidence.handle_comparison, event)
                 else:
-                    result = await asyncio.to_thread(self.registry.handle_alert, event)
+                    result = await asyncio.to_thread(self.registry.evidence.handle_alert, event)
             except RegistryError as error:
                 failed.append((parsed.record, error.reason))
                 continue

@@ -8,6 +8,9 @@ and this relay publishes every unpublished row (awaiting the broker's acknowledg
 marking it. A crash after the acknowledgement but before the mark republishes the event with the same
 ``event_id``: delivery is at least once and consumers dedupe by id. Rows are published in decision order, keyed
 by model name, so each model's events stay in order on one partition.
+
+Signing happens here, as each event leaves for the broker (``vigil_runtime.provenance``): the database keeps the
+decision, the key stays in this process's memory, and every event on the topic carries the registry's signature.
 """
 
 from __future__ import annotations
@@ -15,16 +18,60 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from prometheus_client import Counter, Gauge
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col
 
-from vigil_contracts.events import ModelLifecycleChanged
-from vigil_registry.core import Registry
+from vigil_contracts.events import ModelLifecycleChanged, utcnow
+from vigil_registry import crud
+from vigil_registry.models import OutboxEvent
 from vigil_runtime.kafka import Publisher
 from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.provenance import LifecycleSigner
 
 log = logging.getLogger(__name__)
+
+
+class Outbox:
+    """The outbox table: decisions add their event in their own transaction; the relay reads and marks them."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @staticmethod
+    def record(session: Session, event: ModelLifecycleChanged, *, at: datetime) -> None:
+        """Add a decision's event in the decision's transaction (published after the commit, by the relay)."""
+        session.add(OutboxEvent(event_id=event.event_id, key=event.key, payload=event.model_dump_json(), created_at=at))
+
+    def pending_events(self, limit: int = 100) -> list[OutboxEvent]:
+        """Unpublished lifecycle events, oldest first."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(crud.pending_outbox(session, limit=limit))
+
+    def mark_published(self, ids: Sequence[int]) -> None:
+        """Record that the broker acknowledged these outbox events."""
+        if not ids:
+            return
+        with Session(self.engine) as session, session.begin():
+            session.exec(
+                update(OutboxEvent)  # type: ignore[call-overload]
+                .where(col(OutboxEvent.id).in_(list(ids)))
+                .values(published_at=utcnow())
+            )
+
+    def mark_failed(self, ids: Sequence[int], error: str) -> None:
+        """Count a failed publish attempt (the relay retries)."""
+        if not ids:
+            return
+        with Session(self.engine) as session, session.begin():
+            session.exec(
+                update(OutboxEvent)  # type: ignore[call-overload]
+                .where(col(OutboxEvent.id).in_(list(ids)))
+                .values(attempts=OutboxEvent.attempts + 1, last_error=error[:500])  # type: ignore[operator]
+            )
 
 
 class OutboxRelay:
@@ -32,18 +79,20 @@ class OutboxRelay:
 
     def __init__(
         self,
-        registry: Registry,
+        outbox: Outbox,
         publisher: Publisher,
         topic: str,
         *,
+        signer: LifecycleSigner,
         poll_seconds: float = 1.0,
         batch_size: int = 100,
         ready: Callable[[], bool] = lambda: True,
         metrics: ServiceMetrics | None = None,
     ) -> None:
-        self.registry = registry
+        self.outbox = outbox
         self.publisher = publisher
         self.topic = topic
+        self.signer = signer
         self.poll_seconds = poll_seconds
         self.batch_size = batch_size
         self.ready = ready
@@ -78,24 +127,24 @@ class OutboxRelay:
         """Publish every unpublished event now; returns how many were published."""
         total = 0
         while True:
-            pending = await asyncio.to_thread(self.registry.pending_events, self.batch_size)
+            pending = await asyncio.to_thread(self.outbox.pending_events, self.batch_size)
             if self._pending is not None:
                 self._pending.set(len(pending))
             if not pending:
                 return total
             ids = [row.id for row in pending if row.id is not None]
+            events = [self.signer.sign(ModelLifecycleChanged.model_validate_json(row.payload)) for row in pending]
             try:
                 await self.publisher.publish_raw(
-                    self.topic, [(row.key.encode(), row.payload.encode()) for row in pending]
+                    self.topic, [(event.key.encode(), event.model_dump_json().encode()) for event in events]
                 )
             except Exception as error:
-                await asyncio.to_thread(self.registry.mark_failed, ids, f"{type(error).__name__}: {error}")
+                await asyncio.to_thread(self.outbox.mark_failed, ids, f"{type(error).__name__}: {error}")
                 raise
-            await asyncio.to_thread(self.registry.mark_published, ids)
+            await asyncio.to_thread(self.outbox.mark_published, ids)
             if self._published is not None:
-                for row in pending:
-                    action = ModelLifecycleChanged.model_validate_json(row.payload).action.value
-                    self._published.labels(action).inc()
+                for event in events:
+                    self._published.labels(event.action.value).inc()
             total += len(ids)
             self.published += len(ids)
             log.info("lifecycle events published", extra={"count": len(ids), "topic": self.topic})

@@ -74,6 +74,10 @@ class Settings(VigilSettings):
     console_idle_minutes: float = Field(default=30.0, gt=0)
     """A console session left idle this long is signed out."""
 
+    signing_key_file: Path = Path(".vigil/secrets/lifecycle/registry-signing.key")
+    """The Ed25519 key lifecycle events are signed with: made on first use (mode 0600), its public key written
+    beside it (``.pub``) for the scorers and shadow (``VIGIL_LIFECYCLE_PUBLIC_KEY_FILE``)."""
+
     home: Path | None = None
     """``VIGIL_HOME`` (set by ``vigil up``): when given, the default database and artifact store live under it."""
     registry_url: str | None = None
@@ -86,6 +90,8 @@ class Settings(VigilSettings):
                 self.database_url = f"sqlite:///{self.home / 'registry' / 'registry.db'}"
             if "artifact_root" not in self.model_fields_set:
                 self.artifact_root = self.home / "registry" / "artifacts"
+            if "signing_key_file" not in self.model_fields_set:
+                self.signing_key_file = self.home / "secrets" / "lifecycle" / "registry-signing.key"
         if "public_url" not in self.model_fields_set:
             self.public_url = self.registry_url or f"http://127.0.0.1:{self.http_port}"
         return self

@@ -3,7 +3,7 @@
 Kafka: a batch subscriber on the canonical observations topic (consumer group ``settings.group_id``, manual
 commits after the outputs are acknowledged, a rebalance listener that moves state with the partitions) and a
 subscriber on the lifecycle topic without a group (every process sees every registry decision). HTTP:
-``POST /predict`` (stateless: a feature snapshot in, a score out), ``/health``, ``/ready`` (model loaded, states
+``POST /predict`` (stateless, in ``api/routes``), ``/health``, ``/ready`` (model loaded, states
 restored, broker reachable) and ``/metrics``.
 """
 
@@ -11,37 +11,24 @@ from __future__ import annotations
 
 import gc
 import logging
-from typing import Annotated
 
-from fastapi import Body, FastAPI, HTTPException
+from fastapi import FastAPI
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
-from pydantic import BaseModel, Field
 
-from vigil_contracts.events import DeadLettered, ModelLifecycleChanged, RiskScored
+from vigil_contracts.events import AlertRaised, DeadLettered, RiskScored
 from vigil_runtime.kafka import DeadLetters, Publisher, make_broker, raw_batch_decoder, raw_decoder
 from vigil_runtime.metrics import ServiceMetrics
 from vigil_runtime.producer import AckedProducer
+from vigil_runtime.provenance import LifecycleGate, LifecycleVerifier
 from vigil_runtime.registry_client import RegistryClient
 from vigil_runtime.service import ServiceRuntime, build_http_app
+from vigil_scorer.api.routes import predict
 from vigil_scorer.pipeline import SERVICE, ScorerService, StateRebalanceListener
 from vigil_scorer.settings import Settings
 from vigil_scoring.model_package import verify_package
 
 log = logging.getLogger(__name__)
-
-
-class PredictResponse(BaseModel):
-    """A stateless score of one feature snapshot."""
-
-    probability: float = Field(ge=0.0, le=1.0)
-    risk_level: str = Field(examples=["low"])
-    alert: bool
-    threshold: float
-    model_name: str
-    model_version: str
-    stage: str
-    default_model: bool
 
 
 def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
@@ -54,8 +41,10 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
     broker.publisher(topics.scores_live, schema=RiskScored, title="live risk scores (key: encounter)")
     broker.publisher(topics.scorer_state, title="feature-state changelog (compacted; key: encounter)")
     broker.publisher(topics.dead_letter, schema=DeadLettered, title="dead letters")
+    broker.publisher(topics.alerts, schema=AlertRaised, title="provenance alerts (refused lifecycle events)")
+    publisher = Publisher(broker)
     dead_letters = DeadLetters(
-        Publisher(broker),
+        publisher,
         topics.dead_letter,
         service=SERVICE,
         on_parked=lambda letter: metrics.count(letter.source_topic, "parked_total"),
@@ -71,7 +60,18 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
             verify=verify_package,
             token=settings.registry_token,
             timeout=settings.registry_timeout_s,
+            development=settings.development,
         ),
+    )
+    gate = LifecycleGate(
+        LifecycleVerifier.from_settings(
+            settings.lifecycle_public_key_file, registry_url=settings.registry_url, development=settings.development
+        ),
+        service=SERVICE,
+        dead_letters=dead_letters,
+        publisher=publisher,
+        alerts_topic=topics.alerts,
+        metrics=metrics,
     )
 
     observations = broker.subscriber(
@@ -101,16 +101,18 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
         auto_offset_reset="latest",
         decoder=raw_decoder,
         title="scorer.lifecycle",
-        description="Registry decisions: a new production version is loaded, verified and swapped in.",
+        description=(
+            "Registry decisions, acted on only when signed by the registry's key and naming an artifact under the "
+            "registry URL (else parked, with an alert): a new production version is loaded, verified, swapped in."
+        ),
     )
 
     @lifecycle
-    async def on_lifecycle(body: bytes) -> None:
-        try:
-            event = ModelLifecycleChanged.model_validate_json(body)
-        except ValueError:
-            metrics.count(topics.lifecycle, "ignored")
-            log.warning("unreadable lifecycle event ignored")
+    async def on_lifecycle(body: bytes, message: KafkaMessage) -> None:
+        # Verified before anything else looks at it: a forged event is parked and changes nothing.
+        event = await gate.admit(message.raw_message, body)
+        if event is None:
+            metrics.count(topics.lifecycle, "refused")
             return
         metrics.count(topics.lifecycle, "processed")
         await service.on_lifecycle(event)
@@ -118,7 +120,9 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
     async def start() -> None:
         await service.sink.start()
         await service.state_sink.start()
-        service.install(await service.load_initial_model())
+        model = await service.load_initial_model()
+        if model is not None:
+            service.install(model)
         # Parsing allocates many short-lived objects per event while the encounter states hold many long-lived
         # ones: with CPython's default young-generation threshold (700 allocations) the collector ran every few
         # events, and now and then a full collection paused scoring for 20 ms or more. Freeze what start-up built
@@ -163,30 +167,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     runtime, service = bootstrap(settings or Settings())
     app = build_http_app(runtime, title="Vigil scorer", description=__doc__ or "")
     app.state.scorer = service
-
-    @app.post("/predict", tags=["scoring"], summary="Score one feature snapshot (stateless)")
-    async def predict(
-        features: Annotated[
-            dict[str, float | None],
-            Body(description="FEATURE_COLUMNS names to numbers (null or absent: missing).", examples=[{"age": 64.0}]),
-        ],
-    ) -> PredictResponse:
-        core = service.core
-        if core is None:
-            raise HTTPException(503, "no model loaded yet")
-        try:
-            p, level, alert = core.predict_snapshot(features)
-        except ValueError as error:
-            raise HTTPException(422, str(error)) from error
-        return PredictResponse(
-            probability=p,
-            risk_level=level,
-            alert=alert,
-            threshold=core.threshold,
-            model_name=core.model_name,
-            model_version=core.model_version,
-            stage=core.stage.value,
-            default_model=core.default_model,
-        )
-
+    app.include_router(predict.router)
     return app

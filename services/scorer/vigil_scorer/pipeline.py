@@ -181,12 +181,20 @@ class ScorerService:
             return None
         return LoadedModel(package, Stage.PRODUCTION)
 
-    async def load_initial_model(self) -> LoadedModel:
-        """The registry's production version, else the repository's default package (flagged as such)."""
+    async def load_initial_model(self) -> LoadedModel | None:
+        """The registry's production version; else, in development mode only, the default package (flagged).
+
+        Outside development mode a scorer that cannot confirm its production model with the registry (refused,
+        unreachable, no production version) fails closed: None, so it scores nothing and is not ready, and
+        :meth:`poll_registry` keeps asking.
+        """
         model = await self.registry_model()
         if model is not None:
             return model
-        log.warning("no production version from the registry; using the default model")
+        if not self.settings.development:
+            log.error("the registry confirmed no production model: no live scores until it does (fail closed)")
+            return None
+        log.warning("no production version from the registry; using the default model (development mode)")
         path = self.settings.default_model_path or default_package_path()
         return LoadedModel(ModelPackage.load(path), Stage.PRODUCTION, default_model=True)
 
@@ -274,6 +282,12 @@ class ScorerService:
             await asyncio.sleep(self.settings.registry_poll_s)
             core = self.core
             if core is None:
+                # Failed closed at start: the first production model the registry confirms is installed.
+                first = await self.registry_model()
+                if first is not None:
+                    async with self.lock:
+                        self.install(first)
+                    self.metrics.swaps.labels("swapped").inc()
                 continue
             try:
                 if not core.default_model:
@@ -519,7 +533,8 @@ class ScorerService:
     async def _handle(self, items: list[Parsed[Any]]) -> list[tuple[ConsumerRecord[Any, Any], BaseException | str]]:
         core, live = self.core, self.live
         if core is None or live is None:
-            raise RuntimeError("no model loaded")
+            await asyncio.sleep(1.0)  # failed closed: no confirmed model yet; the batch stays uncommitted
+            raise NotProductionError("no production model confirmed by the registry")
         if core.stage is not Stage.PRODUCTION:
             await asyncio.sleep(1.0)  # paused until a production model is announced; the batch stays uncommitted
             raise NotProductionError("the model in use is not in production")

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from vigil_runtime.auth import check_token, read_secret
 from vigil_runtime.settings import VigilSettings
 
 
 class Settings(VigilSettings):
     """The scorer service's settings."""
 
-    model_config = SettingsConfigDict(env_prefix="SCORER_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SCORER_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     http_port: int = 8002
     group_id: str = "vigil-scorer"
@@ -23,10 +24,16 @@ class Settings(VigilSettings):
     registry_url: str = "http://127.0.0.1:8005"
     """Registry base URL (``GET /models/{name}/production``)."""
     registry_token: str | None = None
-    """Bearer token for the registry, when it requires one for reads."""
+    """Bearer token for the registry, when it requires one for reads (prefer ``registry_token_file``)."""
+    registry_token_file: Path | None = None
+    """A file holding the registry token (the stack generates one per caller under ``.vigil/secrets``)."""
+    lifecycle_public_key_file: Path | None = None
+    """The registry's Ed25519 public key(s), PEM: lifecycle events are acted on only when signed by one
+    (``VIGIL_LIFECYCLE_PUBLIC_KEY_FILE`` stack-wide). Without it every event is refused outside development."""
     registry_timeout_s: float = Field(default=5.0, gt=0)
     default_model_path: Path | None = None
-    """Package used when no registry answers on first start; None: the repository's default package."""
+    """Package used when no registry answers on first start, in development mode only (outside it a scorer the
+    registry does not confirm serves nothing); None: the repository's default package."""
     model_cache_dir: Path = Path(".vigil/scorer/models")
     """Where downloaded packages are unpacked (one folder per sha256)."""
     batch_max_records: int = Field(default=2000, ge=1)
@@ -55,3 +62,11 @@ class Settings(VigilSettings):
     """Longest time a partition's state restore from the changelog may take."""
     registry_poll_s: float = Field(default=30.0, gt=0)
     """While on the default model (no registry at start), how often to ask the registry again."""
+
+    @model_validator(mode="after")
+    def _read_token(self) -> Settings:
+        if self.registry_token is None and self.registry_token_file is not None:
+            self.registry_token = read_secret(self.registry_token_file)
+        if self.registry_token is not None:
+            check_token(self.registry_token, name="the registry token", development=self.development)
+        return self

@@ -23,15 +23,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
 from typing import Any
 
 from aiokafka import ConsumerRecord
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 
 from vigil_contracts.events import (
+    AlertRaised,
     ComparisonSummarized,
     ModelLifecycleChanged,
     RiskScored,
@@ -49,9 +49,11 @@ from vigil_runtime.kafka import (
     records_of,
 )
 from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.provenance import LifecycleGate, LifecycleVerifier
 from vigil_runtime.service import ServiceRuntime, build_http_app
 from vigil_scoring.scoring import Incoming
 from vigil_shadow import logscan
+from vigil_shadow.api.routes import comparisons
 from vigil_shadow.catalog import Catalog, ModelKey, RegistryReader, ShadowModel
 from vigil_shadow.compare import CompareConfig
 from vigil_shadow.desk import ComparisonDesk
@@ -87,6 +89,7 @@ class ShadowService:
                 token=settings.registry_token,
                 timeout=settings.registry_timeout_s,
                 cache_dir=settings.model_cache_dir,
+                development=settings.development,
             )
             if settings.registry_url
             else None
@@ -226,7 +229,21 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
     broker = make_broker(settings, client_id=f"vigil-{SERVICE}")
     metrics = ServiceMetrics(SERVICE)
     topics = settings.topics
-    service = ShadowService(settings, metrics, Publisher(broker))
+    publisher = Publisher(broker)
+    service = ShadowService(settings, metrics, publisher)
+    gate = LifecycleGate(
+        LifecycleVerifier.from_settings(
+            settings.lifecycle_public_key_file,
+            registry_url=settings.registry_url or "",
+            development=settings.development,
+        ),
+        service=SERVICE,
+        dead_letters=service.dead_letters,
+        publisher=publisher,
+        alerts_topic=topics.alerts,
+        metrics=metrics,
+    )
+    broker.publisher(topics.alerts, schema=AlertRaised, title="provenance alerts (refused lifecycle events)")
     # Declared for the AsyncAPI document (sends go through the guarded ShadowPublisher and the comparison desk).
     broker.publisher(topics.scores_shadow, schema=RiskScored, title="shadow risk scores (key: encounter)")
     broker.publisher(topics.comparisons, schema=ComparisonSummarized, title="comparisons (key: model name)")
@@ -276,11 +293,11 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
         title="shadow.lifecycle",
         description="Registry decisions: a watched model's stage change reloads the candidates.",
     )
-    async def on_lifecycle(body: bytes) -> None:
-        try:
-            event = ModelLifecycleChanged.model_validate_json(body)
-        except ValueError:
-            metrics.count(topics.lifecycle, "ignored")
+    async def on_lifecycle(body: bytes, message: KafkaMessage) -> None:
+        # Verified first: a forged event is parked with an alert and does not even trigger a catalog refresh.
+        event = await gate.admit(message.raw_message, body)
+        if event is None:
+            metrics.count(topics.lifecycle, "refused")
             return
         metrics.count(topics.lifecycle, "processed")
         await service.on_lifecycle(event)
@@ -302,32 +319,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     runtime, service = bootstrap(settings or Settings())
     app = build_http_app(runtime, title="Vigil shadow", description=__doc__ or "")
     app.state.shadow = service
-
-    @app.get("/comparisons", tags=["shadow"], summary="Every candidate against live (optionally over a window)")
-    async def comparisons(
-        start: datetime | None = Query(default=None, alias="from", description="Window start (data time, UTC)."),
-        end: datetime | None = Query(default=None, alias="to", description="Window end, exclusive."),
-        model: str | None = None,
-        version: str | None = None,
-    ) -> dict[str, Any]:
-        found = await service.desk.compute(window_start=start, window_end=end)
-        rows = [
-            c.summary()
-            for c in found
-            if (model is None or c.model_name == model) and (version is None or c.candidate_version == version)
-        ]
-        return {
-            "comparisons": rows,
-            "candidates": [f"{n}:{v}" for n, v in sorted(service.catalog.models)],
-            "join": dict(service.join.counts),
-            "join_rebuilt": service.join_rebuilt,
-        }
-
-    @app.post("/comparisons/publish", tags=["shadow"], summary="Publish every candidate's summary now")
-    async def publish_now() -> dict[str, Any]:
-        if not service.join_rebuilt:
-            raise HTTPException(status_code=409, detail="the join is still re-reading its topics; try again")
-        events = await service.desk.publish()
-        return {"published": [e.model_dump(mode="json") for e in events]}
-
+    app.include_router(comparisons.router)
     return app

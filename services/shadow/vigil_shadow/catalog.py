@@ -82,11 +82,18 @@ class RegistryReader:
         timeout: float,
         cache_dir: Path,
         transport: httpx.AsyncBaseTransport | None = None,
+        development: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.cache_dir = cache_dir
+        # The client refuses artifact URLs off the registry (local files only in development mode).
         self._client = RegistryClient(
-            base_url, verify=verify_package, token=token, timeout=timeout, transport=transport
+            base_url,
+            verify=verify_package,
+            token=token,
+            timeout=timeout,
+            transport=transport,
+            development=development,
         )
 
     async def aclose(self) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from vigil_runtime.auth import check_token, read_secret
 from vigil_runtime.settings import VigilSettings
 
 
@@ -22,7 +23,7 @@ class LiveTopicRefused(ValueError):
 class Settings(VigilSettings):
     """The shadow service's settings."""
 
-    model_config = SettingsConfigDict(env_prefix="SHADOW_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SHADOW_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     http_port: int = 8003
     group_id: str = "vigil-shadow"
@@ -34,6 +35,12 @@ class Settings(VigilSettings):
     registry_url: str | None = "http://127.0.0.1:8005"
     """Registry base URL (``GET /models/{name}/versions?stage=shadow``); None: local models only."""
     registry_token: str | None = None
+    """Bearer token for the registry's reads (prefer ``registry_token_file``)."""
+    registry_token_file: Path | None = None
+    """A file holding the registry token (the stack generates one per caller under ``.vigil/secrets``)."""
+    lifecycle_public_key_file: Path | None = None
+    """The registry's Ed25519 public key(s), PEM: lifecycle events are acted on only when signed by one
+    (``VIGIL_LIFECYCLE_PUBLIC_KEY_FILE`` stack-wide). Without it every event is refused outside development."""
     registry_timeout_s: float = Field(default=5.0, gt=0)
     model_cache_dir: Path = Path(".vigil/shadow/models")
     """Where downloaded packages are unpacked."""
@@ -64,6 +71,14 @@ class Settings(VigilSettings):
     def _derive_locations(self) -> Settings:
         if self.home is not None and "model_cache_dir" not in self.model_fields_set:
             self.model_cache_dir = self.home / "shadow" / "models"
+        return self
+
+    @model_validator(mode="after")
+    def _read_token(self) -> Settings:
+        if self.registry_token is None and self.registry_token_file is not None:
+            self.registry_token = read_secret(self.registry_token_file)
+        if self.registry_token is not None:
+            check_token(self.registry_token, name="the registry token", development=self.development)
         return self
 
     @property

@@ -207,7 +207,8 @@ class AlertRaised(Event):
         "fairness",
         "latency",
         "checkpoint",
-    ]
+        "provenance",
+    ] = Field(description="What is monitored; 'provenance': a lifecycle event that failed verification was parked.")
     severity: Severity
     model_name: str | None = None
     model_version: str | None = None
@@ -247,6 +248,16 @@ class ModelLifecycleChanged(Event):
     artifact_url: str | None = Field(default=None, description="Where scorers download the package from.")
     audit_id: int | None = None
     evidence: dict[str, Any] = Field(default_factory=dict)
+    signing_key_id: str | None = Field(
+        default=None, description="Which registry key signed the event (sha256 fingerprint, 16 hex digits)."
+    )
+    signature: str | None = Field(
+        default=None,
+        description=(
+            "Base64 Ed25519 signature by the registry over every other field as sorted compact JSON; scorers and "
+            "shadow act only on events whose signature verifies (vigil_runtime.provenance)."
+        ),
+    )
 
 
 # --- shadow comparisons (topic: comparisons) ------------------------------------------------------
@@ -273,17 +284,27 @@ class ComparisonSummarized(Event):
 
 
 class DeadLettered(Event):
-    """A message that could not be processed, parked with its reason and origin."""
+    """A message that could not be processed, parked with its reason and origin, never its payload.
+
+    Minimum necessary: the record stays where it was (its topic's ACL and retention apply); the dead letter says
+    where (topic, partition, offset, or the HTTP request id), why, and which resources, so it can be repaired.
+    """
 
     type: Literal["dead.lettered"] = "dead.lettered"
+    SCHEMA_VERSION: ClassVar[int] = 2
+    schema_version: int = Field(default=2, description="2: the payload is no longer carried.", examples=[2])
     service: str
     source_topic: str
     source_partition: int | None
     source_offset: int | None
+    request_id: str | None = Field(default=None, description="The HTTP request it came in, when not from a topic.")
     error_type: str
     error: str = Field(description="Why it was parked (no payload content).")
-    payload: str = Field(description="The original payload, UTF-8 or base64 (see payload_encoding).")
-    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    resource_ids: list[str] = Field(
+        default_factory=list,
+        description="The FHIR resources concerned (Type/id), not their content.",
+        examples=[["Observation/hr-17"]],
+    )
 
 
 AnyEvent = Annotated[

@@ -13,7 +13,6 @@ A crash anywhere before step 3 redelivers the batch; outputs carry deterministic
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -139,38 +138,60 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:500]
 
 
+class Rejected(Exception):
+    """A record refused on purpose, with the ids of the resources concerned (parked without its payload)."""
+
+    def __init__(self, reason: str, resource_ids: Sequence[str] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.resource_ids = list(dict.fromkeys(resource_ids))
+
+
 def dead_letter_for(
     record: ConsumerRecord[Any, Any] | None,
     error: BaseException | str,
     *,
     service: str,
-    payload: bytes | None = None,
     source_topic: str | None = None,
+    request_id: str | None = None,
 ) -> DeadLettered:
-    """Build the dead letter for a record (or for a raw payload that arrived another way)."""
-    body = payload if payload is not None else (record.value if record is not None else b"") or b""
-    try:
-        text, encoding = body.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(body).decode(), "base64"
+    """Build the dead letter for a record (or for a request that arrived another way, named by ``request_id``).
+
+    Minimum necessary: the reason, where the record was (topic, partition, offset or the request id) and the ids
+    of the resources concerned, never the payload (a FHIR Bundle holds names, addresses and identifiers). Whoever
+    repairs a record reads it at its source coordinates, under that topic's own ACL and retention.
+    """
     topic = source_topic or (record.topic if record is not None else "")
     partition = record.partition if record is not None else None
     offset = record.offset if record is not None else None
     key = (record.key.decode("utf-8", "replace") if record is not None and record.key else "") or "unkeyed"
-    reason = error if isinstance(error, str) else describe_error(error)
-    error_type = "Rejected" if isinstance(error, str) else type(error).__name__
+    resource_ids: list[str] = []
+    if isinstance(error, Rejected):
+        reason, error_type, resource_ids = error.reason, "Rejected", error.resource_ids
+    elif isinstance(error, str):
+        reason, error_type = error, "Rejected"
+    else:
+        reason, error_type = describe_error(error), type(error).__name__
     return DeadLettered(
-        event_id=deterministic_id("dlq", service, topic, partition, offset, reason if offset is None else ""),
+        event_id=deterministic_id(
+            "dlq",
+            service,
+            topic,
+            partition,
+            offset,
+            *([request_id] if request_id else []),
+            reason if offset is None else "",
+        ),
         occurred_at=utcnow(),
         key=key,
         service=service,
         source_topic=topic,
         source_partition=partition,
         source_offset=offset,
+        request_id=request_id,
         error_type=error_type,
         error=reason,
-        payload=text,
-        payload_encoding=encoding,
+        resource_ids=resource_ids,
     )
 
 

@@ -6,9 +6,10 @@
 
 404 means "no production version" (``None``); a connection error, a timeout or a 5xx raise
 :class:`RegistryUnavailable`. The package is downloaded as a tar (optionally gzipped) or zip archive of the
-package folder; ``file://`` URLs and local paths are accepted too (development and tests). The client unpacks it
-and hands the folder to the ``verify`` function it was built with (the scoring core's ``verify_package``: digests,
-manifest, input schema), so the runtime needs no model code and no onnxruntime.
+package folder, from a URL under the registry's (``file://`` URLs and local paths only in development mode:
+``vigil_runtime.provenance.check_artifact_url``). The client unpacks it and hands the folder to the ``verify``
+function it was built with (the scoring core's ``verify_package``: digests, manifest, input schema), so the runtime
+needs no model code and no onnxruntime.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from urllib.parse import urljoin, urlparse
 import httpx
 
 from vigil_contracts.registry import PackageRejected, ProductionRef, RegistryUnavailable
+from vigil_runtime.provenance import ProvenanceRefused, check_artifact_url
 
 __all__ = ["PackageRejected", "PackageVerifier", "ProductionRef", "RegistryClient", "RegistryUnavailable"]
 
@@ -59,9 +61,11 @@ class RegistryClient(Generic[PackageT]):
         token: str | None = None,
         timeout: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        development: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.verify = verify
+        self.development = development
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(timeout=timeout, headers=headers, transport=transport)
 
@@ -112,7 +116,14 @@ class RegistryClient(Generic[PackageT]):
         artifact_sha256: str | None,
         package_sha256: str | None = None,
     ) -> PackageT:
-        """Download, unpack and verify a package; the result is fully loaded (ready to swap in)."""
+        """Download, unpack and verify a package; the result is fully loaded (ready to swap in).
+
+        The URL must be under the registry's (local files only in development mode): PackageRejected otherwise.
+        """
+        try:
+            check_artifact_url(url, registry_url=self.base_url, development=self.development)
+        except ProvenanceRefused as refused:
+            raise PackageRejected(refused.reason) from refused
         local = _local_path(url)
         if local is None and not urlparse(url).scheme:
             # A path on the registry (lifecycle events may carry relative artifact URLs).

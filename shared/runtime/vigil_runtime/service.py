@@ -4,6 +4,11 @@ A service provides its settings, its broker (with its subscribers declared) and 
 module adds ``/health`` (the process answers), ``/ready`` (every check passes: model loaded, database and broker
 usable), ``/metrics`` (Prometheus) and a lifespan that creates the topics, starts the broker, and stops it
 gracefully (in-flight batches finish and commit) on shutdown.
+
+It also installs the service's authenticator (``vigil_runtime.auth``: routes declare what they need with
+``Depends(requires(...))``; refusals become 401/403 with ``WWW-Authenticate`` and the reason) and serves
+``/docs`` and ``/redoc`` from the Swagger UI and ReDoc assets of the pinned ``fastapi-offline`` package: no CDN,
+so the pages work on a closed clinical network and load no unpinned third-party script.
 """
 
 from __future__ import annotations
@@ -14,13 +19,17 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from importlib.resources import files
 from typing import Any
 
-from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
 
+from vigil_runtime.auth import Authenticator, AuthError, build_authenticator, operations_access
 from vigil_runtime.kafka import ensure_topics
 from vigil_runtime.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from vigil_runtime.settings import VigilSettings
@@ -68,8 +77,22 @@ class ServiceRuntime:
         return FastStream(self.broker)
 
 
-def build_http_app(runtime: ServiceRuntime, *, title: str, description: str = "", version: str = "0.1.0") -> FastAPI:
-    """A FastAPI app with the standard endpoints whose lifespan runs the service's broker and hooks."""
+DOCS_ASSETS = "/docs-assets"
+"""Where the Swagger UI and ReDoc files of ``fastapi_offline`` are served."""
+
+
+def build_http_app(
+    runtime: ServiceRuntime,
+    *,
+    title: str,
+    description: str = "",
+    version: str = "0.1.0",
+    authenticator: Authenticator | None = None,
+) -> FastAPI:
+    """A FastAPI app with the standard endpoints whose lifespan runs the service's broker and hooks.
+
+    ``authenticator`` defaults to the one the settings describe (``VigilSettings.auth()``).
+    """
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -92,24 +115,63 @@ def build_http_app(runtime: ServiceRuntime, *, title: str, description: str = ""
                 await hook()
             log.info("service stopped", extra={"service": runtime.name})
 
-    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    app = FastAPI(
+        title=title, description=description, version=version, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.runtime = runtime
+    app.state.auth = authenticator or build_authenticator(runtime.settings.auth())
+    _offline_docs(app, title)
 
-    @app.get("/health", tags=["operations"], summary="The process is alive")
+    @app.exception_handler(AuthError)
+    async def refused(_: Request, error: AuthError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": error.reason}, status_code=error.status, headers={"WWW-Authenticate": error.www_authenticate()}
+        )
+
+    operations = [Depends(operations_access)]
+
+    @app.get("/health", tags=["operations"], summary="The process is alive", dependencies=operations)
     async def health() -> dict[str, str]:
         return {"status": "ok", "service": runtime.name}
 
-    @app.get("/ready", tags=["operations"], summary="Model, database and broker usable")
+    @app.get("/ready", tags=["operations"], summary="Model, database and broker usable", dependencies=operations)
     async def ready() -> JSONResponse:
         checks = await runtime.readiness()
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "service": runtime.name, "checks": checks}, status_code=200 if ok else 503)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", dependencies=operations)
     async def metrics() -> Response:
         return Response(runtime.metrics.expose(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _offline_docs(app: FastAPI, title: str) -> None:
+    """``/docs`` and ``/redoc`` with their scripts and styles served by this process (no CDN, no web fonts)."""
+    assets = files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=openapi_url,
+            title=f"{title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 async def _retry(action: Callable[[], Awaitable[Any]], *, what: str, attempts: int = 30, delay: float = 1.0) -> Any:

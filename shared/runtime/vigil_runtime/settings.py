@@ -18,6 +18,7 @@ from pydantic_settings import (
 )
 
 from vigil_contracts.topics import Topics
+from vigil_runtime.auth import AuthSettings, Grant
 from vigil_runtime.kafka_security import KafkaConnection, KafkaSecurityError, SaslMechanism, SecurityProtocol
 
 PLACEHOLDER_SECRETS = frozenset({"", "changethis", "changeme", "secret", "dev", "development"})
@@ -26,7 +27,8 @@ PLACEHOLDER_SECRETS = frozenset({"", "changethis", "changeme", "secret", "dev", 
 class VigilSettings(BaseSettings):
     """Settings shared by every Vigil service."""
 
-    model_config = SettingsConfigDict(env_prefix="VIGIL_", env_file=".env", extra="ignore")
+    # Validation errors must not echo tokens back (they reach logs and terminals).
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     """Kafka bootstrap servers, comma-separated."""
@@ -54,6 +56,20 @@ class VigilSettings(BaseSettings):
     """The principal's password; prefer ``kafka_password_file`` (a 0600 file) over the environment."""
     kafka_password_file: str | None = None
     """File holding the principal's password (read at start; wins over ``kafka_password``)."""
+    auth_tokens_file: Path | None = None
+    """JSON ``{token: {"user", "role", "scopes"}}`` of the static bearer tokens this service accepts (the stack
+    generates it under ``.vigil/secrets``). Demo tokens and tokens shorter than 24 characters are refused outside
+    development mode."""
+    auth_tokens: dict[str, Grant] = Field(default_factory=dict)
+    """More static tokens, as JSON in the environment (same shape as the file)."""
+    auth_jwks: str | None = None
+    """JWKS for OAuth2 access tokens (SMART Backend Services): a file path or an https URL."""
+    auth_jwt_issuer: str | None = None
+    """Required ``iss`` of access tokens (None: not checked)."""
+    auth_jwt_audience: str | None = None
+    """Required ``aud`` of access tokens (None: not checked)."""
+    auth_protect_operations: bool = False
+    """Require a credential on ``/health``, ``/ready`` and ``/metrics`` too (open by default for probes)."""
 
     @classmethod
     def settings_customise_sources(
@@ -97,6 +113,18 @@ class VigilSettings(BaseSettings):
         if self.kafka_security_protocol == "PLAINTEXT" and not self.development:
             raise ValueError("kafka_security_protocol PLAINTEXT is refused outside development mode")
         return self
+
+    def auth(self) -> AuthSettings:
+        """The authentication settings, gathered for ``vigil_runtime.auth.build_authenticator``."""
+        return AuthSettings(
+            development=self.development,
+            tokens=self.auth_tokens,
+            tokens_file=self.auth_tokens_file,
+            jwks=self.auth_jwks,
+            jwt_issuer=self.auth_jwt_issuer,
+            jwt_audience=self.auth_jwt_audience,
+            protect_operations=self.auth_protect_operations,
+        )
 
     @model_validator(mode="after")
     def _check_prefix(self) -> VigilSettings:

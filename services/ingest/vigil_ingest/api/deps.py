@@ -15,6 +15,7 @@ from vigil_ingest.core import IngestCore
 from vigil_ingest.fhir_http import operation_outcome
 from vigil_ingest.mapping import strip_bom
 from vigil_ingest.settings import Settings
+from vigil_runtime.auth import AuthError, CurrentPrincipal, Forbidden, Principal
 
 FHIR_JSON = "application/fhir+json"
 ACCEPTED_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
@@ -38,6 +39,31 @@ def fhir_response(body: dict[str, Any], status: int, headers: dict[str, str] | N
 async def fhir_error_handler(request: Request, error: FhirError) -> Response:
     """The OperationOutcome of a refused request."""
     return fhir_response(operation_outcome([("error", error.code, error.diagnostics)]), error.status)
+
+
+def fhir_write(request: Request, principal: CurrentPrincipal) -> Principal:
+    """The caller must hold ``system/<type>.write`` for the resource type it writes (SMART Backend Services).
+
+    A Bundle is checked as an Observation write: what ingest keeps from any Bundle is observations (and the
+    encounter and demographic facts they are scored with). Runs before the body is read.
+    """
+    resource_type = request.path_params.get("resource_type") or "Observation"
+    required = f"system/{resource_type}.write"
+    if not principal.allows(required):
+        raise Forbidden(f"this call needs the scope {required}", scope=required)
+    return principal
+
+
+async def auth_refused(request: Request, error: Exception) -> Response:
+    """A 401/403 as a FHIR OperationOutcome (``login``/``forbidden``) with the ``WWW-Authenticate`` challenge."""
+    assert isinstance(error, AuthError)
+    code = "forbidden" if error.status == 403 else "login"
+    body = operation_outcome([("error", code, error.reason)])
+    return fhir_response(body, error.status, {"WWW-Authenticate": error.www_authenticate()})
+
+
+FhirWriter = [Depends(fhir_write)]
+"""The dependencies of every FHIR write route."""
 
 
 def get_core(request: Request) -> IngestCore:

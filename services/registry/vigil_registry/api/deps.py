@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from vigil_registry.auth import ANONYMOUS, Principal, TokenTable
+from vigil_registry.auth import ANONYMOUS, Principal
 from vigil_registry.core import Registry
+from vigil_runtime.auth import Authenticator
 
 bearer = HTTPBearer(auto_error=False, description="A registry token (REGISTRY_TOKENS; demo tokens in development).")
 
@@ -23,10 +24,10 @@ def get_principal(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
     """Who calls: the token's principal; anonymous reads only where the settings allow them."""
-    tokens: TokenTable = request.app.state.tokens
+    authenticator: Authenticator = request.app.state.auth
     if credentials is None and request.method in ("GET", "HEAD") and request.app.state.anonymous_read:
         return ANONYMOUS
-    return tokens.resolve(credentials.credentials if credentials else None)
+    return authenticator.authenticate(request.headers.get("authorization"))
 
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]

@@ -22,12 +22,13 @@ from sqlmodel import col, select
 
 from vigil_contracts.events import Stage
 from vigil_registry.audit import parse_evidence
-from vigil_registry.auth import Principal, TokenTable, require
+from vigil_registry.auth import Principal, require
 from vigil_registry.console import plots
 from vigil_registry.console.sessions import COOKIE, PRE_COOKIE, ConsoleSession, SessionStore
 from vigil_registry.core import Registry
 from vigil_registry.errors import Forbidden, RegistryError
 from vigil_registry.models import AlertRecord, ProposalPublic, ProposalStatus
+from vigil_runtime.auth import Authenticator, AuthError, same_person
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
@@ -184,11 +185,13 @@ def signin(
     pre = request.cookies.get(PRE_COOKIE, "")
     if not pre or not secrets.compare_digest(pre.encode(), csrf.encode()):
         raise Refused("the sign-in form's CSRF token is missing or wrong: reload the page and try again")
-    tokens: TokenTable = request.app.state.tokens
+    authenticator: Authenticator = request.app.state.auth
     try:
-        principal = tokens.resolve(token)
-    except RegistryError:
+        principal = authenticator.authenticate(f"Bearer {token}")
+    except AuthError:
         return RedirectResponse("/ui/signin?error=unknown+token", status_code=303)
+    if refusal(principal, "read") is not None:
+        return RedirectResponse("/ui/signin?error=this+identity+may+not+read+the+registry", status_code=303)
     sid, _ = _sessions(request).open(principal)
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(COOKIE, sid, httponly=True, samesite="strict", secure=_secure(request), path="/ui")
@@ -218,12 +221,12 @@ def home() -> Response:
 @router.get("/models", response_class=HTMLResponse)
 def models_page(request: Request, session: SessionDep, registry: RegistryDep) -> Response:
     """Every model, its production version and its versions by stage."""
-    models = registry.list_models()
+    models = registry.queries.list_models()
     rows = [
         {
             "model": m,
             "by_stage": _by_stage(m.versions),
-            "awaiting": [p.version for p in registry.proposals(m.name) if p.status == ProposalStatus.OPEN],
+            "awaiting": [p.version for p in registry.queries.proposals(m.name) if p.status == ProposalStatus.OPEN],
         }
         for m in models
     ]
@@ -240,9 +243,9 @@ def _by_stage(versions: dict[str, Stage]) -> dict[Stage, list[str]]:
 @router.get("/models/{name}", response_class=HTMLResponse)
 def model_page(request: Request, name: str, session: SessionDep, registry: RegistryDep) -> Response:
     """One model: its production version, versions by stage, proposals and lifecycle timeline."""
-    model = registry.show_model(name)
-    versions = registry.list_versions(name)
-    timeline = list(reversed(registry.audit_log(name)))
+    model = registry.queries.show_model(name)
+    versions = registry.queries.list_versions(name)
+    timeline = list(reversed(registry.queries.audit_log(name)))
     return render(
         request,
         session,
@@ -251,7 +254,7 @@ def model_page(request: Request, name: str, session: SessionDep, registry: Regis
         versions=versions,
         by_stage=_by_stage(model.versions),
         stages=STAGE_ORDER,
-        proposals=registry.proposals(name),
+        proposals=registry.queries.proposals(name),
         timeline=timeline,
     )
 
@@ -259,7 +262,7 @@ def model_page(request: Request, name: str, session: SessionDep, registry: Regis
 @router.get("/models/{name}/versions/{version}", response_class=HTMLResponse)
 def version_page(request: Request, name: str, version: str, session: SessionDep, registry: RegistryDep) -> Response:
     """A version's model card, lineage and package digests, and what may be done with it."""
-    public = registry.get_version(name, version)
+    public = registry.queries.get_version(name, version)
     proposal = _proposal(registry, name, version)
     propose_refusal = refusal(session.principal, "propose")
     if propose_refusal is None and public.stage != Stage.SHADOW:
@@ -280,15 +283,15 @@ def version_page(request: Request, name: str, version: str, session: SessionDep,
 def _proposal(registry: Registry, name: str, version: str) -> ProposalPublic | None:
     """The version's proposal still in play (open or approved), if any."""
     live = {ProposalStatus.OPEN, ProposalStatus.APPROVED}
-    return next((p for p in registry.proposals(name) if p.version == version and p.status in live), None)
+    return next((p for p in registry.queries.proposals(name) if p.version == version and p.status in live), None)
 
 
 @router.get("/models/{name}/versions/{version}/review", response_class=HTMLResponse)
 def review_page(request: Request, name: str, version: str, session: SessionDep, registry: RegistryDep) -> Response:
     """The policy's report and the shadow comparison, as a clinical approver reads them; approve or reject."""
-    public = registry.get_version(name, version)
-    report = registry.eligibility(name, version)
-    history = registry.history(name, version)
+    public = registry.queries.get_version(name, version)
+    report = registry.queries.eligibility(name, version)
+    history = registry.queries.history(name, version)
     comparison = history["comparisons"][-1] if history["comparisons"] else None
     metrics: dict[str, Any] = (comparison or {}).get("metrics") or {}
     curves = metrics.get("curves")
@@ -318,7 +321,7 @@ def _decision_refusals(
         why = refusal(principal, action)
         if why is None and (proposal is None or proposal.status != ProposalStatus.OPEN):
             why = "there is no open proposal to decide on"
-        if proposal is not None and proposal.proposed_by == principal.user:
+        if proposal is not None and same_person(proposal.proposed_by, principal.user):
             rule = "four-eyes rule: you proposed this version, so someone else must decide"
             why = f"{why}; {rule}" if why else rule
         out[action] = why
@@ -354,7 +357,7 @@ async def propose(
 ) -> Response:
     """A data scientist proposes a shadow version for production."""
     return await _decide(
-        request, session, f"{name} {version} proposed for production", registry.propose, name, version, reason
+        request, session, f"{name} {version} proposed for production", registry.lifecycle.propose, name, version, reason
     )
 
 
@@ -368,7 +371,9 @@ async def approve(
     reason: Annotated[str, Form()] = "",
 ) -> Response:
     """A clinical approver (not the proposer) approves."""
-    return await _decide(request, session, f"{name} {version} approved", registry.approve, name, version, reason)
+    return await _decide(
+        request, session, f"{name} {version} approved", registry.lifecycle.approve, name, version, reason
+    )
 
 
 @router.post("/models/{name}/versions/{version}/reject")
@@ -381,7 +386,9 @@ async def reject(
     reason: Annotated[str, Form()] = "",
 ) -> Response:
     """A clinical approver rejects, with a reason."""
-    return await _decide(request, session, f"{name} {version} rejected", registry.reject, name, version, reason)
+    return await _decide(
+        request, session, f"{name} {version} rejected", registry.lifecycle.reject, name, version, reason
+    )
 
 
 @router.post("/models/{name}/versions/{version}/promote")
@@ -395,7 +402,7 @@ async def promote(
 ) -> Response:
     """Promote an approved, eligible candidate."""
     return await _decide(
-        request, session, f"{name} {version} promoted to production", registry.promote, name, version, reason
+        request, session, f"{name} {version} promoted to production", registry.lifecycle.promote, name, version, reason
     )
 
 
@@ -449,7 +456,7 @@ def audit_page(
     action: str = "",
 ) -> Response:
     """The audit trail, filtered, and the hash chain's verification."""
-    entries = registry.audit_log(model or None, version or None)
+    entries = registry.queries.audit_log(model or None, version or None)
     actions = sorted({e.action for e in entries})
     if actor:
         entries = [e for e in entries if e.actor == actor]
@@ -461,7 +468,7 @@ def audit_page(
         session,
         "audit.html",
         rows=rows,
-        verification=registry.verify_audit().as_dict(),
+        verification=registry.queries.verify_audit().as_dict(),
         filters={"model": model, "version": version, "actor": actor, "action": action},
         actions=actions,
     )
@@ -472,7 +479,7 @@ def replay_page(
     request: Request, session: SessionDep, registry: RegistryDep, pick: str = "", start: str = "", end: str = ""
 ) -> Response:
     """Replay: the registry does not run it (shadow's code replays); the page prepares the exact command."""
-    choices = [(m.name, v) for m in registry.list_models() for v in m.versions]
+    choices = [(m.name, v) for m in registry.queries.list_models() for v in m.versions]
     model, _, version = pick.partition(":")
     if (model, version) not in choices:
         model = version = ""

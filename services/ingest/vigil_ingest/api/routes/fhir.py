@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from vigil_contracts.events import Event
-from vigil_ingest.api.deps import CoreDep, FhirBody, FhirError, SettingsDep, fhir_response
+from vigil_ingest.api.deps import CoreDep, FhirBody, FhirError, FhirWriter, SettingsDep, fhir_response
 from vigil_ingest.core import IngestCore
 from vigil_ingest.fhir_http import entry_status, location, operation_outcome, rejection_issues
 from vigil_ingest.mapping import MapResult
@@ -119,8 +119,10 @@ async def post_base(core: CoreDep, settings: SettingsDep, payload: FhirBody) -> 
 
 
 _SUMMARY = "Post a Bundle (transaction, batch, collection, searchset, message) to the base"
-base_router.add_api_route("", post_base, methods=["POST"], summary=_SUMMARY)
-router.add_api_route("/", post_base, methods=["POST"], summary=_SUMMARY, include_in_schema=False)
+base_router.add_api_route("", post_base, methods=["POST"], summary=_SUMMARY, dependencies=FhirWriter)
+router.add_api_route(
+    "/", post_base, methods=["POST"], summary=_SUMMARY, include_in_schema=False, dependencies=FhirWriter
+)
 
 
 @router.get("/metadata", summary="A minimal CapabilityStatement")
@@ -146,7 +148,11 @@ async def metadata() -> Response:
     )
 
 
-@router.post("/{resource_type}", summary="Post one resource (Observation, Patient, Encounter...) to its type")
+@router.post(
+    "/{resource_type}",
+    summary="Post one resource (Observation, Patient, Encounter...) to its type",
+    dependencies=FhirWriter,
+)
 async def post_resource(resource_type: str, core: CoreDep, settings: SettingsDep, payload: FhirBody) -> Response:
     """Post one resource to its type."""
     if resource_type not in RESOURCE_TYPES:
@@ -154,7 +160,11 @@ async def post_resource(resource_type: str, core: CoreDep, settings: SettingsDep
     return await ingest(core, settings, payload, resource_type)
 
 
-@router.put("/{resource_type}/{resource_id}", summary="Put one resource (an update: amended, corrected...)")
+@router.put(
+    "/{resource_type}/{resource_id}",
+    summary="Put one resource (an update: amended, corrected...)",
+    dependencies=FhirWriter,
+)
 async def put_resource(
     resource_type: str, resource_id: str, core: CoreDep, settings: SettingsDep, payload: FhirBody
 ) -> Response:

@@ -21,11 +21,11 @@ def entries(
     require(user, "read")
     return [
         AuditEntryPublic.model_validate({**e.model_dump(), "evidence": parse_evidence(e)})
-        for e in registry.audit_log(model, version)
+        for e in registry.queries.audit_log(model, version)
     ]
 
 
 @router.get("/verify", summary="Recompute the hash chain; names the first altered entry")
 def verify(registry: RegistryDep, user: CurrentUser) -> dict[str, Any]:
     require(user, "read")
-    return registry.verify_audit().as_dict()
+    return registry.queries.verify_audit().as_dict()

@@ -39,19 +39,19 @@ class TooLarge(RegistryError):
 @router.get("", summary="List models")
 def list_models(registry: RegistryDep, user: CurrentUser) -> list[ModelPublic]:
     require(user, "read")
-    return registry.list_models()
+    return registry.queries.list_models()
 
 
 @router.get("/{name}", summary="A model with its versions' stages and its policy")
 def show_model(name: str, registry: RegistryDep, user: CurrentUser) -> ModelPublic:
     require(user, "read")
-    return registry.show_model(name)
+    return registry.queries.show_model(name)
 
 
 @router.get("/{name}/versions", summary="A model's versions")
 def list_versions(name: str, registry: RegistryDep, user: CurrentUser) -> list[ModelVersionPublic]:
     require(user, "read")
-    return registry.list_versions(name)
+    return registry.queries.list_versions(name)
 
 
 @router.post(
@@ -87,13 +87,13 @@ async def register(
             raise TooLarge("package archive too large")
         chunks.append(chunk)
     body = b"".join(chunks)
-    return await run_in_threadpool(registry.register_archive, user, body, expected_name=name, tags=tag)
+    return await run_in_threadpool(registry.lifecycle.register_archive, user, body, expected_name=name, tags=tag)
 
 
 @router.get("/{name}/versions/{version}", summary="One version: stage, card, lineage, metrics, digests")
 def show_version(name: str, version: str, registry: RegistryDep, user: CurrentUser) -> ModelVersionPublic:
     require(user, "read")
-    return registry.get_version(name, version)
+    return registry.queries.get_version(name, version)
 
 
 @router.get(
@@ -104,7 +104,7 @@ def show_version(name: str, version: str, registry: RegistryDep, user: CurrentUs
 )
 def artifact(name: str, version: str, registry: RegistryDep, user: CurrentUser) -> Response:
     require(user, "read")
-    data, public = registry.artifact(name, version)
+    data, public = registry.queries.artifact(name, version)
     return Response(
         data,
         media_type="application/gzip",
@@ -119,49 +119,49 @@ def artifact(name: str, version: str, registry: RegistryDep, user: CurrentUser) 
 @router.get("/{name}/production", summary="The model's current production version (404 when none)")
 def production(name: str, registry: RegistryDep, user: CurrentUser) -> ModelVersionPublic:
     require(user, "read")
-    return registry.production(name)
+    return registry.queries.production(name)
 
 
 @router.post("/{name}/versions/{version}/stage", summary="Move a version to shadow or archived")
 def set_stage(
     name: str, version: str, body: StageChange, registry: RegistryDep, user: CurrentUser
 ) -> ModelVersionPublic:
-    return registry.set_stage(user, name, version, body.to, body.reason)
+    return registry.lifecycle.set_stage(user, name, version, body.to, body.reason)
 
 
 @router.get("/{name}/versions/{version}/eligibility", summary="The promotion policy's report on a candidate")
 def eligibility(name: str, version: str, registry: RegistryDep, user: CurrentUser) -> dict[str, Any]:
     require(user, "read")
-    return registry.eligibility(name, version).as_dict()
+    return registry.queries.eligibility(name, version).as_dict()
 
 
 @router.get("/{name}/versions/{version}/history", summary="Comparisons and alerts received about a version")
 def history(name: str, version: str, registry: RegistryDep, user: CurrentUser) -> dict[str, Any]:
     require(user, "read")
-    return registry.history(name, version)
+    return registry.queries.history(name, version)
 
 
 @router.post("/{name}/versions/{version}/promote", summary="Promote an approved, eligible shadow version")
 def promote(name: str, version: str, body: Reason, registry: RegistryDep, user: CurrentUser) -> ModelVersionPublic:
-    return registry.promote(user, name, version, body.reason)
+    return registry.lifecycle.promote(user, name, version, body.reason)
 
 
 @router.post("/{name}/versions/{version}/retire", summary="Retire a version (with a reason)")
 def retire(name: str, version: str, body: Reason, registry: RegistryDep, user: CurrentUser) -> ModelVersionPublic:
-    return registry.retire(user, name, version, body.reason)
+    return registry.lifecycle.retire(user, name, version, body.reason)
 
 
 @router.post("/{name}/rollback", summary="Restore the previous production version, in one call")
 def rollback(name: str, body: Reason, registry: RegistryDep, user: CurrentUser) -> ModelVersionPublic:
-    return registry.rollback(user, name, body.reason or "manual rollback")
+    return registry.lifecycle.rollback(user, name, body.reason or "manual rollback")
 
 
 @router.get("/{name}/policy", summary="The model's effective promotion policy")
 def get_policy(name: str, registry: RegistryDep, user: CurrentUser) -> dict[str, Any]:
     require(user, "read")
-    return registry.policy(name).model_dump(mode="json")
+    return registry.queries.policy(name).model_dump(mode="json")
 
 
 @router.put("/{name}/policy", summary="Set the model's policy overrides (admin)")
 def put_policy(name: str, body: dict[str, Any], registry: RegistryDep, user: CurrentUser) -> dict[str, Any]:
-    return registry.set_policy(user, name, body).model_dump(mode="json")
+    return registry.lifecycle.set_policy(user, name, body).model_dump(mode="json")

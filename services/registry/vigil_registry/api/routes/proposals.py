@@ -15,19 +15,19 @@ router = APIRouter(prefix="/models", tags=["proposals"])
 @router.get("/{name}/proposals", summary="A model's proposals, newest first")
 def list_proposals(name: str, registry: RegistryDep, user: CurrentUser) -> list[ProposalPublic]:
     require(user, "read")
-    return registry.proposals(name)
+    return registry.queries.proposals(name)
 
 
 @router.post("/{name}/versions/{version}/proposals", status_code=201, summary="Propose a shadow version")
 def propose(name: str, version: str, body: Reason, registry: RegistryDep, user: CurrentUser) -> ProposalPublic:
-    return registry.propose(user, name, version, body.reason)
+    return registry.lifecycle.propose(user, name, version, body.reason)
 
 
 @router.post("/{name}/versions/{version}/approve", summary="Approve the open proposal (a clinical approver)")
 def approve(name: str, version: str, body: Reason, registry: RegistryDep, user: CurrentUser) -> ProposalPublic:
-    return registry.approve(user, name, version, body.reason)
+    return registry.lifecycle.approve(user, name, version, body.reason)
 
 
 @router.post("/{name}/versions/{version}/reject", summary="Reject the open proposal (a clinical approver)")
 def reject(name: str, version: str, body: Reason, registry: RegistryDep, user: CurrentUser) -> ProposalPublic:
-    return registry.reject(user, name, version, body.reason)
+    return registry.lifecycle.reject(user, name, version, body.reason)

@@ -1,0 +1,1 @@
+"""The drift service's HTTP API: routers in ``routes/``, their dependencies in ``deps``."""

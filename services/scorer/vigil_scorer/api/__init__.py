@@ -1,0 +1,1 @@
+"""The scorer's HTTP API: routers in ``routes/``, their dependencies in ``deps``."""

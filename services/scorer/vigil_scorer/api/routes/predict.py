@@ -1,0 +1,57 @@
+"""``POST /predict``: a stateless score of one feature snapshot (patient data in: the caller needs a read scope)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, HTTPException
+from pydantic import BaseModel, Field
+
+from vigil_runtime.auth import requires
+from vigil_scorer.api.deps import ScorerDep
+
+PREDICT_SCOPE = "system/RiskAssessment.read"
+"""A score is a RiskAssessment in FHIR terms; the caller reads one (``system/*.read`` covers it)."""
+
+router = APIRouter(tags=["scoring"], dependencies=[Depends(requires(PREDICT_SCOPE))])
+
+
+class PredictResponse(BaseModel):
+    """A stateless score of one feature snapshot."""
+
+    probability: float = Field(ge=0.0, le=1.0)
+    risk_level: str = Field(examples=["low"])
+    alert: bool
+    threshold: float
+    model_name: str
+    model_version: str
+    stage: str
+    default_model: bool
+
+
+@router.post("/predict", summary="Score one feature snapshot (stateless)")
+async def predict(
+    service: ScorerDep,
+    features: Annotated[
+        dict[str, float | None],
+        Body(description="FEATURE_COLUMNS names to numbers (null or absent: missing).", examples=[{"age": 64.0}]),
+    ],
+) -> PredictResponse:
+    """Score with the model in use; 503 while none is loaded or the one loaded is not confirmed in production."""
+    core = service.core
+    if core is None:
+        raise HTTPException(503, "no model loaded yet")
+    try:
+        p, level, alert = core.predict_snapshot(features)
+    except ValueError as error:
+        raise HTTPException(422, str(error)) from error
+    return PredictResponse(
+        probability=p,
+        risk_level=level,
+        alert=alert,
+        threshold=core.threshold,
+        model_name=core.model_name,
+        model_version=core.model_version,
+        stage=core.stage.value,
+        default_model=core.default_model,
+    )

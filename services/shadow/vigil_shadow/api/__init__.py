@@ -1,0 +1,1 @@
+"""The shadow service's HTTP API: routers in ``routes/``, their dependencies in ``deps``."""

@@ -1,0 +1,1 @@
+"""The shadow service's routers."""
