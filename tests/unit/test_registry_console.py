@@ -33,6 +33,7 @@ TOKENS = {
     "viewer-token-0123456789abcdefghi": {"user": "vic", "role": "viewer"},
 }
 SCI, APP, DUAL_SCI, DUAL_APP, VIEW = TOKENS
+FEED = "ehr-feed-token-0123456789abcdefghij"
 
 
 @pytest.fixture
@@ -43,6 +44,8 @@ def app_and_registry(tmp_path: Path) -> Iterator[tuple[Any, Registry]]:
         tokens=TOKENS,
         kafka_enabled=False,
         development=False,
+        # A stack caller (the EHR feed's token): valid for the service, but no registry role and no read scope.
+        auth_tokens={FEED: {"user": "ehr-feed", "scopes": ["system/Observation.write"]}},
     )
     app = create_app(settings)
     with TestClient(app):  # runs the lifespan: migrations
@@ -106,6 +109,10 @@ def test_sign_in_refuses_a_missing_csrf_token_an_unknown_token_and_an_outside_ne
     unknown = c.post("/ui/signin", data={"token": "not-a-token-of-anyone-at-all", "csrf": csrf})
     assert unknown.status_code == 303 and "error=" in unknown.headers["location"]
     assert COOKIE not in unknown.headers.get("set-cookie", "")
+    csrf = form_csrf(c.get("/ui/signin").text)
+    no_read = c.post("/ui/signin", data={"token": FEED, "csrf": csrf})
+    assert no_read.status_code == 303 and "may+not+read" in no_read.headers["location"]
+    assert COOKIE not in no_read.headers.get("set-cookie", "")
     csrf = form_csrf(c.get("/ui/signin").text)
     outside = c.post("/ui/signin", data={"token": SCI, "csrf": csrf, "next": "//elsewhere.example/x"})
     assert outside.headers["location"] == "/ui/models"
