@@ -749,17 +749,20 @@ async def simulate(
     start: datetime = ICU_EPOCH,
     deadline_s: float | None = None,
     retry: RetryPolicy | None = None,
+    producer_options: dict[str, Any] | None = None,
     on_progress: Callable[[SimulationReport, datetime], None] | None = None,
 ) -> SimulationReport:
     """Send every stay's bundles and outcomes in simulated-time order; returns what was sent and acknowledged.
 
-    Raises :class:`SimulationStopped` when a bundle finally fails or ``deadline_s`` passes.
+    Raises :class:`SimulationStopped` when a bundle finally fails or ``deadline_s`` passes. ``producer_options``
+    go to the outcomes' Kafka producer (the broker's security settings, for instance).
     """
     from aiokafka import AIOKafkaProducer
 
     report = SimulationReport()
     items = timeline(stays, drifts=drifts or [], outcome_delay_hours=outcome_delay_hours, start=start, report=report)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    options = {"bootstrap_servers": bootstrap, **(producer_options or {})}
+    producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=True, linger_ms=5)
     await producer.start()
     sender: BundleSender = (
         HttpSender(ingest_url, report, retry=retry, handles=stay_handles(stays))

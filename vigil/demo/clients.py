@@ -1,0 +1,157 @@
+"""How the demo talks to the stack: one async HTTP client per service it calls, Kafka clients built in one place.
+
+Everything that carries credentials or transport security is built here (the development tokens of each role,
+the Kafka client options), so that securing the stack changes this module and nothing else in the demo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from vigil.demo.options import MODEL
+from vigil.stack import Stack
+
+DEV_TOKENS = {
+    "scientist": "dev-scientist-token",
+    "approver": "dev-approver-token",
+    "approver2": "dev-approver2-token",
+    "admin": "dev-admin-token",
+    "viewer": "dev-viewer-token",
+}
+"""The registry's development tokens (``VIGIL_DEVELOPMENT=true``), one per role of the four-eyes path."""
+
+
+class RegistryError(RuntimeError):
+    """The registry refused or failed a call; the message names the call, the role and the answer."""
+
+
+class RegistryApi:
+    """The registry's REST API as the demo's people use it: each call made in the name of a role."""
+
+    def __init__(self, base_url: str, tokens: dict[str, str] | None = None, *, timeout_s: float = 60.0) -> None:
+        self.tokens = tokens or DEV_TOKENS
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout_s)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def call(self, role: str, method: str, path: str, **kw: Any) -> Any:
+        """One call as ``role``; raises :class:`RegistryError` on 4xx/5xx."""
+        r = await self.http.request(method, path, headers=self._auth(role), **kw)
+        if r.status_code >= 400:
+            raise RegistryError(f"registry {method} {path} as {role}: {r.status_code} {r.text[:500]}")
+        return r.json() if r.content else None
+
+    def _auth(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+    async def register(self, package: Path) -> dict[str, Any]:
+        """Upload a model package as the data scientist (409: already registered, fine for a re-run)."""
+        body = await asyncio.to_thread(_tar_gz, package)
+        r = await self.http.post(
+            f"/models/{MODEL}/versions",
+            content=body,
+            headers={**self._auth("scientist"), "Content-Type": "application/gzip"},
+        )
+        if r.status_code == 409:
+            return {"status": "already registered"}
+        if r.status_code >= 400:
+            raise RegistryError(f"register: {r.status_code} {r.text[:500]}")
+        return dict(r.json())
+
+    async def shadow_propose_approve(self, version: str, *, approver: str, reasons: tuple[str, str, str]) -> None:
+        """The governed path to production: a data scientist stages and proposes, a clinical approver approves."""
+        stage_reason, proposal_reason, approval_reason = reasons
+        base = f"/models/{MODEL}/versions/{version}"
+        await self.call("scientist", "POST", f"{base}/stage", json={"to": "shadow", "reason": stage_reason})
+        await self.call("scientist", "POST", f"{base}/proposals", json={"reason": proposal_reason})
+        await self.call(approver, "POST", f"{base}/approve", json={"reason": approval_reason})
+
+    async def version(self, version: str) -> dict[str, Any]:
+        return dict(await self.call("viewer", "GET", f"/models/{MODEL}/versions/{version}"))
+
+    async def production(self) -> dict[str, Any]:
+        return dict(await self.call("viewer", "GET", f"/models/{MODEL}/production"))
+
+    async def history(self, version: str) -> dict[str, Any]:
+        return dict(await self.call("viewer", "GET", f"/models/{MODEL}/versions/{version}/history"))
+
+    async def eligibility(self, version: str) -> dict[str, Any]:
+        return dict(await self.call("viewer", "GET", f"/models/{MODEL}/versions/{version}/eligibility"))
+
+    async def audit_verify(self) -> dict[str, Any] | None:
+        """The audit chain's verification, or None where the registry does not offer it."""
+        try:
+            return dict(await self.call("viewer", "GET", "/audit/verify"))
+        except RegistryError:
+            return None
+
+
+def _tar_gz(package: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for f in sorted(package.iterdir()):
+            if f.is_file():
+                tar.add(f, arcname=f.name)
+    return buf.getvalue()
+
+
+def model_in_metrics(text: str) -> tuple[str | None, bool]:
+    """From a scorer's Prometheus text: the model version it serves, and whether it is the default model."""
+    for family in text_string_to_metric_families(text):
+        if family.name != "vigil_model_info":
+            continue
+        for sample in family.samples:
+            if sample.value == 1.0:
+                return sample.labels.get("version"), sample.labels.get("default_model") == "True"
+    return None, False
+
+
+class StackProbe:
+    """Reads the scorer's and shadow's HTTP side (one async client)."""
+
+    def __init__(self, stack: Stack, *, timeout_s: float = 300.0) -> None:
+        self.stack = stack
+        self.http = httpx.AsyncClient(timeout=timeout_s)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def scorer_model(self) -> tuple[str | None, bool]:
+        """The version the live scorer serves (None if it does not answer) and whether it is the default model."""
+        try:
+            r = await self.http.get(f"{self.stack.url('scorer')}/metrics", timeout=5)
+        except httpx.HTTPError:
+            return None, False
+        return model_in_metrics(r.text)
+
+    async def shadow_join(self, version: str) -> tuple[bool, int]:
+        """Whether shadow's join is rebuilt, and how many encounters of ``version`` it holds with an outcome."""
+        try:
+            r = await self.http.get(f"{self.stack.url('shadow')}/comparisons", params={"version": version})
+            body = r.json()
+        except (httpx.HTTPError, ValueError):
+            return False, 0
+        rows = body.get("comparisons", []) if isinstance(body, dict) else []
+        labelled = int(rows[0].get("labelled_encounters") or 0) if rows else 0
+        return bool(body.get("join_rebuilt")), labelled
+
+    async def publish_comparison(self) -> int:
+        """Ask shadow to publish its comparison now; its HTTP status (409 while it re-reads its topics)."""
+        try:
+            r = await self.http.post(f"{self.stack.url('shadow')}/comparisons/publish")
+        except httpx.HTTPError:
+            return 0
+        return r.status_code
+
+
+def kafka_options(stack: Stack) -> dict[str, Any]:
+    """The options every Kafka client of the demo is built with (the stack's broker, and its security later)."""
+    return {"bootstrap_servers": stack.cluster.bootstrap_servers}
