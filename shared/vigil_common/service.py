@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vigil_common.kafka import ensure_topics
 from vigil_common.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
@@ -92,6 +94,7 @@ def build_http_app(runtime: ServiceRuntime, *, title: str, description: str = ""
 
     app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
     app.state.runtime = runtime
+    app.add_middleware(HttpMetrics, metrics=runtime.metrics)
 
     @app.get("/health", tags=["operations"], summary="The process is alive")
     async def health() -> dict[str, str]:
@@ -108,6 +111,38 @@ def build_http_app(runtime: ServiceRuntime, *, title: str, description: str = ""
         return Response(runtime.metrics.expose(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class HttpMetrics:
+    """ASGI middleware: every HTTP request counted by route template, method and status, with its latency.
+
+    The route is the matched template (``/models/{name}/versions/{version}``), read from the scope after routing;
+    a path no route matches counts as ``unmatched``, so a scan of random paths cannot grow the label set.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # an exception before the response starts is answered 500 by the server
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.http_request(template, scope["method"], status, time.perf_counter() - started)
 
 
 async def _retry(action: Callable[[], Awaitable[Any]], *, what: str, attempts: int = 30, delay: float = 1.0) -> Any:
