@@ -57,7 +57,7 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
         Publisher(broker),
         topics.dead_letter,
         service=SERVICE,
-        on_parked=lambda letter: metrics.count(letter.source_topic, "parked_total"),
+        on_parked=lambda letter: metrics.count(letter.source_topic, "parked"),
     )
     service = ScorerService(
         settings,
