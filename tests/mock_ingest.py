@@ -15,9 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import httpx
 import orjson
 
-Behaviour = Literal["ok", "drop", "hang", "503"]
+FHIR = "application/fhir+json"
+
+Behaviour = Literal["ok", "drop", "hang", "503", "forward", "forward-then-drop"]
+"""``forward``: pass the request to ``upstream`` (a real ingest) and relay its answer; ``forward-then-drop``: pass it
+on, then close the connection instead of relaying: the worst case, ingest took the bundle and the client never
+heard."""
 
 
 @dataclass
@@ -25,6 +31,7 @@ class MockIngest:
     """``behaviour(n)`` decides what the n-th request (1-based) gets."""
 
     behaviour: Callable[[int], Behaviour] = lambda _: "ok"
+    upstream: str | None = None
     requests: int = 0
     seen: Counter[str] = field(default_factory=Counter)
     """Bundle ids received (complete bodies), however they were answered."""
@@ -55,20 +62,30 @@ class MockIngest:
                     name, _, value = line.partition(b":")
                     if name.strip().lower() == b"content-length":
                         length = int(value.strip())
-                body = orjson.loads(await reader.readexactly(length)) if length else {}
+                raw = await reader.readexactly(length) if length else b"{}"
+                body = orjson.loads(raw)
                 self.requests += 1
                 self.seen[str(body.get("id"))] += 1
                 what = self.behaviour(self.requests)
-                if what == "drop":
+                if what in ("forward", "forward-then-drop"):
+                    async with httpx.AsyncClient(base_url=str(self.upstream), timeout=60) as client:
+                        answer = await client.post("/", content=raw, headers={"content-type": FHIR})
+                    if what == "forward-then-drop":
+                        writer.close()
+                        return
+                    self.answered[str(body.get("id"))] += 1
+                    status = f"{answer.status_code} {answer.reason_phrase}".encode()
+                    payload = answer.content
+                elif what == "drop":
                     writer.close()
                     return
-                if what == "hang":
+                elif what == "hang":
                     self._hung.append(writer)
                     return  # never answers; the client's read timeout fires
-                if what == "503":
+                elif what == "503":
                     payload = b'{"resourceType":"OperationOutcome"}'
                     status = b"503 Service Unavailable"
-                else:
+                elif what == "ok":
                     self.answered[str(body.get("id"))] += 1
                     payload = orjson.dumps(
                         {
@@ -78,6 +95,8 @@ class MockIngest:
                         }
                     )
                     status = b"200 OK"
+                else:
+                    raise ValueError(what)
                 writer.write(
                     b"HTTP/1.1 " + status + b"\r\ncontent-type: application/fhir+json\r\n"
                     b"content-length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
