@@ -296,39 +296,35 @@ class StreamPhase(Step):
         self, ctx: DemoContext, stays: list[sim.Stay], drifts: list[sim.Drift], candidate: str | None
     ) -> None:
         watcher, d = ctx.need(ctx.watcher, "the topic reader"), ctx.options.deadlines
-        with Live(
-            ctx.narrator.table(watcher, None), console=ctx.narrator.console, refresh_per_second=4, transient=True
-        ) as live:
-            ctx.live = live
+        table = ctx.narrator.table(watcher, None)
+        with Live(table, console=ctx.narrator.console, refresh_per_second=4, transient=True) as live:
+            ctx.live = live  # waits update this display instead of a spinner of their own
 
             def progress(report: sim.SimulationReport, _: Any) -> None:
                 ctx.report = report
                 live.update(ctx.narrator.table(watcher, report))
 
             try:
-                report = await sim.simulate(
-                    stays,
-                    bootstrap=ctx.stack.cluster.bootstrap_servers,
-                    producer_options=kafka_options(ctx.stack),
-                    topics=ctx.topics,
-                    via="http",
-                    ingest_url=ctx.stack.url("ingest"),
-                    speed=ctx.options.speed,
-                    outcome_delay_hours=ctx.options.outcome_delay_hours,
-                    drifts=drifts,
-                    start=ICU_EPOCH,
-                    deadline_s=d.stream_s,
-                    on_progress=progress,
-                )
-            except sim.SimulationStopped as stopped:
-                ctx.reports.append(stopped.report)
-                raise DemoStopped(f"streaming to ingest stopped: {stopped.reason}") from stopped
-            finally:
-                ctx.live = None
-            ctx.reports.append(report)
-            ctx.report = report
-            ctx.live = live
-            try:
+                try:
+                    report = await sim.simulate(
+                        stays,
+                        bootstrap=ctx.stack.cluster.bootstrap_servers,
+                        producer_options=kafka_options(ctx.stack),
+                        topics=ctx.topics,
+                        via="http",
+                        ingest_url=ctx.stack.url("ingest"),
+                        speed=ctx.options.speed,
+                        outcome_delay_hours=ctx.options.outcome_delay_hours,
+                        drifts=drifts,
+                        start=ICU_EPOCH,
+                        deadline_s=d.stream_s,
+                        on_progress=progress,
+                    )
+                except sim.SimulationStopped as stopped:
+                    ctx.reports.append(stopped.report)
+                    raise DemoStopped(f"streaming to ingest stopped: {stopped.reason}") from stopped
+                ctx.reports.append(report)
+                ctx.report = report
                 await self.wait_scored(ctx, watcher, candidate)
             finally:
                 ctx.live = None

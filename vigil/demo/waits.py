@@ -8,6 +8,7 @@ promoted" is an answer, not a failure).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +37,7 @@ async def wait_for(
         if on_tick is not None:
             on_tick()
         value = probe()
-        if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
+        if inspect.isawaitable(value):
             value = await value
         if value:
             return value
