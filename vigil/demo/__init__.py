@@ -83,7 +83,7 @@ class Demo:
         finally:
             await self.close()
         summary["seconds"] = round(time.monotonic() - ctx.started, 1)
-        self.write_outputs(summary)
+        await asyncio.to_thread(self.write_outputs, summary)  # the report's chart is drawn by matplotlib
         return summary
 
     async def summarise(self, failed: str | None) -> dict[str, Any]:
