@@ -222,19 +222,28 @@ def simulate_cmd(
         if via not in ("http", "kafka"):
             raise typer.BadParameter("--via is http or kafka")
         try:
-            report = asyncio.run(
-                sim.simulate(
-                    plan,
-                    bootstrap=bootstrap,
-                    topics=Topics(topic_prefix),
-                    via=via,  # type: ignore[arg-type]
-                    ingest_url=ingest_url,
-                    speed=speed,
-                    outcome_delay_hours=outcome_delay,
-                    drifts=drifts,
-                    deadline_s=deadline or None,
+            with console.status("sending...") as status:
+
+                def progress(r: sim.SimulationReport, at: object) -> None:
+                    status.update(
+                        f"{r.bundles_acknowledged} of {r.bundles_planned} bundles acknowledged, "
+                        f"{r.entries_acknowledged} entries with an outcome, {r.retries} retries (simulated time {at})"
+                    )
+
+                report = asyncio.run(
+                    sim.simulate(
+                        plan,
+                        bootstrap=bootstrap,
+                        topics=Topics(topic_prefix),
+                        via=via,  # type: ignore[arg-type]
+                        ingest_url=ingest_url,
+                        speed=speed,
+                        outcome_delay_hours=outcome_delay,
+                        drifts=drifts,
+                        deadline_s=deadline or None,
+                        on_progress=progress,
+                    )
                 )
-            )
         except sim.SimulationStopped as stopped:
             console.print(f"[red]simulation stopped: {stopped.reason}[/red]")
             typer.echo(json.dumps(stopped.report.as_dict()))
