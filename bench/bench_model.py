@@ -19,11 +19,11 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from vigil_common.events import ObservationRecorded
-from vigil_common.features import EncounterState, features_many, offline_features
-from vigil_common.model_package import ModelPackage, default_package_path
-from vigil_common.physionet import ICU_EPOCH, stay_events
+from vigil_contracts.events import ObservationRecorded
 from vigil_ml.data import SAMPLE_PATH
+from vigil_scoring.features import EncounterState, features_many, offline_features
+from vigil_scoring.model_package import ModelPackage, default_package_path
+from vigil_scoring.physionet import ICU_EPOCH, stay_events
 
 
 def main() -> None:

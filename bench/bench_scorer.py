@@ -36,10 +36,10 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from vigil_common.features import EncounterState, offline_features
-from vigil_common.kafka import encode, ensure_topics
+from bench.support import events_of, load_stays, package_path
+from vigil_runtime.kafka import encode, ensure_topics
 from vigil_scorer.settings import Settings
-from vigil_scorer.testing import events_of, load_stays, package_path
+from vigil_scoring.features import EncounterState, offline_features
 
 
 def _free_port() -> int:
@@ -342,9 +342,9 @@ def _core_only(events: list[Any], batch: int) -> dict[str, Any]:
 
     Checkpoints are left out: the service captures one a second, whatever the batch size.
     """
-    from vigil_common.events import Stage, canonical_event_adapter
-    from vigil_common.model_package import ModelPackage
-    from vigil_common.scoring import Incoming, ScoringCore
+    from vigil_contracts.events import Stage, canonical_event_adapter
+    from vigil_scoring.model_package import ModelPackage
+    from vigil_scoring.scoring import Incoming, ScoringCore
 
     payloads = [encode(e) for e in events]
     core = ScoringCore(ModelPackage.load(package_path("1")), stage=Stage.PRODUCTION)

@@ -8,11 +8,17 @@ UV="python3 -m uv"
 echo "== system packages"
 bash scripts/install-system-deps.sh
 
-echo "== lint and types"
+# The fast lane first: lint, types, import contracts, then the unit tier; any failure there stops the run before
+# a broker starts (set -e). One pytest invocation per lane.
+echo "== lint, types and import contracts"
 $UV run --frozen ruff check .
 $UV run --frozen ruff format --check .
 $UV run --frozen mypy
+$UV run --frozen lint-imports
 
-echo "== tests: unit, integration (native Kafka broker), e2e"
+echo "== fast lane: unit tier"
+$UV run --frozen pytest -p no:cacheprovider -m unit -x "$@"
+
+echo "== slow lane: integration (native Kafka broker, SQLite, PostgreSQL) and e2e"
 # The broker tier must run, never skip: the session fixture starts a native broker and fails if it cannot.
-$UV run --frozen pytest -p no:cacheprovider "$@"
+$UV run --frozen pytest -p no:cacheprovider -m "not unit" "$@"

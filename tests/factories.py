@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from vigil_common import events as ev
+from vigil_contracts import events as ev
 
 T0 = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
 

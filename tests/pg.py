@@ -4,7 +4,7 @@
   run as the ``postgres`` OS user when the tests run as root (PostgreSQL refuses to run as root). It fails
   loudly when it cannot start: the registry's PostgreSQL tests must run, never skip.
 - ``postgres_server`` (session fixture) and ``postgres_url`` (a fresh database per test).
-- ``make_package``: a model package folder as shared/vigil_common/model_package.py describes it (the registry
+- ``make_package``: a model package folder as shared/scoring/vigil_scoring/model_package.py describes it (the registry
   checks digests only; the ONNX bytes need not be a real model).
 """
 

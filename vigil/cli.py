@@ -212,7 +212,7 @@ def simulate_cmd(
     import asyncio
 
     from vigil import simulate as sim
-    from vigil_common.topics import Topics
+    from vigil_contracts.topics import Topics
 
     drifts = [sim.Drift.parse(d) for d in drift]
     plan = sim.load_stays(data, stays=stays, arrival_hours=arrival_hours, id_prefix=id_prefix)
@@ -318,9 +318,9 @@ def _mount() -> None:
     from vigil_shadow.cli import replay as shadow_replay
 
     app.command("replay")(shadow_replay)
-    from vigil_scorer.cli import app as scorer_bench_app
+    from bench.cli import app as bench_app
 
-    app.add_typer(scorer_bench_app, name="bench")
+    app.add_typer(bench_app, name="bench")
 
 
 _mount()

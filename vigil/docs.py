@@ -14,7 +14,7 @@ from typing import Any
 from faststream.specification import AsyncAPI
 
 from vigil.stack import SERVICE_NAMES
-from vigil_common.service import ServiceRuntime
+from vigil_runtime.service import ServiceRuntime
 
 
 def _runtime(wired: Any) -> ServiceRuntime:
@@ -24,7 +24,8 @@ def _runtime(wired: Any) -> ServiceRuntime:
     if isinstance(wired, tuple):
         return next(part for part in wired if isinstance(part, ServiceRuntime))
     runtime = wired.runtime
-    assert isinstance(runtime, ServiceRuntime)
+    if not isinstance(runtime, ServiceRuntime):
+        raise TypeError(f"bootstrap() returned no ServiceRuntime ({type(runtime).__name__})")
     return runtime
 
 
@@ -35,7 +36,8 @@ def asyncapi_document(service: str) -> dict[str, Any]:
     overrides = {"database_url": "sqlite://"} if service == "registry" else {}
     settings = importlib.import_module(f"vigil_{service}.settings").Settings(**overrides)
     runtime = _runtime(app.bootstrap(settings))
-    assert runtime.broker is not None, f"{service} has no Kafka side to document"
+    if runtime.broker is None:
+        raise ValueError(f"{service} has no Kafka side to document")
     spec = AsyncAPI(runtime.broker, title=f"Vigil {service}", version="0.1.0", description=(app.__doc__ or "").strip())
     document: dict[str, Any] = json.loads(spec.to_specification().to_json())
     return document

@@ -286,10 +286,6 @@ class LocalCluster:
             time.sleep(0.5)
         node.pid_file.unlink(missing_ok=True)
 
-    def start_node(self, node_id: int, *, timeout: float = 90.0) -> None:
-        """Restart one stopped node (the others keep running)."""
-        self.start(timeout=timeout)
-
     def stop(self, *, timeout: float = 30.0) -> None:
         """Stop every node cleanly."""
         for node in reversed(self.nodes):

@@ -4,7 +4,7 @@ Each stay becomes a Patient (gender only: the PhysioNet data is de-identified an
 date), an Encounter (period.start = ICU admission, the ICU unit as serviceType), an Observation for the age
 (LOINC 30525-0) and one Observation per measured cell, coded with the vocabulary's preferred LOINC code and the
 canonical UCUM unit. Row ``hour = h`` is sent at ``icu_admitted_at + h`` (the convention of
-:mod:`vigil_common.physionet`), one transaction Bundle per stay-hour, as an EHR interface engine batches them.
+:mod:`vigil_scoring.physionet`), one transaction Bundle per stay-hour, as an EHR interface engine batches them.
 The last bundle of a stay finishes its Encounter (period.end = discharge).
 
 Outcomes do not come from the EHR feed but from a later coding step: sepsis onset (the challenge's t_sepsis) or
@@ -31,9 +31,9 @@ from typing import Any, Literal, Protocol
 import orjson
 import pandas as pd
 
-from vigil_common.events import OutcomeRecorded, deterministic_id
-from vigil_common.physionet import ICU_EPOCH, MEASUREMENT_COLUMNS, sepsis_onset_hour
-from vigil_common.vocabulary import BY_COLUMN, VOCABULARY
+from vigil_contracts.events import OutcomeRecorded, deterministic_id
+from vigil_contracts.vocabulary import BY_COLUMN, VOCABULARY
+from vigil_scoring.physionet import ICU_EPOCH, MEASUREMENT_COLUMNS, sepsis_onset_hour
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "data" / "sample" / "physionet_sample.parquet"

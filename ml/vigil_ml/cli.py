@@ -79,9 +79,9 @@ def evaluate_cmd(
     seed: int = typer.Option(0),
 ) -> None:
     """Validate a package on labelled rows: metrics with CIs, bedside scores, subgroups; JSON and HTML report."""
-    from vigil_common.model_package import ModelPackage, default_package_path
     from vigil_ml import data as vdata
     from vigil_ml.evaluate import evaluate_package, write_report
+    from vigil_scoring.model_package import ModelPackage, default_package_path
 
     pkg = ModelPackage.load(model or default_package_path())
     df = vdata.load(data_path or _default_data())
@@ -108,8 +108,8 @@ def predict_cmd(
     model: Path = typer.Option(None, "--model", help="Model package folder (default: the repository's default)."),
 ) -> None:
     """Risk and alert for every input row, through the shared feature code and the package's ONNX session."""
-    from vigil_common.model_package import ModelPackage, default_package_path
     from vigil_ml.predict import predict_rows
+    from vigil_scoring.model_package import ModelPackage, default_package_path
 
     pkg = ModelPackage.load(model or default_package_path())
     import pandas as pd
@@ -123,7 +123,7 @@ def predict_cmd(
 @app.command("card")
 def card_cmd(model: Path = typer.Option(None, "--model", help="Model package folder.")) -> None:
     """Print a package's readable model card."""
-    from vigil_common.model_package import ModelPackage, default_package_path
+    from vigil_scoring.model_package import ModelPackage, default_package_path
 
     pkg = ModelPackage.load(model or default_package_path())
     typer.echo((pkg.path / "card.md").read_text())

@@ -1,7 +1,7 @@
-"""Write a package's drift reference (``reference.json``) in the drift service's format.
+"""The rows a package's drift reference (``reference.json``) is built from: its validation split.
 
 The reference is built from the package's own validation split (held out of training) of PhysioNet-format rows,
-with the model's scores on them, by :func:`vigil_common.reference.build_reference`: per-feature value bins and
+with the model's scores on them, by :func:`vigil_scoring.reference.build_reference`: per-feature value bins and
 samples, missingness and measurement frequency, and the score baseline. The split is recomputed from the
 package's recorded seed and fractions, and checked against the digest of the validation ids in its card.
 """
@@ -13,12 +13,8 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from vigil_common.features import offline_features
-from vigil_common.model_package import ModelPackage, write_manifest
-from vigil_common.reference import build_reference
 from vigil_ml import data
 
 
@@ -40,18 +36,3 @@ def validation_rows(package: Path, data_path: Path) -> pd.DataFrame:
     if got != expected:
         raise ValueError(f"validation split of {package} does not reproduce (seed {seed}): {got} != {expected}")
     return df.loc[df["patient_id"].isin(split.valid)].reset_index(drop=True)
-
-
-def write_drift_reference(package: Path, data_path: Path) -> Path:
-    """Rebuild ``reference.json`` of a committed package and re-seal its manifest."""
-    pkg = ModelPackage.load(package)
-    rows = validation_rows(package, data_path)
-    scores = pkg.predict(offline_features(rows).to_numpy(dtype=np.float32))
-    reference = build_reference(rows, scores, float(pkg.thresholds["operating"]))
-    reference.save(package / "reference.json")
-    manifest = json.loads((package / "manifest.json").read_text())
-    write_manifest(
-        package, name=pkg.name, version=pkg.version, thresholds=pkg.thresholds, created_at=manifest["created_at"]
-    )
-    ModelPackage.load(package)
-    return package / "reference.json"

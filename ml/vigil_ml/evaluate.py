@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vigil_common.features import offline_features
-from vigil_common.model_package import ModelPackage
 from vigil_ml.clinical import CLINICAL_SCORES, STANDARD_CUTOFFS, clinical_scores
 from vigil_ml.metrics import Cohort, calibration_curve, evaluate_score, subgroup_table
+from vigil_scoring.features import offline_features
+from vigil_scoring.model_package import ModelPackage
 
 
 def predict_frame(package: ModelPackage, df: pd.DataFrame) -> np.ndarray:

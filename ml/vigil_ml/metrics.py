@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vigil_ml.utility import DT_OPTIMAL, best_predictions, row_utilities
+from vigil_scoring.utility import DT_OPTIMAL, best_predictions, row_utilities
 
 CALIBRATION_BINS = 10
 

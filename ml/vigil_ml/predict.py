@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from vigil_common.features import offline_features
-from vigil_common.model_package import ModelPackage
+from vigil_scoring.features import offline_features
+from vigil_scoring.model_package import ModelPackage
 
 
 def predict_rows(package: ModelPackage, df: pd.DataFrame) -> pd.DataFrame:

@@ -23,9 +23,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vigil_common.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, offline_features
-from vigil_common.model_package import ModelPackage, write_manifest
-from vigil_common.reference import build_reference
 from vigil_ml import data
 from vigil_ml.card import CITATION, card_markdown
 from vigil_ml.clinical import CLINICAL_SCORES, clinical_scores
@@ -45,6 +42,9 @@ from vigil_ml.onnx_export import (
     snap_thresholds_to_float32,
     to_onnx_bytes,
 )
+from vigil_scoring.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, offline_features
+from vigil_scoring.model_package import ModelPackage, write_manifest
+from vigil_scoring.reference import build_reference
 
 HGB_DEFAULT: dict[str, Any] = {
     "max_iter": 300,

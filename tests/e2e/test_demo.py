@@ -30,8 +30,8 @@ import yaml
 from tests.browser import render
 from vigil import simulate as sim
 from vigil.demo import _bedside_view
-from vigil_common.model_package import default_package_path
-from vigil_common.physionet import MEASUREMENT_COLUMNS
+from vigil_scoring.model_package import default_package_path
+from vigil_scoring.physionet import MEASUREMENT_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]
 STAYS = 40

@@ -11,8 +11,9 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 
 from tests import factories
-from vigil_common import events as ev
-from vigil_common.kafka import (
+from vigil_contracts import events as ev
+from vigil_contracts.topics import Topic
+from vigil_runtime.kafka import (
     DeadLetters,
     Parsed,
     Publisher,
@@ -22,8 +23,7 @@ from vigil_common.kafka import (
     process_batch,
     raw_batch_decoder,
 )
-from vigil_common.settings import VigilSettings
-from vigil_common.topics import Topic
+from vigil_runtime.settings import VigilSettings
 
 
 async def consume(bootstrap: str, topic: str, n: int, timeout: float = 30.0, group: str | None = None) -> list[Any]:

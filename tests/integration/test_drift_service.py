@@ -14,11 +14,11 @@ from fastapi.testclient import TestClient
 
 from tests import factories
 from tests.unit.test_drift_reference import synthetic_stays
-from vigil_common import events as ev
-from vigil_common.kafka import Publisher, encode, ensure_topics, make_broker
-from vigil_common.reference import build_reference
+from vigil_contracts import events as ev
 from vigil_drift.app import bootstrap, create_app
 from vigil_drift.settings import Settings
+from vigil_runtime.kafka import Publisher, encode, ensure_topics, make_broker
+from vigil_scoring.reference import build_reference
 
 SMALL = {
     "psi_window_rows": 300,

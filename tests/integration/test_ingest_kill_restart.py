@@ -18,10 +18,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from vigil_common.events import canonical_event_adapter
-from vigil_common.kafka import ensure_topics
-from vigil_common.settings import VigilSettings
+from vigil_contracts.events import canonical_event_adapter
 from vigil_ingest.mapping import Mapper
+from vigil_runtime.kafka import ensure_topics
+from vigil_runtime.settings import VigilSettings
 
 N = 10_000
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

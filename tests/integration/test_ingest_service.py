@@ -11,7 +11,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi.testclient import TestClient
 
-from vigil_common.events import DeadLettered, canonical_event_adapter
+from vigil_contracts.events import DeadLettered, canonical_event_adapter
 from vigil_ingest.app import create_app
 from vigil_ingest.mapping import Mapper
 from vigil_ingest.settings import Settings

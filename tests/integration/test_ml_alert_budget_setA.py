@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vigil_common.features import offline_features
-from vigil_common.model_package import ModelPackage, default_package_path
-from vigil_common.reference import Reference, build_reference
 from vigil_ml import data
 from vigil_ml.drift_reference import validation_rows
 from vigil_ml.metrics import Cohort, alert_hour_rate, evaluate_score
+from vigil_scoring.features import offline_features
+from vigil_scoring.model_package import ModelPackage, default_package_path
+from vigil_scoring.reference import Reference, build_reference
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vigil_common.features import offline_features
-from vigil_common.model_package import ModelPackage, default_package_path
 from vigil_ml import data
 from vigil_ml.metrics import Cohort, evaluate_score
+from vigil_scoring.features import offline_features
+from vigil_scoring.model_package import ModelPackage, default_package_path
 
 
 def test_card_test_metrics_reproduce(shared_kit: Path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tests.unit.test_features_stream import assert_same, stream_stay
-from vigil_common.features import offline_features
+from vigil_scoring.features import offline_features
 
 
 def test_500_set_a_stays_stream_equals_offline(shared_kit: Path) -> None:

@@ -22,11 +22,11 @@ from tests.integration.test_broker import consume
 from tests.pg import make_package
 from tests.unit.test_registry_api import ADMIN, APP, SCI, TOKENS, VIEW
 from tests.unit.test_registry_core import comparison, outcomes
-from vigil_common import events as ev
-from vigil_common.kafka import encode, ensure_topics
+from vigil_contracts import events as ev
 from vigil_registry.app import create_app
 from vigil_registry.artifacts import pack_folder
 from vigil_registry.settings import Settings
+from vigil_runtime.kafka import encode, ensure_topics
 
 
 def registry_settings(settings_env: dict[str, Any], tmp_path: Path, **extra: Any) -> Settings:

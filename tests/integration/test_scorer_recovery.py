@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from bench.support import events_of, load_stays, offline_predictions, package_path
 from tests.integration.test_scorer_service import (
     ScoreReader,
     complete,
@@ -32,10 +33,9 @@ from tests.integration.test_scorer_service import (
     publish,
     settings_for,
 )
-from vigil_common import events as ev
-from vigil_common.kafka import ensure_topics
-from vigil_common.model_package import ModelPackage
-from vigil_scorer.testing import events_of, load_stays, offline_predictions, package_path
+from vigil_contracts import events as ev
+from vigil_runtime.kafka import ensure_topics
+from vigil_scoring.model_package import ModelPackage
 
 
 def free_port() -> int:

@@ -11,15 +11,15 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bench.support import FakeRegistry, events_of, load_stays, offline_predictions, package_path
 from tests import factories
-from vigil_common import events as ev
-from vigil_common.features import EncounterState
-from vigil_common.kafka import encode, ensure_topics
-from vigil_common.model_package import ModelPackage
+from vigil_contracts import events as ev
+from vigil_runtime.kafka import encode, ensure_topics
+from vigil_runtime.reader import read_to_end
 from vigil_scorer.app import create_app
-from vigil_scorer.changelog import read_changelog
 from vigil_scorer.settings import Settings
-from vigil_scorer.testing import FakeRegistry, events_of, load_stays, offline_predictions, package_path
+from vigil_scoring.features import EncounterState
+from vigil_scoring.model_package import ModelPackage
 
 N_STAYS = 16
 
@@ -169,7 +169,7 @@ async def test_streamed_stays_score_like_the_offline_model(
             if committed == ends:
                 break
             await asyncio.sleep(0.1)
-        saved = await read_changelog(
+        saved = await read_to_end(
             settings.kafka_bootstrap_servers, settings.topics.scorer_state, range(settings.partitions)
         )
         transport = httpx.ASGITransport(app=app)

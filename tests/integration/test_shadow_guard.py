@@ -15,9 +15,9 @@ from pydantic import ValidationError
 
 from tests import factories
 from tests.factories import T0
-from vigil_common import events as ev
-from vigil_common.kafka import Publisher, ensure_topics, make_broker
-from vigil_common.model_package import ModelPackage, default_package_path
+from vigil_contracts import events as ev
+from vigil_runtime.kafka import Publisher, ensure_topics, make_broker
+from vigil_scoring.model_package import ModelPackage, default_package_path
 from vigil_shadow import logscan
 from vigil_shadow.app import create_app
 from vigil_shadow.catalog import ModelRefused, ShadowModel
@@ -90,7 +90,7 @@ async def test_misconfigured_shadow_never_reaches_the_live_topic(
             with pytest.raises(ModelRefused):
                 service.catalog.add(ShadowModel("sepsis", "1", production, ev.Stage.PRODUCTION, "misconfigured"))
             with pytest.raises(ModelRefused):
-                service.core.swap(production, stage=ev.Stage.PRODUCTION)
+                service.core.set_models({("sepsis", "1"): production}, stage=ev.Stage.PRODUCTION)
             with pytest.raises(ShadowStageRefused):
                 await service.scores_out.publish([factories.score(encounter="g-1", stage=ev.Stage.PRODUCTION)])
             service.scores_out.topic = topics.scores_live  # tampering at run time is caught at use

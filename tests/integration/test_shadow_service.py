@@ -31,15 +31,15 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from vigil_common import events as ev
-from vigil_common.features import offline_features
-from vigil_common.kafka import Publisher, ensure_topics, make_broker
-from vigil_common.model_package import ModelPackage, default_package_path
-from vigil_common.physionet import ICU_EPOCH, sepsis_onset_hour, stay_events
-from vigil_common.scoring import ScoringCore
-from vigil_ml.utility import normalized_utility
+from vigil_contracts import events as ev
+from vigil_runtime.kafka import Publisher, ensure_topics, make_broker
 from vigil_scorer.app import create_app as create_scorer_app
 from vigil_scorer.settings import Settings as ScorerSettings
+from vigil_scoring.features import offline_features
+from vigil_scoring.model_package import ModelPackage, default_package_path
+from vigil_scoring.physionet import ICU_EPOCH, sepsis_onset_hour, stay_events
+from vigil_scoring.scoring import ScoringCore
+from vigil_scoring.utility import normalized_utility
 from vigil_shadow import logscan
 from vigil_shadow.app import create_app
 from vigil_shadow.compare import CompareConfig

@@ -15,11 +15,11 @@ import uvicorn
 from tests.integration.test_ingest_service import drain
 from tests.mock_ingest import Behaviour, MockIngest
 from vigil import simulate as sim
-from vigil_common.events import canonical_event_adapter
-from vigil_common.physionet import ICU_EPOCH
+from vigil_contracts.events import canonical_event_adapter
 from vigil_ingest.app import create_app
 from vigil_ingest.mapping import Mapper
 from vigil_ingest.settings import Settings
+from vigil_scoring.physionet import ICU_EPOCH
 
 
 def free_port() -> int:

@@ -7,7 +7,7 @@ from collections import Counter
 
 from vigil import simulate as sim
 from vigil.demo import DemoOptions, promotion_event, shadow_split
-from vigil_common import events as ev
+from vigil_contracts import events as ev
 
 
 def strata(stays: list[sim.Stay]) -> Counter[tuple[str, bool]]:

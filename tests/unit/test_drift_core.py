@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from tests import factories
 from tests.unit.test_drift_reference import synthetic_stays
-from vigil_common.reference import age_band, build_reference
 from vigil_drift.alerts import AlertBook
 from vigil_drift.check import on_timeline, run_check
 from vigil_drift.cli import app as drift_cli
@@ -21,6 +20,7 @@ from vigil_drift.config import Thresholds, parse_overrides, thresholds_for
 from vigil_drift.core import DriftCore, StayHours
 from vigil_drift.outcomes import Labeller
 from vigil_drift.predictions import ScoreBatch
+from vigil_scoring.reference import age_band, build_reference
 
 SMALL = Thresholds(
     psi_window_rows=1500,

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vigil_common.reference import Reference, auroc, build_reference, expected_calibration_error
+from vigil_scoring.reference import Reference, auroc, build_reference, expected_calibration_error
 
 
 def synthetic_stays(n_stays: int = 300, seed: int = 0, hours: tuple[int, int] = (20, 60)) -> pd.DataFrame:

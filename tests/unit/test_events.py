@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from tests import factories
-from vigil_common import events as ev
-from vigil_common.kafka import encode
+from vigil_contracts import events as ev
+from vigil_runtime.kafka import encode
 
 
 @pytest.mark.parametrize("kind", sorted(factories.ALL))

@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 
 from tests import factories as f
-from vigil_common.events import ObservationRecorded
-from vigil_common.features import (
+from vigil_contracts.events import ObservationRecorded
+from vigil_ml.data import SAMPLE_PATH
+from vigil_scoring.features import (
     FEATURE_COLUMNS,
     EncounterState,
     features_many,
     offline_features,
 )
-from vigil_common.physionet import ICU_EPOCH, stay_events
-from vigil_ml.data import SAMPLE_PATH
+from vigil_scoring.physionet import ICU_EPOCH, stay_events
 
 
 def stream_stay(stay: pd.DataFrame, pid: str) -> tuple[np.ndarray, EncounterState]:

@@ -13,11 +13,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from vigil_common.events import Event
-from vigil_common.logging import JsonFormatter
-from vigil_common.metrics import ServiceMetrics
+from vigil_contracts.events import Event
 from vigil_ingest.app import IngestCore, build_router
 from vigil_ingest.settings import Settings
+from vigil_runtime.logging import JsonFormatter
+from vigil_runtime.metrics import ServiceMetrics
 
 TESTDATA = Path(__file__).resolve().parents[1] / "testdata" / "fhir"
 FHIR = {"content-type": "application/fhir+json"}
@@ -167,7 +167,7 @@ def test_root_is_a_fhir_base_too_and_metadata(setup: tuple[TestClient, FakePubli
 async def test_raw_records_are_processed_or_parked_with_reasons() -> None:
     from types import SimpleNamespace
 
-    from vigil_common.kafka import Parsed
+    from vigil_runtime.kafka import Parsed
 
     publisher = FakePublisher()
     core = IngestCore(Settings(topic_prefix="unit."), publisher, ServiceMetrics("ingest"))  # type: ignore[arg-type]

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from vigil_common.events import (
+from vigil_contracts.events import (
     ObservationRecorded,
     ObservationRetracted,
     SourceRef,
     canonical_event_adapter,
     deterministic_id,
 )
-from vigil_common.vocabulary import VOCABULARY
+from vigil_contracts.vocabulary import VOCABULARY
 from vigil_ingest.mapping import Deduper, Mapper, MapResult, fast_id, observation_id
 
 TESTDATA = Path(__file__).resolve().parents[1] / "testdata" / "fhir"

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from vigil_common.events import ObservationRecorded, ObservationRetracted
+from vigil_contracts.events import ObservationRecorded, ObservationRetracted
 from vigil_ingest.cli import map_files, read_payloads
 from vigil_ingest.mapping import Mapper, MapResult
 

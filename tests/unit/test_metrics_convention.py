@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.promtool import promtool
-from vigil_common.metrics import ServiceMetrics, topic_label
+from vigil_runtime.metrics import ServiceMetrics, topic_label
 
 SERVICES = ("ingest", "scorer", "shadow", "drift", "registry")
 # A request per service on a route with path parameters: its label must be the template.

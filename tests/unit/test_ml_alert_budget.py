@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vigil_common.model_package import ModelPackage, default_package_path
 from vigil_ml.data import SAMPLE_PATH
 from vigil_ml.metrics import Cohort, alert_hour_rate, choose_threshold, lowest_threshold_within
 from vigil_ml.train import TrainConfig, train
+from vigil_scoring.model_package import ModelPackage, default_package_path
 
 
 def synthetic(seed: int = 0, stays: int = 120) -> tuple[Cohort, np.ndarray]:
@@ -87,8 +87,8 @@ def test_a_training_run_records_and_keeps_its_budget(budget_run) -> None:
 
 def test_the_budget_is_measured_on_this_runs_validation_rows(budget_run) -> None:
     """The reference's alert rate is recomputed from its own scores on the run's validation hours."""
-    from vigil_common.features import offline_features
     from vigil_ml import data
+    from vigil_scoring.features import offline_features
 
     params = json.loads((budget_run.run_dir / "params.json").read_text())
     df = data.load(SAMPLE_PATH)

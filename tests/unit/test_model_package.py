@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vigil_common.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, offline_features
-from vigil_common.model_package import ModelPackage, ModelPackageError, default_package_path, sha256_of_dir
 from vigil_ml.data import SAMPLE_PATH
 from vigil_ml.onnx_export import onnx_proba
+from vigil_scoring.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, offline_features
+from vigil_scoring.model_package import ModelPackage, ModelPackageError, default_package_path, sha256_of_dir
 
 
 @pytest.mark.parametrize("version", ["1", "2", "3"])

@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import pandas as pd
 
-from vigil_common.events import EncounterRecorded, ObservationRecorded
-from vigil_common.physionet import ICU_EPOCH, MEASUREMENT_COLUMNS, sepsis_onset_hour, stay_events
+from vigil_contracts.events import EncounterRecorded, ObservationRecorded
 from vigil_ml.data import SAMPLE_PATH
+from vigil_scoring.physionet import ICU_EPOCH, MEASUREMENT_COLUMNS, sepsis_onset_hour, stay_events
 
 
 def a_stay(septic: bool) -> pd.DataFrame:

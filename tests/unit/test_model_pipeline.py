@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from vigil_common.features import FEATURE_COLUMNS, offline_features
-from vigil_common.model_package import ModelPackage, default_package_path
 from vigil_ml.cli import app
 from vigil_ml.data import SAMPLE_PATH
 from vigil_ml.onnx_export import onnx_proba
 from vigil_ml.train import TrainConfig, train
+from vigil_scoring.features import FEATURE_COLUMNS, offline_features
+from vigil_scoring.model_package import ModelPackage, default_package_path
 
 runner = CliRunner()
 
@@ -72,7 +72,7 @@ def test_export_parity_and_package(run) -> None:
     }
     assert pkg.card["onnx"]["parity_max_abs_diff"] < 1e-5
     # The package carries the drift service's reference, built from held-out rows and the model's scores.
-    from vigil_common.reference import Reference
+    from vigil_scoring.reference import Reference
 
     reference = Reference.load(pkg.path / "reference.json")
     assert reference.to_json()

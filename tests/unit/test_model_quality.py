@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from vigil_common.model_package import ModelPackage, default_package_path
 from vigil_ml.data import SAMPLE_PATH, load
 from vigil_ml.evaluate import evaluate_package
+from vigil_scoring.model_package import ModelPackage, default_package_path
 
 COMPARATORS = ("logistic_regression", "qsofa", "sirs", "news2", "mews")
 

@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from vigil_ml.metrics import Cohort, _auc_ap, _ranked, choose_threshold, evaluate_score
-from vigil_ml.utility import normalized_utility, row_utilities
+from vigil_scoring.utility import normalized_utility, row_utilities
 
 
 def loop_utility(labels: np.ndarray, pred: np.ndarray) -> float:

@@ -21,7 +21,7 @@ from sqlmodel import select
 
 from tests import factories
 from tests.pg import make_package
-from vigil_common.events import (
+from vigil_contracts.events import (
     LifecycleAction,
     ModelLifecycleChanged,
     Severity,

@@ -22,14 +22,14 @@ from tests.unit.test_registry_core import (
     outcomes,
     to_production_first,
 )
-from vigil_common.events import ModelLifecycleChanged, Stage
-from vigil_common.kafka import Parsed
+from vigil_contracts.events import ModelLifecycleChanged, Stage
 from vigil_registry.artifacts import ArtifactStore, pack_folder, package_digest, read_package, unpack_archive
 from vigil_registry.consumer import EvidenceHandler
 from vigil_registry.core import Registry
 from vigil_registry.errors import InvalidPackage, StoreCorrupted
 from vigil_registry.outbox import OutboxRelay
 from vigil_registry.policy import PromotionPolicy, alert_rate_ratio, evaluate
+from vigil_runtime.kafka import Parsed
 
 # --- policy --------------------------------------------------------------------------------------
 
@@ -133,7 +133,7 @@ def test_first_production_needs_no_comparison_unless_the_policy_says_so() -> Non
 
 
 def test_repository_packages_register_and_their_digests_match_the_model_package_code(tmp_path: Path) -> None:
-    model_package = pytest.importorskip("vigil_common.model_package")
+    model_package = pytest.importorskip("vigil_scoring.model_package")
     for version in ("1", "2", "3"):
         path = model_package.default_package_path(version)
         if not path.is_dir():

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from tests import factories
-from vigil_common import events as ev
-from vigil_common.features import FEATURE_COLUMNS, offline_features
-from vigil_common.physionet import ICU_EPOCH, stay_events
-from vigil_common.scoring import Incoming, LivePublisher, NotProductionError, ScoringCore
+from vigil_contracts import events as ev
+from vigil_scoring.features import FEATURE_COLUMNS, offline_features
+from vigil_scoring.physionet import ICU_EPOCH, stay_events
+from vigil_scoring.scoring import Incoming, LivePublisher, NotProductionError, ScoringCore
 
 N_STAYS = 12
 

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord
 
+from bench.support import package_path
 from tests import factories
-from vigil_common import events as ev
-from vigil_common.kafka import Parsed, encode
-from vigil_common.metrics import ServiceMetrics
+from vigil_contracts import events as ev
+from vigil_runtime.kafka import Parsed, encode
+from vigil_runtime.metrics import ServiceMetrics
 from vigil_scorer.pipeline import LoadedModel, ScorerService
 from vigil_scorer.settings import Settings
-from vigil_scorer.testing import package_path
 
 
 class FakeSink:
@@ -51,7 +51,7 @@ def record(event: Any, partition: int, offset: int) -> Parsed[Any]:
 
 @pytest.fixture
 def svc(tmp_path: Path) -> tuple[ScorerService, FakeSink]:
-    from vigil_common.model_package import ModelPackage
+    from vigil_scoring.model_package import ModelPackage
 
     sink = FakeSink()
     settings = Settings(model_cache_dir=tmp_path, idle_hours=1.0)
@@ -183,7 +183,7 @@ def test_idle_encounters_are_evicted_with_a_changelog_tombstone(svc: tuple[Score
     service.core.states["enc-1"].last_seen -= 2 * 3600
     newest = service.core.states["enc-1"].max_time
     assert newest is not None
-    service.core._newest_data[0] = newest + timedelta(hours=3)  # newer data arrived on the partition
+    service.core.tracker._newest_data[0] = newest + timedelta(hours=3)  # newer data arrived on the partition
     assert asyncio.run(service.evict_idle()) == 1
     topic, tombstones = sink.sent[-1]
     assert topic == service.topics.scorer_state and tombstones == [(b"enc-1", None, 0)]

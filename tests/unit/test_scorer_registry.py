@@ -9,18 +9,18 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.support import package_path, tarball
 from tests import factories
-from vigil_common import events as ev
-from vigil_common.metrics import ServiceMetrics
-from vigil_common.model_package import ModelPackage
+from vigil_contracts import events as ev
+from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.registry_client import PackageRejected, RegistryClient, RegistryUnavailable
 from vigil_scorer.pipeline import ScorerService
-from vigil_scorer.registry_client import PackageRejected, RegistryClient, RegistryUnavailable
 from vigil_scorer.settings import Settings
-from vigil_scorer.testing import package_path, tarball
+from vigil_scoring.model_package import ModelPackage, verify_package
 
 
 def registry(handler: Any) -> RegistryClient:
-    return RegistryClient("http://registry", transport=httpx.MockTransport(handler))
+    return RegistryClient("http://registry", verify=verify_package, transport=httpx.MockTransport(handler))
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ async def test_registry_production_version_is_used_and_a_demotion_pauses_live_sc
     await svc.on_lifecycle(demoted)
     assert svc.core is not None and svc.core.stage is ev.Stage.RETIRED
     assert svc.live is not None
-    from vigil_common.scoring import NotProductionError
+    from vigil_scoring.scoring import NotProductionError
 
     with pytest.raises(NotProductionError):
         await svc.live.publish([])
@@ -125,7 +125,7 @@ def test_a_package_of_another_input_schema_is_rejected(v1: Path, tmp_path: Path)
     import json
     import shutil
 
-    from vigil_common.model_package import write_manifest
+    from vigil_scoring.model_package import write_manifest
 
     other = tmp_path / "other"
     shutil.copytree(v1, other)
@@ -140,7 +140,6 @@ def test_a_package_of_another_input_schema_is_rejected(v1: Path, tmp_path: Path)
         feature_set_version="some-other-features-v0",
         columns=("a", "b"),
     )
-    from vigil_scorer.registry_client import verify_package
 
     with pytest.raises(PackageRejected, match="input schema"):
         verify_package(other, artifact_sha256=None, package_sha256=None)
@@ -204,6 +203,7 @@ def test_the_real_registry_api_answers_what_the_client_expects(tmp_path: Path, v
 
         client = RegistryClient(
             "http://registry",
+            verify=verify_package,
             token="viewer-token-0123456789abcdefghi",
             transport=httpx.MockTransport(through_test_client),
         )

@@ -11,8 +11,8 @@ from sklearn.metrics import roc_auc_score
 
 from tests import factories
 from tests.factories import T0
-from vigil_common import events as ev
-from vigil_ml.utility import normalized_utility
+from vigil_contracts import events as ev
+from vigil_scoring.utility import normalized_utility
 from vigil_shadow import stats
 from vigil_shadow.compare import CompareConfig, compare
 from vigil_shadow.join import JoinState

@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from tests import factories
-from vigil_common import events as ev
-from vigil_common.features import FEATURE_COLUMNS
-from vigil_common.metrics import ServiceMetrics
+from vigil_contracts import events as ev
+from vigil_runtime.metrics import ServiceMetrics
+from vigil_scoring.features import FEATURE_COLUMNS
 from vigil_shadow.app import ShadowService
 from vigil_shadow.catalog import Catalog, ModelRefused, ShadowModel
 from vigil_shadow.engine import ShadowCore
@@ -128,7 +128,7 @@ def test_engine_scores_every_candidate_in_shadow_stage_only() -> None:
     a, b = FakePackage("2"), FakePackage("3", offset=0.5)
     core = ShadowCore({("sepsis", "2"): a, ("sepsis", "3"): b})
     with pytest.raises(ModelRefused):
-        core.swap(a, stage=ev.Stage.PRODUCTION)  # type: ignore[arg-type]
+        core.set_models({("sepsis", "2"): a}, stage=ev.Stage.PRODUCTION)
     events: list[Any] = [
         factories.encounter(),
         factories.observation(feature="age", value=60.0, unit="a"),

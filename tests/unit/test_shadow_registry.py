@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 from tests import factories
 from tests.factories import T0
 from tests.unit.test_registry_api import SCI, TOKENS, settings_for
-from vigil_common import events as ev
-from vigil_common.model_package import ModelPackage, default_package_path
+from vigil_contracts import events as ev
 from vigil_registry.app import create_app
 from vigil_registry.artifacts import pack_folder
 from vigil_registry.policy import PromotionPolicy, evaluate
+from vigil_scoring.model_package import ModelPackage, default_package_path
 from vigil_shadow.catalog import Catalog, RegistryReader
 from vigil_shadow.compare import CompareConfig, compare
 from vigil_shadow.join import JoinState

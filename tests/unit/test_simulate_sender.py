@@ -13,8 +13,8 @@ import pytest
 
 from tests.mock_ingest import Behaviour, MockIngest
 from vigil import simulate as sim
-from vigil_common.events import OutcomeRecorded
-from vigil_common.physionet import ICU_EPOCH
+from vigil_contracts.events import OutcomeRecorded
+from vigil_scoring.physionet import ICU_EPOCH
 
 FAST = sim.RetryPolicy(attempts=3, backoff_s=0.01, timeout_s=2.0)
 

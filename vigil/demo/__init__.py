@@ -25,6 +25,7 @@ import time
 import uuid
 from typing import Any
 
+import httpx
 from rich.console import Console
 
 from vigil.demo.clients import RegistryError
@@ -38,6 +39,7 @@ from vigil.demo.summary import build_summary, figures
 from vigil.demo.waits import DemoStopped
 from vigil.kafka_local import vigil_home
 from vigil.stack import Stack
+from vigil_runtime.registry_client import RegistryUnavailable
 
 __all__ = [
     "MODEL",
@@ -75,8 +77,9 @@ class Demo:
                 for step in self.steps:
                     narrator.phase = step.phase
                     await step.run(ctx)
-            except (DemoStopped, RegistryError) as error:
-                failed = f"{narrator.phase}: {error}"
+            except (DemoStopped, RegistryError, RegistryUnavailable, httpx.HTTPError) as error:
+                # A stop the demo can explain: say it, still summarise what happened, stop the stack (below).
+                failed = f"{narrator.phase}: {type(error).__name__ if not str(error) else ''}{error}"
                 narrator.warn(f"the demo stopped while {failed}")
             narrator.phase = "summary"
             summary = await self.summarise(failed)

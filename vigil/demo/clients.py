@@ -17,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vigil.demo.options import MODEL
 from vigil.stack import Stack
+from vigil_runtime.registry_client import RegistryClient
+from vigil_scoring.model_package import ModelPackage, verify_package
 
 DEV_TOKENS = {
     "scientist": "dev-scientist-token",
@@ -33,32 +35,37 @@ class RegistryError(RuntimeError):
 
 
 class RegistryApi:
-    """The registry's REST API as the demo's people use it: each call made in the name of a role."""
+    """The registry's REST API as the demo's people use it, each call in the name of a role.
+
+    One async client: the runtime's :class:`RegistryClient` (the one every service uses), read calls as the viewer,
+    the governed steps through its ``request`` with the role's token.
+    """
 
     def __init__(self, base_url: str, tokens: dict[str, str] | None = None, *, timeout_s: float = 60.0) -> None:
         self.tokens = tokens or DEV_TOKENS
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout_s)
+        self.client: RegistryClient[ModelPackage] = RegistryClient(
+            base_url, verify=verify_package, token=self.tokens["viewer"], timeout=timeout_s
+        )
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        await self.client.aclose()
 
     async def call(self, role: str, method: str, path: str, **kw: Any) -> Any:
         """One call as ``role``; raises :class:`RegistryError` on 4xx/5xx."""
-        r = await self.http.request(method, path, headers=self._auth(role), **kw)
+        r = await self.client.request(method, path, token=self.tokens[role], **kw)
         if r.status_code >= 400:
             raise RegistryError(f"registry {method} {path} as {role}: {r.status_code} {r.text[:500]}")
         return r.json() if r.content else None
 
-    def _auth(self, role: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens[role]}"}
-
     async def register(self, package: Path) -> dict[str, Any]:
         """Upload a model package as the data scientist (409: already registered, fine for a re-run)."""
         body = await asyncio.to_thread(_tar_gz, package)
-        r = await self.http.post(
+        r = await self.client.request(
+            "POST",
             f"/models/{MODEL}/versions",
+            token=self.tokens["scientist"],
             content=body,
-            headers={**self._auth("scientist"), "Content-Type": "application/gzip"},
+            headers={"Content-Type": "application/gzip"},
         )
         if r.status_code == 409:
             return {"status": "already registered"}
@@ -74,11 +81,17 @@ class RegistryApi:
         await self.call("scientist", "POST", f"{base}/proposals", json={"reason": proposal_reason})
         await self.call(approver, "POST", f"{base}/approve", json={"reason": approval_reason})
 
-    async def version(self, version: str) -> dict[str, Any]:
-        return dict(await self.call("viewer", "GET", f"/models/{MODEL}/versions/{version}"))
+    async def stage(self, version: str) -> str | None:
+        """The stage of one version (None when the registry does not know it)."""
+        record = await self.client.version(MODEL, version)
+        return None if record is None else str(record.get("stage"))
 
-    async def production(self) -> dict[str, Any]:
-        return dict(await self.call("viewer", "GET", f"/models/{MODEL}/production"))
+    async def production_version(self) -> str:
+        """The version in production (raises when there is none: the drill needs one)."""
+        ref = await self.client.production(MODEL)
+        if ref is None:
+            raise RegistryError(f"the registry has no production version of {MODEL}")
+        return ref.version
 
     async def history(self, version: str) -> dict[str, Any]:
         return dict(await self.call("viewer", "GET", f"/models/{MODEL}/versions/{version}/history"))
@@ -87,10 +100,10 @@ class RegistryApi:
         return dict(await self.call("viewer", "GET", f"/models/{MODEL}/versions/{version}/eligibility"))
 
     async def audit_verify(self) -> dict[str, Any] | None:
-        """The audit chain's verification, or None where the registry does not offer it."""
+        """The audit chain's verification, or None where the registry does not offer it (or does not answer)."""
         try:
             return dict(await self.call("viewer", "GET", "/audit/verify"))
-        except RegistryError:
+        except (RegistryError, httpx.HTTPError):
             return None
 
 

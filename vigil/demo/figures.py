@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vigil_common.model_package import ModelPackage
-from vigil_common.physionet import MEASUREMENT_COLUMNS
+from vigil_scoring.model_package import ModelPackage
+from vigil_scoring.physionet import MEASUREMENT_COLUMNS
 
 
 def _bedside_view(rows: pd.DataFrame, encounter_of: dict[str, str], scores: dict[tuple[str, int], float]) -> np.ndarray:

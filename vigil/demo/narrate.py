@@ -10,7 +10,7 @@ from rich.table import Table
 
 from vigil import simulate as sim
 from vigil.demo.observe import TopicWatcher
-from vigil_common import events as ev
+from vigil_contracts import events as ev
 
 
 class Narrator:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-from vigil_common import events as ev
-from vigil_common.topics import Topics
+from vigil_contracts import events as ev
+from vigil_contracts.topics import Topics
 
 
 @dataclass

@@ -26,10 +26,10 @@ from vigil.demo.observe import TopicWatcher
 from vigil.demo.options import MODEL, DemoOptions
 from vigil.demo.waits import DemoStopped, wait_for
 from vigil.stack import Stack
-from vigil_common import events as ev
-from vigil_common.model_package import default_package_path
-from vigil_common.physionet import ICU_EPOCH
-from vigil_common.topics import Topics
+from vigil_contracts import events as ev
+from vigil_contracts.topics import Topics
+from vigil_scoring.model_package import default_package_path
+from vigil_scoring.physionet import ICU_EPOCH
 
 T = TypeVar("T")
 
@@ -207,7 +207,7 @@ class RegisterModels(Step):
                 "validated on the held-out cohort; card reviewed",
             ),
         )
-        if (await registry.version(v_prod))["stage"] != "production":
+        if await registry.stage(v_prod) != "production":
             # With auto_promote the registry promotes on approval itself; otherwise the approver does.
             await registry.call(
                 "approver", "POST", f"/models/{MODEL}/versions/{v_prod}/promote", json={"reason": "go-live"}
@@ -466,7 +466,7 @@ class RollbackDrill(Step):
     async def run(self, ctx: DemoContext) -> None:
         registry, probe = ctx.need(ctx.registry, "the registry"), ctx.need(ctx.probe, "the probe")
         watcher, d, say = ctx.need(ctx.watcher, "the topic reader"), ctx.options.deadlines, ctx.narrator.say
-        version = str((await registry.production())["version"])
+        version = await registry.production_version()
         say(f"rollback drill: a critical performance alert against production v{version} (marked as a drill)")
         alert = ev.AlertRaised(
             event_id=ev.deterministic_id("drill", ctx.run_id),

@@ -17,7 +17,7 @@ from vigil import simulate as sim
 from vigil.demo.figures import model_figures
 from vigil.demo.observe import TopicWatcher
 from vigil.demo.steps import DemoContext, demo_policy
-from vigil_common.model_package import ModelPackage, default_package_path
+from vigil_scoring.model_package import ModelPackage, default_package_path
 
 
 def figures(ctx: DemoContext, watcher: TopicWatcher, rejected: set[str]) -> dict[str, Any]:

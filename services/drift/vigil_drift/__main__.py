@@ -1,9 +1,9 @@
 """``python -m vigil_drift``: run the drift service until SIGTERM."""
 
-from vigil_common.logging import configure_logging
-from vigil_common.service import serve
 from vigil_drift.app import create_app
 from vigil_drift.settings import Settings
+from vigil_runtime.logging import configure_logging
+from vigil_runtime.service import serve
 
 
 def main() -> None:

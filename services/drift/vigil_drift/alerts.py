@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from vigil_common.events import AlertRaised, Severity, deterministic_id
+from vigil_contracts.events import AlertRaised, Severity, deterministic_id
 
 Kind = Literal["data_drift", "missingness", "prediction_drift", "performance", "calibration", "fairness", "latency"]
 

@@ -18,7 +18,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from pydantic import Field, TypeAdapter
 
-from vigil_common.events import (
+from vigil_contracts.events import (
     AlertRaised,
     EncounterRecorded,
     ObservationRecorded,
@@ -26,14 +26,14 @@ from vigil_common.events import (
     OutcomeRecorded,
     RiskScored,
 )
-from vigil_common.kafka import DeadLetters, Parsed, Publisher, make_broker, process_batch, raw_batch_decoder
-from vigil_common.metrics import ServiceMetrics
-from vigil_common.reference import Reference, ScoreBaseline
-from vigil_common.service import ServiceRuntime, build_http_app
 from vigil_drift.config import parse_overrides, thresholds_for
 from vigil_drift.core import DriftCore
 from vigil_drift.metrics import DriftMetrics
 from vigil_drift.settings import Settings
+from vigil_runtime.kafka import DeadLetters, Parsed, Publisher, make_broker, process_batch, raw_batch_decoder
+from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.service import ServiceRuntime, build_http_app
+from vigil_scoring.reference import Reference, ScoreBaseline
 
 SERVICE = "drift"
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def empty_reference(scores: ScoreBaseline | None = None) -> Reference:
 def load_reference(path: str | Path) -> Reference:
     """The reference at ``path``; tolerates a model package whose reference.json has another layout.
 
-    ``vigil_common.reference`` files are the contract. A package written before its trainer adopted it
+    ``vigil_scoring.reference`` files are the contract. A package written before its trainer adopted it
     (per-feature quantiles of model features plus ``risk.mean``) still gives the score baseline; its feature
     quantiles describe model features (carried forward), not stay-hour readings, so inputs are not judged
     against them rather than judged wrongly. A warning says so, and ``/drift`` shows the reference's format.
@@ -68,7 +68,7 @@ def load_reference(path: str | Path) -> Reference:
         mean = risk.get("mean") if isinstance(risk, dict) else None
         baseline = ScoreBaseline(n_scores=int(raw.get("rows") or 0), mean_score=float(mean)) if mean else None
         log.warning(
-            "reference is not a vigil_common.reference file: inputs are not judged",
+            "reference is not a vigil_scoring.reference file: inputs are not judged",
             extra={"error": type(error).__name__, "score_baseline": baseline is not None},
         )
         ref = empty_reference(baseline)

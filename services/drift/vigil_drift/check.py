@@ -1,6 +1,6 @@
 """``vigil drift check``: the detector core over two PhysioNet-format files.
 
-The reference file becomes a :class:`~vigil_common.reference.Reference` (as a model package would carry); the
+The reference file becomes a :class:`~vigil_scoring.reference.Reference` (as a model package would carry); the
 current file is streamed through the same monitors the service runs, in time order. PhysioNet stays have no
 calendar times, so the current file is laid on a synthetic timeline: stays are admitted one after another in
 file order at a constant interval chosen so that about ``census`` stays are in the ICU at once (a unit-sized
@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vigil_common.events import AlertRaised
-from vigil_common.reference import LABEL_COLUMN, Reference, build_reference, subgroups_of
-from vigil_common.vocabulary import MEASUREMENTS
+from vigil_contracts.events import AlertRaised
+from vigil_contracts.vocabulary import MEASUREMENTS
 from vigil_drift.config import Thresholds
 from vigil_drift.core import DriftCore, ScoreBatch
+from vigil_scoring.reference import LABEL_COLUMN, Reference, build_reference, subgroups_of
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 HOUR = 3600.0

@@ -33,9 +33,9 @@ def check(
     summary: bool = typer.Option(True, help="Print a summary of the monitored quantities on stderr."),
 ) -> None:
     """Stream CURRENT through the detector core against REFERENCE and print the alerts it raises."""
-    from vigil_common.reference import Reference
     from vigil_drift.check import read_rows, run_check
     from vigil_drift.config import parse_overrides, thresholds_for
+    from vigil_scoring.reference import Reference
 
     t0 = time.monotonic()
     is_file = bool(thresholds) and not thresholds.lstrip().startswith("{") and Path(thresholds).exists()

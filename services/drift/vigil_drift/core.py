@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vigil_common.events import (
+from vigil_contracts.events import (
     AlertRaised,
     EncounterRecorded,
     ObservationRecorded,
@@ -23,12 +23,12 @@ from vigil_common.events import (
     OutcomeRecorded,
     RiskScored,
 )
-from vigil_common.reference import Reference, age_band
 from vigil_drift.alerts import AlertBook
 from vigil_drift.config import Thresholds
 from vigil_drift.inputs import InputDriftMonitor
 from vigil_drift.outcomes import Labelled, Labeller, PerformanceMonitor
 from vigil_drift.predictions import PredictionMonitor, ScoreBatch
+from vigil_scoring.reference import Reference, age_band
 
 __all__ = ["DriftCore", "ScoreBatch", "StayHours"]
 

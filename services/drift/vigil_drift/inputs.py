@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 from river.drift import ADWIN
 
-from vigil_common.events import AlertRaised
-from vigil_common.reference import FeatureReference, Reference
-from vigil_common.vocabulary import FEATURE_NAMES
+from vigil_contracts.events import AlertRaised
+from vigil_contracts.vocabulary import FEATURE_NAMES
 from vigil_drift.alerts import AlertBook
 from vigil_drift.config import Thresholds
+from vigil_scoring.reference import FeatureReference, Reference
 
 SUBJECT = "inputs"
 _EPS = 1e-4

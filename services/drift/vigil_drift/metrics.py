@@ -6,8 +6,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from vigil_common.events import AlertRaised
-from vigil_common.metrics import ServiceMetrics
+from vigil_contracts.events import AlertRaised
+from vigil_runtime.metrics import ServiceMetrics
 
 
 class DriftMetrics:

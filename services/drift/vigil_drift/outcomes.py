@@ -22,8 +22,11 @@ import numpy as np
 import pandas as pd
 from river.drift.binary import DDM, FHDDM
 
-from vigil_common.events import AlertRaised, OutcomeRecorded, RiskScored
-from vigil_common.reference import (
+from vigil_contracts.events import AlertRaised, OutcomeRecorded, RiskScored
+from vigil_drift.alerts import AlertBook
+from vigil_drift.config import Thresholds
+from vigil_drift.inputs import at_time
+from vigil_scoring.reference import (
     UNKNOWN,
     ScoreBaseline,
     auroc,
@@ -31,9 +34,6 @@ from vigil_common.reference import (
     expected_calibration_error,
     subgroup_metrics,
 )
-from vigil_drift.alerts import AlertBook
-from vigil_drift.config import Thresholds
-from vigil_drift.inputs import at_time
 
 
 @dataclass
@@ -138,7 +138,8 @@ class Labeller:
             groups = self._groups_of(o.encounter, attributes)
             for item in sorted(waiting.values(), key=lambda x: x.time):
                 y = self._label(o.encounter, item.time)
-                assert y is not None
+                if y is None:
+                    raise RuntimeError("an outcome with a known label gave no label")
                 out.setdefault(item.model, Labelled(item.model)).add(
                     item.probability, y, item.alert, item.time, groups, o.encounter
                 )

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 from river.drift import ADWIN
 
-from vigil_common.events import AlertRaised
-from vigil_common.reference import ScoreBaseline
+from vigil_contracts.events import AlertRaised
 from vigil_drift.alerts import AlertBook
 from vigil_drift.config import Thresholds
 from vigil_drift.inputs import at_time
+from vigil_scoring.reference import ScoreBaseline
 
 
 @dataclass
@@ -130,7 +130,8 @@ class PredictionMonitor:
 
     def _latency(self, batch: ScoreBatch) -> list[AlertRaised]:
         th, out = self.th, []
-        assert batch.latency_ms is not None
+        if batch.latency_ms is None:
+            raise ValueError("a latency check needs the batch's latencies")
         n, w = len(batch.latency_ms), th.latency_window
         lat = np.concatenate([self.lat, batch.latency_ms.astype(float)])
         start = self.lat_seen - len(self.lat)

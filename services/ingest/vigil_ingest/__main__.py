@@ -1,9 +1,9 @@
 """``python -m vigil_ingest``: run the ingest service until SIGTERM."""
 
-from vigil_common.logging import configure_logging
-from vigil_common.service import serve
 from vigil_ingest.app import create_app
 from vigil_ingest.settings import Settings
+from vigil_runtime.logging import configure_logging
+from vigil_runtime.service import serve
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ import hashlib
 import logging
 import re
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias, TypeVar
@@ -39,7 +39,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from vigil_common.events import (
+from vigil_contracts.events import (
     VIGIL_NAMESPACE,
     EncounterRecorded,
     Event,
@@ -49,7 +49,7 @@ from vigil_common.events import (
     deterministic_id,
     utcnow,
 )
-from vigil_common.vocabulary import VOCABULARY, Measurement
+from vigil_contracts.vocabulary import VOCABULARY, Measurement
 from vigil_ingest.local_codes import LOCAL_CODES
 from vigil_ingest.units import UCUM_SYSTEMS, UnitConverter, UnitError
 
@@ -142,7 +142,7 @@ def _uuid5_of(name: str) -> str:
 
 
 def fast_id(*parts: object) -> str:
-    """``vigil_common.events.deterministic_id`` without building a UUID object (the hot path makes one a reading).
+    """``vigil_contracts.events.deterministic_id`` without building a UUID object (the hot path makes one a reading).
 
     Same bytes as ``uuid.uuid5(VIGIL_NAMESPACE, name)``; a unit test holds the two equal.
     """
@@ -1199,16 +1199,6 @@ def event_line(event: Canonical) -> dict[str, Any]:
     return event.model_dump(mode="json")
 
 
-def iter_payloads(data: bytes, *, ndjson: bool) -> Iterator[bytes]:
-    """Split a file's bytes into payloads: one per non-blank line for NDJSON, else the whole file."""
-    if not ndjson:
-        yield data
-        return
-    for line in data.splitlines():
-        if line.strip():
-            yield line
-
-
 __all__ = [
     "Deduper",
     "EntryOutcome",
@@ -1217,6 +1207,5 @@ __all__ = [
     "Mapper",
     "Rejection",
     "event_line",
-    "iter_payloads",
     "parse_fhir_datetime",
 ]

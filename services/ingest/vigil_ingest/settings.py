@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from vigil_common.settings import VigilSettings
+from vigil_runtime.settings import VigilSettings
 
 
 class Settings(VigilSettings):

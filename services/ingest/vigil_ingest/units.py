@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from vigil_common.vocabulary import Measurement
+from vigil_contracts.vocabulary import Measurement
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """``python -m vigil_registry``: run the registry service until SIGTERM."""
 
-from vigil_common.logging import configure_logging
-from vigil_common.service import serve
 from vigil_registry.app import create_app
 from vigil_registry.settings import Settings
+from vigil_runtime.logging import configure_logging
+from vigil_runtime.service import serve
 
 
 def main() -> None:

@@ -14,10 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from vigil_common.events import ModelLifecycleChanged
-from vigil_common.kafka import DeadLetters, Publisher, make_broker
-from vigil_common.metrics import ServiceMetrics
-from vigil_common.service import ServiceRuntime, build_http_app
+from vigil_contracts.events import ModelLifecycleChanged
 from vigil_registry.api.routes import audits, models, proposals
 from vigil_registry.artifacts import ArtifactStore
 from vigil_registry.auth import TokenTable
@@ -27,6 +24,9 @@ from vigil_registry.db import make_engine, migrate
 from vigil_registry.errors import NotEligible, RegistryError, Unauthorized
 from vigil_registry.outbox import OutboxRelay
 from vigil_registry.settings import Settings
+from vigil_runtime.kafka import DeadLetters, Publisher, make_broker
+from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.service import ServiceRuntime, build_http_app
 
 SERVICE = "registry"
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Model packages: validation, the content-addressed store, and the archive scorers download.
 
-A package is a folder (see shared/vigil_common/model_package.py): ``model.onnx``, ``card.json``, ``card.md``,
+A package is a folder (see shared/scoring/vigil_scoring/model_package.py): ``model.onnx``, ``card.json``, ``card.md``,
 ``manifest.json`` and optionally ``reference.json``. The registry checks the manifest's digests itself (it does
 not load the model: onnxruntime is the scorers' dependency, not the registry's) and stores the folder under
 its package digest: ``<root>/<digest[:2]>/<digest>/``. The package digest is the sha256 of the sorted lines

@@ -19,12 +19,12 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import Field, TypeAdapter
 
-from vigil_common.events import AlertRaised, ComparisonSummarized, OutcomeRecorded
-from vigil_common.kafka import DeadLetters, Parsed, process_batch, raw_batch_decoder
-from vigil_common.metrics import ServiceMetrics
+from vigil_contracts.events import AlertRaised, ComparisonSummarized, OutcomeRecorded
 from vigil_registry.core import Registry
 from vigil_registry.errors import RegistryError
 from vigil_registry.settings import Settings
+from vigil_runtime.kafka import DeadLetters, Parsed, process_batch, raw_batch_decoder
+from vigil_runtime.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from vigil_common.events import (
+from vigil_contracts.events import (
     AlertRaised,
     ComparisonSummarized,
     LifecycleAction,
@@ -40,7 +40,6 @@ from vigil_common.events import (
     deterministic_id,
     utcnow,
 )
-from vigil_common.kafka import describe_error
 from vigil_registry import audit, crud
 from vigil_registry.artifacts import ArtifactStore, PackageInfo, read_package, unpack_archive
 from vigil_registry.auth import POLICY, Principal, require
@@ -60,6 +59,7 @@ from vigil_registry.models import (
     SeenOutcome,
 )
 from vigil_registry.policy import PolicyReport, PromotionPolicy, evaluate
+from vigil_runtime.kafka import describe_error
 
 log = logging.getLogger(__name__)
 

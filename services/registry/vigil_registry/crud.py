@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from sqlmodel import Session, col, select
 
-from vigil_common.events import Stage
+from vigil_contracts.events import Stage
 from vigil_registry.errors import NotFound
 from vigil_registry.models import (
     AlertRecord,

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from sqlalchemy import JSON, Boolean, Column, Index, Integer, String, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from vigil_common.events import Stage, utcnow
+from vigil_contracts.events import Stage, utcnow
 from vigil_registry.db import UTCDateTime
 
 

@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge
 
-from vigil_common.events import ModelLifecycleChanged
-from vigil_common.kafka import Publisher
-from vigil_common.metrics import ServiceMetrics
+from vigil_contracts.events import ModelLifecycleChanged
 from vigil_registry.core import Registry
+from vigil_runtime.kafka import Publisher
+from vigil_runtime.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Drain on every wake-up and every ``poll_seconds``; back off (bounded) while the broker fails."""
-        assert self._wake is not None
+        if self._wake is None:
+            raise RuntimeError("the outbox relay runs only after start()")
         delay = self.poll_seconds
         while True:
             if self.ready():

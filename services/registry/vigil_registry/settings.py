@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from vigil_common.settings import VigilSettings, refuse_placeholder
+from vigil_runtime.settings import VigilSettings, refuse_placeholder
 
 
 class Role(StrEnum):

@@ -1,7 +1,7 @@
 """``python -m vigil_scorer``: run the scorer service until SIGTERM."""
 
-from vigil_common.logging import configure_logging
-from vigil_common.service import serve
+from vigil_runtime.logging import configure_logging
+from vigil_runtime.service import serve
 from vigil_scorer.app import create_app
 from vigil_scorer.settings import Settings
 

@@ -9,7 +9,6 @@ restored, broker reachable) and ``/metrics``.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 from typing import Annotated
@@ -19,14 +18,15 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from pydantic import BaseModel, Field
 
-from vigil_common.events import DeadLettered, ModelLifecycleChanged, RiskScored
-from vigil_common.kafka import DeadLetters, Publisher, make_broker, raw_batch_decoder, raw_decoder
-from vigil_common.metrics import ServiceMetrics
-from vigil_common.service import ServiceRuntime, build_http_app
-from vigil_scorer.changelog import KafkaSink
+from vigil_contracts.events import DeadLettered, ModelLifecycleChanged, RiskScored
+from vigil_runtime.kafka import DeadLetters, Publisher, make_broker, raw_batch_decoder, raw_decoder
+from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.producer import AckedProducer
+from vigil_runtime.registry_client import RegistryClient
+from vigil_runtime.service import ServiceRuntime, build_http_app
 from vigil_scorer.pipeline import SERVICE, ScorerService, StateRebalanceListener
-from vigil_scorer.registry_client import RegistryClient
 from vigil_scorer.settings import Settings
+from vigil_scoring.model_package import verify_package
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
     broker = make_broker(settings, client_id=f"vigil-{SERVICE}")
     metrics = ServiceMetrics(SERVICE)
     topics = settings.topics
-    # Declared for the AsyncAPI document: scores and snapshots are sent by the KafkaSink, dead letters by DeadLetters.
+    # Declared for the AsyncAPI document: scores and snapshots are sent by the AckedProducer, dead letters by
+    # DeadLetters.
     broker.publisher(topics.scores_live, schema=RiskScored, title="live risk scores (key: encounter)")
     broker.publisher(topics.scorer_state, title="feature-state changelog (compacted; key: encounter)")
     broker.publisher(topics.dead_letter, schema=DeadLettered, title="dead letters")
@@ -62,11 +63,14 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
     service = ScorerService(
         settings,
         metrics,
-        sink=KafkaSink(settings.kafka_bootstrap_servers, client_id=f"vigil-{SERVICE}-out"),
-        state_sink=KafkaSink(settings.kafka_bootstrap_servers, client_id=f"vigil-{SERVICE}-state"),
+        sink=AckedProducer(settings.kafka_bootstrap_servers, client_id=f"vigil-{SERVICE}-out"),
+        state_sink=AckedProducer(settings.kafka_bootstrap_servers, client_id=f"vigil-{SERVICE}-state"),
         dead_letters=dead_letters,
         registry=RegistryClient(
-            settings.registry_url, token=settings.registry_token, timeout=settings.registry_timeout_s
+            settings.registry_url,
+            verify=verify_package,
+            token=settings.registry_token,
+            timeout=settings.registry_timeout_s,
         ),
     )
 
@@ -130,8 +134,10 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
         # The consumer has left the group by now, so the commit fails, but the snapshots still reach the changelog:
         # a restart then recognises the replayed records by their offsets instead of re-scoring them.
         async with service.lock:
-            with contextlib.suppress(Exception):
+            try:
                 await service.checkpoint()
+            except Exception as error:
+                log.warning("final checkpoint incomplete", extra={"error_type": type(error).__name__})
         await service.state_sink.stop()
         await service.sink.stop()
         await service.registry.aclose()

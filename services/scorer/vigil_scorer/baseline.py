@@ -17,7 +17,7 @@ import numpy as np
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from vigil_common.model_package import ModelPackage, default_package_path
+from vigil_scoring.model_package import ModelPackage, default_package_path
 
 package = ModelPackage.load(Path(os.environ.get("BASELINE_MODEL_PATH") or default_package_path()))
 app = FastAPI(title="Sepsis model, served the article's way (baseline)")

@@ -1,11 +1,11 @@
 """The live scorer's Kafka side: batches in, scores and state snapshots out, offsets committed last.
 
-One batch (FastStream batch subscriber, ``AckPolicy.MANUAL``) goes through ``vigil_common.kafka.process_batch``:
+One batch (FastStream batch subscriber, ``AckPolicy.MANUAL``) goes through ``vigil_runtime.kafka.process_batch``:
 
 1. records that do not parse are parked in the dead-letter topic (so are events without an encounter);
-2. :class:`~vigil_common.scoring.ScoringCore` applies the rest and scores every touched encounter-hour in one
+2. :class:`~vigil_scoring.scoring.ScoringCore` applies the rest and scores every touched encounter-hour in one
    model call;
-3. the scores are published to the live topic through :class:`~vigil_common.scoring.LivePublisher` (which refuses
+3. the scores are published to the live topic through :class:`~vigil_scoring.scoring.LivePublisher` (which refuses
    anything but a production-stage model) and acknowledged (acks=all, idempotent producer).
 
 Every ``checkpoint_interval_s`` (and before partitions are given up in a rebalance) a checkpoint follows a batch:
@@ -44,14 +44,15 @@ from aiokafka.abc import ConsumerRebalanceListener
 from faststream.kafka.message import KafkaMessage
 from prometheus_client import Counter, Gauge
 
-from vigil_common.events import LifecycleAction, ModelLifecycleChanged, Stage, canonical_event_adapter
-from vigil_common.kafka import DeadLetters, Parsed, encode, process_batch, records_of
-from vigil_common.metrics import ServiceMetrics
-from vigil_common.model_package import ModelPackage, default_package_path
-from vigil_common.scoring import Incoming, LivePublisher, NotProductionError, ScoringCore
-from vigil_scorer.changelog import KafkaSink, read_changelog
-from vigil_scorer.registry_client import PackageRejected, RegistryClient, RegistryUnavailable
+from vigil_contracts.events import LifecycleAction, ModelLifecycleChanged, Stage, canonical_event_adapter
+from vigil_runtime.kafka import DeadLetters, Parsed, encode, process_batch, records_of
+from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.producer import AckedProducer
+from vigil_runtime.reader import read_to_end
+from vigil_runtime.registry_client import PackageRejected, RegistryClient, RegistryUnavailable
 from vigil_scorer.settings import Settings
+from vigil_scoring.model_package import ModelPackage, default_package_path
+from vigil_scoring.scoring import Incoming, LivePublisher, NotProductionError, ScoringCore
 
 log = logging.getLogger(__name__)
 SERVICE = "scorer"
@@ -110,10 +111,10 @@ class ScorerService:
         settings: Settings,
         metrics: ServiceMetrics,
         *,
-        sink: KafkaSink,
-        state_sink: KafkaSink | None = None,
+        sink: AckedProducer,
+        state_sink: AckedProducer | None = None,
         dead_letters: DeadLetters,
-        registry: RegistryClient,
+        registry: RegistryClient[ModelPackage],
     ) -> None:
         self.settings = settings
         self.topics = settings.topics
@@ -373,8 +374,10 @@ class ScorerService:
             self._start_writing(self._capturing)
         task = self._writing
         if task is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.shield(task)
+            except Exception as error:  # the write's own handler counted it; the caller only waits for it to end
+                log.warning("changelog write failed while waiting for it", extra={"error_type": type(error).__name__})
 
     async def checkpoint(self, partitions: set[int] | None = None) -> None:
         """Checkpoint now and wait for it (under :attr:`lock`; a revocation passes the revoked ``partitions``)."""
@@ -445,7 +448,7 @@ class ScorerService:
             if consumer is None:
                 continue
             tp = TopicPartition(self.topics.observations, p)
-            with contextlib.suppress(Exception):  # a partition revoked meanwhile: its new owner starts from the commit
+            try:
                 offset = self.committed.get(p)
                 if offset is None:
                     offset = await consumer.committed(tp)
@@ -453,6 +456,8 @@ class ScorerService:
                     await consumer.seek_to_beginning(tp)
                 else:
                     consumer.seek(tp, offset)
+            except Exception as error:  # a partition revoked meanwhile: its new owner starts from the commit
+                log.info("rewind skipped", extra={"partition": p, "error_type": type(error).__name__})
 
     async def _handle(self, items: list[Parsed[Any]]) -> list[tuple[ConsumerRecord[Any, Any], BaseException | str]]:
         core, live = self.core, self.live
@@ -519,23 +524,29 @@ class ScorerService:
         for tp in consumer.assignment():
             if tp.topic != self.topics.observations:
                 continue
-            with contextlib.suppress(Exception):
+            try:
                 highwater = consumer.highwater(tp)
                 position = await asyncio.wait_for(consumer.position(tp), timeout=0.2)
-                if highwater is not None and position is not None:
-                    self.metrics.lag.labels(str(tp.partition)).set(max(0, highwater - position))
+            except Exception as error:  # the lag gauge is best effort: a revoked or slow partition keeps its value
+                log.debug("lag not measured", extra={"partition": tp.partition, "error_type": type(error).__name__})
+                continue
+            if highwater is not None and position is not None:
+                self.metrics.lag.labels(str(tp.partition)).set(max(0, highwater - position))
 
     # --- partitions ---------------------------------------------------------------------------------
 
     async def _restore(self, partitions: Iterable[int]) -> None:
         parts = set(partitions)
-        values = await read_changelog(
+        # Snapshots go to the changelog partition numbered like the observations partition their events come
+        # from, so the owner of observations partition p restores by reading changelog partition p to its end.
+        values = await read_to_end(
             self.settings.kafka_bootstrap_servers,
             self.topics.scorer_state,
             parts,
             timeout_s=self.settings.restore_timeout_s,
         )
-        assert self.core is not None
+        if self.core is None:
+            raise RuntimeError("states restored before the model was loaded")
         self.core.drop_partitions(parts)
         restored = 0
         for encounter, value in values.items():

@@ -1,7 +1,7 @@
 """``python -m vigil_shadow``: run the shadow service until SIGTERM."""
 
-from vigil_common.logging import configure_logging
-from vigil_common.service import serve
+from vigil_runtime.logging import configure_logging
+from vigil_runtime.service import serve
 from vigil_shadow.app import create_app
 from vigil_shadow.settings import Settings
 

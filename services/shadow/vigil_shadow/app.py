@@ -31,14 +31,14 @@ from fastapi import FastAPI, HTTPException, Query
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 
-from vigil_common.events import (
+from vigil_contracts.events import (
     ComparisonSummarized,
     ModelLifecycleChanged,
     RiskScored,
     any_event_adapter,
     canonical_event_adapter,
 )
-from vigil_common.kafka import (
+from vigil_runtime.kafka import (
     DeadLetters,
     Parsed,
     Publisher,
@@ -48,9 +48,9 @@ from vigil_common.kafka import (
     raw_decoder,
     records_of,
 )
-from vigil_common.metrics import ServiceMetrics
-from vigil_common.scoring import Incoming
-from vigil_common.service import ServiceRuntime, build_http_app
+from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.service import ServiceRuntime, build_http_app
+from vigil_scoring.scoring import Incoming
 from vigil_shadow import logscan
 from vigil_shadow.catalog import Catalog, ModelKey, RegistryReader, ShadowModel
 from vigil_shadow.compare import CompareConfig

@@ -21,9 +21,10 @@ from typing import Any
 
 import httpx
 
-from vigil_common.events import Stage
-from vigil_common.model_package import ModelPackage
-from vigil_common.scoring import Predictor
+from vigil_contracts.events import Stage
+from vigil_runtime.registry_client import RegistryClient
+from vigil_scoring.model_package import ModelPackage, verify_package
+from vigil_scoring.scoring import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -82,35 +83,23 @@ class RegistryReader:
         cache_dir: Path,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        from vigil_scorer.registry_client import RegistryClient
-
         self.base_url = base_url.rstrip("/")
         self.cache_dir = cache_dir
-        self._client = RegistryClient(base_url, token=token, timeout=timeout, transport=transport)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.AsyncClient(timeout=timeout, headers=headers, transport=transport)
+        self._client = RegistryClient(
+            base_url, verify=verify_package, token=token, timeout=timeout, transport=transport
+        )
 
     async def aclose(self) -> None:
         """Close the HTTP connections."""
         await self._client.aclose()
-        await self._http.aclose()
 
     async def versions(self, name: str) -> list[dict[str, Any]]:
         """Every version of ``name`` with its stage (404: the model is unknown, no versions)."""
-        response = await self._http.get(f"{self.base_url}/models/{name}/versions")
-        if response.status_code == 404:
-            return []
-        response.raise_for_status()
-        body = response.json()
-        return list(body.get("versions", []) if isinstance(body, dict) else body)
+        return await self._client.versions(name)
 
     async def version(self, name: str, version: str) -> dict[str, Any] | None:
         """One version's record (None when unknown)."""
-        response = await self._http.get(f"{self.base_url}/models/{name}/versions/{version}")
-        if response.status_code == 404:
-            return None
-        response.raise_for_status()
-        return dict(response.json())
+        return await self._client.version(name, version)
 
     async def load(self, record: dict[str, Any]) -> ModelPackage:
         """Download and verify a version's package."""

@@ -1,7 +1,7 @@
 """A candidate judged against live on the same encounter-hours.
 
 The metrics a review board and the promotion policy read, and the
-:class:`~vigil_common.events.ComparisonSummarized` event that carries them.
+:class:`~vigil_contracts.events.ComparisonSummarized` event that carries them.
 
 Which rows count:
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from vigil_common.events import ComparisonSummarized, deterministic_id, utcnow
+from vigil_contracts.events import ComparisonSummarized, deterministic_id, utcnow
 from vigil_shadow import stats
 from vigil_shadow.join import Attributes, Joined, JoinState
 

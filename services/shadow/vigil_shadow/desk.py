@@ -15,8 +15,8 @@ from typing import Any
 
 from prometheus_client import Gauge
 
-from vigil_common.events import ComparisonSummarized, Event
-from vigil_common.metrics import ServiceMetrics
+from vigil_contracts.events import ComparisonSummarized, Event
+from vigil_runtime.metrics import ServiceMetrics
 from vigil_shadow.compare import CompareConfig, Comparison, compare_all
 from vigil_shadow.join import JoinState
 

@@ -1,9 +1,10 @@
-"""Shadow scoring on top of the shared scoring core: one feature state per encounter, every candidate scored.
+"""Shadow scoring over the shared scoring core: one feature state per encounter, every candidate scored.
 
-:class:`ShadowCore` is the scoring core (:mod:`vigil_common.scoring`) with its per-encounter states and hour-boundary
-rows, and with several packages instead of one: each batch's rows are built once and every shadow-stage candidate
-predicts them in one vectorised call. The stage of every score it makes is ``shadow``: it refuses any other stage,
-so its scores cannot pass the live publisher's production check nor the shadow publisher's shadow check otherwise.
+:class:`ShadowCore` holds an :class:`~vigil_scoring.scoring.EncounterTracker` (per-encounter states and
+hour-boundary rows, as the live scorer keeps them) and the shadow-stage candidates: each batch's rows are built
+once and :func:`~vigil_scoring.scoring.predict` has every candidate predict them in one vectorised call. The stage
+of every score it makes is ``shadow``: it refuses any other stage, so its scores cannot pass the live publisher's
+production check nor the shadow publisher's shadow check otherwise.
 
 Candidates added later start with the encounters' full history, since the states are shared and kept warm even
 when no candidate is loaded.
@@ -11,75 +12,64 @@ when no candidate is loaded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Mapping
 
-import numpy as np
-
-from vigil_common.events import Stage
-from vigil_common.features import FEATURE_COLUMNS
-from vigil_common.scoring import BatchOutcome, CanonicalEventT, Incoming, Predictor, ScoringCore
+from vigil_contracts.events import RiskScored, Stage
+from vigil_scoring.scoring import (
+    BatchOutcome,
+    CanonicalEventT,
+    Deployed,
+    EncounterTracker,
+    Incoming,
+    Predictor,
+    predict,
+)
 from vigil_shadow.catalog import ModelKey, ModelRefused
 
 
-class _NoModel:
-    """Stands in while no candidate is loaded: the core keeps the states warm and scores nothing."""
+class ShadowCore:
+    """The encounter tracker with every candidate predicting the same rows; shadow stage only."""
 
-    name = "-"
-    version = "-"
-    thresholds: dict[str, float] = {"operating": 1.0, "medium": 1.0, "high": 1.0}  # noqa: RUF012
-    columns = FEATURE_COLUMNS
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.zeros(len(X))
-
-    def risk_level(self, p: float) -> str:
-        return "low"
-
-
-class ShadowCore(ScoringCore):
-    """The scoring core with every candidate predicting the same rows; shadow stage only."""
-
-    def __init__(self, models: Mapping[ModelKey, Predictor] | None = None, **kwargs: Any) -> None:
-        kwargs.pop("stage", None)
-        super().__init__(_NoModel(), stage=Stage.SHADOW, **kwargs)
+    def __init__(
+        self,
+        models: Mapping[ModelKey, Predictor] | None = None,
+        *,
+        idle_hours: float = 24.0,
+        dedupe_ids: int = 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.tracker = EncounterTracker(idle_hours=idle_hours, dedupe_ids=dedupe_ids, clock=clock)
         self.models: dict[ModelKey, Predictor] = {}
-        self.muted = False
-        """True while rebuilding state from the log: events are applied, nothing is scored."""
+        self._deployed: list[Deployed] = []
         self.set_models(models or {})
 
-    def swap(self, package: Predictor, *, stage: Stage, default_model: bool = False) -> None:
-        """Only shadow stage, ever."""
+    def set_models(self, models: Mapping[ModelKey, Predictor], *, stage: Stage = Stage.SHADOW) -> None:
+        """Score exactly these candidates from the next batch on (shadow stage only; input columns checked)."""
         if Stage(stage) is not Stage.SHADOW:
             raise ModelRefused(f"the shadow core scores shadow-stage models only, not {Stage(stage).value}")
-        super().swap(package, stage=stage, default_model=False)
+        ordered = dict(sorted(models.items()))
+        self._deployed = [Deployed(package, Stage.SHADOW) for package in ordered.values()]
+        self.models = ordered
 
-    def set_models(self, models: Mapping[ModelKey, Predictor]) -> None:
-        """Score exactly these candidates from the next batch on (their input columns are checked)."""
-        for package in models.values():
-            if tuple(getattr(package, "columns", FEATURE_COLUMNS)) != tuple(FEATURE_COLUMNS):
-                raise ValueError(f"{package.name}:{package.version}: input columns differ from FEATURE_COLUMNS")
-        self.models = dict(sorted(models.items()))
+    def process(self, events: Iterable[Incoming | CanonicalEventT], *, now: float | None = None) -> BatchOutcome:
+        """Apply a batch, then score its rows with every candidate (nothing is scored without candidates)."""
+        # Without candidates the rows' features would be wasted work: the states are kept warm all the same.
+        batch = self.tracker.apply(events, now=now, features=bool(self._deployed))
+        batch.outcome.scores = predict(batch.rows, self._deployed, created=self.tracker.clock())
+        return batch.outcome
 
-    def _materialise(self, rows: list[Any]) -> None:  # type: ignore[override]
-        # Rows are dropped while muted or without candidates: computing their features would be wasted work.
-        if self.muted or not self.models:
-            return
-        ScoringCore._materialise(rows)
-
-    def _predict(self, rows: list[Any]) -> list[Any]:
-        if self.muted or not rows or not self.models:
-            return []
-        scores: list[Any] = []
-        for package in self.models.values():
-            self.swap(package, stage=Stage.SHADOW)
-            scores.extend(super()._predict(rows))
-        return scores
+    def score(self, events: Iterable[Incoming | CanonicalEventT], *, now: float | None = None) -> list[RiskScored]:
+        """Apply the events and return every candidate's scores of the batch."""
+        return self.process(events, now=now).scores
 
     def warm(self, events: Iterable[Incoming | CanonicalEventT]) -> BatchOutcome:
         """Apply events without scoring (state rebuild from the log, replay's warm-up)."""
-        self.muted = True
-        try:
-            return self.process(events)
-        finally:
-            self.muted = False
+        return self.tracker.apply(events, features=False).outcome
+
+    def evict_idle(self, now: float | None = None) -> list[tuple[str, int | None]]:
+        """Evict encounters idle by both clocks (the tracker's rule)."""
+        return self.tracker.evict_idle(now)
+
+    def __len__(self) -> int:
+        return len(self.tracker)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 
-from vigil_common.events import RiskScored, Stage
+from vigil_contracts.events import RiskScored, Stage
 from vigil_shadow.settings import LiveTopicRefused
 
 

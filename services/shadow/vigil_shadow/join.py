@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from vigil_common.events import (
+from vigil_contracts.events import (
     EncounterRecorded,
     ObservationRecorded,
     ObservationRetracted,
@@ -206,7 +206,8 @@ class JoinState:
         if outcome is None or not outcome.known:
             return float("nan")
         if outcome.septic:
-            assert outcome.sepsis_onset is not None
+            if outcome.sepsis_onset is None:
+                raise ValueError("a septic outcome without an onset time")
             return 1.0 if data_time >= outcome.sepsis_onset - self.horizon else 0.0
         return 0.0
 

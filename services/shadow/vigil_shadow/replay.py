@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from vigil_common.events import (
+from vigil_contracts.events import (
     EncounterRecorded,
     ObservationRecorded,
     ObservationRetracted,
@@ -40,8 +40,8 @@ from vigil_common.events import (
     any_event_adapter,
     canonical_event_adapter,
 )
-from vigil_common.scoring import Incoming
-from vigil_common.topics import Topics
+from vigil_contracts.topics import Topics
+from vigil_scoring.scoring import Incoming
 from vigil_shadow import logscan
 from vigil_shadow.catalog import ModelKey, RegistryReader, ShadowModel, load_local, parse_model_spec
 from vigil_shadow.compare import CompareConfig, Comparison, compare_all
@@ -160,24 +160,12 @@ async def _scan_arrival(request: ReplayRequest, topic: str) -> list[Any]:
     return out
 
 
-async def run_replay(request: ReplayRequest) -> ReplayResult:
-    """Re-score the range with the chosen versions and compare each with the recorded live scores."""
-    if request.end <= request.start:
-        raise ValueError("--to must be after --from")
-    topics = Topics(request.topic_prefix)
-    models = await load_models(request)
-    core = ShadowCore({k: m.package for k, m in models.items()})
-    join = JoinState()
-    counts = {"observations_read": 0, "warmup_events": 0, "scored_events": 0, "unreadable": 0, "scores": 0}
+def _split_range(
+    records: list[Any], request: ReplayRequest, join: JoinState, counts: dict[str, int]
+) -> tuple[list[Incoming], list[Incoming]]:
+    """The observations to apply before the range (warm-up) and those to score in it, in log order."""
     warm_from = request.start - timedelta(hours=request.warmup_hours)
     start_ms, end_ms = request.start.timestamp() * 1000, request.end.timestamp() * 1000
-
-    if request.time_basis == "arrival":
-        records = await _scan_arrival(request, topics.observations)
-    else:
-        records = [
-            r async for chunk in logscan.read_until(request.bootstrap_servers, topics.observations) for r in chunk
-        ]
     warm: list[Incoming] = []
     scored: list[Incoming] = []
     for record in records:
@@ -210,14 +198,11 @@ async def run_replay(request: ReplayRequest) -> ReplayResult:
         if at is None or at < warm_from or at >= request.end:
             continue
         (warm if at < request.start else scored).append(item)
-    counts["warmup_events"] = len(warm)
-    counts["scored_events"] = len(scored)
-    core.warm(warm)
-    for i in range(0, len(scored), 5000):
-        for score in core.process(scored[i : i + 5000]).scores:
-            join.add_score(score)
-            counts["scores"] += 1
+    return warm, scored
 
+
+async def _read_recorded(request: ReplayRequest, topics: Topics, join: JoinState) -> None:
+    """Join the recorded live scores and outcomes of the whole log."""
     async for chunk in logscan.read_until(request.bootstrap_servers, topics.scores_live):
         for record in chunk:
             try:
@@ -234,6 +219,33 @@ async def run_replay(request: ReplayRequest) -> ReplayResult:
                 continue
             if isinstance(event, OutcomeRecorded):
                 join.add_outcome(event)
+
+
+async def run_replay(request: ReplayRequest) -> ReplayResult:
+    """Re-score the range with the chosen versions and compare each with the recorded live scores."""
+    if request.end <= request.start:
+        raise ValueError("--to must be after --from")
+    topics = Topics(request.topic_prefix)
+    models = await load_models(request)
+    core = ShadowCore({k: m.package for k, m in models.items()})
+    join = JoinState()
+    counts = {"observations_read": 0, "warmup_events": 0, "scored_events": 0, "unreadable": 0, "scores": 0}
+    if request.time_basis == "arrival":
+        records = await _scan_arrival(request, topics.observations)
+    else:
+        records = [
+            r async for chunk in logscan.read_until(request.bootstrap_servers, topics.observations) for r in chunk
+        ]
+    warm, scored = _split_range(records, request, join, counts)
+    counts["warmup_events"] = len(warm)
+    counts["scored_events"] = len(scored)
+    core.warm(warm)
+    for i in range(0, len(scored), 5000):
+        for score in core.process(scored[i : i + 5000]).scores:
+            join.add_score(score)
+            counts["scores"] += 1
+
+    await _read_recorded(request, topics, join)
     window = (request.start, request.end) if request.time_basis == "observation" else (None, None)
     comparisons = compare_all(
         join,

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from vigil_common.settings import VigilSettings
+from vigil_runtime.settings import VigilSettings
 
 
 class LiveTopicRefused(ValueError):

@@ -14,18 +14,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vigil_scoring.utility import stay_utilities as ml_stay_utilities
+
 
 def stay_utilities(
     enc: np.ndarray, label: np.ndarray, alerts: dict[str, np.ndarray], n_encounters: int
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Per-encounter utility of each model's alerts, of the best predictions and of inaction.
 
-    The challenge's utility as the model work implements it (:mod:`vigil_ml.utility`): one implementation for
+    The challenge's utility as the model work implements it (:mod:`vigil_scoring.utility`): one implementation for
     offline evaluation and for shadow comparisons. Rows must be sorted by encounter then time, and ``enc`` must
     number the encounters 0..n-1 in that order; each encounter's rows are its sequence.
     """
-    from vigil_ml.utility import stay_utilities as ml_stay_utilities
-
     if len(enc) == 0:
         return {name: np.zeros(n_encounters) for name in alerts}, np.zeros(n_encounters), np.zeros(n_encounters)
     observed = {}

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from vigil_common.events import Stage
+from vigil_contracts.events import Stage
 from vigil_registry.api.deps import CurrentUser, RegistryDep
 from vigil_registry.auth import require
 from vigil_registry.errors import RegistryError

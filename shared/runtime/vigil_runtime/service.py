@@ -23,9 +23,9 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vigil_common.kafka import ensure_topics
-from vigil_common.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
-from vigil_common.settings import VigilSettings
+from vigil_runtime.kafka import ensure_topics
+from vigil_runtime.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
+from vigil_runtime.settings import VigilSettings
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class ServiceRuntime:
 
     def stream(self) -> FastStream:
         """The FastStream application (used for the AsyncAPI document)."""
-        assert self.broker is not None
+        if self.broker is None:
+            raise RuntimeError(f"{self.name} has no Kafka side")
         return FastStream(self.broker)
 
 

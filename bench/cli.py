@@ -1,8 +1,7 @@
-"""Command line of the scorer (mounted under ``vigil``): ``vigil bench scorer``.
+"""The benchmarks' command line (mounted under ``vigil`` as ``vigil bench``): ``vigil bench scorer``.
 
-Mount in ``vigil/cli.py`` with ``app.add_typer(scorer_bench_app, name="bench")`` (a ``bench`` group whose
-``scorer`` command runs the benchmark), or, when a ``bench`` group already exists, add the command to it:
-``bench_app.command("scorer")(bench_scorer)``.
+It lives beside the benchmarks rather than in the scorer: no service imports ``bench`` (which no wheel ships),
+and the ``vigil`` command line may.
 """
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
-from vigil_common.events import EncounterRecorded, ObservationRecorded, ObservationRetracted
-from vigil_common.vocabulary import BY_COLUMN, LABS, VITALS
+from vigil_contracts.events import EncounterRecorded, ObservationRecorded, ObservationRetracted
+from vigil_contracts.vocabulary import BY_COLUMN, LABS, VITALS
 
 FEATURE_SET_VERSION = "physionet-hourly-v1"
 """Version of the feature definitions; a model package declares the version it was trained with."""
@@ -189,7 +189,7 @@ def offline_features(df: pd.DataFrame) -> pd.DataFrame:
     """FEATURE_COLUMNS (float32) for PhysioNet-format hourly rows, in the input's row order and index.
 
     Row ``r`` equals what :class:`EncounterState` gives after applying that stay's events (see
-    :func:`vigil_common.physionet.stay_events`) up to row r's hour, taken at that hour. Stays are told apart by
+    :func:`vigil_scoring.physionet.stay_events`) up to row r's hour, taken at that hour. Stays are told apart by
     ``patient_id``; hours within a stay must be unique but need not be contiguous.
     """
     n = len(df)
@@ -350,7 +350,7 @@ class EncounterState:
 
     # -- applying events --
 
-    def apply(self, event: ObservationRecorded | ObservationRetracted | EncounterRecorded) -> None:
+    def apply(self, event: ObservationRecorded | ObservationRetracted | EncounterRecorded) -> None:  # noqa: C901 - the per-reading hot path; a split needs bench_model figures first
         """Fold one canonical event into the state (idempotent for redelivered events)."""
         if isinstance(event, ObservationRecorded):
             if self.patient is None:
@@ -522,7 +522,8 @@ class EncounterState:
 
         Pass ``at_hour`` to score a later hour with no new reading (time since measurement grows).
         """
-        return features_many([self], None if at_hour is None else [at_hour])[0]
+        row: np.ndarray = features_many([self], None if at_hour is None else [at_hour])[0]
+        return row
 
     # -- snapshots --
 

@@ -1,19 +1,14 @@
-"""The scorer's view of the model registry: which version is in production, and fetching its package.
+"""The one client of the registry's read API, for every service that asks it something.
 
-``GET {registry_url}/models/{name}/production`` answers the production version as JSON. The client is tolerant
-about the field names, because it only needs four facts:
-
-- the version: ``version`` (or ``model_version``);
-- where the package is: ``artifact_url`` (or ``url``), absolute or relative to the registry;
-- the model file's digest: ``artifact_sha256`` (or ``sha256``), the ``sha256`` of the package's manifest;
-- optionally the package's digest: ``package_sha256`` (the downloaded archive's bytes or the unpacked folder's
-  ``sha256_of_dir``).
+``GET {registry_url}/models/{name}/production`` answers the production version as JSON
+(:class:`vigil_contracts.registry.ProductionRef` reads it, tolerant about the field names);
+``/models/{name}/versions`` and ``/models/{name}/versions/{version}`` list versions with their stages (shadow).
 
 404 means "no production version" (``None``); a connection error, a timeout or a 5xx raise
 :class:`RegistryUnavailable`. The package is downloaded as a tar (optionally gzipped) or zip archive of the
-package folder; ``file://`` URLs and local paths are accepted too (development and tests). A package is accepted
-only when every digest the registry gave matches, its manifest's file digests hold and its input schema is this
-feature pipeline's (``ModelPackage.load``).
+package folder; ``file://`` URLs and local paths are accepted too (development and tests). The client unpacks it
+and hands the folder to the ``verify`` function it was built with (the scoring core's ``verify_package``: digests,
+manifest, input schema), so the runtime needs no model code and no onnxruntime.
 """
 
 from __future__ import annotations
@@ -26,67 +21,47 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import urljoin, urlparse
 
 import httpx
 
-from vigil_common.features import FEATURE_COLUMNS, FEATURE_SET_VERSION
-from vigil_common.model_package import ModelPackage, sha256_of_dir
+from vigil_contracts.registry import PackageRejected, ProductionRef, RegistryUnavailable
+
+__all__ = ["PackageRejected", "PackageVerifier", "ProductionRef", "RegistryClient", "RegistryUnavailable"]
 
 log = logging.getLogger(__name__)
 
 
-class RegistryUnavailable(RuntimeError):
-    """The registry did not answer usably (down, timing out, or failing)."""
+PackageT_co = TypeVar("PackageT_co", covariant=True)
 
 
-class PackageRejected(RuntimeError):
-    """A downloaded package failed its digest or schema checks."""
+class PackageVerifier(Protocol[PackageT_co]):
+    """Loads an unpacked package folder, raising :class:`PackageRejected` unless the given digests match it."""
+
+    def __call__(
+        self, path: Path, /, *, artifact_sha256: str | None, package_sha256: str | None, archive_sha: str | None = None
+    ) -> PackageT_co: ...
 
 
-@dataclass(frozen=True)
-class ProductionRef:
-    """What the registry says about a model's production version."""
-
-    name: str
-    version: str
-    artifact_url: str | None
-    artifact_sha256: str | None
-    package_sha256: str | None = None
-
-    @classmethod
-    def from_json(cls, name: str, body: dict[str, Any], base_url: str) -> ProductionRef:
-        """Read the registry's answer, whatever the exact field names (see the module docstring)."""
-        version = body.get("version", body.get("model_version"))
-        if version is None:
-            raise RegistryUnavailable("the registry's production answer has no version")
-        url = body.get("artifact_url") or body.get("url")
-        if url and not urlparse(str(url)).scheme:
-            url = urljoin(base_url.rstrip("/") + "/", str(url).lstrip("/"))
-        return cls(
-            name=str(body.get("model_name", body.get("name", name))),
-            version=str(version),
-            artifact_url=str(url) if url else None,
-            artifact_sha256=body.get("artifact_sha256") or body.get("sha256"),
-            package_sha256=body.get("package_sha256"),
-        )
+PackageT = TypeVar("PackageT")
 
 
-class RegistryClient:
+class RegistryClient(Generic[PackageT]):
     """A small async client of the registry's read API."""
 
     def __init__(
         self,
         base_url: str,
         *,
+        verify: PackageVerifier[PackageT],
         token: str | None = None,
         timeout: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.verify = verify
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(timeout=timeout, headers=headers, transport=transport)
 
@@ -112,6 +87,32 @@ class RegistryClient:
             body = body["version"]  # {"model": ..., "version": {...}} shapes
         return ProductionRef.from_json(name, body, self.base_url)
 
+    async def versions(self, name: str) -> list[dict[str, Any]]:
+        """Every version of ``name`` with its stage (404: the model is unknown, no versions)."""
+        response = await self._http.get(f"{self.base_url}/models/{name}/versions")
+        if response.status_code == 404:
+            return []
+        response.raise_for_status()
+        body = response.json()
+        return list(body.get("versions", []) if isinstance(body, dict) else body)
+
+    async def version(self, name: str, version: str) -> dict[str, Any] | None:
+        """One version's record (None when unknown)."""
+        response = await self._http.get(f"{self.base_url}/models/{name}/versions/{version}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return dict(response.json())
+
+    async def request(self, method: str, path: str, *, token: str | None = None, **kw: Any) -> httpx.Response:
+        """Any call of the registry's API on this client's connections, as the holder of ``token`` when given.
+
+        For the governed steps people take through the API (register, stage, propose, approve, policy), as the
+        demo does; the answer is returned as is, its status for the caller to judge.
+        """
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        return await self._http.request(method, f"{self.base_url}{path}", headers=headers, **kw)
+
     async def fetch_package(
         self,
         url: str,
@@ -119,7 +120,7 @@ class RegistryClient:
         cache_dir: Path,
         artifact_sha256: str | None,
         package_sha256: str | None = None,
-    ) -> ModelPackage:
+    ) -> PackageT:
         """Download, unpack and verify a package; the result is fully loaded (ready to swap in)."""
         local = _local_path(url)
         if local is None and not urlparse(url).scheme:
@@ -129,7 +130,7 @@ class RegistryClient:
             # Verification hashes files and loads the ONNX session: keep it off the event loop.
             if local.is_dir():
                 return await asyncio.to_thread(
-                    verify_package, local, artifact_sha256=artifact_sha256, package_sha256=package_sha256
+                    self.verify, local, artifact_sha256=artifact_sha256, package_sha256=package_sha256
                 )
             data = await asyncio.to_thread(local.read_bytes)
         else:
@@ -140,8 +141,9 @@ class RegistryClient:
             if response.status_code >= 400:
                 raise RegistryUnavailable(f"download failed: HTTP {response.status_code}")
             data = response.content
+        target, digest = await asyncio.to_thread(unpack, data, cache_dir=cache_dir)
         return await asyncio.to_thread(
-            unpack_and_verify, data, cache_dir=cache_dir, artifact_sha256=artifact_sha256, package_sha256=package_sha256
+            self.verify, target, artifact_sha256=artifact_sha256, package_sha256=package_sha256, archive_sha=digest
         )
 
 
@@ -155,10 +157,8 @@ def _local_path(url: str) -> Path | None:
     return None
 
 
-def unpack_and_verify(
-    data: bytes, *, cache_dir: Path, artifact_sha256: str | None, package_sha256: str | None
-) -> ModelPackage:
-    """Unpack an archived package under ``cache_dir/<sha256 of the bytes>`` and verify it."""
+def unpack(data: bytes, *, cache_dir: Path) -> tuple[Path, str]:
+    """Unpack an archived package under ``cache_dir/<sha256 of the bytes>``; (the folder, that digest)."""
     digest = hashlib.sha256(data).hexdigest()
     target = cache_dir / digest
     if not target.exists():
@@ -170,25 +170,7 @@ def unpack_and_verify(
             shutil.move(str(root), str(target))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return verify_package(target, artifact_sha256=artifact_sha256, package_sha256=package_sha256, archive_sha=digest)
-
-
-def verify_package(
-    path: Path, *, artifact_sha256: str | None, package_sha256: str | None, archive_sha: str | None = None
-) -> ModelPackage:
-    """Load a package folder, refusing it unless every digest the registry gave matches it."""
-    try:
-        package = ModelPackage.load(path)
-    except Exception as error:
-        raise PackageRejected(f"package does not load: {type(error).__name__}: {error}") from error
-    accepted = {package.sha256, archive_sha, sha256_of_dir(path)} - {None}
-    for given in (artifact_sha256, package_sha256):
-        if given and given not in accepted:
-            raise PackageRejected("sha256 mismatch: the package is not the one the registry announced")
-    if package.feature_set_version != FEATURE_SET_VERSION or tuple(package.columns) != tuple(FEATURE_COLUMNS):
-        # A package of another feature-set version loads (a registry may hold it) but this scorer cannot feed it.
-        raise PackageRejected("the package's input schema is not this scorer's feature pipeline")
-    return package
+    return target, digest
 
 
 def _extract(data: bytes, into: Path) -> None:

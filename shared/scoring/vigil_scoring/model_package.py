@@ -23,7 +23,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from vigil_common.features import FEATURE_COLUMNS, FEATURE_SET_VERSION
+from vigil_contracts.registry import PackageRejected
+from vigil_scoring.features import FEATURE_COLUMNS, FEATURE_SET_VERSION
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "models"
 DEFAULT_MODEL_NAME = "sepsis"
@@ -200,3 +201,21 @@ def write_manifest(
     }
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def verify_package(
+    path: Path, *, artifact_sha256: str | None, package_sha256: str | None, archive_sha: str | None = None
+) -> ModelPackage:
+    """Load a package folder, refusing it unless every digest the registry gave matches it."""
+    try:
+        package = ModelPackage.load(path)
+    except Exception as error:
+        raise PackageRejected(f"package does not load: {type(error).__name__}: {error}") from error
+    accepted = {package.sha256, archive_sha, sha256_of_dir(path)} - {None}
+    for given in (artifact_sha256, package_sha256):
+        if given and given not in accepted:
+            raise PackageRejected("sha256 mismatch: the package is not the one the registry announced")
+    if package.feature_set_version != FEATURE_SET_VERSION or tuple(package.columns) != tuple(FEATURE_COLUMNS):
+        # A package of another feature-set version loads (a registry may hold it) but this scorer cannot feed it.
+        raise PackageRejected("the package's input schema is not this scorer's feature pipeline")
+    return package

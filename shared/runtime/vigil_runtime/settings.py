@@ -15,7 +15,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from vigil_common.topics import Topics
+from vigil_contracts.topics import Topics
 
 PLACEHOLDER_SECRETS = frozenset({"", "changethis", "changeme", "secret", "dev", "development"})
 

@@ -8,7 +8,7 @@ Time convention: row ``hour = h`` is the hour bucket ``[icu_admitted_at + h, icu
 readings are emitted with ``observed_at = icu_admitted_at + h hours`` exactly. Hour 0 of the rows is the ICU
 admission (PhysioNet's ICULOS does not always start at 1 - in set A 37% of stays start later - and the offset is
 deliberately not used: a live stream only knows the admission time the EHR sends). The feature state
-(:mod:`vigil_common.features`) buckets readings by whole hours since ICU admission, so a stream of these events
+(:mod:`vigil_scoring.features`) buckets readings by whole hours since ICU admission, so a stream of these events
 rebuilds exactly the rows' hours.
 """
 
@@ -19,13 +19,13 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
-from vigil_common.events import (
+from vigil_contracts.events import (
     EncounterRecorded,
     ObservationRecorded,
     SourceRef,
     deterministic_id,
 )
-from vigil_common.vocabulary import BY_COLUMN, MEASUREMENTS
+from vigil_contracts.vocabulary import BY_COLUMN, MEASUREMENTS
 
 ICU_EPOCH = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
 """Default ICU admission time (hour 0) of simulated stays."""

@@ -27,9 +27,9 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from vigil_common.events import DeadLettered, Event, deterministic_id, utcnow
-from vigil_common.settings import VigilSettings
-from vigil_common.topics import COMPACTED, Topic, Topics
+from vigil_contracts.events import DeadLettered, Event, deterministic_id, utcnow
+from vigil_contracts.topics import COMPACTED, Topic, Topics
+from vigil_runtime.settings import VigilSettings
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def dead_letter_for(
         error_type=error_type,
         error=reason,
         payload=text,
-        payload_encoding=encoding,  # type: ignore[arg-type]
+        payload_encoding=encoding,
     )
 
 

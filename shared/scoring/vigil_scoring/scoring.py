@@ -1,10 +1,13 @@
 """The scoring core: per-encounter feature state in, one risk score per encounter-hour out, without Kafka.
 
-The live scorer, the shadow scorer and replay all drive this class; only their transports differ.
+Two parts, composed rather than inherited: :class:`EncounterTracker` keeps the encounters' states (dedupe,
+hour-boundary rows, snapshots, eviction) and knows nothing of models; :func:`predict` turns a batch's rows into
+scores with one or several :class:`Deployed` models. The live scorer (:class:`ScoringCore`) passes one model,
+shadow and replay pass every candidate; only their transports differ.
 
-How a batch is scored (:meth:`ScoringCore.process`):
+How a batch is scored (:meth:`EncounterTracker.apply` then :func:`predict`):
 
-1. each event is routed to its encounter's :class:`~vigil_common.features.EncounterState` (created on first
+1. each event is routed to its encounter's :class:`~vigil_scoring.features.EncounterState` (created on first
    sight), unless it was already applied: a redelivered Kafka record is recognised by its offset (every
    encounter lives on one partition, so offsets only grow per encounter), a re-published event by its id among
    the encounter's last ``dedupe_ids`` applied ids. Both facts live in the state's snapshot, so dedupe survives a
@@ -14,7 +17,7 @@ How a batch is scored (:meth:`ScoringCore.process`):
 3. after the batch, every encounter with unscored data contributes one more row (its newest hour);
 4. the rows' features are computed in one ``features_many`` pass (a row is computed earlier only when late
    data, a retraction or an admission time is about to change its hour), and all rows of the batch go through
-   ONE vectorised :meth:`ModelPackage.predict` call.
+   ONE vectorised :meth:`ModelPackage.predict` call per model.
 
 The last score of an (encounter, hour) includes all of that hour's data and equals the offline prediction of
 that hour's row (``offline_features`` + ``ModelPackage.predict``); a batch that ends inside an hour also yields
@@ -24,7 +27,7 @@ Score ids are ``RiskScored.make_id(model, version, encounter, data_time, observa
 reproduces the same ids, so consumers dedupe.
 
 Idle encounters (no event for ``idle_hours`` of wall time AND newest data ``idle_hours`` older than the newest
-data seen on their partition) are evicted by :meth:`ScoringCore.evict_idle`, which keeps memory bounded; both
+data seen on their partition) are evicted by :meth:`EncounterTracker.evict_idle`, which keeps memory bounded; both
 clocks must agree so that neither a fast replay (data time races ahead) nor a quiet night (wall time moves, data
 does not) evicts an encounter that is still being fed.
 """
@@ -43,14 +46,14 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from vigil_common.events import (
+from vigil_contracts.events import (
     EncounterRecorded,
     ObservationRecorded,
     ObservationRetracted,
     RiskScored,
     Stage,
 )
-from vigil_common.features import FEATURE_COLUMNS, EncounterState, features_many
+from vigil_scoring.features import FEATURE_COLUMNS, EncounterState, features_many
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class NotProductionError(RuntimeError):
 
 
 class Predictor(Protocol):
-    """What the core needs of a model package (``vigil_common.model_package.ModelPackage`` fits)."""
+    """What the core needs of a model package (``vigil_scoring.model_package.ModelPackage`` fits)."""
 
     name: str
     version: str
@@ -110,8 +113,8 @@ class Tracked:
     """Newest observed time applied."""
     last_row: tuple[datetime, int] | None = None
     """(data_time, observations) of the last row taken: an unchanged state is not scored twice."""
-    deferred: list[_Row] = field(default_factory=list)
-    """This batch's rows of earlier hours whose features are not computed yet (see ``ScoringCore.process``)."""
+    deferred: list[Row] = field(default_factory=list)
+    """This batch's rows of earlier hours whose features are not computed yet (see ``EncounterTracker.apply``)."""
 
     def __post_init__(self) -> None:
         if self.cur_hour is None and self.max_time is None:
@@ -157,7 +160,9 @@ class Tracked:
 
 
 @dataclass(slots=True)
-class _Row:
+class Row:
+    """One encounter-hour to score: who, when, and its feature vector."""
+
     encounter: str
     patient: str | None
     state: EncounterState
@@ -198,67 +203,104 @@ def _hour_of(state: EncounterState, event: CanonicalEventT) -> int | None:
     """The ICU hour an observation falls in, when the state knows the admission time."""
     if not isinstance(event, ObservationRecorded):
         return None
-    admitted = getattr(state, "icu_admitted_at", None)
+    admitted: datetime | None = getattr(state, "icu_admitted_at", None)
     if admitted is None:
         return None
     return math.floor((event.observed_at - admitted).total_seconds() / 3600.0)
 
 
-class ScoringCore:
-    """Per-encounter states and the batch scoring of one model package (see the module docstring)."""
+@dataclass(frozen=True)
+class Deployed:
+    """A model as a stage deploys it: the package, the stage its scores carry, and whether it is the bundled default."""
+
+    package: Predictor
+    stage: Stage
+    default_model: bool = False
+
+    def __post_init__(self) -> None:
+        columns = tuple(getattr(self.package, "columns", FEATURE_COLUMNS))
+        if columns != tuple(FEATURE_COLUMNS):
+            raise ValueError("the package's input columns differ from this feature pipeline's FEATURE_COLUMNS")
+        object.__setattr__(self, "stage", Stage(self.stage))
+
+    @property
+    def threshold(self) -> float:
+        """The operating threshold of the model card: a score at or above it is an alert."""
+        return float(self.package.thresholds["operating"])
+
+
+def predict(rows: Sequence[Row], models: Sequence[Deployed], *, created: float) -> list[RiskScored]:
+    """Every model's scores of the rows, one vectorised ``predict`` per model; ``created`` is the scores' time.
+
+    The rows' features must be computed (:meth:`EncounterTracker.apply` with ``features=True`` does it).
+    """
+    if not rows or not models:
+        return []
+    X = np.vstack([r.features for r in rows if r.features is not None]).astype(np.float32, copy=False)
+    if len(X) != len(rows):
+        raise ValueError("rows without features cannot be scored")
+    created_at = datetime.fromtimestamp(created, UTC)
+    scores: list[RiskScored] = []
+    for model in models:
+        package = model.package
+        probabilities = np.asarray(package.predict(X), dtype=np.float64)
+        name, version, stage, threshold = package.name, str(package.version), model.stage, model.threshold
+        for row, p in zip(rows, probabilities, strict=True):
+            probability = min(1.0, max(0.0, float(p)))
+            latency = (created - row.arrived_at) * 1000.0 if row.arrived_at is not None else 0.0
+            scores.append(
+                RiskScored(
+                    event_id=RiskScored.make_id(name, version, row.encounter, row.data_time, row.observations),
+                    occurred_at=created_at,
+                    key=row.encounter,
+                    encounter=row.encounter,
+                    patient=row.patient,
+                    model_name=name,
+                    model_version=version,
+                    stage=stage,
+                    default_model=model.default_model,
+                    probability=probability,
+                    risk_level=package.risk_level(probability),
+                    threshold=threshold,
+                    alert=probability >= threshold,
+                    data_time=row.data_time,
+                    hour=row.hour,
+                    observations=row.observations,
+                    latency_ms=max(0.0, latency),
+                )
+            )
+    return scores
+
+
+@dataclass
+class TrackedBatch:
+    """What applying one batch did, and the encounter-hours it leaves to score."""
+
+    outcome: BatchOutcome
+    rows: list[Row]
+
+
+class EncounterTracker:
+    """Per-encounter states: dedupe, hour-boundary rows, snapshots and eviction (see the module docstring)."""
 
     def __init__(
-        self,
-        package: Predictor,
-        *,
-        stage: Stage,
-        default_model: bool = False,
-        idle_hours: float = 24.0,
-        dedupe_ids: int = 1024,
-        clock: Callable[[], float] = time.time,
+        self, *, idle_hours: float = 24.0, dedupe_ids: int = 1024, clock: Callable[[], float] = time.time
     ) -> None:
         self.states: dict[str, Tracked] = {}
         self.idle_hours = idle_hours
         self.dedupe_ids = dedupe_ids
         self.clock = clock
         self._newest_data: dict[int | None, datetime] = {}
-        self.package: Predictor = package
-        self.stage = Stage(stage)
-        self.default_model = default_model
-        self.swap(package, stage=stage, default_model=default_model)
 
-    # --- model ----------------------------------------------------------------------------------
+    def apply(
+        self, events: Iterable[Incoming | CanonicalEventT], *, now: float | None = None, features: bool = True
+    ) -> TrackedBatch:
+        """Apply a batch of events in order; the rows are every touched encounter-hour to score.
 
-    def swap(self, package: Predictor, *, stage: Stage, default_model: bool = False) -> None:
-        """Use another (fully loaded and verified) package from the next batch on; states are kept."""
-        columns = tuple(getattr(package, "columns", FEATURE_COLUMNS))
-        if columns != tuple(FEATURE_COLUMNS):
-            raise ValueError("the package's input columns differ from this feature pipeline's FEATURE_COLUMNS")
-        self.package = package
-        self.stage = Stage(stage)
-        self.default_model = default_model
-        self.threshold = float(package.thresholds["operating"])
-
-    @property
-    def model_name(self) -> str:
-        """Name of the package in use."""
-        return self.package.name
-
-    @property
-    def model_version(self) -> str:
-        """Version of the package in use."""
-        return str(self.package.version)
-
-    # --- scoring ---------------------------------------------------------------------------------
-
-    def score(self, events: Iterable[Incoming | CanonicalEventT], *, now: float | None = None) -> list[RiskScored]:
-        """Apply the events and return the batch's scores (unusable events are skipped; see :meth:`process`)."""
-        return self.process(events, now=now).scores
-
-    def process(self, events: Iterable[Incoming | CanonicalEventT], *, now: float | None = None) -> BatchOutcome:
-        """Apply a batch of events in order, then score every touched encounter-hour in one vectorised call."""
+        ``features=False`` skips computing the rows' features (nothing will score them: a warm-up, or no model).
+        """
         out = BatchOutcome()
-        rows: list[_Row] = []
+        rows: list[Row] = []
         touched: dict[str, Tracked] = {}
         wall = self.clock() if now is None else now
         for index, item in enumerate(events):
@@ -280,7 +322,8 @@ class ScoringCore:
             if tracked.deferred and (hour is None or hour <= tracked.deferred[-1].hour):
                 # Late data, a retraction or an admission time could change an earlier hour's features: compute
                 # the deferred rows before the state moves (otherwise they are computed once, after the batch).
-                self._materialise(tracked.deferred)
+                if features:
+                    _materialise(tracked.deferred)
                 tracked.deferred.clear()
             if tracked.dirty:
                 # An hour boundary: capture the features as at the current hour before the newer data lands.
@@ -293,56 +336,47 @@ class ScoringCore:
                         and event.observed_at > tracked.max_time
                     )
                 if crossing:
-                    self._take_row(tracked, rows, defer=hour is not None)
+                    self._take_row(tracked, rows, defer=hour is not None or not features)
             try:
                 state.apply(event)
             except (ValueError, KeyError, TypeError) as error:
                 out.failures.append((index, f"{type(error).__name__}: {error}"[:300]))
                 continue
             out.applied += 1
-            tracked.dirty = True
-            if isinstance(event, ObservationRecorded):
-                if hour is not None and (tracked.cur_hour is None or hour > tracked.cur_hour):
-                    tracked.cur_hour = hour
-                if tracked.max_time is None or event.observed_at > tracked.max_time:
-                    tracked.max_time = event.observed_at
-            else:
-                tracked.resync()  # an admission time re-buckets the readings; a retraction may lower both
-            if inc.partition is not None:
-                tracked.partition = inc.partition
-            if inc.offset is not None:
-                tracked.last_offset = max(tracked.last_offset, inc.offset)
-            tracked.remember(event.event_id, self.dedupe_ids)
-            tracked.last_seen = wall
-            if inc.arrived_at is not None:
-                tracked.pending_arrival = max(tracked.pending_arrival or 0.0, inc.arrived_at)
+            self._applied(tracked, inc, hour, wall)
             touched[encounter] = tracked
             out.changed[encounter] = tracked.partition
-            if tracked.max_time is not None:
-                newest = self._newest_data.get(tracked.partition)
-                if newest is None or tracked.max_time > newest:
-                    self._newest_data[tracked.partition] = tracked.max_time
         for tracked in touched.values():
             if tracked.dirty:
                 self._take_row(tracked, rows, defer=True)
             tracked.deferred.clear()
-        self._materialise([r for r in rows if r.features is None])
-        out.scores = self._predict(rows)
-        return out
+        if features:
+            _materialise(rows)
+        return TrackedBatch(out, rows)
 
-    @staticmethod
-    def _materialise(rows: list[_Row]) -> None:
-        """Compute the features of rows in one vectorised pass.
-
-        A row of hour h computed after later-hour data arrived equals the row computed at the boundary: features
-        at hour h read only the buckets <= h, and any event that could touch them first materialises the row.
-        """
-        pending = [r for r in rows if r.features is None]
-        if not pending:
-            return
-        matrix = features_many([r.state for r in pending], [r.hour for r in pending])
-        for row, vector in zip(pending, matrix, strict=True):
-            row.features = vector
+    def _applied(self, tracked: Tracked, inc: Incoming, hour: int | None, wall: float) -> None:
+        """Book an applied event: hour and newest time, dedupe facts, idleness, latency start."""
+        event = inc.event
+        tracked.dirty = True
+        if isinstance(event, ObservationRecorded):
+            if hour is not None and (tracked.cur_hour is None or hour > tracked.cur_hour):
+                tracked.cur_hour = hour
+            if tracked.max_time is None or event.observed_at > tracked.max_time:
+                tracked.max_time = event.observed_at
+        else:
+            tracked.resync()  # an admission time re-buckets the readings; a retraction may lower both
+        if inc.partition is not None:
+            tracked.partition = inc.partition
+        if inc.offset is not None:
+            tracked.last_offset = max(tracked.last_offset, inc.offset)
+        tracked.remember(event.event_id, self.dedupe_ids)
+        tracked.last_seen = wall
+        if inc.arrived_at is not None:
+            tracked.pending_arrival = max(tracked.pending_arrival or 0.0, inc.arrived_at)
+        if tracked.max_time is not None:
+            newest = self._newest_data.get(tracked.partition)
+            if newest is None or tracked.max_time > newest:
+                self._newest_data[tracked.partition] = tracked.max_time
 
     def _is_duplicate(self, tracked: Tracked, inc: Incoming) -> bool:
         if (
@@ -354,7 +388,7 @@ class ScoringCore:
             return True
         return inc.event.event_id in tracked.id_set
 
-    def _take_row(self, tracked: Tracked, rows: list[_Row], *, defer: bool) -> None:
+    def _take_row(self, tracked: Tracked, rows: list[Row], *, defer: bool) -> None:
         state = tracked.state
         hour, data_time = state.hour, state.data_time
         if hour is None or data_time is None:
@@ -365,7 +399,7 @@ class ScoringCore:
             tracked.pending_arrival = None
             return  # e.g. a reading the state ignores: the same score again would add nothing
         tracked.last_row = (data_time, observations)
-        row = _Row(
+        row = Row(
             encounter=state.encounter or "",
             patient=state.patient,
             state=state,
@@ -379,53 +413,6 @@ class ScoringCore:
         if defer:
             tracked.deferred.append(row)
         tracked.pending_arrival = None
-
-    def _predict(self, rows: list[_Row]) -> list[RiskScored]:
-        if not rows:
-            return []
-        X = np.vstack([r.features for r in rows if r.features is not None]).astype(np.float32, copy=False)
-        probabilities = np.asarray(self.package.predict(X), dtype=np.float64)
-        created = time.time()
-        created_at = datetime.fromtimestamp(created, UTC)
-        name, version, stage, threshold = self.model_name, self.model_version, self.stage, self.threshold
-        scores = []
-        for row, p in zip(rows, probabilities, strict=True):
-            probability = min(1.0, max(0.0, float(p)))
-            latency = (created - row.arrived_at) * 1000.0 if row.arrived_at is not None else 0.0
-            scores.append(
-                RiskScored(
-                    event_id=RiskScored.make_id(name, version, row.encounter, row.data_time, row.observations),
-                    occurred_at=created_at,
-                    key=row.encounter,
-                    encounter=row.encounter,
-                    patient=row.patient,
-                    model_name=name,
-                    model_version=version,
-                    stage=stage,
-                    default_model=self.default_model,
-                    probability=probability,
-                    risk_level=self.package.risk_level(probability),  # type: ignore[arg-type]
-                    threshold=threshold,
-                    alert=probability >= threshold,
-                    data_time=row.data_time,
-                    hour=row.hour,
-                    observations=row.observations,
-                    latency_ms=max(0.0, latency),
-                )
-            )
-        return scores
-
-    def predict_snapshot(self, features: dict[str, float | None]) -> tuple[float, str, bool]:
-        """Stateless scoring of one feature snapshot (FEATURE_COLUMNS names to numbers or null)."""
-        unknown = set(features) - set(FEATURE_COLUMNS)
-        if unknown:
-            raise ValueError(f"unknown feature columns: {sorted(unknown)[:5]}")
-        x = np.array(
-            [[np.nan if features.get(c) is None else float(features[c]) for c in FEATURE_COLUMNS]],  # type: ignore[arg-type]
-            dtype=np.float32,
-        )
-        p = min(1.0, max(0.0, float(self.package.predict(x)[0])))
-        return p, self.package.risk_level(p), p >= self.threshold
 
     # --- state management (changelog, rebalance, eviction) -----------------------------------------
 
@@ -474,6 +461,110 @@ class ScoringCore:
 
     def __len__(self) -> int:
         return len(self.states)
+
+
+def _materialise(rows: list[Row]) -> None:
+    """Compute the features of rows in one vectorised pass.
+
+    A row of hour h computed after later-hour data arrived equals the row computed at the boundary: features
+    at hour h read only the buckets <= h, and any event that could touch them first materialises the row.
+    """
+    pending = [r for r in rows if r.features is None]
+    if not pending:
+        return
+    matrix = features_many([r.state for r in pending], [r.hour for r in pending])
+    for row, vector in zip(pending, matrix, strict=True):
+        row.features = vector
+
+
+class ScoringCore:
+    """The live scorer's core: an :class:`EncounterTracker` and ONE deployed model (see the module docstring).
+
+    Scoring goes through :func:`predict`, the same function shadow and replay call with several models; the
+    state-keeping methods are the tracker's.
+    """
+
+    def __init__(
+        self,
+        package: Predictor,
+        *,
+        stage: Stage,
+        default_model: bool = False,
+        idle_hours: float = 24.0,
+        dedupe_ids: int = 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.tracker = EncounterTracker(idle_hours=idle_hours, dedupe_ids=dedupe_ids, clock=clock)
+        self.model = Deployed(package, Stage(stage), default_model)
+        self.states = self.tracker.states
+        self.snapshot = self.tracker.snapshot
+        self.restore = self.tracker.restore
+        self.drop_partitions = self.tracker.drop_partitions
+        self.evict_idle = self.tracker.evict_idle
+
+    def swap(self, package: Predictor, *, stage: Stage, default_model: bool = False) -> None:
+        """Use another (fully loaded and verified) package from the next batch on; states are kept."""
+        self.model = Deployed(package, Stage(stage), default_model)
+
+    @property
+    def package(self) -> Predictor:
+        """The package in use."""
+        return self.model.package
+
+    @property
+    def stage(self) -> Stage:
+        """The stage the scores carry."""
+        return self.model.stage
+
+    @stage.setter
+    def stage(self, stage: Stage) -> None:
+        # A promotion of the version in use changes the stage its scores carry, not the package.
+        self.model = Deployed(self.model.package, Stage(stage), self.model.default_model)
+
+    @property
+    def default_model(self) -> bool:
+        """True while the bundled default package is in use (no registry answer yet)."""
+        return self.model.default_model
+
+    @property
+    def threshold(self) -> float:
+        """The operating threshold of the package in use."""
+        return self.model.threshold
+
+    @property
+    def model_name(self) -> str:
+        """Name of the package in use."""
+        return self.model.package.name
+
+    @property
+    def model_version(self) -> str:
+        """Version of the package in use."""
+        return str(self.model.package.version)
+
+    def score(self, events: Iterable[Incoming | CanonicalEventT], *, now: float | None = None) -> list[RiskScored]:
+        """Apply the events and return the batch's scores (unusable events are skipped; see :meth:`process`)."""
+        return self.process(events, now=now).scores
+
+    def process(self, events: Iterable[Incoming | CanonicalEventT], *, now: float | None = None) -> BatchOutcome:
+        """Apply a batch of events in order, then score every touched encounter-hour in one vectorised call."""
+        batch = self.tracker.apply(events, now=now)
+        batch.outcome.scores = predict(batch.rows, [self.model], created=self.tracker.clock())
+        return batch.outcome
+
+    def __len__(self) -> int:
+        return len(self.tracker)
+
+    def predict_snapshot(self, features: dict[str, float | None]) -> tuple[float, str, bool]:
+        """Stateless scoring of one feature snapshot (FEATURE_COLUMNS names to numbers or null)."""
+        unknown = set(features) - set(FEATURE_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown feature columns: {sorted(unknown)[:5]}")
+        x = np.array(
+            [[np.nan if features.get(c) is None else float(features[c]) for c in FEATURE_COLUMNS]],  # type: ignore[arg-type]
+            dtype=np.float32,
+        )
+        p = min(1.0, max(0.0, float(self.package.predict(x)[0])))
+        return p, self.package.risk_level(p), p >= self.threshold
 
 
 class LivePublisher:

@@ -1,10 +1,10 @@
-"""The scorer's command line: ``vigil bench scorer`` is a typer command with the benchmark's options."""
+"""The benchmarks' command line: ``vigil bench scorer`` is a typer command with the benchmark's options."""
 
 from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from vigil_scorer.cli import app
+from bench.cli import app
 
 
 def test_bench_scorer_command_is_declared_with_its_options() -> None:

@@ -1,4 +1,4 @@
-"""Helpers for the scorer's tests and benchmark: stays as events, a model package, a fake registry.
+"""Helpers for the benchmarks and the tests: stays as events, a model package, a fake registry.
 
 Not used by the service itself (scikit-learn and skl2onnx are imported only when a package has to be built).
 """
@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vigil_common.events import EncounterRecorded, ObservationRecorded
-from vigil_common.features import FEATURE_COLUMNS, offline_features
-from vigil_common.model_package import ModelPackage, default_package_path, write_manifest
-from vigil_common.physionet import ICU_EPOCH, stay_events
+from vigil_contracts.events import EncounterRecorded, ObservationRecorded
+from vigil_scoring.features import FEATURE_COLUMNS, offline_features
+from vigil_scoring.model_package import ModelPackage, default_package_path, write_manifest
+from vigil_scoring.physionet import ICU_EPOCH, stay_events
 
-DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "physionet2019_setA.parquet"
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "physionet2019_setA.parquet"
 
 
 def load_stays(n: int, *, first: int = 1, data: Path = DATA) -> pd.DataFrame:

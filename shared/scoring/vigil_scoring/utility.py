@@ -74,7 +74,8 @@ def best_predictions(stay_codes: np.ndarray, labels: np.ndarray) -> np.ndarray:
     pos_rows = np.flatnonzero(labels)
     np.minimum.at(first, stay_index[pos_rows], t[pos_rows].astype(float))
     ts = (first - DT_OPTIMAL)[stay_index]
-    return np.isfinite(ts) & (t >= ts + DT_EARLY) & (t <= ts + DT_LATE)
+    result: np.ndarray = np.isfinite(ts) & (t >= ts + DT_EARLY) & (t <= ts + DT_LATE)
+    return result
 
 
 @dataclass(frozen=True)

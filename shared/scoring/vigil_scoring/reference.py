@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vigil_common.vocabulary import MEASUREMENTS
+from vigil_contracts.vocabulary import MEASUREMENTS
 
 REFERENCE_FORMAT = 1
 """Version of the reference.json layout."""

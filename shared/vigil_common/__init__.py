@@ -1,1 +1,0 @@
-"""vigil_common."""
