@@ -129,3 +129,31 @@ def test_a_stopped_runs_report_says_why_and_never_zero_loss() -> None:
     assert "zero loss: NO" in page and "Stopped: streaming: sending stay #2 of 6" in page
     assert "&lt;ReadTimeout&gt;" in page and "r&lt;1&gt;" in page and "a &amp; b" in page  # escaped
     assert "$" not in page.replace("$value", "")  # every placeholder filled
+
+
+async def test_the_demos_registry_calls_go_through_the_runtime_client_as_each_role() -> None:
+    import httpx
+
+    from vigil.demo.clients import DEV_TOKENS, RegistryApi
+    from vigil_scoring.model_package import default_package_path
+
+    seen: list[tuple[str, str, str | None, str | None]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = request.headers
+        seen.append((request.method, request.url.path, headers.get("authorization"), headers.get("content-type")))
+        if request.url.path.endswith("/production"):
+            return httpx.Response(200, json={"version": "2", "artifact_url": "/a", "artifact_sha256": "x"})
+        return httpx.Response(201, json={"ok": True})
+
+    api = RegistryApi("http://registry")
+    api.client._http = httpx.AsyncClient(transport=httpx.MockTransport(answer), headers=api.client._http.headers)
+    try:
+        await api.call("approver", "POST", "/models/sepsis/versions/2/approve", json={"reason": "r"})
+        assert await api.production_version() == "2"
+        await api.register(default_package_path("2"))
+    finally:
+        await api.aclose()
+    assert seen[0][:3] == ("POST", "/models/sepsis/versions/2/approve", f"Bearer {DEV_TOKENS['approver']}")
+    assert seen[1][2] == f"Bearer {DEV_TOKENS['viewer']}"  # reads as the viewer
+    assert seen[2] == ("POST", "/models/sepsis/versions", f"Bearer {DEV_TOKENS['scientist']}", "application/gzip")

@@ -110,7 +110,9 @@ class RegistryClient(Generic[PackageT]):
         For the governed steps people take through the API (register, stage, propose, approve, policy), as the
         demo does; the answer is returned as is, its status for the caller to judge.
         """
-        headers = {"Authorization": f"Bearer {token}"} if token else None
+        headers = dict(kw.pop("headers", None) or {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         return await self._http.request(method, f"{self.base_url}{path}", headers=headers, **kw)
 
     async def fetch_package(
