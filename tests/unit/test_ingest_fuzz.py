@@ -62,13 +62,13 @@ def test_mutated_resources_never_crash(documents: list[Any]) -> None:
 
 
 def test_an_unexpected_error_rejects_one_entry_not_the_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
-    mapper = Mapper()
     original = Mapper._encounter
 
     def broken(self: Mapper, *args: Any) -> Any:
         raise TypeError("boom")
 
     monkeypatch.setattr(Mapper, "_encounter", broken)
+    mapper = Mapper()  # after the patch: the mapper binds its per-type mappers when built
     bundle = json.loads((Path(__file__).resolve().parents[1] / "testdata/fhir/icu-bundle.json").read_text())
     result = mapper.map_payload(bundle)
     assert [r.reason for r in result.rejections] == ["unexpected structure (TypeError)"]

@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from vigil_contracts.events import Event
-from vigil_ingest.app import IngestCore, build_router
+from vigil_ingest.api import mount_fhir
+from vigil_ingest.core import IngestCore
 from vigil_ingest.settings import Settings
 from vigil_runtime.logging import JsonFormatter
 from vigil_runtime.metrics import ServiceMetrics
@@ -40,8 +41,7 @@ def setup() -> tuple[TestClient, FakePublisher]:
     publisher = FakePublisher()
     core = IngestCore(settings, publisher, ServiceMetrics("ingest"))  # type: ignore[arg-type]
     app = FastAPI()
-    app.include_router(build_router(core, settings))
-    app.include_router(build_router(core, settings, prefix=""))
+    mount_fhir(app, core, settings)
     return TestClient(app), publisher
 
 
@@ -193,7 +193,7 @@ def test_strict_transactions_refuse_the_whole_bundle() -> None:
     publisher = FakePublisher()
     core = IngestCore(settings, publisher, ServiceMetrics("ingest"))  # type: ignore[arg-type]
     app = FastAPI()
-    app.include_router(build_router(core, settings))
+    mount_fhir(app, core, settings)
     client = TestClient(app)
     bundle = json.loads((TESTDATA / "icu-bundle.json").read_text())
     bundle["entry"].append({"resource": observation(id="bad", valueQuantity={"value": 900, "unit": "/min"})})

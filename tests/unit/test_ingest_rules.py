@@ -18,7 +18,8 @@ from vigil_contracts.events import (
     deterministic_id,
 )
 from vigil_contracts.vocabulary import VOCABULARY
-from vigil_ingest.mapping import Deduper, Mapper, MapResult, fast_id, observation_id
+from vigil_ingest.mapping import Mapper, MapResult, TimeRules, fast_id, observation_id
+from vigil_ingest.publishing import Deduper
 
 TESTDATA = Path(__file__).resolve().parents[1] / "testdata" / "fhir"
 
@@ -215,7 +216,8 @@ def test_time_rules() -> None:
     assert reasons(Mapper().map_payload(obs(effectiveDateTime=None))) == ["no effective time and no issued time"]
     date_only = Mapper().map_payload(obs(effectiveDateTime="2026-01-01"))
     assert reasons(date_only) == ["effective time is a date without a time of day (and no issued time that day)"]
-    future = one(Mapper().map_payload(obs(effectiveDateTime="2180-07-22T19:47:00-04:00")))  # MIMIC shifted dates
+    shifted = Mapper(time_rules=TimeRules(clock=lambda: datetime(2300, 1, 1, tzinfo=UTC)))  # MIMIC's shifted dates
+    future = one(shifted.map_payload(obs(effectiveDateTime="2180-07-22T19:47:00-04:00")))
     assert future.observed_at.year == 2180
     assert reasons(Mapper().map_payload(obs(effectiveDateTime="yesterday"))) == [
         "effectiveDateTime is not a valid FHIR dateTime"
@@ -361,9 +363,15 @@ def test_age_and_sex_whichever_arrives_first() -> None:
     (recorded,) = [e for e in enc_first if e.type == "encounter.recorded"]
     assert recorded.unit == "SICU" and recorded.status == "finished"
     # an observation naming only the encounter gets the encounter's patient; a finished encounter is not "open"
-    reading = one(first.map_payload(obs(subject=None, encounter={"reference": "Encounter/e7"})))
+    during = "2026-03-02T10:00:00Z"
+    reading = one(
+        first.map_payload(obs(subject=None, encounter={"reference": "Encounter/e7"}, effectiveDateTime=during))
+    )
     assert (reading.patient, reading.encounter) == ("p7", "e7")
     assert one(first.map_payload(obs(encounter=None, subject={"reference": "Patient/p7"}))).encounter is None
+    # a reading dated long before its encounter began is refused with its reason
+    early = first.map_payload(obs(subject=None, encounter={"reference": "Encounter/e7"}))
+    assert reasons(early) == ["effective time is more than 14 days before the encounter began"]
 
 
 def test_mimic_local_item_codes() -> None:

@@ -251,3 +251,34 @@ def test_a_batch_failing_during_a_checkpoint_keeps_its_partition_out_of_that_com
     asyncio.run(run())
     assert 0 not in consumer.commits and consumer.commits.get(1) == 3  # only the partition it fully captured
     assert service.committed.get(0) is None and consumer.seeks == [(0, 0)]
+
+
+def test_checkpoints_that_keep_failing_make_ready_fail_and_open_an_alert_then_resolve_it(wired: Wired) -> None:
+    """The 16 MiB case's second half: a scorer never runs on silently while its checkpoints fail."""
+    service, sink, consumer = wired
+    asyncio.run(service._handle(items()))
+    service.consumed[0] = 2
+    sink.fail_on = "scorer.state"  # e.g. MessageSizeTooLargeError from the broker
+    for attempt in range(service.settings.checkpoint_failures_unready):
+        assert service.checkpoints_ok(), attempt
+        with pytest.raises(ConnectionError):
+            asyncio.run(service.checkpoint())
+    assert not service.checkpoints_ok()
+    alerts = [
+        ev.AlertRaised.model_validate_json(v or b"")
+        for t, batch in sink.sent
+        if t == service.topics.alerts
+        for _, v, _ in batch
+    ]
+    assert [(a.kind, a.state, a.severity) for a in alerts] == [("checkpoint", "open", ev.Severity.CRITICAL)]
+    assert service.metrics.checkpoint_failures._value.get() == service.settings.checkpoint_failures_unready  # type: ignore[attr-defined]
+    sink.fail_on = None
+    asyncio.run(service.checkpoint())
+    assert service.checkpoints_ok() and consumer.commits == {0: 2}
+    alerts = [
+        ev.AlertRaised.model_validate_json(v or b"")
+        for t, batch in sink.sent
+        if t == service.topics.alerts
+        for _, v, _ in batch
+    ]
+    assert [a.state for a in alerts] == ["open", "resolved"]

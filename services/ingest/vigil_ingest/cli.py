@@ -5,13 +5,15 @@ from __future__ import annotations
 import gzip
 import sys
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import typer
 
-from vigil_ingest.mapping import Deduper, Mapper, event_line
+from vigil_ingest.mapping import Mapper, TimeRules, event_line, parse_fhir_datetime, strip_bom
+from vigil_ingest.publishing import Deduper
 
 app = typer.Typer(help="ingest commands.", no_args_is_help=True)
 
@@ -29,8 +31,7 @@ def read_payloads(path: Path) -> list[bytes]:
     data = path.read_bytes()
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    data = strip_bom(data)
     if data.lstrip().startswith(b"["):
         # A JSON array of resources (some exports): each element is a payload.
         try:
@@ -106,13 +107,20 @@ def schema_problems(payload: bytes) -> list[tuple[str | None, str | None, str]]:
     return problems
 
 
-def map_files(paths: list[Path], out: Any, *, dedupe: bool = True, validate: bool = False) -> Counter[str]:
+def map_files(
+    paths: list[Path],
+    out: Any,
+    *,
+    dedupe: bool = True,
+    validate: bool = False,
+    clock: datetime | None = None,
+) -> Counter[str]:
     """Map files and write one JSON line per canonical event or rejection to ``out``; returns the counts.
 
     Files whose resources give linkage (Location, Patient, Encounter) are mapped first, whatever the order
     given, so observations find their encounters and age and sex are published.
     """
-    mapper = Mapper()
+    mapper = Mapper(time_rules=TimeRules(clock=lambda: clock) if clock is not None else None)
     deduper = Deduper() if dedupe else None
     counts: Counter[str] = Counter()
     loaded = [(path, read_payloads(path)) for path in paths]
@@ -121,6 +129,7 @@ def map_files(paths: list[Path], out: Any, *, dedupe: bool = True, validate: boo
         counts["files"] += 1
         for line_no, payload in enumerate(payloads, start=1):
             result = mapper.map_bytes(payload)
+            mapper.remember(result)  # "published" (printed): a later file correcting it is a correction
             counts.update(result.counts)
             events = result.events
             if deduper is not None:
@@ -155,9 +164,19 @@ def map_command(
         False, "--validate", help='Also check each resource against the FHIR R4B schema: {"invalid": ...} lines.'
     ),
     summary: bool = typer.Option(True, help="Print counts to stderr at the end."),
+    clock: str | None = typer.Option(
+        None,
+        "--clock",
+        help="Judge 'later than now' readings against this ISO time instead of the current time "
+        "(date-shifted data sets, such as MIMIC-IV's 2100s, need it). The service always uses its own clock.",
+    ),
 ) -> None:
-    """Dry run: map FHIR files to canonical events without Kafka; one JSON line per event or rejection."""
-    counts = map_files(list(files), sys.stdout, dedupe=not no_dedupe, validate=validate)
+    """Dry run: map FHIR files to canonical events without Kafka; one JSON line per event or rejection.
+
+    The rules are the service's: same events, same refusals (a leading UTF-8 byte-order mark is dropped on both).
+    """
+    when = parse_fhir_datetime(clock)[0] if clock else None
+    counts = map_files(list(files), sys.stdout, dedupe=not no_dedupe, validate=validate, clock=when)
     sys.stdout.flush()
     if summary:
         typer.echo(orjson.dumps(dict(sorted(counts.items()))).decode(), err=True)

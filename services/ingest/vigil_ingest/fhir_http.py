@@ -28,11 +28,14 @@ def rejection_issues(rejections: list[Rejection], severity: str = "error") -> li
 def entry_status(entry: EntryOutcome, fresh: int) -> tuple[str, list[tuple[str, str, str]]]:
     """The HTTP status line of one entry and its issues.
 
-    201 when it gave new canonical events, 200 when it was accepted with nothing new to publish (a duplicate,
-    a code outside the vocabulary, a value absent, linkage recorded), 422 when it was rejected.
+    201 when it gave new canonical events, 200 when it was accepted with nothing new to publish (a repeat, a code
+    outside the vocabulary, a value absent, linkage recorded) or corrected a known resource, 409 when it conflicts
+    with what was published or with another entry of the request, 422 when it was rejected.
     """
     issues: list[tuple[str, str, str]] = []
     if entry.outcome == "rejected":
+        if any(r.issue == "conflict" for r in entry.rejections):
+            return "409 Conflict", rejection_issues(entry.rejections)
         return "422 Unprocessable Entity", rejection_issues(entry.rejections)
     if entry.rejections:
         issues.extend(rejection_issues(entry.rejections, "warning"))
@@ -46,7 +49,8 @@ def entry_status(entry: EntryOutcome, fresh: int) -> tuple[str, list[tuple[str, 
         issues.append(("information", "informational", entry.note))
     if entry.outcome == "ignored" and not entry.note:
         issues.append(("information", "informational", "ignored"))
-    return ("201 Created" if fresh else "200 OK"), issues
+    # A correction updates a resource that exists (as a PUT would: 200); a repeat creates nothing (200).
+    return ("201 Created" if fresh and not entry.correction else "200 OK"), issues
 
 
 def location(entry: EntryOutcome) -> str | None:

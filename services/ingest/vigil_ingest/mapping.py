@@ -31,10 +31,10 @@ import hashlib
 import logging
 import re
 from collections import Counter, OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal, TypeAlias, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeAlias
 from urllib.parse import unquote
 
 import orjson
@@ -42,15 +42,15 @@ import orjson
 from vigil_contracts.events import (
     VIGIL_NAMESPACE,
     EncounterRecorded,
-    Event,
     ObservationRecorded,
     ObservationRetracted,
     SourceRef,
     deterministic_id,
     utcnow,
 )
-from vigil_contracts.vocabulary import VOCABULARY, Measurement
+from vigil_contracts.vocabulary import SYSTEMIC_PRESSURE_FEATURES, VOCABULARY, Measurement
 from vigil_ingest.local_codes import LOCAL_CODES
+from vigil_ingest.pressure import pressure_site
 from vigil_ingest.units import UCUM_SYSTEMS, UnitConverter, UnitError
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,6 @@ UNLINKED_KEY = "unlinked"
 
 Canonical: TypeAlias = ObservationRecorded | ObservationRetracted | EncounterRecorded
 """The events ingest publishes."""
-E = TypeVar("E", bound=Event)
 
 Outcome = Literal["mapped", "partial", "retracted", "ignored", "absent", "rejected", "recorded"]
 
@@ -109,6 +108,10 @@ class EntryOutcome:
     events: list[Canonical] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     note: str | None = None
+    content: tuple[str, str, str | None] | None = None
+    """(resource id, digest of its content, version) of a mapped Observation, remembered once published."""
+    correction: bool = False
+    """A known id sent again with different content: published as an amendment with a new version."""
 
 
 @dataclass(slots=True)
@@ -198,45 +201,6 @@ class BoundedCache(OrderedDict[str, Any]):
             self.popitem(last=False)
 
 
-class Deduper:
-    """Bounded memory of published event ids (an LRU): the same resource version delivered twice publishes once.
-
-    Ids are remembered only once their events are durably published (``remember``), so a failed publish is
-    retried rather than suppressed. After a restart the memory is empty: event ids are deterministic, so
-    downstream consumers dedupe what a redelivery republishes.
-    """
-
-    def __init__(self, maxsize: int = 200_000) -> None:
-        self.maxsize = maxsize
-        self._seen: OrderedDict[str, None] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def fresh(self, events: Iterable[E]) -> tuple[list[E], int]:
-        """The events not yet published (first occurrence kept), and how many were duplicates."""
-        out: list[E] = []
-        batch: set[str] = set()
-        dupes = 0
-        for event in events:
-            eid = event.event_id
-            if eid in self._seen or eid in batch:
-                dupes += 1
-                continue
-            batch.add(eid)
-            out.append(event)
-        return out, dupes
-
-    def remember(self, events: Iterable[Event]) -> None:
-        """Record events as durably published."""
-        seen = self._seen
-        for event in events:
-            seen[event.event_id] = None
-            seen.move_to_end(event.event_id)
-        while len(seen) > self.maxsize:
-            seen.popitem(last=False)
-
-
 @dataclass(slots=True)
 class _PatientInfo:
     birth: tuple[int, int | None, int | None] | None
@@ -249,6 +213,49 @@ class _PatientInfo:
 class _EncounterInfo:
     patient: str | None
     start: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Value:
+    """One value read from an Observation (or a demographic): the feature, in its canonical unit."""
+
+    measurement: Measurement
+    value: float
+    comparator: str | None = None
+    original: tuple[float, str | None] | None = None
+    """(value, unit) as sent, when converted."""
+    unit: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """Whose reading, of which source, when: what every reading of one resource shares."""
+
+    source: SourceRef
+    encounter: str | None
+    patient: str | None
+    observed_at: datetime
+    occurred_at: datetime
+    status: Any
+
+
+@dataclass(slots=True)
+class _Sites:
+    """The features left once pressures of other sites are set aside, with the reasons."""
+
+    feature: str | None
+    components: list[tuple[str, dict[str, Any]]]
+    notes: list[str]
+    refusals: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """The version a resource's readings are published under, its content digest, and whether it corrects."""
+
+    version: str | None
+    digest: str
+    correction: bool
 
 
 @dataclass(slots=True)
@@ -308,6 +315,42 @@ def parse_fhir_datetime(text: Any) -> tuple[datetime, bool]:
     return result
 
 
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return "null" if value is None else type(value).__name__
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def strip_bom(data: bytes) -> bytes:
+    """The one byte-order-mark rule of HTTP and ``vigil ingest map``: a leading UTF-8 BOM is dropped.
+
+    RFC 8259 section 8.1 lets a JSON parser ignore it, and Windows tools (Notepad, PowerShell's UTF8 encoding)
+    write one; refusing it on one path and accepting it on the other gave the same file two answers.
+    """
+    return data[3:] if data.startswith(UTF8_BOM) else data
+
+
+def content_digest(resource: dict[str, Any]) -> str:
+    """What a resource says, without its bookkeeping (meta, narrative): equal digests mean the same content."""
+    body = {k: v for k, v in resource.items() if k not in ("meta", "text")}
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class _Known:
+    latest: str
+    version: str | None
+
+
 def _id_from_url(url: str) -> str:
     if url.startswith("urn:uuid:") or url.startswith("urn:oid:"):
         return url[9:] if url.startswith("urn:uuid:") else url
@@ -333,19 +376,60 @@ def _content_id(resource: dict[str, Any]) -> str:
     return f"sha256-{digest[:32]}"
 
 
+@dataclass(frozen=True, slots=True)
+class TimeRules:
+    """When a reading's time is not believable (a clock error or a typo in the EHR), with the clock to judge by.
+
+    A reading dated 2099 once kept an encounter in a false alarm for good: the scorer's hour and every window
+    followed it. Ingest refuses such readings with their reason; the scorer clamps as a second line of defence.
+    """
+
+    future_skew: timedelta = timedelta(minutes=5)
+    """How far after ingest's own clock a reading may be dated (senders' clocks drift)."""
+    before_encounter: timedelta = timedelta(days=14)
+    """How long before its encounter began a reading may be dated (pre-admission readings are legitimate)."""
+    clock: Callable[[], datetime] = utcnow
+
+    def problem(self, observed_at: datetime, birth: datetime | None, encounter_start: datetime | None) -> str | None:
+        """Why ``observed_at`` cannot be believed, or None."""
+        if observed_at > self.clock() + self.future_skew:
+            return (
+                f"effective time is later than ingest's clock plus the allowed skew "
+                f"({int(self.future_skew.total_seconds())} s): a clock error or a typo"
+            )
+        if birth is not None and observed_at < birth:
+            return "effective time is before the patient's birth"
+        if encounter_start is not None and observed_at < encounter_start - self.before_encounter:
+            days = self.before_encounter.total_seconds() / 86_400
+            return f"effective time is more than {days:g} days before the encounter began"
+        return None
+
+
+_ResourceMapper: TypeAlias = Callable[[dict[str, Any], str, int | None, _Context, Counter[str]], EntryOutcome]
+
+
 class Mapper:
     """Maps FHIR R4 JSON to canonical events; keeps bounded linkage state (patients, encounters, locations).
 
     Not thread-safe: one per event loop or process. ``system`` names the sender on every SourceRef.
     """
 
-    def __init__(self, *, state_size: int = 100_000, units: UnitConverter | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        state_size: int = 100_000,
+        units: UnitConverter | None = None,
+        time_rules: TimeRules | None = None,
+    ) -> None:
         self.units = units or UnitConverter()
+        self.time_rules = time_rules or TimeRules()
         self.patients = BoundedCache(state_size)
         self.patient_ids = BoundedCache(state_size)
         self.encounters = BoundedCache(state_size)
         self.open_encounter = BoundedCache(state_size)
         self.locations = BoundedCache(10_000)
+        self.contents = BoundedCache(state_size)
+        """Observation id -> what was last published under it (content digest, version)."""
         self._codes: dict[tuple[str, str], str] = {}
         for m in VOCABULARY.values():
             for code in m.loinc:
@@ -353,13 +437,22 @@ class Mapper:
             for code in m.snomed:
                 self._codes.setdefault(("snomed", code), m.name)
         self._codes[("loinc", LAB_ONLY_SAO2)] = "spo2"
+        # One mapper per resource type, chosen from this table; a type not in it is ignored (named in the answer).
+        self._mappers: dict[str, _ResourceMapper] = {
+            "Observation": self._observation,
+            "Patient": self._patient,
+            "Encounter": self._encounter,
+            "Location": self._location,
+            "DiagnosticReport": self._report,
+            "Bundle": self._inner_bundle,
+        }
 
     # --- entry points ---------------------------------------------------------------------------------
 
     def map_bytes(self, data: bytes | str, *, system: str | None = None) -> MapResult:
         """Parse and map one payload; a payload that is not JSON gives one rejection (never raises)."""
-        if isinstance(data, bytes) and data.startswith(b"\xef\xbb\xbf"):
-            data = data[3:]  # a UTF-8 byte-order mark, as some Windows tools write
+        if isinstance(data, bytes):
+            data = strip_bom(data)
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError as error:
@@ -384,6 +477,28 @@ class Mapper:
                 return self._invalid(payload, error)
             log.error("unexpected structure", extra={"error_type": type(error).__name__})
             return self._invalid(payload, InvalidPayload(f"unexpected structure ({type(error).__name__})", "exception"))
+
+    def remember(self, result: MapResult) -> list[tuple[str, Any]]:
+        """Record the content of the Observations of ``result`` as published; returns what :meth:`forget` undoes.
+
+        A publish that fails must be forgotten, so its retry is the same change (with its retraction), not a repeat.
+        """
+        undo: list[tuple[str, Any]] = []
+        for entry in result.entries:
+            if entry.content is None or entry.outcome == "rejected":
+                continue
+            rid, digest, version = entry.content
+            undo.append((rid, self.contents.get(rid)))
+            self.contents.put(rid, _Known(digest, version))
+        return undo
+
+    def forget(self, undo: list[tuple[str, Any]]) -> None:
+        """Undo :meth:`remember` (the events were not acknowledged)."""
+        for rid, previous in reversed(undo):
+            if previous is None:
+                self.contents.pop(rid, None)
+            else:
+                self.contents.put(rid, previous)
 
     @staticmethod
     def _invalid(payload: Any, error: InvalidPayload) -> MapResult:
@@ -463,10 +578,41 @@ class Mapper:
                 self._index_report(resource, ctx)
             prepared.append((item_index, resource, r_type, rid))
 
+        # The same Observation twice in one request: a repeat is answered once; a conflicting one (same id and
+        # version, different content) is refused, since which of the two is true cannot be told.
+        first_of: dict[tuple[str, str | None], tuple[str, int | None]] = {}
+        repeats: dict[int | None, EntryOutcome] = {}
+        for position, resource, r_type, rid in prepared:
+            if r_type != "Observation":
+                continue
+            key = (rid, _version(resource.get("meta")))
+            digest = content_digest(resource)
+            seen = first_of.get(key)
+            if seen is None:
+                first_of[key] = (digest, position)
+                continue
+            where = f"entry {seen[1]}" if seen[1] is not None else "another entry"
+            if seen[0] == digest:
+                result.counts["repeated_in_request"] += 1
+                repeats[position] = EntryOutcome(
+                    position, r_type, rid, "ignored", note=f"repeats {where} of this request"
+                )
+            else:
+                result.counts["rejected"] += 1
+                reason = (
+                    f"same id and version as {where} of this request with different content: the later entry is refused"
+                )
+                rej = Rejection(reason, r_type, rid, issue="conflict")
+                repeats[position] = EntryOutcome(position, r_type, rid, "rejected", rejections=[rej])
+
         # Linkage first (patients, locations, encounters), then readings: entry order does not matter.
         order = {"Patient": 0, "Location": 1, "Encounter": 2}
         outcomes: list[EntryOutcome] = []
         for position, resource, r_type, rid in sorted(prepared, key=lambda p: order.get(p[2], 3)):
+            repeat = repeats.get(position) if position is not None else None
+            if repeat is not None:
+                outcomes.append(repeat)
+                continue
             outcome = self._map_resource(resource, r_type, rid, position, ctx, result.counts)
             outcomes.append(outcome)
         outcomes.sort(key=lambda o: -1 if o.index is None else o.index)
@@ -521,29 +667,10 @@ class Mapper:
         ctx: _Context,
         counts: Counter[str],
     ) -> EntryOutcome:
+        mapper = self._mappers.get(r_type)
         try:
-            if r_type == "Observation":
-                return self._observation(resource, rid, index, ctx, counts)
-            if r_type == "Patient":
-                return self._patient(resource, rid, index, counts)
-            if r_type == "Encounter":
-                return self._encounter(resource, rid, index, ctx, counts)
-            if r_type == "Location":
-                if isinstance(resource.get("name"), str):
-                    self.locations.put(rid, resource["name"])
-                counts["location_cached"] += 1
-                return EntryOutcome(index, r_type, rid, "recorded", note="location cached for ICU unit names")
-            if r_type == "DiagnosticReport":
-                return self._report(resource, rid, index, ctx, counts)
-            if r_type == "Bundle" and ctx.depth < 3:
-                # A Bundle inside a Bundle (a message or document carrying a searchset, say): map its entries.
-                try:
-                    inner = self._map(resource, ctx.system, depth=ctx.depth + 1)
-                except InvalidPayload as error:
-                    raise _Reject(error.reason, error.issue) from error
-                counts.update(inner.counts)
-                outcome: Outcome = "mapped" if inner.events else ("rejected" if inner.rejections else "ignored")
-                return EntryOutcome(index, r_type, rid, outcome, events=inner.events, rejections=inner.rejections)
+            if mapper is not None and (r_type != "Bundle" or ctx.depth < 3):
+                return mapper(resource, rid, index, ctx, counts)
         except _Reject as error:
             counts["rejected"] += 1
             rej = Rejection(error.reason, r_type, rid, issue=error.issue)
@@ -560,6 +687,26 @@ class Mapper:
             return EntryOutcome(index, r_type, rid, "rejected", rejections=[rej])
         counts[f"ignored_resource_type:{r_type}"] += 1
         return EntryOutcome(index, r_type, rid, "ignored", note=f"{r_type} is not used by ingest")
+
+    def _location(
+        self, res: dict[str, Any], rid: str, index: int | None, ctx: _Context, counts: Counter[str]
+    ) -> EntryOutcome:
+        if isinstance(res.get("name"), str):
+            self.locations.put(rid, res["name"])
+        counts["location_cached"] += 1
+        return EntryOutcome(index, "Location", rid, "recorded", note="location cached for ICU unit names")
+
+    def _inner_bundle(
+        self, res: dict[str, Any], rid: str, index: int | None, ctx: _Context, counts: Counter[str]
+    ) -> EntryOutcome:
+        """A Bundle inside a Bundle (a message or document carrying a searchset, say): map its entries."""
+        try:
+            inner = self._map(res, ctx.system, depth=ctx.depth + 1)
+        except InvalidPayload as error:
+            raise _Reject(error.reason, error.issue) from error
+        counts.update(inner.counts)
+        outcome: Outcome = "mapped" if inner.events else ("rejected" if inner.rejections else "ignored")
+        return EntryOutcome(index, "Bundle", rid, outcome, events=inner.events, rejections=inner.rejections)
 
     # --- references -----------------------------------------------------------------------------------
 
@@ -614,7 +761,9 @@ class Mapper:
 
     # --- Patient, Encounter, DiagnosticReport ---------------------------------------------------------
 
-    def _patient(self, res: dict[str, Any], rid: str, index: int | None, counts: Counter[str]) -> EntryOutcome:
+    def _patient(
+        self, res: dict[str, Any], rid: str, index: int | None, ctx: _Context, counts: Counter[str]
+    ) -> EntryOutcome:
         birth = None
         birth_date = res.get("birthDate")
         if isinstance(birth_date, str):
@@ -674,11 +823,8 @@ class Mapper:
                 age -= 1
             m = VOCABULARY["age"]
             if m.low <= age <= m.high:
-                events.append(
-                    self._reading(
-                        source, encounter, patient, m, float(age), start, start, "final", None, per_encounter=True
-                    )
-                )
+                where = _Where(source, encounter, patient, start, start, "final")
+                events.append(self._reading(where, _Value(m, float(age)), per_encounter=True))
                 counts["demographics"] += 1
             else:
                 rejections.append(
@@ -686,9 +832,8 @@ class Mapper:
                 )
         if info.sex is not None:
             m = VOCABULARY["sex"]
-            events.append(
-                self._reading(source, encounter, patient, m, info.sex, start, start, "final", None, per_encounter=True)
-            )
+            where = _Where(source, encounter, patient, start, start, "final")
+            events.append(self._reading(where, _Value(m, info.sex), per_encounter=True))
             counts["demographics"] += 1
 
     def _encounter(
@@ -854,22 +999,10 @@ class Mapper:
     def _observation(
         self, res: dict[str, Any], rid: str, index: int | None, ctx: _Context, counts: Counter[str]
     ) -> EntryOutcome:
-        feature, average = self.feature_of(res.get("code"), res)
-        if average:
-            counts["rejected_average"] += 1
-            raise _Reject("an average over a period (96607-7 family) is not a point reading", "not-supported")
-        components: list[tuple[str, dict[str, Any]]] = []
-        raw_components = res.get("component")
-        if isinstance(raw_components, list):
-            for comp in raw_components:
-                if not isinstance(comp, dict):
-                    continue
-                comp_feature, comp_average = self.feature_of(comp.get("code"), res)
-                if comp_average:
-                    counts["rejected_average"] += 1
-                    raise _Reject("an average over a period (96607-7 family) is not a point reading", "not-supported")
-                if comp_feature is not None:
-                    components.append((comp_feature, comp))
+        """One Observation: its features (by code and site), its identity (repeat, correction), values, events."""
+        feature, components = self._coded_features(res, counts)
+        sites = self._site_filter(res, feature, components, counts)
+        feature, components = sites.feature, sites.components
         contained_obs = (
             [c for c in res["contained"] if isinstance(c, dict) and c.get("resourceType") == "Observation"]
             if isinstance(res.get("contained"), list)
@@ -879,30 +1012,21 @@ class Mapper:
         if feature is None and not components:
             if nested is not None and (nested.events or nested.rejections):
                 return nested
+            if sites.refusals:
+                counts["rejected"] += len(sites.refusals)
+                rejected = [Rejection(r, "Observation", rid, "not-supported") for r in sites.refusals]
+                return EntryOutcome(index, "Observation", rid, "rejected", rejections=rejected)
+            if sites.notes:
+                return EntryOutcome(index, "Observation", rid, "ignored", note="; ".join(sites.notes))
             counts["ignored_code"] += 1
             return EntryOutcome(index, "Observation", rid, "ignored", note="code not in the vocabulary")
 
         contained = self._contained(res) if contained_obs is not None else {}
-        patient = self._ref(res.get("subject"), "Patient", ctx, contained)
-        encounter = self._ref(res.get("encounter") or res.get("context"), "Encounter", ctx, contained)
-        if patient is None and encounter is not None:
-            known = self.encounters.get(encounter)
-            patient = known.patient if known is not None else None
-        if encounter is None and patient is not None:
-            encounter = self.open_encounter.get(patient)
-            counts["attached_to_open_encounter" if encounter else "no_encounter"] += 1
-        elif encounter is None:
-            counts["no_encounter"] += 1
-        meta = res.get("meta")
-        version = _version(meta)
-        source = SourceRef(
-            resource_type="Observation",
-            resource_id=rid,
-            version_id=version,
-            system=ctx.system,
-        )
+        patient, encounter = self._subject_and_encounter(res, ctx, contained, counts)
         raw_status = res.get("status")
         status = raw_status if isinstance(raw_status, str) else None
+        identity = self._identity(res, rid, status)
+        source = SourceRef(resource_type="Observation", resource_id=rid, version_id=identity.version, system=ctx.system)
         features = [f for f in (feature, *(f for f, _ in components)) if f is not None]
 
         if status in RETRACTING_STATUSES:
@@ -915,51 +1039,23 @@ class Mapper:
                 "value" if isinstance(status, str) else "required",
             )
         # Values first: an Observation whose values are all absent is "no reading" whatever its time says.
-        absent = 0
-        rejections: list[Rejection] = []
-        values: list[tuple[Measurement, float, str | None, tuple[float, str | None] | None, str]] = []
-        holders: list[tuple[str, dict[str, Any], bool]] = []
-        if feature is not None:
-            holders.append((feature, res, True))
-        holders.extend((f, comp, False) for f, comp in components)
-        for name, holder, is_main in holders:
-            m = VOCABULARY[name]
-            try:
-                value, comparator, original, unit = self._value(m, holder, is_main and bool(components))
-            except _Absent:
-                absent += 1
-                continue
-            except _Reject as error:
-                rejections.append(Rejection(error.reason, "Observation", rid, error.issue))
-                continue
-            values.append((m, value, comparator, original, unit))
+        values, absent, rejections = self._values(res, rid, feature, components)
+        rejections = [Rejection(r, "Observation", rid, "not-supported") for r in sites.refusals] + rejections
 
         events: list[Canonical] = []
         if values:
             observed_at = self._time(res, ctx, rid)
+            self._check_time(observed_at, patient, encounter)
             issued = res.get("issued")
             try:
                 occurred_at = parse_fhir_datetime(issued)[0] if issued is not None else observed_at
             except (ValueError, TypeError):
                 occurred_at = observed_at
-            if status in ("amended", "corrected"):
-                events.append(self._retraction(source, encounter, patient, features, str(status), res))
-            for m, value, comparator, original, unit in values:
-                events.append(
-                    self._reading(
-                        source,
-                        encounter,
-                        patient,
-                        m,
-                        value,
-                        observed_at,
-                        occurred_at,
-                        status,
-                        comparator,
-                        original,
-                        unit,
-                    )
-                )
+            if status in ("amended", "corrected") or identity.correction:
+                reason = "amended" if identity.correction else str(status)
+                events.append(self._retraction(source, encounter, patient, features, reason, res))
+            where = _Where(source, encounter, patient, observed_at, occurred_at, status)
+            events.extend(self._reading(where, value) for value in values)
         readings = len(values)
         counts["readings"] += readings
         if absent:
@@ -977,8 +1073,160 @@ class Mapper:
             outcome = "rejected"
         else:
             outcome = "absent"
-        note = f"{absent} value(s) absent (dataAbsentReason)" if absent else None
-        return EntryOutcome(index, "Observation", rid, outcome, events=events, rejections=rejections, note=note)
+        notes = ([f"{absent} value(s) absent (dataAbsentReason)"] if absent else []) + sites.notes
+        if identity.correction and readings:
+            counts["corrections"] += 1
+            notes.append(
+                f"a known id with new content: published as a correction (amended, version {identity.version})"
+            )
+        return EntryOutcome(
+            index,
+            "Observation",
+            rid,
+            outcome,
+            events=events,
+            rejections=rejections,
+            note="; ".join(notes) if notes else None,
+            content=(rid, identity.digest, identity.version),
+            correction=identity.correction and bool(readings),
+        )
+
+    def _coded_features(
+        self, res: dict[str, Any], counts: Counter[str]
+    ) -> tuple[str | None, list[tuple[str, dict[str, Any]]]]:
+        """The feature the Observation's code names and the features of its components (averages refused)."""
+        feature, average = self.feature_of(res.get("code"), res)
+        if average:
+            counts["rejected_average"] += 1
+            raise _Reject("an average over a period (96607-7 family) is not a point reading", "not-supported")
+        components: list[tuple[str, dict[str, Any]]] = []
+        raw_components = res.get("component")
+        if isinstance(raw_components, list):
+            for comp in raw_components:
+                if not isinstance(comp, dict):
+                    continue
+                comp_feature, comp_average = self.feature_of(comp.get("code"), res)
+                if comp_average:
+                    counts["rejected_average"] += 1
+                    raise _Reject("an average over a period (96607-7 family) is not a point reading", "not-supported")
+                if comp_feature is not None:
+                    components.append((comp_feature, comp))
+        return feature, components
+
+    @staticmethod
+    def _site_filter(
+        res: dict[str, Any],
+        feature: str | None,
+        components: list[tuple[str, dict[str, Any]]],
+        counts: Counter[str],
+    ) -> _Sites:
+        """Set aside pressures of other sites: what was measured decides the feature.
+
+        Systolic/diastolic/mean codes of a pulmonary, atrial, ventricular or venous panel are not systemic arterial
+        pressure (``vigil_ingest.pressure`` has the rule).
+        """
+        notes: list[str] = []
+        refusals: list[str] = []
+        if feature in SYSTEMIC_PRESSURE_FEATURES:
+            verdict = pressure_site(res, None)
+            if verdict.verdict != "systemic":
+                notes.append(verdict.reason)
+                feature = None
+        if any(f in SYSTEMIC_PRESSURE_FEATURES for f, _ in components):
+            kept: list[tuple[str, dict[str, Any]]] = []
+            for comp_feature, comp in components:
+                if comp_feature in SYSTEMIC_PRESSURE_FEATURES:
+                    verdict = pressure_site(res, comp)
+                    if verdict.verdict == "other":
+                        notes.append(verdict.reason)
+                        continue
+                    if verdict.verdict == "unknown":
+                        refusals.append(verdict.reason)
+                        continue
+                kept.append((comp_feature, comp))
+            components = kept
+        sites = _Sites(feature, components, list(dict.fromkeys(notes)), list(dict.fromkeys(refusals)))
+        counts["not_systemic_pressure"] += len(sites.notes)
+        counts["pressure_site_unknown"] += len(sites.refusals)
+        return sites
+
+    def _subject_and_encounter(
+        self, res: dict[str, Any], ctx: _Context, contained: dict[str, dict[str, Any]], counts: Counter[str]
+    ) -> tuple[str | None, str | None]:
+        """The patient and encounter a reading belongs to (an open encounter of the patient when none is named)."""
+        patient = self._ref(res.get("subject"), "Patient", ctx, contained)
+        encounter = self._ref(res.get("encounter") or res.get("context"), "Encounter", ctx, contained)
+        if patient is None and encounter is not None:
+            known = self.encounters.get(encounter)
+            patient = known.patient if known is not None else None
+        if encounter is None and patient is not None:
+            encounter = self.open_encounter.get(patient)
+            counts["attached_to_open_encounter" if encounter else "no_encounter"] += 1
+        elif encounter is None:
+            counts["no_encounter"] += 1
+        return patient, encounter
+
+    def _identity(self, res: dict[str, Any], rid: str, status: str | None) -> _Identity:
+        """The version to publish under: a repeat keeps its ids, new content for a known id is a correction.
+
+        The same content is a repeat (the same event ids, answered 200); new content is a correction, published as
+        an amendment under a new version derived from the content, so the bedside never keeps a value its source
+        has replaced. New content under the same explicit version is a conflict.
+        """
+        version = _version(res.get("meta"))
+        digest = content_digest(res)
+        known = self.contents.get(rid)
+        correction = False
+        if known is not None and digest != known.latest:
+            if version is not None and version == known.version:
+                raise _Reject(
+                    f"version {version[:20]} was already published with different content: send a new version",
+                    "conflict",
+                )
+            correction = status in READING_STATUSES and status not in ("amended", "corrected")
+            if version is None:
+                version = f"content-{digest}"
+        elif known is not None and version is None:
+            version = known.version  # a repeat keeps the ids it was published under
+        return _Identity(version, digest, correction)
+
+    def _values(
+        self, res: dict[str, Any], rid: str, feature: str | None, components: list[tuple[str, dict[str, Any]]]
+    ) -> tuple[list[_Value], int, list[Rejection]]:
+        """The readable values of the Observation and its components, how many were absent, the refused ones."""
+        absent = 0
+        rejections: list[Rejection] = []
+        values: list[_Value] = []
+        holders: list[tuple[str, dict[str, Any], bool]] = []
+        if feature is not None:
+            holders.append((feature, res, True))
+        holders.extend((f, comp, False) for f, comp in components)
+        for name, holder, is_main in holders:
+            m = VOCABULARY[name]
+            try:
+                value, comparator, original, unit = self._value(m, holder, is_main and bool(components))
+            except _Absent:
+                absent += 1
+                continue
+            except _Reject as error:
+                rejections.append(Rejection(error.reason, "Observation", rid, error.issue))
+                continue
+            values.append(_Value(m, value, comparator, original, unit))
+        return values, absent, rejections
+
+    def _check_time(self, observed_at: datetime, patient: str | None, encounter: str | None) -> None:
+        birth: datetime | None = None
+        info = self.patients.get(patient) if patient is not None else None
+        if info is not None and info.birth is not None:
+            year, month, day = info.birth
+            try:
+                birth = datetime(year, month or 1, day or 1, tzinfo=UTC)
+            except ValueError:
+                birth = None
+        enc = self.encounters.get(encounter) if encounter is not None else None
+        problem = self.time_rules.problem(observed_at, birth, enc.start if enc is not None else None)
+        if problem is not None:
+            raise _Reject(problem, "value")
 
     def _nested(
         self,
@@ -1065,15 +1313,12 @@ class Mapper:
                 if "dataAbsentReason" in holder:
                     raise _Absent
                 raise _Reject(f"{m.name}: valueQuantity has no value", "required")
-            if isinstance(raw, bool):
-                raise _Reject(f"{m.name}: valueQuantity.value is not a number", "invalid")
-            if isinstance(raw, str):
-                try:
-                    raw = float(raw)
-                except ValueError as error:
-                    raise _Reject(f"{m.name}: valueQuantity.value is not a number", "invalid") from error
-            if not isinstance(raw, int | float):
-                raise _Reject(f"{m.name}: valueQuantity.value is not a number", "invalid")
+            # FHIR JSON writes a decimal as a JSON number: "88" (a string), true or {...} is a sender's bug whose
+            # meaning is a guess, so it is refused with the type named rather than converted.
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise _Reject(
+                    f"{m.name}: valueQuantity.value is a JSON {_json_type(raw)}, not a number (FHIR decimal)", "invalid"
+                )
             value = float(raw)
             comp = quantity.get("comparator")
             if comp is not None:
@@ -1119,40 +1364,27 @@ class Mapper:
             raise _Reject(f"{m.name} outside plausible range [{m.low:g}, {m.high:g}] {m.unit}", "value")
         return value, comparator, original, recognised
 
-    def _reading(
-        self,
-        source: SourceRef,
-        encounter: str | None,
-        patient: str | None,
-        m: Measurement,
-        value: float,
-        observed_at: datetime,
-        occurred_at: datetime,
-        status: Any,
-        comparator: str | None,
-        original: tuple[float, str | None] | None = None,
-        unit: str | None = None,
-        *,
-        per_encounter: bool = False,
-    ) -> ObservationRecorded:
+    def _reading(self, where: _Where, reading: _Value, *, per_encounter: bool = False) -> ObservationRecorded:
         # Age and sex come from one Patient resource for each of its encounters: the encounter is part of their
         # natural key (two encounters may start at the same instant).
-        event_id = observation_id(source, m.name, observed_at)
+        m = reading.measurement
+        event_id = observation_id(where.source, m.name, where.observed_at)
         if per_encounter:
-            event_id = fast_id(event_id, encounter)
+            event_id = fast_id(event_id, where.encounter)
+        original = reading.original
         return ObservationRecorded(
             event_id=event_id,
-            occurred_at=occurred_at,
-            key=encounter or UNLINKED_KEY,
-            encounter=encounter,
-            patient=patient,
+            occurred_at=where.occurred_at,
+            key=where.encounter or UNLINKED_KEY,
+            encounter=where.encounter,
+            patient=where.patient,
             feature=m.name,
-            value=value,
+            value=reading.value,
             unit=m.unit,
-            observed_at=observed_at,
-            status=status,
-            comparator=comparator,  # type: ignore[arg-type]
-            source=source,
+            observed_at=where.observed_at,
+            status=where.status,
+            comparator=reading.comparator,  # type: ignore[arg-type]
+            source=where.source,
             original_value=original[0] if original else None,
             original_unit=original[1] if original else None,
         )
@@ -1200,12 +1432,14 @@ def event_line(event: Canonical) -> dict[str, Any]:
 
 
 __all__ = [
-    "Deduper",
     "EntryOutcome",
     "InvalidPayload",
     "MapResult",
     "Mapper",
     "Rejection",
+    "TimeRules",
+    "content_digest",
     "event_line",
     "parse_fhir_datetime",
+    "strip_bom",
 ]

@@ -31,5 +31,9 @@ class Settings(VigilSettings):
     strict_transactions: bool = False
     """Refuse a whole transaction Bundle (422, nothing published) when any entry is rejected. Off by default:
     ingest stores nothing, so a rejected reading is reported per entry and the rest is published."""
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+    """A reading dated more than this after ingest's clock is refused (a clock error or a typo in the EHR)."""
+    max_days_before_encounter: float = Field(default=14.0, gt=0)
+    """A reading dated more than this before its encounter began is refused."""
     consume_raw_topic: bool = True
     """Run the Kafka consumer of the raw FHIR topic (off: HTTP only)."""

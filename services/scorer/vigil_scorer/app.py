@@ -150,6 +150,7 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
         checks={
             "model_loaded": lambda: service.core is not None,
             "states_restored": lambda: service.assignment_done.is_set() and not service.needs_restore,
+            "checkpoints": service.checkpoints_ok,
         },
         on_start=[start],
         on_stop=[stop],

@@ -37,14 +37,24 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import timedelta
+from typing import Any, Literal
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from faststream.kafka.message import KafkaMessage
 from prometheus_client import Counter, Gauge
 
-from vigil_contracts.events import LifecycleAction, ModelLifecycleChanged, Stage, canonical_event_adapter
+from vigil_contracts.events import (
+    AlertRaised,
+    LifecycleAction,
+    ModelLifecycleChanged,
+    Severity,
+    Stage,
+    canonical_event_adapter,
+    deterministic_id,
+    utcnow,
+)
 from vigil_runtime.kafka import DeadLetters, Parsed, encode, process_batch, records_of
 from vigil_runtime.metrics import ServiceMetrics
 from vigil_runtime.producer import AckedProducer
@@ -101,6 +111,9 @@ class ScorerMetrics:
         self.evictions = Counter("vigil_scorer_evictions", "Idle encounter states evicted.", registry=r)
         self.swaps = Counter("vigil_model_swaps", "Model swaps, by outcome.", ["outcome"], registry=r)
         self.restored = Counter("vigil_scorer_restored_states", "States restored from the changelog.", registry=r)
+        self.checkpoint_failures = Gauge(
+            "vigil_scorer_checkpoint_failures", "Checkpoints failed in a row (0 once one is written).", registry=r
+        )
 
 
 class ScorerService:
@@ -146,6 +159,8 @@ class ScorerService:
         """The checkpoint whose snapshots are being captured, a slice per batch."""
         self._lag_updated = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self.checkpoint_failures = 0
+        """Checkpoints failed in a row: from ``checkpoint_failures_unready`` on, /ready fails and an alert is open."""
 
     # --- model --------------------------------------------------------------------------------------
 
@@ -184,6 +199,7 @@ class ScorerService:
                 default_model=model.default_model,
                 idle_hours=self.settings.idle_hours,
                 dedupe_ids=self.settings.dedupe_ids,
+                future_skew=timedelta(seconds=self.settings.max_future_skew_s),
             )
         else:
             self.core.swap(model.package, stage=model.stage, default_model=model.default_model)
@@ -353,16 +369,57 @@ class ScorerService:
                 await consumer.commit(
                     {TopicPartition(self.topics.observations, p): o for p, o in checkpoint.offsets.items()}
                 )
-        except BaseException:
+        except BaseException as error:
             held = self.core.states if self.core is not None else {}
             for encounter, partition in checkpoint.encounters:
                 if encounter in held and partition in self.owned:
                     self.unsaved.setdefault(encounter, partition)
+            await self._checkpoint_outcome(error)
             raise
+        await self._checkpoint_outcome(None)
         self.committed.update({p: o for p, o in checkpoint.offsets.items() if p in self.owned})
         stages = self.metrics.base.processing
         stages.labels(SERVICE, "publish_state").observe(t1 - t0)
         stages.labels(SERVICE, "commit").observe(time.perf_counter() - t1)
+
+    def checkpoints_ok(self) -> bool:
+        """False once checkpoints keep failing: offsets stop advancing, so a restart would replay ever more."""
+        return self.checkpoint_failures < self.settings.checkpoint_failures_unready
+
+    async def _checkpoint_outcome(self, error: BaseException | None) -> None:
+        """Count a checkpoint's outcome; open an alert when they keep failing, resolve it when one is written."""
+        was_ok = self.checkpoints_ok()
+        self.checkpoint_failures = 0 if error is None else self.checkpoint_failures + 1
+        self.metrics.checkpoint_failures.set(self.checkpoint_failures)
+        if was_ok == self.checkpoints_ok():
+            return
+        state: Literal["open", "resolved"] = "resolved" if error is None else "open"
+        if error is not None:
+            log.error(
+                "checkpoints keep failing: not ready",
+                extra={"error_type": type(error).__name__, "failures": self.checkpoint_failures},
+            )
+        core = self.core
+        alert = AlertRaised(
+            event_id=deterministic_id("checkpoint-alert", self.settings.group_id, state, time.time()),
+            occurred_at=utcnow(),
+            key=f"checkpoint:{self.settings.group_id}",
+            alert_key=f"checkpoint:{self.settings.group_id}",
+            state=state,
+            kind="checkpoint",
+            severity=Severity.CRITICAL,
+            model_name=core.model_name if core is not None else None,
+            model_version=core.model_version if core is not None else None,
+            metric="checkpoint_failures",
+            value=float(self.checkpoint_failures),
+            threshold=float(self.settings.checkpoint_failures_unready),
+            window="checkpoints in a row",
+            evidence={"error_type": type(error).__name__} if error is not None else {},
+        )
+        try:
+            await self.sink.send_all(self.topics.alerts, [(alert.key_bytes(), encode(alert), None)])
+        except Exception as publish_error:  # the broker may be what fails: /ready and the gauge still say it
+            log.error("checkpoint alert not published", extra={"error_type": type(publish_error).__name__})
 
     async def settle(self) -> None:
         """Finish the checkpoint under way, if any, and wait until it is written (call under :attr:`lock`).
@@ -558,8 +615,26 @@ class ScorerService:
                 continue
             restored += value is not None
         self.needs_restore -= parts
+        await self._mark_replay(parts)
         self.metrics.restored.inc(restored)
         log.info("states restored", extra={"count": restored, "processed": len(parts)})
+
+    async def _mark_replay(self, partitions: set[int]) -> None:
+        """Mark records before the partitions' current log end as a replay (the previous owner may have scored them).
+
+        A score of them under another model version than the snapshot's is marked as a re-score (``rescore``).
+        """
+        consumer = self.consumer_of()
+        if consumer is None or self.core is None or not partitions:
+            return
+        tps = [TopicPartition(self.topics.observations, p) for p in partitions]
+        try:
+            ends = await consumer.end_offsets(tps)
+        except Exception as error:  # without it, replayed scores are still correct, only not marked
+            log.warning("log end offsets unavailable", extra={"error_type": type(error).__name__})
+            return
+        for tp, end in ends.items():
+            self.core.replay_until[tp.partition] = int(end)
 
     async def partitions_revoked(self, partitions: set[int]) -> None:
         """Drop the states of revoked partitions once the in-flight batch is done."""

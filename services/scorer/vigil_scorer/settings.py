@@ -41,10 +41,16 @@ class Settings(VigilSettings):
     """How often idle encounters are looked for."""
     dedupe_ids: int = Field(default=1024, ge=16)
     """Applied event ids remembered per encounter (re-published duplicates are recognised among them)."""
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+    """A reading dated more than this after the scorer's clock is parked, never applied (ingest refuses it too;
+    the topic may have other producers)."""
     checkpoint_interval_s: float = Field(default=1.0, ge=0)
     """How often the states changed since the last checkpoint go to the changelog and the offsets processed since
     are committed (0: after every batch). Scores are published with every batch regardless; after a crash at most
     this much input is replayed, reproducing the same score ids."""
+    checkpoint_failures_unready: int = Field(default=3, ge=1)
+    """Checkpoints failed in a row after which /ready fails and a critical alert is published (resolved by the next
+    checkpoint written): a scorer must never run on silently while its offsets stop advancing."""
     restore_timeout_s: float = Field(default=60.0, gt=0)
     """Longest time a partition's state restore from the changelog may take."""
     registry_poll_s: float = Field(default=30.0, gt=0)

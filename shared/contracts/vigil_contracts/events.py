@@ -155,6 +155,11 @@ class RiskScored(Event):
     hour: int = Field(description="Whole hours since ICU admission at data_time (PhysioNet's ICULOS - 1).")
     observations: int = Field(description="Number of observations included so far for this encounter.")
     latency_ms: float = Field(description="From the newest observation's arrival in Kafka to this score's creation.")
+    rescore: bool = Field(
+        default=False,
+        description="True when this encounter-hour may have been scored before a restart by another model version: "
+        "this score replaces that one (same data, a different model version, so a different id).",
+    )
 
     @staticmethod
     def make_id(model_name: str, model_version: str, encounter: str, data_time: datetime, observations: int) -> str:
@@ -193,7 +198,16 @@ class AlertRaised(Event):
     type: Literal["alert.raised"] = "alert.raised"
     alert_key: str = Field(description="Stable id of the condition: kind, model and feature or metric.")
     state: Literal["open", "resolved"]
-    kind: Literal["data_drift", "missingness", "prediction_drift", "performance", "calibration", "fairness", "latency"]
+    kind: Literal[
+        "data_drift",
+        "missingness",
+        "prediction_drift",
+        "performance",
+        "calibration",
+        "fairness",
+        "latency",
+        "checkpoint",
+    ]
     severity: Severity
     model_name: str | None = None
     model_version: str | None = None

@@ -444,3 +444,144 @@ MEASUREMENTS: tuple[Measurement, ...] = VITALS + LABS
 VOCABULARY: dict[str, Measurement] = {m.name: m for m in MEASUREMENTS + DEMOGRAPHICS}
 BY_COLUMN: dict[str, Measurement] = {m.column: m for m in MEASUREMENTS + DEMOGRAPHICS}
 FEATURE_NAMES: tuple[str, ...] = tuple(m.name for m in MEASUREMENTS)
+
+
+# --- What a pressure measures -----------------------------------------------------------------------------------
+# Systemic arterial pressure (sbp, dbp, map) is judged by the whole Observation, not by its component codes alone:
+# cardiac, pulmonary and venous pressure panels reuse the systemic component codes 8480-6 / 8462-4 / 8478-0 for
+# their own systolic / diastolic / mean values (MII ICU and ISiK pulsatile pressure profiles; tests/testdata/fhir/
+# sites/README.md cites each example). Sources of the codes: LOINC (loinc.org, the "System" axis of each term),
+# SNOMED CT observable entities and body structures, ISO/IEEE 11073-10101 (MDC_PRESS_BLD_*), and the MII ICU
+# module's value sets (medizininformatik-initiative/kerndatensatzmodul-intensivmedizin).
+
+PressureSite = Literal["systemic", "generic", "other"]
+
+
+@dataclass(frozen=True)
+class SiteCode:
+    """One code that says where a pressure was measured."""
+
+    system: Literal["loinc", "snomed", "ieee11073"]
+    code: str
+    site: PressureSite
+    """``systemic``: systemic arterial; ``generic``: a blood pressure of no stated site; ``other``: not systemic."""
+    name: str
+    """What the code names (used in the refusal's reason)."""
+
+
+PRESSURE_SITE_CODES: tuple[SiteCode, ...] = (
+    # Systemic arterial blood-pressure panels and observables (LOINC system axis "Arterial system").
+    SiteCode("loinc", "85354-9", "systemic", "blood pressure panel"),
+    SiteCode("loinc", "55284-4", "systemic", "blood pressure systolic and diastolic"),
+    SiteCode("loinc", "35094-2", "systemic", "blood pressure panel"),
+    SiteCode("snomed", "364090009", "systemic", "systemic arterial pressure"),
+    SiteCode("snomed", "386534000", "systemic", "arterial blood pressure"),
+    SiteCode("snomed", "251076008", "systemic", "cuff blood pressure"),
+    SiteCode("snomed", "163020007", "systemic", "blood pressure reading"),
+    SiteCode("ieee11073", "150020", "systemic", "MDC_PRESS_BLD_NONINV"),
+    SiteCode("ieee11073", "150032", "systemic", "MDC_PRESS_BLD_ART"),
+    SiteCode("ieee11073", "150036", "systemic", "MDC_PRESS_BLD_ART_ABP"),
+    SiteCode("ieee11073", "150040", "systemic", "MDC_PRESS_BLD_AORT"),
+    # "Blood pressure" without a site: the MII ICU parent of every pulsatile pressure (systemic, pulmonary, atrial,
+    # ventricular) carries it, so it does not make a panel systemic.
+    SiteCode("snomed", "75367002", "generic", "blood pressure (no site)"),
+    SiteCode("ieee11073", "150016", "generic", "MDC_PRESS_BLD (no site)"),
+    # Pulmonary artery and wedge.
+    SiteCode("loinc", "76284-9", "other", "pulmonary artery blood pressure panel"),
+    SiteCode("loinc", "8440-0", "other", "pulmonary artery systolic pressure"),
+    SiteCode("loinc", "8385-7", "other", "pulmonary artery diastolic pressure"),
+    SiteCode("loinc", "8414-5", "other", "pulmonary artery mean pressure"),
+    SiteCode("loinc", "75994-4", "other", "pulmonary artery wedge pressure"),
+    SiteCode("snomed", "250767002", "other", "pulmonary artery pressure"),
+    SiteCode("snomed", "118433006", "other", "pulmonary artery wedge pressure"),
+    SiteCode("ieee11073", "150044", "other", "MDC_PRESS_BLD_ART_PULM"),
+    SiteCode("ieee11073", "150052", "other", "MDC_PRESS_BLD_ART_PULM_WEDGE"),
+    # Atria.
+    SiteCode("loinc", "60996-6", "other", "right atrial pressure"),
+    SiteCode("loinc", "60998-2", "other", "right atrial systolic pressure"),
+    SiteCode("loinc", "60997-4", "other", "right atrial diastolic pressure"),
+    SiteCode("loinc", "8400-4", "other", "right atrial mean pressure"),
+    SiteCode("loinc", "60988-3", "other", "left atrial pressure"),
+    SiteCode("loinc", "60989-1", "other", "left atrial systolic pressure"),
+    SiteCode("loinc", "75933-2", "other", "left atrial diastolic pressure"),
+    SiteCode("loinc", "8399-8", "other", "left atrial mean pressure"),
+    SiteCode("snomed", "276755008", "other", "right atrial pressure"),
+    SiteCode("snomed", "276775004", "other", "mean right atrial pressure"),
+    SiteCode("snomed", "276760007", "other", "left atrial pressure"),
+    SiteCode("ieee11073", "150064", "other", "MDC_PRESS_BLD_ATR_LEFT"),
+    SiteCode("ieee11073", "150068", "other", "MDC_PRESS_BLD_ATR_RIGHT"),
+    # Ventricles.
+    SiteCode("loinc", "8430-1", "other", "left ventricular systolic pressure"),
+    SiteCode("loinc", "8375-8", "other", "left ventricular diastolic pressure"),
+    SiteCode("loinc", "8404-6", "other", "left ventricular mean pressure"),
+    SiteCode("loinc", "8432-7", "other", "right ventricular systolic pressure"),
+    SiteCode("loinc", "8377-4", "other", "right ventricular diastolic pressure"),
+    SiteCode("loinc", "8406-1", "other", "right ventricular mean pressure"),
+    SiteCode("snomed", "276769008", "other", "left ventricular pressure"),
+    SiteCode("snomed", "276756009", "other", "right ventricular pressure"),
+    SiteCode("ieee11073", "150100", "other", "MDC_PRESS_BLD_VENT_LEFT"),
+    SiteCode("ieee11073", "150104", "other", "MDC_PRESS_BLD_VENT_RIGHT"),
+    # Veins, skull, extracorporeal circuits.
+    SiteCode("loinc", "60985-9", "other", "central venous pressure"),
+    SiteCode("snomed", "71420008", "other", "central venous pressure"),
+    SiteCode("ieee11073", "150084", "other", "MDC_PRESS_BLD_VEN_CENT"),
+    SiteCode("loinc", "60956-0", "other", "intracranial pressure"),
+    SiteCode("snomed", "250844005", "other", "intracranial pressure"),
+    SiteCode("snomed", "252076005", "other", "venous pressure"),
+    SiteCode("snomed", "182744004", "other", "extracorporeal circulation (a circuit's pressure, not the patient's)"),
+    # Body sites (Observation.bodySite), SNOMED CT body structures.
+    SiteCode("snomed", "81040000", "other", "pulmonary artery"),
+    SiteCode("snomed", "430160002", "other", "branch of pulmonary artery"),
+    SiteCode("snomed", "73829009", "other", "right atrium"),
+    SiteCode("snomed", "82471001", "other", "left atrium"),
+    SiteCode("snomed", "53085002", "other", "right ventricle"),
+    SiteCode("snomed", "87878005", "other", "left ventricle"),
+    SiteCode("snomed", "244385005", "other", "left ventricle"),
+    SiteCode("snomed", "64262003", "other", "vena cava"),
+    SiteCode("snomed", "48345005", "other", "superior vena cava"),
+    SiteCode("snomed", "64131007", "other", "inferior vena cava"),
+    SiteCode("snomed", "731998000", "other", "intracranial subarachnoid space"),
+    SiteCode("snomed", "11527006", "systemic", "radial artery"),
+    SiteCode("snomed", "17137000", "systemic", "brachial artery"),
+    SiteCode("snomed", "7657000", "systemic", "femoral artery"),
+    SiteCode("snomed", "15825003", "systemic", "aorta"),
+    SiteCode("snomed", "86547008", "systemic", "dorsalis pedis artery"),
+    SiteCode("snomed", "40983000", "systemic", "upper arm"),
+    SiteCode("snomed", "368208006", "systemic", "left upper arm"),
+    SiteCode("snomed", "368209003", "systemic", "right upper arm"),
+    SiteCode("snomed", "8205005", "systemic", "wrist"),
+    SiteCode("snomed", "68367000", "systemic", "thigh"),
+)
+"""Codes that tell where a pressure was measured (code, component code, bodySite, method or category)."""
+
+NON_SYSTEMIC_IEEE_RANGES: tuple[tuple[int, int, str], ...] = (
+    (150044, 150055, "pulmonary artery (MDC_PRESS_BLD_ART_PULM*)"),
+    (150060, 150111, "an atrium, vein or ventricle (MDC_PRESS_BLD_ATR_* / VEN_* / VENT_*)"),
+)
+"""ISO/IEEE 11073-10101 blood-pressure terms whose site is not systemic arterial: each term is followed by its
+systolic, diastolic and mean (e.g. 150044 MDC_PRESS_BLD_ART_PULM, 150045-150047), so components are covered."""
+
+NON_SYSTEMIC_WORDS: tuple[str, ...] = (
+    "pulmonary",
+    "pulmonal",
+    "wedge",
+    "atrial",
+    "atrium",
+    "vorhof",
+    "ventric",
+    "central venous",
+    "zentralven",
+    "venous",
+    "venös",
+    "venoes",
+    "vena cava",
+    "intracranial",
+    "intrakran",
+    "extracorporeal",
+    "extrakorporal",
+)
+"""Words of a display or text naming a site that is not systemic arterial (English and German): a last resort for
+codes outside the table, checked only on pressures that would otherwise map to sbp, dbp or map."""
+
+SYSTEMIC_PRESSURE_FEATURES: frozenset[str] = frozenset({"sbp", "dbp", "map"})
+"""Features that are systemic arterial pressures."""

@@ -308,6 +308,11 @@ def _raw_layout() -> tuple[str, ...]:
     return tuple(keys)
 
 
+HORIZON_HOURS = 2 * WINDOWS[-1]
+"""Hours behind an encounter's newest hour whose readings a compacted state keeps (twice the longest window)."""
+KEEP_PER_HOUR = 2
+"""Readings kept per feature and hour by compaction: the one holding the hour and one to fall back on."""
+
 _RAW_KEYS = _raw_layout()
 _RAW_INDEX = {k: i for i, k in enumerate(_RAW_KEYS)}
 _USED_WINDOWED = tuple((name, name in WINDOWED) for name in USED)
@@ -347,6 +352,10 @@ class EncounterState:
         self._max_time: int | None = None
         self._min_time: int | None = None
         self._admitted: tuple[datetime | None, int] = (None, 0)
+        # What compaction (see :meth:`compact`) dropped: per feature, measured hours no longer held, and the
+        # newest time dropped (a reading at or before it cannot be placed any more and is ignored).
+        self._dropped: dict[str, int] = {}
+        self._floor: dict[str, int] = {}
 
     # -- applying events --
 
@@ -361,6 +370,9 @@ class EncounterState:
             if feature not in USED and feature not in _DEMOGRAPHIC:
                 return
             t = _micros(event.observed_at)
+            floor = self._floor.get(feature)
+            if floor is not None and t <= floor:
+                return  # older than what compaction kept: its hour's bucket is summarised, not held
             source = event.source
             rkey = f"{source.resource_type}/{source.resource_id}|{t}"
             per = self._readings.get(feature)
@@ -463,8 +475,61 @@ class EncounterState:
 
     @property
     def observations(self) -> int:
-        """Number of readings held (redeliveries counted once, retracted ones removed)."""
+        """Number of readings applied (redeliveries counted once, retracted ones removed; compaction keeps it)."""
         return self._count
+
+    def compact(self, horizon_hours: int = HORIZON_HOURS, keep_per_hour: int = KEEP_PER_HOUR) -> int:
+        """Keep only what the features need; returns how many readings were dropped.
+
+        Per feature: in the hours from ``horizon_hours`` before the newest hour on, the ``keep_per_hour`` latest
+        readings of each hour (the one holding it and a fallback for a retraction); before that, the two newest
+        measured hours (last and previous value) and the number of other measured hours. Features at any hour from
+        the newest minus ``horizon_hours - 24`` on are unchanged (the 24-hour windows, last, previous and count),
+        so a snapshot stays small (one 16 MiB bundle of 25,000 readings gave a 1 MB snapshot without this) and a
+        state restored from it scores as the state it was taken from. The scorer compacts before each snapshot.
+        """
+        buckets = self._bucketed()
+        newest = self._max_hour
+        base = self._bucket_base
+        if newest is None or base is None:
+            return 0
+        cutoff = newest - horizon_hours
+        dropped = 0
+        for feature, per in self._readings.items():
+            hours = buckets.get(feature, _EMPTY)[0]
+            if not per or not hours:
+                continue
+            old_hours = [h for h in hours if h < cutoff]
+            keep_old = set(old_hours[-2:])
+            gone_hours = old_hours[:-2]
+            by_hour: dict[int, list[tuple[int, int, str]]] = {}
+            for key, (t, _v, seq) in per.items():
+                by_hour.setdefault((t - base) // _US_PER_HOUR, []).append((t, seq, key))
+            removed: list[str] = []
+            floor = self._floor.get(feature)
+            for hr, items in by_hour.items():
+                if hr < cutoff and hr not in keep_old:
+                    removed.extend(k for _t, _q, k in items)
+                    end_of_hour = base + (hr + 1) * _US_PER_HOUR - 1
+                    floor = end_of_hour if floor is None else max(floor, end_of_hour)
+                    continue
+                limit = 1 if hr < cutoff else keep_per_hour
+                if len(items) > limit:
+                    items.sort()
+                    removed.extend(k for _t, _q, k in items[:-limit])
+            if not removed:
+                continue
+            for key in removed:
+                del per[key]
+            dropped += len(removed)
+            if gone_hours:
+                self._dropped[feature] = self._dropped.get(feature, 0) + len(gone_hours)
+            if floor is not None:
+                self._floor[feature] = floor
+            self._dirty.add(feature)
+        if dropped:
+            self._bucketed()
+        return dropped
 
     @property
     def data_time(self) -> datetime | None:
@@ -489,6 +554,7 @@ class EncounterState:
             # Demographics do not change with time: the latest reading holds whatever the hour asked.
             out.append(values[-1] if values else nan)
         bisect_right, bisect_left = bisect.bisect_right, bisect.bisect_left
+        dropped = self._dropped
         for name, windowed in _USED_WINDOWED:
             hours, values = b.get(name, _EMPTY)
             if h is None or not hours:
@@ -497,10 +563,11 @@ class EncounterState:
                 k = len(hours)  # the common case: scored at (or after) the feature's newest hour
             else:
                 k = bisect_right(hours, h)
+            gone = dropped.get(name, 0)  # measured hours summarised away by compaction (0 without it)
             if k >= 2:
-                out += (values[k - 1], float(hours[k - 1]), values[k - 2], float(k))
+                out += (values[k - 1], float(hours[k - 1]), values[k - 2], float(k + gone))
             elif k == 1:
-                out += (values[0], float(hours[0]), nan, 1.0)
+                out += (values[0], float(hours[0]), nan, float(1 + gone))
             else:
                 out += (nan, nan, nan, 0.0)
             if windowed:
@@ -540,6 +607,9 @@ class EncounterState:
             # In no particular order: each reading carries its arrival sequence number, and the buckets are rebuilt
             # from (time, sequence), not from the order of the list.
             "readings": {f: [[k, t, v, q] for k, (t, v, q) in per.items()] for f, per in self._readings.items()},
+            "count": self._count,
+            "dropped": self._dropped,
+            "floor": self._floor,
         }
 
     @classmethod
@@ -552,7 +622,10 @@ class EncounterState:
         s._seq = int(d.get("seq", 0))
         for f, rows in d.get("readings", {}).items():
             s._readings[f] = {str(k): (int(t), float(v), int(q)) for k, t, v, q in rows}
-        s._count = sum(len(per) for per in s._readings.values())
+        held = sum(len(per) for per in s._readings.values())
+        s._count = int(d.get("count", held))
+        s._dropped = {str(f): int(n) for f, n in d.get("dropped", {}).items()}
+        s._floor = {str(f): int(t) for f, t in d.get("floor", {}).items()}
         s._dirty = set(s._readings)
         return s
 

@@ -40,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
@@ -52,6 +52,7 @@ from vigil_contracts.events import (
     ObservationRetracted,
     RiskScored,
     Stage,
+    utcnow,
 )
 from vigil_scoring.features import FEATURE_COLUMNS, EncounterState, features_many
 
@@ -115,6 +116,12 @@ class Tracked:
     """(data_time, observations) of the last row taken: an unchanged state is not scored twice."""
     deferred: list[Row] = field(default_factory=list)
     """This batch's rows of earlier hours whose features are not computed yet (see ``EncounterTracker.apply``)."""
+    scored_by: str | None = None
+    """Model version of the live scorer's last score (kept in the snapshot): a replay under another is a re-score."""
+    restored_by: str | None = None
+    """``scored_by`` of the snapshot this state was restored from: the version the replayed records were scored by."""
+    pending_replay: bool = False
+    """Events applied since the last row include records that existed before this process started."""
 
     def __post_init__(self) -> None:
         if self.cur_hour is None and self.max_time is None:
@@ -141,6 +148,7 @@ class Tracked:
             "last_offset": self.last_offset,
             "recent_ids": list(self.recent_ids),
             "last_seen": self.last_seen,
+            "scored_by": self.scored_by,
         }
 
     @classmethod
@@ -156,6 +164,8 @@ class Tracked:
             recent_ids=ids,
             id_set=set(ids),
             last_seen=float(d.get("last_seen", 0.0)),
+            scored_by=d.get("scored_by"),
+            restored_by=d.get("scored_by"),
         )
 
 
@@ -172,6 +182,11 @@ class Row:
     data_time: datetime
     observations: int
     arrived_at: float | None
+    replay: bool = False
+    """Built from records that existed before this process started (a previous owner may have scored them)."""
+    restored_by: str | None = None
+    """The model version that scored the encounter before the restart, if known."""
+    tracked: Tracked | None = None
 
 
 @dataclass
@@ -248,6 +263,7 @@ def predict(rows: Sequence[Row], models: Sequence[Deployed], *, created: float) 
         for row, p in zip(rows, probabilities, strict=True):
             probability = min(1.0, max(0.0, float(p)))
             latency = (created - row.arrived_at) * 1000.0 if row.arrived_at is not None else 0.0
+            rescore = row.replay and row.restored_by is not None and row.restored_by != version
             scores.append(
                 RiskScored(
                     event_id=RiskScored.make_id(name, version, row.encounter, row.data_time, row.observations),
@@ -267,6 +283,7 @@ def predict(rows: Sequence[Row], models: Sequence[Deployed], *, created: float) 
                     hour=row.hour,
                     observations=row.observations,
                     latency_ms=max(0.0, latency),
+                    rescore=rescore,
                 )
             )
     return scores
@@ -284,9 +301,21 @@ class EncounterTracker:
     """Per-encounter states: dedupe, hour-boundary rows, snapshots and eviction (see the module docstring)."""
 
     def __init__(
-        self, *, idle_hours: float = 24.0, dedupe_ids: int = 1024, clock: Callable[[], float] = time.time
+        self,
+        *,
+        idle_hours: float = 24.0,
+        dedupe_ids: int = 1024,
+        clock: Callable[[], float] = time.time,
+        future_skew: timedelta = timedelta(minutes=5),
+        utc_now: Callable[[], datetime] = utcnow,
     ) -> None:
         self.states: dict[str, Tracked] = {}
+        self.replay_until: dict[int, int] = {}
+        """Per partition, the log end when its states were restored: records before it are a replay."""
+        # Defence in depth behind ingest's time rules (the topic may have other producers): one reading dated past
+        # the scorer's own clock would move the encounter's hour there and keep it in a false alarm for good.
+        self.future_skew = future_skew
+        self.utc_now = utc_now
         self.idle_hours = idle_hours
         self.dedupe_ids = dedupe_ids
         self.clock = clock
@@ -303,9 +332,13 @@ class EncounterTracker:
         rows: list[Row] = []
         touched: dict[str, Tracked] = {}
         wall = self.clock() if now is None else now
+        latest_believable = self.utc_now() + self.future_skew
         for index, item in enumerate(events):
             inc = item if isinstance(item, Incoming) else Incoming(item)
             event = inc.event
+            if isinstance(event, ObservationRecorded) and event.observed_at > latest_believable:
+                out.failures.append((index, "observed_at is later than the scorer's clock plus the allowed skew"))
+                continue
             encounter = _encounter_of(event)
             if not encounter:
                 out.failures.append((index, "no encounter linked: cannot be scored"))
@@ -373,6 +406,12 @@ class EncounterTracker:
         tracked.last_seen = wall
         if inc.arrived_at is not None:
             tracked.pending_arrival = max(tracked.pending_arrival or 0.0, inc.arrived_at)
+        if (
+            inc.offset is not None
+            and inc.partition is not None
+            and inc.offset < self.replay_until.get(inc.partition, -1)
+        ):
+            tracked.pending_replay = True
         if tracked.max_time is not None:
             newest = self._newest_data.get(tracked.partition)
             if newest is None or tracked.max_time > newest:
@@ -408,7 +447,11 @@ class EncounterTracker:
             data_time=data_time,
             observations=observations,
             arrived_at=tracked.pending_arrival,
+            replay=tracked.pending_replay,
+            restored_by=tracked.restored_by,
+            tracked=tracked,
         )
+        tracked.pending_replay = False
         rows.append(row)
         if defer:
             tracked.deferred.append(row)
@@ -419,7 +462,12 @@ class EncounterTracker:
     def snapshot(self, encounter: str) -> bytes | None:
         """The changelog value of an encounter's state (None when it is not held)."""
         tracked = self.states.get(encounter)
-        return orjson.dumps(tracked.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY) if tracked is not None else None
+        if tracked is None:
+            return None
+        # Compacted in place, not only in the snapshot: the state that goes on scoring is the one a restart restores,
+        # so a restart re-sends nothing that differs. Between batches only (the pipeline snapshots there).
+        tracked.state.compact()
+        return orjson.dumps(tracked.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
 
     def restore(self, encounter: str, value: bytes | None) -> None:
         """Install a state from its changelog value; a tombstone (None) forgets it."""
@@ -493,8 +541,13 @@ class ScoringCore:
         idle_hours: float = 24.0,
         dedupe_ids: int = 1024,
         clock: Callable[[], float] = time.time,
+        future_skew: timedelta = timedelta(minutes=5),
+        utc_now: Callable[[], datetime] = utcnow,
     ) -> None:
-        self.tracker = EncounterTracker(idle_hours=idle_hours, dedupe_ids=dedupe_ids, clock=clock)
+        self.tracker = EncounterTracker(
+            idle_hours=idle_hours, dedupe_ids=dedupe_ids, clock=clock, future_skew=future_skew, utc_now=utc_now
+        )
+        self.replay_until = self.tracker.replay_until
         self.model = Deployed(package, Stage(stage), default_model)
         self.states = self.tracker.states
         self.snapshot = self.tracker.snapshot
@@ -549,6 +602,10 @@ class ScoringCore:
         """Apply a batch of events in order, then score every touched encounter-hour in one vectorised call."""
         batch = self.tracker.apply(events, now=now)
         batch.outcome.scores = predict(batch.rows, [self.model], created=self.tracker.clock())
+        version = self.model_version
+        for row in batch.rows:
+            if row.tracked is not None:
+                row.tracked.scored_by = version  # what a replay after a restart compares its version with
         return batch.outcome
 
     def __len__(self) -> int:

@@ -1,0 +1,83 @@
+"""Dependencies of the FHIR routes (``Annotated`` aliases) and the one error type they raise.
+
+Errors carry their HTTP status and FHIR issue code (:class:`FhirError`); one handler turns them into an
+OperationOutcome, so routes stay free of try/except ladders.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, Request, Response
+
+from vigil_ingest.core import IngestCore
+from vigil_ingest.fhir_http import operation_outcome
+from vigil_ingest.mapping import strip_bom
+from vigil_ingest.settings import Settings
+
+FHIR_JSON = "application/fhir+json"
+ACCEPTED_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+
+
+class FhirError(Exception):
+    """A request refused as a whole: HTTP status, FHIR issue code, diagnostics (no values of the input)."""
+
+    def __init__(self, status: int, code: str, diagnostics: str) -> None:
+        super().__init__(diagnostics)
+        self.status = status
+        self.code = code
+        self.diagnostics = diagnostics
+
+
+def fhir_response(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
+    """A FHIR JSON answer."""
+    return Response(orjson.dumps(body), status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+async def fhir_error_handler(request: Request, error: FhirError) -> Response:
+    """The OperationOutcome of a refused request."""
+    return fhir_response(operation_outcome([("error", error.code, error.diagnostics)]), error.status)
+
+
+def get_core(request: Request) -> IngestCore:
+    """The app's ingest core (mapping, dedupe, publishing)."""
+    core: IngestCore = request.app.state.ingest_core
+    return core
+
+
+def get_settings(request: Request) -> Settings:
+    """The service's settings."""
+    settings: Settings = request.app.state.ingest_settings
+    return settings
+
+
+CoreDep = Annotated[IngestCore, Depends(get_core)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def read_fhir_json(request: Request, settings: SettingsDep) -> Any:
+    """The request's body as parsed JSON: FHIR JSON content type, at most ``max_body_bytes``, a BOM dropped."""
+    content_type = request.headers.get("content-type", FHIR_JSON).split(";")[0].strip().lower()
+    if content_type not in ACCEPTED_TYPES:
+        raise FhirError(415, "not-supported", f"content type '{content_type[:60]}' is not FHIR JSON")
+    limit = settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise FhirError(413, "too-costly", f"body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise FhirError(413, "too-costly", f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(strip_bom(b"".join(chunks)))
+    except orjson.JSONDecodeError as error:
+        raise FhirError(
+            400, "invalid", f"invalid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from error
+
+
+FhirBody = Annotated[Any, Depends(read_fhir_json)]

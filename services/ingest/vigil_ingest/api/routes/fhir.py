@@ -1,0 +1,168 @@
+"""The FHIR REST endpoints: POST a Bundle to the base, POST/PUT a resource to its type, the CapabilityStatement.
+
+Routes parse and hand off: the body comes from the ``FhirBody`` dependency, the core from ``CoreDep``; mapping and
+publishing are the core's, the answers (OperationOutcome, batch/transaction-response) ``vigil_ingest.fhir_http``'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from vigil_contracts.events import Event
+from vigil_ingest.api.deps import CoreDep, FhirBody, FhirError, SettingsDep, fhir_response
+from vigil_ingest.core import IngestCore
+from vigil_ingest.fhir_http import entry_status, location, operation_outcome, rejection_issues
+from vigil_ingest.mapping import MapResult
+from vigil_ingest.settings import Settings
+
+SERVICE = "ingest"
+RESOURCE_TYPES = frozenset({"Observation", "Patient", "Encounter", "Location", "DiagnosticReport", "Bundle"})
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+base_router = APIRouter()
+"""``POST <base>`` without a trailing slash (only where the base is not the root)."""
+
+
+async def ingest(core: IngestCore, settings: Settings, payload: Any, expected_type: str | None) -> Response:
+    """Map one request's payload, publish its events (acknowledged), answer as FHIR."""
+    started = time.perf_counter()
+    if not isinstance(payload, dict):
+        raise FhirError(400, "invalid", "body is not a JSON object (a FHIR resource or Bundle)")
+    rtype = payload.get("resourceType")
+    if not isinstance(rtype, str):
+        raise FhirError(400, "required", "missing resourceType")
+    if expected_type is not None and rtype != expected_type:
+        raise FhirError(400, "invalid", f"resourceType '{rtype[:40]}' does not match the URL's '{expected_type}'")
+    result = core.mapper.map_payload(payload)
+    core.count_result("http", result)
+    if result.counts.get("rejected_payload"):
+        return fhir_response(operation_outcome(rejection_issues(result.rejections)), 400)
+    if rtype == "Bundle":
+        response = await _bundle(core, settings, result)
+    else:
+        response = await _single(core, result, payload)
+    core.metrics.processing.labels(SERVICE, "http").observe(time.perf_counter() - started)
+    return response
+
+
+async def _publish(core: IngestCore, result: MapResult) -> set[str]:
+    """Publish and wait for the broker; the ids of the events that were new. 503 when it did not acknowledge."""
+    try:
+        published, _ = await core.publish_result(result)
+    except Exception as error:
+        log.error("publish failed", extra={"error_type": type(error).__name__, "count": len(result.events)})
+        raise FhirError(503, "transient", "the broker did not acknowledge the events; retry") from error
+    return {e.event_id for e in published}
+
+
+def _fresh(events: list[Any], fresh_ids: set[str]) -> int:
+    return sum(1 for e in events if isinstance(e, Event) and e.event_id in fresh_ids)
+
+
+async def _single(core: IngestCore, result: MapResult, payload: dict[str, Any]) -> Response:
+    entry = result.entries[0]
+    if entry.outcome == "rejected":
+        status_line, issues = entry_status(entry, 0)
+        return fhir_response(operation_outcome(issues), int(status_line[:3]))
+    fresh = _fresh(entry.events, await _publish(core, result))
+    status_line, issues = entry_status(entry, fresh)
+    headers = {"Location": loc} if (loc := location(entry)) else None
+    if entry.events and not fresh and not entry.rejections:
+        # An identical resubmission: 200 with the resource as it stands (the same content as sent).
+        return fhir_response(payload, 200, headers)
+    return fhir_response(operation_outcome(issues), int(status_line[:3]), headers)
+
+
+async def _bundle(core: IngestCore, settings: Settings, result: MapResult) -> Response:
+    transaction = result.bundle_type == "transaction"
+    if transaction and settings.strict_transactions and result.rejections:
+        return fhir_response(operation_outcome(rejection_issues(result.rejections)), 422)
+    fresh_ids = await _publish(core, result)
+    entries = []
+    for entry in result.entries:
+        fresh = _fresh(entry.events, fresh_ids)
+        response: dict[str, Any]
+        if (
+            fresh
+            and fresh == len(entry.events)
+            and not entry.rejections
+            and entry.note is None
+            and not entry.correction
+        ):
+            # The common case, kept small (a Bundle of thousands of readings): created, nothing to say.
+            response = {"status": "201 Created"}
+        else:
+            status_line, issues = entry_status(entry, fresh)
+            response = {"status": status_line, "outcome": operation_outcome(issues)}
+        if (loc := location(entry)) is not None and not response["status"].startswith("4"):
+            response["location"] = loc
+        entries.append({"response": response})
+    body = {
+        "resourceType": "Bundle",
+        "type": "transaction-response" if transaction else "batch-response",
+        "entry": entries,
+    }
+    return fhir_response(body, 200)
+
+
+async def post_base(core: CoreDep, settings: SettingsDep, payload: FhirBody) -> Response:
+    """Post a Bundle (transaction, batch, collection, searchset, message) to the base."""
+    if isinstance(payload, dict) and payload.get("resourceType") not in (None, "Bundle"):
+        raise FhirError(400, "not-supported", "POST to the base takes a Bundle; post resources to their type")
+    return await ingest(core, settings, payload, "Bundle")
+
+
+_SUMMARY = "Post a Bundle (transaction, batch, collection, searchset, message) to the base"
+base_router.add_api_route("", post_base, methods=["POST"], summary=_SUMMARY)
+router.add_api_route("/", post_base, methods=["POST"], summary=_SUMMARY, include_in_schema=False)
+
+
+@router.get("/metadata", summary="A minimal CapabilityStatement")
+async def metadata() -> Response:
+    """What this FHIR endpoint accepts."""
+    types = sorted(RESOURCE_TYPES - {"Bundle"})
+    return fhir_response(
+        {
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "kind": "instance",
+            "fhirVersion": "4.0.1",
+            "format": ["application/fhir+json", "application/json"],
+            "rest": [
+                {
+                    "mode": "server",
+                    "resource": [{"type": t, "interaction": [{"code": "create"}, {"code": "update"}]} for t in types],
+                    "interaction": [{"code": "transaction"}, {"code": "batch"}],
+                }
+            ],
+        },
+        200,
+    )
+
+
+@router.post("/{resource_type}", summary="Post one resource (Observation, Patient, Encounter...) to its type")
+async def post_resource(resource_type: str, core: CoreDep, settings: SettingsDep, payload: FhirBody) -> Response:
+    """Post one resource to its type."""
+    if resource_type not in RESOURCE_TYPES:
+        raise FhirError(404, "not-supported", f"resource type '{resource_type[:40]}' is not accepted here")
+    return await ingest(core, settings, payload, resource_type)
+
+
+@router.put("/{resource_type}/{resource_id}", summary="Put one resource (an update: amended, corrected...)")
+async def put_resource(
+    resource_type: str, resource_id: str, core: CoreDep, settings: SettingsDep, payload: FhirBody
+) -> Response:
+    """Put one resource: the URL's id wins (a different id in the body is refused)."""
+    if resource_type not in RESOURCE_TYPES - {"Bundle"}:
+        raise FhirError(404, "not-supported", f"resource type '{resource_type[:40]}' is not accepted here")
+    if isinstance(payload, dict):
+        if payload.get("id") not in (None, resource_id):
+            raise FhirError(400, "invalid", "the resource's id does not match the URL's id")
+        payload["id"] = resource_id
+    return await ingest(core, settings, payload, resource_type)
