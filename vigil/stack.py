@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from vigil.credentials import ensure_secrets
 from vigil.http_tokens import HttpSecrets
 from vigil.kafka_local import LocalCluster, process_alive, vigil_home
 from vigil_contracts.topics import Topics
@@ -162,7 +163,8 @@ class Stack:
         return state
 
     def up(self, extra_env: dict[str, str] | None = None, timeout: float = 60.0) -> dict[str, bool]:
-        """Start the broker, create the topics and ACLs (as the administrator), start the services."""
+        """Make the secrets (first time), start the broker, create the topics and ACLs (as admin), start services."""
+        ensure_secrets(self.home, kafka=not self.development)
         self.cluster.start()
         settings = {**os.environ, **(extra_env or {})}
         self.cluster.provision(

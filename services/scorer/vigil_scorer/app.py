@@ -47,7 +47,7 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
         publisher,
         topics.dead_letter,
         service=SERVICE,
-        on_parked=lambda letter: metrics.count(letter.source_topic, "parked_total"),
+        on_parked=lambda letter: metrics.count(letter.source_topic, "parked"),
     )
     service = ScorerService(
         settings,
