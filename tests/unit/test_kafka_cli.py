@@ -15,8 +15,12 @@ from vigil import kafka_local
 from vigil.cli import app
 
 
-def fake_cluster(home: Path, name: str, base_port: int, brokers: int = 1) -> kafka_local.LocalCluster:
-    cluster = kafka_local.LocalCluster(name=name, brokers=brokers, base_port=base_port, home=home)
+def fake_cluster(
+    home: Path, name: str, base_port: int, brokers: int = 1, *, secured: bool = True
+) -> kafka_local.LocalCluster:
+    cluster = kafka_local.LocalCluster(name=name, brokers=brokers, base_port=base_port, home=home, secured=secured)
+    if secured:
+        cluster.secrets.ensure(cluster.principals)  # a secured node's properties carry the admin's login
     for node in cluster.nodes:
         node.directory.mkdir(parents=True)
         (node.directory / "server.properties").write_text(cluster._properties(node))
@@ -29,6 +33,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     fake_cluster(tmp_path, "default", 9092)
     fake_cluster(tmp_path, "stack-29092", 29092)
     fake_cluster(tmp_path, "three", 39092, brokers=3)
+    fake_cluster(tmp_path, "dev", 49092, secured=False)
     return tmp_path
 
 
@@ -39,6 +44,9 @@ def test_clusters_are_found_by_the_port_they_listen_on_or_by_name(home: Path) ->
     assert len(found) == 1 and found[0].brokers == 3 and found[0].base_port == 39092
     assert kafka_local.find_clusters(port=29092, name="default") == []
     assert kafka_local.find_clusters(port=12345) == []
+    # Found as started: stop/status of a development-mode cluster need no --dev repeated.
+    assert [c.secured for c in kafka_local.find_clusters(name="dev")] == [False]
+    assert [c.secured for c in kafka_local.find_clusters(name="three")] == [True]
 
 
 def test_stop_by_port_of_a_cluster_that_is_not_running_fails_and_says_so(home: Path) -> None:
