@@ -227,8 +227,12 @@ def _query(prometheus: str, expr: str) -> list[dict[str, Any]]:
 def _exercise_refusals_and_dead_letters(demo: dict[str, Any]) -> None:
     """What a healthy demo does not do: a malformed POST (400), an implausible reading (422 entry) and a record
     that does not parse on the observations topic (parked by every consumer), so their panels have data too."""
+    from vigil.stack import Stack
+
+    stack = Stack(kafka_port=KAFKA_PORT, port_base=PORT_BASE)  # the demo's stack: its secrets, its broker
     ingest = f"http://127.0.0.1:{PORT_BASE}"
-    fhir = {"content-type": "application/fhir+json"}
+    # As the EHR (the simulator's token): refusals for what is sent, not for who sends it.
+    fhir = {"content-type": "application/fhir+json", "authorization": f"Bearer {stack.token('simulator')}"}
     assert httpx.post(ingest, content=b"{not json", headers=fhir).status_code == 400
     stay = sim.load_stays(None, stays=1, seed=99, id_prefix="prom")[0]
     bundle = {
@@ -243,13 +247,14 @@ def _exercise_refusals_and_dead_letters(demo: dict[str, Any]) -> None:
             )
         ],
     }
-    r = httpx.post(ingest, content=orjson.dumps(bundle), headers={"content-type": "application/fhir+json"})
+    r = httpx.post(ingest, content=orjson.dumps(bundle), headers=fhir)
     assert r.status_code < 300 and "422" in r.text, r.text[:500]
 
     async def park() -> None:
         from aiokafka import AIOKafkaProducer
 
-        producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{KAFKA_PORT}", acks="all")
+        # As the administrator: no principal of the stack may write garbage to the observations topic.
+        producer = AIOKafkaProducer(**stack.cluster.connection().client_kwargs(), acks="all")
         await producer.start()
         try:
             await producer.send_and_wait(f"{demo['topic_prefix']}observations", b"not an event", key=b"prom")

@@ -43,6 +43,7 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
     broker.publisher(topics.dead_letter, schema=DeadLettered, title="dead letters")
     broker.publisher(topics.alerts, schema=AlertRaised, title="provenance alerts (refused lifecycle events)")
     publisher = Publisher(broker)
+    metrics.declare([topics.observations, topics.lifecycle], "parked")  # the first dead letter is an increase
     dead_letters = DeadLetters(
         publisher,
         topics.dead_letter,

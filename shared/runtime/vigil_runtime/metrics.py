@@ -88,6 +88,18 @@ class ServiceMetrics:
         if n:
             self.messages.labels(self.service, topic_label(topic), outcome).inc(n)
 
+    def declare(self, topics: list[str], *outcomes: str) -> None:
+        """Start the series of ``outcomes`` for ``topics`` at 0, before the first such record.
+
+        A counter series born at its first increment has no earlier sample, so Prometheus' ``increase()`` sees no
+        increase for it: the first dead letter of a process would never fire ``VigilDeadLetters``. Declared at
+        start, the series reads 0 first and the first parked record is an increase (Prometheus' instrumentation
+        practices: "avoid missing metrics").
+        """
+        for topic in topics:
+            for outcome in outcomes:
+                self.messages.labels(self.service, topic_label(topic), outcome)
+
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered HTTP request and its latency."""
         self.http_requests.labels(self.service, route, method, str(status)).inc()
