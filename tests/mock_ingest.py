@@ -58,10 +58,14 @@ class MockIngest:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = 0
+                forwarded = {"content-type": FHIR}
                 for line in head.split(b"\r\n"):
                     name, _, value = line.partition(b":")
                     if name.strip().lower() == b"content-length":
                         length = int(value.strip())
+                    elif name.strip().lower() == b"authorization":
+                        # The caller's credentials go upstream unchanged: the real ingest decides, not the front.
+                        forwarded["authorization"] = value.strip().decode()
                 raw = await reader.readexactly(length) if length else b"{}"
                 body = orjson.loads(raw)
                 self.requests += 1
@@ -69,7 +73,7 @@ class MockIngest:
                 what = self.behaviour(self.requests)
                 if what in ("forward", "forward-then-drop"):
                     async with httpx.AsyncClient(base_url=str(self.upstream), timeout=60) as client:
-                        answer = await client.post("/", content=raw, headers={"content-type": FHIR})
+                        answer = await client.post("/", content=raw, headers=forwarded)
                     if what == "forward-then-drop":
                         writer.close()
                         return

@@ -44,10 +44,11 @@ async def run_demo_against(
     monkeypatch: pytest.MonkeyPatch,
     deadlines: Deadlines,
 ) -> tuple[dict[str, object], str, str]:
+    broker_secrets = kafka_cluster.secrets.directory.parent  # read before VIGIL_HOME moves
     monkeypatch.setenv("VIGIL_HOME", str(tmp_path / "home"))
     # The demo's home is the test's, its secrets the test broker's (the CA and the principals' passwords).
     (tmp_path / "home").mkdir()
-    (tmp_path / "home" / "secrets").symlink_to(kafka_cluster.secrets.directory.parent)
+    (tmp_path / "home" / "secrets").symlink_to(broker_secrets)
     ingest = MockIngest(behaviour)  # type: ignore[arg-type]
     url = await ingest.start()
     options = DemoOptions(
