@@ -15,6 +15,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # promtool checks every service's /metrics and unit-tests the alert rules; the Prometheus server of the same
 # package scrapes a running stack in the dashboard test.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# npm packs the pinned axe-core for the console's accessibility check (below).
+command -v npm >/dev/null 2>&1 || need+=(npm)
 fi
 if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
@@ -24,5 +26,20 @@ if ((${#need[@]})); then
   else
     echo "missing system packages (install them, or run as root): ${need[*]}" >&2
     exit 1
+  fi
+fi
+
+# axe-core, pinned, for the console's browser test (tests/e2e/test_console.py injects it into each page). It is
+# fetched with `npm pack` from the npm registry into tests/support/axe/ (git-ignored; no node_modules).
+AXE_VERSION=4.10.3
+if [[ "${1:-}" != "--broker-only" ]]; then
+  axe_dir="$(dirname "$0")/../tests/support/axe"
+  if [[ ! -f "$axe_dir/axe.min.js" || "$(cat "$axe_dir/VERSION" 2>/dev/null)" != "$AXE_VERSION" ]]; then
+    mkdir -p "$axe_dir"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack --silent "axe-core@$AXE_VERSION" >/dev/null && tar -xzf "axe-core-$AXE_VERSION.tgz" package/axe.min.js)
+    mv "$tmp/package/axe.min.js" "$axe_dir/axe.min.js"
+    echo "$AXE_VERSION" > "$axe_dir/VERSION"
+    rm -rf "$tmp"
   fi
 fi

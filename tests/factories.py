@@ -217,3 +217,47 @@ ALL = {
     "comparison": comparison,
     "dead_letter": dead_letter,
 }
+
+
+def stay_stream(
+    stay: Any, encounter: str, *, admitted: datetime = T0, with_outcome: bool = True
+) -> tuple[list[ev.EncounterRecorded | ev.ObservationRecorded], list[ev.OutcomeRecorded]]:
+    """One PhysioNet stay as an EHR and an outcome feed would send it: its events, a discharge, its outcome.
+
+    The outcome is the simulator's (``vigil.simulate.outcome_event``): onset t_sepsis for a septic stay, else the
+    discharge at the end of its last row hour.
+    """
+    from vigil_scoring.physionet import sepsis_onset_hour, stay_events
+
+    events: list[ev.EncounterRecorded | ev.ObservationRecorded] = list(
+        stay_events(stay, encounter=encounter, patient=f"pat-{encounter}", icu_admitted_at=admitted)
+    )
+    end = admitted + timedelta(hours=int(stay["hour"].max()) + 1)
+    events.append(
+        ev.EncounterRecorded(
+            event_id=ev.deterministic_id("enc", encounter, "2"),
+            occurred_at=end,
+            key=encounter,
+            encounter=encounter,
+            patient=f"pat-{encounter}",
+            status="finished",
+            icu_admitted_at=admitted,
+            discharged_at=end,
+            source=ev.SourceRef(resource_type="Encounter", resource_id=encounter, version_id="2"),
+        )
+    )
+    if not with_outcome:
+        return events, []
+    onset = sepsis_onset_hour(stay)
+    onset_at = None if onset is None else admitted + timedelta(hours=onset)
+    out = ev.OutcomeRecorded(
+        event_id=ev.deterministic_id("outcome", encounter),
+        occurred_at=onset_at or end,
+        key=encounter,
+        encounter=encounter,
+        patient=f"pat-{encounter}",
+        outcome="sepsis" if onset_at else "discharged",
+        onset_at=onset_at,
+        recorded_at=(onset_at or end) + timedelta(hours=6),
+    )
+    return events, [out]

@@ -347,6 +347,12 @@ def _mount() -> None:
     app.add_typer(drift_app, name="drift")
     app.add_typer(registry_app, name="registry")
     app.add_typer(shadow_app, name="shadow")
+    from vigil.dataset import app as dataset_app
+
+    app.add_typer(dataset_app, name="dataset")
+    from vigil.adapt_loop import app as adapt_loop_app
+
+    app.add_typer(adapt_loop_app, name="adapt-loop")
     from vigil_shadow.cli import replay as shadow_replay
 
     app.command("replay")(shadow_replay)

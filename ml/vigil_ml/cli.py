@@ -120,6 +120,58 @@ def predict_cmd(
     typer.echo(json.dumps({"rows": len(result), "alerts": int(result["alert"].sum()), "out": str(out)}))
 
 
+@app.command("adapt")
+def adapt_cmd(
+    data_path: Path = typer.Option(
+        ..., "--data", help="The site's labelled PhysioNet-format rows (rows.parquet of vigil dataset build)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Run folder; the package goes to OUT/package."),
+    base: Path = typer.Option(None, "--base", help="Package to adapt (default: the repository's default model)."),
+    base_data: Path = typer.Option(
+        None,
+        "--base-data",
+        help="The base model's training data (default: ../shared set A when present); the pooled candidate needs it.",
+    ),
+    name: str = typer.Option("sepsis", help="Model name in the package."),
+    version: str = typer.Option("adapted", help="Model version in the package."),
+    seed: int = typer.Option(7),
+    n_boot: int = typer.Option(200, help="Bootstrap resamples for the CIs."),
+    selection_fraction: float = typer.Option(0.25, help="Latest share of local stays held out for the pick."),
+) -> None:
+    """Candidates from the site's outcomes (recalibrated, pooled, stacked, local), picked on the latest stays."""
+    import pandas as pd
+
+    from vigil_ml import data as vdata
+    from vigil_ml.adapt import AdaptConfig, adapt
+    from vigil_scoring.model_package import default_package_path
+
+    if base_data is None and vdata.SHARED_SET_A.exists():
+        base_data = vdata.SHARED_SET_A
+    cfg = AdaptConfig(name=name, version=version, seed=seed, n_boot=n_boot, selection_fraction=selection_fraction)
+    manifest = data_path.parent / "manifest.json"
+    res = adapt(
+        base or default_package_path(),
+        pd.read_parquet(data_path),
+        out,
+        base_data=base_data,
+        config=cfg,
+        manifest_path=manifest if manifest.is_file() else None,
+        progress=lambda msg: typer.echo(msg, err=True),
+    )
+    typer.echo(
+        json.dumps(
+            {
+                "package": str(res.package_dir),
+                "chosen": res.chosen,
+                "validation": {
+                    k: {m: v["validation"][m]["value"] for m in ("auroc", "utility")} for k, v in res.candidates.items()
+                },
+            },
+            indent=2,
+        )
+    )
+
+
 @app.command("card")
 def card_cmd(model: Path = typer.Option(None, "--model", help="Model package folder.")) -> None:
     """Print a package's readable model card."""

@@ -169,3 +169,22 @@ def test_report_is_self_contained_html_with_four_plots() -> None:
     assert "http://" not in page and "https://" not in page
     empty = render_html([], title="t", context={})
     assert "No candidate" in empty
+
+
+def test_lead_time_counts_only_alerts_before_onset_and_curves_travel_in_the_event() -> None:
+    state = JoinState()
+    # Stay a: onset at hour 6; live first alerts at hour 2 (4 h early), the candidate only at onset (too late).
+    _scores(state, "a", [0.1, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9], [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9, 0.9])
+    state.add(_sepsis("a", 6))
+    # Stay b: onset at hour 5; both alert first at hour 3 (2 h early).
+    _scores(state, "b", [0.1, 0.1, 0.1, 0.8, 0.8, 0.8], [0.1, 0.1, 0.1, 0.8, 0.8, 0.8])
+    state.add(_sepsis("b", 5))
+    _scores(state, "c", [0.2, 0.3, 0.1], [0.1, 0.2, 0.3])
+    state.add(_discharged("c"))
+    c = compare(state, "sepsis", "2", config=CompareConfig(bootstrap_iterations=0))
+    lead = c.metrics["lead_time"]
+    assert lead["live"] == {"septic_stays": 2, "detected_before_onset": 2, "median_hours": 3.0}
+    assert lead["candidate"] == {"septic_stays": 2, "detected_before_onset": 1, "median_hours": 2.0}
+    curves = c.to_event().metrics["curves"]
+    assert curves["roc"]["live"]["fpr"][0] == 0.0 and curves["roc"]["live"]["tpr"][-1] == 1.0
+    assert sum(b["n"] for b in curves["calibration"]["candidate"]) == c.labelled_hours

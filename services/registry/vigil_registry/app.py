@@ -18,6 +18,7 @@ from vigil_contracts.events import ModelLifecycleChanged
 from vigil_registry.api.routes import audits, models, proposals
 from vigil_registry.artifacts import ArtifactStore
 from vigil_registry.auth import grants
+from vigil_registry.console import mount_console
 from vigil_registry.consumer import EvidenceHandler, subscribe
 from vigil_registry.core import Registry
 from vigil_registry.db import make_engine, migrate
@@ -134,6 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(proposals.router)
     app.include_router(audits.router)
+    if settings.console_enabled:
+        mount_console(app, idle_minutes=settings.console_idle_minutes)
 
     @app.exception_handler(RegistryError)
     async def registry_error(_: Request, error: RegistryError) -> JSONResponse:

@@ -53,6 +53,13 @@ class PromotionPolicy(BaseModel):
     """Alert kinds that count as a critical performance alert for rollback."""
     first_production_without_comparison: bool = True
     """A model's very first production version has no live model to be compared with: approval suffices."""
+    adapt_min_new_stays: int = Field(default=500, ge=1)
+    """Site adaptation is due once this many new stays have a known outcome since the last adapted candidate
+    (or since the production version when there is none): enough new evidence to learn from."""
+    adapt_on_alert_kinds: list[str] = Field(
+        default_factory=lambda: ["performance", "calibration", "data_drift", "prediction_drift"]
+    )
+    """An open alert of one of these kinds on the production version makes site adaptation due at once."""
 
 
 @dataclass(frozen=True)

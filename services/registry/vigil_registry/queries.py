@@ -25,9 +25,13 @@ from vigil_registry.models import (
     ModelVersionPublic,
     ProposalPublic,
     RegisteredModel,
+    SeenOutcome,
 )
 from vigil_registry.policy import PolicyReport, PromotionPolicy
 from vigil_registry.policy import evaluate as evaluate_policy
+
+ADAPTED_TAG = "site-adapted"
+"""Tag of versions registered by site adaptation (``vigil adapt-loop``); the adaptation policy counts from them."""
 
 
 def policy_of(model: RegisteredModel) -> PromotionPolicy:
@@ -156,6 +160,48 @@ class Queries:
         """A model's effective policy."""
         with self.session() as session:
             return policy_of(crud.get_model(session, name=name))
+
+    def adaptation(self, name: str) -> dict[str, Any]:
+        """Whether site adaptation is due for a model by its policy, and why; no stay or patient is named.
+
+        The registry decides; it does not train: ``vigil adapt-loop`` asks here and does the work.
+        """
+        with self.session() as session:
+            model = crud.get_model(session, name=name)
+            policy = policy_of(model)
+            versions = session.exec(select(ModelVersion).where(ModelVersion.model_name == name)).all()
+            adapted = [v.created_at for v in versions if ADAPTED_TAG in (v.tags or [])]
+            production = crud.production_version(session, name=name)
+            since = max(adapted) if adapted else (production.created_at if production is not None else None)
+            query = select(SeenOutcome.event_id)
+            if since is not None:
+                query = query.where(col(SeenOutcome.received_at) > since)
+            new_stays = len(session.exec(query).all())
+            open_alerts: list[str] = []
+            if production is not None:
+                rows = session.exec(
+                    select(AlertRecord)
+                    .where(AlertRecord.model_name == name, AlertRecord.model_version == production.version)
+                    .order_by(col(AlertRecord.occurred_at), col(AlertRecord.id))
+                ).all()
+                latest = {r.alert_key: r for r in rows}
+                open_alerts = sorted(
+                    k for k, r in latest.items() if r.state == "open" and r.kind in policy.adapt_on_alert_kinds
+                )
+        reasons = []
+        if new_stays >= policy.adapt_min_new_stays:
+            reasons.append(f"{new_stays} new labelled stays (policy: {policy.adapt_min_new_stays})")
+        if open_alerts:
+            reasons.append(f"open alerts on the production version: {', '.join(open_alerts)}")
+        return {
+            "model": name,
+            "due": bool(reasons),
+            "reasons": reasons,
+            "new_labelled_stays": new_stays,
+            "since": None if since is None else since.isoformat(),
+            "production_version": None if production is None else production.version,
+            "open_alerts": open_alerts,
+        }
 
     def evaluate(self, session: Session, model: RegisteredModel, row: ModelVersion) -> PolicyReport:
         """The policy's report on a candidate, inside the caller's transaction."""

@@ -69,6 +69,10 @@ class Settings(VigilSettings):
     """How often the outbox relay looks for unpublished lifecycle events when not woken by a commit."""
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     """Largest package archive accepted."""
+    console_enabled: bool = True
+    """Serve the web console under ``/ui`` (sign-in with the same tokens as the API)."""
+    console_idle_minutes: float = Field(default=30.0, gt=0)
+    """A console session left idle this long is signed out."""
 
     signing_key_file: Path = Path(".vigil/secrets/lifecycle/registry-signing.key")
     """The Ed25519 key lifecycle events are signed with: made on first use (mode 0600), its public key written

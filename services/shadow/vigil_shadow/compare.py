@@ -282,6 +282,44 @@ def _plots(j: Joined, lab: np.ndarray, bins: int) -> dict[str, Any]:
     return plots
 
 
+def _lead_times(j: Joined, state: JoinState, lab: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per model: hours from a septic stay's first alert to its onset (alerts at or after onset do not count).
+
+    The console's alert-burden panel shows it: an alert only helps a clinician if it comes before onset.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    septic = [e for e in sorted(set(j.enc[lab].tolist())) if j.septic[e]]
+    for who, alert in (("live", j.alert_live), ("candidate", j.alert_cand)):
+        leads: list[float] = []
+        for e in septic:
+            onset = state.outcomes[j.encounters[e]].sepsis_onset
+            if onset is None:
+                continue
+            onset64 = np.datetime64(onset.replace(tzinfo=None), "us")
+            early = (j.enc == e) & alert & (j.data_time < onset64)
+            if early.any():
+                leads.append(float((onset64 - j.data_time[early].min()) / np.timedelta64(1, "h")))
+        out[who] = {
+            "septic_stays": len(septic),
+            "detected_before_onset": len(leads),
+            "median_hours": float(np.median(leads)) if leads else float("nan"),
+        }
+    return out
+
+
+def _curves(j: Joined, lab: np.ndarray, bins: int) -> dict[str, Any]:
+    """Thinned ROC and reliability curves on the labelled rows, small enough to travel in the event."""
+    y = j.label[lab]
+    return {
+        "roc": {
+            who: stats.roc_points(p[lab], y, max_points=40) for who, p in (("live", j.p_live), ("candidate", j.p_cand))
+        },
+        "calibration": {
+            who: stats.calibration_curve(p[lab], y, bins) for who, p in (("live", j.p_live), ("candidate", j.p_cand))
+        },
+    }
+
+
 def compare(
     state: JoinState,
     model_name: str,
@@ -360,6 +398,10 @@ def compare(
             "level": config.ci_level,
         },
         "positive_hours": int(y.sum()),
+        # What a reviewer's plots need (ROC, reliability, lead time), carried in the event so the registry
+        # holds the evidence an approver saw, not only its summary numbers.
+        "curves": _curves(j, lab, config.calibration_bins),
+        "lead_time": _lead_times(j, state, lab),
     }
     span = 0.0
     if len(j.data_time):

@@ -544,6 +544,14 @@ class EncounterState:
         self._bucketed()
         return self._max_hour
 
+    def hour_values(self) -> dict[str, tuple[list[int], list[float]]]:
+        """Per feature, the hours with a value and each hour's value (the latest reading of the hour).
+
+        The very buckets the features are computed from, so rows materialised from them (``vigil dataset build``)
+        have the serving hours. Features the state ignores (EtCO2, see ``WINDOWED``) are not in it.
+        """
+        return {f: (list(h), list(v)) for f, (h, v) in self._bucketed().items() if h}
+
     def _raw(self, h: int | None) -> list[float]:
         """The raw statistics at hour ``h`` as Python floats, in ``_RAW_KEYS`` order (see :func:`features_many`)."""
         b = self._bucketed()

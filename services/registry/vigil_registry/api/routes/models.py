@@ -165,3 +165,9 @@ def get_policy(name: str, registry: RegistryDep, user: CurrentUser) -> dict[str,
 @router.put("/{name}/policy", summary="Set the model's policy overrides (admin)")
 def put_policy(name: str, body: dict[str, Any], registry: RegistryDep, user: CurrentUser) -> dict[str, Any]:
     return registry.lifecycle.set_policy(user, name, body).model_dump(mode="json")
+
+
+@router.get("/{name}/adaptation", summary="Whether site adaptation is due by the model's policy, and why")
+def adaptation(name: str, registry: RegistryDep, user: CurrentUser) -> dict[str, Any]:
+    require(user, "read")
+    return registry.queries.adaptation(name)

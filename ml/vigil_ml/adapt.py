@@ -1,0 +1,465 @@
+"""Adaptation at a site: candidates from the site's own labelled stays, picked by temporal validation.
+
+What transfers between hospitals is mostly the physiology, less the way a site orders tests and charts; the
+measurements in issue 16 say that at a new site the ranking breaks, not the threshold. So besides the cheap fix
+(the base model with its operating threshold re-chosen on local outcomes) the candidates learn the ranking anew:
+
+- ``recalibrated``: the base model's scores, its threshold re-chosen on local outcomes within the production
+  model's alert budget (the base model's alert-hour rate on the same local hours);
+- ``pooled``: the base model's own training rows plus the local rows, the local rows weighted so that the site
+  carries as much weight as the base data (site weighting: otherwise the larger base set drowns the site);
+- ``stacked``: a local model that takes the base model's score as one more input, fitted on local rows only;
+  the package computes both in one ONNX graph (the base graph feeds the local one);
+- ``local``: the local rows alone, once at least ``min_local_septic`` septic stays exist.
+
+Local stays are ordered by ICU admission (``icu_admitted_at`` from ``vigil dataset build``; PhysioNet-format
+files without it by stay id) and split in time: candidates are fitted on the earlier stays, and thresholds,
+the choice among candidates and the card's figures come from the latest ``selection_fraction`` of stays, which
+no candidate is ever fitted on (:func:`_fit` refuses it). The figures are therefore on stays the models never
+saw, but the threshold and the pick were made on them: an independent later evaluation is the honest check
+(``scripts/site_study.py`` does one on a proxy site in set A, see docs/model.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vigil_ml import data
+from vigil_ml.metrics import (
+    Cohort,
+    alert_hour_rate,
+    choose_threshold,
+    evaluate_score,
+    threshold_at_specificity,
+)
+from vigil_ml.onnx_export import onnx_proba, parity, snap_thresholds_to_float32, to_onnx_bytes
+from vigil_ml.train import HGB_DEFAULT, build_hgb
+from vigil_scoring.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, offline_features
+from vigil_scoring.model_package import ModelPackage, write_manifest
+from vigil_scoring.reference import build_reference
+
+Progress = Callable[[str], None]
+
+
+class LeakError(AssertionError):
+    """A candidate was about to be fitted on a stay it is validated or compared on."""
+
+
+@dataclass
+class AdaptConfig:
+    """Everything that decides an adaptation's result (recorded in the card)."""
+
+    name: str = "sepsis"
+    version: str = "adapted"
+    seed: int = 7
+    selection_fraction: float = 0.25
+    """Latest share of local stays held out of fitting: thresholds, the pick and the card's figures."""
+    min_local_septic: int = 100
+    """Septic stays among the fitting stays before a local-only model is tried."""
+    min_stacked_septic: int = 20
+    """Septic stays among the fitting stays before the stacked model is tried."""
+    hgb: dict[str, Any] = field(default_factory=lambda: dict(HGB_DEFAULT))
+    local_hgb: dict[str, Any] = field(
+        default_factory=lambda: {**HGB_DEFAULT, "max_iter": 150, "max_leaf_nodes": 15, "min_samples_leaf": 100}
+    )
+    """Smaller trees for the local-only and stacked models: a site has far fewer stays than set A."""
+    n_boot: int = 200
+    robust_threshold: bool = True
+    high_specificity: float = 0.99
+
+
+@dataclass
+class Candidate:
+    """One adapted model: how it scores, which stays it was fitted on, its figures on the selection stays."""
+
+    name: str
+    description: str
+    onnx: bytes
+    fitted_stays: int
+    fitted_septic: int
+    risk: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    threshold: float = float("nan")
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AdaptResult:
+    """Where the package went, which candidate won and the stays each part used (as sets of ids, never logged)."""
+
+    package_dir: Path
+    chosen: str
+    candidates: dict[str, dict[str, Any]]
+    fit_ids: set[str]
+    selection_ids: set[str]
+    fitted_ids: dict[str, set[str]]
+
+
+def temporal_order(df: pd.DataFrame) -> list[str]:
+    """Stay ids from the earliest to the latest ICU admission (stay id order when no admission time is given)."""
+    ids = df["patient_id"].astype(str)
+    if "icu_admitted_at" in df and df["icu_admitted_at"].notna().all():
+        first = df.assign(_id=ids).groupby("_id")["icu_admitted_at"].min()
+        return list(first.sort_values(kind="stable").index)
+    return sorted(ids.unique())
+
+
+def temporal_split(df: pd.DataFrame, selection_fraction: float) -> tuple[set[str], set[str]]:
+    """(earlier stays to fit on, latest stays to select and validate on)."""
+    order = temporal_order(df)
+    n_sel = max(1, round(len(order) * selection_fraction))
+    if n_sel >= len(order):
+        raise ValueError(f"{len(order)} local stays are too few to hold out the latest {selection_fraction:.0%}")
+    return set(order[:-n_sel]), set(order[-n_sel:])
+
+
+def _fit(model: Any, X: np.ndarray, y: np.ndarray, *, ids: np.ndarray, held: set[str], w: Any = None) -> Any:
+    """The one place adaptation fits a model: refuses any row of a held-out (selection or evaluation) stay."""
+    seen = set(map(str, np.unique(ids)))
+    leaked = seen & held
+    if leaked:
+        raise LeakError(f"{len(leaked)} held-out stays among the rows to fit on")
+    model.fit(X, y, **({} if w is None else {model_step(model) + "sample_weight": w}))
+    return model
+
+
+def model_step(model: Any) -> str:
+    """Prefix of fit parameters for a pipeline's last step ('' for a plain estimator)."""
+    steps = getattr(model, "steps", None)
+    return f"{steps[-1][0]}__" if steps else ""
+
+
+def base_training_rows(base: ModelPackage, base_data: Path) -> pd.DataFrame:
+    """The base model's own training rows, found again from its card (seed, split digest) and verified.
+
+    The card records the training split as a digest of the sorted stay ids; the split is recomputed on
+    ``base_data`` (with and without the bundled sample held out, as training does) and used only if its digest
+    matches, so the pooled candidate learns from exactly the rows the base model learned from.
+    """
+    card = base.card
+    split = card.get("training_data", {}).get("split", {})
+    want = split.get("train", {}).get("ids_sha256")
+    seed = int(card.get("hyperparameters", {}).get("random_state", 7))
+    if not want:
+        raise ValueError("the base package's card does not record its training split")
+    df = data.load(base_data)
+    tries = [df]
+    if data.SAMPLE_PATH.exists():
+        sample = pd.read_parquet(data.SAMPLE_PATH, columns=["patient_id"])["patient_id"].astype(str).unique()
+        tries.insert(0, df.loc[~df["patient_id"].isin(sample)].reset_index(drop=True))
+    for frame in tries:
+        parts = data.split_patients(frame, seed=seed)
+        if hashlib.sha256("\n".join(sorted(map(str, parts.train))).encode()).hexdigest() == want:
+            return frame.loc[frame["patient_id"].isin(parts.train)].reset_index(drop=True)
+    raise ValueError(f"{base_data.name} does not hold the base model's training split (digest mismatch)")
+
+
+def stack_onnx(base_onnx: bytes, local_onnx: bytes, n_features: int) -> bytes:
+    """One ONNX graph: the base model's positive-class probability appended to the features feeds the local model.
+
+    Both graphs keep their own nodes (names prefixed ``base_`` / ``local_``); the local model's input is
+    ``Concat(features, base probability[:, 1:2])``.
+    """
+    import onnx
+    from onnx import compose, helper
+
+    base = compose.add_prefix(onnx.load_from_string(base_onnx), "base_")
+    local = compose.add_prefix(onnx.load_from_string(local_onnx), "local_")
+    b_in, l_in = base.graph.input[0].name, local.graph.input[0].name
+    b_prob = base.graph.output[1].name
+    glue = [
+        helper.make_node("Constant", [], ["stack_idx_start"], value=helper.make_tensor("s", 7, [1], [1])),
+        helper.make_node("Constant", [], ["stack_idx_end"], value=helper.make_tensor("e", 7, [1], [2])),
+        helper.make_node("Constant", [], ["stack_axis"], value=helper.make_tensor("a", 7, [1], [1])),
+        helper.make_node("Slice", [b_prob, "stack_idx_start", "stack_idx_end", "stack_axis"], ["stack_base_p"]),
+        helper.make_node("Concat", ["features", "stack_base_p"], [l_in], axis=1),
+    ]
+    nodes = []
+    for node in base.graph.node:
+        node.input[:] = ["features" if i == b_in else i for i in node.input]
+        nodes.append(node)
+    nodes += glue + list(local.graph.node)
+    outputs = [
+        helper.make_tensor_value_info("label", onnx.TensorProto.INT64, [None]),
+        helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, [None, 2]),
+    ]
+    tail = [
+        helper.make_node("Identity", [local.graph.output[0].name], ["label"]),
+        helper.make_node("Identity", [local.graph.output[1].name], ["probabilities"]),
+    ]
+    graph = helper.make_graph(
+        nodes + tail,
+        "stacked",
+        [helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, [None, n_features])],
+        outputs,
+        initializer=list(base.graph.initializer) + list(local.graph.initializer),
+    )
+    model = helper.make_model(graph, opset_imports=list(base.opset_import))
+    model.ir_version = base.ir_version
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def adapt(
+    base_path: str | Path,
+    local: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    base_data: Path | None = None,
+    config: AdaptConfig | None = None,
+    manifest_path: Path | None = None,
+    progress: Progress = lambda _msg: None,
+) -> AdaptResult:
+    """Build the candidates, pick one by temporal validation and write its package into ``out_dir/package``."""
+    cfg = config or AdaptConfig()
+    t0 = time.monotonic()
+
+    def step(msg: str) -> None:
+        progress(f"[{time.monotonic() - t0:6.1f}s] {msg}")
+
+    base = ModelPackage.load(base_path)
+    if tuple(base.columns) != tuple(FEATURE_COLUMNS):
+        raise ValueError(f"base {base.name} v{base.version} uses other features than this code")
+    local = local.copy()
+    local["patient_id"] = local["patient_id"].astype(str)
+    local = local.sort_values(["patient_id", "hour"], kind="stable").reset_index(drop=True)
+    fit_ids, sel_ids = temporal_split(local, cfg.selection_fraction)
+    pid = local["patient_id"].to_numpy()
+    in_fit, in_sel = np.isin(pid, list(fit_ids)), np.isin(pid, list(sel_ids))
+    step(f"local: {len(fit_ids)} stays to fit on, the latest {len(sel_ids)} to select and validate on")
+    X = offline_features(local).to_numpy(dtype=np.float32)
+    y = local["SepsisLabel"].to_numpy().astype(int)
+    sel_frame = local.loc[in_sel].reset_index(drop=True)
+    sel = Cohort.from_frame(sel_frame)
+    X_sel = X[in_sel]
+    septic_fit = int(local.loc[in_fit].groupby("patient_id")["SepsisLabel"].max().sum())
+    base_onnx = (Path(base.path) / "model.onnx").read_bytes()
+    base_sel = base.predict(X_sel).astype(np.float64)
+    budget_rate = alert_hour_rate(base_sel, base.operating_threshold)
+    held = set(sel_ids)
+
+    cands: list[Candidate] = [
+        Candidate(
+            "recalibrated",
+            "the base model, its operating threshold re-chosen on local outcomes within the alert budget",
+            base_onnx,
+            0,
+            0,
+        )
+    ]
+    cands[0].risk = base_sel
+    fitted: dict[str, set[str]] = {"recalibrated": set()}
+
+    def fitted_hgb(name: str, params: dict[str, Any], Xf: np.ndarray, yf: np.ndarray, ids: np.ndarray, w: Any):
+        step(f"fitting {name} on {len(np.unique(ids))} stays ({len(yf)} hours)")
+        model = _fit(build_hgb(cfg.seed, params), Xf, yf, ids=ids, held=held, w=w)
+        snap_thresholds_to_float32(model)
+        fitted[name] = set(map(str, np.unique(ids)))
+        return model
+
+    if base_data is not None:
+        step("finding the base model's training rows")
+        bdf = base_training_rows(base, base_data)
+        bdf = bdf.loc[~bdf["patient_id"].isin(held)].reset_index(drop=True)
+        Xb = offline_features(bdf).to_numpy(dtype=np.float32)
+        yb = bdf["SepsisLabel"].to_numpy().astype(int)
+        n_local = int(in_fit.sum())
+        site_w = len(yb) / max(n_local, 1)
+        Xp = np.vstack([Xb, X[in_fit]])
+        yp = np.r_[yb, y[in_fit]]
+        wp = np.r_[np.ones(len(yb)), np.full(n_local, site_w)]
+        ids_p = np.r_[bdf["patient_id"].to_numpy(), pid[in_fit]]
+        model = fitted_hgb("pooled", cfg.hgb, Xp, yp, ids_p, wp)
+        onx = to_onnx_bytes(model, X.shape[1])
+        parity(model, onx, X_sel)
+        c = Candidate(
+            "pooled",
+            f"retrained on the base model's {bdf['patient_id'].nunique()} training stays plus the local rows, "
+            f"each local hour weighted {site_w:.2f} (the site as heavy as the base data)",
+            onx,
+            len(fit_ids),
+            septic_fit,
+        )
+        c.risk = onnx_proba(onx, X_sel)
+        cands.append(c)
+        del Xb, Xp
+
+    if septic_fit >= cfg.min_stacked_septic:
+        base_fit = base.predict(X[in_fit]).astype(np.float32)[:, None]
+        Xs = np.hstack([X[in_fit], base_fit])
+        model = fitted_hgb("stacked", cfg.local_hgb, Xs, y[in_fit], pid[in_fit], None)
+        local_onx = to_onnx_bytes(model, Xs.shape[1])
+        onx = stack_onnx(base_onnx, local_onx, X.shape[1])
+        c = Candidate(
+            "stacked",
+            "a local model on the features plus the base model's score, fitted on the local rows only",
+            onx,
+            len(fit_ids),
+            septic_fit,
+        )
+        c.risk = onnx_proba(onx, X_sel)
+        ref = model.predict_proba(np.hstack([X_sel, base_sel.astype(np.float32)[:, None]]))[:, 1]
+        diff = float(np.max(np.abs(ref - c.risk))) if len(ref) else 0.0
+        if diff > 1e-4:  # the base probability passes through float32 once more in the graph than here
+            raise AssertionError(f"stacked ONNX graph differs from its parts by {diff:.3g}")
+        cands.append(c)
+
+    if septic_fit >= cfg.min_local_septic:
+        model = fitted_hgb("local", cfg.local_hgb, X[in_fit], y[in_fit], pid[in_fit], None)
+        onx = to_onnx_bytes(model, X.shape[1])
+        parity(model, onx, X_sel)
+        c = Candidate("local", "fitted on the local rows only", onx, len(fit_ids), septic_fit)
+        c.risk = onnx_proba(onx, X_sel)
+        cands.append(c)
+
+    step(f"validating {len(cands)} candidates on the latest {len(sel_ids)} stays ({sel.n_stays} stays)")
+    base_fig = evaluate_score(sel, base_sel, base.operating_threshold, n_boot=cfg.n_boot, seed=cfg.seed)
+    for c in cands:
+        c.threshold, _ = choose_threshold(sel, c.risk, robust=cfg.robust_threshold, max_alert_rate=budget_rate)
+        c.figures = evaluate_score(sel, c.risk, c.threshold, n_boot=cfg.n_boot, seed=cfg.seed)
+    # The pick: validation AUROC (threshold-free, so the threshold chosen on the same stays does not favour
+    # anyone); the recalibrated base is the fallback when nothing ranks better than it.
+    chosen = max(cands, key=lambda c: (c.figures["auroc"]["value"], c.name == "recalibrated"))
+    step(f"chosen: {chosen.name} (validation AUROC {chosen.figures['auroc']['value']:.3f})")
+
+    run_dir = Path(out_dir)
+    pkg = run_dir / "package"
+    if pkg.exists():
+        shutil.rmtree(pkg)
+    pkg.mkdir(parents=True)
+    (pkg / "model.onnx").write_bytes(chosen.onnx)
+    high = max(chosen.threshold, threshold_at_specificity(sel, chosen.risk, cfg.high_specificity))
+    thresholds = {"operating": chosen.threshold, "medium": chosen.threshold, "high": high}
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    dataset = _dataset_lineage(manifest_path)
+    summary = {
+        c.name: {
+            "description": c.description,
+            "fitted_stays": len(fitted.get(c.name, set())),
+            "threshold": c.threshold,
+            "validation": {k: c.figures[k] for k in ("auroc", "auprc", "utility", "sensitivity", "ppv")},
+        }
+        for c in cands
+    }
+    card = {
+        "name": cfg.name,
+        "version": cfg.version,
+        "created_at": created,
+        "sha256": hashlib.sha256(chosen.onnx).hexdigest(),
+        "model_type": f"adapted at a site: {chosen.name} ({chosen.description})",
+        "feature_set_version": FEATURE_SET_VERSION,
+        "features": list(FEATURE_COLUMNS),
+        "lineage": {
+            "base": {"name": base.name, "version": base.version, "sha256": base.sha256},
+            "dataset": dataset,
+            "base_training_data_used": base_data is not None,
+        },
+        "local_data": {
+            "stays": len(fit_ids) + len(sel_ids),
+            "septic_stays": int(local.groupby("patient_id")["SepsisLabel"].max().sum()),
+            "fit": {"stays": len(fit_ids), "septic_stays": septic_fit, "rows": int(in_fit.sum())},
+            "selection": {"stays": len(sel_ids), "septic_stays": int(sel.septic.sum()), "rows": int(in_sel.sum())},
+            "split_rule": (
+                f"by ICU admission time: the latest {cfg.selection_fraction:.0%} of stays are held out of every "
+                "fit; thresholds, the pick among candidates and the figures below come from them"
+            ),
+        },
+        "alert_budget": {
+            "reference": {"name": base.name, "version": base.version, "sha256": base.sha256},
+            "reference_alert_rate": budget_rate,
+            "alert_rate": alert_hour_rate(chosen.risk, chosen.threshold),
+        },
+        "operating_threshold": {"value": chosen.threshold, "thresholds": thresholds},
+        "validation": {
+            "stays": "the latest local stays (never fitted on); thresholds chosen on them too",
+            "bootstrap": f"{cfg.n_boot} stay resamples, 95% CIs",
+            "base": {"threshold": base.operating_threshold, **base_fig},
+            "chosen": chosen.name,
+            "candidates": summary,
+        },
+        "config": asdict(cfg),
+        "limitations": [
+            "Validation figures are on the latest local stays, on which the threshold and the pick were also made: "
+            "confirm on stays admitted after this package (the shadow comparison does).",
+            "A small site sample gives wide intervals; a candidate whose AUROC interval overlaps the base's is not "
+            "shown to be better.",
+        ],
+    }
+    (pkg / "card.json").write_text(json.dumps(card, indent=2, default=float) + "\n")
+    (pkg / "card.md").write_text(card_markdown(card))
+    build_reference(sel_frame, chosen.risk, chosen.threshold).save(pkg / "reference.json")
+    lineage = {"lineage": card["lineage"]}
+    write_manifest(pkg, name=cfg.name, version=cfg.version, thresholds=thresholds, created_at=created, extra=lineage)
+    ModelPackage.load(pkg)
+    step(f"package in {pkg}")
+    return AdaptResult(
+        package_dir=pkg,
+        chosen=chosen.name,
+        candidates=summary,
+        fit_ids=fit_ids,
+        selection_ids=sel_ids,
+        fitted_ids=fitted,
+    )
+
+
+def _dataset_lineage(manifest_path: Path | None) -> dict[str, Any] | None:
+    if manifest_path is None or not manifest_path.is_file():
+        return None
+    m = json.loads(manifest_path.read_text())
+    return {
+        "manifest_sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
+        "content_sha256": m.get("content_sha256"),
+        "window": m.get("window"),
+    }
+
+
+def _fmt(fig: dict[str, Any]) -> str:
+    ci = fig.get("ci") or [float("nan"), float("nan")]
+    return f"{fig['value']:.3f} ({ci[0]:.3f}-{ci[1]:.3f})"
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """Readable Markdown of an adapted package's card."""
+    v = card["validation"]
+    lines = [
+        f"# Model card: {card['name']} version {card['version']} (adapted at a site)",
+        "",
+        f"{card['model_type']}. Model sha256 `{card['sha256']}`; created {card['created_at']}.",
+        "",
+        "## Lineage",
+        "",
+        f"Base: {card['lineage']['base']['name']} version {card['lineage']['base']['version']} "
+        f"(sha256 `{card['lineage']['base']['sha256']}`). Dataset: `{json.dumps(card['lineage']['dataset'])}`.",
+        "",
+        "## Local data",
+        "",
+        f"{card['local_data']['stays']} stays ({card['local_data']['septic_stays']} septic); "
+        f"{card['local_data']['split_rule']}.",
+        "",
+        f"## Validation on the latest local stays ({v['bootstrap']})",
+        "",
+        "| model | AUROC | normalised utility | threshold |",
+        "|---|---|---|---|",
+        f"| base | {_fmt(v['base']['auroc'])} | {_fmt(v['base']['utility'])} | {v['base']['threshold']:.4g} |",
+        *(
+            f"| {n}{' (chosen)' if n == v['chosen'] else ''} | {_fmt(c['validation']['auroc'])} | "
+            f"{_fmt(c['validation']['utility'])} | {c['threshold']:.4g} |"
+            for n, c in v["candidates"].items()
+        ),
+        "",
+        "## Limitations",
+        "",
+        *(f"- {x}" for x in card["limitations"]),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""``vigil adapt-loop``: the job that turns a site's outcomes into a shadow candidate when the registry says so.
+
+Roles stay where they are: the registry decides (its adaptation policy, kept and audited with the promotion
+policy, answers whether adaptation is due and why), this job does the work a data scientist would (build the
+dataset from the streams, adapt, upload), acting as a service principal whose role may register and stage but
+never approve. Promotion still needs a clinical approver; every step the registry takes is in its audit trail.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+
+from vigil_registry.artifacts import pack_folder
+from vigil_registry.queries import ADAPTED_TAG
+
+
+def register_candidate(client: httpx.Client, package_dir: Path, *, name: str, reason: str) -> dict[str, Any]:
+    """Upload an adapted package and stage it in shadow (two audited registry decisions); returns the version."""
+    response = client.post(
+        f"/models/{name}/versions",
+        content=pack_folder(package_dir),
+        params={"tag": ADAPTED_TAG},
+        headers={"Content-Type": "application/gzip"},
+    )
+    if response.status_code >= 400:
+        raise RuntimeError(f"registry refused the candidate ({response.status_code}): {response.text[:300]}")
+    version = str(response.json()["version"])
+    staged = client.post(f"/models/{name}/versions/{version}/stage", json={"to": "shadow", "reason": reason})
+    if staged.status_code >= 400:
+        raise RuntimeError(f"registry refused the shadow stage ({staged.status_code}): {staged.text[:300]}")
+    body: dict[str, Any] = staged.json()
+    return body
+
+
+def candidate_version(now: datetime | None = None) -> str:
+    """A version name that sorts by time and says where it came from."""
+    return "site-" + (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+
+
+app = typer.Typer(help="Site adaptation loop.", no_args_is_help=True)
+
+
+@app.command("run")
+def run_cmd(
+    work: Path = typer.Option(Path(".vigil/adapt"), help="Folder for the dataset and the adaptation run."),
+    name: str = typer.Option("sepsis", help="Registered model name."),
+    registry_url: str = typer.Option("http://127.0.0.1:8005", envvar="VIGIL_REGISTRY_URL"),
+    token: str = typer.Option(..., envvar="VIGIL_ADAPT_TOKEN", help="The adaptation service principal's token."),
+    base: Path = typer.Option(None, help="Package to adapt (default: the repository's default model)."),
+    force: bool = typer.Option(False, help="Adapt even when the registry says it is not due."),
+) -> None:
+    """Ask the registry whether adaptation is due; if so build the dataset, adapt, register, stage in shadow."""
+    from vigil.dataset import DatasetSettings, build
+    from vigil_ml.adapt import AdaptConfig, adapt
+    from vigil_ml.data import SHARED_SET_A
+    from vigil_scoring.model_package import default_package_path
+    from vigil_scoring.site_dataset import Window
+
+    client = httpx.Client(base_url=registry_url, headers={"Authorization": f"Bearer {token}"}, timeout=60.0)
+    due = client.get(f"/models/{name}/adaptation")
+    due.raise_for_status()
+    verdict = due.json()
+    typer.echo(json.dumps({"adaptation": verdict}), err=True)
+    if not verdict.get("due") and not force:
+        return
+    stamp = candidate_version()
+    run = work / stamp
+    manifest = build(run / "dataset", settings=DatasetSettings(), window=Window())
+    import pandas as pd
+
+    res = adapt(
+        base or default_package_path(),
+        pd.read_parquet(run / "dataset" / "rows.parquet"),
+        run / "adapt",
+        base_data=SHARED_SET_A if SHARED_SET_A.exists() else None,
+        config=AdaptConfig(name=name, version=stamp),
+        manifest_path=run / "dataset" / "manifest.json",
+        progress=lambda msg: typer.echo(msg, err=True),
+    )
+    reasons = "; ".join(verdict.get("reasons", [])) or "forced"
+    staged = register_candidate(
+        client, res.package_dir, name=name, reason=f"site adaptation ({reasons}); {manifest['labelled_stays']} stays"
+    )
+    typer.echo(json.dumps({"version": staged["version"], "stage": staged["stage"], "chosen": res.chosen}))
