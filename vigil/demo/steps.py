@@ -162,9 +162,12 @@ class StartStack(Step):
         ctx.home.mkdir(parents=True, exist_ok=True)
         timeout = ctx.options.deadlines.stack_ready_s
         with ctx.narrator.console.status(
-            f"waiting for the broker and five services to be ready (at most {timeout:.0f}s)"
+            f"waiting for the broker and four services to be ready (at most {timeout:.0f}s)"
         ):
-            ready = await asyncio.to_thread(ctx.stack.up, extra_env=ctx.env(), timeout=timeout)
+            # The scorer fails closed: it is ready only once the registry confirms a production model, which the
+            # next step registers; the demo waits for it there (the live scorer serving that version, then /ready).
+            others = [s.name for s in ctx.stack.services if s.name != "scorer"]
+            ready = await asyncio.to_thread(ctx.stack.up, extra_env=ctx.env(), timeout=timeout, wait_for=others)
         if not all(ready.values()):
             missing = ", ".join(name for name, ok in ready.items() if not ok)
             raise DemoStopped(
@@ -229,6 +232,16 @@ class RegisterModels(Step):
         await ctx.wait(
             serves_production,
             what=f"the live scorer to serve v{v_prod} from the registry",
+            timeout_s=ctx.options.deadlines.scorer_model_s,
+        )
+        scorer = ctx.stack.spec("scorer")
+
+        async def scorer_ready() -> bool:
+            return (await asyncio.to_thread(ctx.stack.ready, scorer))[0]
+
+        await ctx.wait(
+            scorer_ready,
+            what="the live scorer to be ready (the registry confirmed its production model)",
             timeout_s=ctx.options.deadlines.scorer_model_s,
         )
         say(f"the live scorer now serves v{v_prod} from the registry")
