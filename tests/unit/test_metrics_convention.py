@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.promtool import promtool
+from vigil_contracts.topics import Topic
 from vigil_runtime.metrics import ServiceMetrics, topic_label
 
 SERVICES = ("ingest", "scorer", "shadow", "drift", "registry")
@@ -68,8 +69,14 @@ def test_metrics_pass_promtool_and_count_http_by_route_template(
     assert all(s.labels["service"] == service for s in requests)
     latency = [s for s in samples["vigil_http_request_duration_seconds"] if s.name.endswith("_count")]
     assert sum(s.value for s in latency if s.labels["route"] == "/health") == 1
-    topics = {s.labels["topic"] for s in samples["vigil_messages"] if s.name == "vigil_messages_total"}
-    assert topics == {"fhir.raw" if service == "ingest" else "observations"}
+    messages = [s for s in samples["vigil_messages"] if s.name == "vigil_messages_total"]
+    topics = {s.labels["topic"] for s in messages}
+    assert ("fhir.raw" if service == "ingest" else "observations") in topics
+    assert topics <= {t.value for t in Topic}, "the topic label is the kind, never the prefixed name"
+    if service in ("scorer", "shadow", "drift"):
+        # Declared at start, so the first dead letter is an increase Prometheus sees (VigilDeadLetters fires).
+        parked = [s for s in messages if s.labels["outcome"] == "parked" and s.labels["topic"] == "observations"]
+        assert [s.value for s in parked] == [0.0]
 
 
 def test_the_topic_label_is_the_kind_under_any_prefix() -> None:
