@@ -287,6 +287,15 @@ class ScorerService:
                 if first is not None:
                     async with self.lock:
                         self.install(first)
+                        # The restore at assignment failed without a model; without this, it would wait for a
+                        # batch that a caller waiting for /ready never sends (states_restored stays false).
+                        pending = self.needs_restore & self.owned
+                        if pending:
+                            try:
+                                await self._restore(pending)
+                            except Exception:
+                                self.metrics.errors.labels("restore").inc()
+                                log.exception("state restore failed; retried before the next batch")
                     self.metrics.swaps.labels("swapped").inc()
                 continue
             try:
