@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the test tiers need from the OS: a JDK and Maven (native Kafka broker), PostgreSQL (registry tier),
-# the Compose client (compose.yaml validation), Chromium (reports checked in a real headless browser).
+# the Compose client (compose.yaml validation), Chromium (reports checked in a real headless browser), Prometheus
+# (promtool: metrics and alert rules checked).
 set -euo pipefail
 need=()
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
@@ -11,6 +12,9 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 # Headless Chromium renders the HTML reports in the browser tier.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# promtool checks every service's /metrics and unit-tests the alert rules; the Prometheus server of the same
+# package scrapes a running stack in the dashboard test.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # npm packs the pinned axe-core for the console's accessibility check (below).
 command -v npm >/dev/null 2>&1 || need+=(npm)
 fi

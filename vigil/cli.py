@@ -58,27 +58,70 @@ def kafka_fetch() -> None:
     console.print(f"Kafka {kafka_local.KAFKA_VERSION} jars in {libs}")
 
 
+def _matching_cluster(port: int | None, name: str | None) -> kafka_local.LocalCluster:
+    """The one local cluster a command is about, found by the port it listens on and/or its name.
+
+    Exits 1 (saying which clusters exist) when none or several match, so that a stop never reports success for a
+    broker it did not find.
+    """
+    if port is None and name is None:
+        name = "default"
+    matches = kafka_local.find_clusters(port=port, name=name)
+    asked = " and ".join(x for x in (f"port {port}" if port else "", f"name {name!r}" if name else "") if x)
+    if len(matches) == 1:
+        return matches[0]
+    known = ", ".join(f"{c.name} (port {c.base_port})" for c in kafka_local.known_clusters()) or "none"
+    if not matches:
+        extra = ""
+        if port is not None and kafka_local.port_answers(port):
+            extra = f"; port {port} answers, but not as a broker started by vigil"
+        console.print(f"[red]no local Kafka cluster with {asked}{extra}; known clusters: {known}[/red]")
+    else:
+        console.print(f"[red]several local Kafka clusters match {asked}: {known}; give --name[/red]")
+    raise typer.Exit(1)
+
+
+PortMatchOpt = typer.Option(None, "--port", help="Client port of the broker (any node's), e.g. 29092.")
+NameMatchOpt = typer.Option(None, "--name", help="Cluster name (e.g. default, stack-29092, test).")
+
+
 @kafka_app.command("stop")
 def kafka_stop(
-    brokers: int = typer.Option(1),
-    port: int = typer.Option(9092),
-    name: str = typer.Option("default"),
+    port: int | None = PortMatchOpt,
+    name: str | None = NameMatchOpt,
     destroy: bool = typer.Option(False, help="Also delete the cluster's data."),
 ) -> None:
-    """Stop the broker(s) cleanly."""
-    cluster = _cluster(brokers, port, name)
+    """Stop the broker(s) of the cluster found by port or name; exit 1 when none matches or nothing ran."""
+    cluster = _matching_cluster(port, name)
+    running = [n for n in cluster.nodes if n.pid() is not None]
     cluster.destroy() if destroy else cluster.stop()
-    console.print("Kafka stopped")
+    still = [n.node_id for n in cluster.nodes if n.pid() is not None]
+    if still:
+        console.print(f"[red]Kafka cluster {cluster.name}: node(s) {still} still running[/red]")
+        raise typer.Exit(1)
+    if not running:
+        # Nothing was running: say so, and do not claim a stop (a script relying on the exit code learns it).
+        console.print(
+            f"[red]Kafka cluster {cluster.name} (port {cluster.base_port}) was not running"
+            f"{'; its data was deleted' if destroy else ''}[/red]"
+        )
+        raise typer.Exit(1)
+    console.print(
+        f"Kafka cluster {cluster.name} stopped: {len(running)} node(s) on port(s) "
+        f"{', '.join(str(n.port) for n in running)}{'; data deleted' if destroy else ''}"
+    )
 
 
 @kafka_app.command("status")
-def kafka_status(
-    brokers: int = typer.Option(1), port: int = typer.Option(9092), name: str = typer.Option("default")
-) -> None:
-    """Tell whether each broker runs and answers; exit 1 if not all do."""
-    rows = _cluster(brokers, port, name).status()
+def kafka_status(port: int | None = PortMatchOpt, name: str | None = NameMatchOpt) -> None:
+    """Tell whether each broker of the cluster found by port or name runs and answers.
+
+    Exit 1 if not all do, or if no cluster matches.
+    """
+    cluster = _matching_cluster(port, name)
+    rows = [{"cluster": cluster.name, **row} for row in cluster.status()]
     typer.echo(json.dumps(rows))
-    raise typer.Exit(0 if all(r["answers"] for r in rows) else 1)
+    raise typer.Exit(0 if all(r["answers"] and r["pid"] for r in rows) else 1)
 
 
 StackOpt = typer.Option(9092, "--kafka-port", help="Client port of the stack's broker.")
@@ -183,6 +226,7 @@ def simulate_cmd(
         envvar="VIGIL_SIMULATOR_TOKEN_FILE",
         help="Bearer token for ingest's FHIR writes (default: the local stack's simulator token).",
     ),
+    deadline: float = typer.Option(0.0, help="Stop with an error if sending takes longer (seconds; 0: no limit)."),
 ) -> None:
     """Send PhysioNet-format stays to ingest as an EHR would (FHIR R4), and their outcomes later."""
     import asyncio
@@ -198,19 +242,34 @@ def simulate_cmd(
     else:
         if via not in ("http", "kafka"):
             raise typer.BadParameter("--via is http or kafka")
-        report = asyncio.run(
-            sim.simulate(
-                plan,
-                kafka=kafka_local.client_connection(bootstrap, Principal.EHR.value),
-                topics=Topics(topic_prefix),
-                via=via,  # type: ignore[arg-type]
-                ingest_url=ingest_url,
-                token=_simulator_token(token_file) if via == "http" else None,
-                speed=speed,
-                outcome_delay_hours=outcome_delay,
-                drifts=drifts,
-            )
-        )
+        try:
+            with console.status("sending...") as status:
+
+                def progress(r: sim.SimulationReport, at: object) -> None:
+                    status.update(
+                        f"{r.bundles_acknowledged} of {r.bundles_planned} bundles acknowledged, "
+                        f"{r.entries_acknowledged} entries with an outcome, {r.retries} retries (simulated time {at})"
+                    )
+
+                report = asyncio.run(
+                    sim.simulate(
+                        plan,
+                        kafka=kafka_local.client_connection(bootstrap, Principal.EHR.value),
+                        topics=Topics(topic_prefix),
+                        via=via,  # type: ignore[arg-type]
+                        ingest_url=ingest_url,
+                        token=_simulator_token(token_file) if via == "http" else None,
+                        speed=speed,
+                        outcome_delay_hours=outcome_delay,
+                        drifts=drifts,
+                        deadline_s=deadline or None,
+                        on_progress=progress,
+                    )
+                )
+        except sim.SimulationStopped as stopped:
+            console.print(f"[red]simulation stopped: {stopped.reason}[/red]")
+            typer.echo(json.dumps(stopped.report.as_dict()))
+            raise typer.Exit(1) from None
     typer.echo(json.dumps(report.as_dict()))
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from vigil.http_tokens import HttpSecrets
 from vigil_contracts.access import Principal
 from vigil_runtime.kafka_security import KafkaConnection
 
@@ -198,6 +199,27 @@ def kafka_secrets(home: Path) -> KafkaSecrets:
     return KafkaSecrets(secrets_dir / "kafka")
 
 
+@dataclass(frozen=True)
+class StackSecrets:
+    """Everything secret a stack needs: the broker's (Kafka) and the HTTP side's (tokens, signing key)."""
+
+    kafka: KafkaSecrets | None
+    """None in development mode (plaintext broker)."""
+    http: HttpSecrets
+
+
+def ensure_secrets(home: Path, principals: Iterable[str] = (), *, kafka: bool = True) -> StackSecrets:
+    """The one entry point for a stack's secrets, made on first use and reused afterwards.
+
+    ``vigil kafka start``, ``vigil up`` and the demo all come through here (the broker's start calls it), so the
+    Kafka CA/certificates/SCRAM passwords and the HTTP tokens/signing key are always made together, under
+    ``<home>/secrets``. ``principals``: extra SCRAM users (the tests'); ``kafka=False``: development mode, no
+    Kafka secrets (the HTTP side is authenticated in every mode).
+    """
+    kafka_side = kafka_secrets(home).ensure(principals) if kafka else None
+    return StackSecrets(kafka=kafka_side, http=HttpSecrets(home / "secrets").ensure())
+
+
 # --- compose: the one-shot services that make the secrets and provision the broker ----------------------------
 
 BROKER_UID = 1000
@@ -253,6 +275,21 @@ def compose_init(directory: Path) -> None:
     for principal in Principal:
         if principal not in (Principal.ADMIN,):
             os.chown(kafka.password_file(principal.value), SERVICE_UID, SERVICE_UID)
+    # The HTTP side in the same volume: the token table (every service), the scorer's and shadow's registry
+    # tokens and the registry's signing key go to the services' user; the people's tokens (scientist, approver,
+    # admin, operator, simulator) stay root's, read with `docker compose run` by whoever runs the stack.
+    http = HttpSecrets(directory).ensure()
+    service_reads = [
+        http.table.parent,
+        http.table,
+        http.token_file("scorer"),
+        http.token_file("shadow"),
+        http.signing_key.parent,
+        http.signing_key,
+        http.public_key,
+    ]
+    for path in service_reads:
+        os.chown(path, SERVICE_UID, SERVICE_UID)
 
 
 def compose_provision(directory: Path, bootstrap: str, prefix: str, partitions: int) -> None:

@@ -353,7 +353,10 @@ class LocalCluster:
         log4j.write_text(LOG4J2)
         self._check_formatted_mode()
         if self.secured:
-            self.secrets.ensure(self.principals)
+            from vigil.credentials import ensure_secrets
+
+            # The stack's one entry point for secrets: the HTTP tokens and signing key are made with the broker's.
+            ensure_secrets(self.home or vigil_home(), self.principals)
         for node in self.nodes:
             if node.pid() is not None:
                 continue
@@ -483,6 +486,58 @@ def client_connection(bootstrap: str, principal: str, home: Path | None = None) 
     if settings.kafka_username or settings.kafka_security_protocol == "PLAINTEXT":
         return settings.kafka
     return kafka_secrets(home or vigil_home()).connection(bootstrap, principal)
+
+
+def known_clusters(home: Path | None = None) -> list[LocalCluster]:
+    """Every cluster that has state under ``home/kafka/clusters``, with its node count and ports as started.
+
+    The ports are read back from each node's ``server.properties`` (written at start), so a cluster is found by the
+    port it actually uses, whatever name it was started under (``vigil up --kafka-port 29092`` names its cluster
+    ``stack-29092``).
+    """
+    root = (home or vigil_home()) / "kafka" / "clusters"
+    found: list[LocalCluster] = []
+    for directory in sorted(p for p in root.glob("*") if p.is_dir()) if root.exists() else []:
+        nodes = sorted(directory.glob("node-*"))
+        ports = [_client_port(node / "server.properties") for node in nodes]
+        if not ports or ports[0] is None:
+            continue
+        # Secured or development mode as it was started (a stop/status must not need ``--dev`` to be repeated).
+        secured = "SASL_SSL://" in (nodes[0] / "server.properties").read_text()
+        found.append(
+            LocalCluster(name=directory.name, brokers=len(ports), base_port=ports[0], home=home, secured=secured)
+        )
+    return found
+
+
+def find_clusters(*, port: int | None = None, name: str | None = None, home: Path | None = None) -> list[LocalCluster]:
+    """The known clusters matching a client port (of any of their nodes) and/or a name; empty when none does."""
+    return [
+        c
+        for c in known_clusters(home)
+        if (name is None or c.name == name) and (port is None or any(n.port == port for n in c.nodes))
+    ]
+
+
+def port_answers(port: int) -> bool:
+    """Something accepts connections on 127.0.0.1:``port``."""
+    return _port_busy(port)
+
+
+def _client_port(properties: Path) -> int | None:
+    """The first non-controller listener's port in a node's server.properties (None if unreadable)."""
+    try:
+        lines = properties.read_text().splitlines()
+        props = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    except OSError:
+        return None
+    controllers = set(props.get("controller.listener.names", "CONTROLLER").split(","))
+    for listener in props.get("listeners", "").split(","):
+        listener_name, _, address = listener.partition("://")
+        if listener_name.strip() not in controllers and ":" in address:
+            with contextlib.suppress(ValueError):
+                return int(address.rsplit(":", 1)[1])
+    return None
 
 
 def process_alive(pid: int) -> bool:

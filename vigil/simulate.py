@@ -23,10 +23,10 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 import pandas as pd
@@ -99,9 +99,18 @@ class SimulationReport:
     """What was sent, for the demo's accounting."""
 
     stays: int = 0
+    bundles_planned: int = 0
+    """Bundles in the timeline (what a complete run sends)."""
+    entries_planned: int = 0
     bundles: int = 0
+    """Bundles handed to the sender."""
+    bundles_posted: int = 0
+    """Bundles the sender put on the wire (once each, however many attempts)."""
+    bundles_acknowledged: int = 0
+    """Bundles ingest answered with 2xx (HTTP) or the broker acknowledged (Kafka)."""
     observations_sent: int = 0
     entries_sent: int = 0
+    """Entries of the posted bundles: the denominator of the loss accounting."""
     readings_sent: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
     http_status: Counter[int] = field(default_factory=Counter)
@@ -110,14 +119,58 @@ class SimulationReport:
     dropped_readings: int = 0
     rejected_encounters: set[str] = field(default_factory=set)
     """Encounters with at least one entry ingest refused (422): their stream differs from the rows."""
+    transport_errors: Counter[str] = field(default_factory=Counter)
+    """Failed attempts by exception type (each retried, or the last one failing the run)."""
+    retried_status: Counter[int] = field(default_factory=Counter)
+    """5xx answers that were retried (or failed the run)."""
+    retries: int = 0
+    stopped: str | None = None
+    """Why the run stopped before the end (None: it completed)."""
     seconds: float = 0.0
+
+    @property
+    def entries_acknowledged(self) -> int:
+        """Entries with their own outcome from ingest (published, accepted without a reading, or rejected)."""
+        return sum(self.entry_outcomes.values())
+
+    @property
+    def entries_unacknowledged(self) -> int:
+        """Entries the simulator should have delivered and has no outcome for: what was lost on the way in."""
+        return self.entries_planned - self.entries_acknowledged
+
+    def merge(self, other: SimulationReport) -> SimulationReport:
+        """This report and ``other`` summed (the demo's two phases): counts add up, nothing is overwritten."""
+        out = SimulationReport()
+        for f in fields(SimulationReport):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, Counter):
+                value: Any = Counter(a)
+                value.update(b)
+            elif isinstance(a, set):
+                value = a | b
+            elif f.name == "stopped":
+                value = "; ".join(x for x in (a, b) if x) or None
+            else:
+                value = a + b
+            setattr(out, f.name, value)
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "stays": self.stays,
+            "bundles_planned": self.bundles_planned,
             "bundles": self.bundles,
+            "bundles_posted": self.bundles_posted,
+            "bundles_acknowledged": self.bundles_acknowledged,
             "observations_sent": self.observations_sent,
+            "entries_planned": self.entries_planned,
             "entries_sent": self.entries_sent,
+            "entries_acknowledged": self.entries_acknowledged,
+            "entries_unacknowledged": self.entries_unacknowledged,
+            "transport_errors": dict(self.transport_errors),
+            "retried_status": {str(k): v for k, v in self.retried_status.items()},
+            "retries": self.retries,
+            "stopped": self.stopped,
             "outcomes": dict(self.outcomes),
             "http_status": {str(k): v for k, v in self.http_status.items()},
             "entry_outcomes": dict(self.entry_outcomes),
@@ -306,8 +359,8 @@ def hour_bundle(
         resources.append(encounter_resource(stay, finished=True))
     if not resources:
         return None
-    report.observations_sent += sum(1 for r in resources if r["resourceType"] == "Observation")
-    report.entries_sent += len(resources)
+    report.bundles_planned += 1
+    report.entries_planned += len(resources)
     return {
         "resourceType": "Bundle",
         "id": deterministic_id("bundle", stay.encounter, hour),
@@ -388,84 +441,302 @@ def _matches(stay: Stay, query: str) -> bool:
     return {"<": x < val, "<=": x <= val, ">": x > val, ">=": x >= val, "==": x == val}[op]
 
 
-Sender = Callable[[str, dict[str, Any]], Awaitable[None]]
+class SendFailed(RuntimeError):
+    """A bundle could not be delivered after every retry: the run stops, naming what failed.
+
+    The stay is named by the simulator's own handle (its position in the plan), never by a patient or encounter
+    identifier; the bundle by its id, a hash of the stay and hour.
+    """
+
+    def __init__(self, stay: str, bundle_id: str, sequence: int, cause: str) -> None:
+        super().__init__(f"sending {stay}'s bundle #{sequence} (Bundle/{bundle_id}) failed: {cause}")
+        self.stay = stay
+        self.bundle_id = bundle_id
+        self.sequence = sequence
+        self.cause = cause
+
+
+class SimulationStopped(RuntimeError):
+    """The run stopped before everything was sent; ``report`` holds what was sent and acknowledged until then."""
+
+    def __init__(self, reason: str, report: SimulationReport) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.report = report
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently one bundle is posted.
+
+    Ingest restarting, the broker briefly unable to take writes or a dropped connection are worth retrying: bundle
+    and entry ids are deterministic, so a resent bundle is deduplicated by ingest (200 for entries already
+    published). The worst case per bundle is ``attempts * timeout_s`` plus the backoff.
+    """
+
+    attempts: int = 5
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+    timeout_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff after the ``attempt``-th failure (1-based), capped."""
+        return float(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
 
 
 class HttpSender:
     """Posts bundles to ingest's FHIR base, several encounters in flight at once, each encounter in order.
 
     An interface engine keeps one patient's messages in sequence (a later bundle is sent once the earlier one
-    is acknowledged); different encounters go in parallel.
+    is acknowledged); different encounters go in parallel. A concurrency slot is released whatever happens to
+    its bundle; when a bundle finally fails, the later bundles of its stay are not sent (they would arrive out of
+    order) and :attr:`failure` names it, which stops the run.
     """
 
-    def __init__(self, base_url: str, report: SimulationReport, concurrency: int = 8, token: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        report: SimulationReport,
+        concurrency: int = 8,
+        *,
+        token: str | None = None,
+        retry: RetryPolicy | None = None,
+        handles: dict[str, str] | None = None,
+        transport: Any = None,
+    ) -> None:
         import httpx
 
+        self.retry = retry or RetryPolicy()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=30.0, headers=headers)
+        self.client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), timeout=self.retry.timeout_s, transport=transport, headers=headers
+        )
         self.report = report
+        self.handles = handles or {}
         self.slots = asyncio.Semaphore(concurrency)
         self.pending: set[asyncio.Task[None]] = set()
         self.last: dict[str, asyncio.Task[None]] = {}
+        self.sequence: Counter[str] = Counter()
+        self.failure: SendFailed | None = None
+        self.failed_stays: set[str] = set()
+
+    def _handle(self, key: str) -> str:
+        return self.handles.get(key) or f"stay {deterministic_id('stay-handle', key)[:8]}"
 
     async def send(self, key: str, bundle: dict[str, Any]) -> None:
+        """Queue one bundle behind its stay's previous one; waits for a free slot (at most ``concurrency``)."""
+        self.raise_if_failed()
         await self.slots.acquire()
-        task = asyncio.create_task(self._after(self.last.get(key), key, bundle))
+        self.sequence[key] += 1
+        task = asyncio.create_task(self._after(self.last.get(key), key, bundle, self.sequence[key]))
         self.last[key] = task
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
-    async def _after(self, previous: asyncio.Task[None] | None, key: str, bundle: dict[str, Any]) -> None:
-        if previous is not None:
-            await asyncio.shield(previous)
-        await self._post(key, bundle)
+    def raise_if_failed(self) -> None:
+        """Raise the first failure, if a bundle finally failed."""
+        if self.failure is not None:
+            raise self.failure
 
-    async def _post(self, key: str, bundle: dict[str, Any]) -> None:
+    async def _after(self, previous: asyncio.Task[None] | None, key: str, bundle: dict[str, Any], seq: int) -> None:
         try:
-            for attempt in range(5):
-                r = await self.client.post(
-                    "/", content=orjson.dumps(bundle), headers={"content-type": "application/fhir+json"}
-                )
-                if r.status_code < 500:
-                    break
-                await asyncio.sleep(0.5 * (attempt + 1))  # ingest restarting or the broker slow: retry, idempotent
-            self.report.http_status[r.status_code] += 1
-            if r.headers.get("content-type", "").endswith("json"):
-                body = r.json()
-                for entry in body.get("entry", []) if isinstance(body, dict) else []:
-                    status = str(entry.get("response", {}).get("status", "?")).split(" ")[0]
-                    self.report.entry_outcomes[status] += 1
-                    if status == "422":
-                        self.report.rejected_encounters.add(key)
+            if previous is not None:
+                await asyncio.wait([previous])  # the stay's earlier bundle first, whatever became of it
+            if key in self.failed_stays:
+                return  # its earlier bundle failed: sending this one would put the stay out of order
+            await self._post(key, bundle, seq)
         finally:
             self.slots.release()
 
+    async def _post(self, key: str, bundle: dict[str, Any], seq: int) -> None:
+        import httpx
+
+        body = orjson.dumps(bundle)
+        self.report.bundles_posted += 1
+        self.report.entries_sent += len(bundle.get("entry", []))
+        self.report.observations_sent += sum(
+            1 for e in bundle.get("entry", []) if e.get("resource", {}).get("resourceType") == "Observation"
+        )
+        cause = ""
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                r = await self.client.post("/", content=body, headers={"content-type": "application/fhir+json"})
+            except httpx.TransportError as error:  # timeouts, refused or dropped connections, protocol errors
+                cause = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+                self.report.transport_errors[type(error).__name__] += 1
+            else:
+                if r.status_code < 500:
+                    self._record(key, r)
+                    return
+                cause = f"HTTP {r.status_code}"
+                self.report.retried_status[r.status_code] += 1
+            if attempt < self.retry.attempts:
+                self.report.retries += 1
+                await asyncio.sleep(self.retry.delay(attempt))
+        # Recorded, not raised: the task ends quietly and the run raises the first failure once (raise_if_failed).
+        self.failed_stays.add(key)
+        if self.failure is None:
+            self.failure = SendFailed(
+                self._handle(key), str(bundle.get("id", "?")), seq, f"{cause} after {self.retry.attempts} attempts"
+            )
+
+    def _record(self, key: str, r: Any) -> None:
+        """Count the acknowledgement: the bundle's status and each entry's own outcome."""
+        self.report.http_status[r.status_code] += 1
+        if r.status_code < 300:
+            self.report.bundles_acknowledged += 1
+        if r.headers.get("content-type", "").endswith("json"):
+            body = r.json()
+            for entry in body.get("entry", []) if isinstance(body, dict) else []:
+                status = str(entry.get("response", {}).get("status", "?")).split(" ")[0]
+                self.report.entry_outcomes[status] += 1
+                if status == "422":
+                    self.report.rejected_encounters.add(key)
+
     async def close(self) -> None:
+        """Wait for every bundle in flight; raise the first failure if there was one."""
+        try:
+            if self.pending:
+                await asyncio.gather(*self.pending, return_exceptions=True)
+        finally:
+            await self.client.aclose()
+        self.raise_if_failed()
+
+    async def abort(self) -> None:
+        """Stop: cancel what is in flight (nothing more is sent) and close the connections."""
+        for task in list(self.pending):
+            task.cancel()
         if self.pending:
-            await asyncio.gather(*self.pending)
+            await asyncio.gather(*self.pending, return_exceptions=True)
         await self.client.aclose()
 
 
 class KafkaSender:
     """Publishes bundles as raw FHIR JSON on the raw topic, keyed by encounter."""
 
-    def __init__(self, producer: Any, topic: str) -> None:
+    def __init__(self, producer: Any, topic: str, report: SimulationReport) -> None:
         self.producer = producer
         self.topic = topic
-        self.futures: list[Any] = []
+        self.report = report
+        self.futures: list[tuple[Any, dict[str, Any]]] = []
+        self.failure: SendFailed | None = None
 
     async def send(self, key: str, bundle: dict[str, Any]) -> None:
-        self.futures.append(await self.producer.send(self.topic, orjson.dumps(bundle), key=key.encode()))
+        self.futures.append((await self.producer.send(self.topic, orjson.dumps(bundle), key=key.encode()), bundle))
         if len(self.futures) >= 500:
             await self.flush()
 
     async def flush(self) -> None:
         if self.futures:
-            await asyncio.gather(*self.futures)
+            await asyncio.gather(*(f for f, _ in self.futures))
+            for _, bundle in self.futures:  # acknowledged by the broker (acks=all)
+                self.report.bundles_posted += 1
+                self.report.bundles_acknowledged += 1
+                self.report.entries_sent += len(bundle.get("entry", []))
+                self.report.observations_sent += sum(
+                    1 for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"
+                )
             self.futures.clear()
+
+    def raise_if_failed(self) -> None:
+        """A failed publish raises from :meth:`flush` itself."""
 
     async def close(self) -> None:
         await self.flush()
+
+    async def abort(self) -> None:
+        self.futures.clear()
+
+
+class BundleSender(Protocol):
+    """Where the simulator sends bundles: ingest over HTTP, or the raw topic."""
+
+    async def send(self, key: str, bundle: dict[str, Any]) -> None: ...
+    def raise_if_failed(self) -> None: ...
+    async def close(self) -> None: ...
+    async def abort(self) -> None: ...
+
+
+OutcomePublisher = Callable[[OutcomeRecorded], Awaitable[Any]]
+"""Publishes one outcome and returns an awaitable acknowledgement (aiokafka's ``send``)."""
+
+
+async def run_timeline(
+    items: list[_Item],
+    *,
+    sender: BundleSender,
+    publish_outcome: OutcomePublisher,
+    report: SimulationReport,
+    speed: float = 0.0,
+    start: datetime = ICU_EPOCH,
+    deadline_s: float | None = None,
+    on_progress: Callable[[SimulationReport, datetime], None] | None = None,
+    progress_every_s: float = 0.5,
+) -> SimulationReport:
+    """Send the timeline's bundles and outcomes in order; stops at the first bundle that finally fails.
+
+    Raises :class:`SimulationStopped` (with the report so far, whose accounting then shows the loss) when a bundle
+    could not be delivered or ``deadline_s`` passed; progress is reported at most every ``progress_every_s``.
+    """
+    t0 = time.monotonic()
+    last_progress = 0.0
+    outcome_acks: list[Any] = []
+
+    def check_deadline() -> None:
+        if deadline_s is not None and time.monotonic() - t0 > deadline_s:
+            raise TimeoutError(
+                f"the simulation did not finish within {deadline_s:.0f}s: {report.bundles_acknowledged} of "
+                f"{report.bundles_planned} bundles acknowledged"
+            )
+
+    async def within_deadline(awaitable: Awaitable[Any]) -> Any:
+        if deadline_s is None:
+            return await awaitable
+        left = max(0.0, deadline_s - (time.monotonic() - t0))
+        try:
+            return await asyncio.wait_for(awaitable, timeout=left)
+        except TimeoutError:
+            check_deadline()
+            raise
+
+    try:
+        for item in items:
+            if speed > 0:
+                due = t0 + (item.at - start).total_seconds() / 3600 / speed
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await within_deadline(asyncio.sleep(delay))
+            sender.raise_if_failed()
+            check_deadline()
+            if item.kind == "bundle":
+                await within_deadline(sender.send(item.key, item.payload))
+                report.bundles += 1
+            else:
+                # Outcomes published only once everything the EHR sent before them is out, like a later feed.
+                outcome_acks.append(await publish_outcome(item.payload))
+                report.outcomes[item.payload.outcome] += 1
+            if on_progress and time.monotonic() - last_progress >= progress_every_s:
+                last_progress = time.monotonic()
+                on_progress(report, item.at)
+        await within_deadline(sender.close())
+        await within_deadline(asyncio.gather(*outcome_acks))
+    except (SendFailed, TimeoutError) as error:
+        await sender.abort()
+        report.seconds = time.monotonic() - t0
+        report.stopped = str(error)
+        raise SimulationStopped(str(error), report) from error
+    except BaseException:
+        await sender.abort()
+        raise
+    report.seconds = time.monotonic() - t0
+    if on_progress:
+        on_progress(report, items[-1].at if items else start)
+    return report
+
+
+def stay_handles(stays: list[Stay]) -> dict[str, str]:
+    """Each stay's name in messages: its position in the plan (no patient or encounter identifier)."""
+    return {s.encounter: f"stay #{i + 1} of {len(stays)}" for i, s in enumerate(stays)}
 
 
 async def simulate(
@@ -480,11 +751,14 @@ async def simulate(
     outcome_delay_hours: float = 6.0,
     drifts: list[Drift] | None = None,
     start: datetime = ICU_EPOCH,
+    deadline_s: float | None = None,
+    retry: RetryPolicy | None = None,
     on_progress: Callable[[SimulationReport, datetime], None] | None = None,
 ) -> SimulationReport:
-    """Send every stay's bundles and outcomes in simulated-time order; returns what was sent.
+    """Send every stay's bundles and outcomes in simulated-time order; returns what was sent and acknowledged.
 
-    ``token``: the bearer token ingest's FHIR writes need (the stack's ``simulator`` token).
+    ``token``: the bearer token ingest's FHIR writes need (the stack's ``simulator`` token). Raises
+    :class:`SimulationStopped` when a bundle finally fails or ``deadline_s`` passes.
     """
     from aiokafka import AIOKafkaProducer
 
@@ -492,37 +766,28 @@ async def simulate(
     items = timeline(stays, drifts=drifts or [], outcome_delay_hours=outcome_delay_hours, start=start, report=report)
     producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", enable_idempotence=True, linger_ms=5)
     await producer.start()
-    sender: HttpSender | KafkaSender = (
-        HttpSender(ingest_url, report, token=token) if via == "http" else KafkaSender(producer, topics.fhir_raw)
+    sender: BundleSender = (
+        HttpSender(ingest_url, report, token=token, retry=retry, handles=stay_handles(stays))
+        if via == "http"
+        else KafkaSender(producer, topics.fhir_raw, report)
     )
-    outcome_futures: list[Any] = []
-    t0 = time.monotonic()
+
+    async def publish_outcome(outcome: OutcomeRecorded) -> Any:
+        return await producer.send(topics.outcomes, outcome.model_dump_json().encode(), key=outcome.key.encode())
+
     try:
-        for item in items:
-            if speed > 0:
-                due = t0 + (item.at - start).total_seconds() / 3600 / speed
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            if item.kind == "bundle":
-                await sender.send(item.key, item.payload)
-                report.bundles += 1
-            else:
-                # Outcomes published only once everything the EHR sent before them is out, like a later feed.
-                outcome_futures.append(
-                    await producer.send(topics.outcomes, item.payload.model_dump_json().encode(), key=item.key.encode())
-                )
-                report.outcomes[item.payload.outcome] += 1
-            if on_progress and report.bundles % 200 == 0:
-                on_progress(report, item.at)
-        await sender.close()
-        await asyncio.gather(*outcome_futures)
+        return await run_timeline(
+            items,
+            sender=sender,
+            publish_outcome=publish_outcome,
+            report=report,
+            speed=speed,
+            start=start,
+            deadline_s=deadline_s,
+            on_progress=on_progress,
+        )
     finally:
         await producer.stop()
-    report.seconds = time.monotonic() - t0
-    if on_progress:
-        on_progress(report, items[-1].at if items else start)
-    return report
 
 
 def write_bundles(stays: list[Stay], out: Path, *, drifts: list[Drift] | None = None) -> SimulationReport:
@@ -535,4 +800,8 @@ def write_bundles(stays: list[Stay], out: Path, *, drifts: list[Drift] | None = 
             if item.kind == "bundle":
                 f.write(orjson.dumps(item.payload) + b"\n")
                 report.bundles += 1
+                report.entries_sent += len(item.payload["entry"])
+                report.observations_sent += sum(
+                    1 for e in item.payload["entry"] if e["resource"]["resourceType"] == "Observation"
+                )
     return report

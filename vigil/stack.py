@@ -16,11 +16,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from vigil.credentials import ensure_secrets
 from vigil.http_tokens import HttpSecrets
 from vigil.kafka_local import LocalCluster, process_alive, vigil_home
 from vigil_contracts.topics import Topics
@@ -147,13 +149,13 @@ class Stack:
         except (httpx.HTTPError, ValueError):
             return False, None
 
-    def wait_ready(self, timeout: float = 60.0) -> dict[str, bool]:
-        """Poll every ``/ready`` until all answer 200 or ``timeout`` passes."""
+    def wait_ready(self, timeout: float = 60.0, names: Collection[str] | None = None) -> dict[str, bool]:
+        """Poll every ``/ready`` (or those of ``names``) until all answer 200 or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
-        state = {s.name: False for s in self.services}
+        state = {s.name: False for s in self.services if names is None or s.name in names}
         while time.monotonic() < deadline and not all(state.values()):
             for s in self.services:
-                if not state[s.name]:
+                if s.name in state and not state[s.name]:
                     if self.pid(s.name) is None:
                         raise RuntimeError(f"{s.name} exited; see {self.log_dir / (s.name + '.log')}")
                     state[s.name] = self.ready(s)[0]
@@ -161,8 +163,11 @@ class Stack:
                 time.sleep(0.5)
         return state
 
-    def up(self, extra_env: dict[str, str] | None = None, timeout: float = 60.0) -> dict[str, bool]:
-        """Start the broker, create the topics and ACLs (as the administrator), start the services."""
+    def up(
+        self, extra_env: dict[str, str] | None = None, timeout: float = 60.0, wait_for: Collection[str] | None = None
+    ) -> dict[str, bool]:
+        """Make the secrets (first time), start the broker, create the topics and ACLs (as admin), start services."""
+        ensure_secrets(self.home, kafka=not self.development)
         self.cluster.start()
         settings = {**os.environ, **(extra_env or {})}
         self.cluster.provision(
@@ -170,7 +175,7 @@ class Stack:
         )
         for spec in self.services:
             self.start_service(spec, extra_env)
-        return self.wait_ready(timeout=timeout)
+        return self.wait_ready(timeout=timeout, names=wait_for)
 
     def stop_service(self, name: str, timeout: float = 20.0) -> None:
         """SIGTERM a service (graceful: it finishes its batch and commits), SIGKILL after ``timeout``."""

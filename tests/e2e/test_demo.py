@@ -2,21 +2,30 @@
 
 It runs the real stack (native broker, five service processes) on the bundled sample of real stays, then checks
 the summary it writes, renders its report in headless Chromium, and recomputes each model's figures from
-`vigil model predict` run as a separate command on the same stays.
+`vigil model predict` run as a separate command on the same stays. A real Prometheus (Debian's package) scrapes
+the stack all along, with the alert rules of deploy/prometheus; afterwards every query of the Grafana dashboard
+and of the alert rules returns data through Prometheus' HTTP API.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
+import yaml
 
 from tests.browser import render
 from vigil import simulate as sim
@@ -28,10 +37,47 @@ ROOT = Path(__file__).resolve().parents[2]
 STAYS = 40
 # Several worktrees on one machine run e2e side by side by shifting every port with VIGIL_TEST_E2E_PORT_OFFSET.
 _OFFSET = int(os.environ.get("VIGIL_TEST_E2E_PORT_OFFSET", "0"))
+KAFKA_PORT = 29192 + _OFFSET
+PORT_BASE = 18101 + _OFFSET
+PROMETHEUS_PORT = 19190 + _OFFSET
+SERVICES = ("ingest", "scorer", "shadow", "drift", "registry")
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """A Prometheus scraping the demo's stack every second with the project's alert rules (None if not installed)."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        yield None
+        return
+    home = tmp_path_factory.mktemp("prometheus")
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(ROOT / "deploy" / "prometheus" / "alerts.yml")]
+    config["scrape_configs"][0]["static_configs"] = [
+        {"targets": [f"127.0.0.1:{PORT_BASE + i}" for i in range(len(SERVICES))]}
+    ]
+    (home / "prometheus.yml").write_text(yaml.safe_dump(config))
+    with (home / "prometheus.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={home / 'prometheus.yml'}",
+                f"--storage.tsdb.path={home / 'data'}",
+                f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield f"http://127.0.0.1:{PROMETHEUS_PORT}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory, prometheus: str | None) -> Iterator[dict[str, Any]]:
     out = tmp_path_factory.mktemp("demo")
     cmd = [
         sys.executable,
@@ -45,18 +91,30 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "--report",
         str(out / "report.html"),
         "--kafka-port",
-        str(29192 + _OFFSET),
+        str(KAFKA_PORT),
         "--port-base",
-        str(18101 + _OFFSET),
+        str(PORT_BASE),
+        "--keep-running",  # for Prometheus' queries after the story; stopped at the end of the module
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, env=dict(os.environ), check=False)
-    (out / "demo.log").write_text(done.stdout + done.stderr)
-    assert (out / "summary.json").exists(), done.stderr[-4000:]
-    summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
-    summary["_exit"] = done.returncode
-    summary["_dir"] = str(out)
-    summary["_log"] = (done.stdout + done.stderr)[-6000:]
-    return summary
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, env=dict(os.environ), check=False
+        )
+        (out / "demo.log").write_text(done.stdout + done.stderr)
+        assert (out / "summary.json").exists(), done.stderr[-4000:]
+        summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
+        summary["_exit"] = done.returncode
+        summary["_dir"] = str(out)
+        summary["_log"] = (done.stdout + done.stderr)[-6000:]
+        yield summary
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "vigil.cli", "down", "--kafka-port", str(KAFKA_PORT), "--port-base", str(PORT_BASE)],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=180,
+            check=False,
+        )
 
 
 @pytest.mark.slow
@@ -152,3 +210,79 @@ def test_the_report_reads_in_a_browser(demo: dict[str, Any]) -> None:
     assert "zero loss: yes" in dom
     assert "Promotion decision and its evidence" in dom
     assert shot.stat().st_size > 20_000
+
+
+def _comparison_stripped(expr: str) -> str:
+    """An alert rule's expression without its final threshold: the series it judges (data even when not firing)."""
+    return re.sub(r"\s*(==|!=|>=|<=|>|<)\s*[-\d.e]+\s*$", "", expr.strip())
+
+
+def _query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=30)
+    body = r.json()
+    assert body["status"] == "success", (expr, body)
+    return list(body["data"]["result"])
+
+
+def _exercise_refusals_and_dead_letters(demo: dict[str, Any]) -> None:
+    """What a healthy demo does not do: a malformed POST (400), an implausible reading (422 entry) and a record
+    that does not parse on the observations topic (parked by every consumer), so their panels have data too."""
+    from vigil.stack import Stack
+
+    stack = Stack(kafka_port=KAFKA_PORT, port_base=PORT_BASE)  # the demo's stack: its secrets, its broker
+    ingest = f"http://127.0.0.1:{PORT_BASE}"
+    # As the EHR (the simulator's token): refusals for what is sent, not for who sends it.
+    fhir = {"content-type": "application/fhir+json", "authorization": f"Bearer {stack.token('simulator')}"}
+    assert httpx.post(ingest, content=b"{not json", headers=fhir).status_code == 400
+    stay = sim.load_stays(None, stays=1, seed=99, id_prefix="prom")[0]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            sim._entry(r)
+            for r in (
+                sim.patient_resource(stay),
+                sim.encounter_resource(stay, finished=False),
+                sim.observation_resource(stay, "HR", 0, 4000.0),
+            )
+        ],
+    }
+    r = httpx.post(ingest, content=orjson.dumps(bundle), headers=fhir)
+    assert r.status_code < 300 and "422" in r.text, r.text[:500]
+
+    async def park() -> None:
+        from aiokafka import AIOKafkaProducer
+
+        # As the administrator: no principal of the stack may write garbage to the observations topic.
+        producer = AIOKafkaProducer(**stack.cluster.connection().client_kwargs(), acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(f"{demo['topic_prefix']}observations", b"not an event", key=b"prom")
+        finally:
+            await producer.stop()
+
+    import asyncio
+
+    asyncio.run(park())
+
+
+@pytest.mark.slow
+def test_prometheus_answers_every_dashboard_and_alert_query(demo: dict[str, Any], prometheus: str | None) -> None:
+    if prometheus is None:
+        pytest.skip("prometheus is missing: `bash scripts/install-system-deps.sh` installs Debian's prometheus package")
+    assert demo["_exit"] == 0, demo["_log"]
+    _exercise_refusals_and_dead_letters(demo)
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "vigil.json").read_text())
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    queries = {f"panel {p['title']!r} {t['refId']}": t["expr"] for p in dashboard["panels"] for t in p["targets"]}
+    queries |= {f"alert {r['alert']}": _comparison_stripped(r["expr"]) for g in rules["groups"] for r in g["rules"]}
+    # Prometheus scrapes every second and evaluates the rules every second: a few seconds for the last records.
+    empty: dict[str, str] = dict(queries)
+    deadline = time.monotonic() + 60
+    while empty and time.monotonic() < deadline:
+        empty = {name: expr for name, expr in empty.items() if not _query(prometheus, expr)}
+        if empty:
+            time.sleep(2)
+    assert not empty, f"queries without data: {json.dumps(empty, indent=1)}"
+    up = _query(prometheus, 'up{job="vigil"}')
+    assert sorted(float(s["value"][1]) for s in up) == [1.0] * len(SERVICES)

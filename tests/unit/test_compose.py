@@ -13,7 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("ingest", "scorer", "shadow", "drift", "registry")
-ENV = {"POSTGRES_PASSWORD": "test-only", "REGISTRY_TOKENS": "{}"}
+ENV = {"POSTGRES_PASSWORD": "test-only", "GRAFANA_ADMIN_PASSWORD": "test-only"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ ONE_SHOT = ("kafka-init", "kafka-provision")
 
 
 def test_every_service_and_dependency_is_declared(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {*SERVICES, *ONE_SHOT, "kafka", "postgres", "prometheus"}
+    assert set(compose["services"]) == {*SERVICES, *ONE_SHOT, "kafka", "postgres", "prometheus", "grafana"}
     assert compose["services"]["kafka"]["image"].startswith("apache/kafka:")
     assert "/secrets/server.properties" in " ".join(compose["services"]["kafka"]["command"])
 
@@ -103,6 +103,39 @@ def test_each_service_connects_as_its_own_principal_over_tls(compose: dict[str, 
         assert any(m.endswith(":/secrets:ro") for m in mounts), (name, mounts)
 
 
+def test_http_secrets_come_from_kafka_init_as_files(compose: dict[str, Any]) -> None:
+    """Tokens, the token table and the signing key are files made by kafka-init; no token in the environment."""
+    for name in SERVICES:
+        env = compose["services"][name]["environment"]
+        assert env["VIGIL_AUTH_TOKENS_FILE"] == "/secrets/http/tokens.json", name
+        assert env["VIGIL_LIFECYCLE_PUBLIC_KEY_FILE"] == "/secrets/lifecycle/registry-signing.pub", name
+        assert not any(k.endswith("TOKENS") or k.endswith("_TOKEN") for k in env), name
+    assert compose["services"]["registry"]["environment"]["REGISTRY_SIGNING_KEY_FILE"] == (
+        "/secrets/lifecycle/registry-signing.key"
+    )
+    for name in ("scorer", "shadow"):
+        assert compose["services"][name]["environment"][f"{name.upper()}_REGISTRY_TOKEN_FILE"] == (
+            f"/secrets/http/{name}.token"
+        )
+
+
+def test_kafka_init_makes_the_http_secrets_for_the_services_user(tmp_path: Path, monkeypatch: Any) -> None:
+    """compose-init writes the token table, the services' registry tokens and the signing key, and hands to the
+    services' user only what they read (os.chown recorded: the test does not run as root)."""
+    from vigil import credentials
+
+    owned: dict[str, int] = {}
+    monkeypatch.setattr(credentials.os, "chown", lambda path, uid, _gid: owned.__setitem__(str(path), uid))
+    credentials.compose_init(tmp_path)
+    service = credentials.SERVICE_UID
+    for path in ("http/tokens.json", "http/scorer.token", "http/shadow.token", "lifecycle/registry-signing.key"):
+        assert (tmp_path / path).exists(), path
+        assert owned[str(tmp_path / path)] == service, path
+    for person in ("admin", "scientist", "approver", "simulator", "operator"):
+        assert str(tmp_path / "http" / f"{person}.token") not in owned, person
+    assert oct((tmp_path / "http" / "tokens.json").stat().st_mode & 0o777) == "0o600"
+
+
 def test_prometheus_scrapes_every_service() -> None:
     config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     targets = {
@@ -120,4 +153,4 @@ def test_no_default_secrets() -> None:
         check=False,
     )
     assert done.returncode != 0
-    assert "POSTGRES_PASSWORD" in done.stderr or "REGISTRY_TOKENS" in done.stderr
+    assert any(name in done.stderr for name in ENV)

@@ -167,6 +167,7 @@ def bootstrap(settings: Settings, core: DriftCore | None = None) -> ServiceRunti
     topics = settings.topics
     publisher = Publisher(broker)
     suffix = {topics.observations: "observations", topics.scores_live: "scores.live", topics.outcomes: "outcomes"}
+    metrics.declare(list(suffix.values()), "parked")  # the first dead letter is an increase for the alert
     dead_letters = DeadLetters(
         publisher,
         topics.dead_letter,

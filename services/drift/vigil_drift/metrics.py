@@ -32,7 +32,7 @@ class DriftMetrics:
         )
         self.open_alerts = Gauge("vigil_drift_open_alerts", "Open alerts by kind.", ["kind"], registry=r)
         self.alerts = Counter("vigil_drift_alerts", "Alert events published.", ["kind", "state"], registry=r)
-        self.rows = Counter("vigil_drift_stay_hours", "Stay-hour rows judged by the input detectors.", registry=r)
+        self.rows = Counter("vigil_drift_rows_judged", "Stay-hour rows judged by the input detectors.", registry=r)
 
     def refresh(self, snapshot: dict[str, Any]) -> None:
         """Set every gauge from a core snapshot."""

@@ -43,11 +43,12 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
     broker.publisher(topics.dead_letter, schema=DeadLettered, title="dead letters")
     broker.publisher(topics.alerts, schema=AlertRaised, title="provenance alerts (refused lifecycle events)")
     publisher = Publisher(broker)
+    metrics.declare([topics.observations, topics.lifecycle], "parked")  # the first dead letter is an increase
     dead_letters = DeadLetters(
         publisher,
         topics.dead_letter,
         service=SERVICE,
-        on_parked=lambda letter: metrics.count(letter.source_topic, "parked_total"),
+        on_parked=lambda letter: metrics.count(letter.source_topic, "parked"),
     )
     service = ScorerService(
         settings,

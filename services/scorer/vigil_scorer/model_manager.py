@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -54,6 +55,9 @@ class ModelManager:
         """The batch step's lock: a swap happens between batches."""
         self.core: ScoringCore | None = None
         self.live: LivePublisher | None = None
+        self.on_first_model: Callable[[], Awaitable[None]] | None = None
+        """Called under the lock once the first confirmed model is installed after failing closed at start
+        (the scorer restores the partitions whose restore at assignment could not run without a model)."""
 
     async def registry_model(self) -> LoadedModel | None:
         """The registry's production version, loaded and verified; None when the registry has none or is unusable."""
@@ -192,6 +196,8 @@ class ModelManager:
             if first is not None:
                 async with self.lock:
                     self.install(first)
+                    if self.on_first_model is not None:
+                        await self.on_first_model()
                 self.metrics.swaps.labels("swapped").inc()
             return
         try:

@@ -102,7 +102,23 @@ class ScorerService:
         self.batch = BatchStep(
             settings, self.metrics, models=self.models, checkpointer=self.checkpointer, assignment=self.assignment
         )
+        self.models.on_first_model = self._restore_pending
         self._tasks: list[asyncio.Task[None]] = []
+
+    async def _restore_pending(self) -> None:
+        """Restore the owned partitions whose restore at assignment failed for want of a model.
+
+        Without this a scorer that failed closed at start would wait for a batch before restoring, and a caller
+        waiting for /ready (states_restored) before sending anything would wait for ever.
+        """
+        pending = self.needs_restore & self.owned
+        if not pending:
+            return
+        try:
+            await self.batch.restore(pending)
+        except Exception:
+            self.metrics.errors.labels("restore").inc()
+            log.exception("state restore failed; retried before the next batch")
 
     # --- the parts' state, as the app, the routes and the tests read it ------------------------------
 

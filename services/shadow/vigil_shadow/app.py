@@ -76,6 +76,8 @@ class ShadowService:
         self.scores_out = ShadowScorePublisher(
             publisher.publish_all, topic=settings.shadow_topic, live_topic=topics.scores_live
         )
+        # The first dead letter must be an increase for the alert: the parked series exist from the start.
+        metrics.declare([topics.observations, topics.scores_live, topics.scores_shadow, topics.outcomes], "parked")
         self.dead_letters = DeadLetters(
             publisher,
             topics.dead_letter,

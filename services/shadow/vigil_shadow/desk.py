@@ -77,8 +77,8 @@ class ComparisonDesk:
             registry=r,
         )
         self.hours = Gauge(
-            "vigil_shadow_joint_hours",
-            "Encounter-hours scored by both, and labelled.",
+            "vigil_shadow_joint_rows",
+            "Encounter-hour rows scored by both, and labelled (a count, not a duration).",
             ["model", "version", "kind"],
             registry=r,
         )

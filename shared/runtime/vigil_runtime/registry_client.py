@@ -108,6 +108,17 @@ class RegistryClient(Generic[PackageT]):
         response.raise_for_status()
         return dict(response.json())
 
+    async def request(self, method: str, path: str, *, token: str | None = None, **kw: Any) -> httpx.Response:
+        """Any call of the registry's API on this client's connections, as the holder of ``token`` when given.
+
+        For the governed steps people take through the API (register, stage, propose, approve, policy), as the
+        demo does; the answer is returned as is, its status for the caller to judge.
+        """
+        headers = dict(kw.pop("headers", None) or {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return await self._http.request(method, f"{self.base_url}{path}", headers=headers, **kw)
+
     async def fetch_package(
         self,
         url: str,

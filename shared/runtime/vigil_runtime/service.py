@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vigil_runtime.auth import Authenticator, AuthError, build_authenticator, operations_access
 from vigil_runtime.kafka import ensure_topics
@@ -121,6 +123,7 @@ def build_http_app(
     app.state.runtime = runtime
     app.state.auth = authenticator or build_authenticator(runtime.settings.auth())
     _offline_docs(app, title)
+    app.add_middleware(HttpMetrics, metrics=runtime.metrics)
 
     @app.exception_handler(AuthError)
     async def refused(_: Request, error: AuthError) -> JSONResponse:
@@ -172,6 +175,38 @@ def _offline_docs(app: FastAPI, title: str) -> None:
             redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
             with_google_fonts=False,
         )
+
+
+class HttpMetrics:
+    """ASGI middleware: every HTTP request counted by route template, method and status, with its latency.
+
+    The route is the matched template (``/models/{name}/versions/{version}``), read from the scope after routing;
+    a path no route matches counts as ``unmatched``, so a scan of random paths cannot grow the label set.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # an exception before the response starts is answered 500 by the server
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.http_request(template, scope["method"], status, time.perf_counter() - started)
 
 
 async def _retry(action: Callable[[], Awaitable[Any]], *, what: str, attempts: int = 30, delay: float = 1.0) -> Any:
