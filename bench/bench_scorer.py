@@ -421,6 +421,7 @@ async def compare_security(
     from vigil.kafka_local import LocalCluster
 
     clusters = {
+        # The plaintext broker is the baseline the secured one is measured against (the cost of TLS + SASL).
         "plaintext": LocalCluster(name="bench-plaintext", base_port=plaintext_port, secured=False),
         "sasl_ssl": LocalCluster(name="bench-sasl-ssl", base_port=secured_port),
     }

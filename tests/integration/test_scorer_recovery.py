@@ -171,6 +171,8 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(
 async def test_two_scorers_share_six_partitions_across_a_rebalance(
     settings_env: dict[str, Any], tmp_path: Path, shared_kit: Path
 ) -> None:
+    # Development mode: no registry runs in this test, so only the bundled model can score (outside development
+    # mode the scorers would fail closed); what it tests is state following partitions across a rebalance.
     settings = settings_for({**settings_env, "partitions": 6}, tmp_path, batch_max_records=40, development=True)
     await ensure_topics(settings)
     stays = load_stays(24, first=80, data=shared_kit / "data" / "physionet2019_setA.parquet")

@@ -33,6 +33,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     fake_cluster(tmp_path, "default", 9092)
     fake_cluster(tmp_path, "stack-29092", 29092)
     fake_cluster(tmp_path, "three", 39092, brokers=3)
+    # A record of a cluster a person started with --dev: stop/status must find it as it was started.
     fake_cluster(tmp_path, "dev", 49092, secured=False)
     return tmp_path
 

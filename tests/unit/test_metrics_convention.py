@@ -28,6 +28,8 @@ TEMPLATED = {
 
 def scrape(service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """The service's /metrics after a few requests; its HTTP app runs without its Kafka side."""
+    # Development mode: each app is built without a broker or a registry (no Kafka credentials to give, the
+    # scorer would otherwise fail closed and serve nothing); what is checked is only the /metrics text format.
     monkeypatch.setenv("VIGIL_DEVELOPMENT", "true")
     settings_cls: Any = importlib.import_module(f"vigil_{service}.settings").Settings
     kw: dict[str, Any] = {"kafka_bootstrap_servers": "127.0.0.1:1", "topic_prefix": "unit-7."}

@@ -96,6 +96,7 @@ def test_forged_events_are_refused_with_their_reason(
 
 def test_a_local_artifact_is_accepted_in_development_only(tmp_path: Path, key: Ed25519PrivateKey) -> None:
     event = LifecycleSigner(key).sign(factories.lifecycle(artifact_url="file:///tmp/model"))
+    # Development mode is the subject of this test: a local artifact is accepted there and nowhere else.
     verifier(tmp_path, development=True).check(event)
     with pytest.raises(ProvenanceRefused, match="outside development mode"):
         verifier(tmp_path).check(event)

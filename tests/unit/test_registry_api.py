@@ -230,6 +230,7 @@ def test_no_default_secret_outside_development(tmp_path: Path) -> None:
 
 
 def test_development_mode_accepts_the_documented_demo_tokens(tmp_path: Path) -> None:
+    # Development mode is the subject of this test: the documented demo tokens work there and only there.
     settings = settings_for(tmp_path, tokens={}, development=True)
     with TestClient(create_app(settings)) as c:
         assert c.get("/models").status_code == 200  # anonymous reads in development
