@@ -1383,7 +1383,7 @@ class Mapper:
             unit=m.unit,
             observed_at=where.observed_at,
             status=where.status,
-            comparator=reading.comparator,  # type: ignore[arg-type]
+            comparator=reading.comparator,
             source=where.source,
             original_value=original[0] if original else None,
             original_unit=original[1] if original else None,

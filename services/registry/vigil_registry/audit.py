@@ -69,7 +69,7 @@ def append(
     # Take the head row's write lock before reading it: a no-op UPDATE locks the row on PostgreSQL and starts the
     # write transaction on SQLite (whose driver begins one only at the first write), so no other writer can
     # append between our read of the head and our insert.
-    session.exec(update(AuditHead).where(col(AuditHead.id) == 1).values(seq=AuditHead.seq))  # type: ignore[call-overload]
+    session.exec(update(AuditHead).where(col(AuditHead.id) == 1).values(seq=AuditHead.seq))
     head = session.exec(select(AuditHead).where(AuditHead.id == 1).with_for_update()).first()
     if head is None:
         head = AuditHead(id=1, seq=0, entry_hash=GENESIS)

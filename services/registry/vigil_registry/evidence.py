@@ -152,9 +152,9 @@ class Evidence:
             if new:
                 session.flush()
                 session.exec(
-                    update(ModelVersion)  # type: ignore[call-overload]
+                    update(ModelVersion)
                     .where(col(ModelVersion.stage).in_([Stage.SHADOW.value, Stage.PRODUCTION.value]))
-                    .values(outcomes_labelled=ModelVersion.outcomes_labelled + new)  # type: ignore[operator]
+                    .values(outcomes_labelled=ModelVersion.outcomes_labelled + new)
                 )
         if new:
             # The outcomes may be what an approved candidate was waiting for (its comparison came first).

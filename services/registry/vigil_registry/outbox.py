@@ -56,11 +56,7 @@ class Outbox:
         if not ids:
             return
         with Session(self.engine) as session, session.begin():
-            session.exec(
-                update(OutboxEvent)  # type: ignore[call-overload]
-                .where(col(OutboxEvent.id).in_(list(ids)))
-                .values(published_at=utcnow())
-            )
+            session.exec(update(OutboxEvent).where(col(OutboxEvent.id).in_(list(ids))).values(published_at=utcnow()))
 
     def mark_failed(self, ids: Sequence[int], error: str) -> None:
         """Count a failed publish attempt (the relay retries)."""
@@ -68,9 +64,9 @@ class Outbox:
             return
         with Session(self.engine) as session, session.begin():
             session.exec(
-                update(OutboxEvent)  # type: ignore[call-overload]
+                update(OutboxEvent)
                 .where(col(OutboxEvent.id).in_(list(ids)))
-                .values(attempts=OutboxEvent.attempts + 1, last_error=error[:500])  # type: ignore[operator]
+                .values(attempts=OutboxEvent.attempts + 1, last_error=error[:500])
             )
 
 

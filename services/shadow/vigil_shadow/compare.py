@@ -250,7 +250,8 @@ def _overall_disparity(per_attribute: dict[str, Any]) -> float:
 
 
 def _hist(p: np.ndarray, edges: np.ndarray) -> list[int]:
-    return np.histogram(p, bins=edges)[0].astype(int).tolist()
+    counts: list[int] = np.histogram(p, bins=edges)[0].astype(int).tolist()
+    return counts
 
 
 def _plots(j: Joined, lab: np.ndarray, bins: int) -> dict[str, Any]:

@@ -101,7 +101,8 @@ class Joined:
     @property
     def labelled(self) -> np.ndarray:
         """Mask of the labelled (not censored) rows."""
-        return ~np.isnan(self.label)
+        mask: np.ndarray = ~np.isnan(self.label)
+        return mask
 
     def __len__(self) -> int:
         return len(self.enc)
