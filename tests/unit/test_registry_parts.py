@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import tarfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,14 @@ from tests.unit.test_registry_core import (
     outcomes,
     to_production_first,
 )
-from vigil_contracts.events import ModelLifecycleChanged, Stage
+from vigil_contracts.events import Event, ModelLifecycleChanged, Stage
 from vigil_registry.artifacts import ArtifactStore, pack_folder, package_digest, read_package, unpack_archive
 from vigil_registry.consumer import EvidenceHandler
 from vigil_registry.core import Registry
 from vigil_registry.errors import InvalidPackage, StoreCorrupted
 from vigil_registry.outbox import OutboxRelay
 from vigil_registry.policy import PromotionPolicy, alert_rate_ratio, evaluate
-from vigil_runtime.kafka import Parsed
+from vigil_runtime.kafka import Parsed, encode
 from vigil_runtime.provenance import LifecycleSigner, LifecycleVerifier, ensure_signing_key, load_public_keys
 
 # --- policy --------------------------------------------------------------------------------------
@@ -229,11 +230,11 @@ class FlakyPublisher:
         self.sent: list[tuple[bytes | None, bytes]] = []
         self.fail_next = False
 
-    async def publish_raw(self, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
+    async def publish_all(self, topic: str, events: Sequence[Event]) -> None:
         if self.fail_next:
             self.fail_next = False
             raise ConnectionError("broker unreachable")
-        self.sent.extend(items)
+        self.sent.extend((ev.key_bytes(), encode(ev)) for ev in events)
 
 
 async def test_relay_publishes_in_order_retries_and_republishes_after_a_crash(tmp_path: Path) -> None:

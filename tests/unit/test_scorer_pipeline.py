@@ -26,10 +26,13 @@ class FakeSink:
         self.sent: list[tuple[str, list[tuple[bytes | None, bytes | None, int | None]]]] = []
         self.fail_on: str | None = None
 
-    async def send_all(self, topic: str, items: Any) -> None:
+    async def send_all(self, topic: str, items: Any, *, kind: Any) -> None:
         if self.fail_on and topic.endswith(self.fail_on):
             raise ConnectionError("broker unreachable")
         self.sent.append((topic, list(items)))
+
+    async def publish_all(self, topic: str, events: Any) -> None:
+        await self.send_all(topic, [(e.key_bytes(), encode(e), None) for e in events], kind=None)
 
 
 def record(event: Any, partition: int, offset: int) -> Parsed[Any]:

@@ -131,9 +131,7 @@ class OutboxRelay:
             ids = [row.id for row in pending if row.id is not None]
             events = [self.signer.sign(ModelLifecycleChanged.model_validate_json(row.payload)) for row in pending]
             try:
-                await self.publisher.publish_raw(
-                    self.topic, [(event.key.encode(), event.model_dump_json().encode()) for event in events]
-                )
+                await self.publisher.publish_all(self.topic, events)
             except Exception as error:
                 await asyncio.to_thread(self.outbox.mark_failed, ids, f"{type(error).__name__}: {error}")
                 raise

@@ -20,8 +20,8 @@ from typing import Literal
 from aiokafka import TopicPartition
 
 from vigil_contracts.events import AlertRaised, Severity, deterministic_id, utcnow
-from vigil_runtime.kafka import encode
 from vigil_runtime.producer import AckedProducer
+from vigil_runtime.tracing import SCORER_STATE_KIND
 from vigil_scorer.assignment import Assignment
 from vigil_scorer.metrics import SERVICE, ScorerMetrics
 from vigil_scorer.model_manager import ModelManager
@@ -163,7 +163,7 @@ class Checkpointer:
         """
         t0 = time.perf_counter()
         try:
-            await self.state_sink.send_all(self.topics.scorer_state, checkpoint.snapshots)
+            await self.state_sink.send_all(self.topics.scorer_state, checkpoint.snapshots, kind=SCORER_STATE_KIND)
             t1 = time.perf_counter()
             consumer = self.assignment.consumer_of()
             if checkpoint.offsets and consumer is not None:
@@ -221,7 +221,7 @@ class Checkpointer:
             evidence={"error_type": type(error).__name__} if error is not None else {},
         )
         try:
-            await self.sink.send_all(self.topics.alerts, [(alert.key_bytes(), encode(alert), None)])
+            await self.sink.publish_all(self.topics.alerts, [alert])
         except Exception as publish_error:  # the broker may be what fails: /ready and the gauge still say it
             log.error("checkpoint alert not published", extra={"error_type": type(publish_error).__name__})
 

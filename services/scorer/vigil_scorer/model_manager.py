@@ -15,7 +15,6 @@ from datetime import timedelta
 from typing import Any
 
 from vigil_contracts.events import LifecycleAction, ModelLifecycleChanged, Stage
-from vigil_runtime.kafka import encode
 from vigil_runtime.producer import AckedProducer
 from vigil_runtime.registry_client import PackageRejected, RegistryClient, RegistryUnavailable
 from vigil_scorer.metrics import SERVICE, ScorerMetrics
@@ -121,7 +120,7 @@ class ModelManager:
         )
 
     async def _publish_scores(self, topic: str, scores: Any) -> None:
-        await self.sink.send_all(topic, [(s.key_bytes(), encode(s), None) for s in scores])
+        await self.sink.publish_all(topic, scores)
 
     async def on_lifecycle(self, event: ModelLifecycleChanged) -> None:
         """Load a version the registry put in production and swap it in between batches; stop on a demotion."""

@@ -51,6 +51,7 @@ from vigil_runtime.kafka import DeadLetters, Parsed, process_batch, records_of
 from vigil_runtime.metrics import ServiceMetrics
 from vigil_runtime.producer import AckedProducer
 from vigil_runtime.registry_client import RegistryClient
+from vigil_runtime.tracing import SCORER_STATE_KIND
 from vigil_scorer.assignment import Assignment
 from vigil_scorer.batch import BatchStep
 from vigil_scorer.checkpointer import Checkpointer, _Checkpoint
@@ -285,7 +286,9 @@ class ScorerService:
                 self.unsaved.pop(encounter, None)
             if evicted:
                 await self.state_sink.send_all(
-                    self.topics.scorer_state, [(enc.encode(), None, partition) for enc, partition in evicted]
+                    self.topics.scorer_state,
+                    [(enc.encode(), None, partition) for enc, partition in evicted],
+                    kind=SCORER_STATE_KIND,
                 )
                 self.metrics.evictions.inc(len(evicted))
             self.metrics.states.set(len(self.core))

@@ -26,8 +26,10 @@ from faststream.kafka.message import KafkaMessage
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from vigil_contracts.events import DeadLettered, Event, deterministic_id, utcnow
+from vigil_contracts.headers import CORRELATION_ID
 from vigil_contracts.topics import COMPACTED, Topic, Topics
 from vigil_runtime.settings import VigilSettings
+from vigil_runtime.tracing import as_str_headers, consuming, kind_of, sending
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +198,11 @@ def dead_letter_for(
 
 
 class Publisher:
-    """Publishes events and waits for the broker's acknowledgement of all of them."""
+    """Publishes events through the FastStream broker and waits for the broker's acknowledgement of all of them.
+
+    Sets Vigil's headers like ``AckedProducer`` (FastStream adds its own ``correlation_id`` and ``content-type``;
+    it is given Vigil's correlation id, so the two agree).
+    """
 
     def __init__(self, broker: KafkaBroker) -> None:
         self.broker = broker
@@ -205,13 +211,22 @@ class Publisher:
         """Send every event keyed by its ``key``; returns once all are acknowledged (acks=all)."""
         if not events:
             return
-        futures = [await self.broker.publish(encode(ev), topic, key=ev.key_bytes(), no_confirm=True) for ev in events]
-        await asyncio.gather(*futures)
-
-    async def publish_raw(self, topic: str, items: Sequence[tuple[bytes | None, bytes]]) -> None:
-        """Send pre-encoded (key, value) pairs and wait for all acknowledgements."""
-        futures = [await self.broker.publish(value, topic, key=key, no_confirm=True) for key, value in items]
-        await asyncio.gather(*futures)
+        with sending(topic) as out:
+            futures = []
+            for ev in events:
+                key = ev.key_bytes()
+                headers = as_str_headers(out.headers(kind_of(type(ev)), key))
+                futures.append(
+                    await self.broker.publish(
+                        encode(ev),
+                        topic,
+                        key=key,
+                        headers=headers,
+                        correlation_id=headers[CORRELATION_ID],
+                        no_confirm=True,
+                    )
+                )
+            await asyncio.gather(*futures)
 
 
 class DeadLetters:
@@ -277,12 +292,15 @@ async def process_batch(
     ``commit=False`` leaves the commit to the caller, which then commits several batches at once after its own
     durable step (the scorer's checkpoint: state snapshots first, then the offsets).
     """
+    records = records_of(message)
     try:
-        good, bad = parse_batch(records_of(message), adapter)
-        failed = await handle(good) if good else []
-        parked = [*bad, *failed]
-        if parked:
-            await dead_letters.park(parked)
+        # What the handler and the dead letters produce continues the consumed record of the same key.
+        with consuming(records, records[0].topic if records else ""):
+            good, bad = parse_batch(records, adapter)
+            failed = await handle(good) if good else []
+            parked = [*bad, *failed]
+            if parked:
+                await dead_letters.park(parked)
     except BaseException:
         # Rewind to the batch's first offsets: the consumer's position has already moved past them, and the
         # next batch's commit would otherwise skip this one.

@@ -1,4 +1,8 @@
-"""The one producer that waits for every acknowledgement (acks=all, idempotent), for the services' hot paths."""
+"""The one producer that waits for every acknowledgement (acks=all, idempotent), for the services' hot paths.
+
+Every record it sends carries Vigil's headers (``vigil_contracts.headers``), set here and in
+``vigil_runtime.kafka.Publisher`` only, through ``vigil_runtime.tracing.sending``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from vigil_contracts.events import Event
 from vigil_runtime.kafka import encode
 from vigil_runtime.kafka_security import KafkaConnection
+from vigil_runtime.tracing import Kind, kind_of, sending
 
 
 class AckedProducer:
@@ -58,19 +63,28 @@ class AckedProducer:
             await self._producer.stop()
             self._producer = None
 
-    async def send_all(self, topic: str, items: Sequence[tuple[bytes | None, bytes | None, int | None]]) -> None:
-        """Send (key, value, partition) records and wait until the broker has acknowledged every one."""
+    async def send_all(
+        self, topic: str, items: Sequence[tuple[bytes | None, bytes | None, int | None]], *, kind: Kind
+    ) -> None:
+        """Send pre-encoded (key, value, partition) records of one ``kind`` and wait until all are acknowledged."""
         if not items:
             return
-        futures = [
-            await self.producer.send(topic, value, key=key, partition=partition) for key, value, partition in items
-        ]
-        await asyncio.gather(*futures)
+        send = self.producer.send
+        with sending(topic) as out:
+            futures = [
+                await send(topic, value, key=key, partition=partition, headers=out.headers(kind, key))
+                for key, value, partition in items
+            ]
+            await asyncio.gather(*futures)
 
     async def publish_all(self, topic: str, events: Sequence[Event]) -> None:
         """Send every event keyed by its ``key``; returns once all are acknowledged."""
         if not events:
             return
         send = self.producer.send
-        futures = [await send(topic, encode(ev), key=ev.key_bytes()) for ev in events]
-        await asyncio.gather(*futures)
+        with sending(topic) as out:
+            futures = []
+            for ev in events:
+                key = ev.key_bytes()
+                futures.append(await send(topic, encode(ev), key=key, headers=out.headers(kind_of(type(ev)), key)))
+            await asyncio.gather(*futures)

@@ -29,8 +29,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
+from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vigil_runtime import tracing
 from vigil_runtime.auth import Authenticator, AuthError, build_authenticator, operations_access
 from vigil_runtime.kafka import ensure_topics
 from vigil_runtime.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
@@ -124,6 +126,10 @@ def build_http_app(
     app.state.auth = authenticator or build_authenticator(runtime.settings.auth())
     _offline_docs(app, title)
     app.add_middleware(HttpMetrics, metrics=runtime.metrics)
+    tracing.configure(
+        runtime.name, exporter=runtime.settings.tracing_exporter, endpoint=runtime.settings.tracing_endpoint
+    )
+    app.add_middleware(RequestContext)
 
     @app.exception_handler(AuthError)
     async def refused(_: Request, error: AuthError) -> JSONResponse:
@@ -207,6 +213,66 @@ class HttpMetrics:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.http_request(template, scope["method"], status, time.perf_counter() - started)
+
+
+class RequestContext:
+    """ASGI middleware: each HTTP request's correlation id and trace context, for what it publishes to Kafka.
+
+    The correlation id is the client's ``X-Correlation-ID`` when it is well formed (else a new random one) and is
+    returned in the response's ``X-Correlation-ID``; the trace continues the client's ``traceparent``. With
+    tracing on, the request is a SERVER span named by its route template; the Kafka messages it publishes are
+    children of it (``vigil_runtime.tracing``).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        correlation = traceparent = None
+        for name, value in scope["headers"]:
+            if name == b"x-correlation-id":
+                correlation = value
+            elif name == b"traceparent":
+                traceparent = value
+        correlation = tracing.valid_correlation_id(correlation) or tracing.new_correlation_id()
+        traceparent = tracing.valid_traceparent(traceparent)
+        span = None
+        if tracing.enabled():
+            parent = tracing.Origin(correlation, traceparent) if traceparent else None
+            span = tracing.start_span(scope["method"], SpanKind.SERVER, parent=parent)  # renamed by route at the end
+            origin = tracing.Origin(correlation, tracing.traceparent_of(span), set_span_in_context(span))
+        else:
+            origin = tracing.Origin(correlation, traceparent or tracing.new_traceparent())
+        status = 500
+
+        async def with_correlation(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                message["headers"] = [*message.get("headers", []), (b"x-correlation-id", correlation)]
+            await send(message)
+
+        error: BaseException | None = None
+        try:
+            with tracing.within(origin):
+                await self.app(scope, receive, with_correlation)
+        except BaseException as raised:
+            error = raised
+            raise
+        finally:
+            if span is not None:
+                # Named by the route template, never the path: paths hold resource ids.
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                span.update_name(f"{scope['method']} {route}")
+                span.set_attribute("http.request.method", scope["method"])
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if error is not None or status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                span.end()
 
 
 async def _retry(action: Callable[[], Awaitable[Any]], *, what: str, attempts: int = 30, delay: float = 1.0) -> Any:

@@ -8,6 +8,7 @@ service-specific variable wins over the ``VIGIL_`` one.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -70,6 +71,12 @@ class VigilSettings(BaseSettings):
     """Required ``aud`` of access tokens (None: not checked)."""
     auth_protect_operations: bool = False
     """Require a credential on ``/health``, ``/ready`` and ``/metrics`` too (open by default for probes)."""
+    tracing_exporter: Literal["otlp", "console", "none"] | None = None
+    """OpenTelemetry traces exporter: ``otlp`` (OTLP over HTTP/protobuf), ``console`` or ``none``. None (the default):
+    the standard ``OTEL_TRACES_EXPORTER``, else ``otlp`` when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else off."""
+    tracing_endpoint: str | None = None
+    """Full OTLP/HTTP traces URL (``http://collector:4318/v1/traces``); None: the exporter reads
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT`` itself."""
 
     @classmethod
     def settings_customise_sources(

@@ -54,12 +54,13 @@ from vigil_contracts.events import (
     Stage,
     utcnow,
 )
+from vigil_contracts.headers import SCORER_STATE_VERSION
 from vigil_scoring.features import FEATURE_COLUMNS, EncounterState, features_many
 
 log = logging.getLogger(__name__)
 
 CanonicalEventT = ObservationRecorded | ObservationRetracted | EncounterRecorded
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = SCORER_STATE_VERSION  # the changelog's vigil-schema-version header says this one
 
 
 class NotProductionError(RuntimeError):
