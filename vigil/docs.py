@@ -10,10 +10,13 @@ import importlib
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from faststream.specification import AsyncAPI
 
 from vigil.stack import SERVICE_NAMES
+from vigil_contracts.headers import CORRELATION_ID, TOPIC_KINDS, headers_schema
+from vigil_contracts.topics import Topics
 from vigil_runtime.service import ServiceRuntime
 
 
@@ -40,7 +43,31 @@ def asyncapi_document(service: str) -> dict[str, Any]:
         raise ValueError(f"{service} has no Kafka side to document")
     spec = AsyncAPI(runtime.broker, title=f"Vigil {service}", version="0.1.0", description=(app.__doc__ or "").strip())
     document: dict[str, Any] = json.loads(spec.to_specification().to_json())
+    declare_headers(document, settings.topics)
     return document
+
+
+def declare_headers(document: dict[str, Any], topics: Topics) -> None:
+    """Give every message the headers schema of its topic (``vigil_contracts.headers``).
+
+    FastStream declares no headers and a ``correlation_id`` header of its own; the documents say instead what
+    Vigil's producers set (event type, schema version, ``vigil-correlation-id``, ``traceparent``), so they match
+    what is on the wire (a unit test produces through the producers and compares).
+    """
+    by_address = {name: topic for topic, name in topics.all().items()}
+    messages = document["components"]["messages"]
+    for channel in document["channels"].values():
+        topic = by_address.get(channel["address"])
+        if topic is None:
+            raise ValueError(f"channel {channel['address']} is no Vigil topic")
+        for ref in channel["messages"].values():
+            name = unquote(ref["$ref"].removeprefix("#/components/messages/"))
+            message = messages[name]
+            message["headers"] = headers_schema(TOPIC_KINDS[topic])
+            message["correlationId"] = {
+                "description": "Carried from the request or consumed message that led to this one.",
+                "location": f"$message.header#/{CORRELATION_ID}",
+            }
 
 
 def write_asyncapi(out: Path) -> list[Path]:

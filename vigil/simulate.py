@@ -34,6 +34,7 @@ import pandas as pd
 from vigil_contracts.events import OutcomeRecorded, deterministic_id
 from vigil_contracts.vocabulary import BY_COLUMN, VOCABULARY
 from vigil_runtime.kafka_security import KafkaConnection
+from vigil_runtime.tracing import kind_of, sending
 from vigil_scoring.physionet import ICU_EPOCH, MEASUREMENT_COLUMNS, sepsis_onset_hour
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -772,8 +773,13 @@ async def simulate(
         else KafkaSender(producer, topics.fhir_raw, report)
     )
 
+    # Vigil's headers (vigil_contracts.headers): one correlation id and trace for the run's outcomes.
+    outcome_headers = sending(topics.outcomes)
+
     async def publish_outcome(outcome: OutcomeRecorded) -> Any:
-        return await producer.send(topics.outcomes, outcome.model_dump_json().encode(), key=outcome.key.encode())
+        key = outcome.key.encode()
+        headers = outcome_headers.headers(kind_of(OutcomeRecorded), key)
+        return await producer.send(topics.outcomes, outcome.model_dump_json().encode(), key=key, headers=headers)
 
     try:
         return await run_timeline(

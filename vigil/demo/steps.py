@@ -29,6 +29,7 @@ from vigil.stack import Stack
 from vigil_contracts import events as ev
 from vigil_contracts.access import Principal
 from vigil_contracts.topics import Topics
+from vigil_runtime.tracing import kind_of, sending
 from vigil_scoring.model_package import default_package_path
 from vigil_scoring.physionet import ICU_EPOCH
 
@@ -500,7 +501,10 @@ class RollbackDrill(Step):
         producer = AIOKafkaProducer(**kafka_options(ctx.stack), acks="all")
         await producer.start()
         try:
-            await producer.send_and_wait(ctx.topics.alerts, alert.model_dump_json().encode(), key=MODEL.encode())
+            headers = sending(ctx.topics.alerts).headers(kind_of(ev.AlertRaised), MODEL.encode())
+            await producer.send_and_wait(
+                ctx.topics.alerts, alert.model_dump_json().encode(), key=MODEL.encode(), headers=headers
+            )
         finally:
             await producer.stop()
         if not ctx.decision.get("promoted"):

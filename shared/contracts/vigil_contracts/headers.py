@@ -18,9 +18,22 @@ documents declare them (``headers_schema``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from vigil_contracts.events import Event
+from vigil_contracts.events import (
+    AlertRaised,
+    ComparisonSummarized,
+    DeadLettered,
+    EncounterRecorded,
+    Event,
+    ModelLifecycleChanged,
+    ObservationRecorded,
+    ObservationRetracted,
+    OutcomeRecorded,
+    RiskScored,
+)
+from vigil_contracts.topics import Topic
 
 EVENT_TYPE = "vigil-event-type"
 SCHEMA_VERSION = "vigil-schema-version"
@@ -48,10 +61,41 @@ def event_type_of(cls: type[Event]) -> str:
     return default
 
 
-def headers_schema(kinds: list[tuple[str, int]]) -> dict[str, Any]:
-    """The JSON schema of a message's headers, for the AsyncAPI documents; ``kinds`` are its (type, version) pairs."""
+def kind(cls: type[Event]) -> tuple[str, int]:
+    """An event class's (event type, schema version)."""
+    return event_type_of(cls), cls.SCHEMA_VERSION
+
+
+TOPIC_KINDS: dict[Topic, tuple[tuple[str, int], ...]] = {
+    Topic.FHIR_RAW: (),
+    Topic.OBSERVATIONS: (kind(ObservationRecorded), kind(ObservationRetracted), kind(EncounterRecorded)),
+    Topic.SCORES_LIVE: (kind(RiskScored),),
+    Topic.SCORES_SHADOW: (kind(RiskScored),),
+    Topic.OUTCOMES: (kind(OutcomeRecorded),),
+    Topic.ALERTS: (kind(AlertRaised),),
+    Topic.COMPARISONS: (kind(ComparisonSummarized),),
+    Topic.LIFECYCLE: (kind(ModelLifecycleChanged),),
+    Topic.SCORER_STATE: ((SCORER_STATE_TYPE, SCORER_STATE_VERSION),),
+    Topic.DEAD_LETTER: (kind(DeadLettered),),
+}
+"""What each topic carries, by its headers. The raw FHIR topic is written by EHR integrations, not by Vigil: its
+records need no Vigil headers (a correlation id and traceparent there are continued when present)."""
+
+
+def headers_schema(kinds: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    """The JSON schema of a message's headers, for the AsyncAPI documents; ``kinds`` are its (type, version) pairs.
+
+    With no kinds (the raw FHIR topic) only the correlation id and traceparent are described, neither required.
+    """
     types = sorted({t for t, _ in kinds})
     versions = sorted({str(v) for _, v in kinds})
+    if not kinds:
+        schema = headers_schema([("-", 0)])
+        return {
+            "type": "object",
+            "description": "Written by EHR integrations: Vigil headers are optional; ingest continues these two.",
+            "properties": {name: schema["properties"][name] for name in (CORRELATION_ID, TRACEPARENT)},
+        }
     return {
         "type": "object",
         "required": list(HEADER_NAMES),
