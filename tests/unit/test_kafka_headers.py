@@ -253,7 +253,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
 def test_with_tracing_on_the_post_the_publish_the_consume_and_the_score_are_one_trace(
     spans: InMemorySpanExporter,
 ) -> None:
-    """HTTP request -> produce -> (the broker: headers) -> consume -> produce: one trace, each span the next's parent."""
+    """HTTP request, produce, (broker: headers), consume, produce: one trace, each span the next one's parent."""
     ingest_out, ingest_fake = acked_producer()
     client = TestClient(request_app(ingest_out))
     parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
