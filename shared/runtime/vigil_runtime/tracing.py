@@ -118,7 +118,10 @@ def kind_of(cls: type[Event]) -> Kind:
 
 
 _current: ContextVar[Origin | None] = ContextVar("vigil_origin", default=None)
-_by_key: ContextVar[dict[Any, Origin] | None] = ContextVar("vigil_origins_by_key", default=None)
+_by_key: ContextVar[dict[Any, Any] | None] = ContextVar("vigil_origins_by_key", default=None)
+"""Per Kafka key of the batch being consumed: its newest record's headers, parsed into an Origin on first use."""
+_NO_ORIGIN = Origin(b"", b"")
+"""Marks a key whose record carried no Vigil headers."""
 
 
 def current() -> Origin | None:
@@ -154,7 +157,14 @@ class Sending:
 
     def origin(self, key: bytes | None) -> Origin:
         """The origin a message with this key continues."""
-        origin = self._by_key.get(key) if self._by_key is not None else None
+        origin = None
+        if self._by_key is not None:
+            found = self._by_key.get(key)
+            if found is not None and not isinstance(found, Origin):
+                # Parsed on first use only: most consumed records produce nothing (one score per encounter-hour).
+                found = self._by_key[key] = origin_of_headers(found) or _NO_ORIGIN
+            if found is not _NO_ORIGIN:
+                origin = found
         if origin is None:
             origin = self._current
             if origin is None:
@@ -221,20 +231,20 @@ def origin_of_headers(headers: Iterable[tuple[str, bytes]] | None) -> Origin | N
 
 
 @contextmanager
-def consuming(records: Iterable[Any], topic: str) -> Iterator[dict[Any, Origin]]:
+def consuming(records: Iterable[Any], topic: str) -> Iterator[dict[Any, Any]]:
     """Inside, messages produced continue the consumed record with the same key (the newest of the batch).
 
     With tracing on, one CONSUMER span per incoming trace, child of the producer's span, parent of what follows.
     """
-    by_key: dict[Any, Origin] = {}
-    for record in records:
-        origin = origin_of_headers(record.headers)
-        if origin is not None:
-            by_key[record.key] = origin
+    # One dict store per record on the hot path; headers are parsed when a message is produced for that key.
+    by_key: dict[Any, Any] = {record.key: record.headers for record in records if record.headers}
     spans: list[Span] = []
     if _tracer is not None and by_key:
         per_trace: dict[bytes, Context] = {}
-        for origin in by_key.values():
+        for key, headers in list(by_key.items()):
+            origin = by_key[key] = origin_of_headers(headers) or _NO_ORIGIN
+            if origin is _NO_ORIGIN:
+                continue
             context = per_trace.get(origin.traceparent)
             if context is None:
                 span = start_span(f"{topic} process", SpanKind.CONSUMER, parent=origin, topic=topic, op="process")
