@@ -19,6 +19,7 @@ from vigil_scoring.model_package import ModelPackage, default_package_path
 def small_config() -> AdaptConfig:
     cfg = AdaptConfig(name="sepsis", version="site-1", min_local_septic=10, min_stacked_septic=5, n_boot=20)
     cfg.local_hgb.update(max_iter=10)
+    cfg.hgb.update(max_iter=10)
     return cfg
 
 
