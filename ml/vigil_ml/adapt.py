@@ -424,30 +424,10 @@ def adapt(
         local_c.risk = onnx_proba(onx, X_sel)
         cands.append(local_c)
 
-    # The ensemble: the pooled model (best site share on validation AUROC) and the local one, probabilities
-    # averaged; two models that err differently (one knows the physiology from many stays, the other the site's
-    # habits) rank better together than either alone when both are good.
-    if local_c is not None:
-        partner = max(pooled, key=lambda c: _auroc(sel, c.risk)) if pooled else None
-        members = [partner, local_c] if partner is not None else [local_c]
-        if partner is None and "stacked" in {c.name for c in cands}:
-            members = [next(c for c in cands if c.name == "stacked"), local_c]
-        if len(members) == 2:
-            onx = average_onnx([m.onnx for m in members], X.shape[1])
-            c = Candidate(
-                "ensemble",
-                f"the mean of the {members[0].name} and {members[1].name} models' probabilities",
-                onx,
-                len(fit_ids),
-                septic_fit,
-            )
-            c.risk = onnx_proba(onx, X_sel)
-            ref = np.mean([m.risk for m in members], axis=0)
-            diff = float(np.max(np.abs(ref - c.risk))) if len(ref) else 0.0
-            if diff > 1e-5:
-                raise AssertionError(f"ensemble ONNX graph differs from its members by {diff:.3g}")
-            fitted["ensemble"] = set().union(*(fitted[m.name] for m in members))
-            cands.append(c)
+    ens = _ensemble(pooled or [c for c in cands if c.name == "stacked"], local_c, sel, X_sel)
+    if ens is not None:
+        fitted["ensemble"] = fitted[ens[1]] | fitted["local"]
+        cands.append(ens[0])
 
     step(f"validating {len(cands)} candidates on the latest {len(sel_ids)} stays ({sel.n_stays} stays)")
     base_fig = evaluate_score(sel, base_sel, base.operating_threshold, n_boot=cfg.n_boot, seed=cfg.seed)
@@ -558,6 +538,33 @@ def adapt(
         onnx={c.name: c.onnx for c in cands},
         notes=notes,
     )
+
+
+def _ensemble(
+    partners: list[Candidate], local_c: Candidate | None, sel: Cohort, X_sel: np.ndarray
+) -> tuple[Candidate, str] | None:
+    """The best partner (by validation AUROC: a pooled model, else the stacked one) and the local model averaged.
+
+    Two models that err differently (one knows the physiology from many stays, the other the site's habits) can
+    rank better together than either alone; whether they do is measured on the selection stays like any candidate.
+    """
+    if local_c is None or not partners:
+        return None
+    partner = max(partners, key=lambda c: _auroc(sel, c.risk))
+    onx = average_onnx([partner.onnx, local_c.onnx], X_sel.shape[1])
+    c = Candidate(
+        "ensemble",
+        f"the mean of the {partner.name} and local models' probabilities",
+        onx,
+        local_c.fitted_stays,
+        local_c.fitted_septic,
+    )
+    c.risk = onnx_proba(onx, X_sel)
+    ref = (partner.risk + local_c.risk) / 2
+    diff = float(np.max(np.abs(ref - c.risk))) if len(ref) else 0.0
+    if diff > 1e-5:
+        raise AssertionError(f"ensemble ONNX graph differs from its members by {diff:.3g}")
+    return c, partner.name
 
 
 def _auroc(cohort: Cohort, risk: np.ndarray) -> float:
