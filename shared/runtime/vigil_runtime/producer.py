@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from vigil_contracts.events import Event
 from vigil_runtime.kafka import encode
@@ -39,6 +39,29 @@ class AckedProducer:
     def started(self) -> bool:
         """Whether the producer is connected (a readiness check)."""
         return self._producer is not None
+
+    async def writable(self, topic: str, *, timeout: float = 2.0) -> bool:
+        """Whether a write to ``topic`` can be acknowledged now: the cluster answers this producer's metadata
+        request, every partition of the topic has a leader, and this producer can reach each leader (a readiness
+        check: started is not enough, a started producer keeps buffering while the broker is away)."""
+        if self._producer is None:
+            return False
+        client = self._producer.client
+
+        async def check() -> bool:
+            cluster = await client.fetch_all_metadata()
+            partitions = cluster.partitions_for_topic(topic)
+            if not partitions:
+                return False
+            leaders = {cluster.leader_for_partition(TopicPartition(topic, p)) for p in partitions}
+            if None in leaders or -1 in leaders:
+                return False
+            return all([await client.ready(leader) for leader in leaders])
+
+        try:
+            return await asyncio.wait_for(check(), timeout)
+        except Exception:  # unreachable, timed out, unauthorised: not writable
+            return False
 
     async def start(self) -> None:
         """Connect (aiokafka wants its producer made inside the running loop)."""
