@@ -27,8 +27,8 @@ class StallingPublisher:
         self.acknowledged: list[Event] = []
 
     async def publish_all(self, topic: str, events: Sequence[Event]) -> None:
-        while self.stalled:
-            await asyncio.sleep(0.01)
+        if self.stalled:
+            await asyncio.Event().wait()  # never acknowledged (until the bound cancels the wait)
         self.acknowledged.extend(events)
 
 
@@ -64,7 +64,11 @@ def test_an_unacknowledged_publish_is_refused_with_503_and_a_retry_is_accepted_a
 def test_a_refused_bundle_is_not_remembered_either() -> None:
     publisher = StallingPublisher()
     client = client_for(publisher)
-    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [{"resource": observation(id=f"o{i}")} for i in range(3)]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"resource": observation(id=f"o{i}")} for i in range(3)],
+    }
     refused = client.post("/fhir", content=orjson.dumps(bundle), headers=FHIR)
     assert refused.status_code == 503 and refused.headers["retry-after"] == "7"
     publisher.stalled = False

@@ -76,7 +76,7 @@ def test_repeats_within_the_interval_are_counted_and_reported_once_it_passes(
 def test_other_messages_levels_and_info_lines_are_not_held_back(
     logged: tuple[logging.Logger, Capture, Clock],
 ) -> None:
-    logger, capture, clock = logged
+    logger, capture, _ = logged
 
     def publish_failed() -> None:
         logger.error("publish failed")

@@ -11,6 +11,11 @@ from vigil_contracts.events import Event
 from vigil_runtime.kafka import encode
 from vigil_runtime.kafka_security import KafkaConnection
 
+YIELD_EVERY = 256
+"""Records sent between two yields to the event loop. aiokafka's ``send`` returns without yielding while its buffer
+has room, so a 36,000-event Bundle (encoding included) held the loop for about a second, ``/health`` with it;
+yielding every few hundred records keeps each stall to milliseconds at no measurable cost in throughput."""
+
 
 class AckedProducer:
     """One idempotent, acks=all producer; every send waits until the broker has acknowledged all its records.
@@ -41,9 +46,12 @@ class AckedProducer:
         return self._producer is not None
 
     async def writable(self, topic: str, *, timeout: float = 2.0) -> bool:
-        """Whether a write to ``topic`` can be acknowledged now: the cluster answers this producer's metadata
-        request, every partition of the topic has a leader, and this producer can reach each leader (a readiness
-        check: started is not enough, a started producer keeps buffering while the broker is away)."""
+        """Whether a write to ``topic`` can be acknowledged now (a readiness check).
+
+        The cluster answers this producer's metadata request, every partition of the topic has a leader, and this
+        producer can reach each leader: started is not enough, a started producer keeps buffering while the
+        broker is away.
+        """
         if self._producer is None:
             return False
         client = self._producer.client
@@ -85,9 +93,12 @@ class AckedProducer:
         """Send (key, value, partition) records and wait until the broker has acknowledged every one."""
         if not items:
             return
-        futures = [
-            await self.producer.send(topic, value, key=key, partition=partition) for key, value, partition in items
-        ]
+        send = self.producer.send
+        futures = []
+        for i, (key, value, partition) in enumerate(items):
+            if i and i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            futures.append(await send(topic, value, key=key, partition=partition))
         await asyncio.gather(*futures)
 
     async def publish_all(self, topic: str, events: Sequence[Event]) -> None:
@@ -95,5 +106,9 @@ class AckedProducer:
         if not events:
             return
         send = self.producer.send
-        futures = [await send(topic, encode(ev), key=ev.key_bytes()) for ev in events]
+        futures = []
+        for i, ev in enumerate(events):
+            if i and i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            futures.append(await send(topic, encode(ev), key=ev.key_bytes()))
         await asyncio.gather(*futures)

@@ -6,6 +6,7 @@ publishing are the core's, the answers (OperationOutcome, batch/transaction-resp
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -101,6 +102,12 @@ async def _bundle(core: IngestCore, settings: Settings, result: MapResult, undo:
     if not core.publishable(result):  # a strict transaction with a rejected entry (nothing was remembered)
         return fhir_response(operation_outcome(rejection_issues(result.rejections)), 422)
     fresh_ids = await _publish(core, settings, result, undo)
+    # One answer per entry: for a Bundle of tens of thousands of readings that is a while; off the loop.
+    body = await asyncio.to_thread(_bundle_answer, result, fresh_ids, transaction)
+    return fhir_response(body, 200)
+
+
+def _bundle_answer(result: MapResult, fresh_ids: set[str], transaction: bool) -> dict[str, Any]:
     entries = []
     for entry in result.entries:
         fresh = _fresh(entry.events, fresh_ids)
@@ -120,12 +127,11 @@ async def _bundle(core: IngestCore, settings: Settings, result: MapResult, undo:
         if (loc := location(entry)) is not None and not response["status"].startswith("4"):
             response["location"] = loc
         entries.append({"response": response})
-    body = {
+    return {
         "resourceType": "Bundle",
         "type": "transaction-response" if transaction else "batch-response",
         "entry": entries,
     }
-    return fhir_response(body, 200)
 
 
 async def post_base(core: CoreDep, settings: SettingsDep, payload: FhirBody) -> Response:
