@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from aiokafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from vigil_runtime.lag import ConsumerLag
+from vigil_runtime.lag import ConsumerLag, consumers_assigned
 from vigil_runtime.metrics import ServiceMetrics
 
 
@@ -83,3 +83,34 @@ async def test_a_subscriber_not_started_yet_is_skipped_and_sampling_stops_cleanl
     sampler.start()
     await sampler.stop()
     assert lag_series(metrics) == {("drift", "vigil-drift", "scores.live"): 0}
+
+
+@dataclass
+class FakeSubscription:
+    assignment: set[TopicPartition] | None
+
+
+@dataclass
+class FakeState:
+    subscription: FakeSubscription | None
+
+
+@dataclass
+class JoiningConsumer:
+    _subscription: FakeState
+
+
+def test_ready_needs_every_group_consumer_assigned_an_empty_assignment_counts() -> None:
+    def broker(*states: FakeState | None) -> FakeBroker:
+        subscribers = [FakeSubscriber("g", JoiningConsumer(s) if s else None, ["vigil.observations"]) for s in states]  # type: ignore[arg-type]
+        subscribers.append(FakeSubscriber(None, None, ["vigil.models.lifecycle"]))  # no group: not waited for
+        return FakeBroker(subscribers)
+
+    joined = FakeState(FakeSubscription({TopicPartition("vigil.observations", 0)}))
+    idle = FakeState(FakeSubscription(set()))
+    joining = FakeState(FakeSubscription(None))
+    assert consumers_assigned(broker(joined, idle))
+    assert not consumers_assigned(broker(joined, joining))
+    assert not consumers_assigned(broker(joined, FakeState(None)))
+    assert not consumers_assigned(broker(None))  # not started
+    assert consumers_assigned(FakeBroker([]))

@@ -20,6 +20,27 @@ from vigil_runtime.metrics import ServiceMetrics, topic_label
 log = logging.getLogger(__name__)
 
 
+def grouped_subscribers(broker: Any) -> list[Any]:
+    """The broker's subscribers that consume in a consumer group."""
+    return [s for s in getattr(broker, "subscribers", []) if getattr(s, "group_id", None)]
+
+
+def consumers_assigned(broker: Any) -> bool:
+    """Whether every grouped subscriber's consumer has joined its group and received an assignment (/ready).
+
+    An empty assignment counts (an instance beyond the partition count is idle, not broken); a consumer still
+    joining, or not started, does not. aiokafka exposes no public "joined" flag: its subscription's assignment is
+    None until the group's first assignment arrives.
+    """
+    for subscriber in grouped_subscribers(broker):
+        consumer = getattr(subscriber, "consumer", None)
+        state = getattr(consumer, "_subscription", None)
+        subscription = getattr(state, "subscription", None)
+        if subscription is None or subscription.assignment is None:
+            return False
+    return True
+
+
 class ConsumerLag:
     """Samples the lag of a broker's grouped subscribers every ``interval_s`` into the service's metrics."""
 
@@ -31,20 +52,19 @@ class ConsumerLag:
 
     def _grouped(self) -> list[tuple[str, Any]]:
         out = []
-        for subscriber in getattr(self.broker, "subscribers", []):
-            group = getattr(subscriber, "group_id", None)
+        for subscriber in grouped_subscribers(self.broker):
             consumer = getattr(subscriber, "consumer", None)
-            if group and consumer is not None:
-                out.append((str(group), consumer))
+            if consumer is not None:
+                out.append((str(subscriber.group_id), consumer))
         return out
 
     def declare(self) -> None:
         """Start every grouped subscriber's series at 0, so dashboards and alerts see the series from the start."""
-        for subscriber in getattr(self.broker, "subscribers", []):
-            group = getattr(subscriber, "group_id", None)
-            if group:
-                for topic in getattr(subscriber, "topic_names", None) or []:
-                    self.metrics.consumer_lag.labels(self.metrics.service, str(group), topic_label(topic)).set(0)
+        for subscriber in grouped_subscribers(self.broker):
+            for topic in getattr(subscriber, "topic_names", None) or []:
+                self.metrics.consumer_lag.labels(
+                    self.metrics.service, str(subscriber.group_id), topic_label(topic)
+                ).set(0)
 
     async def sample(self) -> dict[tuple[str, str], int]:
         """Measure now: records behind, per (group, topic kind); also set in the gauge."""
