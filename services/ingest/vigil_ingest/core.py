@@ -78,7 +78,18 @@ class IngestCore:
 
     async def map_request(self, payload: Any) -> tuple[MapResult, Undo]:
         """Map a request's payload off the loop; what will be published is remembered (see :meth:`publish_mapped`)."""
-        return await self.in_worker(self._map_and_remember, payload)
+        job = asyncio.get_running_loop().run_in_executor(self._worker, self._map_and_remember, payload)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # The client went away while its payload was mapped: nothing will be published, so once the mapping
+            # is done, what it remembered is forgotten (in the same thread, after it).
+            job.add_done_callback(self._forget_unpublished)
+            raise
+
+    def _forget_unpublished(self, job: asyncio.Future[tuple[MapResult, Undo]]) -> None:
+        if not job.cancelled() and job.exception() is None:
+            self._worker.submit(self.mapper.forget, job.result()[1])
 
     async def publish_mapped(
         self, result: MapResult, undo: Undo, *, timeout: float | None = None
