@@ -114,7 +114,7 @@ def ready(base: str) -> bool:
 def test_a_broker_outage_refuses_posts_within_the_bound_and_loses_nothing_accepted(tmp_path: Path) -> None:
     cluster = kafka_local.LocalCluster(name=f"outage-{uuid.uuid4().hex[:6]}", base_port=OUTAGE_PORT)
     topics = Topics(f"o{uuid.uuid4().hex[:8]}.")
-    cluster.start()
+    cluster.start(timeout=180)  # a JVM start on a shared 2-core machine can take minutes
     proc: subprocess.Popen[bytes] | None = None
     log = tmp_path / "ingest.log"
     try:
@@ -164,7 +164,7 @@ def test_a_broker_outage_refuses_posts_within_the_bound_and_loses_nothing_accept
                 refused.append(i)
             outage_s = time.monotonic() - outage_started
             outage_log = log.read_bytes()[log_mark:].decode(errors="replace").splitlines()
-            cluster.start()
+            cluster.start(timeout=180)
             wait_for(lambda: ready(base), 60, "/ready after the broker returned")
             for i in refused:  # what a client does with a 503: retry, now accepted
                 assert post(i).status_code in (200, 201)

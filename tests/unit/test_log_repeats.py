@@ -66,7 +66,7 @@ def test_repeats_within_the_interval_are_counted_and_reported_once_it_passes(
     connection_error(logger)
     clock.now += 60
     connection_error(logger)
-    assert len(capture.lines) == 3 and capture.lines[2]["msg"].endswith("(repeated 1 times in the last 60 s)")
+    assert len(capture.lines) == 3 and str(capture.lines[2]["msg"]).endswith("(repeated 1 times in the last 60 s)")
     clock.now += 60
     connection_error(logger)
     assert capture.lines[3]["msg"] == "Unable connect to node with id 1: [Errno 111] Connect call failed"
