@@ -1,9 +1,9 @@
 """The ingest core shared by the HTTP and Kafka transports: mapping, dedupe and acknowledged publishing.
 
-Mapping runs in one worker thread, off the event loop: a 15 MB Bundle takes seconds to map, and on the loop it
-stalled ``/health`` for as long (3.98 s, measured in issue #15), longer than a liveness probe waits. One thread, not a pool: the
-mapper's linkage and correction memory is shared state, and every read or change of it (map, remember, forget)
-goes through that thread in order, as it went through the loop before.
+Mapping runs in one worker thread, off the event loop: a large Bundle takes seconds to map, and on the loop it
+stalled ``/health`` for as long (3.98 s, measured in issue #15), longer than a liveness probe waits. One thread,
+not a pool: the mapper's linkage and correction memory is shared state, and every read or change of it (map,
+remember, forget) goes through that thread in order, as it went through the loop before.
 """
 
 from __future__ import annotations
