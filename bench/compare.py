@@ -44,13 +44,18 @@ class Side:
 @contextmanager
 def checkout(rev: str, *, repo: Path = REPO) -> Iterator[Side]:
     """REV in a temporary git worktree with its own synced environment; removed afterwards."""
-    where = Path(tempfile.mkdtemp(prefix="vigil-before-"))
+    parent = Path(tempfile.mkdtemp(prefix="vigil-compare-"))
+    where = parent / "before"
+    shared = repo.parent / "shared"
+    if shared.is_dir():
+        # Both versions read set A from ``../shared/data`` beside their checkout: give the old one the same.
+        (parent / "shared").symlink_to(shared)
     subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(where), rev], check=True)
     try:
         # The old commit's own lock, into its own .venv: the before side runs exactly the code and pins of REV.
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")}
         subprocess.run(
-            [sys.executable, "-m", "uv", "sync", "--frozen", "--all-packages", "--quiet"],
+            [*_uv(), "sync", "--frozen", "--all-packages", "--quiet"],
             cwd=where,
             env=env,
             check=True,
@@ -58,7 +63,13 @@ def checkout(rev: str, *, repo: Path = REPO) -> Iterator[Side]:
         yield Side("before", where)
     finally:
         subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(where)], check=False)
-        shutil.rmtree(where, ignore_errors=True)
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def _uv() -> list[str]:
+    """uv as the Makefile runs it (a module of the system Python), or the binary on PATH."""
+    found = shutil.which("uv")
+    return [found] if found else ["python3", "-m", "uv"]
 
 
 def _child_env(side: Side) -> dict[str, str]:
@@ -195,6 +206,8 @@ def compare(
                                 side, cluster.bootstrap_servers, n=ingest_n, baseline_n=ingest_baseline_n
                             )
                         runs[bench][side.name].append(figures)
+                        # Each run's figures as they come: a run cut short still leaves what it measured.
+                        print(json.dumps({"round": round_ + 1, "side": side.name, "bench": bench, **figures}), file=log)
         finally:
             cluster.stop()
     return {
