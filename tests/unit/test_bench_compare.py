@@ -19,7 +19,7 @@ def test_flatten_keeps_every_number_under_a_dotted_key() -> None:
 
 
 def test_parse_ingest_reads_the_key_value_lines_and_skips_the_load_line() -> None:
-    out = "load average before: 3.10 on 2 CPUs\ncore_obs_per_s_wall                 17652.3\nratio_x      5.300\nnoise\n"
+    out = "load average before: 3.10 on 2 CPUs\ncore_obs_per_s_wall      17652.3\nratio_x      5.300\nnoise\n"
     assert parse_ingest(out) == {"core_obs_per_s_wall": 17652.3, "ratio_x": 5.3}
 
 
