@@ -195,15 +195,9 @@ def bootstrap(settings: Settings, core: DriftCore | None = None) -> ServiceRunti
         metrics.batch_size.labels(SERVICE).observe(len(body))
 
     broker.publisher(topics.alerts, schema=AlertRaised, title="alerts")
-    runtime = ServiceRuntime(
-        name=SERVICE,
-        settings=settings,
-        broker=broker,
-        metrics=metrics,
-        checks={"producer": lambda: publisher.started},
-        on_start=[publisher.start],
-        on_stop=[publisher.stop],
-    )
+    # The producer is up before the broker delivers anything and down only after it has stopped.
+    runtime = ServiceRuntime(SERVICE, settings, broker, metrics, on_start=[publisher.start], on_stop=[publisher.stop])
+    runtime.checks["producer"] = lambda: publisher.started
     # ready when the configured reference was read (a foreign layout still counts: it is logged, not fatal)
     runtime.checks["reference"] = lambda: not settings.reference_path or core.reference.source.get("format") != "none"
     return runtime
