@@ -107,6 +107,9 @@ async def test_service_consumes_live_topics_and_publishes_alerts(settings_env: d
 
     runtime = bootstrap(settings)
     assert runtime.broker is not None
+    # As the service's lifespan does: its hooks (the producer) start before the broker and stop after it.
+    for hook in runtime.on_start:
+        await hook()
     await runtime.broker.start()
     consumer = AIOKafkaConsumer(
         settings.topics.alerts,
@@ -136,6 +139,8 @@ async def test_service_consumes_live_topics_and_publishes_alerts(settings_env: d
     finally:
         await consumer.stop()
         await runtime.broker.stop()
+        for hook in runtime.on_stop:
+            await hook()
     opened = {a.alert_key for a in alerts if a.state == "open"}
     assert wanted <= opened, opened
     assert "data_drift:inputs:heart_rate" not in opened
