@@ -75,6 +75,10 @@ def _uv() -> list[str]:
 def _child_env(side: Side) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env["PATH"] = f"{side.root / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    # The comparison's broker is plaintext (see compare()); today's code refuses plaintext outside development
+    # mode, the old one ignores both variables.
+    env["VIGIL_KAFKA_SECURITY_PROTOCOL"] = "PLAINTEXT"
+    env["VIGIL_DEVELOPMENT"] = "true"
     return env
 
 
