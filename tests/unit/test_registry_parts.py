@@ -30,7 +30,7 @@ from vigil_registry.core import Registry
 from vigil_registry.errors import InvalidPackage, StoreCorrupted
 from vigil_registry.outbox import OutboxRelay
 from vigil_registry.policy import PromotionPolicy, alert_rate_ratio, evaluate
-from vigil_runtime.kafka import Parsed, encode
+from vigil_runtime.kafka import Parsed
 from vigil_runtime.provenance import LifecycleSigner, LifecycleVerifier, ensure_signing_key, load_public_keys
 
 # --- policy --------------------------------------------------------------------------------------
@@ -234,7 +234,7 @@ class FlakyPublisher:
         if self.fail_next:
             self.fail_next = False
             raise ConnectionError("broker unreachable")
-        self.sent.extend((ev.key_bytes(), encode(ev)) for ev in events)
+        self.sent.extend((event.key_bytes(), event.model_dump_json().encode()) for event in events)
 
 
 async def test_relay_publishes_in_order_retries_and_republishes_after_a_crash(tmp_path: Path) -> None:
@@ -242,7 +242,7 @@ async def test_relay_publishes_in_order_retries_and_republishes_after_a_crash(tm
     to_production_first(registry, tmp_path, "1")
     publisher = FlakyPublisher()
     key = ensure_signing_key(tmp_path / "secrets" / "signing.key")
-    relay = OutboxRelay(registry.outbox, publisher, "lifecycle", signer=LifecycleSigner(key), batch_size=2)  # type: ignore[arg-type]
+    relay = OutboxRelay(registry.outbox, publisher, "lifecycle", signer=LifecycleSigner(key), batch_size=2)
 
     publisher.fail_next = True
     with pytest.raises(ConnectionError):

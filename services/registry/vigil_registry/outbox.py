@@ -28,7 +28,7 @@ from sqlmodel import Session, col
 from vigil_contracts.events import ModelLifecycleChanged, utcnow
 from vigil_registry import crud
 from vigil_registry.models import OutboxEvent
-from vigil_runtime.kafka import Publisher
+from vigil_runtime.kafka import EventPublisher
 from vigil_runtime.metrics import ServiceMetrics
 from vigil_runtime.provenance import LifecycleSigner
 
@@ -76,7 +76,7 @@ class OutboxRelay:
     def __init__(
         self,
         outbox: Outbox,
-        publisher: Publisher,
+        publisher: EventPublisher,
         topic: str,
         *,
         signer: LifecycleSigner,

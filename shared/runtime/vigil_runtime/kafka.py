@@ -1,4 +1,4 @@
-"""Kafka helpers shared by the services: broker factory, topic creation, durable publishing, dead letters.
+"""Kafka helpers shared by the services: broker factory, topic creation, the publishing port, dead letters.
 
 The at-least-once contract every consumer follows:
 
@@ -12,11 +12,10 @@ A crash anywhere before step 3 redelivers the batch; outputs carry deterministic
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -26,10 +25,9 @@ from faststream.kafka.message import KafkaMessage
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from vigil_contracts.events import DeadLettered, Event, deterministic_id, utcnow
-from vigil_contracts.headers import CORRELATION_ID
 from vigil_contracts.topics import COMPACTED, Topic, Topics
 from vigil_runtime.settings import VigilSettings
-from vigil_runtime.tracing import as_str_headers, consuming, kind_of, sending
+from vigil_runtime.tracing import consuming
 
 log = logging.getLogger(__name__)
 
@@ -197,43 +195,27 @@ def dead_letter_for(
     )
 
 
-class Publisher:
-    """Publishes events through the FastStream broker and waits for the broker's acknowledgement of all of them.
+class EventPublisher(Protocol):
+    """What publishes events and returns once the broker has acknowledged all of them (acks=all).
 
-    Sets Vigil's headers like ``AckedProducer`` (FastStream adds its own ``correlation_id`` and ``content-type``;
-    it is given Vigil's correlation id, so the two agree).
+    The port; :class:`vigil_runtime.producer.AckedProducer` is the one adapter every service uses (unit tests pass
+    in-memory fakes).
     """
 
-    def __init__(self, broker: KafkaBroker) -> None:
-        self.broker = broker
-
     async def publish_all(self, topic: str, events: Sequence[Event]) -> None:
-        """Send every event keyed by its ``key``; returns once all are acknowledged (acks=all)."""
-        if not events:
-            return
-        with sending(topic) as out:
-            futures = []
-            for ev in events:
-                key = ev.key_bytes()
-                headers = as_str_headers(out.headers(kind_of(type(ev)), key))
-                futures.append(
-                    await self.broker.publish(
-                        encode(ev),
-                        topic,
-                        key=key,
-                        headers=headers,
-                        correlation_id=headers[CORRELATION_ID],
-                        no_confirm=True,
-                    )
-                )
-            await asyncio.gather(*futures)
+        """Send every event keyed by its ``key``; returns once all are acknowledged."""
+        ...
 
 
 class DeadLetters:
     """Parks unprocessable records in the dead-letter topic, durably, before their offsets are committed."""
 
     def __init__(
-        self, publisher: Publisher, topic: str, service: str, on_parked: Callable[[DeadLettered], None] | None = None
+        self,
+        publisher: EventPublisher,
+        topic: str,
+        service: str,
+        on_parked: Callable[[DeadLettered], None] | None = None,
     ):
         self.publisher = publisher
         self.topic = topic
