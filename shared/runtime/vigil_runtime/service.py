@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vigil_runtime.auth import Authenticator, AuthError, build_authenticator, operations_access
 from vigil_runtime.kafka import ensure_topics
 from vigil_runtime.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
+from vigil_runtime.replication import PRODUCER_ACKS, describe_replication, enforce, unsafe_replication
 from vigil_runtime.settings import VigilSettings
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,10 @@ def build_http_app(
         if runtime.broker is not None:
             runtime.settings.kafka.check()  # incomplete credentials fail here, clearly, not as a retry loop
             await _retry(lambda: ensure_topics(runtime.settings), what="create topics")
+            # Retried while the broker comes up; the verdict itself is not retried: an unsafe cluster stays unsafe.
+            brokers, topics = await _retry(lambda: describe_replication(runtime.settings), what="describe replication")
+            problems = unsafe_replication(brokers, topics, acks=PRODUCER_ACKS)
+            enforce(problems, development=runtime.settings.development, service=runtime.name)
         for hook in runtime.on_start:
             await hook()
         if runtime.broker is not None:
