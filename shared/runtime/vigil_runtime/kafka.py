@@ -51,6 +51,17 @@ def make_broker(settings: VigilSettings, *, client_id: str, logger: logging.Logg
     )
 
 
+def topic_configs(topic: Topic, replication_factor: int) -> dict[str, str]:
+    """The configuration of one of the stack's topics (here and in the Kubernetes KafkaTopics, ``vigil k8s``)."""
+    configs = {"cleanup.policy": "compact"} if topic in COMPACTED else {}
+    # Set on the topic, not left to the broker's default: the start-up check reads it back.
+    configs["min.insync.replicas"] = str(min_insync_for(replication_factor))
+    if topic in (Topic.LIFECYCLE, Topic.COMPARISONS):
+        # Decisions and evidence are history: keep them (a registry rebuild reads them all).
+        configs["retention.ms"] = "-1"
+    return configs
+
+
 async def ensure_topics(settings: VigilSettings, topics: Iterable[Topic] | None = None) -> list[str]:
     """Create the stack's topics if they are missing; returns the names that were created."""
     names = Topics(settings.topic_prefix)
@@ -68,18 +79,12 @@ async def ensure_topics(settings: VigilSettings, topics: Iterable[Topic] | None 
             name = names.name(topic)
             if name in existing:
                 continue
-            configs = {"cleanup.policy": "compact"} if topic in COMPACTED else {}
-            # Set on the topic, not left to the broker's default: the start-up check reads it back.
-            configs["min.insync.replicas"] = str(min_insync_for(replication))
-            if topic in (Topic.LIFECYCLE, Topic.COMPARISONS):
-                # Decisions and evidence are history: keep them (a registry rebuild reads them all).
-                configs["retention.ms"] = "-1"
             new.append(
                 NewTopic(
                     name=name,
                     num_partitions=settings.partitions,
                     replication_factor=replication,
-                    topic_configs=configs,
+                    topic_configs=topic_configs(topic, replication),
                 )
             )
         if new:
