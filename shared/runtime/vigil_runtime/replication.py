@@ -129,7 +129,10 @@ async def describe_replication(
                 continue  # not this service's topic, or not created yet (ensure_topics ran before)
             if topic["error_code"]:
                 raise for_code(topic["error_code"])(f"describing topic {topic['topic']} failed")
-            replicas[topic["topic"]] = min((len(p["replicas"]) for p in topic["partitions"]), default=0)
+            if not topic["partitions"]:
+                # Just created: its partitions are not in the metadata yet. The caller retries (service.py).
+                raise RuntimeError(f"topic {topic['topic']} has no partitions in the metadata yet")
+            replicas[topic["topic"]] = min(len(p["replicas"]) for p in topic["partitions"])
         min_isr: dict[str, int] = {}
         if brokers >= SAFE_REPLICATION and replicas:
             wanted_config = {"min.insync.replicas": None}
