@@ -2,7 +2,7 @@
 
 A route that raises a status (``HTTPException(409, ...)``, ``FhirError(413, ...)``, ``invalid(...)`` for 422,
 a registry error), directly, in a helper of its module or in one of its dependencies, must list it in its
-OpenAPI document; an authenticated route lists 401 and 403; a route with parameters or a body lists 422. So the
+OpenAPI document; an authenticated route lists 401 and 403; a route with parameters or a body lists 422, one with a body 400. So the
 next route cannot forget. The schemathesis run (``tests/integration/test_openapi_contracts.py``) checks the
 same against what the running services answer.
 """
@@ -122,6 +122,8 @@ def test_every_status_a_route_raises_is_documented(app: FastAPI) -> None:
             needed |= {401, 403}
         if route.dependant.path_params or route.dependant.query_params or route.dependant.body_params:
             needed.add(422)
+        if route.dependant.body_params:
+            needed.add(400)  # FastAPI answers 400 for a body it cannot parse (bytes that are not UTF-8 JSON)
         if lacking := needed - documented:
             missing.append(f"{method} {route.path_format}: {sorted(lacking)} not in {sorted(documented)}")
     assert not missing, "\n".join(missing)
@@ -150,3 +152,23 @@ def test_the_walk_sees_what_routes_raise() -> None:
     post = next(r for r in api_routes(ingest) if r.path_format == "/fhir/{resource_type}")
     assert len(list(routes(ingest))) >= 6 and len(list(routes(APPS["registry"](Path("/nonexistent"))))) > 20
     assert {400, 404, 413, 415, 503} <= raised_statuses(post) and authenticated(post)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"to": "0.5"},  # pydantic alone reads a number as Unix time: 1970, silently
+        {"from": "1767225600"},
+        {"from": "2026-01-01T08:00:00"},  # naive: compared with aware data times it would be a 500
+        {"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"},  # an empty window, backwards
+    ],
+)
+def test_shadow_refuses_a_window_that_is_not_iso_date_times(query: dict[str, str]) -> None:
+    from fastapi.testclient import TestClient
+
+    from tests.unit.test_http_auth import READER
+
+    client = TestClient(APPS["shadow"](Path("/nonexistent")))
+    answer = client.get("/comparisons", params=query, headers=READER)
+    assert answer.status_code == 422, answer.text
+    assert isinstance(answer.json()["detail"], list) and answer.json()["detail"][0]["msg"]

@@ -72,8 +72,9 @@ AUTH_RESPONSES = errors(401, 403)
 
 
 def json_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """Like :func:`errors`, for a route whose own answers are not JSON (``/metrics``): the schema inline, so
-    the document does not list the error body under the route's media type.
+    """Like :func:`errors`, for a route whose own answers are not JSON (``/metrics``).
+
+    The schema is inline, so the document does not list the error body under the route's media type.
     """
     schema = ErrorBody.model_json_schema()
     return {

@@ -27,8 +27,8 @@ class NotEligibleBody(ErrorBody):
     report: dict[str, Any] | None = Field(default=None, description="The eligibility report (on a refused promotion)")
 
 
-DECISION = {**errors(404, 422), 409: {"model": NotEligibleBody, "description": DESCRIPTIONS[409]}}
-"""A lifecycle decision: 404 (no such version), 409 (not from this stage, or not eligible), 422 (invalid body)."""
+DECISION = {**errors(400, 404, 422), 409: {"model": NotEligibleBody, "description": DESCRIPTIONS[409]}}
+"""A lifecycle decision: 400 (a body that is not JSON), 404 (no such version), 409 (not from this stage, or not eligible), 422 (invalid body)."""
 
 
 class StageChange(BaseModel):
@@ -188,7 +188,7 @@ def get_policy(name: str, registry: RegistryDep, user: CurrentUser) -> dict[str,
     return registry.queries.policy(name).model_dump(mode="json")
 
 
-@router.put("/{name}/policy", summary="Set the model's policy overrides (admin)", responses=errors(404, 422))
+@router.put("/{name}/policy", summary="Set the model's policy overrides (admin)", responses=errors(400, 404, 422))
 def put_policy(name: str, body: dict[str, Any], registry: RegistryDep, user: CurrentUser) -> dict[str, Any]:
     return registry.lifecycle.set_policy(user, name, body).model_dump(mode="json")
 

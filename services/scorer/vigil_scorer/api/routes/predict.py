@@ -33,7 +33,7 @@ class PredictResponse(BaseModel):
 @router.post(
     "/predict",
     summary="Score one feature snapshot (stateless)",
-    responses=errors(503),
+    responses=errors(400, 503),
 )
 async def predict(
     service: ScorerDep,
