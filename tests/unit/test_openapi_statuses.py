@@ -2,9 +2,9 @@
 
 A route that raises a status (``HTTPException(409, ...)``, ``FhirError(413, ...)``, ``invalid(...)`` for 422,
 a registry error), directly, in a helper of its module or in one of its dependencies, must list it in its
-OpenAPI document; an authenticated route lists 401 and 403; a route with parameters or a body lists 422, one with a body 400. So the
-next route cannot forget. The schemathesis run (``tests/integration/test_openapi_contracts.py``) checks the
-same against what the running services answer.
+OpenAPI document; an authenticated route lists 401 and 403; a route with parameters or a body lists 422, one
+with a body 400. So the next route cannot forget. The schemathesis run
+(``tests/integration/test_openapi_contracts.py``) checks the same against what the running services answer.
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ class NotEligibleBody(ErrorBody):
 
 
 DECISION = {**errors(400, 404, 422), 409: {"model": NotEligibleBody, "description": DESCRIPTIONS[409]}}
-"""A lifecycle decision: 400 (a body that is not JSON), 404 (no such version), 409 (not from this stage, or not eligible), 422 (invalid body)."""
+"""A lifecycle decision: 400 (a body that is not JSON), 404 (no such version), 409 (not from this stage, or not
+eligible), 422 (invalid body)."""
 
 
 class StageChange(BaseModel):
