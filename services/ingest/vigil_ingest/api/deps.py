@@ -75,6 +75,12 @@ def outcomes(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 WRITE_RESPONSES = outcomes(400, 401, 403, 413, 415, 422, 503)
+WRITE_RESPONSES[503]["headers"] = {
+    "Retry-After": {
+        "description": "Seconds to wait before a retry (safe: ids are deterministic)",
+        "schema": {"type": "integer"},
+    }
+}
 """What every FHIR write may answer besides its success: refusals and the broker not acknowledging, as FHIR."""
 
 
