@@ -75,13 +75,13 @@ def outcomes(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 WRITE_RESPONSES = outcomes(400, 401, 403, 413, 415, 422, 503)
+"""What every FHIR write may answer besides its success: refusals and the broker not acknowledging, as FHIR."""
 WRITE_RESPONSES[503]["headers"] = {
     "Retry-After": {
         "description": "Seconds to wait before a retry (safe: ids are deterministic)",
         "schema": {"type": "integer"},
     }
 }
-"""What every FHIR write may answer besides its success: refusals and the broker not acknowledging, as FHIR."""
 
 
 def fhir_response(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
