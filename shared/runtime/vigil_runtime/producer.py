@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from vigil_contracts.events import Event
 from vigil_runtime.kafka import encode
 from vigil_runtime.kafka_security import KafkaConnection
+from vigil_runtime.replication import PRODUCER_ACKS
 from vigil_runtime.tracing import Kind, kind_of, sending
 
 YIELD_EVERY = 256
@@ -88,7 +89,7 @@ class AckedProducer:
         self._producer = AIOKafkaProducer(
             **self.kafka.client_kwargs(),
             client_id=self.client_id,
-            acks="all",
+            acks=PRODUCER_ACKS,
             enable_idempotence=True,
             linger_ms=self.linger_ms,
             max_batch_size=256 * 1024,
