@@ -18,12 +18,14 @@ from aiokafka import AIOKafkaConsumer
 
 from vigil.kafka_local import LocalCluster
 from vigil_contracts.access import bindings_for
+from vigil_contracts.events import ObservationRecorded
 from vigil_contracts.topics import Topic, Topics
 from vigil_runtime.kafka import ensure_topics
 from vigil_runtime.kafka_security import create_acls
 from vigil_runtime.producer import AckedProducer
 from vigil_runtime.replication import UnsafeReplication, describe_replication, enforce, unsafe_replication
 from vigil_runtime.settings import VigilSettings
+from vigil_runtime.tracing import kind_of
 
 # Beside this checkout's test broker (VIGIL_TEST_KAFKA_PORT) and the CLI test's (+20): six ports from +40.
 PORT = int(os.environ.get("VIGIL_TEST_KAFKA_PORT", "19092")) + 40
@@ -87,7 +89,8 @@ async def _scenario(cluster: LocalCluster) -> None:
     await producer.start()
     try:
         records = [(f"enc-{i % 7}".encode(), f"{i}".encode(), None) for i in range(300)]
-        await asyncio.wait_for(producer.send_all(Topics(safe).observations, records), 60)
+        kind = kind_of(ObservationRecorded)  # opaque test values; the headers need a kind
+        await asyncio.wait_for(producer.send_all(Topics(safe).observations, records, kind=kind), 60)
     finally:
         await producer.stop()
     reader = _settings(cluster, "admin", safe)
