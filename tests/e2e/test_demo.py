@@ -94,7 +94,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, prometheus: str | None) -> It
         str(KAFKA_PORT),
         "--port-base",
         str(PORT_BASE),
-        "--keep-running",  # for Prometheus' queries after the story; stopped at the end of the module
+        "--keep",  # for Prometheus' queries after the story; stopped at the end of the module
     ]
     try:
         done = subprocess.run(
