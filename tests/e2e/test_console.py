@@ -4,12 +4,14 @@ The registry app runs without its Kafka side on a real SQLite database seeded by
 uvicorn on a free port. A data scientist proposes; the proposer's approve is refused; a form without its CSRF
 token is refused; a clinical approver reads the evidence, approves and promotes; the promotion shows on the
 model page and in the audit trail; an analyst starts a replay of a short range (run for real by shadow's HTTP
-app over the test Kafka broker) and reads its report. Every page is checked with axe-core (no serious or critical violation) and
-for requests to any other host, and screenshotted (into docs/console/ when VIGIL_CONSOLE_SCREENSHOTS=1).
+app over the test Kafka broker) and reads its report. Every page is checked with axe-core (no serious or
+critical violation) and for requests to any other host, and screenshotted (into docs/console/ when
+VIGIL_CONSOLE_SCREENSHOTS=1).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -55,7 +57,7 @@ def _serve(app: Any, port: int) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(1200):  # bounded wait for the socket (shadow first rebuilds its state), not a sleep-and-hope
-        if server.started:
+        if server.started or not thread.is_alive():
             break
         time.sleep(0.05)
     assert server.started, "the app did not start"
@@ -246,7 +248,6 @@ def test_propose_refusals_approve_and_promote_in_a_browser(console: str, browser
     assert page.locator("[data-testid=open-alerts] td.spark svg").count() == 1
     assert "ece" in page.inner_text("[data-testid=resolved-alerts]")
 
-
     # Sign-out ends the session: the next visit is sent to sign in again.
     page.click("header form button[type=submit]")
     page.wait_for_url(re.compile(r".*/ui/signin$"))
@@ -262,9 +263,7 @@ def test_propose_refusals_approve_and_promote_in_a_browser(console: str, browser
 def _replay_data(kafka: Any, password_file: Path, topic_prefix: str) -> tuple[dict[str, Any], str, str]:
     """Four short stays on the topics (observations, the live model's scores, outcomes); the shadow settings'
     Kafka keywords and the replay's range (observation times) as the form's ``datetime-local`` values."""
-    import asyncio
-
-    from tests.conftest import kafka_settings
+    from tests.conftest import kafka_settings, run_sync
     from vigil import simulate as sim
     from vigil_contracts import events as ev
     from vigil_runtime.kafka import Publisher, ensure_topics, make_broker
@@ -273,7 +272,7 @@ def _replay_data(kafka: Any, password_file: Path, topic_prefix: str) -> tuple[di
     from vigil_scoring.scoring import ScoringCore
     from vigil_shadow.settings import Settings as ShadowSettings
 
-    common = {**kafka_settings(kafka, password_file), "topic_prefix": topic_prefix}
+    common: dict[str, Any] = {**kafka_settings(kafka, password_file), "topic_prefix": topic_prefix}
     settings = ShadowSettings(**common, registry_url=None)
     stays = sim.load_stays(None, stays=4, seed=11, septic_share=0.5)
     observations: list[Any] = []
@@ -310,10 +309,27 @@ def _replay_data(kafka: Any, password_file: Path, topic_prefix: str) -> tuple[di
         finally:
             await broker.stop()
 
-    asyncio.run(publish())
+    run_sync(publish())  # Playwright's sync API already runs an event loop in this thread
+    run_sync(_coordinator_ready(settings))
     times = [e.observed_at for e in observations if isinstance(e, ev.ObservationRecorded)]
     first, last = min(times), max(times) + timedelta(hours=1)
     return common, first.strftime("%Y-%m-%dT%H:%M:%S"), last.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+async def _coordinator_ready(settings: Any) -> None:
+    """Bounded wait until the broker answers group-offset queries: a fresh test broker creates its offsets topic
+    on the first one, and shadow's start-up (which asks once) would fail on a coordinator not yet elected."""
+    from aiokafka.errors import KafkaError
+
+    from vigil_shadow import logscan
+
+    for _ in range(60):
+        try:
+            await logscan.committed_offsets(settings.kafka, "vigil-console-test-probe", settings.topics.observations)
+            return
+        except KafkaError:
+            await asyncio.sleep(1)
+    raise AssertionError("the broker's group coordinator did not become available")
 
 
 @pytest.fixture(scope="module")

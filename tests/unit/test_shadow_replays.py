@@ -7,6 +7,7 @@ against the stack's Kafka from the browser.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -41,12 +42,15 @@ def make_request(model: str, version: str, start: datetime, end: datetime) -> Re
 
 
 class FakeRunner:
-    """Stands in for run_replay: records each request; ``gate`` holds runs until released."""
+    """Stands in for run_replay: records each request; with ``hold`` runs wait until ``release`` is set."""
 
     def __init__(self, *, fail: BaseException | None = None, hold: bool = False) -> None:
         self.requests: list[ReplayRequest] = []
         self.fail = fail
-        self.hold = hold
+        # A thread event: each replay runs in a worker thread on its own loop (as ReplayJobs runs it).
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
         self.running = 0
         self.most_at_once = 0
 
@@ -55,8 +59,7 @@ class FakeRunner:
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
         try:
-            while self.hold:
-                await asyncio.sleep(0.01)
+            await asyncio.to_thread(self.release.wait, 30)
             if self.fail is not None:
                 raise self.fail
             return ReplayResult(comparisons=[], counts={"observations_read": 7, "scores": 3})
@@ -100,7 +103,7 @@ async def test_replays_run_one_at_a_time_and_the_queue_is_bounded() -> None:
             break
         await asyncio.sleep(0.01)
     assert first.state is JobState.RUNNING and second.state is JobState.QUEUED
-    runner.hold = False
+    runner.release.set()
     await wait_finished(jobs, second.id)
     assert runner.most_at_once == 1
     assert [j.id for j in jobs.list()] == [second.id, first.id]
@@ -161,9 +164,11 @@ def poll(client: TestClient, path: str) -> dict[str, Any]:
 
 
 def test_an_analyst_starts_a_replay_and_reads_its_report(api: tuple[TestClient, FakeRunner]) -> None:
-    client, runner = api
+    client, _ = api
     answer = client.post(
-        "/replays", json={"model": "sepsis", "version": "2", "from": START.isoformat(), "to": END.isoformat()}, headers=ANALYST
+        "/replays",
+        json={"model": "sepsis", "version": "2", "from": START.isoformat(), "to": END.isoformat()},
+        headers=ANALYST,
     )
     assert answer.status_code == 202
     job = answer.json()
@@ -177,7 +182,9 @@ def test_an_analyst_starts_a_replay_and_reads_its_report(api: tuple[TestClient, 
 
 
 @pytest.mark.parametrize("headers", [APPROVER, READER])
-def test_other_roles_and_read_scopes_may_not_replay(api: tuple[TestClient, FakeRunner], headers: dict[str, str]) -> None:
+def test_other_roles_and_read_scopes_may_not_replay(
+    api: tuple[TestClient, FakeRunner], headers: dict[str, str]
+) -> None:
     client, runner = api
     body = {"model": "sepsis", "version": "2", "from": START.isoformat(), "to": END.isoformat()}
     answer = client.post("/replays", json=body, headers=headers)

@@ -14,10 +14,10 @@ from typing import Any
 import pandas as pd
 
 from vigil import simulate as sim
-from vigil.http_tokens import CALLERS
 from vigil.demo.figures import model_figures
 from vigil.demo.observe import TopicWatcher
 from vigil.demo.steps import DemoContext, demo_policy
+from vigil.http_tokens import CALLERS
 from vigil.stack import Stack
 from vigil_scoring.model_package import ModelPackage, default_package_path
 

@@ -137,9 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(proposals.router)
     app.include_router(audits.router)
     if settings.console_enabled:
-        shadow = (
-            ShadowClient(settings.shadow_url, timeout=settings.shadow_timeout_s) if settings.shadow_url else None
-        )
+        shadow = ShadowClient(settings.shadow_url, timeout=settings.shadow_timeout_s) if settings.shadow_url else None
         if shadow is not None:
             wiring.runtime.on_stop.append(shadow.aclose)
         mount_console(app, idle_minutes=settings.console_idle_minutes, shadow=shadow)

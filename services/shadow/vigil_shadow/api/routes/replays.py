@@ -52,7 +52,9 @@ class ReplayJobRequest(BaseModel):
 
 
 @router.post("", status_code=202, summary="Start a replay job")
-async def start_replay(body: ReplayJobRequest, service: ShadowDep, caller: Analyst, response: Response) -> dict[str, Any]:
+async def start_replay(
+    body: ReplayJobRequest, service: ShadowDep, caller: Analyst, response: Response
+) -> dict[str, Any]:
     """Queue a replay of ``from``..``to`` against ``model:version``; poll ``GET /replays/{id}`` for its report."""
     try:
         job = service.replays.submit(body.model, body.version, body.start, body.end, requested_by=caller.user)
