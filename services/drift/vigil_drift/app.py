@@ -31,8 +31,9 @@ from vigil_drift.config import parse_overrides, thresholds_for
 from vigil_drift.core import DriftCore
 from vigil_drift.metrics import DriftMetrics
 from vigil_drift.settings import Settings
-from vigil_runtime.kafka import DeadLetters, Parsed, Publisher, make_broker, process_batch, raw_batch_decoder
+from vigil_runtime.kafka import DeadLetters, EventPublisher, Parsed, make_broker, process_batch, raw_batch_decoder
 from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.producer import AckedProducer
 from vigil_runtime.service import ServiceRuntime, build_http_app
 from vigil_scoring.reference import Reference, ScoreBaseline
 
@@ -99,7 +100,7 @@ class DriftHandlers:
     def __init__(
         self,
         core: DriftCore,
-        publisher: Publisher,
+        publisher: EventPublisher,
         alerts_topic: str,
         drift_metrics: DriftMetrics,
         *,
@@ -165,7 +166,7 @@ def bootstrap(settings: Settings, core: DriftCore | None = None) -> ServiceRunti
     drift_metrics = DriftMetrics(metrics)
     core = core or build_core(settings)
     topics = settings.topics
-    publisher = Publisher(broker)
+    publisher = AckedProducer(settings.kafka, client_id=f"vigil-{SERVICE}-out")
     suffix = {topics.observations: "observations", topics.scores_live: "scores.live", topics.outcomes: "outcomes"}
     metrics.declare(list(suffix.values()), "parked")  # the first dead letter is an increase for the alert
     dead_letters = DeadLetters(
@@ -194,7 +195,9 @@ def bootstrap(settings: Settings, core: DriftCore | None = None) -> ServiceRunti
         metrics.batch_size.labels(SERVICE).observe(len(body))
 
     broker.publisher(topics.alerts, schema=AlertRaised, title="alerts")
-    runtime = ServiceRuntime(name=SERVICE, settings=settings, broker=broker, metrics=metrics)
+    # The producer is up before the broker delivers anything and down only after it has stopped.
+    runtime = ServiceRuntime(SERVICE, settings, broker, metrics, on_start=[publisher.start], on_stop=[publisher.stop])
+    runtime.checks["producer"] = lambda: publisher.started
     # ready when the configured reference was read (a foreign layout still counts: it is logged, not fatal)
     runtime.checks["reference"] = lambda: not settings.reference_path or core.reference.source.get("format") != "none"
     return runtime

@@ -42,8 +42,8 @@ from vigil_contracts.events import (
 )
 from vigil_runtime.kafka import (
     DeadLetters,
+    EventPublisher,
     Parsed,
-    Publisher,
     make_broker,
     process_batch,
     raw_batch_decoder,
@@ -51,6 +51,7 @@ from vigil_runtime.kafka import (
     records_of,
 )
 from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.producer import AckedProducer
 from vigil_runtime.provenance import LifecycleGate, LifecycleVerifier
 from vigil_runtime.service import ServiceRuntime, build_http_app
 from vigil_scoring.scoring import Incoming
@@ -73,7 +74,7 @@ log = logging.getLogger(__name__)
 class ShadowService:
     """The service's parts, wired once; handlers delegate here."""
 
-    def __init__(self, settings: Settings, metrics: ServiceMetrics, publisher: Publisher) -> None:
+    def __init__(self, settings: Settings, metrics: ServiceMetrics, publisher: EventPublisher) -> None:
         self.settings = settings
         self.metrics = metrics
         topics = settings.topics
@@ -258,7 +259,7 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
     broker = make_broker(settings, client_id=f"vigil-{SERVICE}")
     metrics = ServiceMetrics(SERVICE)
     topics = settings.topics
-    publisher = Publisher(broker)
+    publisher = AckedProducer(settings.kafka, client_id=f"vigil-{SERVICE}-out")
     service = ShadowService(settings, metrics, publisher)
     gate = LifecycleGate(
         LifecycleVerifier.from_settings(
@@ -336,9 +337,14 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
         settings=settings,
         broker=broker,
         metrics=metrics,
-        checks={"state_restored": lambda: service.restored, "join_rebuilt": lambda: service.join_rebuilt},
-        on_start=[service.start],
-        on_stop=[service.stop],
+        checks={
+            "state_restored": lambda: service.restored,
+            "join_rebuilt": lambda: service.join_rebuilt,
+            "producer": lambda: publisher.started,
+        },
+        # The producer is up before anything may publish and down only after the last comparison is sent.
+        on_start=[publisher.start, service.start],
+        on_stop=[service.stop, publisher.stop],
     )
     return runtime, service
 
