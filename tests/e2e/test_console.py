@@ -266,7 +266,8 @@ def _replay_data(kafka: Any, password_file: Path, topic_prefix: str) -> tuple[di
     from tests.conftest import kafka_settings, run_sync
     from vigil import simulate as sim
     from vigil_contracts import events as ev
-    from vigil_runtime.kafka import Publisher, ensure_topics, make_broker
+    from vigil_runtime.kafka import ensure_topics
+    from vigil_runtime.producer import AckedProducer
     from vigil_scoring.model_package import ModelPackage, default_package_path
     from vigil_scoring.physionet import stay_events
     from vigil_scoring.scoring import ScoringCore
@@ -299,15 +300,14 @@ def _replay_data(kafka: Any, password_file: Path, topic_prefix: str) -> tuple[di
 
     async def publish() -> None:
         await ensure_topics(settings)
-        broker = make_broker(settings, client_id="test-console-replay-feeder")
-        await broker.start()
+        publisher = AckedProducer(settings.kafka, client_id="test-console-replay-feeder")
+        await publisher.start()
         try:
-            publisher = Publisher(broker)
             await publisher.publish_all(settings.topics.observations, observations)
             await publisher.publish_all(settings.topics.scores_live, live)
             await publisher.publish_all(settings.topics.outcomes, outcomes)
         finally:
-            await broker.stop()
+            await publisher.stop()
 
     run_sync(publish())  # Playwright's sync API already runs an event loop in this thread
     run_sync(_coordinator_ready(settings))
