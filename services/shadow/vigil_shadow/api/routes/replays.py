@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from vigil_runtime.auth import CurrentPrincipal, Forbidden, Principal
+from vigil_runtime.responses import AUTH_RESPONSES, errors
 from vigil_shadow.api.deps import ShadowDep
 from vigil_shadow.jobs import TooManyJobs
 
@@ -35,7 +36,7 @@ Analyst = Annotated[Principal, Depends(replay_role)]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
-router = APIRouter(prefix="/replays", tags=["replay"])
+router = APIRouter(prefix="/replays", tags=["replay"], responses=AUTH_RESPONSES)
 
 
 class ReplayJobRequest(BaseModel):
@@ -51,7 +52,7 @@ class ReplayJobRequest(BaseModel):
     end: datetime = Field(alias="to", description="Range end, exclusive.")
 
 
-@router.post("", status_code=202, summary="Start a replay job")
+@router.post("", status_code=202, summary="Start a replay job", responses=errors(400, 422, 429))
 async def start_replay(
     body: ReplayJobRequest, service: ShadowDep, caller: Analyst, response: Response
 ) -> dict[str, Any]:
@@ -72,7 +73,7 @@ async def list_replays(service: ShadowDep, _: Analyst) -> dict[str, Any]:
     return {"replays": [j.public(with_report=False) for j in service.replays.list()]}
 
 
-@router.get("/{job_id}", summary="A replay job: its state, and its report once done")
+@router.get("/{job_id}", summary="A replay job: its state, and its report once done", responses=errors(404))
 async def get_replay(job_id: str, service: ShadowDep, _: Analyst) -> dict[str, Any]:
     """The job; 404 when unknown or forgotten (jobs live in the service's memory)."""
     job = service.replays.get(job_id)
