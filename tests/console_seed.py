@@ -105,13 +105,17 @@ def alerts() -> list[ev.AlertRaised]:
     return out
 
 
-def seed(database_url: str, artifact_root: Path) -> Registry:
-    """Migrate the database and tell the story; returns the core (dispose its engine when done)."""
+def seed(database_url: str, artifact_root: Path, public_url: str = "http://127.0.0.1") -> Registry:
+    """Migrate the database and tell the story; returns the core (dispose its engine when done).
+
+    ``public_url``: where the registry will be served, so artifact URLs lead back to it (shadow's replay
+    downloads a package from there, and refuses URLs off the registry).
+    """
     migrate(database_url)
     registry = Registry(
         make_engine(database_url),
         ArtifactStore(artifact_root),
-        artifact_url=lambda n, v: f"http://127.0.0.1/models/{n}/versions/{v}/artifact",
+        artifact_url=lambda n, v: f"{public_url}/models/{n}/versions/{v}/artifact",
     )
     for version in ("1", "2"):
         registry.lifecycle.register_folder(SCIENTIST, PACKAGES / version)

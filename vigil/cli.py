@@ -298,7 +298,12 @@ def demo(
     json_out: Path | None = typer.Option(None, "--json", help="Write the summary as JSON here."),
     report: Path | None = typer.Option(None, help="HTML report (default: .vigil/demo/<run>/report.html)."),
     drift: str = typer.Option("temp-degf", help="Drift injected in the second part ('' for none)."),
-    keep_running: bool = typer.Option(False, help="Leave the stack running at the end."),
+    keep: bool = typer.Option(
+        False,
+        "--keep",
+        "--keep-running",  # the option's first spelling, still accepted
+        help="Leave the stack running after the summary and print the console's URL and a reviewer's sign-in.",
+    ),
     kafka_port: int = StackOpt,
     port_base: int = PortBaseOpt,
 ) -> None:
@@ -314,7 +319,7 @@ def demo(
         json_out=json_out,
         report_out=report,
         drift=drift,
-        keep_running=keep_running,
+        keep=keep,
         kafka_port=kafka_port,
         port_base=port_base,
     )

@@ -37,6 +37,8 @@ CALLERS: dict[str, dict[str, object]] = {
     "scientist": {"user": "dana-scientist", "role": "data_scientist", "scopes": []},
     "approver": {"user": "dr-alice", "role": "clinical_approver", "scopes": []},
     "approver2": {"user": "dr-bob", "role": "clinical_approver", "scopes": []},
+    # Replays from the console: shadow checks this role on the token the console forwards.
+    "analyst": {"user": "ann-analyst", "role": "analyst", "scopes": []},
     "admin": {"user": "admin", "role": "admin", "scopes": []},
 }
 """Who calls which service, and what each may do (docs/security.md has the table of routes)."""

@@ -117,6 +117,7 @@ class Stack:
         env[f"{spec.env_prefix}_HTTP_PORT"] = str(spec.port)
         env["VIGIL_REGISTRY_URL"] = self.url("registry")
         env["VIGIL_SCORER_URL"] = self.url("scorer")
+        env["REGISTRY_SHADOW_URL"] = self.url("shadow")  # the console starts analysts' replays there
         # Each service connects as its own principal; development mode is never implied, only passed on.
         env.update(self.cluster.service_env(spec.env_prefix, spec.name))
         env.update(extra or {})

@@ -94,7 +94,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, prometheus: str | None) -> It
         str(KAFKA_PORT),
         "--port-base",
         str(PORT_BASE),
-        "--keep-running",  # for Prometheus' queries after the story; stopped at the end of the module
+        "--keep",  # for Prometheus' queries after the story; stopped at the end of the module
     ]
     try:
         done = subprocess.run(
@@ -286,3 +286,21 @@ def test_prometheus_answers_every_dashboard_and_alert_query(demo: dict[str, Any]
     assert not empty, f"queries without data: {json.dumps(empty, indent=1)}"
     up = _query(prometheus, 'up{job="vigil"}')
     assert sorted(float(s["value"][1]) for s in up) == [1.0] * len(SERVICES)
+
+
+@pytest.mark.slow
+def test_keep_leaves_the_console_up_with_a_reviewers_sign_in(demo: dict[str, Any]) -> None:
+    kept = demo["kept"]
+    assert kept["console"] == f"http://127.0.0.1:{PORT_BASE + 4}/ui"
+    assert kept["stop"] == f"vigil down --kafka-port {KAFKA_PORT} --port-base {PORT_BASE}"
+    token = Path(kept["reviewer"]["token_file"]).read_text().strip()
+    assert token not in demo["_log"], "the token's file is printed, never the token"
+    assert kept["console"] in demo["_log"] and kept["reviewer"]["token_file"] in demo["_log"]
+    # The stack is still up: the reviewer signs in to the console with the token from that file.
+    with httpx.Client(base_url=kept["console"].removesuffix("/ui"), follow_redirects=False, timeout=30) as client:
+        page = client.get("/ui/signin")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert page.status_code == 200 and csrf is not None
+        signed_in = client.post("/ui/signin", data={"token": token, "csrf": csrf.group(1), "next": "/ui/models"})
+        assert signed_in.status_code == 303 and signed_in.headers["location"] == "/ui/models"
+        assert "dr-alice" in client.get("/ui/models").text

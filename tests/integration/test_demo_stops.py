@@ -55,7 +55,7 @@ async def run_demo_against(
         stays=6,
         json_out=tmp_path / "summary.json",
         report_out=tmp_path / "report.html",
-        keep_running=True,  # nothing of a stack to stop: the broker is the test session's
+        keep=True,  # nothing of a stack to stop: the broker is the test session's
         kafka_port=int(kafka_bootstrap.split(",")[0].rsplit(":", 1)[1]),
         port_base=int(url.rsplit(":", 1)[1]),  # the stack's ingest URL is the mock's
         deadlines=deadlines,

@@ -76,6 +76,8 @@ PROTECTED = [
     ("scorer", "POST", "/predict", {"age": 70.0}),
     ("shadow", "POST", "/comparisons/publish", None),
     ("shadow", "GET", "/comparisons", None),
+    ("shadow", "POST", "/replays", {"model": "sepsis", "version": "2", "from": "2026-01-01", "to": "2026-01-02"}),
+    ("shadow", "GET", "/replays", None),
     ("drift", "GET", "/drift", None),
     ("registry", "GET", "/models", None),
     ("registry", "POST", "/models/sepsis/versions/1/approve", {}),

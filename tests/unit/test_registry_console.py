@@ -7,11 +7,13 @@ same pages in Chromium.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -20,6 +22,7 @@ from vigil_contracts.events import Stage
 from vigil_registry.app import create_app
 from vigil_registry.auth import Principal
 from vigil_registry.console.sessions import COOKIE, SessionStore
+from vigil_registry.console.shadow import ShadowClient
 from vigil_registry.core import Registry
 from vigil_registry.settings import Settings
 
@@ -31,8 +34,9 @@ TOKENS = {
     "dual-scientist-0123456789abcdefg": {"user": "dr-carol", "role": "data_scientist"},
     "dual-approver-0123456789abcdefgh": {"user": "dr-carol", "role": "clinical_approver"},
     "viewer-token-0123456789abcdefghi": {"user": "vic", "role": "viewer"},
+    "analyst-token-0123456789abcdefgh": {"user": "ann", "role": "analyst"},
 }
-SCI, APP, DUAL_SCI, DUAL_APP, VIEW = TOKENS
+SCI, APP, DUAL_SCI, DUAL_APP, VIEW, ANALYST = TOKENS
 FEED = "ehr-feed-token-0123456789abcdefghij"
 
 
@@ -195,3 +199,102 @@ def test_idle_sessions_expire() -> None:
     now[0] += 61.0
     assert store.get(sid) is None  # ... idleness ends it
     assert store.get("forged") is None
+
+
+# --- replay (shadow faked at the HTTP level: the console's own client talks to it) ------------------------
+
+
+class FakeShadow:
+    """Shadow's replay API as far as the console uses it; records the bearer token of each call."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+        self.jobs: dict[str, dict[str, Any]] = {}
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.tokens.append(request.headers["authorization"].removeprefix("Bearer "))
+        if request.method == "POST" and request.url.path == "/replays":
+            body = json.loads(request.content)
+            job = {"id": f"r{len(self.jobs)}-abcd", "state": "queued", "requested_by": "ann", **body}
+            job.update(submitted_at="2026-01-03T00:00:00+00:00", error=None)
+            self.jobs[job["id"]] = job
+            return httpx.Response(202, json=job)
+        if request.method == "GET" and request.url.path == "/replays":
+            return httpx.Response(200, json={"replays": list(self.jobs.values())})
+        job_id = request.url.path.rsplit("/", 1)[-1]
+        if job_id not in self.jobs:
+            return httpx.Response(404, json={"detail": f"no replay job {job_id}"})
+        return httpx.Response(200, json=self.jobs[job_id])
+
+
+@pytest.fixture
+def shadow(app_and_registry: tuple[Any, Registry]) -> FakeShadow:
+    fake = FakeShadow()
+    app_and_registry[0].state.console_shadow = ShadowClient("http://shadow", transport=httpx.MockTransport(fake.handle))
+    return fake
+
+
+def test_an_analyst_starts_a_replay_as_themselves_and_reads_its_report(
+    app_and_registry: tuple[Any, Registry], shadow: FakeShadow
+) -> None:
+    app, registry = app_and_registry
+    c = client(app)
+    sign_in(c, ANALYST)
+    page = c.get("/ui/replay")
+    assert page.status_code == 200 and "Start replay" in page.text and "not available to you" not in page.text
+    form = {"csrf": form_csrf(page.text), "pick": "sepsis:1", "start": "2026-01-01T00:00", "end": "2026-01-02T00:00"}
+    answer = c.post("/ui/replay", data=form)
+    assert answer.status_code == 303 and answer.headers["location"] == "/ui/replay/r0-abcd"
+    # Shadow was asked with the analyst's own token (shadow checks the person's role), over the chosen range.
+    assert shadow.tokens == [ANALYST, ANALYST]  # the list of jobs on the page, then the start
+    assert shadow.jobs["r0-abcd"]["from"] == "2026-01-01T00:00:00+00:00"
+    running = c.get("/ui/replay/r0-abcd")
+    assert 'http-equiv="refresh"' in running.text and "queued" in running.text
+    report = {
+        "replay": {},
+        "counts": {"observations_read": 40, "warmup_events": 10, "scored_events": 30, "unreadable": 0, "scores": 30},
+        "comparisons": [
+            {
+                "model_name": "sepsis",
+                "candidate_version": "1",
+                "live_version": "0",
+                "scored_hours": 30,
+                "labelled_hours": 30,
+                "labelled_encounters": 3,
+                "positive_encounters": 1,
+                "shadow_hours": 24.0,
+                "metrics": {"live": {"auroc": 0.7}, "candidate": {"auroc": 0.8}},
+            }
+        ],
+    }
+    shadow.jobs["r0-abcd"].update(state="done", report=report)
+    done = c.get("/ui/replay/r0-abcd")
+    assert 'http-equiv="refresh"' not in done.text
+    assert "Read 40 observations" in done.text and "sepsis 1 against live 0" in done.text
+    assert "r0-abcd" in c.get("/ui/replay").text  # the list of jobs links to it
+    entry = registry.queries.audit_log("sepsis", "1")[-1]
+    assert (entry.action, entry.actor, entry.role) == ("replay_requested", "ann", "analyst")
+    assert c.get("/ui/replay/nope").status_code == 404
+
+
+def test_other_roles_see_replay_disabled_and_are_refused(
+    app_and_registry: tuple[Any, Registry], shadow: FakeShadow
+) -> None:
+    c = client(app_and_registry[0])
+    sign_in(c, APP)
+    page = c.get("/ui/replay")
+    assert "Replay is not available to you: role &#39;clinical_approver&#39; may not replay" in page.text
+    assert re.search(r"<button type=\"submit\" disabled[^>]*>Start replay", page.text)
+    form = {"csrf": form_csrf(page.text), "pick": "sepsis:1", "start": "2026-01-01T00:00", "end": "2026-01-02T00:00"}
+    assert c.post("/ui/replay", data=form).status_code == 403
+    assert shadow.tokens == []  # shadow was never asked
+
+
+def test_a_replay_form_without_its_csrf_token_is_refused(
+    app_and_registry: tuple[Any, Registry], shadow: FakeShadow
+) -> None:
+    c = client(app_and_registry[0])
+    sign_in(c, ANALYST)
+    form = {"pick": "sepsis:1", "start": "2026-01-01T00:00", "end": "2026-01-02T00:00"}
+    assert c.post("/ui/replay", data=form).status_code == 403
+    assert shadow.tokens == []

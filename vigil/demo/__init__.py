@@ -35,7 +35,7 @@ from vigil.demo.narrate import Narrator
 from vigil.demo.options import MODEL, Deadlines, DemoOptions
 from vigil.demo.report import print_summary, render_html
 from vigil.demo.steps import STORY, DemoContext, Step, promotion_event
-from vigil.demo.summary import build_summary, figures
+from vigil.demo.summary import build_summary, figures, kept_lines, kept_stack
 from vigil.demo.waits import DemoStopped
 from vigil.kafka_local import vigil_home
 from vigil.stack import Stack
@@ -111,9 +111,12 @@ class Demo:
         for client in (ctx.registry, ctx.probe):
             if client is not None:
                 await client.aclose()
-        if not ctx.options.keep_running:
+        if not ctx.options.keep:
             await asyncio.to_thread(ctx.stack.down)
             ctx.narrator.say("stack stopped")
+        else:
+            for line in kept_lines(kept_stack(ctx.stack)):
+                ctx.narrator.say(line)
 
     def write_outputs(self, summary: dict[str, Any]) -> None:
         o = self.ctx.options

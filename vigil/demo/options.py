@@ -59,7 +59,8 @@ class DemoOptions:
     speed: float = 0.0
     outcome_delay_hours: float = 6.0
     drift: str = "temp-degf"
-    keep_running: bool = False
+    keep: bool = False
+    """Leave the stack running after the summary (``vigil demo --keep``), so a person can look at it in the console."""
     deadlines: Deadlines = field(default_factory=Deadlines)
     kafka_port: int = 9092
     port_base: int = 8001

@@ -17,6 +17,8 @@ from vigil import simulate as sim
 from vigil.demo.figures import model_figures
 from vigil.demo.observe import TopicWatcher
 from vigil.demo.steps import DemoContext, demo_policy
+from vigil.http_tokens import CALLERS
+from vigil.stack import Stack
 from vigil_scoring.model_package import ModelPackage, default_package_path
 
 
@@ -139,4 +141,43 @@ def build_summary(
         "policy_used": demo_policy(),
         "audit_chain": audit,
         "story": ctx.narrator.story,
+        "kept": kept_stack(ctx.stack) if o_.keep else None,
     }
+
+
+REVIEWER = "approver"
+"""The caller whose sign-in ``--keep`` prints: a clinical approver reads the evidence the demo promoted on."""
+
+
+def kept_stack(stack: Stack) -> dict[str, Any]:
+    """Where to look at a stack the demo left running, who to sign in as, and how to stop it.
+
+    The token's file is named, not the token: the summary is written to disk and printed to a terminal.
+    """
+    ports = []
+    if stack.kafka_port != 9092:
+        ports.append(f"--kafka-port {stack.kafka_port}")
+    if stack.port_base != 8001:
+        ports.append(f"--port-base {stack.port_base}")
+    secrets = stack.http_secrets
+    return {
+        "console": f"{stack.url('registry')}/ui",
+        "reviewer": {
+            "user": str(CALLERS[REVIEWER]["user"]),
+            "role": str(CALLERS[REVIEWER]["role"]),
+            "token_file": str(secrets.token_file(REVIEWER)),
+        },
+        "analyst": {"user": str(CALLERS["analyst"]["user"]), "token_file": str(secrets.token_file("analyst"))},
+        "stop": " ".join(["vigil down", *ports]),
+    }
+
+
+def kept_lines(kept: dict[str, Any]) -> list[str]:
+    """``kept_stack`` as the lines the demo prints after its summary."""
+    reviewer, analyst = kept["reviewer"], kept["analyst"]
+    return [
+        f"the stack keeps running: open the console at {kept['console']}",
+        f"sign in as {reviewer['user']} ({reviewer['role']}) with the token in {reviewer['token_file']}",
+        f"replays from the console: {analyst['user']} (analyst), token in {analyst['token_file']}",
+        f"stop it with: {kept['stop']}",
+    ]

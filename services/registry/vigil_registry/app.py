@@ -19,6 +19,7 @@ from vigil_registry.api.routes import audits, models, proposals
 from vigil_registry.artifacts import ArtifactStore
 from vigil_registry.auth import grants
 from vigil_registry.console import mount_console
+from vigil_registry.console.shadow import ShadowClient
 from vigil_registry.consumer import EvidenceHandler, subscribe
 from vigil_registry.core import Registry
 from vigil_registry.db import make_engine, migrate
@@ -139,7 +140,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(proposals.router)
     app.include_router(audits.router)
     if settings.console_enabled:
-        mount_console(app, idle_minutes=settings.console_idle_minutes)
+        shadow = ShadowClient(settings.shadow_url, timeout=settings.shadow_timeout_s) if settings.shadow_url else None
+        if shadow is not None:
+            wiring.runtime.on_stop.append(shadow.aclose)
+        mount_console(app, idle_minutes=settings.console_idle_minutes, shadow=shadow)
 
     @app.exception_handler(RegistryError)
     async def registry_error(_: Request, error: RegistryError) -> JSONResponse:

@@ -28,8 +28,10 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "rollback": frozenset({Role.CLINICAL_APPROVER, Role.ADMIN}),
     "retire": frozenset({Role.CLINICAL_APPROVER, Role.ADMIN}),
     "policy": frozenset({Role.ADMIN}),
+    "replay": frozenset({Role.ANALYST, Role.ADMIN}),
 }
-"""Action -> roles allowed. Approval is the clinical approver's alone (not even an admin's)."""
+"""Action -> roles allowed. Approval is the clinical approver's alone (not even an admin's). ``replay`` is run by
+shadow (``POST /replays``), which checks the same two roles itself (vigil_shadow/api/routes/replays.py)."""
 
 
 def require(principal: Principal, action: str) -> None:

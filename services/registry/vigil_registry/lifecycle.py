@@ -334,6 +334,26 @@ class Lifecycle:
             _audit_proposal(session, now, actor, row, "rejected", reason, evidence, to_stage=row.stage)
             return ProposalPublic.model_validate(proposal.model_dump())
 
+    def note_replay(
+        self, actor: Principal, name: str, version: str, *, job_id: str, start: datetime, end: datetime
+    ) -> None:
+        """Record that an analyst had shadow replay a range against a version (no stage changes; audited)."""
+        require(actor, "replay")
+        with self.queries.session() as session, session.begin():
+            row = crud.get_version(session, name=name, version=version)
+            audit.append(
+                session,
+                at=utcnow(),
+                model_name=name,
+                version=version,
+                action="replay_requested",
+                actor=actor.user,
+                role=actor.role,
+                from_stage=row.stage,
+                to_stage=row.stage,
+                evidence={"job": job_id, "from": start.isoformat(), "to": end.isoformat()},
+            )
+
     def promote(self, actor: Principal, name: str, version: str, reason: str = "") -> ModelVersionPublic:
         """Promote an approved, eligible shadow version to production (the previous one is archived)."""
         require(actor, "promote")

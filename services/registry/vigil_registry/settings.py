@@ -17,6 +17,8 @@ class Role(StrEnum):
     VIEWER = "viewer"
     DATA_SCIENTIST = "data_scientist"
     CLINICAL_APPROVER = "clinical_approver"
+    ANALYST = "analyst"
+    """Reads, and replays past ranges against versions (through shadow); decides nothing."""
     ADMIN = "admin"
 
 
@@ -32,6 +34,7 @@ DEMO_TOKENS: dict[str, TokenGrant] = {
     "dev-scientist-token": TokenGrant(user="dana-scientist", role=Role.DATA_SCIENTIST),
     "dev-approver-token": TokenGrant(user="dr-alice", role=Role.CLINICAL_APPROVER),
     "dev-approver2-token": TokenGrant(user="dr-bob", role=Role.CLINICAL_APPROVER),
+    "dev-analyst-token": TokenGrant(user="ann-analyst", role=Role.ANALYST),
     "dev-admin-token": TokenGrant(user="admin", role=Role.ADMIN),
 }
 """Tokens accepted only in development mode (``VIGIL_DEVELOPMENT=true``); refused anywhere else."""
@@ -73,6 +76,10 @@ class Settings(VigilSettings):
     """Serve the web console under ``/ui`` (sign-in with the same tokens as the API)."""
     console_idle_minutes: float = Field(default=30.0, gt=0)
     """A console session left idle this long is signed out."""
+    shadow_url: str | None = "http://127.0.0.1:8003"
+    """The shadow service's base URL: the console starts replays there (``POST /replays``); None hides them."""
+    shadow_timeout_s: float = Field(default=10.0, gt=0)
+    """How long the console waits for shadow's answer (starting a job is quick; the job runs in shadow)."""
 
     signing_key_file: Path = Path(".vigil/secrets/lifecycle/registry-signing.key")
     """The Ed25519 key lifecycle events are signed with: made on first use (mode 0600), its public key written

@@ -15,7 +15,8 @@ Feature state also survives restarts by the same principle: before consuming, th
 observations topic from the beginning up to its group's committed offsets, scoring nothing
 (:func:`vigil_shadow.logscan.committed_offsets`).
 
-HTTP: ``GET /comparisons``, ``POST /comparisons/publish``, plus the frame's ``/health``, ``/ready``, ``/metrics``.
+HTTP: ``GET /comparisons``, ``POST /comparisons/publish``, replay jobs (``POST /replays``, ``GET /replays[/{id}]``,
+:mod:`vigil_shadow.jobs`), plus the frame's ``/health``, ``/ready``, ``/metrics``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import datetime
 from typing import Any
 
 from aiokafka import ConsumerRecord
@@ -54,13 +56,15 @@ from vigil_runtime.provenance import LifecycleGate, LifecycleVerifier
 from vigil_runtime.service import ServiceRuntime, build_http_app
 from vigil_scoring.scoring import Incoming
 from vigil_shadow import logscan
-from vigil_shadow.api.routes import comparisons
+from vigil_shadow.api.routes import comparisons, replays
 from vigil_shadow.catalog import Catalog, ModelKey, RegistryReader, ShadowModel
 from vigil_shadow.compare import CompareConfig
 from vigil_shadow.desk import ComparisonDesk
 from vigil_shadow.engine import ShadowCore
 from vigil_shadow.guard import ShadowScorePublisher
+from vigil_shadow.jobs import ReplayJobs
 from vigil_shadow.join import JoinState
+from vigil_shadow.replay import ReplayRequest
 from vigil_shadow.settings import Settings
 
 SERVICE = "shadow"
@@ -112,6 +116,12 @@ class ShadowService:
             metrics=metrics,
             min_labelled_hours=settings.min_labelled_hours_to_publish,
         )
+        self.replays = ReplayJobs(
+            self.replay_request,
+            max_concurrent=settings.replay_max_concurrent,
+            max_pending=settings.replay_max_pending,
+            keep=settings.replay_keep,
+        )
         self.restored = False
         self._task: asyncio.Task[None] | None = None
         self.join_topics = [topics.scores_live, topics.scores_shadow, topics.outcomes, topics.observations]
@@ -129,6 +139,22 @@ class ShadowService:
     def _models_changed(self, models: dict[ModelKey, ShadowModel]) -> None:
         self.core.set_models({k: m.package for k, m in models.items()})
         log.info("shadow candidates changed", extra={"candidates": [f"{n}:{v}" for n, v in sorted(models)]})
+
+    def replay_request(self, model: str, version: str, start: datetime, end: datetime) -> ReplayRequest:
+        """A replay of one registry version, read as this service's principal (it may read what replay reads)."""
+        settings = self.settings
+        return ReplayRequest(
+            start=start,
+            end=end,
+            models=[f"{model}:{version}"],
+            kafka=settings.kafka,
+            topic_prefix=settings.topic_prefix,
+            warmup_hours=settings.replay_warmup_hours,
+            registry_url=settings.registry_url,
+            registry_token=settings.registry_token,
+            cache_dir=settings.model_cache_dir,
+            config=CompareConfig.from_settings(settings),
+        )
 
     # --- scoring -----------------------------------------------------------------------------------------
 
@@ -206,7 +232,8 @@ class ShadowService:
         self._task = asyncio.create_task(self._periodic())
 
     async def stop(self) -> None:
-        """Stop the periodic task and close the registry client."""
+        """Stop the periodic task and replay jobs, and close the registry client."""
+        await self.replays.aclose()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -328,4 +355,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = build_http_app(runtime, title="Vigil shadow", description=__doc__ or "")
     app.state.shadow = service
     app.include_router(comparisons.router)
+    app.include_router(replays.router)
     return app

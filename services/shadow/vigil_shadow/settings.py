@@ -63,6 +63,14 @@ class Settings(VigilSettings):
     """How often comparison summaries are published to the comparisons topic."""
     min_labelled_hours_to_publish: int = Field(default=1, ge=0)
     """No summary is published for a candidate with fewer labelled joint hours."""
+    replay_max_concurrent: int = Field(default=1, ge=1)
+    """Replay jobs (``POST /replays``) running at once: each reads the observation log and scores in memory."""
+    replay_max_pending: int = Field(default=4, ge=1)
+    """Replay jobs queued or running at most; more is refused with 429."""
+    replay_keep: int = Field(default=20, ge=1)
+    """Finished replay jobs kept (with their reports) in memory."""
+    replay_warmup_hours: float = Field(default=336.0, ge=0)
+    """Hours before a replay's range applied without scoring (as ``vigil replay --warmup-hours``)."""
 
     home: Path | None = None
     """``VIGIL_HOME`` (set by ``vigil up``): when given, the default model cache lives under it."""

@@ -1,7 +1,9 @@
 """Console sessions: a bearer token exchanged once for a server-side session with its own CSRF token.
 
 The session id travels in an HttpOnly, SameSite=Strict cookie (Secure when the console is served over TLS); the
-token itself is never stored in the browser. Sessions live in this process's memory: a restart signs everyone
+token itself is never stored in the browser. The server keeps it in the session (never rendered, never logged) for
+one purpose: the console forwards it to shadow when the person starts a replay, so shadow checks that person's
+role itself (see ``console/shadow.py``). Sessions live in this process's memory: a restart signs everyone
 out, which is the safe failure for a console that approves clinical models. Idle sessions expire.
 """
 
@@ -30,6 +32,8 @@ class ConsoleSession:
     csrf: str
     last_seen: float
     notice: str = ""
+    token: str = field(default="", repr=False)
+    """The bearer token signed in with (forwarded to shadow for replays; ``repr=False``: kept out of logs)."""
 
     def csrf_ok(self, given: str | None) -> bool:
         """Constant-time check of a form's CSRF token."""
@@ -45,10 +49,12 @@ class SessionStore:
     _sessions: dict[str, ConsoleSession] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def open(self, principal: Principal) -> tuple[str, ConsoleSession]:
+    def open(self, principal: Principal, token: str = "") -> tuple[str, ConsoleSession]:
         """A new session for ``principal``; returns its id (the cookie's value) and the session."""
         sid = secrets.token_urlsafe(32)
-        session = ConsoleSession(principal=principal, csrf=secrets.token_urlsafe(32), last_seen=self.clock())
+        session = ConsoleSession(
+            principal=principal, csrf=secrets.token_urlsafe(32), last_seen=self.clock(), token=token
+        )
         with self._lock:
             self._expire()
             self._sessions[sid] = session

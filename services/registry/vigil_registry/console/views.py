@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -25,6 +26,7 @@ from vigil_registry.audit import parse_evidence
 from vigil_registry.auth import Principal, require
 from vigil_registry.console import plots
 from vigil_registry.console.sessions import COOKIE, PRE_COOKIE, ConsoleSession, SessionStore
+from vigil_registry.console.shadow import ShadowClient, ShadowUnavailable
 from vigil_registry.core import Registry
 from vigil_registry.errors import Forbidden, RegistryError
 from vigil_registry.models import AlertRecord, ProposalPublic, ProposalStatus
@@ -192,7 +194,7 @@ def signin(
         return RedirectResponse("/ui/signin?error=unknown+token", status_code=303)
     if refusal(principal, "read") is not None:
         return RedirectResponse("/ui/signin?error=this+identity+may+not+read+the+registry", status_code=303)
-    sid, _ = _sessions(request).open(principal)
+    sid, _ = _sessions(request).open(principal, token)
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(COOKIE, sid, httponly=True, samesite="strict", secure=_secure(request), path="/ui")
     response.delete_cookie(PRE_COOKIE, path="/ui")
@@ -346,64 +348,29 @@ async def _decide(request: Request, session: ConsoleSession, done: str, call: An
     return RedirectResponse(request.url.path.rsplit("/", 1)[0] + "/review", status_code=303)
 
 
-@router.post("/models/{name}/versions/{version}/propose")
-async def propose(
-    request: Request,
-    name: str,
-    version: str,
-    session: FormSessionDep,
-    registry: RegistryDep,
-    reason: Annotated[str, Form()] = "",
-) -> Response:
-    """A data scientist proposes a shadow version for production."""
-    return await _decide(
-        request, session, f"{name} {version} proposed for production", registry.lifecycle.propose, name, version, reason
-    )
+def _decision_route(action: str, done: str, doc: str) -> None:
+    """One decision form's route (propose, approve, reject, promote): they differ only in the command and notice."""
+
+    async def decide(
+        request: Request,
+        name: str,
+        version: str,
+        session: FormSessionDep,
+        registry: RegistryDep,
+        reason: Annotated[str, Form()] = "",
+    ) -> Response:
+        return await _decide(
+            request, session, f"{name} {version} {done}", getattr(registry.lifecycle, action), name, version, reason
+        )
+
+    decide.__doc__ = doc
+    router.post(f"/models/{{name}}/versions/{{version}}/{action}", name=f"console_{action}")(decide)
 
 
-@router.post("/models/{name}/versions/{version}/approve")
-async def approve(
-    request: Request,
-    name: str,
-    version: str,
-    session: FormSessionDep,
-    registry: RegistryDep,
-    reason: Annotated[str, Form()] = "",
-) -> Response:
-    """A clinical approver (not the proposer) approves."""
-    return await _decide(
-        request, session, f"{name} {version} approved", registry.lifecycle.approve, name, version, reason
-    )
-
-
-@router.post("/models/{name}/versions/{version}/reject")
-async def reject(
-    request: Request,
-    name: str,
-    version: str,
-    session: FormSessionDep,
-    registry: RegistryDep,
-    reason: Annotated[str, Form()] = "",
-) -> Response:
-    """A clinical approver rejects, with a reason."""
-    return await _decide(
-        request, session, f"{name} {version} rejected", registry.lifecycle.reject, name, version, reason
-    )
-
-
-@router.post("/models/{name}/versions/{version}/promote")
-async def promote(
-    request: Request,
-    name: str,
-    version: str,
-    session: FormSessionDep,
-    registry: RegistryDep,
-    reason: Annotated[str, Form()] = "",
-) -> Response:
-    """Promote an approved, eligible candidate."""
-    return await _decide(
-        request, session, f"{name} {version} promoted to production", registry.lifecycle.promote, name, version, reason
-    )
+_decision_route("propose", "proposed for production", "A data scientist proposes a shadow version for production.")
+_decision_route("approve", "approved", "A clinical approver (not the proposer) approves.")
+_decision_route("reject", "rejected", "A clinical approver rejects, with a reason.")
+_decision_route("promote", "promoted to production", "Promote an approved, eligible candidate.")
 
 
 # --- monitoring, audit, replay ---------------------------------------------------------------------
@@ -474,19 +441,109 @@ def audit_page(
     )
 
 
+def _shadow(request: Request) -> ShadowClient | None:
+    client: ShadowClient | None = request.app.state.console_shadow
+    return client
+
+
+def _replay_refusal(request: Request, principal: Principal) -> str | None:
+    """Why this person cannot replay from the console (the registry's rule; shadow checks it again)."""
+    why = refusal(principal, "replay")
+    if why is None and _shadow(request) is None:
+        why = "this registry has no shadow service configured (REGISTRY_SHADOW_URL)"
+    return why
+
+
+def _utc(value: str) -> datetime:
+    """A form's ``datetime-local`` value (or ISO 8601), read as UTC when it has no offset."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 @router.get("/replay", response_class=HTMLResponse)
-def replay_page(
+async def replay_page(
     request: Request, session: SessionDep, registry: RegistryDep, pick: str = "", start: str = "", end: str = ""
 ) -> Response:
-    """Replay: the registry does not run it (shadow's code replays); the page prepares the exact command."""
+    """Replay: pick a version and a range; an analyst starts it in shadow and reads the report here."""
     choices = [(m.name, v) for m in registry.queries.list_models() for v in m.versions]
     model, _, version = pick.partition(":")
     if (model, version) not in choices:
         model = version = ""
+    why = _replay_refusal(request, session.principal)
+    jobs: list[dict[str, Any]] = []
+    jobs_error = ""
+    client = _shadow(request)
+    if why is None and client is not None:
+        try:
+            jobs = await client.jobs(session.token)
+        except ShadowUnavailable as error:
+            jobs_error = error.reason
     return render(
         request,
         session,
         "replay.html",
         choices=choices,
         chosen={"model": model, "version": version, "start": start, "end": end},
+        refusal=why,
+        jobs=jobs,
+        jobs_error=jobs_error,
     )
+
+
+@router.post("/replay")
+async def start_replay(
+    request: Request,
+    session: FormSessionDep,
+    registry: RegistryDep,
+    pick: Annotated[str, Form()],
+    start: Annotated[str, Form()],
+    end: Annotated[str, Form()],
+) -> Response:
+    """Start a replay in shadow as the signed-in analyst, record it in the audit trail, go to the job's page."""
+    why = _replay_refusal(request, session.principal)
+    if why is not None:
+        return render(request, session, "error.html", status=403, reason=why)
+    model, _, version = pick.partition(":")
+    registry.queries.get_version(model, version)  # an unknown version is a 404 page before shadow is asked
+    try:
+        start_at, end_at = _utc(start), _utc(end)
+    except ValueError:
+        return render(request, session, "error.html", status=422, reason="give the range as dates and times")
+    client = _shadow(request)
+    assert client is not None
+    try:
+        job = await client.start(session.token, model=model, version=version, start=start_at, end=end_at)
+    except ShadowUnavailable as error:
+        return render(request, session, "error.html", status=error.status, reason=error.reason)
+    await run_in_threadpool(
+        registry.lifecycle.note_replay, session.principal, model, version, job_id=job["id"], start=start_at, end=end_at
+    )
+    session.notice = f"replay of {model} {version} started"
+    return RedirectResponse(f"/ui/replay/{quote(job['id'], safe='')}", status_code=303)
+
+
+@router.get("/replay/{job_id}", response_class=HTMLResponse)
+async def replay_job_page(request: Request, job_id: str, session: SessionDep) -> Response:
+    """A replay job: its state (the page refreshes itself, no script, until done) and then its report."""
+    why = _replay_refusal(request, session.principal)
+    if why is not None:
+        return render(request, session, "error.html", status=403, reason=why)
+    client = _shadow(request)
+    assert client is not None
+    try:
+        job = await client.job(session.token, job_id)
+    except ShadowUnavailable as error:
+        return render(request, session, "error.html", status=error.status, reason=error.reason)
+    comparisons = []
+    for c in (job.get("report") or {}).get("comparisons", []):
+        metrics = c.get("metrics") or {}
+        aurocs = {who: (metrics.get(who) or {}).get("auroc") for who in ("live", "candidate")}
+        comparisons.append(
+            {
+                "c": c,
+                "metrics": metrics,
+                "roc_svg": plots.roc(metrics.get("curves"), aurocs),
+                "reliability_svg": plots.reliability(metrics.get("curves")),
+            }
+        )
+    return render(request, session, "replay_job.html", job=job, comparisons=comparisons)
