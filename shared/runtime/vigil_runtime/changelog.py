@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
@@ -57,6 +57,21 @@ class KeyedState(Protocol):
         ...
 
 
+class RecordedState(KeyedState, Protocol):
+    """A state whose one key is written as several records, reassembled once a restore has read them all.
+
+    For a value too big for one message (drift's detectors).
+    """
+
+    def records(self, key: str) -> list[tuple[str, bytes | None]]:
+        """The changelog records (key, value) that save ``key``."""
+        ...
+
+    def restored(self) -> None:
+        """Every record of a restore has been handed to :meth:`restore`."""
+        ...
+
+
 def _no_consumer() -> Any:
     return None
 
@@ -69,18 +84,26 @@ class Changelog:
         kafka: KafkaConnection,
         *,
         topic: str,
-        source_topic: str,
+        source_topic: str | Sequence[str],
         state: KeyedState,
         sink: AckedProducer,
         interval_s: float = 1.0,
         restore_timeout_s: float = 60.0,
         consumer_of: Callable[[], Any] = _no_consumer,
+        changelog_partitions: Callable[[set[int]], set[int]] | None = None,
+        whole: bool = False,
     ) -> None:
         self.kafka = kafka
         self.topic = topic
         """The compacted changelog topic (as many partitions as the source topic)."""
-        self.source_topic = source_topic
-        """The input topic whose partitions the state lives on."""
+        self.source_topics = (source_topic,) if isinstance(source_topic, str) else tuple(source_topic)
+        """The input topics (co-partitioned: partition p of each is owned together) the state lives on."""
+        self.source_topic = self.source_topics[0]
+        self.changelog_partitions = changelog_partitions or (lambda parts: parts)
+        """Which changelog partitions hold the states of given source partitions (default: the same numbers)."""
+        self.whole = whole
+        """One state for all the owned partitions (drift's detectors): every checkpoint saves it, and a failed
+        batch rewinds every owned partition to the last checkpoint, not only the batch's."""
         self.state = state
         self.sink = sink
         self.interval_s = interval_s
@@ -96,9 +119,9 @@ class Changelog:
         """Owned partitions whose states are still to be read back before their next record is applied."""
         self.unsaved: dict[str, int | None] = {}
         """Keys changed since the last checkpoint, with their partition."""
-        self.consumed: dict[int, int] = {}
-        """Per owned partition, the offset after the last record applied (what the next checkpoint commits)."""
-        self.committed: dict[int, int] = {}
+        self.consumed: dict[tuple[str, int], int] = {}
+        """Per (topic, owned partition), the offset after the last record applied (the next checkpoint's commit)."""
+        self.committed: dict[tuple[str, int], int] = {}
         self.last_checkpoint = time.monotonic()
         self.failures = 0
         """Checkpoints failed in a row."""
@@ -113,10 +136,11 @@ class Changelog:
 
     # --- what a batch reports ---------------------------------------------------------------------------
 
-    def advanced(self, partition: int, offset: int) -> None:
+    def advanced(self, partition: int, offset: int, topic: str | None = None) -> None:
         """A record of ``partition`` at ``offset`` was applied: the next checkpoint commits past it."""
-        if offset + 1 > self.consumed.get(partition, -1):
-            self.consumed[partition] = offset + 1
+        where = (topic or self.source_topic, partition)
+        if offset + 1 > self.consumed.get(where, -1):
+            self.consumed[where] = offset + 1
 
     def changed(self, keys: dict[str, int | None]) -> None:
         """Keys a batch changed (saved by the next checkpoint)."""
@@ -133,16 +157,20 @@ class Changelog:
 
         Returns how many snapshots were written. On failure the keys stay unsaved and nothing is committed.
         """
-        chosen = {k: p for k, p in self.unsaved.items() if partitions is None or p in partitions}
+        chosen = {k: p for k, p in self.unsaved.items() if partitions is None or self.whole or p in partitions}
         offsets = {
-            p: o
-            for p, o in self.consumed.items()
-            if (partitions is None or p in partitions) and p in self.owned and self.committed.get(p) != o
+            (t, p): o
+            for (t, p), o in self.consumed.items()
+            if (partitions is None or p in partitions) and p in self.owned and self.committed.get((t, p)) != o
         }
         if partitions is None:
             self.last_checkpoint = time.monotonic()
-        snapshots: list[tuple[bytes, bytes, int | None]] = []
+        snapshots: list[tuple[bytes, bytes | None, int | None]] = []
+        records = getattr(self.state, "records", None)
         for key, partition in chosen.items():
+            if records is not None:
+                snapshots.extend((k.encode(), v, partition) for k, v in records(key))
+                continue
             value = self.state.snapshot(key)
             if value is not None:  # gone since (evicted): nothing to save
                 snapshots.append((key.encode(), value, partition))
@@ -150,7 +178,7 @@ class Changelog:
             await self.sink.send_all(self.topic, snapshots)
             consumer = self.consumer_of()
             if offsets and consumer is not None:
-                await consumer.commit({TopicPartition(self.source_topic, p): o for p, o in offsets.items()})
+                await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
         except BaseException:
             self.failures += 1
             raise
@@ -192,7 +220,9 @@ class Changelog:
         parts = set(partitions)
         t0 = time.perf_counter()
         # The owner of source partition p reads changelog partition p: snapshots are written there.
-        values = await read_to_end(self.kafka, self.topic, parts, timeout_s=self.restore_timeout_s)
+        values = await read_to_end(
+            self.kafka, self.topic, self.changelog_partitions(parts), timeout_s=self.restore_timeout_s
+        )
         self.state.drop_partitions(parts)
         restored = 0
         for key, value in values.items():
@@ -202,6 +232,9 @@ class Changelog:
                 log.error("unreadable changelog snapshot ignored", extra={"error_type": type(error).__name__})
                 continue
             restored += value is not None
+        finish = getattr(self.state, "restored", None)
+        if finish is not None:
+            finish()
         self.needs_restore -= parts
         self.restored_keys += restored
         self.restore_seconds = time.perf_counter() - t0
@@ -223,9 +256,7 @@ class Changelog:
             async with self.lock:
                 self.owned = set(partitions)
                 self.needs_restore |= partitions
-                for p in partitions:
-                    self.consumed.pop(p, None)
-                    self.committed.pop(p, None)
+                self._forget_progress(partitions, committed=True)
                 try:
                     await self.restore(self.needs_restore & partitions)
                 except Exception as error:  # retried before the partitions' next batch (they stay in needs_restore)
@@ -250,9 +281,14 @@ class Changelog:
         """Drop the partitions' unsaved keys and progress."""
         for key in [k for k, p in self.unsaved.items() if p in partitions]:
             del self.unsaved[key]
-        for p in partitions:
-            self.consumed.pop(p, None)
-            self.committed.pop(p, None)
+        self._forget_progress(partitions, committed=True)
+
+    def _forget_progress(self, partitions: set[int], *, committed: bool) -> None:
+        for where in [w for w in self.consumed if w[1] in partitions]:
+            del self.consumed[where]
+        if committed:
+            for where in [w for w in self.committed if w[1] in partitions]:
+                del self.committed[where]
 
     async def rewind(self, partitions: set[int]) -> None:
         """After a failed batch: drop the partitions' states, restore them before the retry, rewind the offsets.
@@ -260,19 +296,19 @@ class Changelog:
         The states may be ahead of the changelog; the partitions go back to their committed offsets (under
         :attr:`lock`).
         """
+        if self.whole:
+            partitions = partitions | self.owned
         self.state.drop_partitions(partitions)
         self.needs_restore |= partitions & self.owned
         for key in [k for k, p in self.unsaved.items() if p in partitions]:
             del self.unsaved[key]
-        for p in partitions:
-            self.consumed.pop(p, None)
+        self._forget_progress(partitions, committed=False)
         consumer = self.consumer_of()
         if consumer is None:
             return
-        for p in partitions:
-            tp = TopicPartition(self.source_topic, p)
+        for tp in [TopicPartition(t, p) for t in self.source_topics for p in sorted(partitions)]:
             try:
-                offset = self.committed.get(p)
+                offset = self.committed.get((tp.topic, tp.partition))
                 if offset is None:
                     offset = await consumer.committed(tp)
                 if offset is None:
@@ -280,7 +316,7 @@ class Changelog:
                 else:
                     consumer.seek(tp, offset)
             except Exception as error:  # revoked meanwhile: the new owner starts from the commit
-                log.info("rewind skipped", extra={"partition": p, "error_type": type(error).__name__})
+                log.info("rewind skipped", extra={"partition": tp.partition, "error_type": type(error).__name__})
 
 
 class ChangelogRebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -291,13 +327,13 @@ class ChangelogRebalanceListener(ConsumerRebalanceListener):  # type: ignore[mis
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         """Called by aiokafka before a rebalance."""
-        topic = self.changelog.source_topic
-        await self.changelog.on_revoked({tp.partition for tp in revoked if tp.topic == topic})
+        topics = self.changelog.source_topics
+        await self.changelog.on_revoked({tp.partition for tp in revoked if tp.topic in topics})
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         """Called by aiokafka after a rebalance."""
-        topic = self.changelog.source_topic
-        await self.changelog.on_assigned({tp.partition for tp in assigned if tp.topic == topic})
+        topics = self.changelog.source_topics
+        await self.changelog.on_assigned({tp.partition for tp in assigned if tp.topic in topics})
 
 
 async def stop_checkpoint(changelog: Changelog) -> None:
