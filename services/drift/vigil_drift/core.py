@@ -155,6 +155,20 @@ class DriftCore:
         model_thresholds: dict[str, Thresholds] | None = None,
         references: dict[str, Reference] | None = None,
     ) -> None:
+        self._setup(reference, model_name, inputs_thresholds, model_thresholds, references)
+
+    def reset(self) -> None:
+        """Forget everything learned from the stream (before a restore from the changelog)."""
+        self._setup(self.reference, self.model_name, self.inputs_th, self.model_th, self.references)
+
+    def _setup(
+        self,
+        reference: Reference,
+        model_name: str | None,
+        inputs_thresholds: Thresholds | None,
+        model_thresholds: dict[str, Thresholds] | None,
+        references: dict[str, Reference] | None,
+    ) -> None:
         self.reference = reference
         self.model_name = model_name
         self.inputs_th = inputs_thresholds or Thresholds()

@@ -78,8 +78,9 @@ ACL_TABLE: tuple[Grant, ...] = tuple(
     )
     + _grants(
         Principal.DRIFT,
-        reads=(Topic.OBSERVATIONS, Topic.SCORES_LIVE, Topic.OUTCOMES),
-        writes=(Topic.ALERTS, Topic.DEAD_LETTER),
+        # Its changelog is read back on assignment to resume the detectors' windows.
+        reads=(Topic.OBSERVATIONS, Topic.SCORES_LIVE, Topic.OUTCOMES, Topic.DRIFT_STATE),
+        writes=(Topic.ALERTS, Topic.DRIFT_STATE, Topic.DEAD_LETTER),
     )
     + _grants(
         Principal.REGISTRY,

@@ -33,11 +33,13 @@ class Topic(StrEnum):
     """Compacted changelog of the scorer's per-encounter feature state."""
     SHADOW_STATE = "shadow.state"
     """Compacted changelog of shadow's per-encounter feature state (restored on assignment, not re-read)."""
+    DRIFT_STATE = "drift.state"
+    """Compacted changelog of drift's detectors and counters (one snapshot per consumer group, in chunks)."""
     DEAD_LETTER = "deadletter"
     """Messages that could not be processed, with their reason."""
 
 
-COMPACTED = frozenset({Topic.SCORER_STATE, Topic.SHADOW_STATE})
+COMPACTED = frozenset({Topic.SCORER_STATE, Topic.SHADOW_STATE, Topic.DRIFT_STATE})
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,10 @@ class Topics:
     @property
     def shadow_state(self) -> str:
         return self.name(Topic.SHADOW_STATE)
+
+    @property
+    def drift_state(self) -> str:
+        return self.name(Topic.DRIFT_STATE)
 
     @property
     def dead_letter(self) -> str:

@@ -218,6 +218,8 @@ class Changelog:
     async def restore(self, partitions: Iterable[int]) -> int:
         """Read the partitions' states back from the changelog; returns how many keys were restored."""
         parts = set(partitions)
+        if self.whole:  # one state: restoring it restores every partition still waiting
+            parts |= self.needs_restore
         t0 = time.perf_counter()
         # The owner of source partition p reads changelog partition p: snapshots are written there.
         values = await read_to_end(
