@@ -68,3 +68,15 @@ def bench_scorer(
         )
     )
     typer.echo(json.dumps(result))
+
+
+@app.command("restart")
+def bench_restart(
+    events: int = typer.Option(100_000, help="Observation records retained in the topic (the issue asks for 1M)."),
+    port: int = typer.Option(39292, help="Port of the secured single-node broker the bench starts for itself."),
+    partitions: int = typer.Option(6, help="Partitions of the observations topic."),
+) -> None:
+    """Shadow's and drift's start-up with a long topic: re-read retention (before) vs changelog restore (after)."""
+    from bench.bench_restart import main
+
+    typer.echo(json.dumps(asyncio.run(main(events=events, port=port, partitions=partitions))))

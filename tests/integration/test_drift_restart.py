@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer
 
 from tests import factories
 from tests.integration.test_drift_service import SMALL, observations
@@ -49,13 +48,13 @@ def _stream() -> tuple[list[ev.Event], list[ev.Event], list[ev.Event], list[ev.E
             encounter=f"enc-{i % 40}",
             key=f"enc-{i % 40}",
             model_name="sepsis",
-            probability=0.1 if i < 120 else 0.3,
+            probability=0.1 if i < 100 else 0.3,
             data_time=factories.T0 + timedelta(minutes=i),
             observations=i,
         )
-        for i in range(400)
+        for i in range(600)
     ]
-    return pick(range(30)), scores[:200], pick(range(30, 60)), scores[200:]
+    return pick(range(30)), scores[:300], pick(range(30, 60)), scores[300:]
 
 
 async def _publish(settings: Settings, obs: list[ev.Event], scores: list[ev.Event]) -> None:
@@ -88,18 +87,12 @@ async def _consume_to_end(settings: Settings) -> None:
 
 
 async def _alerts(settings: Settings) -> list[ev.AlertRaised]:
-    consumer = AIOKafkaConsumer(
-        settings.topics.alerts, **settings.kafka.client_kwargs(), auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    out: list[ev.AlertRaised] = []
-    try:
-        batch = await consumer.getmany(timeout_ms=3000)
-        for records in batch.values():
-            out += [ev.AlertRaised.model_validate_json(r.value) for r in records]
-    finally:
-        await consumer.stop()
-    return out
+    """The alerts topic to its end, in partition order (alerts are keyed by subject: one key, one partition)."""
+    return [
+        ev.AlertRaised.model_validate_json(r.value or b"")
+        async for chunk in logscan.read_until(settings.kafka, settings.topics.alerts)
+        for r in chunk
+    ]
 
 
 def _transitions(alerts: list[ev.AlertRaised]) -> dict[str, list[str]]:
