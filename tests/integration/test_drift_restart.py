@@ -36,7 +36,7 @@ def _stream() -> tuple[list[ev.Event], list[ev.Event], list[ev.Event], list[ev.E
     """(observations, scores) of the first half, then of the second."""
     celsius = observations(60, 12, temp_f=False, rng=np.random.default_rng(1))
     fahrenheit = observations(60, 12, temp_f=True, rng=np.random.default_rng(1))
-    drifted = {f"enc-{s}" for s in range(20, 60)}
+    drifted = {f"enc-{s}" for s in range(10, 60)}
 
     def pick(stays: range) -> list[ev.Event]:
         names = {f"enc-{s}" for s in stays}
