@@ -2,8 +2,9 @@
 
 Two copies of one stream (each under its own topic prefix, one partition so the order is the same): run A consumes
 it whole; run B consumes the first half, stops, and a new process consumes the second half. Temperatures turn to
-Fahrenheit and scores shift inside the first half, so both alerts open before the restart. Without its state the
-second process would open them again (a fresh window fills with drifted data); with it, it carries on.
+Fahrenheit and scores shift inside the first half, so both alerts open before the restart. Each half holds enough
+stay-hours (396) for two evaluations of a full window: without its state the second process would open them again
+(a fresh window fills with drifted data); with it, it carries on.
 
 Batches differ between runs (the service judges a batch's readings before its scores, and closes stay-hours per
 batch), so alert values may differ in their last digits; what must be equal is which conditions opened and resolved,
@@ -34,9 +35,9 @@ from vigil_shadow import logscan
 
 def _stream() -> tuple[list[ev.Event], list[ev.Event], list[ev.Event], list[ev.Event]]:
     """(observations, scores) of the first half, then of the second."""
-    celsius = observations(60, 12, temp_f=False, rng=np.random.default_rng(1))
-    fahrenheit = observations(60, 12, temp_f=True, rng=np.random.default_rng(1))
-    drifted = {f"enc-{s}" for s in range(10, 60)}
+    celsius = observations(72, 12, temp_f=False, rng=np.random.default_rng(1))
+    fahrenheit = observations(72, 12, temp_f=True, rng=np.random.default_rng(1))
+    drifted = {f"enc-{s}" for s in range(10, 72)}
 
     def pick(stays: range) -> list[ev.Event]:
         names = {f"enc-{s}" for s in stays}
@@ -54,7 +55,7 @@ def _stream() -> tuple[list[ev.Event], list[ev.Event], list[ev.Event], list[ev.E
         )
         for i in range(600)
     ]
-    return pick(range(30)), scores[:300], pick(range(30, 60)), scores[300:]
+    return pick(range(36)), scores[:300], pick(range(36, 72)), scores[300:]
 
 
 async def _publish(settings: Settings, obs: list[ev.Event], scores: list[ev.Event]) -> None:

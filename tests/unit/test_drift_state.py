@@ -27,7 +27,8 @@ def reference() -> Reference:
     return build_reference(synthetic_stays(300, seed=1))
 
 
-def _batches() -> list[tuple[str, list[Any]]]:
+@pytest.fixture(scope="module")
+def batches() -> list[tuple[str, list[Any]]]:
     """(kind, events) batches: readings of 120 stays (temperature in Fahrenheit for the later ones), scores whose
     mean jumps half-way, then outcomes."""
     stays = synthetic_stays(120, seed=5)
@@ -65,6 +66,10 @@ def _batches() -> list[tuple[str, list[Any]]]:
     return out
 
 
+RESTARTS = frozenset({40, 90, 119, 124, 129})
+"""Batch indexes after which the core restarts (readings: 0-119, scores: 120-127, outcomes: 128-131)."""
+
+
 def _feed(core: DriftCore, kind: str, events: list[Any]) -> list[ev.AlertRaised]:
     if kind == "canonical":
         return core.on_canonical(events)
@@ -87,8 +92,9 @@ def _alerts(alerts: list[ev.AlertRaised]) -> list[dict[str, Any]]:
     return [a.model_dump(mode="json") for a in alerts]
 
 
-def test_a_restarted_core_raises_the_alerts_of_an_uninterrupted_one(reference: Reference) -> None:
-    batches = _batches()
+def test_a_restarted_core_raises_the_alerts_of_an_uninterrupted_one(
+    reference: Reference, batches: list[tuple[str, list[Any]]]
+) -> None:
     uninterrupted = DriftCore(reference, inputs_thresholds=SMALL)
     expected = [a for kind, events in batches for a in _feed(uninterrupted, kind, events)]
     kinds = {a.kind for a in expected}
@@ -98,15 +104,14 @@ def test_a_restarted_core_raises_the_alerts_of_an_uninterrupted_one(reference: R
     got: list[ev.AlertRaised] = []
     for i, (kind, events) in enumerate(batches):
         got += _feed(core, kind, events)
-        if i % 3 == 2:  # a restart every third batch, through the changelog's bytes
+        if i in RESTARTS:  # through the changelog's bytes: while readings, scores and outcomes stream
             core = _through_changelog(core, reference)
     assert _alerts(got) == _alerts(expected)
     assert json.dumps(core.snapshot(), default=str) == json.dumps(uninterrupted.snapshot(), default=str)
 
 
-def test_a_fresh_core_relearns_and_misses_them(reference: Reference) -> None:
+def test_a_fresh_core_relearns_and_misses_them(reference: Reference, batches: list[tuple[str, list[Any]]]) -> None:
     """Without the state (what a restart did before), the same stream after a restart raises different alerts."""
-    batches = _batches()
     uninterrupted = DriftCore(reference, inputs_thresholds=SMALL)
     expected = [a for kind, events in batches for a in _feed(uninterrupted, kind, events)]
     core = DriftCore(reference, inputs_thresholds=SMALL)

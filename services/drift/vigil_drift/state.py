@@ -90,7 +90,7 @@ class ReplayableADWIN:
 
 
 _DATACLASSES: dict[str, type] = {}
-_RIVER: dict[str, type] = {"DDM": DDM, "FHDDM": FHDDM, "Mean": Mean}
+_RIVER: dict[str, Any] = {"DDM": DDM, "FHDDM": FHDDM, "Mean": Mean}
 
 
 def register(cls: type) -> type:

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
@@ -142,7 +142,7 @@ class Changelog:
         if offset + 1 > self.consumed.get(where, -1):
             self.consumed[where] = offset + 1
 
-    def changed(self, keys: dict[str, int | None]) -> None:
+    def changed(self, keys: Mapping[str, int | None]) -> None:
         """Keys a batch changed (saved by the next checkpoint)."""
         self.unsaved.update(keys)
 
