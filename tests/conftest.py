@@ -210,3 +210,15 @@ def settings_env(kafka_cluster: LocalCluster, kafka: KafkaConnection, topic_pref
         "partitions": 3,
         "auth_tokens": TEST_GRANTS,
     }
+
+
+def ready_within(client: Any, timeout: float = 30.0) -> Any:
+    """Poll a TestClient's ``/ready`` until 200 (consumer services are ready once their group assigned them)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get("/ready")
+        if response.status_code == 200 or time.monotonic() > deadline:
+            return response
+        time.sleep(0.2)

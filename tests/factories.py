@@ -261,3 +261,46 @@ def stay_stream(
         recorded_at=(onset_at or end) + timedelta(hours=6),
     )
     return events, [out]
+
+
+VITAL_CODES = (
+    ("8867-4", "/min", 60, 80),
+    ("9279-1", "/min", 12, 20),
+    ("8310-5", "Cel", 36, 3),
+    ("59408-5", "%", 90, 9),
+)
+
+
+def fhir_bundle(
+    readings: int, *, encounters: int = 50, prefix: str = "b", start: datetime | None = None
+) -> dict[str, Any]:
+    """A FHIR batch Bundle of ``readings`` vital-sign Observations over ``encounters`` encounters (~400 bytes each).
+
+    Ids are ``<prefix>-<i>``, so two bundles with the same prefix carry the same resources (a resend).
+    """
+    start = start or datetime.now(UTC) - timedelta(hours=12)
+    entries = []
+    for i in range(readings):
+        code, unit, base, spread = VITAL_CODES[i % len(VITAL_CODES)]
+        entries.append(
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": f"{prefix}-{i}",
+                    "meta": {"versionId": "1"},
+                    "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                    "subject": {"reference": f"Patient/{prefix}-p{i % encounters}"},
+                    "encounter": {"reference": f"Encounter/{prefix}-e{i % encounters}"},
+                    "effectiveDateTime": (start + timedelta(seconds=i)).isoformat(),
+                    "valueQuantity": {
+                        "value": base + (i * 7) % spread,
+                        "unit": unit,
+                        "system": "http://unitsofmeasure.org",
+                        "code": unit,
+                    },
+                },
+                "request": {"method": "POST", "url": "Observation"},
+            }
+        )
+    return {"resourceType": "Bundle", "type": "batch", "entry": entries}

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from fastapi.testclient import TestClient
 
+from tests.conftest import ready_within
 from vigil_contracts.events import DeadLettered
 from vigil_ingest.app import create_app
 from vigil_ingest.settings import Settings
@@ -108,7 +109,7 @@ def test_a_synthea_bundle_with_a_rejected_reading_leaves_no_personal_data_on_any
 
     bootstrap = settings.kafka
     with TestClient(create_app(settings)) as client:
-        assert client.get("/ready").status_code == 200
+        assert ready_within(client).status_code == 200
         asyncio.run(produce())
         letters: list[DeadLettered] = []
         for _ in range(60):

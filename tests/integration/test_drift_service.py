@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from aiokafka import AIOKafkaConsumer
 from fastapi.testclient import TestClient
 
 from tests import factories
+from tests.conftest import ready_within
 from tests.unit.test_drift_reference import synthetic_stays
 from vigil_contracts import events as ev
 from vigil_drift.app import bootstrap, create_app
@@ -157,12 +157,7 @@ def test_http_app_runs_the_consumer_and_serves_state(settings_env: dict[str, Any
     path = reference.save(tmp_path / "reference.json")
     settings = Settings(**settings_env, reference_path=str(path), model_name="sepsis", group_id="drift-http")
     with TestClient(create_app(settings), headers=factories.AUTH) as client:
-        # Ready once the group has assigned the partitions and the detectors' state is read back (bounded wait).
-        for _ in range(300):
-            ready = client.get("/ready")
-            if ready.status_code == 200:
-                break
-            time.sleep(0.1)
+        ready = ready_within(client)
         assert ready.status_code == 200, ready.json()
         assert ready.json()["checks"]["reference"] is True
         state = client.get("/drift").json()

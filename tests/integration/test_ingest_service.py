@@ -11,6 +11,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi.testclient import TestClient
 
+from tests.conftest import ready_within
 from tests.factories import AUTH
 from vigil_contracts.events import DeadLettered, canonical_event_adapter
 from vigil_ingest.app import create_app
@@ -100,7 +101,7 @@ def test_raw_topic_bundle_and_dead_letters(settings_env: dict[str, Any]) -> None
             await producer.stop()
 
     with TestClient(create_app(settings), headers=AUTH) as client:
-        assert client.get("/ready").status_code == 200
+        assert ready_within(client).status_code == 200
         asyncio.run(produce())
         records = asyncio.run(drain(settings.kafka, settings.topics.observations, expect=len(expected)))
         letters = asyncio.run(drain(settings.kafka, settings.topics.dead_letter, expect=3))

@@ -194,7 +194,9 @@ async def test_streamed_stays_score_like_the_offline_model(
     assert 'vigil_scores_total{model="sepsis"' in metrics or "vigil_scores_total{" in metrics
     assert "vigil_score_latency_seconds_bucket" in metrics
     lags = [line for line in metrics.splitlines() if line.startswith("vigil_consumer_lag{")]
-    assert len(lags) == settings.partitions and all(float(line.rsplit(" ", 1)[1]) >= 0 for line in lags)
+    # One series per group and topic (summed over partitions): the scorer's group on the observations topic.
+    series = f'vigil_consumer_lag{{group="{settings.group_id}",service="scorer",topic="observations"}} '
+    assert len(lags) == 1 and lags[0].startswith(series) and float(lags[0].rsplit(" ", 1)[1]) >= 0, lags
     assert "vigil_model_info{" in metrics
     x = np.full((1, len(package.columns)), np.nan, dtype=np.float32)
     x[0, package.columns.index("heart_rate_last")] = 120.0

@@ -79,9 +79,11 @@ def build(settings: Settings) -> tuple[ServiceRuntime, IngestCore]:
         settings=settings,
         broker=broker,
         metrics=metrics,
-        checks={"producer": lambda: events_publisher.started},
+        # Writable, not just started: a started producer buffers while the broker is away, and then every post
+        # would be refused with 503 after the publish bound; a balancer should send them elsewhere first.
+        checks={"broker_writable": lambda: events_publisher.writable(topics.observations)},
         on_start=[events_publisher.start, core.warm_up],
-        on_stop=[events_publisher.stop],
+        on_stop=[events_publisher.stop, core.close],
     )
     return runtime, core
 

@@ -1,12 +1,19 @@
-"""The ingest core shared by the HTTP and Kafka transports: mapping, dedupe and acknowledged publishing."""
+"""The ingest core shared by the HTTP and Kafka transports: mapping, dedupe and acknowledged publishing.
+
+Mapping runs in one worker thread, off the event loop: a large Bundle takes seconds to map, and on the loop it
+stalled ``/health`` for as long (3.98 s, measured in issue #15), longer than a liveness probe waits. One thread,
+not a pool: the mapper's linkage and correction memory is shared state, and every read or change of it (map,
+remember, forget) goes through that thread in order, as it went through the loop before.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from vigil_contracts.events import Event
 from vigil_ingest.mapping import Mapper, MapResult, TimeRules
@@ -17,6 +24,17 @@ from vigil_runtime.metrics import ServiceMetrics
 from vigil_runtime.producer import AckedProducer
 
 log = logging.getLogger(__name__)
+
+Undo = list[tuple[str, Any]]
+T = TypeVar("T")
+
+
+class PublishTimeout(Exception):
+    """The broker did not acknowledge a request's events within the bound (nothing of it counts as accepted)."""
+
+    def __init__(self, bound_s: float) -> None:
+        super().__init__(f"no acknowledgement within {bound_s:g} s")
+        self.bound_s = bound_s
 
 
 class IngestCore:
@@ -36,24 +54,79 @@ class IngestCore:
         self.metrics = metrics
         self.topic = settings.topics.observations
         self._warming: asyncio.Future[bool] | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-mapping")
 
-    async def publish(self, events: Sequence[Event]) -> tuple[list[Event], int]:
-        """Publish the events not already published and wait for the broker; returns (published, duplicates)."""
+    async def in_worker(self, call: Callable[..., T], *args: Any) -> T:
+        """Run ``call`` in the mapping thread; shielded, so a cancelled request cannot leave state half-changed."""
+        return await asyncio.shield(asyncio.get_running_loop().run_in_executor(self._worker, call, *args))
+
+    async def close(self) -> None:
+        """Let the mapping thread finish its work and end."""
+        await asyncio.get_running_loop().run_in_executor(None, self._worker.shutdown)
+
+    def publishable(self, result: MapResult) -> bool:
+        """Whether a request's mapping result will be published (a refused payload or strict transaction is not)."""
+        if result.counts.get("rejected_payload"):
+            return False
+        strict = self.settings.strict_transactions and result.bundle_type == "transaction"
+        return not (strict and result.rejections)
+
+    def _map_and_remember(self, payload: Any) -> tuple[MapResult, Undo]:
+        # One step in the mapping thread, so no other request's mapping sees this one half-remembered.
+        result = self.mapper.map_payload(payload)
+        return result, (self.mapper.remember(result) if self.publishable(result) else [])
+
+    async def map_request(self, payload: Any) -> tuple[MapResult, Undo]:
+        """Map a request's payload off the loop; what will be published is remembered (see :meth:`publish_mapped`)."""
+        job = asyncio.get_running_loop().run_in_executor(self._worker, self._map_and_remember, payload)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # The client went away while its payload was mapped: nothing will be published, so once the mapping
+            # is done, what it remembered is forgotten (in the same thread, after it).
+            job.add_done_callback(self._forget_unpublished)
+            raise
+
+    def _forget_unpublished(self, job: asyncio.Future[tuple[MapResult, Undo]]) -> None:
+        if not job.cancelled() and job.exception() is None:
+            self._worker.submit(self.mapper.forget, job.result()[1])
+
+    async def publish_mapped(
+        self, result: MapResult, undo: Undo, *, timeout: float | None = None
+    ) -> tuple[list[Event], int]:
+        """Publish what :meth:`map_request` mapped; on any failure (a timeout too) the mapper forgets it."""
+        try:
+            return await self.publish(result.events, timeout=timeout)
+        except BaseException:
+            await self.in_worker(self.mapper.forget, undo)
+            raise
+
+    async def publish(self, events: Sequence[Event], *, timeout: float | None = None) -> tuple[list[Event], int]:
+        """Publish the events not already published and wait for the broker; returns (published, duplicates).
+
+        With ``timeout``, the whole produce-and-acknowledge is bounded (aiokafka's send alone may wait on metadata
+        and a full buffer for minutes): past it :class:`PublishTimeout` is raised and nothing is remembered as
+        published. Records already handed to the producer may still reach the topic later; a retry then
+        republishes them under the same event ids, which consumers deduplicate.
+        """
         fresh, duplicates = self.deduper.fresh(events)
-        await self.publisher.publish_all(self.topic, fresh)
+        sending = self.publisher.publish_all(self.topic, fresh)
+        if timeout is None:
+            await sending
+        else:
+            try:
+                await asyncio.wait_for(sending, timeout)
+            except TimeoutError as error:
+                raise PublishTimeout(timeout) from error
         self.deduper.remember(fresh)
         self.metrics.count(self.topic, "published", len(fresh))
         self.metrics.count(self.topic, "duplicate", duplicates)
         return fresh, duplicates
 
-    async def publish_result(self, result: MapResult) -> tuple[list[Event], int]:
+    async def publish_result(self, result: MapResult, *, timeout: float | None = None) -> tuple[list[Event], int]:
         """Publish a mapping result's events, then let the mapper remember what it published (corrections)."""
-        undo = self.mapper.remember(result)
-        try:
-            return await self.publish(result.events)
-        except BaseException:
-            self.mapper.forget(undo)
-            raise
+        undo = await self.in_worker(self.mapper.remember, result)
+        return await self.publish_mapped(result, undo, timeout=timeout)
 
     async def handle_records(self, items: list[Parsed[dict[str, Any]]]) -> list[tuple[Any, BaseException | str]]:
         """Map a batch of raw FHIR records, publish every canonical event, return the records to park.
@@ -61,8 +134,17 @@ class IngestCore:
         A record is parked when anything in it was rejected (the reasons name the problems); events of its other
         entries are still published, so a parked record is partly processed: replaying it is safe (ids dedupe).
         """
+        events, undo, failures = await self.in_worker(self._map_records, items)
+        try:
+            await self.publish(events)
+        except BaseException:
+            await self.in_worker(self.mapper.forget, undo)
+            raise
+        return failures
+
+    def _map_records(self, items: list[Parsed[dict[str, Any]]]) -> tuple[list[Event], Undo, list[Any]]:
         events: list[Event] = []
-        undo: list[tuple[str, Any]] = []
+        undo: Undo = []
         failures: list[tuple[Any, BaseException | str]] = []
         raw_topic = self.settings.topics.fhir_raw
         for item in items:
@@ -80,12 +162,7 @@ class IngestCore:
                     reasons = f"partly processed ({len(result.events)} canonical events mapped): {reasons}"
                 resources = [f"{r.resource_type}/{r.resource_id}" for r in result.rejections if r.resource_id]
                 failures.append((item.record, Rejected(reasons[:2000], resources)))
-        try:
-            await self.publish(events)
-        except BaseException:
-            self.mapper.forget(undo)
-            raise
-        return failures
+        return events, undo, failures
 
     async def warm_up(self) -> None:
         """Load the UCUM library in a worker thread, in the background (start-up does not wait for it)."""

@@ -35,5 +35,11 @@ class Settings(VigilSettings):
     """A reading dated more than this after ingest's clock is refused (a clock error or a typo in the EHR)."""
     max_days_before_encounter: float = Field(default=14.0, gt=0)
     """A reading dated more than this before its encounter began is refused."""
+    publish_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    """Longest an HTTP request waits for the broker to acknowledge its events (metadata, buffer and acks=all
+    included). Past it the request is refused with 503 and ``Retry-After``: nothing it carried counts as accepted,
+    and a retry is safe (event ids are deterministic, so anything that did reach the broker is deduplicated)."""
+    retry_after_s: int = Field(default=5, ge=1)
+    """``Retry-After`` (seconds) on a 503 refusal while the broker cannot take a write."""
     consume_raw_topic: bool = True
     """Run the Kafka consumer of the raw FHIR topic (off: HTTP only)."""

@@ -9,7 +9,12 @@ from vigil_runtime.service import serve
 def main() -> None:
     """Build the settings once and serve."""
     settings = Settings()
-    configure_logging(settings.log_level, json=settings.log_json, service="registry")
+    configure_logging(
+        settings.log_level,
+        json=settings.log_json,
+        service="registry",
+        repeat_interval_s=settings.log_repeat_interval_s,
+    )
     serve(create_app(settings), settings)
 
 

@@ -49,7 +49,6 @@ class BatchStep:
         self.models = models
         self.checkpointer = checkpointer
         self.assignment = assignment
-        self._lag_updated = 0.0
 
     async def handle(self, items: list[Parsed[Any]]) -> Failures:
         """Score the records of owned partitions; return the records to park, with why."""
@@ -171,23 +170,3 @@ class BatchStep:
             return
         for tp, end in ends.items():
             core.replay_until[tp.partition] = int(end)
-
-    async def update_lag(self) -> None:
-        """Per assigned partition: the broker's highwater minus this consumer's position (at most once a second)."""
-        if time.monotonic() - self._lag_updated < 1.0:  # asking for positions per batch costs more than it tells
-            return
-        self._lag_updated = time.monotonic()
-        consumer = self.assignment.consumer_of()
-        if consumer is None:
-            return
-        for tp in consumer.assignment():
-            if tp.topic != self.topics.observations:
-                continue
-            try:
-                highwater = consumer.highwater(tp)
-                position = await asyncio.wait_for(consumer.position(tp), timeout=0.2)
-            except Exception as error:  # the lag gauge is best effort: a revoked or slow partition keeps its value
-                log.debug("lag not measured", extra={"partition": tp.partition, "error_type": type(error).__name__})
-                continue
-            if highwater is not None and position is not None:
-                self.metrics.lag.labels(str(tp.partition)).set(max(0, highwater - position))

@@ -22,7 +22,6 @@ class ScorerMetrics:
             ["service", "model", "version", "stage", "default_model"],
             registry=r,
         )
-        self.lag = Gauge("vigil_consumer_lag", "Highwater minus position, per partition.", ["partition"], registry=r)
         self.states = Gauge("vigil_scorer_states", "Encounter states held in memory.", registry=r)
         self.evictions = Counter("vigil_scorer_evictions", "Idle encounter states evicted.", registry=r)
         self.swaps = Counter("vigil_model_swaps", "Model swaps, by outcome.", ["outcome"], registry=r)

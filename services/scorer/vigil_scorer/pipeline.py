@@ -213,7 +213,6 @@ class ScorerService:
             base.processing.labels(SERVICE, "batch").observe(time.perf_counter() - t0)
             base.count(self.topics.observations, "parked", parked)
             self.checkpointer.step()
-            await self.batch.update_lag()
             if self.core is not None:
                 self.metrics.states.set(len(self.core))
 
@@ -250,9 +249,6 @@ class ScorerService:
                 self.core.drop_partitions(partitions)
             self.assignment.owned -= partitions
             self.assignment.needs_restore -= partitions
-            for p in partitions:
-                with contextlib.suppress(KeyError):
-                    self.metrics.lag.remove(str(p))
 
     async def partitions_assigned(self, partitions: set[int]) -> None:
         """Restore the assigned partitions' states from the changelog before any of their records is scored."""

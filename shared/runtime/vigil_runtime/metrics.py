@@ -7,6 +7,8 @@
 - ``vigil_scores_total{service,model,version,stage}`` and ``vigil_score_latency_seconds{...}``: scores and their
   event-to-score latency; the live and the shadow scorer differ only by the ``stage`` label.
 - ``vigil_ready{service}``: 1 when ``/ready`` would answer 200.
+- ``vigil_consumer_lag{service,group,topic}``: records behind the end of ``topic``, summed over the partitions this
+  process is assigned in consumer ``group`` (``vigil_runtime.lag``; sum over instances for the group's lag).
 - ``vigil_http_requests_total{service,route,method,status}`` and ``vigil_http_request_duration_seconds{service,
   route,method}``: every HTTP request, counted by the route's template (``/models/{name}/versions/{version}``,
   never the raw path: bounded cardinality, no identifiers), with its latency (recorded by the service frame).
@@ -69,6 +71,12 @@ class ServiceMetrics:
             registry=r,
         )
         self.ready = Gauge("vigil_ready", "1 when the service is ready.", ["service"], registry=r)
+        self.consumer_lag = Gauge(
+            "vigil_consumer_lag",
+            "Records behind the topic's end, summed over the partitions this process is assigned in the group.",
+            ["service", "group", "topic"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "vigil_http_requests",
             "HTTP requests answered, by route template, method and status code.",

@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from vigil_contracts.events import Event
 from vigil_runtime.kafka import encode
 from vigil_runtime.kafka_security import KafkaConnection
+
+YIELD_EVERY = 256
+"""Records sent between two yields to the event loop. aiokafka's ``send`` returns without yielding while its buffer
+has room, so a large Bundle's events were encoded and sent in one stretch of the loop (encoding alone took 1.9 s
+for 36,000 events on the loaded test machine), ``/health`` waiting behind it; yielding every few hundred records
+lets it answer in between."""
 
 
 class AckedProducer:
@@ -40,6 +46,32 @@ class AckedProducer:
         """Whether the producer is connected (a readiness check)."""
         return self._producer is not None
 
+    async def writable(self, topic: str, *, timeout: float = 2.0) -> bool:
+        """Whether a write to ``topic`` can be acknowledged now (a readiness check).
+
+        The cluster answers this producer's metadata request, every partition of the topic has a leader, and this
+        producer can reach each leader: started is not enough, a started producer keeps buffering while the
+        broker is away.
+        """
+        if self._producer is None:
+            return False
+        client = self._producer.client
+
+        async def check() -> bool:
+            cluster = await client.fetch_all_metadata()
+            partitions = cluster.partitions_for_topic(topic)
+            if not partitions:
+                return False
+            leaders = {cluster.leader_for_partition(TopicPartition(topic, p)) for p in partitions}
+            if None in leaders or -1 in leaders:
+                return False
+            return all([await client.ready(leader) for leader in leaders])
+
+        try:
+            return await asyncio.wait_for(check(), timeout)
+        except Exception:  # unreachable, timed out, unauthorised: not writable
+            return False
+
     async def start(self) -> None:
         """Connect (aiokafka wants its producer made inside the running loop)."""
         self._producer = AIOKafkaProducer(
@@ -62,9 +94,12 @@ class AckedProducer:
         """Send (key, value, partition) records and wait until the broker has acknowledged every one."""
         if not items:
             return
-        futures = [
-            await self.producer.send(topic, value, key=key, partition=partition) for key, value, partition in items
-        ]
+        send = self.producer.send
+        futures = []
+        for i, (key, value, partition) in enumerate(items):
+            if i and i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            futures.append(await send(topic, value, key=key, partition=partition))
         await asyncio.gather(*futures)
 
     async def publish_all(self, topic: str, events: Sequence[Event]) -> None:
@@ -72,5 +107,9 @@ class AckedProducer:
         if not events:
             return
         send = self.producer.send
-        futures = [await send(topic, encode(ev), key=ev.key_bytes()) for ev in events]
+        futures = []
+        for i, ev in enumerate(events):
+            if i and i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            futures.append(await send(topic, encode(ev), key=ev.key_bytes()))
         await asyncio.gather(*futures)

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vigil_runtime.auth import Authenticator, AuthError, build_authenticator, operations_access
 from vigil_runtime.kafka import ensure_topics
+from vigil_runtime.lag import ConsumerLag, consumers_assigned, grouped_subscribers
 from vigil_runtime.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from vigil_runtime.settings import VigilSettings
 
@@ -63,6 +64,9 @@ class ServiceRuntime:
                 results["broker"] = bool(await self.broker.ping(timeout=2.0))
             except Exception:
                 results["broker"] = False
+            if grouped_subscribers(self.broker):
+                # A consumer service can do its job once its group gave it partitions (or none, when idle).
+                results["consumers_assigned"] = self.started and consumers_assigned(self.broker)
         for name, check in self.checks.items():
             try:
                 value = check()
@@ -103,14 +107,19 @@ def build_http_app(
             await _retry(lambda: ensure_topics(runtime.settings), what="create topics")
         for hook in runtime.on_start:
             await hook()
+        lag = ConsumerLag(runtime.broker, runtime.metrics) if runtime.broker is not None else None
         if runtime.broker is not None:
             await runtime.broker.start()
+        if lag is not None:
+            lag.start()
         runtime.started = True
         log.info("service started", extra={"service": runtime.name, "port": runtime.settings.http_port})
         try:
             yield
         finally:
             runtime.started = False
+            if lag is not None:
+                await lag.stop()
             if runtime.broker is not None:
                 await runtime.broker.stop()
             for hook in runtime.on_stop:

@@ -43,6 +43,9 @@ class VigilSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     """Structured JSON logs (PHI-free fields only); plain text when false."""
+    log_repeat_interval_s: float = Field(default=10.0, ge=0)
+    """A repeated warning or error (same call site and message) is logged once per this interval, with the count of
+    those held back (0: every one is logged)."""
     development: bool = False
     """Development mode: allows the built-in demo tokens and other conveniences refused in production."""
     kafka_security_protocol: SecurityProtocol = "SASL_SSL"

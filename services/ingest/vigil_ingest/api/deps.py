@@ -24,11 +24,12 @@ ACCEPTED_TYPES = ("application/fhir+json", "application/json", "application/json
 class FhirError(Exception):
     """A request refused as a whole: HTTP status, FHIR issue code, diagnostics (no values of the input)."""
 
-    def __init__(self, status: int, code: str, diagnostics: str) -> None:
+    def __init__(self, status: int, code: str, diagnostics: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(diagnostics)
         self.status = status
         self.code = code
         self.diagnostics = diagnostics
+        self.headers = headers
 
 
 def fhir_response(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
@@ -38,7 +39,7 @@ def fhir_response(body: dict[str, Any], status: int, headers: dict[str, str] | N
 
 async def fhir_error_handler(request: Request, error: FhirError) -> Response:
     """The OperationOutcome of a refused request."""
-    return fhir_response(operation_outcome([("error", error.code, error.diagnostics)]), error.status)
+    return fhir_response(operation_outcome([("error", error.code, error.diagnostics)]), error.status, error.headers)
 
 
 def fhir_write(request: Request, principal: CurrentPrincipal) -> Principal:

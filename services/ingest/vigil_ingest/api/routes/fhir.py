@@ -6,6 +6,7 @@ publishing are the core's, the answers (OperationOutcome, batch/transaction-resp
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -14,7 +15,7 @@ from fastapi import APIRouter, Response
 
 from vigil_contracts.events import Event
 from vigil_ingest.api.deps import CoreDep, FhirBody, FhirError, FhirWriter, SettingsDep, fhir_response
-from vigil_ingest.core import IngestCore
+from vigil_ingest.core import IngestCore, PublishTimeout, Undo
 from vigil_ingest.fhir_http import entry_status, location, operation_outcome, rejection_issues
 from vigil_ingest.mapping import MapResult
 from vigil_ingest.settings import Settings
@@ -39,25 +40,40 @@ async def ingest(core: IngestCore, settings: Settings, payload: Any, expected_ty
         raise FhirError(400, "required", "missing resourceType")
     if expected_type is not None and rtype != expected_type:
         raise FhirError(400, "invalid", f"resourceType '{rtype[:40]}' does not match the URL's '{expected_type}'")
-    result = core.mapper.map_payload(payload)
+    result, undo = await core.map_request(payload)  # in the mapping thread: the loop keeps answering
     core.count_result("http", result)
     if result.counts.get("rejected_payload"):
         return fhir_response(operation_outcome(rejection_issues(result.rejections)), 400)
     if rtype == "Bundle":
-        response = await _bundle(core, settings, result)
+        response = await _bundle(core, settings, result, undo)
     else:
-        response = await _single(core, result, payload)
+        response = await _single(core, settings, result, undo, payload)
     core.metrics.processing.labels(SERVICE, "http").observe(time.perf_counter() - started)
     return response
 
 
-async def _publish(core: IngestCore, result: MapResult) -> set[str]:
-    """Publish and wait for the broker; the ids of the events that were new. 503 when it did not acknowledge."""
+RETRY_IS_SAFE = (
+    "nothing of this request was accepted; retrying the same request is safe (event ids are deterministic: "
+    "anything that did reach the broker is deduplicated by id)"
+)
+
+
+async def _publish(core: IngestCore, settings: Settings, result: MapResult, undo: Undo) -> set[str]:
+    """Publish and wait for the broker, within the bound; the ids of the events that were new.
+
+    503 with ``Retry-After`` when the broker did not acknowledge every event in time: a 2xx means acks=all.
+    """
+    retry = {"Retry-After": str(settings.retry_after_s)}
     try:
-        published, _ = await core.publish_result(result)
+        published, _ = await core.publish_mapped(result, undo, timeout=settings.publish_timeout_s)
+    except PublishTimeout as error:
+        log.error("publish timed out", extra={"count": len(result.events), "duration_ms": error.bound_s * 1000})
+        diagnostics = f"the broker did not acknowledge the events within {error.bound_s:g} s; {RETRY_IS_SAFE}"
+        raise FhirError(503, "transient", diagnostics, retry) from error
     except Exception as error:
         log.error("publish failed", extra={"error_type": type(error).__name__, "count": len(result.events)})
-        raise FhirError(503, "transient", "the broker did not acknowledge the events; retry") from error
+        diagnostics = f"the broker did not acknowledge the events; {RETRY_IS_SAFE}"
+        raise FhirError(503, "transient", diagnostics, retry) from error
     return {e.event_id for e in published}
 
 
@@ -65,12 +81,14 @@ def _fresh(events: list[Any], fresh_ids: set[str]) -> int:
     return sum(1 for e in events if isinstance(e, Event) and e.event_id in fresh_ids)
 
 
-async def _single(core: IngestCore, result: MapResult, payload: dict[str, Any]) -> Response:
+async def _single(
+    core: IngestCore, settings: Settings, result: MapResult, undo: Undo, payload: dict[str, Any]
+) -> Response:
     entry = result.entries[0]
-    if entry.outcome == "rejected":
+    if entry.outcome == "rejected":  # nothing of it was remembered (remember skips rejected entries)
         status_line, issues = entry_status(entry, 0)
         return fhir_response(operation_outcome(issues), int(status_line[:3]))
-    fresh = _fresh(entry.events, await _publish(core, result))
+    fresh = _fresh(entry.events, await _publish(core, settings, result, undo))
     status_line, issues = entry_status(entry, fresh)
     headers = {"Location": loc} if (loc := location(entry)) else None
     if entry.events and not fresh and not entry.rejections:
@@ -79,11 +97,17 @@ async def _single(core: IngestCore, result: MapResult, payload: dict[str, Any]) 
     return fhir_response(operation_outcome(issues), int(status_line[:3]), headers)
 
 
-async def _bundle(core: IngestCore, settings: Settings, result: MapResult) -> Response:
+async def _bundle(core: IngestCore, settings: Settings, result: MapResult, undo: Undo) -> Response:
     transaction = result.bundle_type == "transaction"
-    if transaction and settings.strict_transactions and result.rejections:
+    if not core.publishable(result):  # a strict transaction with a rejected entry (nothing was remembered)
         return fhir_response(operation_outcome(rejection_issues(result.rejections)), 422)
-    fresh_ids = await _publish(core, result)
+    fresh_ids = await _publish(core, settings, result, undo)
+    # One answer per entry: for a Bundle of tens of thousands of readings that is a while; off the loop.
+    body = await asyncio.to_thread(_bundle_answer, result, fresh_ids, transaction)
+    return fhir_response(body, 200)
+
+
+def _bundle_answer(result: MapResult, fresh_ids: set[str], transaction: bool) -> dict[str, Any]:
     entries = []
     for entry in result.entries:
         fresh = _fresh(entry.events, fresh_ids)
@@ -103,12 +127,11 @@ async def _bundle(core: IngestCore, settings: Settings, result: MapResult) -> Re
         if (loc := location(entry)) is not None and not response["status"].startswith("4"):
             response["location"] = loc
         entries.append({"response": response})
-    body = {
+    return {
         "resourceType": "Bundle",
         "type": "transaction-response" if transaction else "batch-response",
         "entry": entries,
     }
-    return fhir_response(body, 200)
 
 
 async def post_base(core: CoreDep, settings: SettingsDep, payload: FhirBody) -> Response:
