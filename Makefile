@@ -19,7 +19,7 @@ demo: setup ## A local stack plus the demo on the bundled sample of real ICU sta
 test: setup ## Every tier: lint and types, unit, integration (real Kafka, SQLite, PostgreSQL), e2e
 	bash scripts/test.sh
 
-lint: ## ruff (style, complexity), mypy (strict on the common parts), import-linter (the package boundaries)
+lint: ## ruff (style, complexity, sleep-in-a-loop), mypy (strict on the common parts and the five services), import-linter (the package boundaries)
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
 	$(UV) run --frozen mypy

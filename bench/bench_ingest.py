@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -148,7 +149,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _post_all(url: str, bodies: list[bytes], concurrency: int) -> float:
+async def _post_all(url: str, bodies: list[bytes], concurrency: int, token: str) -> float:
     import httpx
 
     queue: asyncio.Queue[bytes] = asyncio.Queue()
@@ -158,10 +159,11 @@ async def _post_all(url: str, bodies: list[bytes], concurrency: int) -> float:
     async def worker(client: httpx.AsyncClient) -> None:
         while not queue.empty():
             body = queue.get_nowait()
-            r = await client.post(url, content=body, headers={"content-type": "application/fhir+json"})
+            r = await client.post(url, content=body, headers=headers)
             if r.status_code >= 300:
                 raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
 
+    headers = {"content-type": "application/fhir+json", "authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(timeout=60) as client:
         t = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
@@ -174,6 +176,9 @@ def bench_http(bootstrap: str, n: int, bundle_size: int, concurrency: int, basel
 
     port = _free_port()
     prefix = f"bench{uuid.uuid4().hex[:8]}."
+    # Ingest refuses unauthenticated writes; the bench is an EHR sender with a one-off token of its own.
+    token = secrets.token_urlsafe(32)
+    grant = {"user": "bench-ehr", "scopes": ["system/*.write"]}
     env = {
         **os.environ,
         "INGEST_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -182,6 +187,7 @@ def bench_http(bootstrap: str, n: int, bundle_size: int, concurrency: int, basel
         "INGEST_PARTITIONS": "3",
         "INGEST_LOG_LEVEL": "WARNING",
         "INGEST_CONSUME_RAW_TOPIC": "false",
+        "INGEST_AUTH_TOKENS": orjson.dumps({token: grant}).decode(),
     }
     proc = subprocess.Popen([sys.executable, "-m", "vigil_ingest"], env=env)
     try:
@@ -198,9 +204,10 @@ def bench_http(bootstrap: str, n: int, bundle_size: int, concurrency: int, basel
         obs = [observation(i, encounter=f"enc-{i % 50}") for i in range(n)]
         bodies = [orjson.dumps(bundle(obs[i : i + bundle_size])) for i in range(0, n, bundle_size)]
         # warm-up (connections, producer metadata)
-        asyncio.run(_post_all(f"{base}/fhir", [orjson.dumps(bundle([observation(10**7 + i) for i in range(10)]))], 1))
+        warm = [orjson.dumps(bundle([observation(10**7 + i) for i in range(10)]))]
+        asyncio.run(_post_all(f"{base}/fhir", warm, 1, token))
         cpu0 = _cpu_seconds(proc.pid)
-        elapsed = asyncio.run(_post_all(f"{base}/fhir", bodies, concurrency))
+        elapsed = asyncio.run(_post_all(f"{base}/fhir", bodies, concurrency, token))
         server_cpu = _cpu_seconds(proc.pid) - cpu0
         singles = []
         for i in range(baseline_n):
@@ -208,7 +215,7 @@ def bench_http(bootstrap: str, n: int, bundle_size: int, concurrency: int, basel
             o["id"] = f"single-{i}"
             singles.append(orjson.dumps(o))
         cpu0 = _cpu_seconds(proc.pid)
-        elapsed_single = asyncio.run(_post_all(f"{base}/fhir/Observation", singles, concurrency))
+        elapsed_single = asyncio.run(_post_all(f"{base}/fhir/Observation", singles, concurrency, token))
         server_cpu_single = _cpu_seconds(proc.pid) - cpu0
     finally:
         proc.terminate()

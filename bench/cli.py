@@ -73,10 +73,38 @@ def bench_scorer(
 @app.command("restart")
 def bench_restart(
     events: int = typer.Option(100_000, help="Observation records retained in the topic (the issue asks for 1M)."),
-    port: int = typer.Option(39292, help="Port of the secured single-node broker the bench starts for itself."),
+    port: int = typer.Option(39392, help="Port of the secured single-node broker the bench starts for itself."),
     partitions: int = typer.Option(6, help="Partitions of the observations topic."),
 ) -> None:
     """Shadow's and drift's start-up with a long topic: re-read retention (before) vs changelog restore (after)."""
     from bench.bench_restart import main
 
     typer.echo(json.dumps(asyncio.run(main(events=events, port=port, partitions=partitions))))
+
+
+@app.command("compare")
+def bench_compare(
+    before: str = typer.Option("488c8d3", help="The commit to compare with (checked out into a temporary worktree)."),
+    port: int = typer.Option(39292, help="Client port of the local plaintext broker started for the comparison."),
+    rounds: int = typer.Option(3, help="Rounds; each runs both sides once, in alternating order."),
+    bench: list[str] = typer.Option(["scorer", "ingest"], help="Which benchmarks (repeatable)."),
+    stays: int = typer.Option(120, help="Set A stays of the scorer's throughput run."),
+    latency_seconds: float = typer.Option(4.0, help="Duration of the scorer's latency run."),
+    ingest_n: int = typer.Option(10_000, help="Observations of the ingest runs."),
+) -> None:
+    """Scorer and ingest benchmarks of REV and of this checkout, interleaved in one run: one JSON line."""
+    from bench.compare import compare
+
+    unknown = set(bench) - {"scorer", "ingest"}
+    if unknown:
+        raise typer.BadParameter(f"unknown benchmarks: {sorted(unknown)}")
+    result = compare(
+        before,
+        port=port,
+        rounds=rounds,
+        benches=bench,
+        stays=stays,
+        latency_seconds=latency_seconds,
+        ingest_n=ingest_n,
+    )
+    typer.echo(json.dumps(result))

@@ -152,7 +152,8 @@ class KafkaSecrets:
 
         ca_cert = x509.load_pem_x509_certificate(self.ca_file.read_bytes())
         ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), password=None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+            raise TypeError(f"{self.ca_key} is not the EC key this CA was made with")
         key = ec.generate_private_key(ec.SECP256R1())
         sans: list[x509.GeneralName] = []
         for host in hosts:

@@ -16,7 +16,6 @@ from vigil_contracts.topics import Topic
 from vigil_runtime.kafka import (
     DeadLetters,
     Parsed,
-    Publisher,
     encode,
     ensure_topics,
     make_broker,
@@ -24,6 +23,7 @@ from vigil_runtime.kafka import (
     raw_batch_decoder,
 )
 from vigil_runtime.kafka_security import KafkaConnection
+from vigil_runtime.producer import AckedProducer
 from vigil_runtime.settings import VigilSettings
 
 
@@ -50,13 +50,13 @@ async def test_every_contract_round_trips_through_the_broker(settings_env: dict[
     settings = VigilSettings(**settings_env)
     created = await ensure_topics(settings)
     assert settings.topics.observations in created
-    broker = make_broker(settings, client_id="test")
-    await broker.start()
+    producer = AckedProducer(settings.kafka, client_id="test")
+    await producer.start()
     events = [f() for f in factories.ALL.values()]
     try:
-        await Publisher(broker).publish_all(settings.topics.name(Topic.ALERTS), events)
+        await producer.publish_all(settings.topics.name(Topic.ALERTS), events)
     finally:
-        await broker.stop()
+        await producer.stop()
     records = await consume(settings.kafka, settings.topics.name(Topic.ALERTS), len(events))
     received = [ev.any_event_adapter.validate_json(r.value) for r in records]
     assert sorted(e.event_id for e in received) == sorted(e.event_id for e in events)
@@ -99,7 +99,7 @@ async def test_malformed_record_is_dead_lettered_and_consumption_goes_on(
     await ensure_topics(settings)
     topics = settings.topics
     broker = make_broker(settings, client_id="test-dlq")
-    publisher = Publisher(broker)
+    publisher = AckedProducer(settings.kafka, client_id="test-dlq-out")
     dead_letters = DeadLetters(publisher, topics.dead_letter, service="test")
     seen: list[str] = []
 
@@ -129,6 +129,7 @@ async def test_malformed_record_is_dead_lettered_and_consumption_goes_on(
     finally:
         await producer.stop()
 
+    await publisher.start()
     await broker.start()
     try:
         for _ in range(100):
@@ -137,6 +138,7 @@ async def test_malformed_record_is_dead_lettered_and_consumption_goes_on(
             await asyncio.sleep(0.2)
     finally:
         await broker.stop()
+        await publisher.stop()
     assert seen == [good_before.event_id, good_after.event_id]
     letters = await consume(settings.kafka, topics.dead_letter, 1)
     assert len(letters) == 1

@@ -18,7 +18,8 @@ from tests.unit.test_drift_reference import synthetic_stays
 from vigil_contracts import events as ev
 from vigil_drift.app import bootstrap, create_app
 from vigil_drift.settings import Settings
-from vigil_runtime.kafka import Publisher, encode, ensure_topics, make_broker
+from vigil_runtime.kafka import encode, ensure_topics
+from vigil_runtime.producer import AckedProducer
 from vigil_scoring.reference import build_reference
 
 SMALL = {
@@ -93,21 +94,23 @@ async def test_service_consumes_live_topics_and_publishes_alerts(settings_env: d
         )
         for i in range(400)
     ]
-    producer_broker = make_broker(settings, client_id="it-producer")
-    await producer_broker.start()
+    publisher = AckedProducer(settings.kafka, client_id="it-producer")
+    await publisher.start()
     try:
-        publisher = Publisher(producer_broker)
         await publisher.publish_all(settings.topics.observations, events)
         await publisher.publish_all(settings.topics.scores_live, bad_scores)
         await publisher.publish_all(settings.topics.outcomes, [factories.outcome(encounter="enc-1", key="enc-1")])
-        await producer_broker.publish(b"{not json", settings.topics.scores_live, key=b"enc-1")
+        await publisher.send_all(settings.topics.scores_live, [(b"enc-1", b"{not json", None)])
         # a valid event on the wrong topic is parked too, with its reason
         await publisher.publish_all(settings.topics.scores_live, [factories.outcome(encounter="enc-2", key="enc-2")])
     finally:
-        await producer_broker.stop()
+        await publisher.stop()
 
     runtime = bootstrap(settings)
     assert runtime.broker is not None
+    # As the service's lifespan does: its hooks (the producer) start before the broker and stop after it.
+    for hook in runtime.on_start:
+        await hook()
     await runtime.broker.start()
     consumer = AIOKafkaConsumer(
         settings.topics.alerts,
@@ -137,6 +140,8 @@ async def test_service_consumes_live_topics_and_publishes_alerts(settings_env: d
     finally:
         await consumer.stop()
         await runtime.broker.stop()
+        for hook in runtime.on_stop:
+            await hook()
     opened = {a.alert_key for a in alerts if a.state == "open"}
     assert wanted <= opened, opened
     assert "data_drift:inputs:heart_rate" not in opened

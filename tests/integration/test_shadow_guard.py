@@ -16,8 +16,9 @@ from pydantic import ValidationError
 from tests import factories
 from tests.factories import T0
 from vigil_contracts import events as ev
-from vigil_runtime.kafka import Publisher, ensure_topics, make_broker
+from vigil_runtime.kafka import ensure_topics
 from vigil_runtime.kafka_security import KafkaConnection
+from vigil_runtime.producer import AckedProducer
 from vigil_scoring.model_package import ModelPackage, default_package_path
 from vigil_shadow import logscan
 from vigil_shadow.app import create_app
@@ -72,12 +73,12 @@ async def test_misconfigured_shadow_never_reaches_the_live_topic(
     topics = settings.topics
     await ensure_topics(settings)
     events = [e for enc in ("g-1", "g-2", "g-3") for e in _stay(enc)]
-    feeder = make_broker(settings, client_id="test-guard")
+    feeder = AckedProducer(settings.kafka, client_id="test-guard")
     await feeder.start()
     producer = AIOKafkaProducer(**settings.kafka.client_kwargs())
     await producer.start()
     try:
-        await Publisher(feeder).publish_all(topics.observations, events)
+        await feeder.publish_all(topics.observations, events)
         await producer.send_and_wait(topics.observations, b"{not json", key=b"g-1")
         app = create_app(settings)
         service = app.state.shadow
@@ -100,7 +101,7 @@ async def test_misconfigured_shadow_never_reaches_the_live_topic(
             service.scores_out.topic = settings.shadow_topic
             # Scoring goes on after the refusals.
             more = _stay("g-4")
-            await Publisher(feeder).publish_all(topics.observations, more)
+            await feeder.publish_all(topics.observations, more)
             for _ in range(300):
                 if len(service.join.shadow.get(("sepsis", "2"), {})) >= 24:
                     break

@@ -36,8 +36,9 @@ from sklearn.metrics import roc_auc_score
 from tests.factories import AUTH
 from vigil_contracts import events as ev
 from vigil_contracts.access import Principal
-from vigil_runtime.kafka import Publisher, ensure_topics, make_broker
+from vigil_runtime.kafka import ensure_topics
 from vigil_runtime.kafka_security import KafkaConnection
+from vigil_runtime.producer import AckedProducer
 from vigil_scorer.app import create_app as create_scorer_app
 from vigil_scorer.settings import Settings as ScorerSettings
 from vigil_scoring.features import offline_features
@@ -145,9 +146,8 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
             late = isinstance(e, ev.ObservationRecorded) and e.observed_at >= _admission(i) + timedelta(hours=cut)
             halves[int(late)].append(e)
 
-    broker = make_broker(settings, client_id="test-shadow-feeder")
-    await broker.start()
-    publisher = Publisher(broker)
+    publisher = AckedProducer(settings.kafka, client_id="test-shadow-feeder")
+    await publisher.start()
     # The live side is the real scorer service; with no registry answering it scores with the repository's
     # default package (version 1) in production stage, which needs development mode (outside it, a scorer the
     # registry does not confirm serves nothing). A local core only tells which hours it will score.
@@ -244,7 +244,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
             final_shadow = {k: p.probability for k, p in service.join.shadow[("sepsis", "2")].items()}
     finally:
         await stack.aclose()
-        await broker.stop()
+        await publisher.stop()
 
     # --- the comparison event on the topic --------------------------------------------------------------
     records = await _consume_all(kafka, topics.comparisons)

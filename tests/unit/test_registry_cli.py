@@ -1,11 +1,13 @@
-"""``vigil registry`` commands against the API (the app's TestClient stands in for the HTTP client)."""
+"""``vigil registry`` commands against the API (the CLI's registry client talks to the app in process)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner, Result
@@ -15,6 +17,7 @@ from tests.unit.test_registry_api import settings_for
 from vigil_registry import cli
 from vigil_registry.app import create_app
 from vigil_registry.artifacts import pack_folder
+from vigil_runtime.registry_client import RegistryClient
 
 runner = CliRunner()
 SCIENTIST = "scientist-token-0123456789abcdef"
@@ -26,16 +29,12 @@ VIEWER = "viewer-token-0123456789abcdefghi"
 @pytest.fixture
 def vigil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Result]]:
     app = create_app(settings_for(tmp_path))
-    with TestClient(app) as client:
+    with TestClient(app):  # runs the app's lifespan (migrations); the CLI's requests go through an ASGI transport
 
-        def make_client(url: str, token: str | None) -> TestClient:
-            client.headers.clear()
-            if token:
-                client.headers["Authorization"] = f"Bearer {token}"
-            return client
+        def make_client(url: str, token: str | None) -> RegistryClient[Any]:
+            return RegistryClient(url, token=token, transport=httpx.ASGITransport(app=app))
 
         monkeypatch.setattr(cli, "make_client", make_client)
-        monkeypatch.setattr(TestClient, "close", lambda self: None)  # the CLI closes its client after each call
 
         def run(token: str, *args: str) -> Result:
             return runner.invoke(cli.app, ["--token", token, *args])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import tarfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from tests.unit.test_registry_core import (
     outcomes,
     to_production_first,
 )
-from vigil_contracts.events import ModelLifecycleChanged, Stage
+from vigil_contracts.events import Event, ModelLifecycleChanged, Stage
 from vigil_registry.artifacts import ArtifactStore, pack_folder, package_digest, read_package, unpack_archive
 from vigil_registry.consumer import EvidenceHandler
 from vigil_registry.core import Registry
@@ -229,11 +230,11 @@ class FlakyPublisher:
         self.sent: list[tuple[bytes | None, bytes]] = []
         self.fail_next = False
 
-    async def publish_raw(self, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
+    async def publish_all(self, topic: str, events: Sequence[Event]) -> None:
         if self.fail_next:
             self.fail_next = False
             raise ConnectionError("broker unreachable")
-        self.sent.extend(items)
+        self.sent.extend((event.key_bytes(), event.model_dump_json().encode()) for event in events)
 
 
 async def test_relay_publishes_in_order_retries_and_republishes_after_a_crash(tmp_path: Path) -> None:
@@ -241,7 +242,7 @@ async def test_relay_publishes_in_order_retries_and_republishes_after_a_crash(tm
     to_production_first(registry, tmp_path, "1")
     publisher = FlakyPublisher()
     key = ensure_signing_key(tmp_path / "secrets" / "signing.key")
-    relay = OutboxRelay(registry.outbox, publisher, "lifecycle", signer=LifecycleSigner(key), batch_size=2)  # type: ignore[arg-type]
+    relay = OutboxRelay(registry.outbox, publisher, "lifecycle", signer=LifecycleSigner(key), batch_size=2)
 
     publisher.fail_next = True
     with pytest.raises(ConnectionError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import math
 import time
 from collections import Counter, defaultdict
@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 from vigil_contracts import events as ev
 from vigil_contracts.topics import Topics
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -174,6 +176,8 @@ class TopicWatcher:
     async def stop(self) -> None:
         self._stop.set()
         if self._task:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(self._task, timeout=5)
+            except Exception as error:  # stopping anyway: what the reader saw is kept, its last error is noted
+                log.debug("observer stopped with an error", extra={"error_type": type(error).__name__})
         await self.consumer.stop()

@@ -44,8 +44,8 @@ from vigil_drift.state import ChangelogState
 from vigil_runtime.changelog import Changelog, ChangelogRebalanceListener, stop_checkpoint
 from vigil_runtime.kafka import (
     DeadLetters,
+    EventPublisher,
     Parsed,
-    Publisher,
     make_broker,
     process_batch,
     raw_batch_decoder,
@@ -119,7 +119,7 @@ class DriftHandlers:
     def __init__(
         self,
         core: DriftCore,
-        publisher: Publisher,
+        publisher: EventPublisher,
         alerts_topic: str,
         drift_metrics: DriftMetrics,
         *,
@@ -185,7 +185,7 @@ def bootstrap(settings: Settings, core: DriftCore | None = None) -> ServiceRunti
     drift_metrics = DriftMetrics(metrics)
     core = core or build_core(settings)
     topics = settings.topics
-    publisher = Publisher(broker)
+    publisher = AckedProducer(settings.kafka, client_id=f"vigil-{SERVICE}-out")
     suffix = {topics.observations: "observations", topics.scores_live: "scores.live", topics.outcomes: "outcomes"}
     metrics.declare(list(suffix.values()), "parked")  # the first dead letter is an increase for the alert
     dead_letters = DeadLetters(
@@ -273,15 +273,12 @@ def bootstrap(settings: Settings, core: DriftCore | None = None) -> ServiceRunti
             await stop_checkpoint(changelog)
             await state_sink.stop()
 
+    # The producers are up before the broker delivers anything and down only after it has stopped.
     runtime = ServiceRuntime(
-        name=SERVICE,
-        settings=settings,
-        broker=broker,
-        metrics=metrics,
-        checks={"state_restored": lambda: changelog.ready},
-        on_start=[start],
-        on_stop=[stop],
+        SERVICE, settings, broker, metrics, on_start=[publisher.start, start], on_stop=[stop, publisher.stop]
     )
+    runtime.checks["producer"] = lambda: publisher.started
+    runtime.checks["state_restored"] = lambda: changelog.ready
     # ready when the configured reference was read (a foreign layout still counts: it is logged, not fatal)
     runtime.checks["reference"] = lambda: not settings.reference_path or core.reference.source.get("format") != "none"
     return runtime

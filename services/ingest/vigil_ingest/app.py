@@ -22,7 +22,7 @@ from vigil_ingest.api import mount_fhir
 from vigil_ingest.api.routes.fhir import RESOURCE_TYPES
 from vigil_ingest.core import IngestCore
 from vigil_ingest.settings import Settings
-from vigil_runtime.kafka import DeadLetters, Publisher, make_broker, process_batch, raw_batch_decoder
+from vigil_runtime.kafka import DeadLetters, make_broker, process_batch, raw_batch_decoder
 from vigil_runtime.metrics import ServiceMetrics
 from vigil_runtime.producer import AckedProducer
 from vigil_runtime.service import ServiceRuntime, build_http_app
@@ -47,7 +47,7 @@ def build(settings: Settings) -> tuple[ServiceRuntime, IngestCore]:
     # Concurrent HTTP requests share the producer: a short linger lets their records share broker requests.
     events_publisher = AckedProducer(settings.kafka, client_id=f"vigil-{SERVICE}-events", linger_ms=2)
     core = IngestCore(settings, events_publisher, metrics)
-    dead_letters = DeadLetters(Publisher(broker), settings.topics.dead_letter, service=SERVICE)
+    dead_letters = DeadLetters(events_publisher, settings.topics.dead_letter, service=SERVICE)
     topics = settings.topics
 
     if settings.consume_raw_topic:
@@ -71,7 +71,7 @@ def build(settings: Settings) -> tuple[ServiceRuntime, IngestCore]:
             metrics.processing.labels(SERVICE, "batch").observe(time.perf_counter() - started)
             log.info("batch", extra={"batch_size": len(body), "processed": processed, "parked": parked})
 
-    # Declared for the AsyncAPI document: canonical events are sent by the AckedProducer, dead letters by DeadLetters.
+    # Declared for the AsyncAPI document: canonical events and dead letters are sent by the AckedProducer.
     broker.publisher(topics.observations, schema=CanonicalEvent, title="canonical events (key: encounter)")
     broker.publisher(topics.dead_letter, schema=DeadLettered, title="dead letters")
     runtime = ServiceRuntime(

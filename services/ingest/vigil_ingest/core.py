@@ -19,9 +19,8 @@ from vigil_contracts.events import Event
 from vigil_ingest.mapping import Mapper, MapResult, TimeRules
 from vigil_ingest.publishing import Deduper
 from vigil_ingest.settings import Settings
-from vigil_runtime.kafka import Parsed, Publisher, Rejected
+from vigil_runtime.kafka import EventPublisher, Parsed, Rejected
 from vigil_runtime.metrics import ServiceMetrics
-from vigil_runtime.producer import AckedProducer
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ class PublishTimeout(Exception):
 class IngestCore:
     """Mapping, dedupe and durable publishing, shared by the HTTP and Kafka transports."""
 
-    def __init__(self, settings: Settings, publisher: Publisher | AckedProducer, metrics: ServiceMetrics) -> None:
+    def __init__(self, settings: Settings, publisher: EventPublisher, metrics: ServiceMetrics) -> None:
         self.settings = settings
         self.mapper = Mapper(
             state_size=settings.state_size,

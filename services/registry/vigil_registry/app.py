@@ -26,8 +26,9 @@ from vigil_registry.errors import NotEligible, RegistryError, Unauthorized
 from vigil_registry.outbox import OutboxRelay
 from vigil_registry.settings import Settings
 from vigil_runtime.auth import build_authenticator
-from vigil_runtime.kafka import DeadLetters, Publisher, make_broker
+from vigil_runtime.kafka import DeadLetters, make_broker
 from vigil_runtime.metrics import ServiceMetrics
+from vigil_runtime.producer import AckedProducer
 from vigil_runtime.provenance import LifecycleSigner, ensure_signing_key
 from vigil_runtime.service import ServiceRuntime, build_http_app
 
@@ -82,7 +83,7 @@ def bootstrap(settings: Settings) -> Wiring:
     relay: OutboxRelay | None = None
     handler: EvidenceHandler | None = None
     if broker is not None:
-        publisher = Publisher(broker)
+        publisher = AckedProducer(settings.kafka, client_id=f"vigil-{SERVICE}-out")
         dead_letters = DeadLetters(publisher, settings.topics.dead_letter, service=SERVICE)
         handler = subscribe(broker, settings, registry, dead_letters, metrics)
         relay = OutboxRelay(
@@ -94,7 +95,7 @@ def bootstrap(settings: Settings) -> Wiring:
             ready=lambda: runtime.started,
             metrics=metrics,
         )
-        # Declared for the AsyncAPI document only: the relay publishes through the broker itself.
+        # Declared for the AsyncAPI document only: the relay publishes through the AckedProducer.
         broker.publisher(
             settings.topics.lifecycle,
             title="models.lifecycle",
@@ -105,8 +106,10 @@ def bootstrap(settings: Settings) -> Wiring:
             schema=ModelLifecycleChanged,
         )
         relay_box.append(relay)
-        runtime.on_start.append(relay.start)
-        runtime.on_stop.append(relay.stop)
+        # The producer starts before the relay and stops after it (the relay's last drain still publishes).
+        runtime.on_start.extend([publisher.start, relay.start])
+        runtime.on_stop.extend([relay.stop, publisher.stop])
+        runtime.checks["producer"] = lambda: publisher.started
 
     async def dispose() -> None:
         engine.dispose()

@@ -8,6 +8,7 @@ A refusal prints the registry's reason and exits 1.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
 from pathlib import Path
@@ -17,16 +18,16 @@ import httpx
 import typer
 
 from vigil_registry.artifacts import pack_folder, unpack_archive
+from vigil_runtime.registry_client import RegistryClient
 
 app = typer.Typer(help="Model registry: versions, stages, approvals, audit trail.", no_args_is_help=True)
 
 DEFAULT_URL = "http://127.0.0.1:8005"
 
 
-def make_client(url: str, token: str | None) -> httpx.Client:
-    """An HTTP client for the registry (tests replace this with the app's TestClient)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=url, headers=headers, timeout=60.0)
+def make_client(url: str, token: str | None) -> RegistryClient[Any]:
+    """The registry client every service uses (tests give it a transport into the app)."""
+    return RegistryClient(url, token=token, timeout=60.0)
 
 
 @app.callback()
@@ -44,15 +45,21 @@ def main(
     ctx.obj = {"url": url, "token": token}
 
 
-def _call(ctx: typer.Context, method: str, path: str, **kwargs: Any) -> Any:
-    client = make_client(ctx.obj["url"], ctx.obj["token"])
+async def _request(url: str, token: str | None, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    client = make_client(url, token)
     try:
-        response = client.request(method, path, **kwargs)
+        return await client.request(method, path, **kwargs)
+    finally:
+        await client.aclose()
+
+
+def _call(ctx: typer.Context, method: str, path: str, **kwargs: Any) -> Any:
+    # One command, one request: a loop of its own is all the CLI needs of the async client.
+    try:
+        response = asyncio.run(_request(ctx.obj["url"], ctx.obj["token"], method, path, **kwargs))
     except httpx.HTTPError as error:
         typer.echo(f"registry unreachable at {ctx.obj['url']}: {type(error).__name__}", err=True)
         raise typer.Exit(1) from error
-    finally:
-        client.close()
     if response.status_code >= 400:
         try:
             body = response.json()

@@ -283,19 +283,8 @@ class Lifecycle:
             )
             session.add(proposal)
             session.flush()
-            audit.append(
-                session,
-                at=now,
-                model_name=name,
-                version=version,
-                action="proposed",
-                actor=actor.user,
-                role=actor.role,
-                from_stage=row.stage,
-                to_stage=Stage.PRODUCTION.value,
-                reason=reason,
-                evidence={"proposal_id": proposal.id},
-            )
+            evidence = {"proposal_id": proposal.id}
+            _audit_proposal(session, now, actor, row, "proposed", reason, evidence)
             return ProposalPublic.model_validate(proposal.model_dump())
 
     def approve(self, actor: Principal, name: str, version: str, reason: str = "") -> ProposalPublic:
@@ -318,19 +307,8 @@ class Lifecycle:
             proposal.decision_reason = reason
             session.add(proposal)
             report = self.queries.evaluate(session, model, row)
-            audit.append(
-                session,
-                at=now,
-                model_name=name,
-                version=version,
-                action="approved",
-                actor=actor.user,
-                role=actor.role,
-                from_stage=row.stage,
-                to_stage=Stage.PRODUCTION.value,
-                reason=reason,
-                evidence={"proposal_id": proposal.id, "proposed_by": proposal.proposed_by, "policy": report.as_dict()},
-            )
+            evidence = {"proposal_id": proposal.id, "proposed_by": proposal.proposed_by, "policy": report.as_dict()}
+            _audit_proposal(session, now, actor, row, "approved", reason, evidence)
             if policy_of(model).auto_promote and report.eligible:
                 self.promote_within(session, model, row, proposal, actor, report, f"approved by {actor.user}; eligible")
             result = ProposalPublic.model_validate(proposal.model_dump())
@@ -352,19 +330,8 @@ class Lifecycle:
             proposal.decided_at = now
             proposal.decision_reason = reason
             session.add(proposal)
-            audit.append(
-                session,
-                at=now,
-                model_name=name,
-                version=version,
-                action="rejected",
-                actor=actor.user,
-                role=actor.role,
-                from_stage=row.stage,
-                to_stage=row.stage,
-                reason=reason,
-                evidence={"proposal_id": proposal.id},
-            )
+            evidence = {"proposal_id": proposal.id}
+            _audit_proposal(session, now, actor, row, "rejected", reason, evidence, to_stage=row.stage)
             return ProposalPublic.model_validate(proposal.model_dump())
 
     def promote(self, actor: Principal, name: str, version: str, reason: str = "") -> ModelVersionPublic:
@@ -568,3 +535,30 @@ class Lifecycle:
             extra={"model_name": row.model_name, "model_version": row.version, "action": action.value},
         )
         return Decision(entry, event)
+
+
+def _audit_proposal(
+    session: Session,
+    at: datetime,
+    actor: Principal,
+    row: ModelVersion,
+    action: str,
+    reason: str,
+    evidence: dict[str, Any],
+    *,
+    to_stage: str = Stage.PRODUCTION.value,
+) -> None:
+    """The audit entry of a step on a proposal (proposed, approved, rejected): the version's stage does not move."""
+    audit.append(
+        session,
+        at=at,
+        model_name=row.model_name,
+        version=row.version,
+        action=action,
+        actor=actor.user,
+        role=actor.role,
+        from_stage=row.stage,
+        to_stage=to_stage,
+        reason=reason,
+        evidence=evidence,
+    )

@@ -28,7 +28,7 @@ from sqlmodel import Session, col
 from vigil_contracts.events import ModelLifecycleChanged, utcnow
 from vigil_registry import crud
 from vigil_registry.models import OutboxEvent
-from vigil_runtime.kafka import Publisher
+from vigil_runtime.kafka import EventPublisher
 from vigil_runtime.metrics import ServiceMetrics
 from vigil_runtime.provenance import LifecycleSigner
 
@@ -76,7 +76,7 @@ class OutboxRelay:
     def __init__(
         self,
         outbox: Outbox,
-        publisher: Publisher,
+        publisher: EventPublisher,
         topic: str,
         *,
         signer: LifecycleSigner,
@@ -131,9 +131,7 @@ class OutboxRelay:
             ids = [row.id for row in pending if row.id is not None]
             events = [self.signer.sign(ModelLifecycleChanged.model_validate_json(row.payload)) for row in pending]
             try:
-                await self.publisher.publish_raw(
-                    self.topic, [(event.key.encode(), event.model_dump_json().encode()) for event in events]
-                )
+                await self.publisher.publish_all(self.topic, events)
             except Exception as error:
                 await asyncio.to_thread(self.outbox.mark_failed, ids, f"{type(error).__name__}: {error}")
                 raise

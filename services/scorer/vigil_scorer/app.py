@@ -17,7 +17,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 
 from vigil_contracts.events import AlertRaised, DeadLettered, RiskScored
-from vigil_runtime.kafka import DeadLetters, Publisher, make_broker, raw_batch_decoder, raw_decoder
+from vigil_runtime.kafka import DeadLetters, make_broker, raw_batch_decoder, raw_decoder
 from vigil_runtime.metrics import ServiceMetrics
 from vigil_runtime.producer import AckedProducer
 from vigil_runtime.provenance import LifecycleGate, LifecycleVerifier
@@ -36,16 +36,16 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
     broker = make_broker(settings, client_id=f"vigil-{SERVICE}")
     metrics = ServiceMetrics(SERVICE)
     topics = settings.topics
-    # Declared for the AsyncAPI document: scores and snapshots are sent by the AckedProducer, dead letters by
-    # DeadLetters.
+    # Declared for the AsyncAPI document: everything is sent by the AckedProducers (scores, dead letters and alerts
+    # by ``sink``, snapshots by ``state_sink``).
     broker.publisher(topics.scores_live, schema=RiskScored, title="live risk scores (key: encounter)")
     broker.publisher(topics.scorer_state, title="feature-state changelog (compacted; key: encounter)")
     broker.publisher(topics.dead_letter, schema=DeadLettered, title="dead letters")
     broker.publisher(topics.alerts, schema=AlertRaised, title="provenance alerts (refused lifecycle events)")
-    publisher = Publisher(broker)
+    sink = AckedProducer(settings.kafka, client_id=f"vigil-{SERVICE}-out")
     metrics.declare([topics.observations, topics.lifecycle], "parked")  # the first dead letter is an increase
     dead_letters = DeadLetters(
-        publisher,
+        sink,
         topics.dead_letter,
         service=SERVICE,
         on_parked=lambda letter: metrics.count(letter.source_topic, "parked"),
@@ -53,7 +53,7 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
     service = ScorerService(
         settings,
         metrics,
-        sink=AckedProducer(settings.kafka, client_id=f"vigil-{SERVICE}-out"),
+        sink=sink,
         state_sink=AckedProducer(settings.kafka, client_id=f"vigil-{SERVICE}-state"),
         dead_letters=dead_letters,
         registry=RegistryClient(
@@ -70,7 +70,7 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
         ),
         service=SERVICE,
         dead_letters=dead_letters,
-        publisher=publisher,
+        publisher=sink,
         alerts_topic=topics.alerts,
         metrics=metrics,
     )

@@ -43,8 +43,8 @@ from vigil_contracts.events import (
 from vigil_runtime.changelog import Changelog, ChangelogRebalanceListener, stop_checkpoint
 from vigil_runtime.kafka import (
     DeadLetters,
+    EventPublisher,
     Parsed,
-    Publisher,
     make_broker,
     process_batch,
     raw_batch_decoder,
@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 class ShadowService:
     """The service's parts, wired once; handlers delegate here."""
 
-    def __init__(self, settings: Settings, metrics: ServiceMetrics, publisher: Publisher) -> None:
+    def __init__(self, settings: Settings, metrics: ServiceMetrics, publisher: EventPublisher) -> None:
         self.settings = settings
         self.metrics = metrics
         topics = settings.topics
@@ -272,7 +272,7 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
     broker = make_broker(settings, client_id=f"vigil-{SERVICE}")
     metrics = ServiceMetrics(SERVICE)
     topics = settings.topics
-    publisher = Publisher(broker)
+    publisher = AckedProducer(settings.kafka, client_id=f"vigil-{SERVICE}-out")
     service = ShadowService(settings, metrics, publisher)
     gate = LifecycleGate(
         LifecycleVerifier.from_settings(
@@ -354,9 +354,14 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
         settings=settings,
         broker=broker,
         metrics=metrics,
-        checks={"state_restored": lambda: service.restored, "join_rebuilt": lambda: service.join_rebuilt},
-        on_start=[service.start],
-        on_stop=[service.stop],
+        checks={
+            "state_restored": lambda: service.restored,
+            "join_rebuilt": lambda: service.join_rebuilt,
+            "producer": lambda: publisher.started,
+        },
+        # The producer is up before anything may publish and down only after the last comparison is sent.
+        on_start=[publisher.start, service.start],
+        on_stop=[service.stop, publisher.stop],
     )
     return runtime, service
 

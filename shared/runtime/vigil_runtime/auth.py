@@ -213,7 +213,8 @@ class JwtVerifier:
     def _key(self, token: str) -> Any:
         if self._client is not None:
             return self._client.get_signing_key_from_jwt(token).key
-        assert self._keys is not None
+        if self._keys is None:
+            raise jwt.InvalidTokenError("no JWKS is configured to verify the token with")
         kid = jwt.get_unverified_header(token).get("kid")
         keys = [k for k in self._keys.keys if kid is None or k.key_id == kid]
         if not keys:

@@ -1,4 +1,4 @@
-"""Kafka helpers shared by the services: broker factory, topic creation, durable publishing, dead letters.
+"""Kafka helpers shared by the services: broker factory, topic creation, the publishing port, dead letters.
 
 The at-least-once contract every consumer follows:
 
@@ -12,11 +12,10 @@ A crash anywhere before step 3 redelivers the batch; outputs carry deterministic
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -195,30 +194,27 @@ def dead_letter_for(
     )
 
 
-class Publisher:
-    """Publishes events and waits for the broker's acknowledgement of all of them."""
+class EventPublisher(Protocol):
+    """What publishes events and returns once the broker has acknowledged all of them (acks=all).
 
-    def __init__(self, broker: KafkaBroker) -> None:
-        self.broker = broker
+    The port; :class:`vigil_runtime.producer.AckedProducer` is the one adapter every service uses (unit tests pass
+    in-memory fakes).
+    """
 
     async def publish_all(self, topic: str, events: Sequence[Event]) -> None:
-        """Send every event keyed by its ``key``; returns once all are acknowledged (acks=all)."""
-        if not events:
-            return
-        futures = [await self.broker.publish(encode(ev), topic, key=ev.key_bytes(), no_confirm=True) for ev in events]
-        await asyncio.gather(*futures)
-
-    async def publish_raw(self, topic: str, items: Sequence[tuple[bytes | None, bytes]]) -> None:
-        """Send pre-encoded (key, value) pairs and wait for all acknowledgements."""
-        futures = [await self.broker.publish(value, topic, key=key, no_confirm=True) for key, value in items]
-        await asyncio.gather(*futures)
+        """Send every event keyed by its ``key``; returns once all are acknowledged."""
+        ...
 
 
 class DeadLetters:
     """Parks unprocessable records in the dead-letter topic, durably, before their offsets are committed."""
 
     def __init__(
-        self, publisher: Publisher, topic: str, service: str, on_parked: Callable[[DeadLettered], None] | None = None
+        self,
+        publisher: EventPublisher,
+        topic: str,
+        service: str,
+        on_parked: Callable[[DeadLettered], None] | None = None,
     ):
         self.publisher = publisher
         self.topic = topic

@@ -80,7 +80,8 @@ class KafkaConnection:
         if not self.secured:
             return {"security_protocol": "PLAINTEXT"}
         self.check()
-        assert self.password is not None and self.username is not None
+        if self.password is None or self.username is None:  # check() refuses this; the types cannot tell
+            raise KafkaSecurityError("SASL_SSL needs a Kafka username and password")
         return {
             "security_protocol": "SASL_SSL",
             "ssl_context": ssl_context_for(self.ca_file),

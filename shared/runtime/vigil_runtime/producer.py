@@ -1,4 +1,9 @@
-"""The one producer that waits for every acknowledgement (acks=all, idempotent), for the services' hot paths."""
+"""The one producer adapter: every send waits for the broker's acknowledgement (acks=all, idempotent).
+
+Every service publishes through it, hot paths and cold ones alike (events, scores, the scorer's changelog, dead
+letters, alerts, comparisons, the registry's lifecycle events), so what a record carries on the wire is decided
+in one place.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,10 @@ class AckedProducer:
 
     A raw aiokafka producer rather than FastStream's publisher: the hot paths (ingest's events, the scorer's scores
     and changelog) publish thousands of records a second, and the scorer needs explicit partitions and null values
-    (tombstones). Measured on the 2-core machine: FastStream's publish path ~12k events/s, this ~40k/s.
+    (tombstones). Measured on the 2-core machine: FastStream's publish path ~12k events/s, this ~40k/s. The cold
+    paths use it too (one adapter, not two); it implements :class:`vigil_runtime.kafka.EventPublisher`.
+
+    Its owner starts it before the service's broker (``ServiceRuntime.on_start``) and stops it after.
     """
 
     def __init__(self, kafka: KafkaConnection, *, client_id: str, linger_ms: int = 0) -> None:

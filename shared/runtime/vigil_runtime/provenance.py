@@ -41,7 +41,7 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from vigil_contracts.events import AlertRaised, ModelLifecycleChanged, Severity, deterministic_id, utcnow
-from vigil_runtime.kafka import DeadLetters, Publisher, describe_error
+from vigil_runtime.kafka import DeadLetters, EventPublisher, describe_error
 from vigil_runtime.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class LifecycleGate:
         *,
         service: str,
         dead_letters: DeadLetters,
-        publisher: Publisher,
+        publisher: EventPublisher,
         alerts_topic: str,
         metrics: ServiceMetrics,
     ) -> None:

@@ -51,13 +51,17 @@ PackageT = TypeVar("PackageT")
 
 
 class RegistryClient(Generic[PackageT]):
-    """A small async client of the registry's read API."""
+    """The one client of the registry's API: async; the CLI runs it under ``asyncio.run``.
+
+    ``verify`` is needed only by :meth:`fetch_package` (a client that only reads or asks, such as ``vigil registry``,
+    has none).
+    """
 
     def __init__(
         self,
         base_url: str,
         *,
-        verify: PackageVerifier[PackageT],
+        verify: PackageVerifier[PackageT] | None = None,
         token: str | None = None,
         timeout: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -131,6 +135,9 @@ class RegistryClient(Generic[PackageT]):
 
         The URL must be under the registry's (local files only in development mode): PackageRejected otherwise.
         """
+        verify = self.verify
+        if verify is None:
+            raise RuntimeError("this RegistryClient was built without a package verifier")
         try:
             check_artifact_url(url, registry_url=self.base_url, development=self.development)
         except ProvenanceRefused as refused:
@@ -143,7 +150,7 @@ class RegistryClient(Generic[PackageT]):
             # Verification hashes files and loads the ONNX session: keep it off the event loop.
             if local.is_dir():
                 return await asyncio.to_thread(
-                    self.verify, local, artifact_sha256=artifact_sha256, package_sha256=package_sha256
+                    verify, local, artifact_sha256=artifact_sha256, package_sha256=package_sha256
                 )
             data = await asyncio.to_thread(local.read_bytes)
         else:
@@ -156,7 +163,7 @@ class RegistryClient(Generic[PackageT]):
             data = response.content
         target, digest = await asyncio.to_thread(unpack, data, cache_dir=cache_dir)
         return await asyncio.to_thread(
-            self.verify, target, artifact_sha256=artifact_sha256, package_sha256=package_sha256, archive_sha=digest
+            verify, target, artifact_sha256=artifact_sha256, package_sha256=package_sha256, archive_sha=digest
         )
 
 

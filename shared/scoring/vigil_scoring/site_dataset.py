@@ -151,7 +151,8 @@ def stay_rows(
 ) -> tuple[pd.DataFrame, int]:
     """One stay's PhysioNet rows (hour 0 to its last known hour) and the number of hour buckets before admission."""
     admitted = state.icu_admitted_at
-    assert admitted is not None
+    if admitted is None:
+        raise ValueError("the stay has no ICU admission time: its rows have no hour 0")
     values = state.hour_values()
     last = max((hours[-1] for hours, _ in values.values()), default=-1)
     if encounter is not None and encounter.discharged_at is not None:

@@ -57,7 +57,8 @@ def fhir_write(request: Request, principal: CurrentPrincipal) -> Principal:
 
 async def auth_refused(request: Request, error: Exception) -> Response:
     """A 401/403 as a FHIR OperationOutcome (``login``/``forbidden``) with the ``WWW-Authenticate`` challenge."""
-    assert isinstance(error, AuthError)
+    if not isinstance(error, AuthError):  # registered for AuthError only: anything else is not ours to answer
+        raise error
     code = "forbidden" if error.status == 403 else "login"
     body = operation_outcome([("error", code, error.reason)])
     return fhir_response(body, error.status, {"WWW-Authenticate": error.www_authenticate()})

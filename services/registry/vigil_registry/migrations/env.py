@@ -22,7 +22,8 @@ def run_offline() -> None:
 def run_online() -> None:
     """Migrate through a live connection; SQLite alters tables in batch mode."""
     url = config.get_main_option("sqlalchemy.url")
-    assert url is not None
+    if url is None:
+        raise RuntimeError("sqlalchemy.url is not set: run migrations through vigil_registry.db.migrate")
     engine = make_engine(url)
     with engine.connect() as connection:
         context.configure(
