@@ -28,7 +28,8 @@ from tests.unit.test_drift_reference import synthetic_stays
 from vigil_contracts import events as ev
 from vigil_drift.app import create_app
 from vigil_drift.settings import Settings
-from vigil_runtime.kafka import Publisher, ensure_topics, make_broker
+from vigil_runtime.kafka import ensure_topics
+from vigil_runtime.producer import AckedProducer
 from vigil_scoring.reference import build_reference
 from vigil_shadow import logscan
 
@@ -59,14 +60,13 @@ def _stream() -> tuple[list[ev.Event], list[ev.Event], list[ev.Event], list[ev.E
 
 
 async def _publish(settings: Settings, obs: list[ev.Event], scores: list[ev.Event]) -> None:
-    broker = make_broker(settings, client_id="it-drift-restart")
-    await broker.start()
+    publisher = AckedProducer(settings.kafka, client_id="it-drift-restart")
+    await publisher.start()
     try:
-        publisher = Publisher(broker)
         await publisher.publish_all(settings.topics.observations, obs)
         await publisher.publish_all(settings.topics.scores_live, scores)
     finally:
-        await broker.stop()
+        await publisher.stop()
 
 
 async def _consume_to_end(settings: Settings) -> None:

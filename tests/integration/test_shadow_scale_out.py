@@ -20,7 +20,8 @@ import pytest
 from tests import factories
 from tests.unit.test_drift_reference import synthetic_stays
 from vigil_contracts import events as ev
-from vigil_runtime.kafka import Publisher, ensure_topics, make_broker
+from vigil_runtime.kafka import ensure_topics
+from vigil_runtime.producer import AckedProducer
 from vigil_scoring.model_package import ModelPackage, default_package_path
 from vigil_shadow import logscan
 from vigil_shadow.app import create_app
@@ -80,9 +81,8 @@ async def test_two_instances_share_partitions_and_state_follows_a_stopped_ones(
     topics = settings.topics
     await ensure_topics(settings)
     first, second = _events()
-    feeder = make_broker(settings, client_id="it-shadow-scale-out")
-    await feeder.start()
-    publisher = Publisher(feeder)
+    publisher = AckedProducer(settings.kafka, client_id="it-shadow-scale-out")
+    await publisher.start()
     a, b = create_app(settings), create_app(settings)
     try:
         await publisher.publish_all(topics.observations, first)
@@ -104,7 +104,7 @@ async def test_two_instances_share_partitions_and_state_follows_a_stopped_ones(
             assert taken <= sb.changelog.owned == set(range(settings.partitions))
             assert sb.changelog.restored_keys > restored_before  # A's encounters came from the changelog
     finally:
-        await feeder.stop()
+        await publisher.stop()
 
     records = [r async for chunk in logscan.read_until(settings.kafka, topics.scores_shadow) for r in chunk]
     scores = [ev.RiskScored.model_validate_json(r.value or b"") for r in records]
