@@ -43,3 +43,8 @@ if [[ "${1:-}" != "--broker-only" ]]; then
     rm -rf "$tmp"
   fi
 fi
+
+# kustomize and kubeconform for the offline check of the Kubernetes manifests (tests/integration/test_k8s.py).
+if [[ "${1:-}" != "--broker-only" ]]; then
+  bash "$(dirname "$0")/install-k8s-tools.sh"
+fi

@@ -334,6 +334,32 @@ def asyncapi(
         console.print(f"wrote {path}")
 
 
+k8s_app = typer.Typer(help="Kubernetes manifests (deploy/k8s): Strimzi resources from the tables, offline check.")
+app.add_typer(k8s_app, name="k8s")
+
+
+@k8s_app.command("generate")
+def k8s_generate() -> None:
+    """Write the KafkaTopics and KafkaUsers of deploy/k8s/base/kafka from topics.py and the ACL table."""
+    from vigil.k8s import generate
+
+    for path in generate():
+        console.print(f"wrote {path}")
+
+
+@k8s_app.command("check")
+def k8s_check() -> None:
+    """Render every overlay with kustomize and validate it with kubeconform against the vendored schemas."""
+    from vigil.k8s import OVERLAYS, render, validate
+
+    failed = False
+    for overlay in OVERLAYS:
+        result = validate(render(overlay))
+        console.print(f"{overlay}: {result.stdout.strip()}", markup=False)
+        failed = failed or result.returncode != 0
+    raise typer.Exit(1 if failed else 0)
+
+
 def _mount() -> None:
     """Sub-commands owned by the packages (their heavy imports stay inside the commands)."""
     from vigil_drift.cli import app as drift_app

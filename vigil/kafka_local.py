@@ -37,6 +37,7 @@ from vigil.credentials import KafkaSecrets, kafka_secrets
 from vigil_contracts.access import AclBinding, Principal, bindings_for
 from vigil_contracts.topics import Topics
 from vigil_runtime.kafka_security import KafkaConnection, create_acls
+from vigil_runtime.replication import default_replication, min_insync_for
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +103,10 @@ def server_properties(
         f"log.dirs={log_dir}",
         "num.partitions=6",
         f"default.replication.factor={rf}",
-        f"min.insync.replicas={max(1, rf - 1)}",
+        f"min.insync.replicas={min_insync_for(rf)}",
         f"offsets.topic.replication.factor={rf}",
         f"transaction.state.log.replication.factor={rf}",
-        f"transaction.state.log.min.isr={max(1, rf - 1)}",
+        f"transaction.state.log.min.isr={min_insync_for(rf)}",
         "offsets.topic.num.partitions=12",
         "group.initial.rebalance.delay.ms=0",
         # Secured, nobody but the administrator creates topics (a typo must not make a new topic).
@@ -158,7 +159,7 @@ async def provision(
     topics: Topics,
     *,
     partitions: int = 6,
-    replication_factor: int = 1,
+    replication_factor: int | None = None,
     extra_acls: Iterable[AclBinding] = (),
 ) -> list[str]:
     """As the administrator: create the stack's topics and the ACLs of :mod:`vigil_contracts.access` for them.
@@ -332,7 +333,7 @@ class LocalCluster:
             port=node.port,
             controller_port=node.controller_port,
             log_dir=node.directory / "data",
-            replication=min(3, self.brokers),
+            replication=default_replication(self.brokers),
             secrets=self.secrets if self.secured else None,
         )
 
@@ -419,7 +420,7 @@ class LocalCluster:
             self.connection(),
             topics,
             partitions=partitions,
-            replication_factor=min(3, self.brokers),
+            replication_factor=default_replication(self.brokers),
             extra_acls=extra_acls,
         )
         with ThreadPoolExecutor(max_workers=1) as pool:

@@ -144,6 +144,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RegistryError)
     async def registry_error(_: Request, error: RegistryError) -> JSONResponse:
         body: dict[str, object] = {"detail": error.reason}
+        if error.status == 422:
+            # One shape for every 422, the one FastAPI's request validation answers and the documents describe.
+            body = {"detail": [{"loc": ["body"], "msg": error.reason, "type": "value_error"}]}
         if isinstance(error, NotEligible):
             body["report"] = error.report
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None

@@ -65,7 +65,10 @@ def _call(ctx: typer.Context, method: str, path: str, **kwargs: Any) -> Any:
             body = response.json()
         except ValueError:
             body = {"detail": response.text}
-        typer.echo(f"refused ({response.status_code}): {body.get('detail')}", err=True)
+        detail = body.get("detail")
+        if isinstance(detail, list):  # a 422: one problem per place, in FastAPI's validation shape
+            detail = "; ".join(str(i.get("msg", i)) if isinstance(i, dict) else str(i) for i in detail)
+        typer.echo(f"refused ({response.status_code}): {detail}", err=True)
         if "report" in body:
             typer.echo(json.dumps(body["report"], indent=2), err=True)
         raise typer.Exit(1)

@@ -121,6 +121,10 @@ def bindings_for(topics: Topics) -> list[AclBinding]:
     out = [
         AclBinding(g.principal.value, "topic", topics.name(g.topic), "literal", g.operation.value) for g in ACL_TABLE
     ]
+    # Each service reads the configuration (min.insync.replicas) of the topics it uses, for its start-up check of
+    # replication (vigil_runtime.replication); reading a configuration changes nothing and reveals no record.
+    used = dict.fromkeys((g.principal, g.topic) for g in ACL_TABLE if g.principal in SERVICE_PRINCIPALS)
+    out += [AclBinding(p.value, "topic", topics.name(t), "literal", "DescribeConfigs") for p, t in used]
     for principal, group in CONSUMER_GROUPS.items():
         out.append(AclBinding(principal.value, "group", group, "prefixed", "Read"))
     return out

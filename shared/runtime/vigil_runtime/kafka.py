@@ -26,6 +26,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from vigil_contracts.events import DeadLettered, Event, deterministic_id, utcnow
 from vigil_contracts.topics import COMPACTED, Topic, Topics
+from vigil_runtime.replication import PRODUCER_ACKS, default_replication, min_insync_for
 from vigil_runtime.settings import VigilSettings
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def make_broker(settings: VigilSettings, *, client_id: str, logger: logging.Logg
         settings.kafka_bootstrap_servers,
         security=settings.kafka.faststream_security(),
         client_id=client_id,
-        acks="all",
+        acks=PRODUCER_ACKS,
         enable_idempotence=True,
         linger_ms=2,
         max_batch_size=256 * 1024,
@@ -47,6 +48,17 @@ def make_broker(settings: VigilSettings, *, client_id: str, logger: logging.Logg
         logger=logger or logging.getLogger(f"vigil.{client_id}.kafka"),
         graceful_timeout=15.0,
     )
+
+
+def topic_configs(topic: Topic, replication_factor: int) -> dict[str, str]:
+    """The configuration of one of the stack's topics (here and in the Kubernetes KafkaTopics, ``vigil k8s``)."""
+    configs = {"cleanup.policy": "compact"} if topic in COMPACTED else {}
+    # Set on the topic, not left to the broker's default: the start-up check reads it back.
+    configs["min.insync.replicas"] = str(min_insync_for(replication_factor))
+    if topic in (Topic.LIFECYCLE, Topic.COMPARISONS):
+        # Decisions and evidence are history: keep them (a registry rebuild reads them all).
+        configs["retention.ms"] = "-1"
+    return configs
 
 
 async def ensure_topics(settings: VigilSettings, topics: Iterable[Topic] | None = None) -> list[str]:
@@ -58,21 +70,20 @@ async def ensure_topics(settings: VigilSettings, topics: Iterable[Topic] | None 
     created: list[str] = []
     try:
         existing = set(await admin.list_topics())
+        replication = settings.replication_factor
+        if replication is None:
+            replication = default_replication(len((await admin.describe_cluster())["brokers"]))
         new = []
         for topic in wanted:
             name = names.name(topic)
             if name in existing:
                 continue
-            configs = {"cleanup.policy": "compact"} if topic in COMPACTED else {}
-            if topic in (Topic.LIFECYCLE, Topic.COMPARISONS):
-                # Decisions and evidence are history: keep them (a registry rebuild reads them all).
-                configs["retention.ms"] = "-1"
             new.append(
                 NewTopic(
                     name=name,
                     num_partitions=settings.partitions,
-                    replication_factor=settings.replication_factor,
-                    topic_configs=configs,
+                    replication_factor=replication,
+                    topic_configs=topic_configs(topic, replication),
                 )
             )
         if new:

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from vigil_contracts.events import Event
 from vigil_runtime.kafka import encode
 from vigil_runtime.kafka_security import KafkaConnection
+from vigil_runtime.replication import PRODUCER_ACKS
 
 YIELD_EVERY = 256
 """Records sent between two yields to the event loop. aiokafka's ``send`` returns without yielding while its buffer
@@ -85,7 +86,7 @@ class AckedProducer:
         self._producer = AIOKafkaProducer(
             **self.kafka.client_kwargs(),
             client_id=self.client_id,
-            acks="all",
+            acks=PRODUCER_ACKS,
             enable_idempotence=True,
             linger_ms=self.linger_ms,
             max_batch_size=256 * 1024,

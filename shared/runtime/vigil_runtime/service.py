@@ -25,16 +25,19 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vigil_runtime.auth import Authenticator, AuthError, build_authenticator, operations_access
 from vigil_runtime.kafka import ensure_topics
 from vigil_runtime.lag import ConsumerLag, consumers_assigned, grouped_subscribers
 from vigil_runtime.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
+from vigil_runtime.replication import PRODUCER_ACKS, describe_replication, enforce, unsafe_replication
+from vigil_runtime.responses import AUTH_RESPONSES, json_errors
 from vigil_runtime.settings import VigilSettings
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,34 @@ class ServiceRuntime:
         return FastStream(self.broker)
 
 
+class Health(BaseModel):
+    """The process answers."""
+
+    status: str = Field(examples=["ok"])
+    service: str = Field(examples=["scorer"])
+
+
+class Readiness(BaseModel):
+    """Whether the service can do its job, and each check's result."""
+
+    ready: bool
+    service: str = Field(examples=["scorer"])
+    checks: dict[str, bool] = Field(examples=[{"started": True, "broker": True}])
+
+
+READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": Readiness, "description": "Every check passes"},
+    503: {"model": Readiness, "description": "A check fails (``checks`` says which)"},
+}
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
+"""``/metrics`` is Prometheus text, not JSON (the document must not promise ``application/json``)."""
+
+
 DOCS_ASSETS = "/docs-assets"
 """Where the Swagger UI and ReDoc files of ``fastapi_offline`` are served."""
 
@@ -105,6 +136,10 @@ def build_http_app(
         if runtime.broker is not None:
             runtime.settings.kafka.check()  # incomplete credentials fail here, clearly, not as a retry loop
             await _retry(lambda: ensure_topics(runtime.settings), what="create topics")
+            # Retried while the broker comes up; the verdict itself is not retried: an unsafe cluster stays unsafe.
+            brokers, topics = await _retry(lambda: describe_replication(runtime.settings), what="describe replication")
+            problems = unsafe_replication(brokers, topics, acks=PRODUCER_ACKS)
+            enforce(problems, development=runtime.settings.development, service=runtime.name)
         for hook in runtime.on_start:
             await hook()
         lag = ConsumerLag(runtime.broker, runtime.metrics) if runtime.broker is not None else None
@@ -142,17 +177,39 @@ def build_http_app(
 
     operations = [Depends(operations_access)]
 
-    @app.get("/health", tags=["operations"], summary="The process is alive", dependencies=operations)
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "service": runtime.name}
+    # Operations routes are open unless the service protects them (then 401/403 like any other route).
+    @app.get(
+        "/health",
+        tags=["operations"],
+        summary="The process is alive",
+        dependencies=operations,
+        responses=AUTH_RESPONSES,
+    )
+    async def health() -> Health:
+        return Health(status="ok", service=runtime.name)
 
-    @app.get("/ready", tags=["operations"], summary="Model, database and broker usable", dependencies=operations)
+    @app.get(
+        "/ready",
+        tags=["operations"],
+        summary="Model, database and broker usable",
+        dependencies=operations,
+        response_class=JSONResponse,
+        responses={**READY_RESPONSES, **AUTH_RESPONSES},
+    )
     async def ready() -> JSONResponse:
         checks = await runtime.readiness()
         ok = all(checks.values())
-        return JSONResponse({"ready": ok, "service": runtime.name, "checks": checks}, status_code=200 if ok else 503)
+        body = Readiness(ready=ok, service=runtime.name, checks=checks)
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", dependencies=operations)
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        dependencies=operations,
+        response_class=PlainTextResponse,
+        responses={**METRICS_RESPONSES, **json_errors(401, 403)},
+    )
     async def metrics() -> Response:
         return Response(runtime.metrics.expose(), media_type=CONTENT_TYPE_LATEST)
 

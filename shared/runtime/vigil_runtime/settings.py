@@ -36,8 +36,9 @@ class VigilSettings(BaseSettings):
     """Prefix of every topic name; tests give each run its own prefix."""
     partitions: int = Field(default=6, ge=1)
     """Partitions of the topics Vigil creates; events are keyed by encounter, so order holds per encounter."""
-    replication_factor: int = Field(default=1, ge=1)
-    """Replication factor of the topics Vigil creates (3 in production with three brokers)."""
+    replication_factor: int | None = Field(default=None, ge=1)
+    """Replication factor of the topics Vigil creates; None: three where the cluster has three brokers, else all
+    it has (``vigil_runtime.replication``)."""
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     log_level: str = "INFO"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from vigil_ingest.api.deps import FhirError, auth_refused, fhir_error_handler
+from vigil_ingest.api.deps import FhirError, fhir_error_handler
 from vigil_ingest.api.routes import fhir
 from vigil_ingest.core import IngestCore
 from vigil_ingest.settings import Settings
-from vigil_runtime.auth import AuthError
 
 
 def mount_fhir(app: FastAPI, core: IngestCore, settings: Settings, *, at_root: bool = True) -> None:
@@ -19,7 +18,6 @@ def mount_fhir(app: FastAPI, core: IngestCore, settings: Settings, *, at_root: b
     app.state.ingest_core = core
     app.state.ingest_settings = settings
     app.add_exception_handler(FhirError, fhir_error_handler)  # type: ignore[arg-type]
-    app.add_exception_handler(AuthError, auth_refused)  # 401/403 as OperationOutcomes on the FHIR API
     base = settings.fhir_base.rstrip("/")
     if base:
         app.include_router(fhir.base_router, prefix=base, tags=["fhir"])

@@ -6,16 +6,19 @@ OperationOutcome, so routes stay free of try/except ladders.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import Depends, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from vigil_ingest.core import IngestCore
 from vigil_ingest.fhir_http import operation_outcome
 from vigil_ingest.mapping import strip_bom
 from vigil_ingest.settings import Settings
-from vigil_runtime.auth import AuthError, CurrentPrincipal, Forbidden, Principal
+from vigil_runtime.auth import AuthError, Forbidden, Principal, current_principal
+from vigil_runtime.responses import DESCRIPTIONS
 
 FHIR_JSON = "application/fhir+json"
 ACCEPTED_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
@@ -32,6 +35,55 @@ class FhirError(Exception):
         self.headers = headers
 
 
+class Issue(BaseModel):
+    """One issue of an OperationOutcome."""
+
+    model_config = ConfigDict(extra="allow")
+    severity: Literal["fatal", "error", "warning", "information"]
+    code: str = Field(examples=["invalid"])
+    diagnostics: str | None = None
+
+
+class OperationOutcome(BaseModel):
+    """FHIR R4 OperationOutcome: what ingest says about a refused request or a written resource."""
+
+    model_config = ConfigDict(extra="allow")
+    resourceType: Literal["OperationOutcome"]
+    issue: list[Issue] = Field(min_length=1)
+
+
+class BundleResponse(BaseModel):
+    """FHIR R4 batch-response or transaction-response: one entry per entry posted, each with its status."""
+
+    model_config = ConfigDict(extra="allow")
+    resourceType: Literal["Bundle"]
+    type: Literal["batch-response", "transaction-response"]
+    entry: list[dict[str, Any]]
+
+
+class FhirJSONResponse(JSONResponse):
+    """The FHIR routes' response class: their documents list ``application/fhir+json``, what they send."""
+
+    media_type = FHIR_JSON
+
+
+def outcomes(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries: each status answered with an OperationOutcome (in FHIR JSON on FHIR routes)."""
+    return {
+        status: {"model": OperationOutcome, "description": DESCRIPTIONS.get(status, "Refused")} for status in statuses
+    }
+
+
+WRITE_RESPONSES = outcomes(400, 401, 403, 413, 415, 422, 503)
+"""What every FHIR write may answer besides its success: refusals and the broker not acknowledging, as FHIR."""
+WRITE_RESPONSES[503]["headers"] = {
+    "Retry-After": {
+        "description": "Seconds to wait before a retry (safe: ids are deterministic)",
+        "schema": {"type": "integer"},
+    }
+}
+
+
 def fhir_response(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
     """A FHIR JSON answer."""
     return Response(orjson.dumps(body), status_code=status, media_type=FHIR_JSON, headers=headers)
@@ -42,26 +94,27 @@ async def fhir_error_handler(request: Request, error: FhirError) -> Response:
     return fhir_response(operation_outcome([("error", error.code, error.diagnostics)]), error.status, error.headers)
 
 
-def fhir_write(request: Request, principal: CurrentPrincipal) -> Principal:
+def fhir_write(request: Request) -> Principal:
     """The caller must hold ``system/<type>.write`` for the resource type it writes (SMART Backend Services).
 
     A Bundle is checked as an Observation write: what ingest keeps from any Bundle is observations (and the
     encounter and demographic facts they are scored with). Runs before the body is read.
+
+    A refusal is an OperationOutcome (``login``/``forbidden``) with the ``WWW-Authenticate`` challenge; the
+    operations routes keep the frame's JSON refusals, as their documents say.
     """
-    resource_type = request.path_params.get("resource_type") or "Observation"
-    required = f"system/{resource_type}.write"
-    if not principal.allows(required):
-        raise Forbidden(f"this call needs the scope {required}", scope=required)
+    try:
+        principal = current_principal(request)
+        resource_type = request.path_params.get("resource_type") or "Observation"
+        required = f"system/{resource_type}.write"
+        if not principal.allows(required):
+            raise Forbidden(f"this call needs the scope {required}", scope=required)
+    except AuthError as error:
+        code = "forbidden" if error.status == 403 else "login"
+        raise FhirError(
+            error.status, code, error.reason, headers={"WWW-Authenticate": error.www_authenticate()}
+        ) from error
     return principal
-
-
-async def auth_refused(request: Request, error: Exception) -> Response:
-    """A 401/403 as a FHIR OperationOutcome (``login``/``forbidden``) with the ``WWW-Authenticate`` challenge."""
-    if not isinstance(error, AuthError):  # registered for AuthError only: anything else is not ours to answer
-        raise error
-    code = "forbidden" if error.status == 403 else "login"
-    body = operation_outcome([("error", code, error.reason)])
-    return fhir_response(body, error.status, {"WWW-Authenticate": error.www_authenticate()})
 
 
 FhirWriter = [Depends(fhir_write)]

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Depends
 
 from vigil_drift.api.deps import DriftDep
 from vigil_runtime.auth import READ_SCOPE, requires
+from vigil_runtime.responses import AUTH_RESPONSES
 
-router = APIRouter(tags=["drift"], dependencies=[Depends(requires(READ_SCOPE))])
+router = APIRouter(tags=["drift"], dependencies=[Depends(requires(READ_SCOPE))], responses=AUTH_RESPONSES)
 
 
 @router.get("/drift", summary="Every monitored quantity and the open alerts")

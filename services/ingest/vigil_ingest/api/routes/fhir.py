@@ -14,7 +14,20 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from vigil_contracts.events import Event
-from vigil_ingest.api.deps import CoreDep, FhirBody, FhirError, FhirWriter, SettingsDep, fhir_response
+from vigil_ingest.api.deps import (
+    FHIR_JSON,
+    WRITE_RESPONSES,
+    BundleResponse,
+    CoreDep,
+    FhirBody,
+    FhirError,
+    FhirJSONResponse,
+    FhirWriter,
+    OperationOutcome,
+    SettingsDep,
+    fhir_response,
+    outcomes,
+)
 from vigil_ingest.core import IngestCore, PublishTimeout, Undo
 from vigil_ingest.fhir_http import entry_status, location, operation_outcome, rejection_issues
 from vigil_ingest.mapping import MapResult
@@ -25,8 +38,8 @@ RESOURCE_TYPES = frozenset({"Observation", "Patient", "Encounter", "Location", "
 
 log = logging.getLogger(__name__)
 
-router = APIRouter()
-base_router = APIRouter()
+router = APIRouter(default_response_class=FhirJSONResponse)
+base_router = APIRouter(default_response_class=FhirJSONResponse)
 """``POST <base>`` without a trailing slash (only where the base is not the root)."""
 
 
@@ -141,14 +154,51 @@ async def post_base(core: CoreDep, settings: SettingsDep, payload: FhirBody) -> 
     return await ingest(core, settings, payload, "Bundle")
 
 
+def _fhir(model: type[Any] | None, description: str) -> dict[str, Any]:
+    if model is not None:
+        return {"model": model, "description": description}
+    return {"description": description, "content": {FHIR_JSON: {"schema": {"type": "object"}}}}
+
+
+def _body(description: str) -> dict[str, Any]:
+    """The request body of a FHIR write (read by ``FhirBody``, so FastAPI cannot infer it)."""
+    schema = {"type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}}}
+    content = {media: {"schema": schema} for media in (FHIR_JSON, "application/json")}
+    return {"requestBody": {"required": True, "description": description, "content": content}}
+
+
+BUNDLE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: _fhir(BundleResponse, "A batch-response or transaction-response: each entry's status and outcome"),
+    **WRITE_RESPONSES,
+}
+RESOURCE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: _fhir(None, "Nothing new (an identical resubmission: the resource as it stands), or a Bundle's response"),
+    201: _fhir(OperationOutcome, "Created: the resource's events are acknowledged by the broker"),
+    **WRITE_RESPONSES,
+    **outcomes(404, 409),
+}
+"""A resource's answers; 404 for a type ingest does not take, 409 for a version conflict."""
+
 _SUMMARY = "Post a Bundle (transaction, batch, collection, searchset, message) to the base"
-base_router.add_api_route("", post_base, methods=["POST"], summary=_SUMMARY, dependencies=FhirWriter)
+base_router.add_api_route(
+    "",
+    post_base,
+    methods=["POST"],
+    summary=_SUMMARY,
+    dependencies=FhirWriter,
+    responses=BUNDLE_RESPONSES,
+    openapi_extra=_body("A FHIR R4 Bundle"),
+)
 router.add_api_route(
     "/", post_base, methods=["POST"], summary=_SUMMARY, include_in_schema=False, dependencies=FhirWriter
 )
 
 
-@router.get("/metadata", summary="A minimal CapabilityStatement")
+@router.get(
+    "/metadata",
+    summary="A minimal CapabilityStatement",
+    responses={200: _fhir(None, "The CapabilityStatement (FHIR JSON)")},
+)
 async def metadata() -> Response:
     """What this FHIR endpoint accepts."""
     types = sorted(RESOURCE_TYPES - {"Bundle"})
@@ -175,6 +225,8 @@ async def metadata() -> Response:
     "/{resource_type}",
     summary="Post one resource (Observation, Patient, Encounter...) to its type",
     dependencies=FhirWriter,
+    responses=RESOURCE_RESPONSES,
+    openapi_extra=_body("A FHIR R4 resource of the URL's type (or a Bundle)"),
 )
 async def post_resource(resource_type: str, core: CoreDep, settings: SettingsDep, payload: FhirBody) -> Response:
     """Post one resource to its type."""
@@ -187,6 +239,8 @@ async def post_resource(resource_type: str, core: CoreDep, settings: SettingsDep
     "/{resource_type}/{resource_id}",
     summary="Put one resource (an update: amended, corrected...)",
     dependencies=FhirWriter,
+    responses=RESOURCE_RESPONSES,
+    openapi_extra=_body("A FHIR R4 resource of the URL's type; its id, when given, is the URL's"),
 )
 async def put_resource(
     resource_type: str, resource_id: str, core: CoreDep, settings: SettingsDep, payload: FhirBody

@@ -10,8 +10,9 @@ from vigil_registry.api.deps import CurrentUser, RegistryDep
 from vigil_registry.audit import parse_evidence
 from vigil_registry.auth import require
 from vigil_registry.models import AuditEntryPublic
+from vigil_runtime.responses import AUTH_RESPONSES
 
-router = APIRouter(prefix="/audit", tags=["audit"])
+router = APIRouter(prefix="/audit", tags=["audit"], responses=AUTH_RESPONSES)
 
 
 @router.get("", summary="Audit entries in chain order (optionally one model or version)")

@@ -8,12 +8,13 @@ from fastapi import APIRouter, Body, Depends, HTTPException
 from pydantic import BaseModel, Field
 
 from vigil_runtime.auth import requires
+from vigil_runtime.responses import AUTH_RESPONSES, errors, invalid
 from vigil_scorer.api.deps import ScorerDep
 
 PREDICT_SCOPE = "system/RiskAssessment.read"
 """A score is a RiskAssessment in FHIR terms; the caller reads one (``system/*.read`` covers it)."""
 
-router = APIRouter(tags=["scoring"], dependencies=[Depends(requires(PREDICT_SCOPE))])
+router = APIRouter(tags=["scoring"], dependencies=[Depends(requires(PREDICT_SCOPE))], responses=AUTH_RESPONSES)
 
 
 class PredictResponse(BaseModel):
@@ -29,7 +30,11 @@ class PredictResponse(BaseModel):
     default_model: bool
 
 
-@router.post("/predict", summary="Score one feature snapshot (stateless)")
+@router.post(
+    "/predict",
+    summary="Score one feature snapshot (stateless)",
+    responses=errors(400, 503),
+)
 async def predict(
     service: ScorerDep,
     features: Annotated[
@@ -44,7 +49,7 @@ async def predict(
     try:
         p, level, alert = core.predict_snapshot(features)
     except ValueError as error:
-        raise HTTPException(422, str(error)) from error
+        raise invalid(str(error)) from error
     return PredictResponse(
         probability=p,
         risk_level=level,

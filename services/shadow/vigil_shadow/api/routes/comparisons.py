@@ -5,19 +5,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
 from vigil_runtime.auth import READ_SCOPE, requires
+from vigil_runtime.responses import AUTH_RESPONSES, IsoDatetime, errors, invalid
 from vigil_shadow.api.deps import ShadowDep
 
 PUBLISH_SCOPE = "system/ComparisonSummary.write"
 """Publishing comparisons moves models towards production: its own scope, not implied by data writes
 (``system/*.write`` still covers it, as SMART wildcards do)."""
 
-router = APIRouter(prefix="/comparisons", tags=["shadow"])
+router = APIRouter(prefix="/comparisons", tags=["shadow"], responses=AUTH_RESPONSES)
 
 
 @router.get(
@@ -25,12 +25,14 @@ router = APIRouter(prefix="/comparisons", tags=["shadow"])
 )
 async def comparisons(
     service: ShadowDep,
-    start: datetime | None = Query(default=None, alias="from", description="Window start (data time, UTC)."),
-    end: datetime | None = Query(default=None, alias="to", description="Window end, exclusive."),
+    start: IsoDatetime | None = Query(default=None, alias="from", description="Window start (data time, UTC)."),
+    end: IsoDatetime | None = Query(default=None, alias="to", description="Window end, exclusive."),
     model: str | None = None,
     version: str | None = None,
 ) -> dict[str, Any]:
     """Every candidate's comparison with live, computed now."""
+    if start is not None and end is not None and end <= start:
+        raise invalid("the window's end ('to') must come after its start ('from')", loc=("query", "to"))
     found = await service.desk.compute(window_start=start, window_end=end)
     rows = [
         c.summary()
@@ -46,7 +48,10 @@ async def comparisons(
 
 
 @router.post(
-    "/publish", summary="Publish every candidate's summary now", dependencies=[Depends(requires(PUBLISH_SCOPE))]
+    "/publish",
+    summary="Publish every candidate's summary now",
+    dependencies=[Depends(requires(PUBLISH_SCOPE))],
+    responses=errors(409),
 )
 async def publish_now(service: ShadowDep) -> dict[str, Any]:
     """Publish the summaries the registry judges candidates by."""
