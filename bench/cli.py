@@ -70,6 +70,18 @@ def bench_scorer(
     typer.echo(json.dumps(result))
 
 
+@app.command("restart")
+def bench_restart(
+    events: int = typer.Option(100_000, help="Observation records retained in the topic (the issue asks for 1M)."),
+    port: int = typer.Option(39392, help="Port of the secured single-node broker the bench starts for itself."),
+    partitions: int = typer.Option(6, help="Partitions of the observations topic."),
+) -> None:
+    """Shadow's and drift's start-up with a long topic: re-read retention (before) vs changelog restore (after)."""
+    from bench.bench_restart import main
+
+    typer.echo(json.dumps(asyncio.run(main(events=events, port=port, partitions=partitions))))
+
+
 @app.command("compare")
 def bench_compare(
     before: str = typer.Option("488c8d3", help="The commit to compare with (checked out into a temporary worktree)."),

@@ -3,11 +3,20 @@
 One batch subscriber over observations, scores.live and outcomes follows the at-least-once contract
 (``process_batch``: parse or dead-letter, publish the alerts and wait for the broker, then commit). Alert events
 that could not be published stay queued and go out with the next batch, so a transition is never lost while
-the process lives. Detector state is in memory: a restarted service re-learns its windows from new data.
+the process lives.
+
+Detector state is durable (:mod:`vigil_drift.state`, :class:`vigil_runtime.changelog.Changelog`): batches leave
+their offsets uncommitted; every ``checkpoint_interval_s`` the core's state (windows, counters, open conditions,
+scores waiting for outcomes) is written to the compacted ``drift.state`` changelog and acknowledged, then the
+offsets of the three topics are committed. On assignment the state is read back before any record is applied, so
+a restarted service resumes its windows and raises the alerts an uninterrupted one would. A failed batch rewinds
+to the last checkpoint (state restored, offsets rewound) and its alerts are derived again from the replay.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -31,10 +40,21 @@ from vigil_drift.config import parse_overrides, thresholds_for
 from vigil_drift.core import DriftCore
 from vigil_drift.metrics import DriftMetrics
 from vigil_drift.settings import Settings
-from vigil_runtime.kafka import DeadLetters, EventPublisher, Parsed, make_broker, process_batch, raw_batch_decoder
+from vigil_drift.state import ChangelogState
+from vigil_runtime.changelog import Changelog, ChangelogRebalanceListener, stop_checkpoint
+from vigil_runtime.kafka import (
+    DeadLetters,
+    EventPublisher,
+    Parsed,
+    make_broker,
+    process_batch,
+    raw_batch_decoder,
+    records_of,
+)
 from vigil_runtime.metrics import ServiceMetrics
 from vigil_runtime.producer import AckedProducer
 from vigil_runtime.service import ServiceRuntime, build_http_app
+from vigil_runtime.tracing import DRIFT_STATE_KIND
 from vigil_scoring.reference import Reference, ScoreBaseline
 
 SERVICE = "drift"
@@ -176,8 +196,32 @@ def bootstrap(settings: Settings, core: DriftCore | None = None) -> ServiceRunti
         on_parked=lambda letter: metrics.count(suffix.get(letter.source_topic, "other"), "parked"),
     )
     handlers = DriftHandlers(core, publisher, topics.alerts, drift_metrics, topics_by_kind=suffix, metrics=metrics)
+    state_sink = AckedProducer(settings.kafka, client_id=f"vigil-{SERVICE}-state")
 
-    @broker.subscriber(
+    def reset() -> None:
+        # Alerts waiting to be published were derived from the state being dropped: the replay derives them again.
+        core.reset()
+        handlers.unpublished = []
+
+    changelog = Changelog(
+        settings.kafka,
+        topic=topics.drift_state,
+        source_topic=list(suffix),
+        state=ChangelogState(settings.group_id, lambda: core, reset),
+        sink=state_sink,
+        kind=DRIFT_STATE_KIND,
+        interval_s=settings.checkpoint_interval_s,
+        restore_timeout_s=settings.restore_timeout_s,
+        changelog_partitions=lambda _: {0},  # one snapshot per group, on partition 0
+        whole=True,  # the detectors judge every partition's data together
+    )
+    state_key = {settings.group_id: 0}
+
+    async def handle_owned(items: list[Parsed[Any]]) -> list[tuple[Any, BaseException | str]]:
+        # Records fetched before a rebalance may belong to partitions now owned elsewhere: their owner applies them.
+        return await handlers.handle([i for i in items if i.record.partition in changelog.owned])
+
+    subscriber = broker.subscriber(
         topics.observations,
         topics.scores_live,
         topics.outcomes,
@@ -188,16 +232,55 @@ def bootstrap(settings: Settings, core: DriftCore | None = None) -> ServiceRunti
         decoder=raw_batch_decoder,
         max_records=settings.max_records,
         batch_timeout_ms=settings.batch_timeout_ms,
+        listener=ChangelogRebalanceListener(changelog),
     )
+    changelog.consumer_of = lambda: getattr(subscriber, "consumer", None)
+
+    @subscriber
     async def on_batch(body: list[bytes], message: KafkaMessage) -> None:
-        with metrics.processing.labels(SERVICE, "batch").time():
-            await process_batch(message, input_adapter, handlers.handle, dead_letters)
+        await changelog.assigned.wait()
+        async with changelog.lock:
+            records = [r for r in records_of(message) if r.partition in changelog.owned]
+            try:
+                await changelog.restore_pending({r.partition for r in records})
+                with metrics.processing.labels(SERVICE, "batch").time():
+                    await process_batch(message, input_adapter, handle_owned, dead_letters, commit=False)
+            except BaseException:
+                await changelog.rewind({r.partition for r in records})
+                raise
+            for r in records:
+                changelog.advanced(r.partition, r.offset, r.topic)
+            changelog.changed(state_key)
+            try:
+                await changelog.step()
+            except Exception as error:  # offsets stay uncommitted and the state unsaved: the next one retries
+                log.warning("checkpoint failed; retried", extra={"error_type": type(error).__name__})
         metrics.batch_size.labels(SERVICE).observe(len(body))
 
     broker.publisher(topics.alerts, schema=AlertRaised, title="alerts")
-    # The producer is up before the broker delivers anything and down only after it has stopped.
-    runtime = ServiceRuntime(SERVICE, settings, broker, metrics, on_start=[publisher.start], on_stop=[publisher.stop])
+    broker.publisher(topics.drift_state, title="detector-state changelog (compacted; key: consumer group)")
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        await state_sink.start()
+        tasks.append(asyncio.create_task(changelog.loop()))
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        tasks.clear()
+        if state_sink.started:
+            await stop_checkpoint(changelog)
+            await state_sink.stop()
+
+    # The producers are up before the broker delivers anything and down only after it has stopped.
+    runtime = ServiceRuntime(
+        SERVICE, settings, broker, metrics, on_start=[publisher.start, start], on_stop=[stop, publisher.stop]
+    )
     runtime.checks["producer"] = lambda: publisher.started
+    runtime.checks["state_restored"] = lambda: changelog.ready
     # ready when the configured reference was read (a foreign layout still counts: it is logged, not fatal)
     runtime.checks["reference"] = lambda: not settings.reference_path or core.reference.source.get("format") != "none"
     return runtime

@@ -28,6 +28,7 @@ from vigil_drift.config import Thresholds
 from vigil_drift.inputs import InputDriftMonitor
 from vigil_drift.outcomes import Labelled, Labeller, PerformanceMonitor
 from vigil_drift.predictions import PredictionMonitor, ScoreBatch
+from vigil_drift.state import decode, encode, load_attrs, newest, register, save_attrs
 from vigil_scoring.reference import Reference, age_band
 
 __all__ = ["DriftCore", "ScoreBatch", "StayHours"]
@@ -37,6 +38,7 @@ MAX_GAP_HOURS = 48
 """Silent hours of an encounter filled with all-missing rows at most (a longer gap is a pause, not data)."""
 
 
+@register
 @dataclass
 class _Stay:
     admit: float
@@ -153,6 +155,20 @@ class DriftCore:
         model_thresholds: dict[str, Thresholds] | None = None,
         references: dict[str, Reference] | None = None,
     ) -> None:
+        self._setup(reference, model_name, inputs_thresholds, model_thresholds, references)
+
+    def reset(self) -> None:
+        """Forget everything learned from the stream (before a restore from the changelog)."""
+        self._setup(self.reference, self.model_name, self.inputs_th, self.model_th, self.references)
+
+    def _setup(
+        self,
+        reference: Reference,
+        model_name: str | None,
+        inputs_thresholds: Thresholds | None,
+        model_thresholds: dict[str, Thresholds] | None,
+        references: dict[str, Reference] | None,
+    ) -> None:
         self.reference = reference
         self.model_name = model_name
         self.inputs_th = inputs_thresholds or Thresholds()
@@ -186,13 +202,23 @@ class DriftCore:
 
     def scores(self, batch: ScoreBatch) -> list[AlertRaised]:
         """One model's scores in time order."""
-        mon = self.predictions.get(batch.model)
+        return self._prediction_monitor(batch.model).update(batch)
+
+    def _prediction_monitor(self, model: str) -> PredictionMonitor:
+        mon = self.predictions.get(model)
         if mon is None:
-            th = self.thresholds(batch.model)
-            mon = self.predictions[batch.model] = PredictionMonitor(
-                batch.model, th, self.book, self._baseline(batch.model)
+            mon = self.predictions[model] = PredictionMonitor(
+                model, self.thresholds(model), self.book, self._baseline(model)
             )
-        return mon.update(batch)
+        return mon
+
+    def _performance_monitor(self, model: str) -> PerformanceMonitor:
+        mon = self.performance.get(model)
+        if mon is None:
+            mon = self.performance[model] = PerformanceMonitor(
+                model, self.thresholds(model), self.book, self._baseline(model)
+            )
+        return mon
 
     def labels(
         self,
@@ -206,12 +232,7 @@ class DriftCore:
         stays: np.ndarray | None = None,
     ) -> list[AlertRaised]:
         """Labelled scores of one model, in the order their labels became known."""
-        mon = self.performance.get(model)
-        if mon is None:
-            mon = self.performance[model] = PerformanceMonitor(
-                model, self.thresholds(model), self.book, self._baseline(model)
-            )
-        return mon.update(probability, label, alert, times, groups, version, stays)
+        return self._performance_monitor(model).update(probability, label, alert, times, groups, version, stays)
 
     # --- events ---------------------------------------------------------------------------------------------
 
@@ -294,3 +315,103 @@ class DriftCore:
                 "features": len(self.reference.features),
             },
         }
+
+    # --- durable state (vigil_drift.state: explicit JSON, never pickle) ---------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Everything the detectors learned from the stream, as JSON-able data (between batches)."""
+        sh, lab = self.stay_hours, self.labeller
+        return {
+            "stay_hours": {
+                **save_attrs(sh, STAY_HOURS_STATE),
+                "seen_ids": encode(newest(sh.seen_ids)),
+            },
+            "labeller": save_attrs(lab, LABELLER_STATE),
+            "book": save_attrs(self.book, ["conditions"]),
+            "inputs": {
+                **save_attrs(self.inputs, INPUTS_STATE),
+                "values": {f: save_attrs(v, VALUE_STATE) for f, v in self.inputs.values.items()},
+                "missing": {f: save_attrs(m, MISSING_STATE) for f, m in self.inputs.missing.items()},
+            },
+            "predictions": {m: save_attrs(p, PREDICTION_STATE) for m, p in self.predictions.items()},
+            "performance": {m: save_attrs(p, PERFORMANCE_STATE) for m, p in self.performance.items()},
+            "seen_scores": encode(newest(self.seen_scores)),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state` (on a core built from the same settings: reference and thresholds)."""
+        load_attrs(self.stay_hours, state["stay_hours"], [*STAY_HOURS_STATE, "seen_ids"])
+        load_attrs(self.labeller, state["labeller"], LABELLER_STATE)
+        load_attrs(self.book, state["book"], ["conditions"])
+        inputs = state["inputs"]
+        load_attrs(self.inputs, inputs, INPUTS_STATE)
+        for f, saved in inputs["values"].items():
+            if f in self.inputs.values:
+                load_attrs(self.inputs.values[f], saved, VALUE_STATE)
+        for f, saved in inputs["missing"].items():
+            if f in self.inputs.missing:
+                load_attrs(self.inputs.missing[f], saved, MISSING_STATE)
+        for model, saved in state["predictions"].items():
+            load_attrs(self._prediction_monitor(model), saved, PREDICTION_STATE)
+        for model, saved in state["performance"].items():
+            load_attrs(self._performance_monitor(model), saved, PERFORMANCE_STATE)
+        self.seen_scores = decode(state["seen_scores"])
+
+
+# What each part learns from the stream (the rest comes from the settings and the reference at construction).
+STAY_HOURS_STATE = ("stays", "admissions", "late", "duplicates")
+LABELLER_STATE = ("pending", "outcomes", "groups", "censored_dropped")
+INPUTS_STATE = ("rows_seen", "last_share", "readings", "reading_rows")
+VALUE_STATE = (
+    "tail_bins",
+    "tail_values",
+    "seen",
+    "adwin",
+    "adwin_changes",
+    "last_change_at",
+    "last_psi",
+    "last_wasserstein",
+    "last_mean",
+    "last_score",
+)
+MISSING_STATE = (
+    "tail",
+    "seen",
+    "block",
+    "adwin",
+    "adwin_changes",
+    "last_change_at",
+    "last_rate",
+    "last_change",
+    "ever_measured",
+)
+PREDICTION_STATE = (
+    "baseline_mean",
+    "baseline_alert_rate",
+    "baseline_source",
+    "p",
+    "a",
+    "lat",
+    "seen",
+    "lat_seen",
+    "adwin",
+    "adwin_changes",
+    "last",
+)
+PERFORMANCE_STATE = (
+    "baseline_auroc",
+    "baseline_error",
+    "baseline_source",
+    "baseline_disparity",
+    "stays",
+    "y",
+    "p",
+    "a",
+    "g",
+    "seen",
+    "ddm",
+    "fhddm",
+    "last_detection",
+    "detections",
+    "last",
+)

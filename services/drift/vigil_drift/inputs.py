@@ -30,12 +30,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from river.drift import ADWIN
 
 from vigil_contracts.events import AlertRaised
 from vigil_contracts.vocabulary import FEATURE_NAMES
 from vigil_drift.alerts import AlertBook
 from vigil_drift.config import Thresholds
+from vigil_drift.state import ReplayableADWIN
 from vigil_scoring.reference import FeatureReference, Reference
 
 SUBJECT = "inputs"
@@ -90,7 +90,7 @@ class ValueStream:
         self.ref_props = np.asarray(self.ref.proportions, dtype=float)
         self.sample = np.asarray(self.ref.sample, dtype=float)
         self.sample_quantiles = quantiles_sorted(np.sort(self.sample))
-        self.adwin = ADWIN(delta=self.th.adwin_delta)
+        self.adwin = ReplayableADWIN(delta=self.th.adwin_delta)
         rate = 1.0 - self.ref.missing_rate
         self.window = int(
             min(max(round(rate * self.th.psi_window_rows), self.th.psi_window_min), self.th.psi_window_max)
@@ -195,7 +195,7 @@ class MissingStream:
         else:
             want = self.th.missing_expected / self.ref_rate
             self.window = int(min(max(math.ceil(want), self.th.missing_window_min), self.th.missing_window_max))
-        self.adwin = ADWIN(delta=self.th.adwin_delta)
+        self.adwin = ReplayableADWIN(delta=self.th.adwin_delta)
 
     def relative_change(self, rate: float) -> float:
         """|cur - ref| / max(cur, ref), zeroed under the absolute floor (0 when both are 0)."""

@@ -26,6 +26,7 @@ from vigil_contracts.events import AlertRaised, OutcomeRecorded, RiskScored
 from vigil_drift.alerts import AlertBook
 from vigil_drift.config import Thresholds
 from vigil_drift.inputs import at_time
+from vigil_drift.state import register
 from vigil_scoring.reference import (
     UNKNOWN,
     ScoreBaseline,
@@ -59,6 +60,7 @@ class Labelled:
             self.groups.setdefault(k, []).append(v)
 
 
+@register
 @dataclass
 class _Pending:
     time: float

@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from river.drift import ADWIN
 
 from vigil_contracts.events import AlertRaised
 from vigil_drift.alerts import AlertBook
 from vigil_drift.config import Thresholds
 from vigil_drift.inputs import at_time
+from vigil_drift.state import ReplayableADWIN
 from vigil_scoring.reference import ScoreBaseline
 
 
@@ -63,7 +63,7 @@ class PredictionMonitor:
         self.lat = np.empty(0)
         self.seen = 0
         self.lat_seen = 0
-        self.adwin = ADWIN(delta=thresholds.adwin_delta)
+        self.adwin = ReplayableADWIN(delta=thresholds.adwin_delta)
         self.adwin_changes = 0
         self.last: dict[str, float] = {}
 

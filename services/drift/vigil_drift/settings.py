@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from vigil_runtime.settings import VigilSettings
@@ -26,3 +27,9 @@ class Settings(VigilSettings):
     max_records: int = 1000
     """Records per consumed batch."""
     batch_timeout_ms: int = 200
+    checkpoint_interval_s: float = Field(default=10.0, ge=0)
+    """How often the detectors' state goes to the changelog, after which the offsets are committed. The whole state
+    is written each time (megabytes once the windows are full, compressed), so less often than shadow's per-encounter
+    snapshots; a crash replays at most this much of the stream."""
+    restore_timeout_s: float = Field(default=60.0, gt=0)
+    """How long reading the state back from the changelog may take."""

@@ -4,16 +4,18 @@ Kafka side (FastStream):
 
 - ``shadow.observations``: the canonical observations topic in the service's own consumer group
   (``settings.group_id``), batches under the at-least-once contract (``process_batch``: parse, score, publish to
-  the shadow topic awaiting acknowledgement, park what cannot be used, then commit). Every shadow-stage candidate
-  predicts each batch's rows in one vectorised call per candidate (:class:`~vigil_shadow.engine.ShadowCore`);
+  the shadow topic awaiting acknowledgement, park what cannot be used). Every shadow-stage candidate predicts each
+  batch's rows in one vectorised call per candidate (:class:`~vigil_shadow.engine.ShadowCore`). Offsets are
+  committed by checkpoints (:class:`vigil_runtime.changelog.Changelog`): every ``checkpoint_interval_s`` the
+  feature states the batches changed go to the compacted ``shadow.state`` changelog (keyed by encounter, on the
+  partition of the encounter's observations), acknowledged, and only then the offsets are committed;
 - ``shadow.join``: live scores, shadow scores, outcomes and observations (subgroup attributes) read WITHOUT a
-  group from the earliest offset: the join state is rebuilt from these durable topics at every start, so it
-  survives restarts without a store of its own;
+  group from the earliest offset: the join state is rebuilt from these durable topics at every start;
 - ``shadow.lifecycle``: registry decisions; a watched model's event refreshes the candidates.
 
-Feature state also survives restarts by the same principle: before consuming, the service re-applies the
-observations topic from the beginning up to its group's committed offsets, scoring nothing
-(:func:`vigil_shadow.logscan.committed_offsets`).
+Feature state follows its partitions: on assignment the states of the assigned partitions are read back from the
+changelog (its compacted view, not the observations' retention) before any of their records is scored; on
+revocation they are checkpointed and dropped, so another instance of the group takes them over.
 
 HTTP: ``GET /comparisons``, ``POST /comparisons/publish``, replay jobs (``POST /replays``, ``GET /replays[/{id}]``,
 :mod:`vigil_shadow.jobs`), plus the frame's ``/health``, ``/ready``, ``/metrics``.
@@ -40,6 +42,7 @@ from vigil_contracts.events import (
     any_event_adapter,
     canonical_event_adapter,
 )
+from vigil_runtime.changelog import Changelog, ChangelogRebalanceListener, stop_checkpoint
 from vigil_runtime.kafka import (
     DeadLetters,
     EventPublisher,
@@ -54,6 +57,7 @@ from vigil_runtime.metrics import ServiceMetrics
 from vigil_runtime.producer import AckedProducer
 from vigil_runtime.provenance import LifecycleGate, LifecycleVerifier
 from vigil_runtime.service import ServiceRuntime, build_http_app
+from vigil_runtime.tracing import SHADOW_STATE_KIND
 from vigil_scoring.scoring import Incoming
 from vigil_shadow import logscan
 from vigil_shadow.api.routes import comparisons, replays
@@ -90,6 +94,18 @@ class ShadowService:
             on_parked=lambda letter: metrics.count(letter.source_topic, "parked"),
         )
         self.core = ShadowCore(dedupe_ids=settings.dedupe_ids)
+        self.state_sink = AckedProducer(settings.kafka, client_id=f"vigil-{SERVICE}-state")
+        """The changelog's producer: its own connection, so snapshots do not queue ahead of scores."""
+        self.changelog = Changelog(
+            settings.kafka,
+            topic=topics.shadow_state,
+            source_topic=topics.observations,
+            state=self.core,
+            sink=self.state_sink,
+            kind=SHADOW_STATE_KIND,
+            interval_s=settings.checkpoint_interval_s,
+            restore_timeout_s=settings.restore_timeout_s,
+        )
         registry = (
             RegistryReader(
                 settings.registry_url,
@@ -122,12 +138,16 @@ class ShadowService:
             max_pending=settings.replay_max_pending,
             keep=settings.replay_keep,
         )
-        self.restored = False
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.join_topics = [topics.scores_live, topics.scores_shadow, topics.outcomes, topics.observations]
         self.join_targets: dict[tuple[str, int], int] | None = None
         """End offsets of the join's topics at start: the join is rebuilt once it has read up to them."""
         self.join_seen: dict[tuple[str, int], int] = {}
+
+    @property
+    def restored(self) -> bool:
+        """True once the owned partitions' feature states are read back from the changelog."""
+        return self.changelog.ready
 
     @property
     def join_rebuilt(self) -> bool:
@@ -160,6 +180,10 @@ class ShadowService:
 
     async def score_batch(self, items: list[Parsed[Any]]) -> list[tuple[ConsumerRecord[Any, Any], BaseException | str]]:
         """Score a parsed batch, publish to the shadow topic (awaiting acks); returns what to park."""
+        # Records fetched before a rebalance may belong to partitions now owned by another instance: skip them,
+        # their new owner scores them from the committed offset.
+        items = [p for p in items if p.record.partition in self.changelog.owned]
+        await self.changelog.restore_pending({p.record.partition for p in items})
         incoming = [
             Incoming(
                 p.event,
@@ -171,6 +195,7 @@ class ShadowService:
         ]
         outcome = self.core.process(incoming)
         await self.scores_out.publish(outcome.scores)
+        self.changelog.changed(outcome.changed)
         for s in outcome.scores:
             self.metrics.scores.labels(SERVICE, s.model_name, s.model_version, s.stage.value).inc()
             self.metrics.score_latency.labels(SERVICE, s.model_name, s.model_version, s.stage.value).observe(
@@ -178,6 +203,27 @@ class ShadowService:
             )
         self.metrics.count(self.settings.topics.observations, "duplicate", outcome.duplicates)
         return [(items[i].record, reason) for i, reason in outcome.failures]
+
+    async def on_observations(self, message: KafkaMessage) -> int:
+        """One batch: scored and published, its offsets left to the next checkpoint; returns how many applied."""
+        await self.changelog.assigned.wait()
+        async with self.changelog.lock:
+            records = [r for r in records_of(message) if r.partition in self.changelog.owned]
+            try:
+                processed, _parked = await process_batch(
+                    message, canonical_event_adapter, self.score_batch, self.dead_letters, commit=False
+                )
+            except BaseException:
+                # The states may now be ahead of the changelog: drop them, restore them before the retry.
+                await self.changelog.rewind({r.partition for r in records})
+                raise
+            for r in records:
+                self.changelog.advanced(r.partition, r.offset)
+            try:
+                await self.changelog.step()
+            except Exception as error:  # the states stay unsaved and the offsets uncommitted: the next one retries
+                log.warning("checkpoint failed; retried", extra={"error_type": type(error).__name__})
+        return processed
 
     # --- join --------------------------------------------------------------------------------------------
 
@@ -207,37 +253,30 @@ class ShadowService:
             await self.catalog.refresh()
 
     async def start(self) -> None:
-        """Load candidates, rebuild feature state from the log, then start the periodic publisher."""
+        """Load candidates, connect the changelog's producer, then start the periodic work."""
         try:
             await self.catalog.refresh()
         except Exception as error:  # a bad local spec is a configuration error: say so and stop
             log.error("candidates could not be loaded", extra={"error_type": type(error).__name__})
             raise
         self.join_targets = await logscan.end_offsets(self.settings.kafka, self.join_topics)
-        offsets = await logscan.committed_offsets(
-            self.settings.kafka, self.settings.group_id, self.settings.topics.observations
-        )
-        applied = 0
-        async for chunk in logscan.read_until(self.settings.kafka, self.settings.topics.observations, offsets):
-            events = []
-            for record in chunk:
-                try:
-                    event = canonical_event_adapter.validate_json(record.value or b"")
-                except ValueError:
-                    continue  # parked when first consumed
-                events.append(Incoming(event, partition=record.partition, offset=record.offset))
-            applied += self.core.warm(events).applied
-        self.restored = True
-        log.info("feature state rebuilt from the log", extra={"applied": applied, "encounters": len(self.core)})
-        self._task = asyncio.create_task(self._periodic())
+        await self.state_sink.start()
+        self._tasks = [asyncio.create_task(self._periodic()), asyncio.create_task(self.changelog.loop())]
 
     async def stop(self) -> None:
-        """Stop the periodic task and replay jobs, and close the registry client."""
+        """Stop replay jobs and the periodic tasks, write the unsaved states, close the registry client."""
         await self.replays.aclose()
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        self._tasks = []
+        if self.state_sink.started:
+            # The consumer has left the group by now, so the commit fails, but the snapshots still reach the
+            # changelog: a restart then recognises the replayed records by their offsets instead of re-applying them.
+            await stop_checkpoint(self.changelog)
+            await self.state_sink.stop()
         if self.catalog.registry is not None:
             await self.catalog.registry.aclose()
 
@@ -247,7 +286,10 @@ class ShadowService:
             try:
                 if self.catalog.registry is not None:
                     await self.catalog.refresh()
-                self.core.evict_idle()
+                async with self.changelog.lock:
+                    evicted = self.core.evict_idle()
+                    if evicted:
+                        await self.changelog.tombstone(evicted)
                 if self.join_rebuilt:  # a summary from a half-rebuilt join would be partial evidence
                     await self.desk.publish()
             except Exception as error:  # keep running: the next period retries
@@ -277,8 +319,9 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
     # Declared for the AsyncAPI document (sends go through the guarded ShadowPublisher and the comparison desk).
     broker.publisher(topics.scores_shadow, schema=RiskScored, title="shadow risk scores (key: encounter)")
     broker.publisher(topics.comparisons, schema=ComparisonSummarized, title="comparisons (key: model name)")
+    broker.publisher(topics.shadow_state, title="feature-state changelog (compacted; key: encounter)")
 
-    @broker.subscriber(
+    observations = broker.subscriber(
         topics.observations,
         group_id=settings.group_id,
         batch=True,
@@ -287,13 +330,16 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
         decoder=raw_batch_decoder,
+        listener=ChangelogRebalanceListener(service.changelog),
         title="shadow.observations",
         description="Canonical observations scored by every shadow-stage candidate (shadow score topic only).",
     )
+    # FastStream builds the aiokafka consumer at start; checkpoints commit and rewinds seek through it.
+    service.changelog.consumer_of = lambda: getattr(observations, "consumer", None)
+
+    @observations
     async def on_observations(body: list[bytes], message: KafkaMessage) -> None:
-        processed, _parked = await process_batch(
-            message, canonical_event_adapter, service.score_batch, service.dead_letters
-        )
+        processed = await service.on_observations(message)
         metrics.count(topics.observations, "processed", processed)
         metrics.batch_size.labels(SERVICE).observe(len(body))
 

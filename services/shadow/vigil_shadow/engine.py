@@ -67,6 +67,20 @@ class ShadowCore:
         """Apply events without scoring (state rebuild from the log, replay's warm-up)."""
         return self.tracker.apply(events, features=False).outcome
 
+    # --- the changelog's view (vigil_runtime.changelog.KeyedState): per-encounter JSON snapshots -----------
+
+    def snapshot(self, encounter: str) -> bytes | None:
+        """The encounter's state as its changelog value (None when not held)."""
+        return self.tracker.snapshot(encounter)
+
+    def restore(self, encounter: str, value: bytes | None) -> None:
+        """Install an encounter's state from its changelog value (a tombstone forgets it)."""
+        self.tracker.restore(encounter, value)
+
+    def drop_partitions(self, partitions: Iterable[int]) -> int:
+        """Forget the encounters of partitions this process no longer owns."""
+        return self.tracker.drop_partitions(partitions)
+
     def evict_idle(self, now: float | None = None) -> list[tuple[str, int | None]]:
         """Evict encounters idle by both clocks (the tracker's rule)."""
         return self.tracker.evict_idle(now)

@@ -1,4 +1,4 @@
-"""Reading topics directly, outside any consumer group: state rebuild at start, and replay.
+"""Reading topics directly, outside any consumer group: replay, the join's targets, offsets by time.
 
 Nothing here joins a consumer group or commits an offset (``group_id=None``, manual assignment), so reading
 never moves a live consumer group's position.
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from vigil_runtime.kafka_security import KafkaConnection
+from vigil_runtime.reader import Record, scan_chunks
 
 
 async def committed_offsets(kafka: KafkaConnection, group_id: str, topic: str) -> dict[int, int]:
@@ -52,47 +52,25 @@ async def _consumer(kafka: KafkaConnection) -> AIOKafkaConsumer:
 
 
 async def read_until(
-    kafka: KafkaConnection, topic: str, until: dict[int, int] | None = None, *, chunk: int = 5000
-) -> AsyncIterator[list[ConsumerRecord[Any, Any]]]:
-    """Records of ``topic`` from the beginning up to ``until[partition]`` (exclusive).
+    kafka: KafkaConnection,
+    topic: str,
+    until: dict[int, int] | None = None,
+    *,
+    start: dict[int, int] | None = None,
+    chunk: int = 5000,
+) -> AsyncIterator[list[Record]]:
+    """Records of ``topic`` from ``start`` (default: the beginning) up to ``until[partition]`` (exclusive).
 
-    With ``until`` None, up to the current end; partitions missing from a given ``until`` are not read.
+    With ``until`` None, up to the current end; partitions missing from a given ``until`` are not read. A chunk at
+    a time (:func:`vigil_runtime.reader.scan_chunks`, the one topic reader): memory is one chunk.
     """
     partitions = await partitions_of(kafka, topic)
-    if not partitions or (until is not None and not any(until.get(p, 0) > 0 for p in partitions)):
-        return  # nothing to read (and a consumer stopped without an assignment can raise in aiokafka 0.14)
-    consumer = await _consumer(kafka)
-    try:
-        tps = [TopicPartition(topic, p) for p in partitions]
-        if until is None:
-            ends = await consumer.end_offsets(tps)
-            stop = {tp.partition: ends[tp] for tp in tps}
-        else:
-            stop = {p: o for p, o in until.items() if p in partitions}
-        tps = [tp for tp in tps if stop.get(tp.partition, 0) > 0]
-        if not tps:
-            return
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        remaining = {tp for tp in tps}
-        for tp in list(remaining):
-            if await consumer.position(tp) >= stop[tp.partition]:
-                remaining.discard(tp)
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=chunk)
-            out: list[ConsumerRecord[Any, Any]] = []
-            for tp, records in batch.items():
-                limit = stop[tp.partition]
-                out.extend(r for r in records if r.offset < limit)
-                if records and records[-1].offset >= limit - 1:
-                    remaining.discard(tp)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= stop[tp.partition]:
-                    remaining.discard(tp)
-            if out:
-                yield out
-    finally:
-        await consumer.stop()
+    if not partitions:
+        return  # a topic not created yet has nothing to read (and waiting for its metadata would time out)
+    async for records in scan_chunks(
+        kafka, topic, partitions, start=start, stop=until, max_records=chunk, timeout_s=None
+    ):
+        yield records
 
 
 async def end_offsets(kafka: KafkaConnection, topics: list[str]) -> dict[tuple[str, int], int]:

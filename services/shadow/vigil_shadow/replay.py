@@ -28,8 +28,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from vigil_contracts.events import (
     EncounterRecorded,
     ObservationRecorded,
@@ -42,6 +40,7 @@ from vigil_contracts.events import (
 )
 from vigil_contracts.topics import Topics
 from vigil_runtime.kafka_security import KafkaConnection
+from vigil_runtime.reader import Record
 from vigil_scoring.scoring import Incoming
 from vigil_shadow import logscan
 from vigil_shadow.catalog import ModelKey, RegistryReader, ShadowModel, load_local, parse_model_spec
@@ -53,6 +52,8 @@ from vigil_shadow.report import render_html
 log = logging.getLogger(__name__)
 
 DEMOGRAPHICS = frozenset({"age", "sex"})
+CHUNK = 5000
+"""Records read, applied and scored at a time."""
 
 
 @dataclass
@@ -130,77 +131,70 @@ async def load_models(request: ReplayRequest) -> dict[ModelKey, ShadowModel]:
     return models
 
 
-async def _scan_arrival(request: ReplayRequest, topic: str) -> list[Any]:
-    """Records whose broker timestamps fall in [start - warm-up, end), found with offsets_for_times."""
+async def _arrival_range(request: ReplayRequest, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+    """Per partition, the offsets whose broker timestamps fall in [start - warm-up, end) (offsets_for_times)."""
     warm_from = request.start - timedelta(hours=request.warmup_hours)
     first = await logscan.offsets_for_times(request.kafka, topic, warm_from)
     after = await logscan.offsets_for_times(request.kafka, topic, request.end)
-    consumer = AIOKafkaConsumer(
-        **request.kafka.client_kwargs(), group_id=None, enable_auto_commit=False, client_id="vigil-replay"
-    )
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        tps = [TopicPartition(topic, p) for p, o in first.items() if o is not None]
-        if not tps:
-            return out
-        ends = await consumer.end_offsets(tps)
-        stop = {tp: after.get(tp.partition) or ends[tp] for tp in tps}
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, first[tp.partition] or 0)
-        remaining = {tp for tp in tps if (first[tp.partition] or 0) < stop[tp]}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
-            for tp, records in batch.items():
-                out.extend(r for r in records if r.offset < stop[tp])
-            for tp in list(remaining):
-                if await consumer.position(tp) >= stop[tp]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
-    return out
+    ends = await logscan.end_offsets(request.kafka, [topic])
+    begin = {p: o for p, o in first.items() if o is not None}
+    stop = {p: after.get(p) or ends.get((topic, p), 0) for p in begin}
+    return begin, stop
 
 
-def _split_range(
-    records: list[Any], request: ReplayRequest, join: JoinState, counts: dict[str, int]
-) -> tuple[list[Incoming], list[Incoming]]:
-    """The observations to apply before the range (warm-up) and those to score in it, in log order."""
-    warm_from = request.start - timedelta(hours=request.warmup_hours)
-    start_ms, end_ms = request.start.timestamp() * 1000, request.end.timestamp() * 1000
-    warm: list[Incoming] = []
-    scored: list[Incoming] = []
-    for record in records:
-        counts["observations_read"] += 1
-        try:
-            event = canonical_event_adapter.validate_json(record.value or b"")
-        except ValueError:
-            counts["unreadable"] += 1
-            continue
-        join.add_canonical(event)
-        item = Incoming(event, partition=record.partition, offset=record.offset)
-        admission_fact = isinstance(event, EncounterRecorded) or (
-            isinstance(event, ObservationRecorded) and event.feature in DEMOGRAPHICS
-        )
-        if request.time_basis == "arrival":
-            if record.timestamp < start_ms:
+class _RangeSplitter:
+    """Sorts the observations read, in log order, into warm-up (applied, not scored) and range (scored)."""
+
+    def __init__(self, request: ReplayRequest, join: JoinState, counts: dict[str, int]) -> None:
+        self.request = request
+        self.join = join
+        self.counts = counts
+        self.warm_from = request.start - timedelta(hours=request.warmup_hours)
+        self.start_ms = request.start.timestamp() * 1000
+        self.end_ms = request.end.timestamp() * 1000
+        self.in_range = False
+        """Whether an event of the range has been read yet (a retraction before it is warm-up)."""
+
+    def split(self, records: list[Record]) -> tuple[list[Incoming], list[Incoming]]:
+        """The chunk's events to apply as warm-up and those to score, each in log order."""
+        request = self.request
+        warm: list[Incoming] = []
+        scored: list[Incoming] = []
+        for record in records:
+            self.counts["observations_read"] += 1
+            try:
+                event = canonical_event_adapter.validate_json(record.value or b"")
+            except ValueError:
+                self.counts["unreadable"] += 1
+                continue
+            self.join.add_canonical(event)
+            item = Incoming(event, partition=record.partition, offset=record.offset)
+            admission_fact = isinstance(event, EncounterRecorded) or (
+                isinstance(event, ObservationRecorded) and event.feature in DEMOGRAPHICS
+            )
+            if request.time_basis == "arrival":
+                if record.timestamp_ms < self.start_ms:
+                    warm.append(item)
+                elif record.timestamp_ms < self.end_ms:
+                    scored.append(item)
+                continue
+            at = event.observed_at if isinstance(event, ObservationRecorded) else None
+            if admission_fact and (at is None or not request.start <= at < request.end):
+                # Admission facts are sent once: applied whatever their time (scored with the range when in it).
                 warm.append(item)
-            elif record.timestamp < end_ms:
+                continue
+            if isinstance(event, ObservationRetracted):
+                # A retraction applies at its arrival in the stream: warm when it precedes the range's events.
+                (scored if self.in_range else warm).append(item)
+                continue
+            if at is None or at < self.warm_from or at >= request.end:
+                continue
+            if at < request.start:
+                warm.append(item)
+            else:
                 scored.append(item)
-            continue
-        at = event.observed_at if isinstance(event, ObservationRecorded) else None
-        if admission_fact and (at is None or not request.start <= at < request.end):
-            # Admission facts are sent once: applied whatever their time (scored with the range when in it).
-            warm.append(item)
-            continue
-        if isinstance(event, ObservationRetracted):
-            # A retraction applies at its arrival in the stream: warm when it precedes the range's events.
-            (scored if scored else warm).append(item)
-            continue
-        if at is None or at < warm_from or at >= request.end:
-            continue
-        (warm if at < request.start else scored).append(item)
-    return warm, scored
+                self.in_range = True
+        return warm, scored
 
 
 async def _read_recorded(request: ReplayRequest, topics: Topics, join: JoinState) -> None:
@@ -232,16 +226,21 @@ async def run_replay(request: ReplayRequest) -> ReplayResult:
     core = ShadowCore({k: m.package for k, m in models.items()})
     join = JoinState()
     counts = {"observations_read": 0, "warmup_events": 0, "scored_events": 0, "unreadable": 0, "scores": 0}
+    splitter = _RangeSplitter(request, join, counts)
+    begin: dict[int, int] | None = None
+    stop: dict[int, int] | None = None
     if request.time_basis == "arrival":
-        records = await _scan_arrival(request, topics.observations)
-    else:
-        records = [r async for chunk in logscan.read_until(request.kafka, topics.observations) for r in chunk]
-    warm, scored = _split_range(records, request, join, counts)
-    counts["warmup_events"] = len(warm)
-    counts["scored_events"] = len(scored)
-    core.warm(warm)
-    for i in range(0, len(scored), 5000):
-        for score in core.process(scored[i : i + 5000]).scores:
+        begin, stop = await _arrival_range(request, topics.observations)
+        if not begin:
+            stop = {}  # nothing arrived in the range
+    # One chunk at a time, applied and scored before the next is read: memory holds the encounters' states, the
+    # range's scores and one chunk, not the range's records.
+    async for chunk in logscan.read_until(request.kafka, topics.observations, stop, start=begin, chunk=CHUNK):
+        warm, scored = splitter.split(chunk)
+        counts["warmup_events"] += len(warm)
+        counts["scored_events"] += len(scored)
+        core.warm(warm)
+        for score in core.process(scored).scores:
             join.add_score(score)
             counts["scores"] += 1
 

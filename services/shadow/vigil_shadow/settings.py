@@ -49,6 +49,10 @@ class Settings(VigilSettings):
     batch_max_records: int = Field(default=1000, ge=1)
     batch_timeout_ms: int = Field(default=5, ge=0)
     dedupe_ids: int = Field(default=1024, ge=16)
+    checkpoint_interval_s: float = Field(default=1.0, ge=0)
+    """How often feature-state snapshots go to the changelog, after which the offsets are committed."""
+    restore_timeout_s: float = Field(default=60.0, gt=0)
+    """How long reading an assigned partition's states back from the changelog may take."""
     horizon_hours: float = Field(default=6.0, ge=0)
     """A prediction at data time t is positive iff t >= onset - horizon (PhysioNet's SepsisLabel: 6 h)."""
     bootstrap_iterations: int = Field(default=200, ge=0)

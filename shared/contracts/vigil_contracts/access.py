@@ -64,14 +64,23 @@ ACL_TABLE: tuple[Grant, ...] = tuple(
     )
     + _grants(
         Principal.SHADOW,
-        # Shadow reads the live scores to compare against them; it cannot write them.
-        reads=(Topic.OBSERVATIONS, Topic.SCORES_LIVE, Topic.SCORES_SHADOW, Topic.OUTCOMES, Topic.LIFECYCLE),
-        writes=(Topic.SCORES_SHADOW, Topic.COMPARISONS, Topic.DEAD_LETTER),
+        # Shadow reads the live scores to compare against them; it cannot write them. Its changelog is read back
+        # on assignment to restore feature state.
+        reads=(
+            Topic.OBSERVATIONS,
+            Topic.SCORES_LIVE,
+            Topic.SCORES_SHADOW,
+            Topic.OUTCOMES,
+            Topic.LIFECYCLE,
+            Topic.SHADOW_STATE,
+        ),
+        writes=(Topic.SCORES_SHADOW, Topic.COMPARISONS, Topic.SHADOW_STATE, Topic.DEAD_LETTER),
     )
     + _grants(
         Principal.DRIFT,
-        reads=(Topic.OBSERVATIONS, Topic.SCORES_LIVE, Topic.OUTCOMES),
-        writes=(Topic.ALERTS, Topic.DEAD_LETTER),
+        # Its changelog is read back on assignment to resume the detectors' windows.
+        reads=(Topic.OBSERVATIONS, Topic.SCORES_LIVE, Topic.OUTCOMES, Topic.DRIFT_STATE),
+        writes=(Topic.ALERTS, Topic.DRIFT_STATE, Topic.DEAD_LETTER),
     )
     + _grants(
         Principal.REGISTRY,

@@ -46,6 +46,13 @@ SCORER_STATE_TYPE = "scorer.state"
 """Event type header of the scorer's compacted changelog (per-encounter feature state; null value: a tombstone)."""
 SCORER_STATE_VERSION = 1
 """Version of the scorer's snapshot format (``vigil_scoring.scoring.SNAPSHOT_VERSION`` is this)."""
+SHADOW_STATE_TYPE = "shadow.state"
+"""Event type header of shadow's compacted changelog: the same per-encounter feature snapshots as the scorer's."""
+SHADOW_STATE_VERSION = SCORER_STATE_VERSION
+DRIFT_STATE_TYPE = "drift.state"
+"""Event type header of drift's compacted changelog (chunks of one group's detector state)."""
+DRIFT_STATE_VERSION = 1
+"""Version of drift's snapshot format (``vigil_drift.state.FORMAT`` is this)."""
 
 CORRELATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 """What an ``X-Correlation-ID`` from an HTTP client must look like to be kept (else a new one is made)."""
@@ -76,6 +83,8 @@ TOPIC_KINDS: dict[Topic, tuple[tuple[str, int], ...]] = {
     Topic.COMPARISONS: (kind(ComparisonSummarized),),
     Topic.LIFECYCLE: (kind(ModelLifecycleChanged),),
     Topic.SCORER_STATE: ((SCORER_STATE_TYPE, SCORER_STATE_VERSION),),
+    Topic.SHADOW_STATE: ((SHADOW_STATE_TYPE, SHADOW_STATE_VERSION),),
+    Topic.DRIFT_STATE: ((DRIFT_STATE_TYPE, DRIFT_STATE_VERSION),),
     Topic.DEAD_LETTER: (kind(DeadLettered),),
 }
 """What each topic carries, by its headers. The raw FHIR topic is written by EHR integrations, not by Vigil: its

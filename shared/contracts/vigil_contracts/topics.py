@@ -31,11 +31,15 @@ class Topic(StrEnum):
     """Model lifecycle events from the registry; scorers act on them. Keyed by model name."""
     SCORER_STATE = "scorer.state"
     """Compacted changelog of the scorer's per-encounter feature state."""
+    SHADOW_STATE = "shadow.state"
+    """Compacted changelog of shadow's per-encounter feature state (restored on assignment, not re-read)."""
+    DRIFT_STATE = "drift.state"
+    """Compacted changelog of drift's detectors and counters (one snapshot per consumer group, in chunks)."""
     DEAD_LETTER = "deadletter"
     """Messages that could not be processed, with their reason."""
 
 
-COMPACTED = frozenset({Topic.SCORER_STATE})
+COMPACTED = frozenset({Topic.SCORER_STATE, Topic.SHADOW_STATE, Topic.DRIFT_STATE})
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,14 @@ class Topics:
     @property
     def scorer_state(self) -> str:
         return self.name(Topic.SCORER_STATE)
+
+    @property
+    def shadow_state(self) -> str:
+        return self.name(Topic.SHADOW_STATE)
+
+    @property
+    def drift_state(self) -> str:
+        return self.name(Topic.DRIFT_STATE)
 
     @property
     def dead_letter(self) -> str:

@@ -45,10 +45,14 @@ from vigil_contracts.events import Event
 from vigil_contracts.headers import (
     CORRELATION_ID,
     CORRELATION_ID_PATTERN,
+    DRIFT_STATE_TYPE,
+    DRIFT_STATE_VERSION,
     EVENT_TYPE,
     SCHEMA_VERSION,
     SCORER_STATE_TYPE,
     SCORER_STATE_VERSION,
+    SHADOW_STATE_TYPE,
+    SHADOW_STATE_VERSION,
     TRACEPARENT,
     TRACEPARENT_PATTERN,
     event_type_of,
@@ -106,6 +110,16 @@ SCORER_STATE_KIND: Kind = (
     (SCHEMA_VERSION, str(SCORER_STATE_VERSION).encode()),
 )
 """The kind of the scorer's changelog records (snapshots and tombstones)."""
+SHADOW_STATE_KIND: Kind = (
+    (EVENT_TYPE, SHADOW_STATE_TYPE.encode()),
+    (SCHEMA_VERSION, str(SHADOW_STATE_VERSION).encode()),
+)
+"""The kind of shadow's changelog records."""
+DRIFT_STATE_KIND: Kind = (
+    (EVENT_TYPE, DRIFT_STATE_TYPE.encode()),
+    (SCHEMA_VERSION, str(DRIFT_STATE_VERSION).encode()),
+)
+"""The kind of drift's changelog records."""
 
 
 def kind_of(cls: type[Event]) -> Kind:

@@ -1,0 +1,349 @@
+"""Keyed state that follows its partitions: snapshots to a compacted changelog, offsets committed after them.
+
+The pattern the scorer established (``vigil_scorer.checkpointer``), for any service whose state is a map of keys
+(encounters) living on the partitions of its input topic:
+
+1. a batch is applied to the in-memory state and its outputs acknowledged; its offsets are remembered, not
+   committed, and the keys it changed are marked unsaved;
+2. every ``interval_s`` (and before partitions are given up in a rebalance, and at a clean stop) a checkpoint
+   publishes the snapshots of the unsaved keys to the changelog, each to the changelog partition numbered like
+   the input partition it lives on, and waits for the broker's acknowledgement;
+3. only then are the remembered offsets committed.
+
+On assignment the owner of input partition p reads changelog partition p to its end (the compacted view: the last
+value per key) before any record of p is applied, instead of re-reading the input topic's retention. A crash
+before 2 restores older snapshots and replays from older offsets; a crash between 2 and 3 restores newer
+snapshots whose last applied offsets make the replayed records duplicates. A failed batch is handled like a crash
+of its partitions: their states are dropped, restored again and the partitions rewound to their committed
+offsets.
+
+Snapshots are bytes produced by the state itself (JSON, never pickle: a topic write must not become code
+execution on restore). The scorer keeps its own checkpointer, which captures snapshots a slice per batch to keep
+its latency flat under load; this one captures a checkpoint at once, which suits shadow's smaller budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from aiokafka import TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+
+from vigil_runtime.kafka_security import KafkaConnection
+from vigil_runtime.producer import AckedProducer
+from vigil_runtime.reader import read_to_end
+from vigil_runtime.tracing import Kind
+
+log = logging.getLogger(__name__)
+
+
+class KeyedState(Protocol):
+    """What the changelog needs of a state: per-key snapshots and restores, and forgetting whole partitions."""
+
+    def snapshot(self, key: str) -> bytes | None:
+        """The changelog value of ``key`` (None when it is not held any more)."""
+        ...
+
+    def restore(self, key: str, value: bytes | None) -> None:
+        """Install ``key``'s state from its changelog value (a tombstone forgets it)."""
+        ...
+
+    def drop_partitions(self, partitions: Iterable[int]) -> int:
+        """Forget every key living on ``partitions``."""
+        ...
+
+
+class RecordedState(KeyedState, Protocol):
+    """A state whose one key is written as several records, reassembled once a restore has read them all.
+
+    For a value too big for one message (drift's detectors).
+    """
+
+    def records(self, key: str) -> list[tuple[str, bytes | None]]:
+        """The changelog records (key, value) that save ``key``."""
+        ...
+
+    def restored(self) -> None:
+        """Every record of a restore has been handed to :meth:`restore`."""
+        ...
+
+
+def _no_consumer() -> Any:
+    return None
+
+
+class Changelog:
+    """Checkpoints and restores one service's keyed state; call its methods under :attr:`lock`."""
+
+    def __init__(
+        self,
+        kafka: KafkaConnection,
+        *,
+        topic: str,
+        source_topic: str | Sequence[str],
+        state: KeyedState,
+        sink: AckedProducer,
+        kind: Kind,
+        interval_s: float = 1.0,
+        restore_timeout_s: float = 60.0,
+        consumer_of: Callable[[], Any] = _no_consumer,
+        changelog_partitions: Callable[[set[int]], set[int]] | None = None,
+        whole: bool = False,
+    ) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        """The compacted changelog topic (as many partitions as the source topic)."""
+        self.source_topics = (source_topic,) if isinstance(source_topic, str) else tuple(source_topic)
+        """The input topics (co-partitioned: partition p of each is owned together) the state lives on."""
+        self.source_topic = self.source_topics[0]
+        self.changelog_partitions = changelog_partitions or (lambda parts: parts)
+        """Which changelog partitions hold the states of given source partitions (default: the same numbers)."""
+        self.whole = whole
+        """One state for all the owned partitions (drift's detectors): every checkpoint saves it, and a failed
+        batch rewinds every owned partition to the last checkpoint, not only the batch's."""
+        self.state = state
+        self.sink = sink
+        self.kind = kind
+        """The event-type and schema-version headers of this changelog's records."""
+        self.interval_s = interval_s
+        self.restore_timeout_s = restore_timeout_s
+        self.consumer_of = consumer_of
+        """The group consumer of the source topic (commits and rewinds), once the broker has started."""
+        self.lock = asyncio.Lock()
+        """Held around every batch, checkpoint and rebalance, so each happens between batches."""
+        self.assigned = asyncio.Event()
+        """Set once the first assignment's restore has run (and while no rebalance is under way)."""
+        self.owned: set[int] = set()
+        self.needs_restore: set[int] = set()
+        """Owned partitions whose states are still to be read back before their next record is applied."""
+        self.unsaved: dict[str, int | None] = {}
+        """Keys changed since the last checkpoint, with their partition."""
+        self.consumed: dict[tuple[str, int], int] = {}
+        """Per (topic, owned partition), the offset after the last record applied (the next checkpoint's commit)."""
+        self.committed: dict[tuple[str, int], int] = {}
+        self.last_checkpoint = time.monotonic()
+        self.failures = 0
+        """Checkpoints failed in a row."""
+        self.restored_keys = 0
+        self.restore_seconds = 0.0
+        """Time the last restore took (start-up cost: reading the compacted changelog)."""
+
+    @property
+    def ready(self) -> bool:
+        """True once every owned partition's state is restored."""
+        return self.assigned.is_set() and not self.needs_restore
+
+    # --- what a batch reports ---------------------------------------------------------------------------
+
+    def advanced(self, partition: int, offset: int, topic: str | None = None) -> None:
+        """A record of ``partition`` at ``offset`` was applied: the next checkpoint commits past it."""
+        where = (topic or self.source_topic, partition)
+        if offset + 1 > self.consumed.get(where, -1):
+            self.consumed[where] = offset + 1
+
+    def changed(self, keys: Mapping[str, int | None]) -> None:
+        """Keys a batch changed (saved by the next checkpoint)."""
+        self.unsaved.update(keys)
+
+    def pending(self) -> bool:
+        """Whether a checkpoint has anything to write or commit."""
+        return bool(self.unsaved or any(self.committed.get(p) != o for p, o in self.consumed.items()))
+
+    # --- checkpoints ------------------------------------------------------------------------------------
+
+    async def checkpoint(self, partitions: set[int] | None = None) -> int:
+        """Write the unsaved snapshots (of ``partitions``, default all), wait for the acks, then commit.
+
+        Returns how many snapshots were written. On failure the keys stay unsaved and nothing is committed.
+        """
+        chosen = {k: p for k, p in self.unsaved.items() if partitions is None or self.whole or p in partitions}
+        offsets = {
+            (t, p): o
+            for (t, p), o in self.consumed.items()
+            if (partitions is None or p in partitions) and p in self.owned and self.committed.get((t, p)) != o
+        }
+        if partitions is None:
+            self.last_checkpoint = time.monotonic()
+        snapshots: list[tuple[bytes, bytes | None, int | None]] = []
+        records = getattr(self.state, "records", None)
+        for key, partition in chosen.items():
+            if records is not None:
+                snapshots.extend((k.encode(), v, partition) for k, v in records(key))
+                continue
+            value = self.state.snapshot(key)
+            if value is not None:  # gone since (evicted): nothing to save
+                snapshots.append((key.encode(), value, partition))
+        try:
+            await self.sink.send_all(self.topic, snapshots, kind=self.kind)
+            consumer = self.consumer_of()
+            if offsets and consumer is not None:
+                await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+        except BaseException:
+            self.failures += 1
+            raise
+        self.failures = 0
+        for key in chosen:
+            if self.unsaved.get(key) == chosen[key]:
+                del self.unsaved[key]
+        self.committed.update(offsets)
+        return len(snapshots)
+
+    async def step(self) -> None:
+        """After a batch: checkpoint when one is due."""
+        if time.monotonic() - self.last_checkpoint >= self.interval_s and self.pending():
+            await self.checkpoint()
+
+    async def loop(self) -> None:
+        """Checkpoint when the stream goes quiet, so the last batches do not wait for the next one."""
+        while True:
+            await asyncio.sleep(max(self.interval_s, 0.1))
+            if time.monotonic() - self.last_checkpoint < self.interval_s:
+                continue
+            try:
+                async with self.lock:
+                    if self.pending():
+                        await self.checkpoint()
+            except Exception as error:  # retried next period; offsets stay uncommitted meanwhile
+                log.warning("checkpoint failed; retried", extra={"error_type": type(error).__name__})
+
+    async def tombstone(self, evicted: list[tuple[str, int | None]]) -> None:
+        """Forget evicted keys in the changelog too (compaction then drops them)."""
+        for key, _ in evicted:
+            self.unsaved.pop(key, None)
+        await self.sink.send_all(self.topic, [(k.encode(), None, p) for k, p in evicted], kind=self.kind)
+
+    # --- partitions -------------------------------------------------------------------------------------
+
+    async def restore(self, partitions: Iterable[int]) -> int:
+        """Read the partitions' states back from the changelog; returns how many keys were restored."""
+        parts = set(partitions)
+        if self.whole:  # one state: restoring it restores every partition still waiting
+            parts |= self.needs_restore
+        t0 = time.perf_counter()
+        # The owner of source partition p reads changelog partition p: snapshots are written there.
+        values = await read_to_end(
+            self.kafka, self.topic, self.changelog_partitions(parts), timeout_s=self.restore_timeout_s
+        )
+        self.state.drop_partitions(parts)
+        restored = 0
+        for key, value in values.items():
+            try:
+                self.state.restore(key, value)
+            except (ValueError, KeyError, TypeError) as error:  # one bad snapshot must not stop the partition
+                log.error("unreadable changelog snapshot ignored", extra={"error_type": type(error).__name__})
+                continue
+            restored += value is not None
+        finish = getattr(self.state, "restored", None)
+        if finish is not None:
+            finish()
+        self.needs_restore -= parts
+        self.restored_keys += restored
+        self.restore_seconds = time.perf_counter() - t0
+        log.info(
+            "states restored",
+            extra={"count": restored, "partitions": sorted(parts), "seconds": round(self.restore_seconds, 3)},
+        )
+        return restored
+
+    async def restore_pending(self, partitions: set[int]) -> None:
+        """Before a batch: restore those of ``partitions`` whose restore is still due."""
+        due = self.needs_restore & partitions
+        if due:
+            await self.restore(due)
+
+    async def on_assigned(self, partitions: set[int]) -> None:
+        """Restore the assigned partitions before any of their records is applied."""
+        try:
+            async with self.lock:
+                self.owned = set(partitions)
+                self.needs_restore |= partitions
+                self._forget_progress(partitions, committed=True)
+                try:
+                    await self.restore(self.needs_restore & partitions)
+                except Exception as error:  # retried before the partitions' next batch (they stay in needs_restore)
+                    log.error("state restore failed; retried", extra={"error_type": type(error).__name__})
+        finally:
+            self.assigned.set()
+
+    async def on_revoked(self, partitions: set[int]) -> None:
+        """Save what was applied of partitions about to be revoked, so their new owner restores instead of replays."""
+        self.assigned.clear()
+        async with self.lock:
+            try:
+                await self.checkpoint(partitions & self.owned - self.needs_restore)
+            except Exception as error:  # the new owner then replays from the last commit
+                log.error("checkpoint before revocation failed", extra={"error_type": type(error).__name__})
+            self.forget(partitions)
+            self.state.drop_partitions(partitions)
+            self.owned -= partitions
+            self.needs_restore -= partitions
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop the partitions' unsaved keys and progress."""
+        for key in [k for k, p in self.unsaved.items() if p in partitions]:
+            del self.unsaved[key]
+        self._forget_progress(partitions, committed=True)
+
+    def _forget_progress(self, partitions: set[int], *, committed: bool) -> None:
+        for where in [w for w in self.consumed if w[1] in partitions]:
+            del self.consumed[where]
+        if committed:
+            for where in [w for w in self.committed if w[1] in partitions]:
+                del self.committed[where]
+
+    async def rewind(self, partitions: set[int]) -> None:
+        """After a failed batch: drop the partitions' states, restore them before the retry, rewind the offsets.
+
+        The states may be ahead of the changelog; the partitions go back to their committed offsets (under
+        :attr:`lock`).
+        """
+        if self.whole:
+            partitions = partitions | self.owned
+        self.state.drop_partitions(partitions)
+        self.needs_restore |= partitions & self.owned
+        for key in [k for k, p in self.unsaved.items() if p in partitions]:
+            del self.unsaved[key]
+        self._forget_progress(partitions, committed=False)
+        consumer = self.consumer_of()
+        if consumer is None:
+            return
+        for tp in [TopicPartition(t, p) for t in self.source_topics for p in sorted(partitions)]:
+            try:
+                offset = self.committed.get((tp.topic, tp.partition))
+                if offset is None:
+                    offset = await consumer.committed(tp)
+                if offset is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, offset)
+            except Exception as error:  # revoked meanwhile: the new owner starts from the commit
+                log.info("rewind skipped", extra={"partition": tp.partition, "error_type": type(error).__name__})
+
+
+class ChangelogRebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Moves state with the partitions: checkpoint and drop on revocation, restore on assignment."""
+
+    def __init__(self, changelog: Changelog) -> None:
+        self.changelog = changelog
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        """Called by aiokafka before a rebalance."""
+        topics = self.changelog.source_topics
+        await self.changelog.on_revoked({tp.partition for tp in revoked if tp.topic in topics})
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        """Called by aiokafka after a rebalance."""
+        topics = self.changelog.source_topics
+        await self.changelog.on_assigned({tp.partition for tp in assigned if tp.topic in topics})
+
+
+async def stop_checkpoint(changelog: Changelog) -> None:
+    """At a clean stop: write what is unsaved (the commit may fail once the consumer has left the group)."""
+    async with changelog.lock:
+        with contextlib.suppress(Exception):
+            await changelog.checkpoint()
