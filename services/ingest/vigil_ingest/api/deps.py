@@ -6,6 +6,7 @@ OperationOutcome, so routes stay free of try/except ladders.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vigil_ingest.core import IngestCore
 from vigil_ingest.fhir_http import operation_outcome
+from vigil_ingest.large_body import LARGE_BODY_BYTES, gc_paused, parse_large, release
 from vigil_ingest.mapping import strip_bom
 from vigil_ingest.settings import Settings
 from vigil_runtime.auth import AuthError, Forbidden, Principal, current_principal
@@ -137,7 +139,7 @@ CoreDep = Annotated[IngestCore, Depends(get_core)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def read_fhir_json(request: Request, settings: SettingsDep) -> Any:
+async def read_fhir_json(request: Request, settings: SettingsDep) -> AsyncIterator[Any]:
     """The request's body as parsed JSON: FHIR JSON content type, at most ``max_body_bytes``, a BOM dropped."""
     content_type = request.headers.get("content-type", FHIR_JSON).split(";")[0].strip().lower()
     if content_type not in ACCEPTED_TYPES:
@@ -153,12 +155,26 @@ async def read_fhir_json(request: Request, settings: SettingsDep) -> Any:
         if size > limit:
             raise FhirError(413, "too-costly", f"body larger than {limit} bytes")
         chunks.append(chunk)
-    try:
-        return orjson.loads(strip_bom(b"".join(chunks)))
-    except orjson.JSONDecodeError as error:
-        raise FhirError(
-            400, "invalid", f"invalid JSON: {error.msg} at line {error.lineno} column {error.colno}"
-        ) from error
+    data = strip_bom(b"".join(chunks))
+    if size < LARGE_BODY_BYTES:
+        try:
+            yield orjson.loads(data)
+        except orjson.JSONDecodeError as error:
+            raise FhirError(
+                400, "invalid", f"invalid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+            ) from error
+        return
+    # A large body: parsed off the loop in chunks, the collector paused until its request is answered
+    # (vigil_ingest.large_body says why; /health must answer within 100 ms meanwhile).
+    with gc_paused():
+        try:
+            payload = await parse_large(data)
+        except ValueError as error:
+            raise FhirError(400, "invalid", f"invalid JSON: {str(error)[:200]}") from error
+        del data, chunks
+        yield payload
+        # The request is answered: free the document here, in pieces, not in one cascade on the loop.
+        await release(payload)
 
 
 FhirBody = Annotated[Any, Depends(read_fhir_json)]

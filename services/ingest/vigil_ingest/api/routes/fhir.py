@@ -30,6 +30,7 @@ from vigil_ingest.api.deps import (
 )
 from vigil_ingest.core import IngestCore, PublishTimeout, Undo
 from vigil_ingest.fhir_http import entry_status, location, operation_outcome, rejection_issues
+from vigil_ingest.large_body import release
 from vigil_ingest.mapping import MapResult
 from vigil_ingest.settings import Settings
 
@@ -117,7 +118,14 @@ async def _bundle(core: IngestCore, settings: Settings, result: MapResult, undo:
     fresh_ids = await _publish(core, settings, result, undo)
     # One answer per entry: for a Bundle of tens of thousands of readings that is a while; off the loop.
     body = await asyncio.to_thread(_bundle_answer, result, fresh_ids, transaction)
+    if len(result.entries) >= RELEASE_IN_PIECES:
+        # Freed in pieces off the loop: tens of thousands of events at once would stall it (large_body.release).
+        await release(result.events, result.entries, result.rejections)
     return fhir_response(body, 200)
+
+
+RELEASE_IN_PIECES = 1_000
+"""Entries from which a Bundle's mapping result is freed in pieces in a worker thread."""
 
 
 def _bundle_answer(result: MapResult, fresh_ids: set[str], transaction: bool) -> dict[str, Any]:
