@@ -6,9 +6,17 @@ import gc
 
 import orjson
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from tests.factories import fhir_bundle
+from tests.unit.test_ingest_http import EHR_TOKEN, FHIR, FakePublisher
+from vigil_ingest.api import mount_fhir
+from vigil_ingest.core import IngestCore
 from vigil_ingest.large_body import LARGE_BODY_BYTES, gc_paused, parse_large
+from vigil_ingest.settings import Settings
+from vigil_runtime.auth import Authenticator, Grant, TokenTable
+from vigil_runtime.metrics import ServiceMetrics
 
 pytestmark = pytest.mark.unit
 
@@ -36,3 +44,24 @@ def test_the_collector_is_paused_while_any_large_body_is_in_flight_and_resumes_a
     with pytest.raises(RuntimeError), gc_paused():
         raise RuntimeError("a failed request resumes the collector too")
     assert gc.isenabled()
+
+
+def test_a_large_bundle_over_http_is_mapped_like_a_small_one_and_bad_json_is_not_echoed() -> None:
+    settings = Settings(topic_prefix="unit.")  # the default 16 MB body limit
+    publisher = FakePublisher()
+    app = FastAPI()
+    app.state.auth = Authenticator(TokenTable({EHR_TOKEN: Grant(user="ehr", scopes=["system/*.write"])}))
+    mount_fhir(app, IngestCore(settings, publisher, ServiceMetrics("ingest")), settings)  # type: ignore[arg-type]
+    client = TestClient(app, headers={"Authorization": f"Bearer {EHR_TOKEN}"})
+    body = orjson.dumps(fhir_bundle(3_000, prefix="lbhttp"))
+    assert len(body) > LARGE_BODY_BYTES
+    answer = client.post("/fhir", content=body, headers=FHIR)
+    assert answer.status_code == 200, answer.text[:300]
+    assert [e["response"]["status"] for e in answer.json()["entry"]] == ["201 Created"] * 3_000
+    assert len(publisher.published) >= 3_000
+    broken = body[:-200] + b'"secret-marker-4711"'
+    refused = client.post("/fhir", content=broken, headers=FHIR)
+    assert refused.status_code == 400
+    assert refused.json()["resourceType"] == "OperationOutcome"
+    assert "secret-marker-4711" not in refused.text  # the parser's snippet of the body is not sent back
+    assert gc.isenabled()  # the collector resumed after both requests

@@ -170,7 +170,8 @@ async def read_fhir_json(request: Request, settings: SettingsDep) -> AsyncIterat
         try:
             payload = await parse_large(data)
         except ValueError as error:
-            raise FhirError(400, "invalid", f"invalid JSON: {str(error)[:200]}") from error
+            # ijson's message quotes the text around the fault (possibly patient data): not echoed.
+            raise FhirError(400, "invalid", "invalid JSON (a large body; its parser names no position)") from error
         del data, chunks
         yield payload
         # The request is answered: free the document here, in pieces, not in one cascade on the loop.
