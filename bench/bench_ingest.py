@@ -35,7 +35,9 @@ import orjson
 from vigil_ingest.mapping import Mapper
 
 UCUM = "http://unitsofmeasure.org"
-T0 = datetime(2180, 7, 22, 19, 47, tzinfo=UTC)
+# 30 days ago at midnight UTC: ingest refuses readings later than its clock (plus a small skew), so a fixed future
+# date (MIMIC's shifted 2180s) made every reading a rejection and the HTTP part fail with 422.
+T0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=30)
 VITALS = [
     ("8867-4", "/min", 88.0),
     ("9279-1", "/min", 18.0),
