@@ -80,7 +80,8 @@ async def _scenario(cluster: LocalCluster) -> None:
     ]
     with pytest.raises(UnsafeReplication, match=f"topic {unsafe}observations"):
         enforce(problems, development=False, service="scorer")
-    enforce(problems, development=True, service="scorer")  # development mode allows it (with a warning)
+    # Development mode is the subject here: it must allow the unsafe cluster (with a warning) where production refuses.
+    enforce(problems, development=True, service="scorer")
 
     # One broker killed: acks=all still succeeds (two of three in sync) and a consumer reads every record.
     cluster.stop_node(2, kill=True)

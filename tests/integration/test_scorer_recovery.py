@@ -134,10 +134,9 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(
     settings_env: dict[str, Any], tmp_path: Path, shared_kit: Path
 ) -> None:
     # Checkpoints every 0.2 s: the kill lands after some, so the restart restores states from the changelog and
-    # replays only what came after the last commit.
-    settings = settings_for(
-        settings_env, tmp_path, batch_max_records=40, checkpoint_interval_s=0.2, development=True
-    )  # development mode: no registry, the bundled model (see ScorerProcess)
+    # replays only what came after the last commit. Development mode: no registry runs here, so only the bundled
+    # model can score (outside it the scorer fails closed); what is tested is the state's recovery.
+    settings = settings_for(settings_env, tmp_path, batch_max_records=40, checkpoint_interval_s=0.2, development=True)
     await ensure_topics(settings)
     stays = load_stays(24, first=40, data=shared_kit / "data" / "physionet2019_setA.parquet")
     events = events_of(stays)

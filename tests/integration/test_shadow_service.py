@@ -154,7 +154,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
     scorer = create_scorer_app(
         ScorerSettings(
             **settings_env,
-            development=True,
+            development=True,  # no registry answers here: only development mode lets the bundled model score live
             group_id=f"scorer-{uuid.uuid4().hex[:8]}",
             registry_url="http://127.0.0.1:9",
             registry_timeout_s=1.0,

@@ -72,12 +72,14 @@ def settings(development: bool = False, **over: Any) -> AuthSettings:
 def test_placeholder_demo_and_short_tokens_are_refused_outside_development(token: str) -> None:
     with pytest.raises(ValueError, match=r"placeholder|demo token|shorter"):
         build_authenticator(settings(tokens={token: Grant(user="x")}))
+    # Development mode is the subject of this test: the same tokens are let through there and only there.
     build_authenticator(settings(development=True, tokens={token: Grant(user="x")}))
 
 
 def test_demo_tokens_only_in_development() -> None:
     with pytest.raises(Unauthenticated):
-        build_authenticator(settings()).authenticate("Bearer dev-system-token")
+        build_authenticator(settings()).authenticate("Bearer dev-system-token")  # refused when secured
+    # Development mode is the subject of this test: the demo token works there and only there.
     assert build_authenticator(settings(development=True)).authenticate("Bearer dev-system-token").user == "dev-system"
 
 

@@ -234,6 +234,7 @@ def test_development_mode_accepts_the_documented_demo_tokens(tmp_path: Path) -> 
     settings = settings_for(tmp_path, tokens={}, development=True)
     with TestClient(create_app(settings)) as c:
         assert c.get("/models").status_code == 200  # anonymous reads in development
+        # A demo token, on purpose: that it works in development mode is what this test checks.
         response = upload(c, tmp_path, "1", headers={"Authorization": "Bearer dev-scientist-token"})
         assert response.status_code == 201
         assert response.json()["created_by"] == "dana-scientist"

@@ -68,6 +68,7 @@ def test_enforce_refuses_outside_development_and_warns_inside(caplog: pytest.Log
     with pytest.raises(UnsafeReplication, match=r"scorer refuses to start: topic vigil\.observations"):
         enforce(problems, development=False, service="scorer")
     with caplog.at_level(logging.WARNING, logger="vigil_runtime.replication"):
+        # Development mode is the subject of this test: there the rule warns instead of refusing.
         enforce(problems, development=True, service="scorer")
     assert [r.reason for r in caplog.records] == problems  # type: ignore[attr-defined]
     enforce([], development=False, service="scorer")  # nothing to refuse
