@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Response
 
 from vigil_contracts.events import Event
@@ -116,16 +117,26 @@ async def _bundle(core: IngestCore, settings: Settings, result: MapResult, undo:
     if not core.publishable(result):  # a strict transaction with a rejected entry (nothing was remembered)
         return fhir_response(operation_outcome(rejection_issues(result.rejections)), 422)
     fresh_ids = await _publish(core, settings, result, undo)
-    # One answer per entry: for a Bundle of tens of thousands of readings that is a while; off the loop.
-    body = await asyncio.to_thread(_bundle_answer, result, fresh_ids, transaction)
-    if len(result.entries) >= RELEASE_IN_PIECES:
-        # Freed in pieces off the loop: tens of thousands of events at once would stall it (large_body.release).
-        await release(result.events, result.entries, result.rejections)
-    return fhir_response(body, 200)
+    if len(result.entries) < RELEASE_IN_PIECES:
+        return fhir_response(_bundle_answer(result, fresh_ids, transaction), 200)  # small: a thread hop costs more
+    # One answer per entry: for a Bundle of tens of thousands of readings that is a while; built and encoded off
+    # the loop, entry by entry (one orjson call over the whole answer holds the interpreter lock throughout).
+    content = await asyncio.to_thread(_encoded_answer, result, fresh_ids, transaction)
+    # Freed in pieces off the loop: tens of thousands of events at once would stall it (large_body.release).
+    await release(result.events, result.entries, result.rejections)
+    return Response(content, status_code=200, media_type=FHIR_JSON)
 
 
 RELEASE_IN_PIECES = 1_000
 """Entries from which a Bundle's mapping result is freed in pieces in a worker thread."""
+
+
+def _encoded_answer(result: MapResult, fresh_ids: set[str], transaction: bool) -> bytes:
+    """``orjson.dumps`` of the Bundle answer, one entry per call: the interpreter may switch between them."""
+    body = _bundle_answer(result, fresh_ids, transaction)
+    head = orjson.dumps({k: v for k, v in body.items() if k != "entry"})
+    entries = b",".join([orjson.dumps(entry) for entry in body["entry"]])
+    return head[:-1] + b',"entry":[' + entries + b"]}"
 
 
 def _bundle_answer(result: MapResult, fresh_ids: set[str], transaction: bool) -> dict[str, Any]:
