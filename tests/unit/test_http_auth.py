@@ -146,8 +146,10 @@ def test_operations_can_be_protected(tmp_path: Path) -> None:
 
 
 WRONG_METHODS = [
-    # The root aliases' /{type}/{id} takes this path too; POST is /fhir/{resource_type}'s (a 404 for this type).
-    ("ingest", "PUT", "/fhir/metadata", {"GET", "POST"}),
+    # The root aliases' /{type}/{id} takes this path too; as in OpenAPI, the concrete path wins over
+    # /fhir/{resource_type} (whose POST would match it).
+    ("ingest", "PUT", "/fhir/metadata", {"GET"}),
+    ("ingest", "POST", "/fhir/metadata", {"GET"}),
     ("ingest", "POST", "/health", {"GET"}),  # ... and their /{type} this one
     ("ingest", "DELETE", "/fhir/Observation/x", {"PUT"}),
     ("scorer", "GET", "/predict", {"POST"}),

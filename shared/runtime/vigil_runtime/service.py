@@ -260,22 +260,24 @@ class MethodNotAllowed:
     FHIR aliases at the root, ``/{resource_type}/{resource_id}``) takes ``PUT /fhir/metadata`` too, and its
     authentication answered 401. The documented routes decide here, before any route's dependencies (the
     authentication) run, and ``Allow`` lists every method they take at the path (Starlette names the first
-    route's only). A path no documented route matches goes on to the router unchanged.
+    route's only). As in OpenAPI, a concrete path wins over a templated one that matches it too: ``/fhir/metadata``
+    takes GET only, not ``/fhir/{resource_type}``'s POST. A path no documented route matches goes on to the router
+    unchanged.
     """
 
     def __init__(self, app: ASGIApp, routes: Router) -> None:
         self.app = app
         self.routes = routes
-        self._documented: list[tuple[re.Pattern[str], frozenset[str]]] | None = None
+        self._documented: list[tuple[re.Pattern[str], frozenset[str], bool]] | None = None
 
-    def documented(self) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    def documented(self) -> list[tuple[re.Pattern[str], frozenset[str], bool]]:
         """Each documented route's path pattern and methods.
 
         Read at the first request: the services include their routers after the frame is built.
         """
         if self._documented is None:
             self._documented = [
-                (compile_path(route.path)[0], frozenset(route.methods or ()))
+                (compile_path(route.path)[0], frozenset(route.methods or ()), "{" in route.path)
                 for route in iter_route_contexts(self.routes.routes)
                 if isinstance(route.original_route, APIRoute) and route.include_in_schema and route.path
             ]
@@ -283,12 +285,14 @@ class MethodNotAllowed:
 
     def allowed(self, path: str, method: str) -> list[str] | None:
         """The methods the documented routes take at ``path`` when none takes ``method`` (else None)."""
+        matching = [(methods, templated) for pattern, methods, templated in self.documented() if pattern.match(path)]
+        if any(not templated for _, templated in matching):
+            matching = [(methods, templated) for methods, templated in matching if not templated]
         allow: set[str] = set()
-        for pattern, methods in self.documented():
-            if pattern.match(path):
-                if method in methods:
-                    return None
-                allow |= methods
+        for methods, _ in matching:
+            if method in methods:
+                return None
+            allow |= methods
         return sorted(allow) or None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
