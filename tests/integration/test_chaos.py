@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import Accounting, Feed, Stack, active_controller, run_scenario
+from tests.chaos import Accounting, Faults, Feed, Stack, active_controller, run_scenario
 from vigil.kafka_local import LocalCluster
 
 # Beside the session broker (+0), the CLI test's (+20) and the replication test's (+40): six ports from +60.
@@ -54,81 +54,83 @@ async def no_faults(stack: Stack, feed: Feed) -> list[str]:
     return []
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(cluster: LocalCluster, work: Path) -> Accounting:
-    """The feed through a stack without faults: the alerts every other scenario must raise too."""
-    result = asyncio.run(run_scenario(cluster, work, "uninterrupted", no_faults))
+async def kill_a_broker(stack: Stack, feed: Feed) -> list[str]:
+    cluster = stack.cluster
+    await feed.reach(0.3)
+    controller = await asyncio.to_thread(active_controller, cluster, stack.work)
+    victim = next(n.node_id for n in cluster.nodes if n.node_id != controller)  # the controller has its own test
+    await asyncio.to_thread(cluster.stop_node, victim, kill=True)
+    at = feed.share_sent
+    await feed.reach(0.6)
+    await asyncio.to_thread(cluster.start, timeout=120)
+    return [f"broker {victim} killed at {at:.0%} of the Bundles, restarted at {feed.share_sent:.0%}"]
+
+
+async def kill_the_controller(stack: Stack, feed: Feed) -> list[str]:
+    cluster = stack.cluster
+    await feed.reach(0.3)
+    controller = await asyncio.to_thread(active_controller, cluster, stack.work)
+    await asyncio.to_thread(cluster.stop_node, controller, kill=True)
+    at = feed.share_sent
+    successor = await asyncio.to_thread(active_controller, cluster, stack.work)
+    assert successor != controller
+    await feed.reach(0.6)
+    await asyncio.to_thread(cluster.start, timeout=120)
+    return [f"controller {controller} killed at {at:.0%}, {successor} took over, restarted at {feed.share_sent:.0%}"]
+
+
+SCALED = ("scorer", "shadow", "drift")
+
+
+async def add_and_remove_instances(stack: Stack, feed: Feed) -> list[str]:
+    await feed.reach(0.25)
+    added = [stack.start(n) for n in SCALED]
+    await stack.ready(*added)
+    at = feed.share_sent
+    await feed.reach(0.6)
+    for n in SCALED:
+        stack.instances[n][0].stop()  # the first instance leaves: its partitions and state go to the second
+    return [f"second instances ready at {at:.0%}, first ones removed at {feed.share_sent:.0%}"]
+
+
+async def kill_each_service(stack: Stack, feed: Feed) -> list[str]:
+    notes = []
+    for share, name in ((0.15, "ingest"), (0.3, "scorer"), (0.45, "shadow"), (0.6, "drift")):
+        await feed.reach(share)
+        notes.append(f"{name} at {feed.share_sent:.0%}")
+        await stack.restart(name)
+    return ["killed -9 and restarted: " + ", ".join(notes)]
+
+
+SCENARIOS: dict[str, tuple[Faults, float]] = {
+    "uninterrupted": (no_faults, 3.0),
+    "broker": (kill_a_broker, 3.0),
+    "controller": (kill_the_controller, 3.0),
+    "scale": (add_and_remove_instances, 3.0),
+    "services": (kill_each_service, 2.0),  # slower: four restarts must land while the feed runs
+}
+"""Each scenario's faults and the feed's pace (simulated hours per second)."""
+
+
+def scenario(cluster: LocalCluster, work: Path, name: str) -> Accounting:
+    faults, speed = SCENARIOS[name]
+    result = asyncio.run(run_scenario(cluster, work, name, faults, speed=speed))
     print(f"\n{result.line()}")
     return result
 
 
-def check_alerts(result: Accounting, uninterrupted: Accounting) -> None:
-    print(f"\n{result.line()}")
-    assert result.alerts == uninterrupted.alerts
+@pytest.fixture(scope="module")
+def uninterrupted(cluster: LocalCluster, work: Path) -> Accounting:
+    """The feed through a stack without faults: the alerts every other scenario must raise too."""
+    return scenario(cluster, work, "uninterrupted")
 
 
 def test_uninterrupted_run_accounts_for_everything_and_raises_the_drift(uninterrupted: Accounting) -> None:
     assert "open" in uninterrupted.alerts.get("data_drift:inputs:heart_rate", []), uninterrupted.alerts
 
 
-def test_a_broker_killed_mid_stream_and_restarted(cluster: LocalCluster, work: Path, uninterrupted: Accounting) -> None:
-    async def faults(stack: Stack, feed: Feed) -> list[str]:
-        await feed.reach(0.3)
-        controller = await asyncio.to_thread(active_controller, cluster, work)
-        victim = next(n.node_id for n in cluster.nodes if n.node_id != controller)  # the controller has its own test
-        await asyncio.to_thread(cluster.stop_node, victim, kill=True)
-        at = feed.share_sent
-        await feed.reach(0.6)
-        await asyncio.to_thread(cluster.start, timeout=120)
-        return [f"broker {victim} killed at {at:.0%} of the Bundles, restarted at {feed.share_sent:.0%}"]
-
-    check_alerts(asyncio.run(run_scenario(cluster, work, "broker", faults)), uninterrupted)
-
-
-def test_the_active_controller_killed_mid_stream_and_restarted(
-    cluster: LocalCluster, work: Path, uninterrupted: Accounting
+@pytest.mark.parametrize("name", ["broker", "controller", "scale", "services"])
+def test_faults_mid_stream_lose_nothing_double_nothing_and_raise_the_same_alerts(
+    cluster: LocalCluster, work: Path, uninterrupted: Accounting, name: str
 ) -> None:
-    async def faults(stack: Stack, feed: Feed) -> list[str]:
-        await feed.reach(0.3)
-        controller = await asyncio.to_thread(active_controller, cluster, work)
-        await asyncio.to_thread(cluster.stop_node, controller, kill=True)
-        at = feed.share_sent
-        successor = await asyncio.to_thread(active_controller, cluster, work)
-        assert successor != controller
-        await feed.reach(0.6)
-        await asyncio.to_thread(cluster.start, timeout=120)
-        return [f"controller {controller} killed at {at:.0%}, {successor} took over, restarted at {feed.share_sent:.0%}"]
-
-    check_alerts(asyncio.run(run_scenario(cluster, work, "controller", faults)), uninterrupted)
-
-
-def test_scorer_shadow_and_drift_instances_added_and_removed_mid_stream(
-    cluster: LocalCluster, work: Path, uninterrupted: Accounting
-) -> None:
-    names = ("scorer", "shadow", "drift")
-
-    async def faults(stack: Stack, feed: Feed) -> list[str]:
-        await feed.reach(0.25)
-        added = [stack.start(n) for n in names]
-        await stack.ready(*added)
-        at = feed.share_sent
-        await feed.reach(0.6)
-        for n in names:
-            stack.instances[n][0].stop()  # the first instance leaves: its partitions and state go to the second
-        return [f"second instances ready at {at:.0%}, first ones removed at {feed.share_sent:.0%}"]
-
-    check_alerts(asyncio.run(run_scenario(cluster, work, "scale", faults)), uninterrupted)
-
-
-def test_each_service_killed_once_while_fhir_streams_in(
-    cluster: LocalCluster, work: Path, uninterrupted: Accounting
-) -> None:
-    async def faults(stack: Stack, feed: Feed) -> list[str]:
-        notes = []
-        for share, name in ((0.15, "ingest"), (0.3, "scorer"), (0.45, "shadow"), (0.6, "drift")):
-            await feed.reach(share)
-            notes.append(f"{name} at {feed.share_sent:.0%}")
-            await stack.restart(name)
-        return ["killed -9 and restarted: " + ", ".join(notes)]
-
-    check_alerts(asyncio.run(run_scenario(cluster, work, "services", faults, speed=2.0)), uninterrupted)
+    assert scenario(cluster, work, name).alerts == uninterrupted.alerts
