@@ -16,9 +16,10 @@ has consumed everything, and then reads the topics back:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-import subprocess
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -35,7 +36,7 @@ from tests.integration.test_drift_service import SMALL
 from tests.integration.test_scorer_service import final_per_hour, hours_of
 from tests.processes import ServiceProcess, free_port
 from vigil.http_tokens import HttpSecrets
-from vigil.kafka_local import LocalCluster, fetch_jars
+from vigil.kafka_local import LocalCluster
 from vigil.simulate import Drift, RetryPolicy, SimulationReport, Stay, load_stays, simulate, timeline
 from vigil_contracts import events as ev
 from vigil_contracts.events import canonical_event_adapter
@@ -49,7 +50,7 @@ from vigil_shadow import logscan
 
 LIVE_VERSION, SHADOW_VERSION = "1", "2"
 ENV_PREFIX = {"ingest": "INGEST", "scorer": "SCORER", "shadow": "SHADOW", "drift": "DRIFT"}
-FEED_DRIFT = Drift("scale", from_hour=14, feature="heart_rate", factor=1.4)
+FEED_DRIFT = Drift("scale", from_hour=8, feature="heart_rate", factor=1.4)
 """Heart rates 40% higher from the 14th simulated hour: drift opens a data-drift alert on a small window."""
 THRESHOLDS = {
     **SMALL,
@@ -58,10 +59,14 @@ THRESHOLDS = {
     "psi_window_min": 60,
     "psi_window_max": 100,
     "psi_every": 25,
+    # Only a strong shift opens: windows this small from 16 stays sit at drift scores of 0.3-1 against the
+    # reference by chance, and which of those opened depended on how the partitions interleaved (seen here).
+    "psi": 1.5,
+    "psi_clear": 1.0,
     # Latency is wall-clock, not input: a fault delays scores by design, and an uninterrupted run is no reference.
     "latency_p99_ms": 1e9,
 }
-RETRY = RetryPolicy(attempts=40, backoff_s=0.2, max_backoff_s=1.0, timeout_s=15.0)
+RETRY = RetryPolicy(attempts=120, backoff_s=0.2, max_backoff_s=1.0, timeout_s=15.0)
 """Patient enough for ingest restarting (a few seconds) or a partition changing leader: a refusal is retried."""
 
 
@@ -104,33 +109,30 @@ def expected_events(stays: list[Stay]) -> list[ev.Event]:
     return [e for i in items if i.kind == "bundle" for e in mapper.map_bytes(orjson.dumps(i.payload)).events]
 
 
-def active_controller(cluster: LocalCluster, work: Path) -> int:
-    """The KRaft quorum's leader (the active controller), as ``kafka-metadata-quorum describe --status`` tells."""
-    secrets = cluster.secrets
-    config = work / "quorum-client.properties"
-    password = secrets.password("admin").get_secret_value()
-    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the admin's password
-    with os.fdopen(fd, "w") as out:
-        out.write(
-            "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n"
-            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="admin" password="{password}";\n'
-            f"ssl.truststore.type=PEM\nssl.truststore.location={secrets.ca_file}\n"
-        )
-    live = [n for n in cluster.nodes if n.pid() is not None]
-    done = subprocess.run(
-        [
-            *("java", "-cp", f"{fetch_jars()}/*", "org.apache.kafka.tools.MetadataQuorumCommand"),
-            *("--bootstrap-server", f"127.0.0.1:{live[0].port}", "--command-config", str(config), "describe"),
-            "--status",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    leader = next(line for line in done.stdout.splitlines() if line.startswith("LeaderId:"))
-    return int(leader.split(":", 1)[1])
+def active_controller(cluster: LocalCluster, *, newer_than: int = -1, timeout: float = 60.0) -> tuple[int, int]:
+    """(node id, epoch) of the KRaft quorum's leader, the active controller, once the live nodes agree on one.
+
+    Read from each live node's ``__cluster_metadata-0/quorum-state``, the election state KRaft persists at every
+    transition (the jars the native broker runs from do not include ``kafka-metadata-quorum``). With ``newer_than``,
+    waits for a leader elected after that epoch (a successor).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for node in cluster.nodes:
+            path = node.directory / "data" / "__cluster_metadata-0" / "quorum-state"
+            if node.pid() is not None and path.exists():
+                with contextlib.suppress(ValueError):  # caught mid-write: read again
+                    state = json.loads(path.read_text())
+                    states.append((int(state["leaderEpoch"]), int(state["leaderId"])))
+        live = {n.node_id for n in cluster.nodes if n.pid() is not None}
+        if states and len(set(states)) == 1:
+            epoch, leader = states[0]
+            if epoch > newer_than and leader in live:
+                return leader, epoch
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no agreed controller among the live nodes: {states}")
+        time.sleep(0.2)
 
 
 @dataclass
@@ -215,13 +217,14 @@ class Stack:
     async def ready(self, *procs: ServiceProcess, timeout: float = 180.0) -> None:
         await asyncio.gather(*(p.wait_ready(timeout) for p in procs))
 
-    async def restart(self, name: str, index: int = -1) -> ServiceProcess:
-        """Kill -9 an instance of ``name`` and start a new one in its place (awaited)."""
+    async def restart(self, name: str, index: int = -1, *, wait: bool = True) -> ServiceProcess:
+        """Kill -9 an instance of ``name`` and start a new one in its place (ready when ``wait``)."""
         killed = self.instances[name][index]
         killed.kill()
         # Ingest comes back on its port, as behind a fixed address: the EHR feed retries the same URL.
         proc = self.start(name, killed.port if name == "ingest" else None)
-        await self.ready(proc)
+        if wait:
+            await self.ready(proc)
         return proc
 
     def live(self, name: str) -> list[ServiceProcess]:
@@ -261,7 +264,7 @@ class Feed:
                 drifts=[FEED_DRIFT],
                 retry=RETRY,
                 on_progress=progress,
-                deadline_s=150,
+                deadline_s=300,
             )
         )
 
@@ -271,13 +274,13 @@ class Feed:
         r = self.report
         return r.bundles_acknowledged / r.bundles_planned if r and r.bundles_planned else 0.0
 
-    async def reach(self, share: float, timeout: float = 90.0) -> None:
+    async def reach(self, share: float, timeout: float = 240.0) -> None:
         """Wait until ``share`` of the Bundles were acknowledged (the fault's moment); fails if the feed ended."""
         assert self.task is not None
         async with asyncio.timeout(timeout):
-            while self.share_sent < share:
-                assert not self.task.done(), f"the feed ended before {share:.0%}: not mid-stream"
+            while self.share_sent < share and not self.task.done():  # noqa: ASYNC110 - the report is polled
                 await asyncio.sleep(0.05)
+        assert not self.task.done(), f"the feed ended before the fault at {share:.0%}: not mid-stream"
 
     async def finish(self) -> SimulationReport:
         assert self.task is not None

@@ -57,7 +57,7 @@ async def no_faults(stack: Stack, feed: Feed) -> list[str]:
 async def kill_a_broker(stack: Stack, feed: Feed) -> list[str]:
     cluster = stack.cluster
     await feed.reach(0.3)
-    controller = await asyncio.to_thread(active_controller, cluster, stack.work)
+    controller, _ = await asyncio.to_thread(active_controller, cluster)
     victim = next(n.node_id for n in cluster.nodes if n.node_id != controller)  # the controller has its own test
     await asyncio.to_thread(cluster.stop_node, victim, kill=True)
     at = feed.share_sent
@@ -69,10 +69,10 @@ async def kill_a_broker(stack: Stack, feed: Feed) -> list[str]:
 async def kill_the_controller(stack: Stack, feed: Feed) -> list[str]:
     cluster = stack.cluster
     await feed.reach(0.3)
-    controller = await asyncio.to_thread(active_controller, cluster, stack.work)
+    controller, epoch = await asyncio.to_thread(active_controller, cluster)
     await asyncio.to_thread(cluster.stop_node, controller, kill=True)
     at = feed.share_sent
-    successor = await asyncio.to_thread(active_controller, cluster, stack.work)
+    successor, _ = await asyncio.to_thread(active_controller, cluster, newer_than=epoch)
     assert successor != controller
     await feed.reach(0.6)
     await asyncio.to_thread(cluster.start, timeout=120)
@@ -95,10 +95,13 @@ async def add_and_remove_instances(stack: Stack, feed: Feed) -> list[str]:
 
 async def kill_each_service(stack: Stack, feed: Feed) -> list[str]:
     notes = []
-    for share, name in ((0.15, "ingest"), (0.3, "scorer"), (0.45, "shadow"), (0.6, "drift")):
+    replacements = []
+    for share, name in ((0.15, "ingest"), (0.3, "scorer"), (0.4, "shadow"), (0.5, "drift")):
         await feed.reach(share)
         notes.append(f"{name} at {feed.share_sent:.0%}")
-        await stack.restart(name)
+        # Ingest's replacement is awaited (the feed waits for it anyway); the consumers' start while the feed goes on.
+        replacements.append(await stack.restart(name, wait=name == "ingest"))
+    await stack.ready(*replacements)
     return ["killed -9 and restarted: " + ", ".join(notes)]
 
 
@@ -107,7 +110,7 @@ SCENARIOS: dict[str, tuple[Faults, float]] = {
     "broker": (kill_a_broker, 3.0),
     "controller": (kill_the_controller, 3.0),
     "scale": (add_and_remove_instances, 3.0),
-    "services": (kill_each_service, 2.0),  # slower: four restarts must land while the feed runs
+    "services": (kill_each_service, 1.5),  # slower: four kills must land while the feed runs
 }
 """Each scenario's faults and the feed's pace (simulated hours per second)."""
 
