@@ -62,8 +62,9 @@ async def kill_a_broker(stack: Stack, feed: Feed) -> list[str]:
     await asyncio.to_thread(cluster.stop_node, victim, kill=True)
     at = feed.share_sent
     await feed.reach(0.6)
+    back = feed.share_sent
     await asyncio.to_thread(cluster.start, timeout=300)
-    return [f"broker {victim} killed at {at:.0%} of the Bundles, restarted at {feed.share_sent:.0%}"]
+    return [f"broker {victim} killed at {at:.0%} of the Bundles, restarted from {back:.0%}"]
 
 
 async def kill_the_controller(stack: Stack, feed: Feed) -> list[str]:
@@ -75,8 +76,9 @@ async def kill_the_controller(stack: Stack, feed: Feed) -> list[str]:
     successor, _ = await asyncio.to_thread(active_controller, cluster, newer_than=epoch)
     assert successor != controller
     await feed.reach(0.6)
+    back = feed.share_sent
     await asyncio.to_thread(cluster.start, timeout=300)
-    return [f"controller {controller} killed at {at:.0%}, {successor} took over, restarted at {feed.share_sent:.0%}"]
+    return [f"controller {controller} killed at {at:.0%}, {successor} took over, restarted from {back:.0%}"]
 
 
 SCALED = ("scorer", "shadow", "drift")
