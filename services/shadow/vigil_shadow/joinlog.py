@@ -206,7 +206,15 @@ class JoinReader:
 
     async def run(self) -> None:
         """Restore, then read for ever (cancelled at stop); a failure restarts the reading where it stood."""
-        start = await self.log.restore()
+        while True:
+            try:
+                start = await self.log.restore()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # the broker not answering yet: a restore merges, so it is simply retried
+                log.warning("join restore failed; retried", extra={"error_type": type(error).__name__})
+                await asyncio.sleep(1.0)
         self.started_from = dict(start or {})
         self.log.positions = dict(self.started_from)
         while True:
