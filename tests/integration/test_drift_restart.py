@@ -9,11 +9,16 @@ stay-hours (396) for two evaluations of a full window: without its state the sec
 Batches differ between runs (the service judges a batch's readings before its scores, and closes stay-hours per
 batch), so alert values may differ in their last digits; what must be equal is which conditions opened and resolved,
 in order per condition. The unit tier (tests/unit/test_drift_state.py) checks exact equality with equal batches.
+
+A third copy runs on two drift instances in one group (active/standby, :mod:`vigil_runtime.assignors`): one holds
+every partition and the other none; the active one stops mid-stream and the standby takes over from the changelog.
+Their alerts equal the uninterrupted run's too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from datetime import timedelta
@@ -69,22 +74,50 @@ async def _publish(settings: Settings, obs: list[ev.Event], scores: list[ev.Even
         await publisher.stop()
 
 
+async def _committed_to_end(settings: Settings) -> None:
+    """Wait until the group has committed every record of its topics."""
+    topics = [settings.topics.observations, settings.topics.scores_live, settings.topics.outcomes]
+    ends = await logscan.end_offsets(settings.kafka, topics)
+    for _ in range(600):
+        committed = {
+            (t, p): o
+            for t in topics
+            for p, o in (await logscan.committed_offsets(settings.kafka, settings.group_id, t)).items()
+        }
+        if all(committed.get(k, 0) >= end for k, end in ends.items()):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("drift did not commit to the end of its topics")
+
+
 async def _consume_to_end(settings: Settings) -> None:
     """Run one drift process until its group has committed every record of its topics, then stop it."""
-    topics = [settings.topics.observations, settings.topics.scores_live, settings.topics.outcomes]
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        ends = await logscan.end_offsets(settings.kafka, topics)
-        for _ in range(600):
-            committed = {
-                (t, p): o
-                for t in topics
-                for p, o in (await logscan.committed_offsets(settings.kafka, settings.group_id, t)).items()
-            }
-            if all(committed.get(k, 0) >= end for k, end in ends.items()):
-                return
-            await asyncio.sleep(0.1)
-    raise AssertionError("drift did not commit to the end of its topics")
+        await _committed_to_end(settings)
+
+
+async def _run_pair(
+    settings: Settings, first: tuple[list[Any], list[Any]], second: tuple[list[Any], list[Any]]
+) -> None:
+    """Two instances of one group; the active one stops after the first half, the standby consumes the second."""
+    apps = [create_app(settings), create_app(settings)]
+    stacks = [contextlib.AsyncExitStack(), contextlib.AsyncExitStack()]
+    try:
+        for app, stack in zip(apps, stacks, strict=True):
+            await stack.enter_async_context(app.router.lifespan_context(app))
+        await _publish(settings, *first)
+        await _committed_to_end(settings)
+        seen = [app.state.drift.inputs.rows_seen for app in apps]
+        assert min(seen) == 0 < max(seen), seen  # one holds every partition; the other stands by with none
+        active = seen.index(max(seen))
+        await stacks[active].aclose()  # the active instance leaves mid-stream
+        await _publish(settings, *second)
+        await _committed_to_end(settings)
+        assert apps[1 - active].state.drift.inputs.rows_seen > 0  # the standby took over (state restored)
+    finally:
+        for stack in stacks:
+            await stack.aclose()
 
 
 async def _alerts(settings: Settings) -> list[ev.AlertRaised]:
@@ -124,8 +157,8 @@ async def test_a_restarted_drift_service_raises_the_alerts_of_an_uninterrupted_o
             checkpoint_interval_s=0.2,
         )
 
-    whole, restarted = settings("whole"), settings("restarted")
-    for s in (whole, restarted):
+    whole, restarted, pair = settings("whole"), settings("restarted"), settings("pair")
+    for s in (whole, restarted, pair):
         await ensure_topics(s)
 
     await _publish(whole, obs1 + obs2, scores1 + scores2)
@@ -142,3 +175,6 @@ async def test_a_restarted_drift_service_raises_the_alerts_of_an_uninterrupted_o
     assert opened_early <= {k for k, states in before_restart.items() if "open" in states}, before_restart
     assert got == expected
     assert all(got[k] == ["open"] for k in opened_early), got  # not opened a second time after the restart
+
+    await _run_pair(pair, (obs1, scores1), (obs2, scores2))
+    assert _transitions(await _alerts(pair)) == expected

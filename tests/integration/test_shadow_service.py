@@ -203,7 +203,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
         assert all_keys == expected_keys
         assert len(all_keys) > len(first_keys)
 
-        # Second run: feature state rebuilt from the log, join rebuilt from the topics; outcomes arrive late.
+        # Second run: feature state and join restored from the changelog, read on from there; outcomes arrive late.
         app = create_app(settings)
         service = app.state.shadow
         async with app.router.lifespan_context(app):
@@ -231,6 +231,12 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://shadow", headers=AUTH) as client:
                 await _until(lambda: service.join_rebuilt, "join rebuilt")
+                # The join came back from the changelog and was read on from the first run's positions: the
+                # second run reads fewer records than the join's topics hold (the comparisons below check it).
+                assert service.join_log.restored_encounters == len(pids)
+                assert service.join_reader.started_from
+                held = sum(end for end in (await logscan.end_offsets(kafka, service.join_reader.topics)).values())
+                assert 0 < service.join_reader.records_read < held, (service.join_reader.records_read, held)
                 ready = await client.get("/ready")
                 assert ready.status_code == 200, ready.text
                 published = (await client.post("/comparisons/publish")).json()["published"]

@@ -11,6 +11,10 @@ scores waiting for outcomes) is written to the compacted ``drift.state`` changel
 offsets of the three topics are committed. On assignment the state is read back before any record is applied, so
 a restarted service resumes its windows and raises the alerts an uninterrupted one would. A failed batch rewinds
 to the last checkpoint (state restored, offsets rewound) and its alerts are derived again from the replay.
+
+Several instances in one group run active/standby (:mod:`vigil_runtime.assignors`): the detectors judge every
+partition's data together, so one member holds every partition and the state; another takes them over, restoring
+the state from the changelog, when it leaves.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from vigil_drift.core import DriftCore
 from vigil_drift.metrics import DriftMetrics
 from vigil_drift.settings import Settings
 from vigil_drift.state import ChangelogState
+from vigil_runtime.assignors import one_owner_assignor
 from vigil_runtime.changelog import Changelog, ChangelogRebalanceListener, stop_checkpoint
 from vigil_runtime.kafka import (
     DeadLetters,
@@ -233,6 +238,8 @@ def bootstrap(settings: Settings, core: DriftCore | None = None) -> ServiceRunti
         max_records=settings.max_records,
         batch_timeout_ms=settings.batch_timeout_ms,
         listener=ChangelogRebalanceListener(changelog),
+        # One state judges every partition: all of them to one member, never split between instances.
+        partition_assignment_strategy=(one_owner_assignor(),),
     )
     changelog.consumer_of = lambda: getattr(subscriber, "consumer", None)
 

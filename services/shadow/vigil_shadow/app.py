@@ -9,8 +9,9 @@ Kafka side (FastStream):
   committed by checkpoints (:class:`vigil_runtime.changelog.Changelog`): every ``checkpoint_interval_s`` the
   feature states the batches changed go to the compacted ``shadow.state`` changelog (keyed by encounter, on the
   partition of the encounter's observations), acknowledged, and only then the offsets are committed;
-- ``shadow.join``: live scores, shadow scores, outcomes and observations (subgroup attributes) read WITHOUT a
-  group from the earliest offset: the join state is rebuilt from these durable topics at every start;
+- the join (:mod:`vigil_shadow.joinlog`): live scores, shadow scores, outcomes and observations (subgroup
+  attributes) read WITHOUT a group by every instance. At start the join is restored from its checkpoints in the
+  ``shadow.state`` changelog and read on from the positions they name, not rebuilt from the topics' retention;
 - ``shadow.lifecycle``: registry decisions; a watched model's event refreshes the candidates.
 
 Feature state follows its partitions: on assignment the states of the assigned partitions are read back from the
@@ -59,7 +60,6 @@ from vigil_runtime.provenance import LifecycleGate, LifecycleVerifier
 from vigil_runtime.service import ServiceRuntime, build_http_app
 from vigil_runtime.tracing import SHADOW_STATE_KIND
 from vigil_scoring.scoring import Incoming
-from vigil_shadow import logscan
 from vigil_shadow.api.routes import comparisons, replays
 from vigil_shadow.catalog import Catalog, ModelKey, RegistryReader, ShadowModel
 from vigil_shadow.compare import CompareConfig
@@ -68,6 +68,7 @@ from vigil_shadow.engine import ShadowCore
 from vigil_shadow.guard import ShadowScorePublisher
 from vigil_shadow.jobs import ReplayJobs
 from vigil_shadow.join import JoinState
+from vigil_shadow.joinlog import JoinLog, JoinReader
 from vigil_shadow.replay import ReplayRequest
 from vigil_shadow.settings import Settings
 
@@ -139,10 +140,22 @@ class ShadowService:
             keep=settings.replay_keep,
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self.join_topics = [topics.scores_live, topics.scores_shadow, topics.outcomes, topics.observations]
-        self.join_targets: dict[tuple[str, int], int] | None = None
-        """End offsets of the join's topics at start: the join is rebuilt once it has read up to them."""
-        self.join_seen: dict[tuple[str, int], int] = {}
+        self.join_log = JoinLog(
+            settings.kafka,
+            join=self.join,
+            topic=topics.shadow_state,
+            sink=self.state_sink,
+            kind=SHADOW_STATE_KIND,
+            owned=lambda: self.changelog.owned,
+            interval_s=settings.checkpoint_interval_s,
+            restore_timeout_s=settings.restore_timeout_s,
+        )
+        self.join_reader = JoinReader(
+            settings.kafka,
+            [topics.scores_live, topics.scores_shadow, topics.outcomes, topics.observations],
+            self.join_log,
+            self.join_batch,
+        )
 
     @property
     def restored(self) -> bool:
@@ -151,10 +164,8 @@ class ShadowService:
 
     @property
     def join_rebuilt(self) -> bool:
-        """True once the join has re-read its topics up to where they ended at start."""
-        if self.join_targets is None:
-            return False
-        return all(self.join_seen.get(k, 0) >= end for k, end in self.join_targets.items())
+        """True once the join is restored and has read its topics up to where they ended when reading began."""
+        return self.join_reader.caught_up
 
     def _models_changed(self, models: dict[ModelKey, ShadowModel]) -> None:
         self.core.set_models({k: m.package for k, m in models.items()})
@@ -232,8 +243,6 @@ class ShadowService:
         bad: list[tuple[ConsumerRecord[Any, Any], BaseException | str]] = []
         observations = self.settings.topics.observations
         for record in records:
-            key = (record.topic, record.partition)
-            self.join_seen[key] = max(self.join_seen.get(key, 0), record.offset + 1)
             try:
                 event = any_event_adapter.validate_json(record.value or b"")
             except ValueError as error:
@@ -259,9 +268,12 @@ class ShadowService:
         except Exception as error:  # a bad local spec is a configuration error: say so and stop
             log.error("candidates could not be loaded", extra={"error_type": type(error).__name__})
             raise
-        self.join_targets = await logscan.end_offsets(self.settings.kafka, self.join_topics)
         await self.state_sink.start()
-        self._tasks = [asyncio.create_task(self._periodic()), asyncio.create_task(self.changelog.loop())]
+        self._tasks = [
+            asyncio.create_task(self._periodic()),
+            asyncio.create_task(self.changelog.loop()),
+            asyncio.create_task(self.join_reader.run()),
+        ]
 
     async def stop(self) -> None:
         """Stop replay jobs and the periodic tasks, write the unsaved states, close the registry client."""
@@ -276,6 +288,11 @@ class ShadowService:
             # The consumer has left the group by now, so the commit fails, but the snapshots still reach the
             # changelog: a restart then recognises the replayed records by their offsets instead of re-applying them.
             await stop_checkpoint(self.changelog)
+            # aiokafka leaves the group at stop without revoking: the partitions are still this instance's to save.
+            try:
+                await self.join_log.checkpoint()
+            except Exception as error:  # a restart reads the join again from the last positions saved
+                log.warning("final join checkpoint failed", extra={"error_type": type(error).__name__})
             await self.state_sink.stop()
         if self.catalog.registry is not None:
             await self.catalog.registry.aclose()
@@ -294,6 +311,22 @@ class ShadowService:
                     await self.desk.publish()
             except Exception as error:  # keep running: the next period retries
                 log.warning("periodic comparison failed", extra={"error_type": type(error).__name__})
+
+
+class ShadowRebalanceListener(ChangelogRebalanceListener):
+    """The feature states' moves, and the join's last checkpoint of the partitions about to go."""
+
+    def __init__(self, service: ShadowService) -> None:
+        super().__init__(service.changelog)
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        """Before a rebalance (and at stop): save the join while this instance still writes those partitions."""
+        try:
+            await self.service.join_log.checkpoint()
+        except Exception as error:  # the next owner reads the join again from the last positions saved
+            log.warning("join checkpoint before revocation failed", extra={"error_type": type(error).__name__})
+        await super().on_partitions_revoked(revoked)
 
 
 def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
@@ -330,7 +363,7 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
         decoder=raw_batch_decoder,
-        listener=ChangelogRebalanceListener(service.changelog),
+        listener=ShadowRebalanceListener(service),
         title="shadow.observations",
         description="Canonical observations scored by every shadow-stage candidate (shadow score topic only).",
     )
@@ -342,24 +375,6 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
         processed = await service.on_observations(message)
         metrics.count(topics.observations, "processed", processed)
         metrics.batch_size.labels(SERVICE).observe(len(body))
-
-    @broker.subscriber(
-        topics.scores_live,
-        topics.scores_shadow,
-        topics.outcomes,
-        topics.observations,
-        group_id=None,
-        batch=True,
-        max_records=5000,
-        batch_timeout_ms=50,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.ACK_FIRST,
-        decoder=raw_batch_decoder,
-        title="shadow.join",
-        description="Live and shadow scores, delayed outcomes and subgroup attributes, re-read from the start.",
-    )
-    async def on_join(body: list[bytes], message: KafkaMessage) -> None:
-        await service.join_batch(records_of(message))
 
     @broker.subscriber(
         topics.lifecycle,

@@ -26,6 +26,7 @@ from vigil_scoring.scoring import (
     predict,
 )
 from vigil_shadow.catalog import ModelKey, ModelRefused
+from vigil_shadow.join import is_join_key
 
 
 class ShadowCore:
@@ -75,6 +76,8 @@ class ShadowCore:
 
     def restore(self, encounter: str, value: bytes | None) -> None:
         """Install an encounter's state from its changelog value (a tombstone forgets it)."""
+        if is_join_key(encounter):  # the join's records share the changelog (vigil_shadow.joinlog)
+            return
         self.tracker.restore(encounter, value)
 
     def drop_partitions(self, partitions: Iterable[int]) -> int:

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
+import orjson
 
 from vigil_contracts.events import (
     EncounterRecorded,
@@ -30,6 +32,17 @@ from vigil_contracts.events import (
     RiskScored,
     Stage,
 )
+
+JOIN_KEY = "~join/"
+"""``shadow.state`` key prefix of one encounter's join state (``~`` keeps it apart from encounter ids)."""
+POSITIONS_KEY = "~join@"
+"""``shadow.state`` key prefix of the join reader's positions, one record per changelog partition."""
+
+
+def is_join_key(key: str) -> bool:
+    """Whether a ``shadow.state`` key belongs to the join (the feature-state restore skips these)."""
+    return key.startswith(JOIN_KEY) or key.startswith(POSITIONS_KEY)
+
 
 ScoreKey = tuple[str, int]
 """(encounter, hour)."""
@@ -125,6 +138,11 @@ class JoinState:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     attributes: dict[str, Attributes] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=lambda: {"live": 0, "shadow": 0, "outcome": 0, "ignored": 0})
+    hours: dict[str, set[tuple[str, str, int]]] = field(default_factory=dict)
+    """Per encounter, the scores it holds as (model name, candidate version or "" for live, hour): what one
+    encounter's snapshot writes, found without scanning every table."""
+    changed: set[str] = field(default_factory=set)
+    """Encounters whose join state changed since the changelog last took them (:mod:`vigil_shadow.joinlog`)."""
 
     # --- feeding ---------------------------------------------------------------------------------------
 
@@ -153,9 +171,11 @@ class JoinState:
         )
         if score.stage is Stage.PRODUCTION:
             table = self.live.setdefault(score.model_name, {})
+            version = ""
             self.counts["live"] += 1
         elif score.stage is Stage.SHADOW:
-            table = self.shadow.setdefault((score.model_name, str(score.model_version)), {})
+            version = str(score.model_version)
+            table = self.shadow.setdefault((score.model_name, version), {})
             self.counts["shadow"] += 1
         else:
             self.counts["ignored"] += 1
@@ -163,12 +183,15 @@ class JoinState:
         key = (score.encounter, int(score.hour))
         if _better(point, table.get(key)):
             table[key] = point
+            self.hours.setdefault(score.encounter, set()).add((score.model_name, version, int(score.hour)))
+            self.changed.add(score.encounter)
         return True
 
     def add_outcome(self, outcome: OutcomeRecorded) -> None:
         """A delayed outcome; sepsis (with its onset) takes precedence over discharge or death."""
         state = self.outcomes.setdefault(outcome.encounter, Outcome())
         self.counts["outcome"] += 1
+        self.changed.add(outcome.encounter)
         if outcome.outcome == "sepsis":
             state.septic = True
             if outcome.onset_at is not None and (state.sepsis_onset is None or outcome.onset_at < state.sepsis_onset):
@@ -182,11 +205,76 @@ class JoinState:
         if isinstance(event, EncounterRecorded):
             if event.unit is not None:
                 self.attributes.setdefault(event.encounter, Attributes()).unit = event.unit
+                self.changed.add(event.encounter)
             return True
         if isinstance(event, ObservationRecorded) and event.encounter and event.feature in ("age", "sex"):
             setattr(self.attributes.setdefault(event.encounter, Attributes()), event.feature, float(event.value))
+            self.changed.add(event.encounter)
             return True
         return False
+
+    # --- one encounter as a changelog value (vigil_shadow.joinlog) -------------------------------------------
+
+    def holds(self, encounter: str) -> bool:
+        """Whether the join knows anything of ``encounter``."""
+        return encounter in self.hours or encounter in self.outcomes or encounter in self.attributes
+
+    def encounter_snapshot(self, encounter: str) -> bytes:
+        """Everything the join holds of one encounter, as JSON (never pickle: the value is read back from a topic)."""
+        scores = []
+        for name, version, hour in sorted(self.hours.get(encounter, ())):
+            table = self.shadow.get((name, version)) if version else self.live.get(name)
+            p = (table or {}).get((encounter, hour))
+            if p is not None:
+                scores.append(
+                    [name, version, hour, p.probability, p.alert, p.threshold, p.data_time, p.observations, p.version]
+                )
+        outcome = self.outcomes.get(encounter)
+        attributes = self.attributes.get(encounter)
+        value: dict[str, Any] = {
+            "scores": scores,
+            "outcome": None
+            if outcome is None
+            else [outcome.sepsis_onset, outcome.septic, outcome.ended, outcome.recorded_at],
+            "attributes": None if attributes is None else [attributes.age, attributes.sex, attributes.unit],
+        }
+        return orjson.dumps(value)
+
+    def restore_encounter(self, encounter: str, value: bytes) -> None:
+        """Install what :meth:`encounter_snapshot` wrote, merged with what is held (the better score wins)."""
+        raw = orjson.loads(value)
+        for name, version, hour, probability, alert, threshold, data_time, observations, scored_by in raw["scores"]:
+            point = ScorePoint(
+                probability=float(probability),
+                alert=bool(alert),
+                threshold=float(threshold),
+                data_time=datetime.fromisoformat(data_time),
+                observations=int(observations),
+                version=str(scored_by),
+                hour=int(hour),
+            )
+            table = self.shadow.setdefault((name, version), {}) if version else self.live.setdefault(name, {})
+            key = (encounter, int(hour))
+            if _better(point, table.get(key)):
+                table[key] = point
+                self.hours.setdefault(encounter, set()).add((name, version, int(hour)))
+        if raw["outcome"] is not None:
+            onset, septic, ended, recorded_at = raw["outcome"]
+            state = self.outcomes.setdefault(encounter, Outcome())
+            if onset is not None:
+                onset_at = datetime.fromisoformat(onset)
+                state.sepsis_onset = onset_at if state.sepsis_onset is None else min(state.sepsis_onset, onset_at)
+            state.septic = state.septic or bool(septic)
+            state.ended = state.ended or bool(ended)
+            if recorded_at is not None:
+                at = datetime.fromisoformat(recorded_at)
+                state.recorded_at = at if state.recorded_at is None else max(state.recorded_at, at)
+        if raw["attributes"] is not None:
+            age, sex, unit = raw["attributes"]
+            held = self.attributes.setdefault(encounter, Attributes())
+            held.age = held.age if age is None else float(age)
+            held.sex = held.sex if sex is None else float(sex)
+            held.unit = held.unit if unit is None else str(unit)
 
     def snapshot(self) -> JoinState:
         """A copy to compute on in another thread while the event loop keeps feeding this one."""
