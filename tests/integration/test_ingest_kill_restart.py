@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from tests.conftest import settings_kafka_env
+from tests.processes import free_port
 from vigil_contracts.events import canonical_event_adapter
 from vigil_ingest.mapping import Mapper
 from vigil_runtime.kafka import ensure_topics
@@ -44,12 +44,6 @@ def observation(i: int) -> bytes:
             "valueQuantity": {"value": 60 + i % 80, "unit": "/min", "system": "http://unitsofmeasure.org"},
         }
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_ingest(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:

@@ -13,14 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from bench.support import events_of, load_stays, offline_predictions, package_path
 from tests.conftest import settings_kafka_env
@@ -34,30 +28,24 @@ from tests.integration.test_scorer_service import (
     publish,
     settings_for,
 )
+from tests.processes import ServiceProcess, free_port
 from vigil_contracts import events as ev
 from vigil_runtime.kafka import ensure_topics
 from vigil_scoring.model_package import ModelPackage
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ScorerProcess:
+class ScorerProcess(ServiceProcess):
     """``python -m vigil_scorer`` with the test's settings in its environment."""
 
     def __init__(self, settings: Any, tmp_path: Path, name: str) -> None:
-        self.port = free_port()
-        self.log = tmp_path / f"{name}.log"
+        port = free_port()
         env = {
             **os.environ,
             **settings_kafka_env(settings),
             "VIGIL_TOPIC_PREFIX": settings.topic_prefix,
             "VIGIL_PARTITIONS": str(settings.partitions),
             "VIGIL_LOG_LEVEL": "WARNING",
-            "SCORER_HTTP_PORT": str(self.port),
+            "SCORER_HTTP_PORT": str(port),
             "SCORER_GROUP_ID": settings.group_id,
             "SCORER_REGISTRY_URL": settings.registry_url,
             "SCORER_DEFAULT_MODEL_PATH": str(settings.default_model_path),
@@ -68,38 +56,7 @@ class ScorerProcess:
             # model can score (refused outside development); what they test is the state's recovery.
             "SCORER_DEVELOPMENT": "true",
         }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vigil_scorer"], env=env, stdout=subprocess.DEVNULL, stderr=self.log.open("wb")
-        )
-
-    async def metrics(self) -> str:
-        async with httpx.AsyncClient() as http:
-            return (await http.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5)).text
-
-    async def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        async with httpx.AsyncClient() as http:
-            while asyncio.get_running_loop().time() < deadline:
-                assert self.proc.poll() is None, self.log.read_text()[-2000:]
-                try:
-                    if (await http.get(f"http://127.0.0.1:{self.port}/ready", timeout=2)).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.2)
-        raise AssertionError("scorer not ready: " + self.log.read_text()[-2000:])
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        super().__init__("vigil_scorer", env, port, tmp_path / f"{name}.log")
 
 
 def check_scores(scores: list[ev.RiskScored], stays: Any, events: list[Any]) -> int:

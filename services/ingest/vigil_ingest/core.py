@@ -25,6 +25,12 @@ from vigil_runtime.metrics import ServiceMetrics
 log = logging.getLogger(__name__)
 
 Undo = list[tuple[str, Any]]
+OFF_LOOP_EVENTS = 2_000
+"""From this many events, the dedupe memory is read and written in the mapping thread: for a 15 MB Bundle's 34,000
+events each pass held the loop for tens of milliseconds (py-spy, issue 15). Smaller requests stay on the loop, where
+a thread hop would cost more than the work. A small request's call may then interleave with a large one's; that is
+safe: each dict operation is atomic under the interpreter lock, neither call iterates the memory, and an id seen
+half-way is the same as one seen before or after (published events carry deterministic ids)."""
 T = TypeVar("T")
 
 
@@ -108,7 +114,8 @@ class IngestCore:
         published. Records already handed to the producer may still reach the topic later; a retry then
         republishes them under the same event ids, which consumers deduplicate.
         """
-        fresh, duplicates = self.deduper.fresh(events)
+        large = len(events) >= OFF_LOOP_EVENTS
+        fresh, duplicates = await self.in_worker(self.deduper.fresh, events) if large else self.deduper.fresh(events)
         sending = self.publisher.publish_all(self.topic, fresh)
         if timeout is None:
             await sending
@@ -117,7 +124,10 @@ class IngestCore:
                 await asyncio.wait_for(sending, timeout)
             except TimeoutError as error:
                 raise PublishTimeout(timeout) from error
-        self.deduper.remember(fresh)
+        if large:
+            await self.in_worker(self.deduper.remember, fresh)
+        else:
+            self.deduper.remember(fresh)
         self.metrics.count(self.topic, "published", len(fresh))
         self.metrics.count(self.topic, "duplicate", duplicates)
         return fresh, duplicates

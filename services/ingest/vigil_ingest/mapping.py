@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ from vigil_contracts.events import (
 )
 from vigil_contracts.vocabulary import SYSTEMIC_PRESSURE_FEATURES, VOCABULARY, Measurement
 from vigil_ingest.local_codes import LOCAL_CODES
-from vigil_ingest.pressure import pressure_site
+from vigil_ingest.pressure import PressureSites
 from vigil_ingest.units import UCUM_SYSTEMS, UnitConverter, UnitError
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,10 @@ class _EncounterInfo:
     start: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
+# The per-reading records below are plain slotted dataclasses, not frozen ones: a frozen dataclass sets each
+# field through object.__setattr__, about four times the cost of construction, and three are made per
+# Observation on ingest's hot path (bench/bench_ingest.py). Nothing changes them after construction.
+@dataclass(slots=True)
 class _Value:
     """One value read from an Observation (or a demographic): the feature, in its canonical unit."""
 
@@ -227,7 +231,7 @@ class _Value:
     unit: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Where:
     """Whose reading, of which source, when: what every reading of one resource shares."""
 
@@ -249,7 +253,7 @@ class _Sites:
     refusals: list[str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Identity:
     """The version a resource's readings are published under, its content digest, and whether it corrects."""
 
@@ -266,6 +270,8 @@ class _Context:
     report_times: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)
     system: str | None = None
     depth: int = 0
+    digests: dict[int, str] = field(default_factory=dict)
+    """Content digests of the bundle's Observations by ``id()`` (computed once for the repeat check, reused)."""
 
 
 def _codings(concept: Any) -> list[dict[str, Any]]:
@@ -341,8 +347,12 @@ def strip_bom(data: bytes) -> bytes:
 
 def content_digest(resource: dict[str, Any]) -> str:
     """What a resource says, without its bookkeeping (meta, narrative): equal digests mean the same content."""
-    body = {k: v for k, v in resource.items() if k not in ("meta", "text")}
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    if "meta" in resource or "text" in resource:
+        # A shallow copy without them: a C-level copy and two pops cost half a filtering dict comprehension.
+        resource = dict(resource)
+        resource.pop("meta", None)
+        resource.pop("text", None)
+    return hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 @dataclass(slots=True)
@@ -392,7 +402,13 @@ class TimeRules:
 
     def problem(self, observed_at: datetime, birth: datetime | None, encounter_start: datetime | None) -> str | None:
         """Why ``observed_at`` cannot be believed, or None."""
-        if observed_at > self.clock() + self.future_skew:
+        if self.clock is utcnow:
+            # The default clock, read as a float: ``datetime.now(UTC)`` and the datetime sum cost a few percent
+            # of mapping a reading (py-spy on bench/bench_ingest.py's core); the comparison is the same instant.
+            late = observed_at.timestamp() > time.time() + self.future_skew.total_seconds()
+        else:
+            late = observed_at > self.clock() + self.future_skew
+        if late:
             return (
                 f"effective time is later than ingest's clock plus the allowed skew "
                 f"({int(self.future_skew.total_seconds())} s): a clock error or a typo"
@@ -586,7 +602,7 @@ class Mapper:
             if r_type != "Observation":
                 continue
             key = (rid, _version(resource.get("meta")))
-            digest = content_digest(resource)
+            digest = ctx.digests[id(resource)] = content_digest(resource)
             seen = first_of.get(key)
             if seen is None:
                 first_of[key] = (digest, position)
@@ -1025,7 +1041,7 @@ class Mapper:
         patient, encounter = self._subject_and_encounter(res, ctx, contained, counts)
         raw_status = res.get("status")
         status = raw_status if isinstance(raw_status, str) else None
-        identity = self._identity(res, rid, status)
+        identity = self._identity(res, rid, status, ctx.digests.get(id(res)))
         source = SourceRef(resource_type="Observation", resource_id=rid, version_id=identity.version, system=ctx.system)
         features = [f for f in (feature, *(f for f, _ in components)) if f is not None]
 
@@ -1125,18 +1141,22 @@ class Mapper:
         Systolic/diastolic/mean codes of a pulmonary, atrial, ventricular or venous panel are not systemic arterial
         pressure (``vigil_ingest.pressure`` has the rule).
         """
+        pressures = [comp for f, comp in components if f in SYSTEMIC_PRESSURE_FEATURES]
+        if feature not in SYSTEMIC_PRESSURE_FEATURES and not pressures:
+            return _Sites(feature, components, [], [])  # no pressure: nothing to judge (most readings)
         notes: list[str] = []
         refusals: list[str] = []
+        sites = PressureSites(res)  # the Observation's own concepts, read once for all its components
         if feature in SYSTEMIC_PRESSURE_FEATURES:
-            verdict = pressure_site(res, None)
+            verdict = sites.of(None)
             if verdict.verdict != "systemic":
                 notes.append(verdict.reason)
                 feature = None
-        if any(f in SYSTEMIC_PRESSURE_FEATURES for f, _ in components):
+        if pressures:
             kept: list[tuple[str, dict[str, Any]]] = []
             for comp_feature, comp in components:
                 if comp_feature in SYSTEMIC_PRESSURE_FEATURES:
-                    verdict = pressure_site(res, comp)
+                    verdict = sites.of(comp)
                     if verdict.verdict == "other":
                         notes.append(verdict.reason)
                         continue
@@ -1145,10 +1165,13 @@ class Mapper:
                         continue
                 kept.append((comp_feature, comp))
             components = kept
-        sites = _Sites(feature, components, list(dict.fromkeys(notes)), list(dict.fromkeys(refusals)))
-        counts["not_systemic_pressure"] += len(sites.notes)
-        counts["pressure_site_unknown"] += len(sites.refusals)
-        return sites
+        if notes:
+            notes = list(dict.fromkeys(notes))
+            counts["not_systemic_pressure"] += len(notes)
+        if refusals:
+            refusals = list(dict.fromkeys(refusals))
+            counts["pressure_site_unknown"] += len(refusals)
+        return _Sites(feature, components, notes, refusals)
 
     def _subject_and_encounter(
         self, res: dict[str, Any], ctx: _Context, contained: dict[str, dict[str, Any]], counts: Counter[str]
@@ -1166,7 +1189,7 @@ class Mapper:
             counts["no_encounter"] += 1
         return patient, encounter
 
-    def _identity(self, res: dict[str, Any], rid: str, status: str | None) -> _Identity:
+    def _identity(self, res: dict[str, Any], rid: str, status: str | None, digest: str | None = None) -> _Identity:
         """The version to publish under: a repeat keeps its ids, new content for a known id is a correction.
 
         The same content is a repeat (the same event ids, answered 200); new content is a correction, published as
@@ -1174,7 +1197,8 @@ class Mapper:
         has replaced. New content under the same explicit version is a conflict.
         """
         version = _version(res.get("meta"))
-        digest = content_digest(res)
+        if digest is None:
+            digest = content_digest(res)
         known = self.contents.get(rid)
         correction = False
         if known is not None and digest != known.latest:

@@ -21,6 +21,7 @@ Sources: see the vocabulary's table.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -62,13 +63,6 @@ def _system_of(system: Any) -> str | None:
     return None
 
 
-def _codings(concept: Any) -> list[dict[str, Any]]:
-    if not isinstance(concept, dict):
-        return []
-    codings = concept.get("coding")
-    return [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
-
-
 def _concepts(value: Any) -> list[dict[str, Any]]:
     if isinstance(value, dict):
         return [value]
@@ -93,44 +87,95 @@ def _lookup(coding: dict[str, Any]) -> tuple[SiteCode | None, str | None]:
     return row, None
 
 
-def _texts(concept: dict[str, Any]) -> list[str]:
-    texts = [concept["text"]] if isinstance(concept.get("text"), str) else []
-    texts.extend(c["display"] for c in _codings(concept) if isinstance(c.get("display"), str))
-    return texts
+_ANY_WORD = re.compile("|".join(re.escape(word) for word in NON_SYSTEMIC_WORDS))
+"""A one-pass filter: only a text that holds some word is searched word by word (for the list's first word)."""
+
+
+def _scan(concepts: list[dict[str, Any]], *, context: bool) -> tuple[SiteVerdict | None, bool]:
+    """The first sign of another site in ``concepts`` (in order), and whether a systemic code names the context.
+
+    ``context``: the concepts are the Observation's own (its code, bodySite, method, category), whose systemic
+    codes make its components systemic; a component's own code does not. Per concept, its codes are judged before
+    its texts (its ``text``, then its codings' displays), as the rule reads them. One pass over each concept's
+    codings: this runs for every blood pressure ingest maps.
+    """
+    systemic_context = False
+    for concept in concepts:
+        raw = concept.get("coding")
+        displays: list[str] = []
+        if isinstance(raw, list):
+            for coding in raw:
+                if not isinstance(coding, dict):
+                    continue
+                display = coding.get("display")
+                if isinstance(display, str):
+                    displays.append(display)
+                row, ieee_other = _lookup(coding)
+                if ieee_other is not None:
+                    verdict = SiteVerdict("other", f"a pressure of {ieee_other}, not systemic arterial blood pressure")
+                    return verdict, False
+                if row is None:
+                    continue
+                if row.site == "other":
+                    reason = f"{row.name} ({row.system} {row.code}) is not systemic arterial blood pressure"
+                    return SiteVerdict("other", reason), False
+                if row.site == "systemic" and context:
+                    systemic_context = True
+        text = concept.get("text")
+        for named in [text, *displays] if isinstance(text, str) else displays:
+            lowered = named.lower()
+            if _ANY_WORD.search(lowered) is None:
+                continue
+            for word in NON_SYSTEMIC_WORDS:
+                if word in lowered:
+                    reason = f"a pressure named '{word}': not systemic arterial blood pressure"
+                    return SiteVerdict("other", reason), False
+    return None, systemic_context
+
+
+_SYSTEMIC = SiteVerdict("systemic", "")
+_UNKNOWN = SiteVerdict(
+    "unknown",
+    "blood-pressure components in a panel that names no systemic arterial site (code, bodySite): "
+    "not taken as systemic arterial pressure",
+)
+
+
+class PressureSites:
+    """The site rule for one Observation: its own concepts are read once, however many components ask.
+
+    The Observation's code, bodySite, method and category are the same for each of its components; reading them
+    per component (as one ``pressure_site`` call each) cost a BP panel about twice the rest of its mapping
+    (bench/bench_ingest.py, issue 18 item 7). The verdicts are the same as evaluating the rule's concepts in order:
+    the panel's code, the component's code, then bodySite, method and category.
+    """
+
+    __slots__ = ("_around", "_around_systemic", "_panel", "_panel_systemic")
+
+    def __init__(self, observation: dict[str, Any]) -> None:
+        self._panel, self._panel_systemic = _scan(_concepts(observation.get("code")), context=True)
+        around = (
+            _concepts(observation.get("bodySite"))
+            + _concepts(observation.get("method"))
+            + _concepts(observation.get("category"))
+        )
+        self._around, self._around_systemic = _scan(around, context=True)
+
+    def of(self, component: dict[str, Any] | None) -> SiteVerdict:
+        """Where the pressure of ``component`` (or of the Observation itself when None) was measured."""
+        if self._panel is not None:
+            return self._panel
+        if component is not None:
+            own, _ = _scan(_concepts(component.get("code")), context=False)
+            if own is not None:
+                return own
+        if self._around is not None:
+            return self._around
+        if component is None or self._panel_systemic or self._around_systemic:
+            return _SYSTEMIC
+        return _UNKNOWN
 
 
 def pressure_site(observation: dict[str, Any], component: dict[str, Any] | None) -> SiteVerdict:
     """Where the pressure of ``component`` (or of the Observation itself when None) was measured."""
-    panel = _concepts(observation.get("code"))
-    own = _concepts(component.get("code")) if component is not None else []
-    around = (
-        _concepts(observation.get("bodySite"))
-        + _concepts(observation.get("method"))
-        + _concepts(observation.get("category"))
-    )
-    systemic_context = False
-    for concept in panel + own + around:
-        for coding in _codings(concept):
-            row, ieee_other = _lookup(coding)
-            if ieee_other is not None:
-                return SiteVerdict("other", f"a pressure of {ieee_other}, not systemic arterial blood pressure")
-            if row is None:
-                continue
-            if row.site == "other":
-                return SiteVerdict(
-                    "other", f"{row.name} ({row.system} {row.code}) is not systemic arterial blood pressure"
-                )
-            if row.site == "systemic" and concept is not None and any(concept is c for c in panel + around):
-                systemic_context = True
-        for text in _texts(concept):
-            lowered = text.lower()
-            for word in NON_SYSTEMIC_WORDS:
-                if word in lowered:
-                    return SiteVerdict("other", f"a pressure named '{word}': not systemic arterial blood pressure")
-    if component is None or systemic_context:
-        return SiteVerdict("systemic", "")
-    return SiteVerdict(
-        "unknown",
-        "blood-pressure components in a panel that names no systemic arterial site (code, bodySite): "
-        "not taken as systemic arterial pressure",
-    )
+    return PressureSites(observation).of(component)

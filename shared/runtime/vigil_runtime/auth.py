@@ -31,6 +31,7 @@ from typing import Annotated, Any
 
 import jwt
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 log = logging.getLogger(__name__)
@@ -333,8 +334,17 @@ def requires(*scopes: str) -> Callable[[Principal], Principal]:
     return check
 
 
-def operations_access(request: Request) -> None:
-    """``/health``, ``/ready`` and ``/metrics``: open unless the service is configured to protect them."""
+async def operations_access(request: Request) -> None:
+    """``/health``, ``/ready`` and ``/metrics``: open unless the service is configured to protect them.
+
+    Async, so FastAPI runs it on the loop: a plain ``def`` dependency costs every liveness probe a hop through the
+    thread pool (and its waits for the interpreter lock while a worker thread maps a large Bundle). A remote JWKS may
+    be fetched while verifying, so that case still goes to the pool.
+    """
     authenticator: Authenticator | None = getattr(request.app.state, "auth", None)
-    if authenticator is not None and authenticator.protect_operations:
-        authenticator.authenticate(request.headers.get("authorization"))
+    if authenticator is None or not authenticator.protect_operations:
+        return
+    if authenticator.jwt is None:
+        authenticator.authenticate(request.headers.get("authorization"))  # static tokens: a lookup, no I/O
+    else:
+        await run_in_threadpool(authenticator.authenticate, request.headers.get("authorization"))

@@ -35,10 +35,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def bootstrap_servers(servers: str) -> list[str]:
+    """``host:port`` entries of a comma-separated bootstrap list (blanks dropped)."""
+    return [s.strip() for s in servers.split(",") if s.strip()]
+
+
 def make_broker(settings: VigilSettings, *, client_id: str, logger: logging.Logger | None = None) -> KafkaBroker:
     """A FastStream Kafka broker whose producer waits for all in-sync replicas and never duplicates on retry."""
     return KafkaBroker(
-        settings.kafka_bootstrap_servers,
+        # A list, not the comma-separated string: FastStream wraps a string into a one-element list, which
+        # aiokafka then reads as one host "a:1,b:2,c" with port 3 (no service could join a three-broker cluster).
+        bootstrap_servers(settings.kafka_bootstrap_servers),
         security=settings.kafka.faststream_security(),
         client_id=client_id,
         acks=PRODUCER_ACKS,

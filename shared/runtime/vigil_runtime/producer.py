@@ -10,6 +10,7 @@ Each record carries Vigil's headers (``vigil_contracts.headers``), set here thro
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -20,11 +21,16 @@ from vigil_runtime.kafka_security import KafkaConnection
 from vigil_runtime.replication import PRODUCER_ACKS
 from vigil_runtime.tracing import Kind, kind_of, sending
 
-YIELD_EVERY = 256
-"""Records sent between two yields to the event loop. aiokafka's ``send`` returns without yielding while its buffer
-has room, so a large Bundle's events were encoded and sent in one stretch of the loop (encoding alone took 1.9 s
-for 36,000 events on the loaded test machine), ``/health`` waiting behind it; yielding every few hundred records
-lets it answer in between."""
+YIELD_AFTER_S = 0.005
+"""Longest stretch of sending between two yields to the event loop. aiokafka's ``send`` returns without yielding
+while its buffer has room, so a large Bundle's events were encoded and sent in one stretch of the loop (encoding
+alone took 1.9 s for 36,000 events on the loaded test machine), ``/health`` waiting behind it. A fixed count (256
+records) still left stretches of ~0.14 s where encoding was slow (py-spy on a 15 MB Bundle): the bound is on time,
+checked per record (a clock read costs well under a microsecond)."""
+
+ACK_CHUNK = 1024
+"""Acknowledgements awaited per ``gather``: one gather over 34,000 futures attaches (and later runs) all their
+callbacks in one stretch of the loop; chunks of a thousand keep each stretch to about a millisecond."""
 
 
 class AckedProducer:
@@ -103,30 +109,59 @@ class AckedProducer:
             self._producer = None
 
     async def send_all(
-        self, topic: str, items: Sequence[tuple[bytes | None, bytes | None, int | None]], *, kind: Kind
+        self, topic: str, items: Sequence[tuple[bytes | None, bytes | None, int | None]], *, kind: Kind | None
     ) -> None:
-        """Send pre-encoded (key, value, partition) records of one ``kind`` and wait until all are acknowledged."""
+        """Send pre-encoded (key, value, partition) records of one ``kind`` and wait until all are acknowledged.
+
+        ``kind`` None: records that are not Vigil events (raw FHIR), sent with the correlation and trace headers only.
+        """
         if not items:
             return
         send = self.producer.send
+        clock = time.perf_counter
+        until = clock() + YIELD_AFTER_S
         with sending(topic) as out:
             futures = []
-            for i, (key, value, partition) in enumerate(items):
-                if i and i % YIELD_EVERY == 0:
+            for key, value, partition in items:
+                if clock() >= until:
                     await asyncio.sleep(0)
+                    until = clock() + YIELD_AFTER_S
                 futures.append(await send(topic, value, key=key, partition=partition, headers=out.headers(kind, key)))
-            await asyncio.gather(*futures)
+            await _acknowledged(futures)
 
     async def publish_all(self, topic: str, events: Sequence[Event]) -> None:
         """Send every event keyed by its ``key``; returns once all are acknowledged."""
         if not events:
             return
         send = self.producer.send
+        clock = time.perf_counter
+        until = clock() + YIELD_AFTER_S
         with sending(topic) as out:
             futures = []
-            for i, ev in enumerate(events):
-                if i and i % YIELD_EVERY == 0:
+            for ev in events:
+                if clock() >= until:
                     await asyncio.sleep(0)
+                    until = clock() + YIELD_AFTER_S
                 key = ev.key_bytes()
                 futures.append(await send(topic, encode(ev), key=key, headers=out.headers(kind_of(type(ev)), key)))
-            await asyncio.gather(*futures)
+            await _acknowledged(futures)
+
+
+def _retrieve(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a failure already raised for an earlier chunk is not logged again
+
+
+async def _acknowledged(futures: list[asyncio.Future[object]]) -> None:
+    """Wait for every future (a chunk at a time); the first failure raises, as one ``gather`` would."""
+    for at in range(0, len(futures), ACK_CHUNK):
+        try:
+            await asyncio.gather(*futures[at : at + ACK_CHUNK])
+        except asyncio.CancelledError:
+            for rest in futures[at + ACK_CHUNK :]:
+                rest.cancel()  # as one gather cancelled would: all of them
+            raise
+        except BaseException:
+            for rest in futures[at + ACK_CHUNK :]:
+                rest.add_done_callback(_retrieve)
+            raise

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -96,7 +97,7 @@ async def fhir_error_handler(request: Request, error: FhirError) -> Response:
     return fhir_response(operation_outcome([("error", error.code, error.diagnostics)]), error.status, error.headers)
 
 
-def fhir_write(request: Request) -> Principal:
+async def fhir_write(request: Request) -> Principal:
     """The caller must hold ``system/<type>.write`` for the resource type it writes (SMART Backend Services).
 
     A Bundle is checked as an Observation write: what ingest keeps from any Bundle is observations (and the
@@ -104,9 +105,17 @@ def fhir_write(request: Request) -> Principal:
 
     A refusal is an OperationOutcome (``login``/``forbidden``) with the ``WWW-Authenticate`` challenge; the
     operations routes keep the frame's JSON refusals, as their documents say.
+
+    Async, as are the other dependencies of the FHIR routes: FastAPI runs a plain ``def`` dependency in its thread
+    pool, a hop per dependency per request (py-spy of single-resource posts: about a sixth of the loop's time in
+    dependency solving and thread hand-overs). Static tokens are a lookup; a JWT with a remote JWKS, which may be
+    fetched while verifying, still goes to the pool.
     """
     try:
-        principal = current_principal(request)
+        if request.app.state.auth.jwt is None:
+            principal = current_principal(request)
+        else:
+            principal = await run_in_threadpool(current_principal, request)
         resource_type = request.path_params.get("resource_type") or "Observation"
         required = f"system/{resource_type}.write"
         if not principal.allows(required):
@@ -123,13 +132,13 @@ FhirWriter = [Depends(fhir_write)]
 """The dependencies of every FHIR write route."""
 
 
-def get_core(request: Request) -> IngestCore:
+async def get_core(request: Request) -> IngestCore:
     """The app's ingest core (mapping, dedupe, publishing)."""
     core: IngestCore = request.app.state.ingest_core
     return core
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The service's settings."""
     settings: Settings = request.app.state.ingest_settings
     return settings
