@@ -54,6 +54,15 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
         f"{card['model_type']}; feature set `{card['feature_set_version']}` ({len(card['features'])} features); "
         f"model sha256 `{card['sha256']}`; created {card['created_at']}.",
+        *(
+            [
+                "",
+                f"Masked feature groups: {', '.join(card['features_masked']['groups'])} "
+                f"({len(card['features_masked']['columns'])} columns). {card['features_masked']['why']}",
+            ]
+            if card.get("features_masked")
+            else []
+        ),
         "",
         "## Intended use",
         "",

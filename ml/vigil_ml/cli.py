@@ -28,6 +28,14 @@ def train_cmd(
     max_iter: int = typer.Option(None, help="Boosting iterations (default 300)."),
     learning_rate: float = typer.Option(None, help="Boosting learning rate (default 0.05)."),
     max_leaf_nodes: int = typer.Option(None, help="Leaves per tree (default 31)."),
+    min_samples_leaf: int = typer.Option(None, help="Minimum training rows per leaf (default 200)."),
+    l2_regularization: float = typer.Option(None, help="L2 penalty on leaf values (default 1.0)."),
+    drop_feature_groups: str = typer.Option(
+        "",
+        "--drop-feature-groups",
+        help="Comma-separated feature groups masked for the fit (vital_last, vital_window, lab_last, measurement, "
+        "derived, context); the package keeps the full input and ignores them.",
+    ),
     n_boot: int = typer.Option(200, help="Bootstrap resamples for the CIs."),
     hold_out_sample: bool = typer.Option(True, help="Drop the bundled sample's patients before splitting."),
     alert_budget_of: Path = typer.Option(
@@ -39,17 +47,32 @@ def train_cmd(
     """Train the baseline and the gradient-boosted model, export ONNX, validate and write a package."""
     from vigil_ml import data as vdata
     from vigil_ml.train import TrainConfig, train
+    from vigil_scoring.features import FEATURE_GROUPS
 
     path = data_path or vdata.SHARED_SET_A
+    groups = tuple(g.strip() for g in drop_feature_groups.split(",") if g.strip())
+    if set(groups) - set(FEATURE_GROUPS):
+        raise typer.BadParameter(
+            f"unknown groups {sorted(set(groups) - set(FEATURE_GROUPS))}; known: {', '.join(FEATURE_GROUPS)}",
+            param_hint="--drop-feature-groups",
+        )
     if not path.exists():
         raise typer.BadParameter(f"{path} not found; pass --data PARQUET (PhysioNet-format rows)", param_hint="--data")
     cfg = TrainConfig(name=name, version=version, seed=seed, max_stays=max_stays, n_boot=n_boot)
     cfg.hold_out_sample = hold_out_sample
+    cfg.drop_feature_groups = groups
     if alert_budget_of is not None:
         if not (alert_budget_of / "manifest.json").is_file():
             raise typer.BadParameter(f"{alert_budget_of} is not a model package", param_hint="--alert-budget-of")
         cfg.alert_budget_of = str(alert_budget_of)
-    for key, value in (("max_iter", max_iter), ("learning_rate", learning_rate), ("max_leaf_nodes", max_leaf_nodes)):
+    hgb_options = {
+        "max_iter": max_iter,
+        "learning_rate": learning_rate,
+        "max_leaf_nodes": max_leaf_nodes,
+        "min_samples_leaf": min_samples_leaf,
+        "l2_regularization": l2_regularization,
+    }
+    for key, value in hgb_options.items():
         if value is not None:
             cfg.hgb[key] = value
     run = out or vdata.REPO_ROOT / "ml" / "runs" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

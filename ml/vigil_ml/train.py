@@ -42,7 +42,7 @@ from vigil_ml.onnx_export import (
     snap_thresholds_to_float32,
     to_onnx_bytes,
 )
-from vigil_scoring.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, offline_features
+from vigil_scoring.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, group_columns, offline_features
 from vigil_scoring.model_package import ModelPackage, write_manifest
 from vigil_scoring.reference import build_reference
 
@@ -54,6 +54,10 @@ HGB_DEFAULT: dict[str, Any] = {
     "l2_regularization": 1.0,
     "max_bins": 255,
 }
+
+MASK_VALUE = 0.0
+"""What a masked column holds in every training row. A constant rather than NaN: a column with no value at all
+makes scikit-learn 1.9's binning fail, and a single distinct value gives no split threshold, so no tree uses it."""
 
 
 @dataclass
@@ -81,6 +85,11 @@ class TrainConfig:
     alert_budget_of: str | None = None
     """A model package this model would replace: its alert-hour rate on this run's validation rows, at its own
     operating threshold, caps ours (the operating threshold is the best within that alarm burden)."""
+    drop_feature_groups: tuple[str, ...] = ()
+    """Feature groups (``vigil_scoring.features.FEATURE_GROUPS``) masked for the fit: their columns hold one
+    constant (MASK_VALUE) in every training row, so no tree splits on them and the model ignores them when served
+    the full input (the package keeps the 183-column ``physionet-hourly-v1`` input, so serving, the scorer and
+    parity are unchanged)."""
 
 
 @dataclass
@@ -158,26 +167,34 @@ def train(data_path: str | Path, out_dir: str | Path, config: TrainConfig | None
     pid = df["patient_id"].to_numpy()
     parts = {k: np.isin(pid, getattr(split, k)) for k in ("train", "valid", "test")}
 
+    masked = mask_columns(cfg.drop_feature_groups)
+    X_fit = X
+    if masked:
+        X_fit = X.copy()
+        X_fit[:, masked] = MASK_VALUE
+
     t0 = time.monotonic()
-    hgb = build_hgb(cfg.seed, cfg.hgb).fit(X[parts["train"]], y[parts["train"]])
+    hgb = build_hgb(cfg.seed, cfg.hgb).fit(X_fit[parts["train"]], y[parts["train"]])
     t_hgb = time.monotonic() - t0
     snap_thresholds_to_float32(hgb)
     # Export and parity first: a model that cannot be served identically must fail before anything else runs.
     onnx_bytes = to_onnx_bytes(hgb, X.shape[1])
     held = parts["valid"] | parts["test"]
     parity_diff = parity(hgb, onnx_bytes, X[held])
+    if masked:
+        check_ignores_masked(hgb, X[held], masked)
 
     t0 = time.monotonic()
     train_rows = np.flatnonzero(parts["train"])
     if cfg.lr_max_rows is not None and len(train_rows) > cfg.lr_max_rows:
         train_rows = np.sort(np.random.default_rng(cfg.seed).choice(train_rows, cfg.lr_max_rows, replace=False))
-    lr = build_lr(cfg.seed, cfg.lr_c).fit(X[train_rows], y[train_rows])
+    lr = build_lr(cfg.seed, cfg.lr_c).fit(X_fit[train_rows], y[train_rows])
     t_lr = time.monotonic() - t0
 
     frames = {k: df.loc[parts[k]].reset_index(drop=True) for k in ("valid", "test")}
     cohorts = {k: Cohort.from_frame(frames[k]) for k in frames}
     risk = {k: onnx_proba(onnx_bytes, X[parts[k]]) for k in frames}
-    lr_risk = {k: lr.predict_proba(X[parts[k]])[:, 1] for k in frames}
+    lr_risk = {k: lr.predict_proba(X_fit[parts[k]])[:, 1] for k in frames}
     clin = {k: clinical_scores(frames[k]) for k in frames}
 
     # Operating points: each score's threshold maximises the challenge utility on the validation split.
@@ -292,6 +309,20 @@ def train(data_path: str | Path, out_dir: str | Path, config: TrainConfig | None
     return TrainResult(run_dir=run_dir, package_dir=pkg, metrics=metrics, parity_max_abs_diff=parity_diff)
 
 
+def mask_columns(groups: tuple[str, ...] | list[str]) -> list[int]:
+    """Indices in FEATURE_COLUMNS of the named feature groups' columns (masked for the fit)."""
+    index = {c: i for i, c in enumerate(FEATURE_COLUMNS)}
+    return [index[c] for c in group_columns(list(groups))]
+
+
+def check_ignores_masked(hgb: Any, X: np.ndarray, masked: list[int]) -> None:
+    """Refuse a model whose output depends on a masked column (it must ignore what serving still sends it)."""
+    X_masked = X.copy()
+    X_masked[:, masked] = np.nan
+    if not np.array_equal(hgb.predict_proba(X)[:, 1], hgb.predict_proba(X_masked)[:, 1]):
+        raise ValueError("the model's output changes with a masked column")
+
+
 def alert_budget(reference_package: str | Path, X_valid: np.ndarray) -> dict[str, Any]:
     """The alarm burden of the model to replace: its alert-hour rate on these validation rows at its threshold.
 
@@ -335,6 +366,22 @@ def _card(cfg: TrainConfig, params: dict[str, Any], metrics: dict[str, Any], hgb
         "hyperparameters": {**cfg.hgb, "early_stopping": False, "random_state": cfg.seed, "n_iter": int(hgb.n_iter_)},
         "feature_set_version": FEATURE_SET_VERSION,
         "features": list(FEATURE_COLUMNS),
+        **(
+            {
+                "features_masked": {
+                    "groups": list(cfg.drop_feature_groups),
+                    "columns": list(group_columns(list(cfg.drop_feature_groups))),
+                    "why": (
+                        "Masked (one constant) in every training row, so no tree splits on them: the input keeps all "
+                        f"{len(FEATURE_COLUMNS)} {FEATURE_SET_VERSION} columns and the model ignores these. Chosen "
+                        "by the cross-unit transfer study in docs/model.md: they describe a site's charting and "
+                        "ordering habits as much as the patient."
+                    ),
+                }
+            }
+            if cfg.drop_feature_groups
+            else {}
+        ),
         "intended_use": (
             "Decision support for adult ICU patients: an hourly risk that the patient is, or within about 6 hours "
             "will be, septic by Sepsis-3 as labelled in the PhysioNet/CinC Challenge 2019. It prompts a clinician "
@@ -411,14 +458,22 @@ def _card(cfg: TrainConfig, params: dict[str, Any], metrics: dict[str, Any], hgb
             "Hours since ICU admission count from the first row of the stay (the admission a live feed reports), "
             "not PhysioNet's ICULOS, which starts later than 1 in 37% of set A stays.",
             "Missing values are kept as NaN and routed by the trees; measurement counts and time since last "
-            "measurement carry the informative missingness.",
+            "measurement carry the informative missingness."
+            if "measurement" not in cfg.drop_feature_groups
+            else "Missing values are kept as NaN and routed by the trees. Measurement counts and time since last "
+            "measurement are masked: how often a site charts or orders is its habit as much as the patient's state.",
         ],
         "limitations": [
             "Trained and tested on one hospital system (set A); performance at another site is expected to be "
             "lower (the Challenge's hidden sites were harder) and must be checked locally before use.",
             "Labels are retrospective Sepsis-3 approximations from charted data; label noise caps achievable scores.",
-            "Lab-order frequency is used as a signal of clinical concern; sites with different ordering practice "
-            "shift it.",
+            (
+                "Lab-order frequency is used as a signal of clinical concern; sites with different ordering "
+                "practice shift it."
+                if "measurement" not in cfg.drop_feature_groups
+                else "Whether a lab was ever measured (NaN last value) still reaches the trees: a site that orders "
+                "labs differently still shifts the model, less than through counts and staleness."
+            ),
             "Calibration is for the hourly label at set A prevalence; recalibrate for other prevalences.",
             "No mental status, medications, cultures or notes: bedside scores are approximations (see report).",
         ],

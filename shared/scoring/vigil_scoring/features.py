@@ -88,6 +88,39 @@ _INDEX = {c: i for i, c in enumerate(FEATURE_COLUMNS)}
 _DEMOGRAPHIC = ("age", "sex")
 
 
+def _groups() -> dict[str, tuple[str, ...]]:
+    vitals_last = [f"{n}_{s}" for n in WINDOWED for s in ("last", "delta")]
+    vitals_window = [f"{n}_{s}_{w}h" for n in WINDOWED for w in WINDOWS for s in ("mean", "min", "max")]
+    labs_last = [f"{n}_{s}" for n in CUMULATIVE for s in ("last", "delta")]
+    measurement = [f"{n}_hours_since" for n in USED]
+    measurement += [f"{n}_count_{WINDOWS[-1]}h" for n in WINDOWED] + [f"{n}_count" for n in CUMULATIVE]
+    groups = {
+        "vital_last": vitals_last,
+        "vital_window": vitals_window,
+        "lab_last": labs_last,
+        "measurement": measurement,
+        "derived": list(DERIVED),
+        "context": ["age", "sex", "icu_hours"],
+    }
+    return {k: tuple(c for c in FEATURE_COLUMNS if c in set(v)) for k, v in groups.items()}
+
+
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = _groups()
+"""A partition of FEATURE_COLUMNS into the groups of the transfer study (docs/model.md): last values and changes
+of vital signs and of labs, the vital signs' window summaries, the measurement pattern (hours since measured,
+measured hours in 24 h, hours a lab was measured so far: they describe a site's charting and ordering habits as
+much as the patient), the derived bedside-score parts and the context (age, sex, hours since admission)."""
+
+
+def group_columns(groups: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The FEATURE_COLUMNS of the named groups, in column order; an unknown group name is an error."""
+    unknown = set(groups) - set(FEATURE_GROUPS)
+    if unknown:
+        raise ValueError(f"unknown feature groups {sorted(unknown)}; known: {sorted(FEATURE_GROUPS)}")
+    chosen = {c for g in groups for c in FEATURE_GROUPS[g]}
+    return tuple(c for c in FEATURE_COLUMNS if c in chosen)
+
+
 @dataclass
 class _Raw:
     """Raw per-row statistics both paths compute; :func:`_assemble` turns them into FEATURE_COLUMNS."""
