@@ -8,34 +8,57 @@ never approve. Promotion still needs a clinical approver; every step the registr
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import httpx
 import typer
 
 from vigil_registry.artifacts import pack_folder
 from vigil_registry.queries import ADAPTED_TAG
+from vigil_runtime.registry_client import RegistryClient
+
+T = TypeVar("T")
 
 
-def register_candidate(client: httpx.Client, package_dir: Path, *, name: str, reason: str) -> dict[str, Any]:
+async def register_candidate(
+    client: RegistryClient[Any], package_dir: Path, *, name: str, reason: str
+) -> dict[str, Any]:
     """Upload an adapted package and stage it in shadow (two audited registry decisions); returns the version."""
-    response = client.post(
+    archive = await asyncio.to_thread(pack_folder, package_dir)  # gzip of the package: off the loop
+    response = await client.request(
+        "POST",
         f"/models/{name}/versions",
-        content=pack_folder(package_dir),
+        content=archive,
         params={"tag": ADAPTED_TAG},
         headers={"Content-Type": "application/gzip"},
     )
     if response.status_code >= 400:
         raise RuntimeError(f"registry refused the candidate ({response.status_code}): {response.text[:300]}")
     version = str(response.json()["version"])
-    staged = client.post(f"/models/{name}/versions/{version}/stage", json={"to": "shadow", "reason": reason})
+    staged = await client.request(
+        "POST", f"/models/{name}/versions/{version}/stage", json={"to": "shadow", "reason": reason}
+    )
     if staged.status_code >= 400:
         raise RuntimeError(f"registry refused the shadow stage ({staged.status_code}): {staged.text[:300]}")
     body: dict[str, Any] = staged.json()
     return body
+
+
+def with_registry(url: str, token: str, call: Callable[[RegistryClient[Any]], Awaitable[T]]) -> T:
+    """One call of the runtime's registry client, in a loop of its own (the job's other steps are blocking work)."""
+
+    async def run() -> T:
+        client: RegistryClient[Any] = RegistryClient(url, token=token, timeout=60.0)
+        try:
+            return await call(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
 
 
 def candidate_version(now: datetime | None = None) -> str:
@@ -62,10 +85,7 @@ def run_cmd(
     from vigil_scoring.model_package import default_package_path
     from vigil_scoring.site_dataset import Window
 
-    client = httpx.Client(base_url=registry_url, headers={"Authorization": f"Bearer {token}"}, timeout=60.0)
-    due = client.get(f"/models/{name}/adaptation")
-    due.raise_for_status()
-    verdict = due.json()
+    verdict = with_registry(registry_url, token, lambda client: client.adaptation(name))
     typer.echo(json.dumps({"adaptation": verdict}), err=True)
     if not verdict.get("due") and not force:
         return
@@ -84,7 +104,8 @@ def run_cmd(
         progress=lambda msg: typer.echo(msg, err=True),
     )
     reasons = "; ".join(verdict.get("reasons", [])) or "forced"
-    staged = register_candidate(
-        client, res.package_dir, name=name, reason=f"site adaptation ({reasons}); {manifest['labelled_stays']} stays"
+    reason = f"site adaptation ({reasons}); {manifest['labelled_stays']} stays"
+    staged = with_registry(
+        registry_url, token, lambda client: register_candidate(client, res.package_dir, name=name, reason=reason)
     )
     typer.echo(json.dumps({"version": staged["version"], "stage": staged["stage"], "chosen": res.chosen}))

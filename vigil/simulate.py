@@ -34,7 +34,8 @@ import pandas as pd
 from vigil_contracts.events import OutcomeRecorded, deterministic_id
 from vigil_contracts.vocabulary import BY_COLUMN, VOCABULARY
 from vigil_runtime.kafka_security import KafkaConnection
-from vigil_runtime.tracing import kind_of, sending
+from vigil_runtime.producer import AckedProducer
+from vigil_runtime.tracing import new_origin, within
 from vigil_scoring.physionet import ICU_EPOCH, MEASUREMENT_COLUMNS, sepsis_onset_hour
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -613,31 +614,33 @@ class HttpSender:
 
 
 class KafkaSender:
-    """Publishes bundles as raw FHIR JSON on the raw topic, keyed by encounter."""
+    """Publishes bundles as raw FHIR JSON on the raw topic, keyed by encounter, 500 at a time."""
 
-    def __init__(self, producer: Any, topic: str, report: SimulationReport) -> None:
+    def __init__(self, producer: AckedProducer, topic: str, report: SimulationReport) -> None:
         self.producer = producer
         self.topic = topic
         self.report = report
-        self.futures: list[tuple[Any, dict[str, Any]]] = []
+        self.pending: list[tuple[str, dict[str, Any]]] = []
         self.failure: SendFailed | None = None
 
     async def send(self, key: str, bundle: dict[str, Any]) -> None:
-        self.futures.append((await self.producer.send(self.topic, orjson.dumps(bundle), key=key.encode()), bundle))
-        if len(self.futures) >= 500:
+        self.pending.append((key, bundle))
+        if len(self.pending) >= 500:
             await self.flush()
 
     async def flush(self) -> None:
-        if self.futures:
-            await asyncio.gather(*(f for f, _ in self.futures))
-            for _, bundle in self.futures:  # acknowledged by the broker (acks=all)
+        if self.pending:
+            # Raw FHIR is not a Vigil event: no event-type headers, the run's correlation id and trace only.
+            records = [(key.encode(), orjson.dumps(bundle), None) for key, bundle in self.pending]
+            await self.producer.send_all(self.topic, records, kind=None)
+            for _, bundle in self.pending:  # acknowledged by the broker (acks=all)
                 self.report.bundles_posted += 1
                 self.report.bundles_acknowledged += 1
                 self.report.entries_sent += len(bundle.get("entry", []))
                 self.report.observations_sent += sum(
                     1 for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"
                 )
-            self.futures.clear()
+            self.pending.clear()
 
     def raise_if_failed(self) -> None:
         """A failed publish raises from :meth:`flush` itself."""
@@ -646,7 +649,7 @@ class KafkaSender:
         await self.flush()
 
     async def abort(self) -> None:
-        self.futures.clear()
+        self.pending.clear()
 
 
 class BundleSender(Protocol):
@@ -659,7 +662,7 @@ class BundleSender(Protocol):
 
 
 OutcomePublisher = Callable[[OutcomeRecorded], Awaitable[Any]]
-"""Publishes one outcome and returns an awaitable acknowledgement (aiokafka's ``send``)."""
+"""Publishes one outcome and returns an awaitable acknowledgement (the send runs on while the run goes on)."""
 
 
 async def run_timeline(
@@ -761,11 +764,9 @@ async def simulate(
     ``token``: the bearer token ingest's FHIR writes need (the stack's ``simulator`` token). Raises
     :class:`SimulationStopped` when a bundle finally fails or ``deadline_s`` passes.
     """
-    from aiokafka import AIOKafkaProducer
-
     report = SimulationReport()
     items = timeline(stays, drifts=drifts or [], outcome_delay_hours=outcome_delay_hours, start=start, report=report)
-    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", enable_idempotence=True, linger_ms=5)
+    producer = AckedProducer(kafka, client_id="vigil-simulator", linger_ms=5)
     await producer.start()
     sender: BundleSender = (
         HttpSender(ingest_url, report, token=token, retry=retry, handles=stay_handles(stays))
@@ -773,25 +774,23 @@ async def simulate(
         else KafkaSender(producer, topics.fhir_raw, report)
     )
 
-    # Vigil's headers (vigil_contracts.headers): one correlation id and trace for the run's outcomes.
-    outcome_headers = sending(topics.outcomes)
-
     async def publish_outcome(outcome: OutcomeRecorded) -> Any:
-        key = outcome.key.encode()
-        headers = outcome_headers.headers(kind_of(OutcomeRecorded), key)
-        return await producer.send(topics.outcomes, outcome.model_dump_json().encode(), key=key, headers=headers)
+        # Not awaited here: an outcome waits for its acknowledgement while the feed goes on (gathered at the end).
+        return asyncio.ensure_future(producer.publish_all(topics.outcomes, [outcome]))
 
+    # Vigil's headers (vigil_contracts.headers): one correlation id and trace for everything the run publishes.
     try:
-        return await run_timeline(
-            items,
-            sender=sender,
-            publish_outcome=publish_outcome,
-            report=report,
-            speed=speed,
-            start=start,
-            deadline_s=deadline_s,
-            on_progress=on_progress,
-        )
+        with within(new_origin()):
+            return await run_timeline(
+                items,
+                sender=sender,
+                publish_outcome=publish_outcome,
+                report=report,
+                speed=speed,
+                start=start,
+                deadline_s=deadline_s,
+                on_progress=on_progress,
+            )
     finally:
         await producer.stop()
 

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pandas as pd
 from fastapi.testclient import TestClient
 
@@ -29,6 +30,7 @@ from vigil_registry.app import create_app
 from vigil_registry.artifacts import pack_folder
 from vigil_runtime.kafka import ensure_topics
 from vigil_runtime.kafka_security import KafkaConnection
+from vigil_runtime.registry_client import RegistryClient
 from vigil_scoring.model_package import ModelPackage, default_package_path
 from vigil_scoring.site_dataset import Window
 
@@ -38,6 +40,16 @@ def site_stays(n_plain: int, n_septic: int) -> list[pd.DataFrame]:
     flags = df.groupby("patient_id")["SepsisLabel"].max()
     ids = sorted(flags.index[flags == 0])[:n_plain] + sorted(flags.index[flags == 1])[:n_septic]
     return [df[df["patient_id"] == pid].reset_index(drop=True) for pid in ids]
+
+
+async def as_scientist(app: Any, package_dir: Path) -> dict[str, Any]:
+    """The adaptation job's registration, through the runtime's registry client into the app in process."""
+    token = SCI["Authorization"].removeprefix("Bearer ")
+    registry: RegistryClient[Any] = RegistryClient("http://registry", token=token, transport=httpx.ASGITransport(app))
+    try:
+        return await register_candidate(registry, package_dir, name="sepsis", reason="site adaptation")
+    finally:
+        await registry.aclose()
 
 
 def test_streamed_outcomes_become_a_shadow_candidate_with_lineage(
@@ -100,7 +112,7 @@ def test_streamed_outcomes_become_a_shadow_candidate_with_lineage(
         )
         assert client.get("/models/sepsis/adaptation").json()["new_labelled_stays"] == 80
 
-        staged = register_candidate(client, res.package_dir, name="sepsis", reason="site adaptation")
+        staged = asyncio.run(as_scientist(client.app, res.package_dir))
         assert staged["version"] == "site-1" and staged["stage"] == "shadow"
         lineage = client.get("/models/sepsis/versions/site-1").json()["lineage"]
         assert lineage["base"]["sha256"] == base.sha256

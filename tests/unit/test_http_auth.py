@@ -143,3 +143,35 @@ def test_operations_can_be_protected(tmp_path: Path) -> None:
     client = TestClient(create_app(Settings(**COMMON, auth_protect_operations=True)))
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers=READER).status_code == 200
+
+
+WRONG_METHODS = [
+    # The root aliases' /{type}/{id} takes this path too; as in OpenAPI, the concrete path wins over
+    # /fhir/{resource_type} (whose POST would match it).
+    ("ingest", "PUT", "/fhir/metadata", {"GET"}),
+    ("ingest", "POST", "/fhir/metadata", {"GET"}),
+    ("ingest", "POST", "/health", {"GET"}),  # ... and their /{type} this one
+    ("ingest", "DELETE", "/fhir/Observation/x", {"PUT"}),
+    ("scorer", "GET", "/predict", {"POST"}),
+    ("shadow", "OPTIONS", "/replays", {"GET", "POST"}),  # two routes at one path: both methods
+    ("drift", "DELETE", "/drift", {"GET"}),
+    ("registry", "PATCH", "/models/sepsis/policy", {"GET", "PUT"}),
+]
+
+
+@pytest.mark.parametrize(("service", "method", "path", "allow"), WRONG_METHODS)
+def test_a_wrong_method_is_405_with_allow_before_authentication(
+    tmp_path: Path, service: str, method: str, path: str, allow: set[str]
+) -> None:
+    # No credentials: a wrong method is refused for what it is, not as an unauthenticated call (401).
+    answer = TestClient(APPS[service](tmp_path)).request(method, path)
+    assert answer.status_code == 405, answer.text
+    assert set(answer.headers["Allow"].split(", ")) == allow
+
+
+def test_undocumented_aliases_still_answer(tmp_path: Path) -> None:
+    # The FHIR routes at the root (integrations configured with the server's address as their base) are not
+    # documented: the 405 rule leaves paths no documented route matches to them.
+    client = TestClient(ingest(tmp_path))
+    assert client.post("/Observation", json={"resourceType": "Observation"}).status_code == 401
+    assert client.put("/Observation/x", json={"resourceType": "Observation"}).status_code == 401

@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from vigil.demo.options import MODEL
 from vigil.demo.steps import DemoContext, Step
+from vigil_runtime.registry_client import RegistryClient
 
 ADAPT_CALLER = "adapt"
 """The HTTP caller the candidate is registered as (``vigil/http_tokens.py``: svc-adapt, data_scientist)."""
@@ -128,16 +127,14 @@ class AdaptAtSite(Step):
         )
         reason = f"site adaptation in the demo; {ds['labelled_stays']} stays from run {ctx.run_id}"
 
-        def register() -> dict[str, Any]:
-            # The adapt job's own service principal, not the demo's data scientist: the audit trail names it.
-            with httpx.Client(
-                base_url=ctx.stack.url("registry"),
-                headers={"Authorization": f"Bearer {ctx.stack.token(ADAPT_CALLER)}"},
-                timeout=60.0,
-            ) as client:
-                return register_candidate(client, Path(result["package"]), name=MODEL, reason=reason)
-
-        staged = await asyncio.to_thread(register)
+        # The adapt job's own service principal, not the demo's data scientist: the audit trail names it.
+        client: RegistryClient[Any] = RegistryClient(
+            ctx.stack.url("registry"), token=ctx.stack.token(ADAPT_CALLER), timeout=60.0
+        )
+        try:
+            staged = await register_candidate(client, Path(result["package"]), name=MODEL, reason=reason)
+        finally:
+            await client.aclose()
         v = str(staged["version"])
         # The registry's signed lifecycle events on the topic name who registered and staged the candidate.
         watcher = ctx.need(ctx.watcher, "the topic reader")

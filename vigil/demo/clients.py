@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from vigil.demo.options import MODEL
 from vigil.stack import Stack
 from vigil_contracts.access import Principal
+from vigil_runtime.kafka_security import KafkaConnection
 from vigil_runtime.registry_client import RegistryClient
 from vigil_scoring.model_package import ModelPackage, verify_package
 
@@ -170,10 +171,15 @@ class StackProbe:
         return r.status_code
 
 
-def kafka_options(stack: Stack, principal: str = Principal.ADMIN.value) -> dict[str, Any]:
-    """The options a Kafka client of the demo is built with: the stack's broker as ``principal`` (TLS + SCRAM).
+def kafka_connection(stack: Stack, principal: str = Principal.ADMIN.value) -> KafkaConnection:
+    """The stack's broker as ``principal`` (TLS + SCRAM), for the runtime's producer and readers.
 
     The topic reader and the rollback drill connect as the administrator: the drill stands in for a drift
     monitor (marked as a drill in its evidence) and the reader watches every topic of the run.
     """
-    return stack.cluster.connection(principal).client_kwargs()
+    return stack.cluster.connection(principal)
+
+
+def kafka_options(stack: Stack, principal: str = Principal.ADMIN.value) -> dict[str, Any]:
+    """The options a raw aiokafka client of the demo is built with (the topic reader's consumer)."""
+    return kafka_connection(stack, principal).client_kwargs()

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from rich.live import Live
 
 from vigil import simulate as sim
-from vigil.demo.clients import RegistryApi, StackProbe, kafka_options, registry_tokens
+from vigil.demo.clients import RegistryApi, StackProbe, kafka_connection, kafka_options, registry_tokens
 from vigil.demo.cohort import shadow_split
 from vigil.demo.narrate import Narrator
 from vigil.demo.observe import TopicWatcher
@@ -29,7 +29,7 @@ from vigil.stack import Stack
 from vigil_contracts import events as ev
 from vigil_contracts.access import Principal
 from vigil_contracts.topics import Topics
-from vigil_runtime.tracing import kind_of, sending
+from vigil_runtime.producer import AckedProducer
 from vigil_scoring.model_package import default_package_path
 from vigil_scoring.physionet import ICU_EPOCH
 
@@ -498,15 +498,10 @@ class RollbackDrill(Step):
             window="drill",
             evidence={"drill": True, "run": ctx.run_id},
         )
-        from aiokafka import AIOKafkaProducer
-
-        producer = AIOKafkaProducer(**kafka_options(ctx.stack), acks="all")
+        producer = AckedProducer(kafka_connection(ctx.stack), client_id="vigil-demo-drill")
         await producer.start()
         try:
-            headers = sending(ctx.topics.alerts).headers(kind_of(ev.AlertRaised), MODEL.encode())
-            await producer.send_and_wait(
-                ctx.topics.alerts, alert.model_dump_json().encode(), key=MODEL.encode(), headers=headers
-            )
+            await producer.publish_all(ctx.topics.alerts, [alert])
         finally:
             await producer.stop()
         if not ctx.decision.get("promoted"):

@@ -103,9 +103,12 @@ class AckedProducer:
             self._producer = None
 
     async def send_all(
-        self, topic: str, items: Sequence[tuple[bytes | None, bytes | None, int | None]], *, kind: Kind
+        self, topic: str, items: Sequence[tuple[bytes | None, bytes | None, int | None]], *, kind: Kind | None
     ) -> None:
-        """Send pre-encoded (key, value, partition) records of one ``kind`` and wait until all are acknowledged."""
+        """Send pre-encoded (key, value, partition) records of one ``kind`` and wait until all are acknowledged.
+
+        ``kind`` None: records that are not Vigil events (raw FHIR), sent with the correlation and trace headers only.
+        """
         if not items:
             return
         send = self.producer.send

@@ -112,6 +112,12 @@ class RegistryClient(Generic[PackageT]):
         response.raise_for_status()
         return dict(response.json())
 
+    async def adaptation(self, name: str) -> dict[str, Any]:
+        """Whether adapting ``name`` to this site is due by the registry's adaptation policy, and why."""
+        response = await self._http.get(f"{self.base_url}/models/{name}/adaptation")
+        response.raise_for_status()
+        return dict(response.json())
+
     async def request(self, method: str, path: str, *, token: str | None = None, **kw: Any) -> httpx.Response:
         """Any call of the registry's API on this client's connections, as the holder of ``token`` when given.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -26,11 +27,13 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 from pydantic import BaseModel, Field
+from starlette.routing import Router, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vigil_runtime import tracing
@@ -169,6 +172,7 @@ def build_http_app(
     app.state.runtime = runtime
     app.state.auth = authenticator or build_authenticator(runtime.settings.auth())
     _offline_docs(app, title)
+    app.add_middleware(MethodNotAllowed, routes=app.router)  # inside HttpMetrics: its 405s are counted too
     app.add_middleware(HttpMetrics, metrics=runtime.metrics)
     tracing.configure(
         runtime.name, exporter=runtime.settings.tracing_exporter, endpoint=runtime.settings.tracing_endpoint
@@ -247,6 +251,57 @@ def _offline_docs(app: FastAPI, title: str) -> None:
             redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
             with_google_fonts=False,
         )
+
+
+class MethodNotAllowed:
+    """ASGI middleware: 405 with ``Allow`` for a method the documented routes at a path do not take.
+
+    Starlette answers 405 itself only where no route at all takes the request; an undocumented catch-all (ingest's
+    FHIR aliases at the root, ``/{resource_type}/{resource_id}``) takes ``PUT /fhir/metadata`` too, and its
+    authentication answered 401. The documented routes decide here, before any route's dependencies (the
+    authentication) run, and ``Allow`` lists every method they take at the path (Starlette names the first
+    route's only). As in OpenAPI, a concrete path wins over a templated one that matches it too: ``/fhir/metadata``
+    takes GET only, not ``/fhir/{resource_type}``'s POST. A path no documented route matches goes on to the router
+    unchanged.
+    """
+
+    def __init__(self, app: ASGIApp, routes: Router) -> None:
+        self.app = app
+        self.routes = routes
+        self._documented: list[tuple[re.Pattern[str], frozenset[str], bool]] | None = None
+
+    def documented(self) -> list[tuple[re.Pattern[str], frozenset[str], bool]]:
+        """Each documented route's path pattern and methods.
+
+        Read at the first request: the services include their routers after the frame is built.
+        """
+        if self._documented is None:
+            self._documented = [
+                (compile_path(route.path)[0], frozenset(route.methods or ()), "{" in route.path)
+                for route in iter_route_contexts(self.routes.routes)
+                if isinstance(route.original_route, APIRoute) and route.include_in_schema and route.path
+            ]
+        return self._documented
+
+    def allowed(self, path: str, method: str) -> list[str] | None:
+        """The methods the documented routes take at ``path`` when none takes ``method`` (else None)."""
+        matching = [(methods, templated) for pattern, methods, templated in self.documented() if pattern.match(path)]
+        if any(not templated for _, templated in matching):
+            matching = [(methods, templated) for methods, templated in matching if not templated]
+        allow: set[str] = set()
+        for methods, _ in matching:
+            if method in methods:
+                return None
+            allow |= methods
+        return sorted(allow) or None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        allow = self.allowed(scope["path"], scope["method"]) if scope["type"] == "http" else None
+        if allow is None:
+            await self.app(scope, receive, send)
+            return
+        refused = JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(allow)})
+        await refused(scope, receive, send)
 
 
 class HttpMetrics:

@@ -187,10 +187,16 @@ class Sending:
                     origin = self._fallback = new_origin()
         return origin
 
-    def headers(self, kind: Kind, key: bytes | None) -> list[Header]:
-        """The four headers of one message."""
+    def headers(self, kind: Kind | None, key: bytes | None) -> list[Header]:
+        """The four headers of one message.
+
+        Without a ``kind`` (a record that is not a Vigil event: raw FHIR sent on an EHR's behalf) the correlation id
+        and ``traceparent`` only, as ``vigil_contracts.headers`` says.
+        """
         origin = self.origin(key)
         traceparent = origin.traceparent if _tracer is None else self._produce_span(origin)
+        if kind is None:
+            return [(CORRELATION_ID, origin.correlation_id), (TRACEPARENT, traceparent)]
         return [kind[0], kind[1], (CORRELATION_ID, origin.correlation_id), (TRACEPARENT, traceparent)]
 
     def _produce_span(self, origin: Origin) -> bytes:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Response
 
 from vigil_contracts.events import Event
+from vigil_ingest.api import examples
 from vigil_ingest.api.deps import (
     FHIR_JSON,
     WRITE_RESPONSES,
@@ -38,6 +39,9 @@ SERVICE = "ingest"
 RESOURCE_TYPES = frozenset({"Observation", "Patient", "Encounter", "Location", "DiagnosticReport", "Bundle"})
 
 log = logging.getLogger(__name__)
+
+ResourceType = Annotated[str, Path(examples=[examples.RESOURCE_TYPE])]
+ResourceId = Annotated[str, Path(examples=[examples.RESOURCE_ID])]
 
 router = APIRouter(default_response_class=FhirJSONResponse)
 base_router = APIRouter(default_response_class=FhirJSONResponse)
@@ -168,10 +172,11 @@ def _fhir(model: type[Any] | None, description: str) -> dict[str, Any]:
     return {"description": description, "content": {FHIR_JSON: {"schema": {"type": "object"}}}}
 
 
-def _body(description: str) -> dict[str, Any]:
-    """The request body of a FHIR write (read by ``FhirBody``, so FastAPI cannot infer it)."""
+def _body(description: str, example: dict[str, Any]) -> dict[str, Any]:
+    """The request body of a FHIR write (read by ``FhirBody``, so FastAPI cannot infer it), with an accepted example."""
     schema = {"type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}}}
-    content = {media: {"schema": schema} for media in (FHIR_JSON, "application/json")}
+    examples = {"accepted": {"summary": "Accepted (201; 200 when posted again)", "value": example}}
+    content = {media: {"schema": schema, "examples": examples} for media in (FHIR_JSON, "application/json")}
     return {"requestBody": {"required": True, "description": description, "content": content}}
 
 
@@ -195,7 +200,7 @@ base_router.add_api_route(
     summary=_SUMMARY,
     dependencies=FhirWriter,
     responses=BUNDLE_RESPONSES,
-    openapi_extra=_body("A FHIR R4 Bundle"),
+    openapi_extra=_body("A FHIR R4 Bundle", examples.BUNDLE),
 )
 router.add_api_route(
     "/", post_base, methods=["POST"], summary=_SUMMARY, include_in_schema=False, dependencies=FhirWriter
@@ -234,9 +239,11 @@ async def metadata() -> Response:
     summary="Post one resource (Observation, Patient, Encounter...) to its type",
     dependencies=FhirWriter,
     responses=RESOURCE_RESPONSES,
-    openapi_extra=_body("A FHIR R4 resource of the URL's type (or a Bundle)"),
+    openapi_extra=_body("A FHIR R4 resource of the URL's type (or a Bundle)", examples.OBSERVATION),
 )
-async def post_resource(resource_type: str, core: CoreDep, settings: SettingsDep, payload: FhirBody) -> Response:
+async def post_resource(
+    resource_type: ResourceType, core: CoreDep, settings: SettingsDep, payload: FhirBody
+) -> Response:
     """Post one resource to its type."""
     if resource_type not in RESOURCE_TYPES:
         raise FhirError(404, "not-supported", f"resource type '{resource_type[:40]}' is not accepted here")
@@ -248,10 +255,10 @@ async def post_resource(resource_type: str, core: CoreDep, settings: SettingsDep
     summary="Put one resource (an update: amended, corrected...)",
     dependencies=FhirWriter,
     responses=RESOURCE_RESPONSES,
-    openapi_extra=_body("A FHIR R4 resource of the URL's type; its id, when given, is the URL's"),
+    openapi_extra=_body("A FHIR R4 resource of the URL's type; its id, when given, is the URL's", examples.OBSERVATION),
 )
 async def put_resource(
-    resource_type: str, resource_id: str, core: CoreDep, settings: SettingsDep, payload: FhirBody
+    resource_type: ResourceType, resource_id: ResourceId, core: CoreDep, settings: SettingsDep, payload: FhirBody
 ) -> Response:
     """Put one resource: the URL's id wins (a different id in the body is refused)."""
     if resource_type not in RESOURCE_TYPES - {"Bundle"}:

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from vigil_runtime.auth import requires
 from vigil_runtime.responses import AUTH_RESPONSES, errors, invalid
 from vigil_scorer.api.deps import ScorerDep
+from vigil_scoring.features import FEATURE_COLUMNS
 
 PREDICT_SCOPE = "system/RiskAssessment.read"
 """A score is a RiskAssessment in FHIR terms; the caller reads one (``system/*.read`` covers it)."""
+
+EXAMPLE: dict[str, float | None] = {
+    "age": 64.0,
+    "heart_rate_last": 112.0,
+    "temperature_last": 38.6,
+    "resp_rate_last": 24.0,
+}
+"""A snapshot the default model scores: a febrile, tachycardic patient of 64 (made up)."""
+SNAPSHOT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {name: {"type": ["number", "null"]} for name in FEATURE_COLUMNS},
+    # Names outside FEATURE_COLUMNS are refused (a typo would otherwise score as a missing value, silently).
+    "additionalProperties": False,
+}
+"""The request body's schema: the feature names the model takes, each a number or null."""
 
 router = APIRouter(tags=["scoring"], dependencies=[Depends(requires(PREDICT_SCOPE))], responses=AUTH_RESPONSES)
 
@@ -39,7 +55,8 @@ async def predict(
     service: ScorerDep,
     features: Annotated[
         dict[str, float | None],
-        Body(description="FEATURE_COLUMNS names to numbers (null or absent: missing).", examples=[{"age": 64.0}]),
+        WithJsonSchema(SNAPSHOT_SCHEMA),
+        Body(description="FEATURE_COLUMNS names to numbers (null or absent: missing).", examples=[EXAMPLE]),
     ],
 ) -> PredictResponse:
     """Score with the model in use; 503 while none is loaded or the one loaded is not confirmed in production."""
