@@ -6,10 +6,13 @@ the default's hyperparameters) on every other stay of set A. The site's stays ar
 patients) and split into an adaptation part (earlier 60%) and an evaluation part (later 40%) that adaptation never
 sees. Reported on the evaluation stays, with stay-bootstrap CIs: the base model, the adapted package, and every
 candidate adapt built (each at the threshold adapt chose for it on its selection stays), among them the naive
-recipes (``pooled``: unweighted pooling; ``local``: local rows only); and the adapted package's paired gain over
-the base model.
+recipes run through the training code itself (`vigil_ml.train.train` on the base stays plus every adaptation
+stay, and on the adaptation stays alone, each with its own validation split and threshold, as issue 16's naive
+figures were made); and the adapted package's paired gain over the base model and over the better naive recipe.
+``--base-unit`` trains the base on one other ICU unit only (a base that has seen one unit's habits).
 
 Run: OMP_NUM_THREADS=2 uv run python scripts/site_study.py --site micu --out .vigil/site-study-micu
+     OMP_NUM_THREADS=2 uv run python scripts/site_study.py --site sicu --base-unit micu --out .vigil/site-study-s-m
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from vigil_ml import data
 from vigil_ml.adapt import AdaptConfig, adapt
@@ -37,6 +41,8 @@ def main() -> None:
     ap.add_argument("--site", choices=sorted(SITES), default="micu")
     ap.add_argument("--out", type=Path, default=Path(".vigil/site-study"))
     ap.add_argument("--base-stays", type=int, default=None, help="Seeded subset of the base site's stays.")
+    ap.add_argument("--base-unit", choices=sorted(SITES), default=None, help="Base on this unit's stays only.")
+    ap.add_argument("--no-naive", action="store_true", help="Skip the two naive training runs.")
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--n-boot", type=int, default=200)
     a = ap.parse_args()
@@ -46,6 +52,11 @@ def main() -> None:
     in_site = df.groupby("patient_id")[SITES[a.site]].max() == 1
     site_ids = sorted(in_site.index[in_site])
     base_ids = np.array(sorted(in_site.index[~in_site]))
+    if a.base_unit:
+        if a.base_unit == a.site:
+            raise SystemExit("--base-unit must differ from --site")
+        in_unit = df.groupby("patient_id")[SITES[a.base_unit]].max() == 1
+        base_ids = np.array(sorted(set(base_ids) & set(in_unit.index[in_unit])))
     if a.base_stays:
         base_ids = np.random.default_rng(7).choice(base_ids, a.base_stays, replace=False)
     n_adapt = round(len(site_ids) * 0.6)
@@ -64,6 +75,9 @@ def main() -> None:
     local = df[df["patient_id"].isin(adapt_ids)].reset_index(drop=True)
     acfg = AdaptConfig(name="proxy-adapted", version="1", n_boot=a.n_boot)
     acfg.hgb["max_iter"] = a.iters
+    # Early stopping caps, scaled with --iters so that bounded runs stay bounded.
+    acfg.pooled_hgb["max_iter"] = min(acfg.pooled_hgb["max_iter"], round(a.iters * 8 / 3))
+    acfg.local_max_iter = min(acfg.local_max_iter, 2 * a.iters)
     t_adapt = time.monotonic()
     res = adapt(base.path, local, a.out / "adapted", base_data=base_path, config=acfg, progress=print)
     t_adapt = time.monotonic() - t_adapt
@@ -87,9 +101,39 @@ def main() -> None:
     gain = paired_gain(
         cohort, adapted_risk, adapted.operating_threshold, base_risk, base.operating_threshold, n_boot=a.n_boot, seed=1
     )
+    naive_gain: dict[str, object] = {}
+    if not a.no_naive:
+        # The naive recipes as a site would run them: the training code itself on the pooled rows and on the local
+        # rows alone (every adaptation stay; its own 70/15/15 split and validation threshold).
+        site_adapt = df[df["patient_id"].isin(adapt_ids)]
+        runs = {
+            "naive: local only (vigil model train)": site_adapt,
+            "naive: pooled, unweighted (vigil model train)": pd.concat(
+                [df[df["patient_id"].isin(base_ids)], site_adapt], ignore_index=True
+            ),
+        }
+        for label, frame in runs.items():
+            slug = "naive-local" if "local" in label else "naive-pooled"
+            frame.to_parquet(a.out / f"{slug}.parquet", index=False)
+            ncfg = TrainConfig(name=slug, version="1", hold_out_sample=False, n_boot=20)
+            ncfg.hgb["max_iter"] = a.iters
+            print(f"[{time.monotonic() - t0:.0f}s] training {label}", flush=True)
+            pkg = ModelPackage.load(train(a.out / f"{slug}.parquet", a.out / slug, ncfg).package_dir)
+            risk = pkg.predict(X_ev).astype(np.float64)
+            figs[label] = evaluate_score(cohort, risk, pkg.operating_threshold, n_boot=a.n_boot, seed=1)
+            naive_gain[label] = paired_gain(
+                cohort,
+                adapted_risk,
+                adapted.operating_threshold,
+                risk,
+                pkg.operating_threshold,
+                n_boot=a.n_boot,
+                seed=1,
+            )
     results = {
         "design": {
             "site": a.site,
+            "base_unit": a.base_unit or "every stay outside the site",
             "base_site_stays": len(base_ids),
             "local_adapt_stays": len(adapt_ids),
             "local_eval_stays": len(eval_ids),
@@ -105,11 +149,14 @@ def main() -> None:
             for k, v in figs.items()
         },
         "adapted_gain_over_base_on_evaluation": gain,
+        "adapted_gain_over_naive_on_evaluation": naive_gain,
     }
     (a.out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     for k, v in figs.items():
         print(f"{k:32s} AUROC {v['auroc']} utility {v['utility']}", flush=True)
     print("adapted - base (paired):", json.dumps(gain), flush=True)
+    for label, g in naive_gain.items():
+        print(f"adapted - {label} (paired):", json.dumps(g), flush=True)
     print(f"done in {time.monotonic() - t0:.0f}s (adapt {t_adapt:.0f}s)")
 
 

@@ -40,6 +40,8 @@ CALLERS: dict[str, dict[str, object]] = {
     # Replays from the console: shadow checks this role on the token the console forwards.
     "analyst": {"user": "ann-analyst", "role": "analyst", "scopes": []},
     "admin": {"user": "admin", "role": "admin", "scopes": []},
+    # `vigil adapt-loop` and the demo's adapt step: registers and stages site-adapted candidates, never approves.
+    "adapt": {"user": "svc-adapt", "role": "data_scientist", "scopes": []},
 }
 """Who calls which service, and what each may do (docs/security.md has the table of routes)."""
 

@@ -6,18 +6,25 @@ measurements in issue 16 say that at a new site the ranking breaks, not the thre
 
 - ``recalibrated``: the base model's scores, its threshold re-chosen on local outcomes within the production
   model's alert budget (the base model's alert-hour rate on the same local hours);
-- ``pooled``: the base model's own training rows plus the local rows, the local rows weighted so that the site
-  carries as much weight as the base data (site weighting: otherwise the larger base set drowns the site);
+- ``pooled_site``: the base model's own training rows plus the local rows, with one more input, a site
+  indicator (0 for the base rows, 1 for the local ones: feature augmentation, so the trees can learn splits that
+  hold at this site only while sharing the rest); at serving the indicator is the constant "this site", baked into
+  the ONNX graph. The site's share of the training weight and the number of boosting iterations are chosen on an
+  inner temporal split of the fitting stays (early stopping on the latest fitting stays), then the model is
+  refitted on all fitting stays;
 - ``stacked``: a local model that takes the base model's score as one more input, fitted on local rows only;
   the package computes both in one ONNX graph (the base graph feeds the local one);
-- ``local``: the local rows alone, once at least ``min_local_septic`` septic stays exist.
+- ``local``: the local rows alone (iterations chosen on the same inner split), once at least
+  ``min_local_septic`` septic stays exist;
+- ``ensemble``: the mean of the local model's and the best partner's probabilities, one ONNX graph.
 
 Local stays are ordered by ICU admission (``icu_admitted_at`` from ``vigil dataset build``; PhysioNet-format
 files without it by stay id) and split in time: candidates are fitted on the earlier stays, and thresholds,
 the choice among candidates and the card's figures come from the latest ``selection_fraction`` of stays, which
-no candidate is ever fitted on (:func:`_fit` refuses it). The figures are therefore on stays the models never
-saw, but the threshold and the pick were made on them: an independent later evaluation is the honest check
-(``scripts/site_study.py`` does one on a proxy site in set A, see docs/model.md).
+no candidate is ever fitted on (:func:`_fit` refuses it, for the rows fitted on and for the rows early stopping
+watches). The figures are therefore on stays the models never saw, but the threshold and the pick were made on
+them: an independent later evaluation is the honest check (``scripts/site_study.py`` does one on a proxy site in
+set A, see docs/model.md).
 """
 
 from __future__ import annotations
@@ -75,11 +82,25 @@ class AdaptConfig:
         default_factory=lambda: {**HGB_DEFAULT, "max_iter": 150, "max_leaf_nodes": 15, "min_samples_leaf": 100}
     )
     """Smaller trees for the local-only and stacked models: a site has far fewer stays than set A."""
-    site_shares: tuple[float | None, ...] = (None, 0.5, 0.75)
-    """Grid for the pooled candidate: the site's share of the total training weight (None: every hour weighs 1,
-    naive pooling). Each is a candidate; the ensemble uses the one with the best validation AUROC."""
+    site_shares: tuple[float | None, ...] = (None, 0.5)
+    """Site weights tried for ``pooled_site`` on the inner split: the site's share of the total training weight
+    (None: every hour weighs 1). The one with the better inner AUROC is refitted."""
+    inner_fraction: float = 0.2
+    """Latest share of the fitting stays on which the site weight and the iteration counts are chosen (early
+    stopping); the chosen models are then refitted on all fitting stays."""
+    pooled_hgb: dict[str, Any] = field(default_factory=lambda: {**HGB_DEFAULT, "max_iter": 800, "learning_rate": 0.1})
+    """Pooled model: the default's trees, a larger step and an iteration cap that early stopping cuts (the
+    pooled set is about twice the default's training set, so it can carry more iterations)."""
+    n_iter_no_change: int = 20
+    """Early stopping patience (iterations without a better inner-split loss)."""
+    base_negative_fraction: float = 0.5
+    """Share of the base training stays without sepsis kept in the pooled fit, each weighted by its inverse so the
+    totals are unchanged (all septic stays are kept): halves the cost of every pooled fit on the base rows, which
+    are mostly quiet hours of stays that never turn septic."""
     local_full: bool = True
     """The local-only model with the training code's own hyperparameters (``hgb``), as `vigil model train` fits."""
+    local_max_iter: int = 600
+    """Iteration cap of the local-only model; early stopping on the inner split cuts it."""
     n_boot: int = 200
     robust_threshold: bool = True
     high_specificity: float = 0.99
@@ -139,14 +160,90 @@ def temporal_split(df: pd.DataFrame, selection_fraction: float) -> tuple[set[str
     return set(order[:-n_sel]), set(order[-n_sel:])
 
 
-def _fit(model: Any, X: np.ndarray, y: np.ndarray, *, ids: np.ndarray, held: set[str], w: Any = None) -> Any:
-    """The one place adaptation fits a model: refuses any row of a held-out (selection or evaluation) stay."""
+def _fit(
+    model: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    ids: np.ndarray,
+    held: set[str],
+    w: Any = None,
+    val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> Any:
+    """The one place adaptation fits a model: refuses any row of a held-out (selection or evaluation) stay.
+
+    ``val`` (features, labels, stay ids) are the rows early stopping watches: they choose the iteration count, so
+    they are refused too when they belong to a held-out stay.
+    """
     seen = set(map(str, np.unique(ids)))
+    if val is not None:
+        seen |= set(map(str, np.unique(val[2])))
     leaked = seen & held
     if leaked:
         raise LeakError(f"{len(leaked)} held-out stays among the rows to fit on")
-    model.fit(X, y, **({} if w is None else {model_step(model) + "sample_weight": w}))
+    kw: dict[str, Any] = {} if w is None else {model_step(model) + "sample_weight": w}
+    if val is not None:
+        kw.update(X_val=val[0], y_val=val[1])
+    model.fit(X, y, **kw)
     return model
+
+
+def build_early_stopped(seed: int, params: dict[str, Any], patience: int) -> Any:
+    """The training code's gradient-boosted model, stopped when the loss on the given validation rows stalls."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(
+        **params, early_stopping=True, n_iter_no_change=patience, scoring="loss", random_state=seed
+    )
+
+
+def best_iterations(model: Any) -> int:
+    """Iterations at the best validation loss of an early-stopped model (it runs ``patience`` past it)."""
+    scores = np.asarray(getattr(model, "validation_score_", []))
+    return max(1, int(np.argmax(scores))) if len(scores) else int(model.n_iter_)
+
+
+def with_site_indicator(model_onnx: bytes, n_features: int) -> bytes:
+    """One ONNX graph taking the serving features: a column of ones (the site indicator) is appended inside.
+
+    The pooled_site model was fitted with the indicator 0 on the base rows and 1 on the local ones; at this site
+    it is always 1, so the package keeps the serving input contract (float32 [n, k] named ``features``).
+    """
+    import onnx
+    from onnx import compose, helper
+
+    m = compose.add_prefix(onnx.load_from_string(model_onnx), "site_")
+    m_in = m.graph.input[0].name
+    glue = [
+        helper.make_node("Shape", ["features"], ["site_in_shape"], start=0, end=1),
+        helper.make_node("Constant", [], ["site_one_col"], value=helper.make_tensor("c", 7, [1], [1])),
+        helper.make_node("Concat", ["site_in_shape", "site_one_col"], ["site_ind_shape"], axis=0),
+        helper.make_node(
+            "ConstantOfShape",
+            ["site_ind_shape"],
+            ["site_indicator"],
+            value=helper.make_tensor("one", onnx.TensorProto.FLOAT, [1], [1.0]),
+        ),
+        helper.make_node("Concat", ["features", "site_indicator"], [m_in], axis=1),
+    ]
+    tail = [
+        helper.make_node("Identity", [m.graph.output[0].name], ["label"]),
+        helper.make_node("Identity", [m.graph.output[1].name], ["probabilities"]),
+    ]
+    graph = helper.make_graph(
+        glue + list(m.graph.node) + tail,
+        "site_indicator",
+        [helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, [None, n_features])],
+        [
+            helper.make_tensor_value_info("label", onnx.TensorProto.INT64, [None]),
+            helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, [None, 2]),
+        ],
+        initializer=list(m.graph.initializer),
+    )
+    model = helper.make_model(graph, opset_imports=list(m.opset_import))
+    model.ir_version = m.ir_version
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
 
 
 def model_step(model: Any) -> str:
@@ -353,40 +450,90 @@ def adapt(
         fitted[name] = set(map(str, np.unique(ids)))
         return model
 
+    # The inner split: the latest fitting stays choose the site weight and the iteration counts (early stopping);
+    # the selection stays stay untouched for the pick, the thresholds and the card's figures.
+    fit_order = temporal_order(local.loc[in_fit])
+    inner_ids = set(fit_order[-max(1, round(len(fit_order) * cfg.inner_fraction)) :])
+    in_inner = np.isin(pid, list(inner_ids))
+    inner_frame = local.loc[in_inner].reset_index(drop=True)
+    inner = Cohort.from_frame(inner_frame)
+    step(f"inner split: the latest {len(inner_ids)} fitting stays choose site weights and iteration counts")
+
+    def early_stopped(
+        name: str, params: dict[str, Any], Xf: np.ndarray, yf: np.ndarray, ids: np.ndarray, w: Any, watch: np.ndarray
+    ) -> tuple[Any, int]:
+        """Fit on the rows not watched, stop on the watched ones (the inner split); (model, best iterations)."""
+        step(f"inner fit {name} on {len(np.unique(ids[~watch]))} stays, stopping on {len(np.unique(ids[watch]))}")
+        model = _fit(
+            build_early_stopped(cfg.seed, params, cfg.n_iter_no_change),
+            Xf[~watch],
+            yf[~watch],
+            ids=ids[~watch],
+            held=held,
+            w=None if w is None else w[~watch],
+            val=(Xf[watch], yf[watch], ids[watch]),
+        )
+        n_best = best_iterations(model)
+        step(f"inner fit {name}: best at {n_best} iterations (ran {model.n_iter_})")
+        return model, n_best
+
     notes: list[str] = []
     pooled: list[Candidate] = []
     if base_data is not None:
         step("finding the base model's training rows")
         bdf = base_training_rows(base, base_data)
         bdf = bdf.loc[~bdf["patient_id"].isin(held)].reset_index(drop=True)
+        n_base_stays = bdf["patient_id"].nunique()
+        bdf, base_w, kept_quiet = _thin_quiet_stays(bdf, cfg.base_negative_fraction, cfg.seed)
         Xb = offline_features(bdf).to_numpy(dtype=np.float32)
         yb = bdf["SepsisLabel"].to_numpy().astype(int)
-        n_local = int(in_fit.sum())
-        Xp = np.vstack([Xb, X[in_fit]])
-        yp = np.r_[yb, y[in_fit]]
-        ids_p = np.r_[bdf["patient_id"].to_numpy(), pid[in_fit]]
-        n_base_stays = bdf["patient_id"].nunique()
+        n_b = len(yb)
+        base_total = round(float(base_w.sum()))
+        # The site indicator: 0 on the base rows, 1 on the local ones (feature augmentation).
+        Xp = np.vstack(
+            [
+                np.hstack([Xb, np.zeros((n_b, 1), np.float32)]),
+                np.hstack([X[in_fit], np.ones((int(in_fit.sum()), 1), np.float32)]),
+            ]
+        )
         del Xb
+        yp = np.r_[yb, y[in_fit]]
+        ids_p = np.r_[bdf["patient_id"].to_numpy().astype(str), pid[in_fit]]
+        watch = np.r_[np.zeros(n_b, bool), in_inner[in_fit]]
+        X_inner = np.hstack([X[in_inner], np.ones((in_inner.sum(), 1), np.float32)])
+        tried: list[tuple[float, float | None, int]] = []
         for share in cfg.site_shares:
-            site_w = site_weight(share, len(yb), n_local)
-            wp = np.r_[np.ones(len(yb)), np.full(n_local, site_w)]
-            name = "pooled" if share is None else f"pooled_site{round(share * 100)}"
-            model = fitted_hgb(name, cfg.hgb, Xp, yp, ids_p, wp)
-            onx = to_onnx_bytes(model, X.shape[1])
-            parity(model, onx, X_sel)
-            how = "every hour weighted 1 (naive pooling)" if share is None else f"the site {share:.0%} of the weight"
-            c = Candidate(
-                name,
-                f"retrained on the base model's {n_base_stays} training stays plus the local rows, "
-                f"each local hour weighted {site_w:.2f} ({how})",
-                onx,
-                len(fit_ids),
-                septic_fit,
-            )
-            c.risk = onnx_proba(onx, X_sel)
-            pooled.append(c)
-            cands.append(c)
+            # Weights are set on the rows each fit learns from, so the share holds in the inner fit and the refit.
+            n_tr = int((~watch[n_b:]).sum())
+            inner_w = np.r_[base_w, np.where(watch[n_b:], 1.0, site_weight(share, base_total, n_tr))]
+            label = "unweighted" if share is None else f"site share {share:.0%}"
+            model, n_best = early_stopped(f"pooled_site ({label})", cfg.pooled_hgb, Xp, yp, ids_p, inner_w, watch)
+            auroc = _auroc(inner, model.predict_proba(X_inner)[:, 1])
+            step(f"  inner AUROC {auroc:.3f}")
+            tried.append((auroc, share, n_best))
+        auroc, share, n_best = max(tried, key=lambda t: t[0])
+        site_w = site_weight(share, base_total, int(in_fit.sum()))
+        wp = np.r_[base_w, np.full(int(in_fit.sum()), site_w)]
+        model = fitted_hgb("pooled_site", {**cfg.pooled_hgb, "max_iter": n_best}, Xp, yp, ids_p, wp)
         del Xp
+        onx = with_site_indicator(to_onnx_bytes(model, X.shape[1] + 1), X.shape[1])
+        parity_ref = model.predict_proba(np.hstack([X_sel, np.ones((len(X_sel), 1), np.float32)]))[:, 1]
+        c = Candidate(
+            "pooled_site",
+            f"retrained on the base model's {n_base_stays} training stays ({kept_quiet}) plus the local rows with a "
+            f"site indicator (constant 1 here), each local hour weighted {site_w:.2f} "
+            f"({'unweighted' if share is None else f'the site {share:.0%} of the weight'}), {n_best} iterations; "
+            "weight and iterations chosen on the inner split ("
+            + ", ".join(f"{'unweighted' if s is None else f'{s:.0%}'}: AUROC {a:.3f} at {n}" for a, s, n in tried)
+            + ")",
+            onx,
+            len(fit_ids),
+            septic_fit,
+        )
+        c.risk = onnx_proba(onx, X_sel)
+        _check_graph("pooled_site", parity_ref, c.risk)
+        pooled.append(c)
+        cands.append(c)
     else:
         notes.append(
             "The base model's training data was not available: no pooled candidate (only recalibrated, stacked, "
@@ -416,11 +563,14 @@ def adapt(
 
     local_c: Candidate | None = None
     if septic_fit >= cfg.min_local_septic:
-        params = cfg.hgb if cfg.local_full else cfg.local_hgb
-        model = fitted_hgb("local", params, X[in_fit], y[in_fit], pid[in_fit], None)
+        params = {**(cfg.hgb if cfg.local_full else cfg.local_hgb), "max_iter": cfg.local_max_iter}
+        _, n_best = early_stopped("local", params, X[in_fit], y[in_fit], pid[in_fit], None, in_inner[in_fit])
+        model = fitted_hgb("local", {**params, "max_iter": n_best}, X[in_fit], y[in_fit], pid[in_fit], None)
         onx = to_onnx_bytes(model, X.shape[1])
         parity(model, onx, X_sel)
-        local_c = Candidate("local", "fitted on the local rows only", onx, len(fit_ids), septic_fit)
+        local_c = Candidate(
+            "local", f"fitted on the local rows only, {n_best} iterations (inner split)", onx, len(fit_ids), septic_fit
+        )
         local_c.risk = onnx_proba(onx, X_sel)
         cands.append(local_c)
 
@@ -565,6 +715,26 @@ def _ensemble(
     if diff > 1e-5:
         raise AssertionError(f"ensemble ONNX graph differs from its members by {diff:.3g}")
     return c, partner.name
+
+
+def _thin_quiet_stays(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, np.ndarray, str]:
+    """Keep every septic stay and a seeded ``fraction`` of the others, weighted 1/fraction (totals unchanged)."""
+    septic = df.groupby("patient_id")["SepsisLabel"].max()
+    quiet = np.sort(septic.index[septic == 0].to_numpy().astype(str))
+    if fraction >= 1 or len(quiet) == 0:
+        return df, np.ones(len(df)), "every stay"
+    keep = np.random.default_rng(seed).choice(quiet, size=max(1, round(len(quiet) * fraction)), replace=False)
+    ids = df["patient_id"].astype(str)
+    df = df.loc[ids.isin(set(keep)) | ids.isin(set(septic.index[septic == 1].astype(str)))].reset_index(drop=True)
+    is_quiet = df["patient_id"].astype(str).isin(set(keep)).to_numpy()
+    w = np.where(is_quiet, 1.0 / fraction, 1.0)
+    return df, w, f"all septic stays and {len(keep)} of {len(quiet)} others, weighted {1 / fraction:.2g}"
+
+
+def _check_graph(name: str, ref: np.ndarray, got: np.ndarray) -> None:
+    diff = float(np.max(np.abs(ref - got))) if len(ref) else 0.0
+    if diff > 1e-5:
+        raise AssertionError(f"{name} ONNX graph differs from its model by {diff:.3g}")
 
 
 def _auroc(cohort: Cohort, risk: np.ndarray) -> float:

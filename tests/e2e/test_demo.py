@@ -149,6 +149,23 @@ def test_the_lifecycle_is_governed_by_the_registry(demo: dict[str, Any]) -> None
 
 
 @pytest.mark.slow
+def test_the_sites_own_outcomes_become_a_shadow_candidate_staged_by_the_adapt_principal(demo: dict[str, Any]) -> None:
+    ad = demo["adaptation"]
+    # Every streamed stay's outcome came back from the topics as a labelled stay of the dataset.
+    assert ad["dataset"]["labelled_stays"] == demo["stays"], ad
+    assert len(ad["dataset"]["content_sha256"]) == 64
+    assert ad["fit_stays"] + ad["selection_stays"] == demo["stays"]
+    assert ad["stage"] == "shadow"
+    v = ad["version"]
+    steps = [(e["action"], e["to"], e["actor"]) for e in demo["lifecycle"] if e["version"] == v]
+    assert ("registered", "registered", "svc-adapt") in steps and ("stage_changed", "shadow", "svc-adapt") in steps
+    # A demo-sized sample cannot show a gain, and the summary says so.
+    assert "cannot show" in ad["what_it_shows"]
+    if ad["selection_stays"] < 200:
+        assert ad["chosen"] == "recalibrated"
+
+
+@pytest.mark.slow
 def test_figures_equal_vigil_model_predict_on_the_same_stays(demo: dict[str, Any], tmp_path: Path) -> None:
     from vigil_ml.metrics import Cohort, evaluate_score
 

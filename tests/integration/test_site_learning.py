@@ -89,7 +89,8 @@ def test_streamed_outcomes_become_a_shadow_candidate_with_lineage(
 
     cfg = AdaptConfig(name="sepsis", version="site-1", min_local_septic=10, min_stacked_septic=5, n_boot=20)
     cfg.local_hgb.update(max_iter=10)
-    cfg.hgb.update(max_iter=10)  # the local-only model now uses the full-size hyperparameters: bounded here
+    cfg.hgb.update(max_iter=10)  # the local-only model uses the full-size hyperparameters: bounded here
+    cfg.local_max_iter = 10
     manifest_path = tmp_path / "dataset" / "manifest.json"
     res = adapt(default_package_path(), rows, tmp_path / "adapt", config=cfg, manifest_path=manifest_path)
     for fitted in res.fitted_ids.values():

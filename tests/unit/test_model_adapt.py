@@ -20,6 +20,9 @@ def small_config() -> AdaptConfig:
     cfg = AdaptConfig(name="sepsis", version="site-1", min_local_septic=10, min_stacked_septic=5, n_boot=20)
     cfg.local_hgb.update(max_iter=10)
     cfg.hgb.update(max_iter=10)
+    cfg.pooled_hgb.update(max_iter=10)
+    cfg.local_max_iter = 10
+    cfg.n_iter_no_change = 3
     return cfg
 
 
@@ -36,9 +39,12 @@ def test_candidates_are_fitted_on_earlier_stays_only_and_picked_on_the_latest(
     seen: list[set[str]] = []
     real_fit = adapt_mod._fit
 
-    def spy(model: Any, X: np.ndarray, y: np.ndarray, *, ids: np.ndarray, held: set[str], w: Any = None) -> Any:
-        seen.append(set(map(str, ids)))
-        return real_fit(model, X, y, ids=ids, held=held, w=w)
+    def spy(
+        model: Any, X: np.ndarray, y: np.ndarray, *, ids: np.ndarray, held: set[str], w: Any = None, val: Any = None
+    ) -> Any:
+        # The rows fitted on and the rows early stopping watches: both choose the model, neither may be held out.
+        seen.append(set(map(str, ids)) | (set() if val is None else set(map(str, val[2]))))
+        return real_fit(model, X, y, ids=ids, held=held, w=w, val=val)
 
     monkeypatch.setattr(adapt_mod, "_fit", spy)
     manifest = tmp_path / "dataset" / "manifest.json"
@@ -153,7 +159,7 @@ def test_the_site_weight_gives_the_site_its_share_of_the_total_weight() -> None:
         adapt_mod.site_weight(1.0, 1000, 250)
 
 
-def test_pooled_candidates_over_the_site_weight_grid_never_fit_on_a_selection_stay(
+def test_the_site_augmented_pooled_candidate_never_fits_or_stops_on_a_selection_stay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sample = pd.read_parquet(SAMPLE_PATH)
@@ -163,15 +169,66 @@ def test_pooled_candidates_over_the_site_weight_grid_never_fit_on_a_selection_st
     # Stand-in for set A: the base model's training rows are the sample's stays under other ids (a fake of the
     # file lookup only; every fit, export and pick is the real code).
     monkeypatch.setattr(adapt_mod, "base_training_rows", lambda _base, _path: base_rows)
+    seen: list[tuple[set[str], set[str]]] = []
+    real_fit = adapt_mod._fit
+
+    def spy(
+        model: Any, X: np.ndarray, y: np.ndarray, *, ids: np.ndarray, held: set[str], w: Any = None, val: Any = None
+    ) -> Any:
+        seen.append((set(map(str, ids)), set() if val is None else set(map(str, val[2]))))
+        return real_fit(model, X, y, ids=ids, held=held, w=w, val=val)
+
+    monkeypatch.setattr(adapt_mod, "_fit", spy)
     cfg = small_config()
     cfg.min_local_septic = 3
     cfg.site_shares = (None, 0.75)
+    cfg.base_negative_fraction = 0.5
     res = adapt(default_package_path(), local, tmp_path / "run", base_data=tmp_path / "unused", config=cfg)
-    assert {"pooled", "pooled_site75", "ensemble"} <= set(res.candidates)
+    assert {"pooled_site", "local", "ensemble"} <= set(res.candidates)
     for name, fitted in res.fitted_ids.items():
         assert not fitted & res.selection_ids, name
-    assert set(base_rows["patient_id"].astype(str)) <= res.fitted_ids["pooled_site75"]
+    # Two inner fits (one per site share) and two local fits stop early on the latest fitting stays, which
+    # lie inside the fitting part and are never among the rows those inner fits learn from.
+    stopped = [(fit, watched) for fit, watched in seen if watched]
+    assert len(stopped) == 3
+    for fit, watched in stopped:
+        assert watched <= res.fit_ids and not watched & fit
+    for fit, watched in seen:
+        assert not (fit | watched) & res.selection_ids
+    # The quiet base stays are thinned, the septic ones all kept.
+    flags = base_rows.groupby("patient_id")["SepsisLabel"].max()
+    assert set(flags.index[flags == 1]) <= res.fitted_ids["pooled_site"]
+    assert not set(flags.index[flags == 0]) <= res.fitted_ids["pooled_site"]
     card = ModelPackage.load(res.package_dir).card
     assert card["validation"]["chosen"] == res.chosen
     assert "paired stay bootstrap" in card["validation"]["pick_rule"]
-    assert card["validation"]["candidates"]["pooled"]["gain_over_recalibrated"]["auroc"]["ci"] is not None
+    assert card["validation"]["candidates"]["pooled_site"]["gain_over_recalibrated"]["auroc"]["ci"] is not None
+    assert "site indicator" in card["validation"]["candidates"]["pooled_site"]["description"]
+
+
+def test_the_site_indicator_is_a_constant_one_inside_the_serving_graph() -> None:
+    from vigil_ml.onnx_export import onnx_proba, snap_thresholds_to_float32, to_onnx_bytes
+    from vigil_ml.train import build_hgb
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 4)).astype(np.float32)
+    site = (np.arange(400) % 2).astype(np.float32)[:, None]
+    # The label depends on the first feature at the site only, so the trees must split on the indicator.
+    y = ((X[:, 0] > 0) & (site[:, 0] == 1)).astype(int)
+    model = build_hgb(0, {"max_iter": 20}).fit(np.hstack([X, site]), y)
+    snap_thresholds_to_float32(model)
+    graph = adapt_mod.with_site_indicator(to_onnx_bytes(model, 5), 4)
+    got = onnx_proba(graph, X)
+    assert np.max(np.abs(got - model.predict_proba(np.hstack([X, np.ones((400, 1), np.float32)]))[:, 1])) < 1e-5
+    assert np.max(np.abs(got - model.predict_proba(np.hstack([X, np.zeros((400, 1), np.float32)]))[:, 1])) > 0.1
+
+
+def test_rows_that_early_stopping_watches_are_refused_from_a_held_out_stay() -> None:
+    from vigil_ml.train import build_hgb
+
+    X = np.zeros((4, 3), dtype=np.float32)
+    y = np.array([0, 1, 0, 1])
+    with pytest.raises(LeakError):
+        adapt_mod._fit(
+            build_hgb(0, {"max_iter": 1}), X, y, ids=np.array(["a"] * 4), held={"b"}, val=(X, y, np.array(["b"] * 4))
+        )

@@ -50,6 +50,13 @@ def print_summary(console: Console, s: dict[str, Any]) -> None:
         t.add_row("stopped", s["failed"])
     t.add_row("promotion", "promoted" if s["promotion"].get("promoted") else "not promoted")
     t.add_row("rollback drill", "rolled back" if s["rollback_drill"].get("rolled_back") else "no rollback")
+    if s.get("adaptation"):
+        ad = s["adaptation"]
+        t.add_row(
+            "learning at the site",
+            f"{ad['version']} ({ad['chosen']}, from {ad['dataset']['labelled_stays']} streamed stays) in {ad['stage']}",
+        )
+        t.add_row("what that shows", ad["what_it_shows"])
     console.print(t)
     if not s["models"]:
         return

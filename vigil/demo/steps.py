@@ -70,6 +70,8 @@ class DemoContext:
     drifted_encounters: set[str] = field(default_factory=set)
     decision: dict[str, Any] = field(default_factory=lambda: {"promoted": False, "eligibility": {}})
     drill: dict[str, Any] = field(default_factory=dict)
+    adaptation: dict[str, Any] = field(default_factory=dict)
+    """What the learning-at-the-site step built and staged (``vigil/demo/adapt_step.py``)."""
     live: Live | None = None
     """The progress display of a streaming step, while it runs (waits update it instead of a spinner)."""
     report: sim.SimulationReport | None = None
@@ -545,6 +547,12 @@ class RollbackDrill(Step):
         }
 
 
+def _adapt_step() -> Step:
+    from vigil.demo.adapt_step import AdaptAtSite  # it imports this module for Step and DemoContext
+
+    return AdaptAtSite()
+
+
 STORY: tuple[Step, ...] = (
     StartStack(),
     RegisterModels(),
@@ -553,5 +561,6 @@ STORY: tuple[Step, ...] = (
     DecidePromotion(),
     StreamPhase(shadow=False),
     RollbackDrill(),
+    _adapt_step(),
 )
 """The demo's steps, in order."""

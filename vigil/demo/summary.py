@@ -38,6 +38,8 @@ def figures(ctx: DemoContext, watcher: TopicWatcher, rejected: set[str]) -> dict
     drifted = ctx.drifted_encounters
     for label, scores in sorted(by_version.items()):
         version = label.split("v")[-1]
+        if not default_package_path(version).exists():
+            continue  # a site-adapted candidate staged at the end: it scored nothing the demo streamed
         encounters = {enc for enc, _ in scores}
         package = ModelPackage.load(default_package_path(version))
         # Agreement with `vigil model predict` holds on stays streamed as recorded. Stays sent with an injected
@@ -127,6 +129,7 @@ def build_summary(
         ],
         "promotion": ctx.decision,
         "rollback_drill": ctx.drill,
+        "adaptation": ctx.adaptation,
         "lifecycle": [
             {
                 "action": e.action.value,
