@@ -246,7 +246,8 @@ def open_stack(
     else:
         prefix = f"benche2e{uuid.uuid4().hex[:6]}."
         ensure_secrets(stack.home)
-        stack.cluster.start()
+        # A broker start took over 90 s (the default wait) on the shared machine at a load average of 20.
+        stack.cluster.start(timeout=300)
         stack.cluster.provision(Topics(prefix), partitions=partitions)
         extra = {
             "VIGIL_TOPIC_PREFIX": prefix,
@@ -374,6 +375,12 @@ async def profile(pids: dict[str, int], seconds: float, out: Path) -> dict[str, 
     return {name: hot_frames((out / f"{name}.txt").read_text()) for name in pids if (out / f"{name}.txt").exists()}
 
 
+IDLE_LEAVES = frozenset({"select", "poll", "epoll", "wait", "acquire", "sleep"})
+"""Functions a thread waits in (the event loop's selector, a worker thread's condition): samples ending in one are
+idle. py-spy's own idle detection counts a thread as busy while it waits for a CPU, which on a loaded machine is
+most of the time."""
+
+
 def hot_frames(collapsed: str, top: int = 12) -> dict[str, Any]:
     """Share of samples per function, inclusive (on the stack) and self (on top), from py-spy's raw output.
 
@@ -389,7 +396,7 @@ def hot_frames(collapsed: str, top: int = 12) -> dict[str, Any]:
             continue
         n = int(count_s)
         frames = [f.split(" (")[0] + " " + _module(f) for f in stack.split(";") if f]
-        if frames and (frames[-1].startswith(("select ", "poll ", "_run_once ")) or "epoll" in frames[-1]):
+        if frames and frames[-1].split(" ")[0].rpartition(".")[2] in IDLE_LEAVES:
             idle += n
             continue
         total += n
@@ -482,7 +489,16 @@ async def main(
 
     rows = offline_features(pd.read_parquet(SAMPLE)).to_numpy(dtype=np.float32)
     workdir = Path(tempfile.mkdtemp(prefix="vigil-bench-e2e-"))
-    baseline = await _baseline(rows, requests=baseline_requests, concurrency=baseline_concurrency, workdir=workdir)
+    for attempt in range(3):
+        try:
+            baseline = await _baseline(
+                rows, requests=baseline_requests, concurrency=baseline_concurrency, workdir=workdir
+            )
+            break
+        except RuntimeError:
+            # Its server not answering within 90 s happens on a machine loaded ten times over: try again.
+            if attempt == 2:
+                raise
     stack, path = await asyncio.to_thread(
         open_stack,
         start=start,
