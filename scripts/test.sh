@@ -21,4 +21,5 @@ $UV run --frozen pytest -p no:cacheprovider -m unit -x "$@"
 
 echo "== slow lane: integration (native Kafka broker, SQLite, PostgreSQL) and e2e"
 # The broker tier must run, never skip: the session fixture starts a native broker and fails if it cannot.
-$UV run --frozen pytest -p no:cacheprovider -m "not unit" "$@"
+# The slowest tests are listed at the end, so that CI time stays visible as tests are added.
+$UV run --frozen pytest -p no:cacheprovider -m "not unit" --durations=15 "$@"
