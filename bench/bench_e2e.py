@@ -420,6 +420,18 @@ def _module(frame: str) -> str:
     return inside.rsplit("/", 1)[-1].split(":")[0]
 
 
+async def idle_cpu(path: PathUnderTest, seconds: float) -> dict[str, float]:
+    """CPU seconds per second of each process while nothing is posted: what polling and timers cost by the clock.
+
+    At a low load this is much of the CPU per bundle (a scorer idle costs the same whether one bundle a second
+    arrives or none), so each load's line also gives its CPU per bundle net of it.
+    """
+    before, t0 = _cpu(path.pids), time.monotonic()
+    await asyncio.sleep(seconds)
+    after, elapsed = _cpu(path.pids), time.monotonic() - t0
+    return {k: round((after[k] - before[k]) / elapsed, 4) for k in after if k in before}
+
+
 async def run_load(
     path: PathUnderTest,
     rate: float,
@@ -429,13 +441,14 @@ async def run_load(
     senders: int,
     drain_s: float,
     profile_dir: Path | None,
+    idle: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """One load: plan, offer, read the scores, match; the figures and the CPU per process."""
     run = f"e2e{uuid.uuid4().hex[:6]}"
     posts = await asyncio.to_thread(plan, rate, seconds, tag=f"b{index:02d}{run[-4:]}")
     reader = ScoreReader(path.kafka, path.topics.scores_live, run)
     await reader.start()
-    cpu0 = _cpu(path.pids)
+    cpu0, t0 = _cpu(path.pids), time.monotonic()
     spy = None
     if profile_dir is not None:
         busy = {k: v for k, v in path.pids.items() if not k.startswith("broker") and k != "bench"}
@@ -449,7 +462,7 @@ async def run_load(
         if not waiting:
             break
         await asyncio.sleep(0.2)
-    cpu1 = _cpu(path.pids)
+    cpu1, wall = _cpu(path.pids), time.monotonic() - t0
     await reader.stop()
     figures = summarize(posts, rate)
     cpu = {k: round(cpu1[k] - cpu0[k], 2) for k in cpu1 if k in cpu0}
@@ -458,6 +471,12 @@ async def run_load(
     figures["cpu_ms_per_bundle_path"] = round(
         sum(v for k, v in figures["cpu_ms_per_bundle"].items() if k != "bench"), 3
     )
+    figures["wall_s"] = round(wall, 1)
+    if idle:
+        figures["idle_cpu_s_per_s"] = idle
+        figures["cpu_ms_per_bundle_net_of_idle"] = {
+            k: round(1000 * (v - idle.get(k, 0.0) * wall) / len(posts), 3) for k, v in cpu.items()
+        }
     figures["scores_read"] = len(reader.scores)
     if spy is not None:
         figures["profile"] = await spy
@@ -475,6 +494,7 @@ async def main(
     services: Sequence[str] = (),
     partitions: int = 6,
     drain_s: float = 30.0,
+    idle_s: float = 15.0,
     profile_dir: Path | None = None,
     profile_load: float | None = None,
     baseline_requests: int = 3000,
@@ -509,6 +529,7 @@ async def main(
     )
     results = []
     try:
+        idle = await idle_cpu(path, idle_s) if idle_s > 0 else None
         for i, rate in enumerate(loads):
             load_before = os.getloadavg()[0]
             figures = await run_load(
@@ -519,6 +540,7 @@ async def main(
                 senders=senders,
                 drain_s=drain_s,
                 profile_dir=profile_dir if profile_dir is not None and rate == (profile_load or max(loads)) else None,
+                idle=idle,
             )
             delivered = figures["delivered_obs_per_s"] or 0.0
             line = {

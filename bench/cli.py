@@ -128,6 +128,7 @@ def bench_e2e(
     profile_dir: str = typer.Option("", help="Profile ingest and the scorer with py-spy during one load, here."),
     profile_load: float = typer.Option(0.0, help="The load to profile (default: the highest)."),
     baseline_requests: int = typer.Option(3000, help="Requests of the article-style baseline."),
+    idle_s: float = typer.Option(15.0, help="Seconds of the stack's CPU measured idle before the loads (0: skip)."),
 ) -> None:
     """The whole path: FHIR bundles over HTTP to live scores at fixed offered loads; one JSON line per load."""
     from pathlib import Path
@@ -154,6 +155,7 @@ def bench_e2e(
             profile_dir=Path(profile_dir) if profile_dir else None,
             profile_load=profile_load or None,
             baseline_requests=baseline_requests,
+            idle_s=idle_s,
             emit=typer.echo,
         )
     )
