@@ -1,4 +1,4 @@
-"""The benchmarks' command line (mounted under ``vigil`` as ``vigil bench``): ``vigil bench scorer``.
+"""The benchmarks' command line (mounted under ``vigil`` as ``vigil bench``): ``vigil bench scorer``, ``e2e``...
 
 It lives beside the benchmarks rather than in the scorer: no service imports ``bench`` (which no wheel ships),
 and the ``vigil`` command line may.
@@ -108,3 +108,54 @@ def bench_compare(
         ingest_n=ingest_n,
     )
     typer.echo(json.dumps(result))
+
+
+@app.command("e2e")
+def bench_e2e(
+    loads: str = typer.Option("500,1000,2000,4000,8000", help="Comma-separated offered loads (observations/s)."),
+    seconds: float = typer.Option(10.0, help="Duration of each load (one encounter-hour per bed per second)."),
+    senders: int = typer.Option(64, help="Concurrent HTTP connections to ingest (EHR interface engines)."),
+    stack: str = typer.Option(
+        "start", help="'start': a stack of its own on --kafka-port/--port-base, stopped at the end; 'running': use one."
+    ),
+    kafka_port: int = typer.Option(
+        29692, help="The stack's broker port; below Linux's ephemeral range (32768 on), where a client could hold it."
+    ),
+    port_base: int = typer.Option(28001, help="The stack's ingest port (the other services follow)."),
+    with_services: str = typer.Option("", "--with", help="Further services to start: shadow, drift, registry."),
+    partitions: int = typer.Option(6, help="Partitions of the stack's topics (with --stack start)."),
+    drain_s: float = typer.Option(30.0, help="Longest wait for the scores after the last post."),
+    profile_dir: str = typer.Option("", help="Profile ingest and the scorer with py-spy during one load, here."),
+    profile_load: float = typer.Option(0.0, help="The load to profile (default: the highest)."),
+    baseline_requests: int = typer.Option(3000, help="Requests of the article-style baseline."),
+    idle_s: float = typer.Option(15.0, help="Seconds of the stack's CPU measured idle before the loads (0: skip)."),
+) -> None:
+    """The whole path: FHIR bundles over HTTP to live scores at fixed offered loads; one JSON line per load."""
+    from pathlib import Path
+
+    from bench.bench_e2e import main
+
+    if stack not in ("start", "running"):
+        raise typer.BadParameter("--stack is 'start' or 'running'")
+    extra = [s.strip() for s in with_services.split(",") if s.strip()]
+    unknown = set(extra) - {"shadow", "drift", "registry"}
+    if unknown:
+        raise typer.BadParameter(f"unknown services: {sorted(unknown)}")
+    asyncio.run(
+        main(
+            loads=[float(x) for x in loads.split(",") if x.strip()],
+            seconds=seconds,
+            senders=senders,
+            start=stack == "start",
+            kafka_port=kafka_port,
+            port_base=port_base,
+            services=extra,
+            partitions=partitions,
+            drain_s=drain_s,
+            profile_dir=Path(profile_dir) if profile_dir else None,
+            profile_load=profile_load or None,
+            baseline_requests=baseline_requests,
+            idle_s=idle_s,
+            emit=typer.echo,
+        )
+    )
