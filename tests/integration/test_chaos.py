@@ -85,7 +85,8 @@ SCALED = ("scorer", "shadow", "drift")
 
 
 async def add_and_remove_instances(stack: Stack, feed: Feed) -> list[str]:
-    await feed.reach(0.25)
+    # Early and on a slower feed: three processes take half a minute to be ready, and they must join mid-stream.
+    await feed.reach(0.1)
     added = [stack.start(n) for n in SCALED]
     await stack.ready(*added)
     at = feed.share_sent
@@ -111,7 +112,7 @@ SCENARIOS: dict[str, tuple[Faults, float]] = {
     "uninterrupted": (no_faults, 3.0),
     "broker": (kill_a_broker, 3.0),
     "controller": (kill_the_controller, 3.0),
-    "scale": (add_and_remove_instances, 3.0),
+    "scale": (add_and_remove_instances, 1.0),  # slower: the added instances must be ready before the feed ends
     "services": (kill_each_service, 1.5),  # slower: four kills must land while the feed runs
 }
 """Each scenario's faults and the feed's pace (simulated hours per second)."""
