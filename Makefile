@@ -5,7 +5,7 @@ UV_VERSION := 0.13.8
 UV := python3 -m uv
 export UV_LINK_MODE := copy
 
-.PHONY: setup demo test lint up down kafka
+.PHONY: setup demo test lint chaos up down kafka
 
 setup: ## Install Python (uv workspace, exact versions from uv.lock) and fetch the Kafka broker jars
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
@@ -24,6 +24,9 @@ lint: ## ruff (style, complexity, sleep-in-a-loop), mypy (strict on the common p
 	$(UV) run --frozen ruff format --check .
 	$(UV) run --frozen mypy
 	$(UV) run --frozen lint-imports
+
+chaos: setup ## The chaos suite: faults mid-stream on a real three-broker cluster (about 7 minutes; not in `make test`)
+	$(UV) run --frozen pytest -p no:cacheprovider -m chaos -rA
 
 up: setup
 	$(UV) run --frozen vigil up

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, Field, StrictFloat, WithJsonSchema
 
 from vigil_runtime.auth import requires
 from vigil_runtime.responses import AUTH_RESPONSES, errors, invalid
@@ -54,7 +54,9 @@ class PredictResponse(BaseModel):
 async def predict(
     service: ScorerDep,
     features: Annotated[
-        dict[str, float | None],
+        # Strict: in pydantic's lax mode `true` and "1.5" pass as numbers, which the schema refuses (schemathesis's
+        # coverage phase found a boolean scored as 1.0).
+        dict[str, StrictFloat | None],
         WithJsonSchema(SNAPSHOT_SCHEMA),
         Body(description="FEATURE_COLUMNS names to numbers (null or absent: missing).", examples=[EXAMPLE]),
     ],
