@@ -256,7 +256,7 @@ def open_stack(
             # Development mode for the scorer alone: it serves the bundled model without a registry (outside it a
             # scorer the registry does not confirm serves nothing). Its Kafka connection stays SASL_SSL as its
             # own principal; the broker and the other services are as `vigil up` runs them.
-            "SCORER_DEVELOPMENT": "true",
+            "SCORER_DEVELOPMENT": "true",  # why: no registry in this bench, so nothing can confirm a model
         }
         names = ["ingest", "scorer", *services]
         for name in names:
@@ -272,7 +272,7 @@ def open_stack(
     pids["bench"] = os.getpid()
     path = PathUnderTest(
         ingest_url=stack.url("ingest"),
-        token=stack.token("simulator"),
+        token=stack.token("simulator"),  # secured: the stack's own EHR-sender credential, write scope only
         topics=Topics(prefix),
         kafka=stack.cluster.connection(),
         pids=pids,

@@ -182,7 +182,7 @@ class Stack:
                 # Development mode: no registry runs in the chaos suite, and only in development mode does a scorer
                 # score with the bundled package the registry has not confirmed (outside it, it fails closed).
                 # What is tested is delivery and state under faults; the broker stays SASL_SSL with ACLs.
-                "SCORER_DEVELOPMENT": "true",
+                "SCORER_DEVELOPMENT": "true",  # why: no registry runs here to confirm the model (see above)
                 "SCORER_REGISTRY_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens: no registry
                 "SCORER_DEFAULT_MODEL_PATH": str(default_package_path(LIVE_VERSION)),
                 "SCORER_MODEL_CACHE_DIR": str(cache),
@@ -265,6 +265,7 @@ class Feed:
                 via="http",
                 # ingest's URL is fixed for the run: a restarted ingest listens on the same port (see Stack.restart)
                 ingest_url=ingest.url,
+                # Secured: the stack's own EHR-sender credential (write scope only), not a development token.
                 token=self.stack.http.token("simulator"),
                 speed=self.speed,
                 drifts=[FEED_DRIFT],
