@@ -102,6 +102,37 @@ def main() -> None:
         cohort, adapted_risk, adapted.operating_threshold, base_risk, base.operating_threshold, n_boot=a.n_boot, seed=1
     )
     naive_gain: dict[str, object] = {}
+
+    def save(stage: str) -> None:
+        results = {
+            "stage": stage,
+            "design": {
+                "site": a.site,
+                "base_unit": a.base_unit or "every stay outside the site",
+                "base_site_stays": len(base_ids),
+                "local_adapt_stays": len(adapt_ids),
+                "local_eval_stays": len(eval_ids),
+                "local_eval_septic": int(cohort.septic.sum()),
+                "iters": a.iters,
+                "adapt_seconds": round(t_adapt),
+                "chosen": res.chosen,
+                "notes": res.notes,
+                "validation": res.candidates,
+            },
+            "evaluation": {
+                k: {m: v[m] for m in ("auroc", "auprc", "utility", "sensitivity", "ppv", "threshold")}
+                for k, v in figs.items()
+            },
+            "adapted_gain_over_base_on_evaluation": gain,
+            "adapted_gain_over_naive_on_evaluation": naive_gain,
+        }
+        (a.out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+
+    # Saved after each stage: on a busy machine a run may be stopped before the naive recipes finish.
+    save("base and adapted evaluated")
+    for k, v in figs.items():
+        print(f"{k:32s} AUROC {v['auroc']} utility {v['utility']}", flush=True)
+    print("adapted - base (paired):", json.dumps(gain), flush=True)
     if not a.no_naive:
         # The naive recipes as a site would run them: the training code itself on the pooled rows and on the local
         # rows alone (every adaptation stay; its own 70/15/15 split and validation threshold).
@@ -118,7 +149,9 @@ def main() -> None:
             ncfg = TrainConfig(name=slug, version="1", hold_out_sample=False, n_boot=20)
             ncfg.hgb["max_iter"] = a.iters
             print(f"[{time.monotonic() - t0:.0f}s] training {label}", flush=True)
-            pkg = ModelPackage.load(train(a.out / f"{slug}.parquet", a.out / slug, ncfg).package_dir)
+            if not (a.out / slug / "package" / "manifest.json").exists():
+                train(a.out / f"{slug}.parquet", a.out / slug, ncfg)
+            pkg = ModelPackage.load(a.out / slug / "package")
             risk = pkg.predict(X_ev).astype(np.float64)
             figs[label] = evaluate_score(cohort, risk, pkg.operating_threshold, n_boot=a.n_boot, seed=1)
             naive_gain[label] = paired_gain(
@@ -130,28 +163,8 @@ def main() -> None:
                 n_boot=a.n_boot,
                 seed=1,
             )
-    results = {
-        "design": {
-            "site": a.site,
-            "base_unit": a.base_unit or "every stay outside the site",
-            "base_site_stays": len(base_ids),
-            "local_adapt_stays": len(adapt_ids),
-            "local_eval_stays": len(eval_ids),
-            "local_eval_septic": int(cohort.septic.sum()),
-            "iters": a.iters,
-            "adapt_seconds": round(t_adapt),
-            "chosen": res.chosen,
-            "notes": res.notes,
-            "validation": res.candidates,
-        },
-        "evaluation": {
-            k: {m: v[m] for m in ("auroc", "auprc", "utility", "sensitivity", "ppv", "threshold")}
-            for k, v in figs.items()
-        },
-        "adapted_gain_over_base_on_evaluation": gain,
-        "adapted_gain_over_naive_on_evaluation": naive_gain,
-    }
-    (a.out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+            save(f"{slug} evaluated")
+    save("done")
     for k, v in figs.items():
         print(f"{k:32s} AUROC {v['auroc']} utility {v['utility']}", flush=True)
     print("adapted - base (paired):", json.dumps(gain), flush=True)
