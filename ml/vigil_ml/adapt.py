@@ -418,7 +418,7 @@ def adapt(
     local = local.sort_values(["patient_id", "hour"], kind="stable").reset_index(drop=True)
     fit_ids, sel_ids = temporal_split(local, cfg.selection_fraction)
     pid = local["patient_id"].to_numpy()
-    in_fit, in_sel = np.isin(pid, list(fit_ids)), np.isin(pid, list(sel_ids))
+    in_fit, in_sel = data.rows_of(pid, fit_ids), data.rows_of(pid, sel_ids)
     step(f"local: {len(fit_ids)} stays to fit on, the latest {len(sel_ids)} to select and validate on")
     X = offline_features(local).to_numpy(dtype=np.float32)
     y = local["SepsisLabel"].to_numpy().astype(int)
@@ -454,7 +454,7 @@ def adapt(
     # the selection stays stay untouched for the pick, the thresholds and the card's figures.
     fit_order = temporal_order(local.loc[in_fit])
     inner_ids = set(fit_order[-max(1, round(len(fit_order) * cfg.inner_fraction)) :])
-    in_inner = np.isin(pid, list(inner_ids))
+    in_inner = data.rows_of(pid, inner_ids)
     inner_frame = local.loc[in_inner].reset_index(drop=True)
     inner = Cohort.from_frame(inner_frame)
     step(f"inner split: the latest {len(inner_ids)} fitting stays choose site weights and iteration counts")

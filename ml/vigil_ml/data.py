@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,15 @@ def load(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"not PhysioNet-format rows: missing {sorted(missing)}")
     df["patient_id"] = df["patient_id"].astype(str)
     return df.sort_values(["patient_id", "hour"], kind="stable").reset_index(drop=True)
+
+
+def rows_of(patient_ids: Any, stays: Any) -> np.ndarray:
+    """Boolean mask of the rows whose stay id is among ``stays``.
+
+    pandas' hash-based ``isin``: ``np.isin`` on string (object) ids compares every row with every id, which on
+    10,000 stays (390,000 rows, 7,500 ids) cost about two minutes of CPU in `vigil model adapt` alone.
+    """
+    return pd.Series(np.asarray(patient_ids), copy=False).isin(set(stays)).to_numpy()
 
 
 def file_sha256(path: str | Path) -> str:

@@ -165,7 +165,7 @@ def train(data_path: str | Path, out_dir: str | Path, config: TrainConfig | None
     t_features = time.monotonic() - t0
     y = df["SepsisLabel"].to_numpy().astype(int)
     pid = df["patient_id"].to_numpy()
-    parts = {k: np.isin(pid, getattr(split, k)) for k in ("train", "valid", "test")}
+    parts = {k: data.rows_of(pid, getattr(split, k)) for k in ("train", "valid", "test")}
 
     masked = mask_columns(cfg.drop_feature_groups)
     X_fit = X
