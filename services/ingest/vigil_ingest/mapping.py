@@ -167,6 +167,101 @@ def observation_id(source: SourceRef, feature: str, observed_at: datetime) -> st
     return _uuid5_of(f"obs\x1f{source.resource_type}\x1f{source.resource_id}\x1f{version}\x1f{feature}\x1f{iso}")
 
 
+# --- events built without a second validation -----------------------------------------------------------------
+# A reading's fields are all made by the mapper from values it has already checked (ids it derived, times it
+# parsed to aware UTC, floats it converted and range-checked, statuses and comparators from closed tables), so
+# pydantic's validation of each SourceRef and ObservationRecorded repeated that work: ~16% of a plain reading's
+# time (py-spy on bench/bench_ingest.py's core). ``model_construct`` does not help (its per-field Python loop
+# measured slower than validating); these set the instance's state the way ``model_construct`` does, in one step.
+# tests/unit/test_ingest_trusted_events.py holds every event so built equal to ``model_validate`` of its fields
+# (equality and JSON bytes) over the FHIR corpus, the fuzz cases and the generated ones; a field added to either
+# model fails the import below rather than publishing an event without it.
+_new_object = object.__new__
+_set_state = object.__setattr__
+_SOURCE_FIELDS = frozenset(SourceRef.model_fields)
+_OBSERVATION_FIELDS = frozenset(ObservationRecorded.model_fields)
+_OBSERVATION_SET = _OBSERVATION_FIELDS - {"schema_version", "type"}
+"""The fields the validating call passed (the rest were defaults), as ``model_fields_set`` reported them."""
+if _SOURCE_FIELDS != {"resource_type", "resource_id", "version_id", "system"} or _OBSERVATION_FIELDS != {
+    "schema_version",
+    "event_id",
+    "occurred_at",
+    "key",
+    "type",
+    "encounter",
+    "patient",
+    "feature",
+    "value",
+    "unit",
+    "observed_at",
+    "status",
+    "comparator",
+    "source",
+    "original_value",
+    "original_unit",
+}:  # pragma: no cover - a contract change must revisit the builders below
+    raise ImportError("SourceRef or ObservationRecorded changed its fields: update vigil_ingest.mapping's builders")
+
+
+def source_ref(resource_type: str, resource_id: str, version_id: str | None, system: str | None) -> SourceRef:
+    """A SourceRef of fields the mapper made (strings or None), without validating them again."""
+    ref = _new_object(SourceRef)
+    _set_state(
+        ref,
+        "__dict__",
+        {"resource_type": resource_type, "resource_id": resource_id, "version_id": version_id, "system": system},
+    )
+    _set_state(ref, "__pydantic_fields_set__", set(_SOURCE_FIELDS))
+    _set_state(ref, "__pydantic_extra__", None)
+    _set_state(ref, "__pydantic_private__", None)
+    return ref
+
+
+def recorded(
+    event_id: str,
+    occurred_at: datetime,
+    encounter: str | None,
+    patient: str | None,
+    feature: str,
+    value: float,
+    unit: str,
+    observed_at: datetime,
+    status: str,
+    comparator: str | None,
+    source: SourceRef,
+    original_value: float | None,
+    original_unit: str | None,
+) -> ObservationRecorded:
+    """An ObservationRecorded of checked fields (see above), without validating them again."""
+    event = _new_object(ObservationRecorded)
+    _set_state(
+        event,
+        "__dict__",
+        {
+            "schema_version": 1,
+            "event_id": event_id,
+            "occurred_at": occurred_at,
+            "key": encounter or UNLINKED_KEY,
+            "type": "observation.recorded",
+            "encounter": encounter,
+            "patient": patient,
+            "feature": feature,
+            "value": value,
+            "unit": unit,
+            "observed_at": observed_at,
+            "status": status,
+            "comparator": comparator,
+            "source": source,
+            "original_value": original_value,
+            "original_unit": original_unit,
+        },
+    )
+    _set_state(event, "__pydantic_fields_set__", set(_OBSERVATION_SET))
+    _set_state(event, "__pydantic_extra__", None)
+    _set_state(event, "__pydantic_private__", None)
+    return event
+
+
 class InvalidPayload(ValueError):
     """The payload as a whole cannot be read (not JSON, not a FHIR resource)."""
 
@@ -831,7 +926,7 @@ class Mapper:
         if start is None:
             counts["demographics_without_encounter_start"] += 1
             return
-        source = SourceRef(resource_type="Patient", resource_id=patient, version_id=info.version)
+        source = source_ref("Patient", patient, info.version, None)
         if info.birth is not None:
             year, month, day = info.birth
             age = start.year - year
@@ -1042,7 +1137,7 @@ class Mapper:
         raw_status = res.get("status")
         status = raw_status if isinstance(raw_status, str) else None
         identity = self._identity(res, rid, status, ctx.digests.get(id(res)))
-        source = SourceRef(resource_type="Observation", resource_id=rid, version_id=identity.version, system=ctx.system)
+        source = source_ref("Observation", rid, identity.version, ctx.system)
         features = [f for f in (feature, *(f for f, _ in components)) if f is not None]
 
         if status in RETRACTING_STATUSES:
@@ -1396,21 +1491,20 @@ class Mapper:
         if per_encounter:
             event_id = fast_id(event_id, where.encounter)
         original = reading.original
-        return ObservationRecorded(
-            event_id=event_id,
-            occurred_at=where.occurred_at,
-            key=where.encounter or UNLINKED_KEY,
-            encounter=where.encounter,
-            patient=where.patient,
-            feature=m.name,
-            value=reading.value,
-            unit=m.unit,
-            observed_at=where.observed_at,
-            status=where.status,
-            comparator=reading.comparator,
-            source=where.source,
-            original_value=original[0] if original else None,
-            original_unit=original[1] if original else None,
+        return recorded(
+            event_id,
+            where.occurred_at,
+            where.encounter,
+            where.patient,
+            m.name,
+            reading.value,
+            m.unit,
+            where.observed_at,
+            where.status,
+            reading.comparator,
+            where.source,
+            original[0] if original else None,
+            original[1] if original else None,
         )
 
     @staticmethod
