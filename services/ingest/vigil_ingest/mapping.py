@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,8 +108,8 @@ class EntryOutcome:
     events: list[Canonical] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     note: str | None = None
-    content: tuple[str, str, str | None] | None = None
-    """(resource id, digest of its content, version) of a mapped Observation, remembered once published."""
+    content: tuple[str, int, str | None] | None = None
+    """(resource id, hash of its content, version) of a mapped Observation, remembered once published."""
     correction: bool = False
     """A known id sent again with different content: published as an amendment with a new version."""
 
@@ -137,12 +136,14 @@ class MapResult:
 _NAMESPACE = VIGIL_NAMESPACE.bytes
 
 
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+"""The RFC 4122 variant's hex digit for each first digit of byte 8 (its top two bits set to 10)."""
+
+
 def _uuid5_of(name: str) -> str:
-    raw = bytearray(hashlib.sha1(_NAMESPACE + name.encode(), usedforsecurity=False).digest()[:16])
-    raw[6] = (raw[6] & 0x0F) | 0x50
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # The version and variant are set on the hex digits, not on a bytearray: one hexdigest, no byte edits.
+    h = hashlib.sha1(_NAMESPACE + name.encode(), usedforsecurity=False).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def fast_id(*parts: object) -> str:
@@ -353,7 +354,8 @@ class _Identity:
     """The version a resource's readings are published under, its content digest, and whether it corrects."""
 
     version: str | None
-    digest: str
+    digest: int
+    """:func:`content_hash` of the resource."""
     correction: bool
 
 
@@ -365,8 +367,8 @@ class _Context:
     report_times: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)
     system: str | None = None
     depth: int = 0
-    digests: dict[int, str] = field(default_factory=dict)
-    """Content digests of the bundle's Observations by ``id()`` (computed once for the repeat check, reused)."""
+    digests: dict[int, int] = field(default_factory=dict)
+    """Content hashes of the bundle's Observations by ``id()`` (computed once for the repeat check, reused)."""
 
 
 def _codings(concept: Any) -> list[dict[str, Any]]:
@@ -440,19 +442,36 @@ def strip_bom(data: bytes) -> bytes:
     return data[3:] if data.startswith(UTF8_BOM) else data
 
 
-def content_digest(resource: dict[str, Any]) -> str:
-    """What a resource says, without its bookkeeping (meta, narrative): equal digests mean the same content."""
+def content_bytes(resource: dict[str, Any]) -> bytes:
+    """What a resource says, without its bookkeeping (meta, narrative), as canonical JSON (keys sorted)."""
     if "meta" in resource or "text" in resource:
         # A shallow copy without them: a C-level copy and two pops cost half a filtering dict comprehension.
         resource = dict(resource)
         resource.pop("meta", None)
         resource.pop("text", None)
-    return hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    return orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+
+
+def content_digest(resource: dict[str, Any]) -> str:
+    """A stable digest of :func:`content_bytes` (the version a correction without one is published under)."""
+    return hashlib.sha256(content_bytes(resource)).hexdigest()[:16]
+
+
+def content_hash(resource: dict[str, Any]) -> int:
+    """Equal hashes mean the same content: what a repeat is told from a correction by, within this process.
+
+    Python's hash of the bytes (SipHash, 64 bits, keyed per process) rather than :func:`content_digest`: it is
+    only compared with what this process remembered (the memory of published content does not outlive it), it
+    is as wide as the digest's 16 hex digits, and it costs a fraction of a SHA-256 call, which OpenSSL 3 makes
+    expensive for short inputs (~1.4 us of a reading's mapping, measured). The digest is computed only for the
+    version of a correction sent without one.
+    """
+    return hash(content_bytes(resource))
 
 
 @dataclass(slots=True)
 class _Known:
-    latest: str
+    latest: int
     version: str | None
 
 
@@ -495,15 +514,22 @@ class TimeRules:
     """How long before its encounter began a reading may be dated (pre-admission readings are legitimate)."""
     clock: Callable[[], datetime] = utcnow
 
-    def problem(self, observed_at: datetime, birth: datetime | None, encounter_start: datetime | None) -> str | None:
-        """Why ``observed_at`` cannot be believed, or None."""
-        if self.clock is utcnow:
-            # The default clock, read as a float: ``datetime.now(UTC)`` and the datetime sum cost a few percent
-            # of mapping a reading (py-spy on bench/bench_ingest.py's core); the comparison is the same instant.
-            late = observed_at.timestamp() > time.time() + self.future_skew.total_seconds()
-        else:
-            late = observed_at > self.clock() + self.future_skew
-        if late:
+    def latest(self) -> datetime:
+        """The latest believable time, by the clock now (read once per request, not once per reading)."""
+        return self.clock() + self.future_skew
+
+    def problem(
+        self,
+        observed_at: datetime,
+        birth: datetime | None,
+        encounter_start: datetime | None,
+        latest: datetime | None = None,
+    ) -> str | None:
+        """Why ``observed_at`` cannot be believed, or None; ``latest`` is :meth:`latest` read earlier, if given."""
+        # The mapper passes the bound it read at the start of the payload: the clock and the datetime sum per
+        # reading were a few percent of it (py-spy on bench/bench_ingest.py's core); a Bundle maps in seconds at
+        # most, far inside the allowed skew.
+        if observed_at > (latest if latest is not None else self.latest()):
             return (
                 f"effective time is later than ingest's clock plus the allowed skew "
                 f"({int(self.future_skew.total_seconds())} s): a clock error or a typo"
@@ -534,6 +560,8 @@ class Mapper:
     ) -> None:
         self.units = units or UnitConverter()
         self.time_rules = time_rules or TimeRules()
+        self._latest: datetime | None = None
+        """The time rules' latest believable time, read once per payload (:meth:`map_payload`)."""
         self.patients = BoundedCache(state_size)
         self.patient_ids = BoundedCache(state_size)
         self.encounters = BoundedCache(state_size)
@@ -579,6 +607,7 @@ class Mapper:
 
     def map_payload(self, payload: Any, *, system: str | None = None) -> MapResult:
         """Map a parsed resource or Bundle (never raises on bad input: problems become rejections)."""
+        self._latest = self.time_rules.latest()
         try:
             return self._map(payload, system)
         except (TypeError, AttributeError, KeyError, ValueError, IndexError, RecursionError) as error:
@@ -691,13 +720,13 @@ class Mapper:
 
         # The same Observation twice in one request: a repeat is answered once; a conflicting one (same id and
         # version, different content) is refused, since which of the two is true cannot be told.
-        first_of: dict[tuple[str, str | None], tuple[str, int | None]] = {}
+        first_of: dict[tuple[str, str | None], tuple[int, int | None]] = {}
         repeats: dict[int | None, EntryOutcome] = {}
         for position, resource, r_type, rid in prepared:
             if r_type != "Observation":
                 continue
             key = (rid, _version(resource.get("meta")))
-            digest = ctx.digests[id(resource)] = content_digest(resource)
+            digest = ctx.digests[id(resource)] = content_hash(resource)
             seen = first_of.get(key)
             if seen is None:
                 first_of[key] = (digest, position)
@@ -1284,7 +1313,7 @@ class Mapper:
             counts["no_encounter"] += 1
         return patient, encounter
 
-    def _identity(self, res: dict[str, Any], rid: str, status: str | None, digest: str | None = None) -> _Identity:
+    def _identity(self, res: dict[str, Any], rid: str, status: str | None, digest: int | None = None) -> _Identity:
         """The version to publish under: a repeat keeps its ids, new content for a known id is a correction.
 
         The same content is a repeat (the same event ids, answered 200); new content is a correction, published as
@@ -1293,7 +1322,7 @@ class Mapper:
         """
         version = _version(res.get("meta"))
         if digest is None:
-            digest = content_digest(res)
+            digest = content_hash(res)
         known = self.contents.get(rid)
         correction = False
         if known is not None and digest != known.latest:
@@ -1304,7 +1333,7 @@ class Mapper:
                 )
             correction = status in READING_STATUSES and status not in ("amended", "corrected")
             if version is None:
-                version = f"content-{digest}"
+                version = f"content-{content_digest(res)}"
         elif known is not None and version is None:
             version = known.version  # a repeat keeps the ids it was published under
         return _Identity(version, digest, correction)
@@ -1343,7 +1372,7 @@ class Mapper:
             except ValueError:
                 birth = None
         enc = self.encounters.get(encounter) if encounter is not None else None
-        problem = self.time_rules.problem(observed_at, birth, enc.start if enc is not None else None)
+        problem = self.time_rules.problem(observed_at, birth, enc.start if enc is not None else None, self._latest)
         if problem is not None:
             raise _Reject(problem, "value")
 
@@ -1556,7 +1585,9 @@ __all__ = [
     "Mapper",
     "Rejection",
     "TimeRules",
+    "content_bytes",
     "content_digest",
+    "content_hash",
     "event_line",
     "parse_fhir_datetime",
     "strip_bom",
