@@ -183,7 +183,8 @@ _SOURCE_FIELDS = frozenset(SourceRef.model_fields)
 _OBSERVATION_FIELDS = frozenset(ObservationRecorded.model_fields)
 _OBSERVATION_SET = _OBSERVATION_FIELDS - {"schema_version", "type"}
 """The fields the validating call passed (the rest were defaults), as ``model_fields_set`` reported them."""
-if _SOURCE_FIELDS != {"resource_type", "resource_id", "version_id", "system"} or _OBSERVATION_FIELDS != {
+_EXPECTED_SOURCE = {"resource_type", "resource_id", "version_id", "system"}
+_EXPECTED_OBSERVATION = {
     "schema_version",
     "event_id",
     "occurred_at",
@@ -200,7 +201,9 @@ if _SOURCE_FIELDS != {"resource_type", "resource_id", "version_id", "system"} or
     "source",
     "original_value",
     "original_unit",
-}:  # pragma: no cover - a contract change must revisit the builders below
+}
+if _EXPECTED_SOURCE != _SOURCE_FIELDS or _EXPECTED_OBSERVATION != _OBSERVATION_FIELDS:  # pragma: no cover
+    # A contract change must revisit the builders below.
     raise ImportError("SourceRef or ObservationRecorded changed its fields: update vigil_ingest.mapping's builders")
 
 
@@ -1167,10 +1170,12 @@ class Mapper:
         status = raw_status if isinstance(raw_status, str) else None
         identity = self._identity(res, rid, status, ctx.digests.get(id(res)))
         source = source_ref("Observation", rid, identity.version, ctx.system)
-        features = [f for f in (feature, *(f for f, _ in components)) if f is not None]
+        # The features a retraction names; only retractions need them (most readings are not one).
+        features = [feature] if feature is not None else []
 
         if status in RETRACTING_STATUSES:
             counts["retracted"] += 1
+            features.extend(f for f, _ in components)
             retraction = self._retraction(source, encounter, patient, features, str(status), res)
             return EntryOutcome(index, "Observation", rid, "retracted", events=[retraction])
         if status not in READING_STATUSES:
@@ -1193,9 +1198,11 @@ class Mapper:
                 occurred_at = observed_at
             if status in ("amended", "corrected") or identity.correction:
                 reason = "amended" if identity.correction else str(status)
+                features.extend(f for f, _ in components)
                 events.append(self._retraction(source, encounter, patient, features, reason, res))
             where = _Where(source, encounter, patient, observed_at, occurred_at, status)
-            events.extend(self._reading(where, value) for value in values)
+            for value in values:
+                events.append(self._reading(where, value))
         readings = len(values)
         counts["readings"] += readings
         if absent:
