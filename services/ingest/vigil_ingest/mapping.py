@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,8 +108,8 @@ class EntryOutcome:
     events: list[Canonical] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     note: str | None = None
-    content: tuple[str, str, str | None] | None = None
-    """(resource id, digest of its content, version) of a mapped Observation, remembered once published."""
+    content: tuple[str, int, str | None] | None = None
+    """(resource id, hash of its content, version) of a mapped Observation, remembered once published."""
     correction: bool = False
     """A known id sent again with different content: published as an amendment with a new version."""
 
@@ -137,12 +136,14 @@ class MapResult:
 _NAMESPACE = VIGIL_NAMESPACE.bytes
 
 
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+"""The RFC 4122 variant's hex digit for each first digit of byte 8 (its top two bits set to 10)."""
+
+
 def _uuid5_of(name: str) -> str:
-    raw = bytearray(hashlib.sha1(_NAMESPACE + name.encode(), usedforsecurity=False).digest()[:16])
-    raw[6] = (raw[6] & 0x0F) | 0x50
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # The version and variant are set on the hex digits, not on a bytearray: one hexdigest, no byte edits.
+    h = hashlib.sha1(_NAMESPACE + name.encode(), usedforsecurity=False).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def fast_id(*parts: object) -> str:
@@ -165,6 +166,104 @@ def observation_id(source: SourceRef, feature: str, observed_at: datetime) -> st
         iso = _iso_cache[observed_at] = observed_at.isoformat()
     version = source.version_id if source.version_id is not None else ""
     return _uuid5_of(f"obs\x1f{source.resource_type}\x1f{source.resource_id}\x1f{version}\x1f{feature}\x1f{iso}")
+
+
+# --- events built without a second validation -----------------------------------------------------------------
+# A reading's fields are all made by the mapper from values it has already checked (ids it derived, times it
+# parsed to aware UTC, floats it converted and range-checked, statuses and comparators from closed tables), so
+# pydantic's validation of each SourceRef and ObservationRecorded repeated that work: ~16% of a plain reading's
+# time (py-spy on bench/bench_ingest.py's core). ``model_construct`` does not help (its per-field Python loop
+# measured slower than validating); these set the instance's state the way ``model_construct`` does, in one step.
+# tests/unit/test_ingest_trusted_events.py holds every event so built equal to ``model_validate`` of its fields
+# (equality and JSON bytes) over the FHIR corpus, the fuzz cases and the generated ones; a field added to either
+# model fails the import below rather than publishing an event without it.
+_new_object = object.__new__
+_set_state = object.__setattr__
+_SOURCE_FIELDS = frozenset(SourceRef.model_fields)
+_OBSERVATION_FIELDS = frozenset(ObservationRecorded.model_fields)
+_OBSERVATION_SET = _OBSERVATION_FIELDS - {"schema_version", "type"}
+"""The fields the validating call passed (the rest were defaults), as ``model_fields_set`` reported them."""
+_EXPECTED_SOURCE = {"resource_type", "resource_id", "version_id", "system"}
+_EXPECTED_OBSERVATION = {
+    "schema_version",
+    "event_id",
+    "occurred_at",
+    "key",
+    "type",
+    "encounter",
+    "patient",
+    "feature",
+    "value",
+    "unit",
+    "observed_at",
+    "status",
+    "comparator",
+    "source",
+    "original_value",
+    "original_unit",
+}
+if _EXPECTED_SOURCE != _SOURCE_FIELDS or _EXPECTED_OBSERVATION != _OBSERVATION_FIELDS:  # pragma: no cover
+    # A contract change must revisit the builders below.
+    raise ImportError("SourceRef or ObservationRecorded changed its fields: update vigil_ingest.mapping's builders")
+
+
+def source_ref(resource_type: str, resource_id: str, version_id: str | None, system: str | None) -> SourceRef:
+    """A SourceRef of fields the mapper made (strings or None), without validating them again."""
+    ref = _new_object(SourceRef)
+    _set_state(
+        ref,
+        "__dict__",
+        {"resource_type": resource_type, "resource_id": resource_id, "version_id": version_id, "system": system},
+    )
+    _set_state(ref, "__pydantic_fields_set__", set(_SOURCE_FIELDS))
+    _set_state(ref, "__pydantic_extra__", None)
+    _set_state(ref, "__pydantic_private__", None)
+    return ref
+
+
+def recorded(
+    event_id: str,
+    occurred_at: datetime,
+    encounter: str | None,
+    patient: str | None,
+    feature: str,
+    value: float,
+    unit: str,
+    observed_at: datetime,
+    status: str,
+    comparator: str | None,
+    source: SourceRef,
+    original_value: float | None,
+    original_unit: str | None,
+) -> ObservationRecorded:
+    """An ObservationRecorded of checked fields (see above), without validating them again."""
+    event = _new_object(ObservationRecorded)
+    _set_state(
+        event,
+        "__dict__",
+        {
+            "schema_version": 1,
+            "event_id": event_id,
+            "occurred_at": occurred_at,
+            "key": encounter or UNLINKED_KEY,
+            "type": "observation.recorded",
+            "encounter": encounter,
+            "patient": patient,
+            "feature": feature,
+            "value": value,
+            "unit": unit,
+            "observed_at": observed_at,
+            "status": status,
+            "comparator": comparator,
+            "source": source,
+            "original_value": original_value,
+            "original_unit": original_unit,
+        },
+    )
+    _set_state(event, "__pydantic_fields_set__", set(_OBSERVATION_SET))
+    _set_state(event, "__pydantic_extra__", None)
+    _set_state(event, "__pydantic_private__", None)
+    return event
 
 
 class InvalidPayload(ValueError):
@@ -258,7 +357,8 @@ class _Identity:
     """The version a resource's readings are published under, its content digest, and whether it corrects."""
 
     version: str | None
-    digest: str
+    digest: int
+    """:func:`content_hash` of the resource."""
     correction: bool
 
 
@@ -270,8 +370,8 @@ class _Context:
     report_times: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict)
     system: str | None = None
     depth: int = 0
-    digests: dict[int, str] = field(default_factory=dict)
-    """Content digests of the bundle's Observations by ``id()`` (computed once for the repeat check, reused)."""
+    digests: dict[int, int] = field(default_factory=dict)
+    """Content hashes of the bundle's Observations by ``id()`` (computed once for the repeat check, reused)."""
 
 
 def _codings(concept: Any) -> list[dict[str, Any]]:
@@ -345,19 +445,36 @@ def strip_bom(data: bytes) -> bytes:
     return data[3:] if data.startswith(UTF8_BOM) else data
 
 
-def content_digest(resource: dict[str, Any]) -> str:
-    """What a resource says, without its bookkeeping (meta, narrative): equal digests mean the same content."""
+def content_bytes(resource: dict[str, Any]) -> bytes:
+    """What a resource says, without its bookkeeping (meta, narrative), as canonical JSON (keys sorted)."""
     if "meta" in resource or "text" in resource:
         # A shallow copy without them: a C-level copy and two pops cost half a filtering dict comprehension.
         resource = dict(resource)
         resource.pop("meta", None)
         resource.pop("text", None)
-    return hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    return orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+
+
+def content_digest(resource: dict[str, Any]) -> str:
+    """A stable digest of :func:`content_bytes` (the version a correction without one is published under)."""
+    return hashlib.sha256(content_bytes(resource)).hexdigest()[:16]
+
+
+def content_hash(resource: dict[str, Any]) -> int:
+    """Equal hashes mean the same content: what a repeat is told from a correction by, within this process.
+
+    Python's hash of the bytes (SipHash, 64 bits, keyed per process) rather than :func:`content_digest`: it is
+    only compared with what this process remembered (the memory of published content does not outlive it), it
+    is as wide as the digest's 16 hex digits, and it costs a fraction of a SHA-256 call, which OpenSSL 3 makes
+    expensive for short inputs (~1.4 us of a reading's mapping, measured). The digest is computed only for the
+    version of a correction sent without one.
+    """
+    return hash(content_bytes(resource))
 
 
 @dataclass(slots=True)
 class _Known:
-    latest: str
+    latest: int
     version: str | None
 
 
@@ -400,15 +517,22 @@ class TimeRules:
     """How long before its encounter began a reading may be dated (pre-admission readings are legitimate)."""
     clock: Callable[[], datetime] = utcnow
 
-    def problem(self, observed_at: datetime, birth: datetime | None, encounter_start: datetime | None) -> str | None:
-        """Why ``observed_at`` cannot be believed, or None."""
-        if self.clock is utcnow:
-            # The default clock, read as a float: ``datetime.now(UTC)`` and the datetime sum cost a few percent
-            # of mapping a reading (py-spy on bench/bench_ingest.py's core); the comparison is the same instant.
-            late = observed_at.timestamp() > time.time() + self.future_skew.total_seconds()
-        else:
-            late = observed_at > self.clock() + self.future_skew
-        if late:
+    def latest(self) -> datetime:
+        """The latest believable time, by the clock now (read once per request, not once per reading)."""
+        return self.clock() + self.future_skew
+
+    def problem(
+        self,
+        observed_at: datetime,
+        birth: datetime | None,
+        encounter_start: datetime | None,
+        latest: datetime | None = None,
+    ) -> str | None:
+        """Why ``observed_at`` cannot be believed, or None; ``latest`` is :meth:`latest` read earlier, if given."""
+        # The mapper passes the bound it read at the start of the payload: the clock and the datetime sum per
+        # reading were a few percent of it (py-spy on bench/bench_ingest.py's core); a Bundle maps in seconds at
+        # most, far inside the allowed skew.
+        if observed_at > (latest if latest is not None else self.latest()):
             return (
                 f"effective time is later than ingest's clock plus the allowed skew "
                 f"({int(self.future_skew.total_seconds())} s): a clock error or a typo"
@@ -439,6 +563,8 @@ class Mapper:
     ) -> None:
         self.units = units or UnitConverter()
         self.time_rules = time_rules or TimeRules()
+        self._latest: datetime | None = None
+        """The time rules' latest believable time, read once per payload (:meth:`map_payload`)."""
         self.patients = BoundedCache(state_size)
         self.patient_ids = BoundedCache(state_size)
         self.encounters = BoundedCache(state_size)
@@ -484,6 +610,7 @@ class Mapper:
 
     def map_payload(self, payload: Any, *, system: str | None = None) -> MapResult:
         """Map a parsed resource or Bundle (never raises on bad input: problems become rejections)."""
+        self._latest = self.time_rules.latest()
         try:
             return self._map(payload, system)
         except (TypeError, AttributeError, KeyError, ValueError, IndexError, RecursionError) as error:
@@ -596,13 +723,13 @@ class Mapper:
 
         # The same Observation twice in one request: a repeat is answered once; a conflicting one (same id and
         # version, different content) is refused, since which of the two is true cannot be told.
-        first_of: dict[tuple[str, str | None], tuple[str, int | None]] = {}
+        first_of: dict[tuple[str, str | None], tuple[int, int | None]] = {}
         repeats: dict[int | None, EntryOutcome] = {}
         for position, resource, r_type, rid in prepared:
             if r_type != "Observation":
                 continue
             key = (rid, _version(resource.get("meta")))
-            digest = ctx.digests[id(resource)] = content_digest(resource)
+            digest = ctx.digests[id(resource)] = content_hash(resource)
             seen = first_of.get(key)
             if seen is None:
                 first_of[key] = (digest, position)
@@ -831,7 +958,7 @@ class Mapper:
         if start is None:
             counts["demographics_without_encounter_start"] += 1
             return
-        source = SourceRef(resource_type="Patient", resource_id=patient, version_id=info.version)
+        source = source_ref("Patient", patient, info.version, None)
         if info.birth is not None:
             year, month, day = info.birth
             age = start.year - year
@@ -1042,11 +1169,13 @@ class Mapper:
         raw_status = res.get("status")
         status = raw_status if isinstance(raw_status, str) else None
         identity = self._identity(res, rid, status, ctx.digests.get(id(res)))
-        source = SourceRef(resource_type="Observation", resource_id=rid, version_id=identity.version, system=ctx.system)
-        features = [f for f in (feature, *(f for f, _ in components)) if f is not None]
+        source = source_ref("Observation", rid, identity.version, ctx.system)
+        # The features a retraction names; only retractions need them (most readings are not one).
+        features = [feature] if feature is not None else []
 
         if status in RETRACTING_STATUSES:
             counts["retracted"] += 1
+            features.extend(f for f, _ in components)
             retraction = self._retraction(source, encounter, patient, features, str(status), res)
             return EntryOutcome(index, "Observation", rid, "retracted", events=[retraction])
         if status not in READING_STATUSES:
@@ -1069,9 +1198,11 @@ class Mapper:
                 occurred_at = observed_at
             if status in ("amended", "corrected") or identity.correction:
                 reason = "amended" if identity.correction else str(status)
+                features.extend(f for f, _ in components)
                 events.append(self._retraction(source, encounter, patient, features, reason, res))
             where = _Where(source, encounter, patient, observed_at, occurred_at, status)
-            events.extend(self._reading(where, value) for value in values)
+            for value in values:
+                events.append(self._reading(where, value))
         readings = len(values)
         counts["readings"] += readings
         if absent:
@@ -1189,7 +1320,7 @@ class Mapper:
             counts["no_encounter"] += 1
         return patient, encounter
 
-    def _identity(self, res: dict[str, Any], rid: str, status: str | None, digest: str | None = None) -> _Identity:
+    def _identity(self, res: dict[str, Any], rid: str, status: str | None, digest: int | None = None) -> _Identity:
         """The version to publish under: a repeat keeps its ids, new content for a known id is a correction.
 
         The same content is a repeat (the same event ids, answered 200); new content is a correction, published as
@@ -1198,7 +1329,7 @@ class Mapper:
         """
         version = _version(res.get("meta"))
         if digest is None:
-            digest = content_digest(res)
+            digest = content_hash(res)
         known = self.contents.get(rid)
         correction = False
         if known is not None and digest != known.latest:
@@ -1209,7 +1340,7 @@ class Mapper:
                 )
             correction = status in READING_STATUSES and status not in ("amended", "corrected")
             if version is None:
-                version = f"content-{digest}"
+                version = f"content-{content_digest(res)}"
         elif known is not None and version is None:
             version = known.version  # a repeat keeps the ids it was published under
         return _Identity(version, digest, correction)
@@ -1248,7 +1379,7 @@ class Mapper:
             except ValueError:
                 birth = None
         enc = self.encounters.get(encounter) if encounter is not None else None
-        problem = self.time_rules.problem(observed_at, birth, enc.start if enc is not None else None)
+        problem = self.time_rules.problem(observed_at, birth, enc.start if enc is not None else None, self._latest)
         if problem is not None:
             raise _Reject(problem, "value")
 
@@ -1396,21 +1527,20 @@ class Mapper:
         if per_encounter:
             event_id = fast_id(event_id, where.encounter)
         original = reading.original
-        return ObservationRecorded(
-            event_id=event_id,
-            occurred_at=where.occurred_at,
-            key=where.encounter or UNLINKED_KEY,
-            encounter=where.encounter,
-            patient=where.patient,
-            feature=m.name,
-            value=reading.value,
-            unit=m.unit,
-            observed_at=where.observed_at,
-            status=where.status,
-            comparator=reading.comparator,
-            source=where.source,
-            original_value=original[0] if original else None,
-            original_unit=original[1] if original else None,
+        return recorded(
+            event_id,
+            where.occurred_at,
+            where.encounter,
+            where.patient,
+            m.name,
+            reading.value,
+            m.unit,
+            where.observed_at,
+            where.status,
+            reading.comparator,
+            where.source,
+            original[0] if original else None,
+            original[1] if original else None,
         )
 
     @staticmethod
@@ -1462,7 +1592,9 @@ __all__ = [
     "Mapper",
     "Rejection",
     "TimeRules",
+    "content_bytes",
     "content_digest",
+    "content_hash",
     "event_line",
     "parse_fhir_datetime",
     "strip_bom",
