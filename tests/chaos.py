@@ -150,6 +150,8 @@ class Stack:
     work: Path
     instances: dict[str, list[ServiceProcess]] = field(default_factory=dict)
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+    """Fault work that goes on while the feed ends and the services drain (a broker restarting), awaited last."""
 
     @property
     def topics(self) -> Topics:
@@ -236,10 +238,19 @@ class Stack:
     def live(self, name: str) -> list[ServiceProcess]:
         return [p for p in self.instances.get(name, []) if p.proc.poll() is None]
 
+    def in_background(self, work: Awaitable[Any]) -> None:
+        self.background.append(asyncio.ensure_future(work))
+
+    async def settle(self) -> None:
+        """Wait for the background work (the next scenario needs the whole cluster back)."""
+        await asyncio.gather(*self.background)
+
     def stop_all(self) -> None:
-        for procs in self.instances.values():
-            for p in procs:
-                p.stop()
+        procs = [p for ps in self.instances.values() for p in ps]
+        for p in procs:
+            p.terminate()  # every one at once: each finishes its batch and commits while the others do
+        for p in procs:
+            p.stop()
 
 
 @dataclass
@@ -412,11 +423,14 @@ async def run_scenario(
         # Drift's ends are taken once the scorer is done: the live scores are among its inputs.
         await committed_to_end(stack, "drift", [t.observations, t.scores_live, t.outcomes])
         drained = loop.time()
+        await stack.settle()
         notes.append(
             f"services ready in {started - t0:.0f}s, fed in {fed - started:.0f}s, drained {drained - fed:.0f}s later"
+            + (f", faults settled {loop.time() - drained:.0f}s after" if stack.background else "")
         )
     finally:
         stack.stop_all()
+        await asyncio.gather(*stack.background, return_exceptions=True)  # a failed run leaves no half-started broker
     admin = stack.connection("admin")
     observed = [canonical_event_adapter.validate_json(v).event_id for v in await read_topic(admin, t.observations)]
     live = await read_topic(admin, t.scores_live)
