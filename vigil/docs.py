@@ -20,7 +20,7 @@ from vigil_contracts.topics import Topics
 from vigil_runtime.service import ServiceRuntime
 
 
-def _runtime(wired: Any) -> ServiceRuntime:
+def runtime_of(wired: Any) -> ServiceRuntime:
     """The ServiceRuntime inside whatever a service's ``bootstrap`` returns (a runtime, a tuple, a wiring)."""
     if isinstance(wired, ServiceRuntime):
         return wired
@@ -38,7 +38,7 @@ def asyncapi_document(service: str) -> dict[str, Any]:
     # Documentation only: a throwaway SQLite database, never the stack's (the registry's bootstrap opens one).
     overrides = {"database_url": "sqlite://"} if service == "registry" else {}
     settings = importlib.import_module(f"vigil_{service}.settings").Settings(**overrides)
-    runtime = _runtime(app.bootstrap(settings))
+    runtime = runtime_of(app.bootstrap(settings))
     if runtime.broker is None:
         raise ValueError(f"{service} has no Kafka side to document")
     spec = AsyncAPI(runtime.broker, title=f"Vigil {service}", version="0.1.0", description=(app.__doc__ or "").strip())

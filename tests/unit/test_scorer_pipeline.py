@@ -285,3 +285,37 @@ def test_checkpoints_that_keep_failing_make_ready_fail_and_open_an_alert_then_re
         for _, v, _ in batch
     ]
     assert [a.state for a in alerts] == ["open", "resolved"]
+
+
+class FakeMessage:
+    """A FastStream batch message: the raw records, and ack/nack that only record they were called."""
+
+    def __init__(self, records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
+        self.raw_message = records
+        self.nacked = False
+
+    async def ack(self) -> None:
+        return None
+
+    async def nack(self) -> None:
+        self.nacked = True
+
+
+def test_a_parked_observation_is_counted_once(svc: tuple[ScorerService, FakeSink]) -> None:
+    from vigil_runtime.kafka import DeadLetters
+
+    service, sink = svc
+    counted = service.metrics.base
+    service.dead_letters = DeadLetters(
+        sink,  # type: ignore[arg-type]
+        service.topics.dead_letter,
+        service="scorer",
+        on_parked=lambda letter: counted.count(letter.source_topic, "parked"),  # as app.py wires it
+    )
+    good = [p.record for p in items()]
+    bad = ConsumerRecord(**{**good[1].__dict__, "offset": 2, "value": b"{not json"})
+    message = FakeMessage((*good, bad))
+    asyncio.run(service.on_batch(message))  # type: ignore[arg-type]
+    parked = counted.messages.labels("scorer", "observations", "parked")._value.get()  # type: ignore[attr-defined]
+    assert parked == 1 and not message.nacked
+    assert [t for t, _ in sink.sent] == [service.topics.scores_live, service.topics.dead_letter]

@@ -51,6 +51,7 @@ from vigil_runtime.kafka import (
     DeadLetters,
     EventPublisher,
     Parsed,
+    existing,
     make_broker,
     process_batch,
     raw_batch_decoder,
@@ -227,9 +228,7 @@ def bootstrap(settings: Settings, core: DriftCore | None = None) -> ServiceRunti
         return await handlers.handle([i for i in items if i.record.partition in changelog.owned])
 
     subscriber = broker.subscriber(
-        topics.observations,
-        topics.scores_live,
-        topics.outcomes,
+        *existing(topics.observations, topics.scores_live, topics.outcomes),
         group_id=settings.group_id,
         batch=True,
         auto_offset_reset="earliest",

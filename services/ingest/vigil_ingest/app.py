@@ -22,7 +22,7 @@ from vigil_ingest.api import mount_fhir
 from vigil_ingest.api.routes.fhir import RESOURCE_TYPES
 from vigil_ingest.core import IngestCore
 from vigil_ingest.settings import Settings
-from vigil_runtime.kafka import DeadLetters, make_broker, process_batch, raw_batch_decoder
+from vigil_runtime.kafka import DeadLetters, existing, make_broker, process_batch, raw_batch_decoder
 from vigil_runtime.metrics import ServiceMetrics
 from vigil_runtime.producer import AckedProducer
 from vigil_runtime.service import ServiceRuntime, build_http_app
@@ -53,7 +53,7 @@ def build(settings: Settings) -> tuple[ServiceRuntime, IngestCore]:
     if settings.consume_raw_topic:
 
         @broker.subscriber(
-            topics.fhir_raw,
+            *existing(topics.fhir_raw),
             group_id=settings.group_id,
             batch=True,
             max_records=settings.max_records,

@@ -23,7 +23,7 @@ from vigil_contracts.events import AlertRaised, ComparisonSummarized, OutcomeRec
 from vigil_registry.core import Registry
 from vigil_registry.errors import RegistryError
 from vigil_registry.settings import Settings
-from vigil_runtime.kafka import DeadLetters, Parsed, process_batch, raw_batch_decoder
+from vigil_runtime.kafka import DeadLetters, Parsed, existing, process_batch, raw_batch_decoder
 from vigil_runtime.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,7 @@ def subscribe(
     topics = settings.topics
 
     @broker.subscriber(
-        topics.comparisons,
-        topics.alerts,
-        topics.outcomes,
+        *existing(topics.comparisons, topics.alerts, topics.outcomes),
         group_id=settings.group_id,
         batch=True,
         max_records=500,

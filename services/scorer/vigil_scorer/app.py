@@ -17,7 +17,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 
 from vigil_contracts.events import AlertRaised, DeadLettered, RiskScored
-from vigil_runtime.kafka import DeadLetters, make_broker, raw_batch_decoder, raw_decoder
+from vigil_runtime.kafka import DeadLetters, existing, make_broker, raw_batch_decoder, raw_decoder
 from vigil_runtime.metrics import ServiceMetrics
 from vigil_runtime.producer import AckedProducer
 from vigil_runtime.provenance import LifecycleGate, LifecycleVerifier
@@ -76,7 +76,7 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
     )
 
     observations = broker.subscriber(
-        topics.observations,
+        *existing(topics.observations),
         group_id=settings.group_id,
         batch=True,
         max_records=settings.batch_max_records,
@@ -97,7 +97,7 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ScorerService]:
         await service.on_batch(message)
 
     lifecycle = broker.subscriber(
-        topics.lifecycle,
+        *existing(topics.lifecycle),
         group_id=None,
         auto_offset_reset="latest",
         decoder=raw_decoder,

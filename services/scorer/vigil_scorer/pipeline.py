@@ -202,7 +202,7 @@ class ScorerService:
             t0 = time.perf_counter()
             records = [r for r in records_of(message) if r.partition in self.owned]
             try:
-                _, parked = await process_batch(
+                await process_batch(
                     message, canonical_event_adapter, self.batch.handle, self.dead_letters, commit=False
                 )
             except BaseException:
@@ -212,7 +212,7 @@ class ScorerService:
                 self.checkpointer.advanced(r.partition, r.offset)
             base = self.metrics.base
             base.processing.labels(SERVICE, "batch").observe(time.perf_counter() - t0)
-            base.count(self.topics.observations, "parked", parked)
+            # Parked records are counted once, by the dead letters' ``on_parked`` (app.py), as in shadow and drift.
             self.checkpointer.step()
             if self.core is not None:
                 self.metrics.states.set(len(self.core))

@@ -48,6 +48,7 @@ from vigil_runtime.kafka import (
     DeadLetters,
     EventPublisher,
     Parsed,
+    existing,
     make_broker,
     process_batch,
     raw_batch_decoder,
@@ -355,7 +356,7 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
     broker.publisher(topics.shadow_state, title="feature-state changelog (compacted; key: encounter)")
 
     observations = broker.subscriber(
-        topics.observations,
+        *existing(topics.observations),
         group_id=settings.group_id,
         batch=True,
         max_records=settings.batch_max_records,
@@ -377,7 +378,7 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
         metrics.batch_size.labels(SERVICE).observe(len(body))
 
     @broker.subscriber(
-        topics.lifecycle,
+        *existing(topics.lifecycle),
         group_id=None,
         auto_offset_reset="latest",
         decoder=raw_decoder,

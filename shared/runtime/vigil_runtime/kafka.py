@@ -21,6 +21,7 @@ from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError, for_code
 from faststream.kafka import KafkaBroker
+from faststream.kafka import Topic as KafkaTopic
 from faststream.kafka.message import KafkaMessage
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -56,6 +57,17 @@ def make_broker(settings: VigilSettings, *, client_id: str, logger: logging.Logg
         logger=logger or logging.getLogger(f"vigil.{client_id}.kafka"),
         graceful_timeout=15.0,
     )
+
+
+def existing(*names: str) -> list[KafkaTopic]:
+    """Topics for a subscriber to read, never to create.
+
+    FastStream's subscribers create their topics at start unless told otherwise, with one partition and one
+    replica: on a secured stack every service principal was refused (a warning per topic at each start), and on
+    an open one it could have made a topic unlike the stack's. Topics are made by :func:`ensure_topics` (or the
+    administrator: ``vigil up``, compose's provisioning, Strimzi), with the stack's partitions and replication.
+    """
+    return [KafkaTopic(name, declare=False) for name in names]
 
 
 def topic_configs(topic: Topic, replication_factor: int) -> dict[str, str]:
