@@ -262,6 +262,8 @@ class Feed:
     speed: float
     report: SimulationReport | None = None
     task: asyncio.Task[SimulationReport] | None = None
+    hold: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while the feed may send (see :meth:`held_until`)."""
 
     def start(self) -> None:
         def progress(report: SimulationReport, _: Any) -> None:
@@ -283,8 +285,10 @@ class Feed:
                 retry=RETRY,
                 on_progress=progress,
                 deadline_s=300,
+                hold=self.hold,
             )
         )
+        self.hold.set()
 
     @property
     def share_sent(self) -> float:
@@ -299,6 +303,28 @@ class Feed:
             while self.share_sent < share and not self.task.done():  # noqa: ASYNC110 - the report is polled
                 await asyncio.sleep(0.05)
         assert not self.task.done(), f"the feed ended before the fault at {share:.0%}: not mid-stream"
+
+    async def held_until(self, ready: Awaitable[None], share: float) -> float:
+        """Await ``ready``; if the feed reaches ``share`` first, hold it there until then. Returns seconds held.
+
+        Start-ups take CPU that a loaded machine may not give in time for a paced feed (seen in CI: the added
+        instances were ready only after the feed had ended). Where they are ready before ``share`` nothing is held.
+        """
+        waiting = asyncio.ensure_future(ready)
+        reached = asyncio.ensure_future(self.reach(share))
+        await asyncio.wait([waiting, reached], return_when=asyncio.FIRST_COMPLETED)
+        if waiting.done():
+            reached.cancel()
+            await waiting
+            return 0.0
+        await reached
+        self.hold.clear()
+        held = time.monotonic()
+        try:
+            await waiting
+        finally:
+            self.hold.set()
+        return time.monotonic() - held
 
     async def finish(self) -> SimulationReport:
         assert self.task is not None
