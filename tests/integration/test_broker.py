@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from faststream.kafka import KafkaMessage
 
 from tests import factories
 from vigil_contracts import events as ev
+from vigil_contracts.headers import CORRELATION_ID, TRACEPARENT
 from vigil_contracts.topics import Topic
 from vigil_runtime.kafka import (
     DeadLetters,
@@ -23,7 +25,7 @@ from vigil_runtime.kafka import (
     raw_batch_decoder,
 )
 from vigil_runtime.kafka_security import KafkaConnection
-from vigil_runtime.producer import AckedProducer
+from vigil_runtime.producer import BATCH_OFF_LOOP, AckedProducer
 from vigil_runtime.settings import VigilSettings
 
 
@@ -64,6 +66,48 @@ async def test_every_contract_round_trips_through_the_broker(settings_env: dict[
     for sent, record in zip(events, records, strict=False):
         assert by_id[sent.event_id] == sent
     assert all(r.key == by_id[ev.any_event_adapter.validate_json(r.value).event_id].key.encode() for r in records)
+
+
+async def test_a_large_publish_sends_the_records_the_per_record_path_sends(settings_env: dict[str, Any]) -> None:
+    """From ``BATCH_OFF_LOOP`` events the producer builds batches off the loop: same partition, order and headers."""
+    settings = VigilSettings(**settings_env)
+    await ensure_topics(settings)
+    topics = settings.topics
+    batched_topic, per_record_topic = topics.observations, topics.name(Topic.ALERTS)
+    events: list[ev.Event] = [
+        factories.observation(
+            encounter=f"enc-{i % 97}",
+            value=float(i),
+            source=factories.source(resource_id=f"obs-{i}"),
+            observed_at=factories.T0 + timedelta(seconds=i),
+        )
+        for i in range(BATCH_OFF_LOOP + 500)
+    ]
+    events += [
+        factories.encounter(event_id=ev.deterministic_id("enc", f"enc-{i}", "1"), key=f"enc-{i}") for i in range(97)
+    ]
+    producer = AckedProducer(settings.kafka, client_id="test-batched")
+    await producer.start()
+    try:
+        await producer.publish_all(batched_topic, events)  # one call: the batched path
+        for at in range(0, len(events), 1000):  # under the threshold: the per-record path
+            await producer.publish_all(per_record_topic, events[at : at + 1000])
+    finally:
+        await producer.stop()
+    batched = await consume(settings.kafka, batched_topic, len(events))
+    per_record = await consume(settings.kafka, per_record_topic, len(events))
+
+    def seen(records: list[Any]) -> dict[int, list[tuple[bytes, bytes, list[tuple[str, bytes]]]]]:
+        by_partition: dict[int, list[tuple[bytes, bytes, list[tuple[str, bytes]]]]] = {}
+        for r in records:  # the correlation id and traceparent differ per publish call; type and version do not
+            kind = [(k, v) for k, v in r.headers if k not in (CORRELATION_ID, TRACEPARENT)]
+            by_partition.setdefault(r.partition, []).append((r.key, r.value, kind))
+        return by_partition
+
+    assert len(batched) == len(per_record) == len(events)
+    assert seen(batched) == seen(per_record)  # each partition: the same records, in the same order
+    assert len(seen(batched)) == settings.partitions
+    assert {k for r in batched for k, _ in r.headers} >= {CORRELATION_ID, TRACEPARENT}
 
 
 async def test_topics_have_configured_partitions_and_compaction(settings_env: dict[str, Any]) -> None:

@@ -12,7 +12,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -190,6 +189,15 @@ def test_a_broker_outage_refuses_posts_within_the_bound_and_loses_nothing_accept
 IDLE_HEALTH_LIMIT_S = 0.05
 
 
+POSTER = """
+import sys, httpx, orjson, pathlib
+url, body, answer, headers = sys.argv[1:5]
+response = httpx.post(url, content=pathlib.Path(body).read_bytes(), headers=orjson.loads(headers), timeout=300)
+pathlib.Path(answer).write_bytes(str(response.status_code).encode() + b"\\n" + response.content)
+"""
+"""Posts the Bundle from a process of its own and writes the answer (status line, body) to a file."""
+
+
 def health_latencies(client: httpx.Client, polls: int) -> list[float]:
     """``polls`` /health round trips ~20 ms apart, sorted."""
     out = []
@@ -222,12 +230,11 @@ def test_health_answers_within_100_ms_while_a_15_mb_bundle_is_mapped(
     }
     proc = start_ingest(env, port, tmp_path / "ingest.log")
     base = f"http://127.0.0.1:{port}"
-    answer: dict[str, httpx.Response] = {}
+    body_file, answer_file = tmp_path / "bundle.json", tmp_path / "answer.json"
+    body_file.write_bytes(body)
+    headers = orjson.dumps(FHIR).decode()
+    poster: subprocess.Popen[bytes] | None = None
     try:
-
-        def post() -> None:
-            answer["bundle"] = httpx.post(f"{base}/fhir", content=body, headers=FHIR, timeout=300)
-
         latencies: list[float] = []
         with httpx.Client(base_url=base, timeout=30) as client:
             client.get("/health")  # the connection is open before the clock starts
@@ -243,21 +250,27 @@ def test_health_answers_within_100_ms_while_a_15_mb_bundle_is_mapped(
                 # this was written) an idle ingest already answers /health in 50-220 ms, so a 100 ms bound under
                 # load measures the machine, not ingest. Run it where an idle /health is fast.
                 pytest.skip(f"machine too loaded to measure a 100 ms bound: idle /health p90 {idle_p90 * 1000:.0f} ms")
-            poster = threading.Thread(target=post)
+            # The poster is a process of its own: a thread here would share this process's interpreter lock with
+            # the poller, and its sending and reading of megabytes would count against ingest's /health figures.
             started = time.monotonic()
-            poster.start()
-            while poster.is_alive():
+            poster = subprocess.Popen(
+                [sys.executable, "-c", POSTER, f"{base}/fhir", str(body_file), str(answer_file), headers],
+                stderr=subprocess.PIPE,
+            )
+            while poster.poll() is None:
                 t0 = time.perf_counter()
                 assert client.get("/health").status_code == 200
                 latencies.append(time.perf_counter() - t0)
                 time.sleep(0.02)
-            poster.join()
             took = time.monotonic() - started
+            assert poster.returncode == 0, poster.stderr.read().decode()[-2000:] if poster.stderr else ""
     finally:
+        if poster is not None and poster.poll() is None:
+            poster.kill()
         stop(proc)
-    response = answer["bundle"]
-    assert response.status_code == 200, response.text[:500]
-    entries = response.json()["entry"]
+    status, _, text = answer_file.read_bytes().partition(b"\n")
+    assert status == b"200", text[:500]
+    entries = orjson.loads(text)["entry"]
     assert len(entries) == 34_000 and all(e["response"]["status"] == "201 Created" for e in entries)
     latencies.sort()
     print(
@@ -267,9 +280,10 @@ def test_health_answers_within_100_ms_while_a_15_mb_bundle_is_mapped(
     assert len(latencies) >= 20  # polled all along the parse, mapping and publishing, not before or after
     assert latencies[len(latencies) // 2] < 0.1  # the typical liveness probe answers well within the bound
     if latencies[-1] >= 0.1:
-        # Known and open (issue 15 item 2): chunked parsing off the loop, the collector paused, the document freed in
-        # pieces, sends yielding every 5 ms, acknowledgements awaited in chunks, the dedupe memory and the answer's
-        # encoding off the loop, and /health's dependency on the loop brought the worst stall down, but the bound is
-        # not shown met: on a quiet machine the last figures were ~0.12-0.14 s; on 2 shared cores at load ~20 this
-        # session, median 24 ms and worst 256 ms. Reported, not hidden; the bound is not loosened.
+        # Known and open (issue 15 item 2): large publishes batched off the loop, the body parsed from its pieces in
+        # 16 KB chunks, the poster in a process of its own, and the earlier measures brought the worst stall down,
+        # but the bound is not shown met: this session at load 8-19 on the shared 2 cores the worst answers were
+        # 85-209 ms (median 7-35 ms). What remains is the loop thread waiting for the interpreter lock behind the
+        # worker threads after each system call; only a separate mapping process would remove it. Reported, not
+        # hidden; the bound is not loosened.
         pytest.xfail(f"worst /health answer {latencies[-1] * 1000:.0f} ms under a 15 MB Bundle (bound 100 ms)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 
 import orjson
 import pytest
@@ -14,6 +15,7 @@ from tests.unit.test_ingest_http import EHR_TOKEN, FHIR, FakePublisher
 from vigil_ingest.api import mount_fhir
 from vigil_ingest.core import IngestCore
 from vigil_ingest.large_body import LARGE_BODY_BYTES, gc_paused, parse_large
+from vigil_ingest.mapping import UTF8_BOM
 from vigil_ingest.settings import Settings
 from vigil_runtime.auth import Authenticator, Grant, TokenTable
 from vigil_runtime.metrics import ServiceMetrics
@@ -25,6 +27,20 @@ async def test_the_chunked_parse_gives_what_orjson_gives() -> None:
     body = orjson.dumps(fhir_bundle(3_000, prefix="lb"))
     assert len(body) > LARGE_BODY_BYTES
     assert await parse_large(body) == orjson.loads(body)
+
+
+async def test_the_body_is_parsed_from_its_pieces_as_received_a_leading_bom_dropped() -> None:
+    body = orjson.dumps(fhir_bundle(3_000, prefix="lb"))
+    with_bom = UTF8_BOM + body
+    # Uneven pieces, the BOM itself split over the first two, one empty piece, some larger than a parser chunk.
+    cuts = [0, 1, 2, 2, 70_000, 70_001, 200_000, len(with_bom) - 3, len(with_bom)]
+    pieces = [with_bom[a:b] for a, b in itertools.pairwise(cuts)]
+    assert b"".join(pieces) == with_bom
+    assert await parse_large(pieces) == orjson.loads(body)
+    assert await parse_large(with_bom) == orjson.loads(body)
+    # Only a leading BOM is dropped: one after the opening brace is not JSON.
+    with pytest.raises(ValueError):
+        await parse_large([body[:1], UTF8_BOM, body[1:]])
 
 
 async def test_a_large_body_that_is_not_json_is_a_value_error() -> None:

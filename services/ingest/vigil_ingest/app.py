@@ -45,7 +45,11 @@ def build(settings: Settings) -> tuple[ServiceRuntime, IngestCore]:
     broker: KafkaBroker = make_broker(settings, client_id=f"vigil-{SERVICE}")
     metrics = ServiceMetrics(SERVICE)
     # Concurrent HTTP requests share the producer: a short linger lets their records share broker requests.
-    events_publisher = AckedProducer(settings.kafka, client_id=f"vigil-{SERVICE}-events", linger_ms=2)
+    # Sends yield to the loop every millisecond: /health and small posts answered while a large Bundle's events
+    # are sent wait for one such stretch, not five milliseconds' worth (issue 15 item 2).
+    events_publisher = AckedProducer(
+        settings.kafka, client_id=f"vigil-{SERVICE}-events", linger_ms=2, yield_after_s=0.001
+    )
     core = IngestCore(settings, events_publisher, metrics)
     dead_letters = DeadLetters(events_publisher, settings.topics.dead_letter, service=SERVICE)
     topics = settings.topics

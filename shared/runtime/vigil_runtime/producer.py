@@ -14,12 +14,14 @@ import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from vigil_contracts.events import Event
 from vigil_runtime.kafka import encode
 from vigil_runtime.kafka_security import KafkaConnection
 from vigil_runtime.replication import PRODUCER_ACKS
-from vigil_runtime.tracing import Kind, kind_of, sending
+from vigil_runtime.tracing import Kind, Sending, kind_of, sending
 
 YIELD_AFTER_S = 0.005
 """Longest stretch of sending between two yields to the event loop. aiokafka's ``send`` returns without yielding
@@ -27,6 +29,13 @@ while its buffer has room, so a large Bundle's events were encoded and sent in o
 alone took 1.9 s for 36,000 events on the loaded test machine), ``/health`` waiting behind it. A fixed count (256
 records) still left stretches of ~0.14 s where encoding was slow (py-spy on a 15 MB Bundle): the bound is on time,
 checked per record (a clock read costs well under a microsecond)."""
+
+BATCH_OFF_LOOP = 2_000
+"""From this many events, :meth:`AckedProducer.publish_all` builds the record batches in a worker thread and hands
+the producer whole batches. Sent one by one, a 15 MB Bundle's 34,000 events kept the loop busy for seconds
+(encoding, partitioning, appending, one acknowledgement future each: py-spy, issue 15 item 2), so ``/health``
+waited behind a stretch of that work at every poll; now the loop submits some seventy batches. Fewer events take
+the per-record path, where a thread hop would cost more than the work."""
 
 ACK_CHUNK = 1024
 """Acknowledgements awaited per ``gather``: one gather over 34,000 futures attaches (and later runs) all their
@@ -44,12 +53,19 @@ class AckedProducer:
     Its owner starts it before the service's broker (``ServiceRuntime.on_start``) and stops it after.
     """
 
-    def __init__(self, kafka: KafkaConnection, *, client_id: str, linger_ms: int = 0) -> None:
+    def __init__(
+        self, kafka: KafkaConnection, *, client_id: str, linger_ms: int = 0, yield_after_s: float = YIELD_AFTER_S
+    ) -> None:
         self.kafka = kafka
         self.client_id = client_id
         # A caller that sends all its records and then waits for them gains nothing from lingering (nothing more
         # comes while it waits): 0 by default; ingest's concurrent HTTP requests share batches with a little.
         self.linger_ms = linger_ms
+        # A service that must answer HTTP while it publishes a large request (ingest's /health) takes shorter
+        # stretches: each request it answers meanwhile waits for one or two of them.
+        self.yield_after_s = yield_after_s
+        # Kept to partition records built outside ``send`` (large publishes) exactly as ``send`` would.
+        self._partitioner = DefaultPartitioner()
         self._producer: AIOKafkaProducer | None = None
 
     @property
@@ -98,6 +114,7 @@ class AckedProducer:
             acks=PRODUCER_ACKS,
             enable_idempotence=True,
             linger_ms=self.linger_ms,
+            partitioner=self._partitioner,
             max_batch_size=256 * 1024,
         )
         await self._producer.start()
@@ -119,13 +136,14 @@ class AckedProducer:
             return
         send = self.producer.send
         clock = time.perf_counter
-        until = clock() + YIELD_AFTER_S
+        step = self.yield_after_s
+        until = clock() + step
         with sending(topic) as out:
             futures = []
             for key, value, partition in items:
                 if clock() >= until:
                     await asyncio.sleep(0)
-                    until = clock() + YIELD_AFTER_S
+                    until = clock() + step
                 futures.append(await send(topic, value, key=key, partition=partition, headers=out.headers(kind, key)))
             await _acknowledged(futures)
 
@@ -133,18 +151,56 @@ class AckedProducer:
         """Send every event keyed by its ``key``; returns once all are acknowledged."""
         if not events:
             return
+        if len(events) >= BATCH_OFF_LOOP:
+            await self._publish_batched(topic, events)
+            return
         send = self.producer.send
         clock = time.perf_counter
-        until = clock() + YIELD_AFTER_S
+        step = self.yield_after_s
+        until = clock() + step
         with sending(topic) as out:
             futures = []
             for ev in events:
                 if clock() >= until:
                     await asyncio.sleep(0)
-                    until = clock() + YIELD_AFTER_S
+                    until = clock() + step
                 key = ev.key_bytes()
                 futures.append(await send(topic, encode(ev), key=key, headers=out.headers(kind_of(type(ev)), key)))
             await _acknowledged(futures)
+
+    async def _publish_batched(self, topic: str, events: Sequence[Event]) -> None:
+        """Many events: batches built (encoded, partitioned, headed) in a worker thread, submitted whole.
+
+        The same records as :meth:`send` would make: same partitioner over the same partition list, same headers
+        (the thread runs in a copy of this context, so each key's origin is found). Batches of one partition are
+        submitted in order and the producer queues one at a time per partition, so order within a partition holds.
+        """
+        producer = self.producer
+        partitions = list(await producer.partitions_for(topic))  # the list ``send`` hands the partitioner
+        with sending(topic) as out:
+            batches = await asyncio.to_thread(self._batches, events, partitions, out)
+            futures = [await producer.send_batch(batch, topic, partition=partition) for partition, batch in batches]
+            await _acknowledged(futures)
+
+    def _batches(self, events: Sequence[Event], partitions: list[int], out: Sending) -> list[tuple[int, BatchBuilder]]:
+        producer = self.producer
+        open_: dict[int, BatchBuilder] = {}
+        done: list[tuple[int, BatchBuilder]] = []
+        for ev in events:
+            key = ev.key_bytes()
+            value = encode(ev)
+            headers = out.headers(kind_of(type(ev)), key)
+            partition = self._partitioner(key, partitions, partitions)
+            batch = open_.get(partition)
+            if batch is None:
+                batch = open_[partition] = producer.create_batch()
+            if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:  # full
+                done.append((partition, batch))
+                batch = open_[partition] = producer.create_batch()
+                if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                    raise ValueError(f"a record of {len(value)} bytes does not fit in an empty batch")
+        done.extend(open_.items())
+        return done
 
 
 def _retrieve(future: asyncio.Future[object]) -> None:

@@ -164,8 +164,8 @@ async def read_fhir_json(request: Request, settings: SettingsDep) -> AsyncIterat
         if size > limit:
             raise FhirError(413, "too-costly", f"body larger than {limit} bytes")
         chunks.append(chunk)
-    data = strip_bom(b"".join(chunks))
     if size < LARGE_BODY_BYTES:
+        data = strip_bom(b"".join(chunks))
         try:
             yield orjson.loads(data)
         except orjson.JSONDecodeError as error:
@@ -177,11 +177,11 @@ async def read_fhir_json(request: Request, settings: SettingsDep) -> AsyncIterat
     # (vigil_ingest.large_body says why; /health must answer within 100 ms meanwhile).
     with gc_paused():
         try:
-            payload = await parse_large(data)
+            payload = await parse_large(chunks)  # the pieces as received: joining 15 MB on the loop was a stall
         except ValueError as error:
             # ijson's message quotes the text around the fault (possibly patient data): not echoed.
             raise FhirError(400, "invalid", "invalid JSON (a large body; its parser names no position)") from error
-        del data, chunks
+        del chunks
         yield payload
         # The request is answered: free the document here, in pieces, not in one cascade on the loop.
         await release(payload)
