@@ -150,6 +150,8 @@ class Stack:
     work: Path
     instances: dict[str, list[ServiceProcess]] = field(default_factory=dict)
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+    """Fault work that goes on while the feed ends and the services drain (a broker restarting), awaited last."""
 
     @property
     def topics(self) -> Topics:
@@ -236,10 +238,19 @@ class Stack:
     def live(self, name: str) -> list[ServiceProcess]:
         return [p for p in self.instances.get(name, []) if p.proc.poll() is None]
 
+    def in_background(self, work: Awaitable[Any]) -> None:
+        self.background.append(asyncio.ensure_future(work))
+
+    async def settle(self) -> None:
+        """Wait for the background work (the next scenario needs the whole cluster back)."""
+        await asyncio.gather(*self.background)
+
     def stop_all(self) -> None:
-        for procs in self.instances.values():
-            for p in procs:
-                p.stop()
+        procs = [p for ps in self.instances.values() for p in ps]
+        for p in procs:
+            p.terminate()  # every one at once: each finishes its batch and commits while the others do
+        for p in procs:
+            p.stop()
 
 
 @dataclass
@@ -251,6 +262,8 @@ class Feed:
     speed: float
     report: SimulationReport | None = None
     task: asyncio.Task[SimulationReport] | None = None
+    hold: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while the feed may send (see :meth:`held_until`)."""
 
     def start(self) -> None:
         def progress(report: SimulationReport, _: Any) -> None:
@@ -272,8 +285,10 @@ class Feed:
                 retry=RETRY,
                 on_progress=progress,
                 deadline_s=300,
+                hold=self.hold,
             )
         )
+        self.hold.set()
 
     @property
     def share_sent(self) -> float:
@@ -288,6 +303,28 @@ class Feed:
             while self.share_sent < share and not self.task.done():  # noqa: ASYNC110 - the report is polled
                 await asyncio.sleep(0.05)
         assert not self.task.done(), f"the feed ended before the fault at {share:.0%}: not mid-stream"
+
+    async def held_until(self, ready: Awaitable[None], share: float) -> float:
+        """Await ``ready``; if the feed reaches ``share`` first, hold it there until then. Returns seconds held.
+
+        Start-ups take CPU that a loaded machine may not give in time for a paced feed (seen in CI: the added
+        instances were ready only after the feed had ended). Where they are ready before ``share`` nothing is held.
+        """
+        waiting = asyncio.ensure_future(ready)
+        reached = asyncio.ensure_future(self.reach(share))
+        await asyncio.wait([waiting, reached], return_when=asyncio.FIRST_COMPLETED)
+        if waiting.done():
+            reached.cancel()
+            await waiting
+            return 0.0
+        await reached
+        self.hold.clear()
+        held = time.monotonic()
+        try:
+            await waiting
+        finally:
+            self.hold.set()
+        return time.monotonic() - held
 
     async def finish(self) -> SimulationReport:
         assert self.task is not None
@@ -412,11 +449,14 @@ async def run_scenario(
         # Drift's ends are taken once the scorer is done: the live scores are among its inputs.
         await committed_to_end(stack, "drift", [t.observations, t.scores_live, t.outcomes])
         drained = loop.time()
+        await stack.settle()
         notes.append(
             f"services ready in {started - t0:.0f}s, fed in {fed - started:.0f}s, drained {drained - fed:.0f}s later"
+            + (f", faults settled {loop.time() - drained:.0f}s after" if stack.background else "")
         )
     finally:
         stack.stop_all()
+        await asyncio.gather(*stack.background, return_exceptions=True)  # a failed run leaves no half-started broker
     admin = stack.connection("admin")
     observed = [canonical_event_adapter.validate_json(v).event_id for v in await read_topic(admin, t.observations)]
     live = await read_topic(admin, t.scores_live)

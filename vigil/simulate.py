@@ -676,11 +676,13 @@ async def run_timeline(
     deadline_s: float | None = None,
     on_progress: Callable[[SimulationReport, datetime], None] | None = None,
     progress_every_s: float = 0.5,
+    hold: asyncio.Event | None = None,
 ) -> SimulationReport:
     """Send the timeline's bundles and outcomes in order; stops at the first bundle that finally fails.
 
     Raises :class:`SimulationStopped` (with the report so far, whose accounting then shows the loss) when a bundle
     could not be delivered or ``deadline_s`` passed; progress is reported at most every ``progress_every_s``.
+    While ``hold`` is clear the feed sends nothing new; its schedule (and deadline) then moves by the time held.
     """
     t0 = time.monotonic()
     last_progress = 0.0
@@ -705,6 +707,10 @@ async def run_timeline(
 
     try:
         for item in items:
+            if hold is not None and not hold.is_set():
+                held = time.monotonic()
+                await within_deadline(hold.wait())
+                t0 += time.monotonic() - held  # no burst of overdue bundles after a hold
             if speed > 0:
                 due = t0 + (item.at - start).total_seconds() / 3600 / speed
                 delay = due - time.monotonic()
@@ -758,11 +764,13 @@ async def simulate(
     deadline_s: float | None = None,
     retry: RetryPolicy | None = None,
     on_progress: Callable[[SimulationReport, datetime], None] | None = None,
+    hold: asyncio.Event | None = None,
 ) -> SimulationReport:
     """Send every stay's bundles and outcomes in simulated-time order; returns what was sent and acknowledged.
 
     ``token``: the bearer token ingest's FHIR writes need (the stack's ``simulator`` token). Raises
-    :class:`SimulationStopped` when a bundle finally fails or ``deadline_s`` passes.
+    :class:`SimulationStopped` when a bundle finally fails or ``deadline_s`` passes. ``hold``: see
+    :func:`run_timeline` (the chaos suite holds the feed until added instances are ready on a loaded machine).
     """
     report = SimulationReport()
     items = timeline(stays, drifts=drifts or [], outcome_delay_hours=outcome_delay_hours, start=start, report=report)
@@ -790,6 +798,7 @@ async def simulate(
                 start=start,
                 deadline_s=deadline_s,
                 on_progress=on_progress,
+                hold=hold,
             )
     finally:
         await producer.stop()

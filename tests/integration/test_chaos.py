@@ -30,9 +30,9 @@ from vigil.kafka_local import LocalCluster
 # Beside the session broker (+0), the CLI test's (+20) and the replication test's (+40): six ports from +60.
 PORT = int(os.environ.get("VIGIL_TEST_CHAOS_PORT", int(os.environ.get("VIGIL_TEST_KAFKA_PORT", "19092")) + 60))
 
-# Three JVMs and four service processes per scenario: about a minute to start and half a minute per scenario.
-# Not in `make test`: the five scenarios took 7 of CI's 29.5 minutes on a quiet machine, past what CI may take;
-# `make chaos` runs them (the slow lane's marker expression excludes `chaos`).
+# Three JVMs and four service processes per scenario. Part of `make test`'s slow lane (and `make chaos` alone):
+# with the installed packages' bytecode compiled at setup (Makefile), a service starts on a third of the CPU it
+# took when every process compiled pandas, scipy and sklearn from source, which is what made the suite fit in CI.
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
 
@@ -44,6 +44,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     try:
         yield cluster
     finally:
+        # Its data is deleted next: no controlled shutdown to wait for (three of them took most of a minute).
+        for node in cluster.nodes:
+            cluster.stop_node(node.node_id, kill=True)
         cluster.destroy()
 
 
@@ -65,7 +68,8 @@ async def kill_a_broker(stack: Stack, feed: Feed) -> list[str]:
     at = feed.share_sent
     await feed.reach(0.6)
     back = feed.share_sent
-    await asyncio.to_thread(cluster.start, timeout=300)
+    # Restarted while the feed goes on and the services drain; the scenario waits for it before its checks end.
+    stack.in_background(asyncio.to_thread(cluster.start, timeout=300))
     return [f"broker {victim} killed at {at:.0%} of the Bundles, restarted from {back:.0%}"]
 
 
@@ -79,7 +83,7 @@ async def kill_the_controller(stack: Stack, feed: Feed) -> list[str]:
     assert successor != controller
     await feed.reach(0.6)
     back = feed.share_sent
-    await asyncio.to_thread(cluster.start, timeout=300)
+    stack.in_background(asyncio.to_thread(cluster.start, timeout=300))  # as in kill_a_broker
     return [f"controller {controller} killed at {at:.0%}, {successor} took over, restarted from {back:.0%}"]
 
 
@@ -90,12 +94,17 @@ async def add_and_remove_instances(stack: Stack, feed: Feed) -> list[str]:
     # Early and on a slower feed: three processes take half a minute to be ready, and they must join mid-stream.
     await feed.reach(0.1)
     added = [stack.start(n) for n in SCALED]
-    await stack.ready(*added)
+    # They join while the feed runs; on a loaded machine the feed waits at half-way until they are ready.
+    held = await feed.held_until(stack.ready(*added), 0.5)
     at = feed.share_sent
     await feed.reach(0.6)
     for n in SCALED:
         stack.instances[n][0].stop()  # the first instance leaves: its partitions and state go to the second
-    return [f"second instances ready at {at:.0%}, first ones removed at {feed.share_sent:.0%}"]
+    return [
+        f"second instances ready at {at:.0%}"
+        + (f" (feed held {held:.0f}s for them)" if held else "")
+        + f", first ones removed at {feed.share_sent:.0%}"
+    ]
 
 
 async def kill_each_service(stack: Stack, feed: Feed) -> list[str]:

@@ -126,3 +126,27 @@ def test_phase_reports_add_up_instead_of_overwriting() -> None:
     assert both.entry_outcomes == {"201": 13, "422": 1}
     assert both.entries_planned == 15 and both.entries_unacknowledged == 1
     assert both.rejected_encounters == {"x"}
+
+
+async def test_a_held_feed_sends_nothing_until_released_and_then_everything() -> None:
+    # The chaos suite holds the feed while added instances start on a loaded machine (tests/chaos.py).
+    ingest = MockIngest(lambda n: "ok")
+    url = await ingest.start()
+    plan = sim.load_stays(None, stays=2, seed=11, arrival_hours=1.0)
+    report = sim.SimulationReport()
+    items = sim.timeline(plan, drifts=[], outcome_delay_hours=6.0, start=ICU_EPOCH, report=report)
+    sender = sim.HttpSender(url, report, retry=FAST, handles=sim.stay_handles(plan))
+    hold = asyncio.Event()
+    try:
+        run = asyncio.create_task(
+            sim.run_timeline(items, sender=sender, publish_outcome=Outcomes(), report=report, speed=0, hold=hold)
+        )
+        await asyncio.sleep(0.2)  # the loop runs the feed's task meanwhile: it must be waiting on the hold
+        assert not run.done()
+        assert report.bundles == 0 and not ingest.seen
+        hold.set()
+        await run
+    finally:
+        await ingest.stop()
+    assert report.bundles_planned == report.bundles_acknowledged == len(ingest.answered) > 0
+    assert report.entries_unacknowledged == 0
