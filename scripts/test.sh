@@ -19,9 +19,9 @@ $UV run --frozen lint-imports
 echo "== fast lane: unit tier"
 $UV run --frozen pytest -p no:cacheprovider -m unit -x "$@"
 
-echo "== slow lane: integration (native Kafka broker, SQLite, PostgreSQL), e2e and the chaos suite"
+echo "== slow lane: integration (native Kafka broker, SQLite, PostgreSQL) and e2e"
 # The broker tier must run, never skip: the session fixture starts a native broker and fails if it cannot.
-# The chaos suite (marker `chaos`, its own three-broker cluster) is part of this lane; -rA prints each scenario's
-# accounting line in the summary. The slowest tests are listed at the end, so that CI time stays visible as tests
-# are added.
-$UV run --frozen pytest -p no:cacheprovider -m "not unit" -rA --durations=15 "$@"
+# The chaos suite (`make chaos`, marker `chaos`, about 6.5 minutes) is left out: with it a fresh-clone CI took 31
+# minutes on the quiet 2-core machine (30 Nov 2026: setup 3.5, unit 3.5, slow lane 23.4), not well under 30.
+# The slowest tests are listed at the end, so that CI time stays visible as tests are added.
+$UV run --frozen pytest -p no:cacheprovider -m "not unit and not chaos" --durations=15 "$@"
