@@ -568,7 +568,12 @@ def _kafka_uuid() -> str:
     """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (what StorageTool random-uuid prints)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        # Kafka's own Uuid.randomUuid() draws again when the text starts with "-": the command line would read such
+        # an id as an option (`format -t -Abc...` failed "argument --cluster-id/-t: expected one argument", 1 in 64).
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _registered_brokers(connection: KafkaConnection) -> int:
