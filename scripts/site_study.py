@@ -95,9 +95,12 @@ def main() -> None:
             cohort, adapted_risk, adapted.operating_threshold, n_boot=a.n_boot, seed=1
         ),
     }
+    cand_gain: dict[str, object] = {}
     for name, onx in res.onnx.items():
         thr = res.candidates[name]["threshold"]
-        figs[f"candidate {name}"] = evaluate_score(cohort, onnx_proba(onx, X_ev), thr, n_boot=a.n_boot, seed=1)
+        risk_c = onnx_proba(onx, X_ev)
+        figs[f"candidate {name}"] = evaluate_score(cohort, risk_c, thr, n_boot=a.n_boot, seed=1)
+        cand_gain[name] = paired_gain(cohort, risk_c, thr, base_risk, base.operating_threshold, n_boot=a.n_boot, seed=1)
     gain = paired_gain(
         cohort, adapted_risk, adapted.operating_threshold, base_risk, base.operating_threshold, n_boot=a.n_boot, seed=1
     )
@@ -116,6 +119,7 @@ def main() -> None:
                 "iters": a.iters,
                 "adapt_seconds": round(t_adapt),
                 "chosen": res.chosen,
+                "pick_trail": adapted.card["validation"].get("pick_trail"),
                 "notes": res.notes,
                 "validation": res.candidates,
             },
@@ -124,6 +128,7 @@ def main() -> None:
                 for k, v in figs.items()
             },
             "adapted_gain_over_base_on_evaluation": gain,
+            "candidates_gain_over_base_on_evaluation": cand_gain,
             "adapted_gain_over_naive_on_evaluation": naive_gain,
         }
         (a.out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")

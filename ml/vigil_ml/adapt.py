@@ -105,10 +105,15 @@ class AdaptConfig:
     robust_threshold: bool = True
     high_specificity: float = 0.99
     alpha: float = 0.05
-    """One-sided level of the pick's paired test: a candidate replaces the recalibrated base only if its AUROC
-    gain and its utility gain over it on the selection stays are both significant at this level."""
+    """One-sided level of the pick's paired tests (see :func:`pick`): a learned candidate is set aside when it is
+    worse than the recalibrated base at this level on AUROC or on utility; a later one in ``pick_order`` replaces
+    the first one kept only when it is better than it on both at this level (Bonferroni over those comparisons)."""
+    pick_order: tuple[str, ...] = ("pooled_site", "ensemble", "stacked", "local")
+    """The a-priori order of the learned recipes, from the one whose fit rests on the most stays (the base model's
+    training stays plus the local ones) to the one resting on the local stays alone; fixed before any figure."""
     min_selection_septic: int = 30
-    """Septic selection stays below which no learned candidate can be picked (the base is recalibrated only)."""
+    """Septic selection stays below which no learned candidate can be picked: with fewer, the selection stays
+    cannot tell a harmful candidate from a good one (an AUROC interval about 0.1 wide either side)."""
 
 
 @dataclass
@@ -372,25 +377,69 @@ def site_weight(share: float | None, n_base: int, n_local: int) -> float:
     return share / (1 - share) * n_base / max(n_local, 1)
 
 
-def pick(cands: list[Candidate], *, alpha: float, allow_learned: bool) -> Candidate:
-    """The recalibrated base, unless a learned candidate beats it significantly on AUROC and on utility.
+Compare = Callable[["Candidate", "Candidate"], dict[str, Any]]
+"""Paired gain of the first candidate over the second on the selection stays (``metrics.paired_gain``)."""
 
-    A candidate qualifies when both one-sided paired-bootstrap p-values (gain <= 0) are below ``alpha``; among
-    qualifiers the best validation AUROC wins. A chance gain on a few hundred selection stays does not replace a
-    model that was validated on thousands (measured on set A: a 0.035 AUROC lead on 802 stays vanished later).
+
+def pick(
+    cands: list[Candidate],
+    *,
+    alpha: float,
+    allow_learned: bool,
+    order: tuple[str, ...],
+    compare: Compare,
+) -> tuple[Candidate, list[str]]:
+    """The learned recipe first in the a-priori ``order`` that is not significantly worse than the recalibrated base.
+
+    (chosen candidate, the reasons in the order they were decided). Each candidate's ``gain`` is its paired gain
+    over the recalibrated base on the selection stays. A candidate is set aside when that gain is significantly
+    below 0 (one-sided p < ``alpha`` that the gain is >= 0) on AUROC or on utility; the first one in ``order`` that
+    is not set aside is the default. A later candidate in the order replaces it only when ``compare`` shows it
+    significantly better than the default on both metrics (one-sided p < ``alpha`` divided by the number of such
+    comparisons). When every learned candidate is set aside, or ``allow_learned`` is false, the recalibrated base.
+
+    Why this and not "the base unless a candidate is significantly better": the selection stays are a safeguard
+    against a candidate that broke, not the evidence that a recipe learning from more stays is worth using; a
+    superiority test on a few dozen septic stays has little power, so that rule keeps the base's ranking at
+    almost every site whatever the local outcomes say (docs/model.md, "The pick"). The order is fixed before
+    any figure is seen, so no chance lead on the selection stays decides among recipes.
     """
     base = next(c for c in cands if c.name == "recalibrated")
     if not allow_learned:
-        return base
-    ok = [
-        c
-        for c in cands
-        if c.name != "recalibrated"
-        and c.gain
-        and c.gain["auroc"]["p_one_sided"] < alpha
-        and c.gain["utility"]["p_one_sided"] < alpha
-    ]
-    return max(ok, key=lambda c: c.figures["auroc"]["value"]) if ok else base
+        return base, ["too few septic selection stays to check a learned candidate: the recalibrated base"]
+    trail: list[str] = []
+    ranked = sorted(
+        (c for c in cands if c.name != "recalibrated" and c.gain),
+        key=lambda c: order.index(c.name) if c.name in order else len(order),
+    )
+    kept: list[Candidate] = []
+    for c in ranked:
+        worse = [k for k in ("auroc", "utility") if c.gain[k]["p_one_sided_worse"] < alpha]
+        if worse:
+            figures = ", ".join(f"{k} {c.gain[k]['gain']:+.3f} (p {c.gain[k]['p_one_sided_worse']:.3f})" for k in worse)
+            trail.append(f"{c.name}: significantly worse than the recalibrated base on {figures}: set aside")
+        else:
+            kept.append(c)
+    if not kept:
+        trail.append("every learned candidate is significantly worse: the recalibrated base")
+        return base, trail
+    default, later = kept[0], kept[1:]
+    trail.append(
+        f"{default.name}: first in the a-priori order not significantly worse than the recalibrated base "
+        f"(gain AUROC {default.gain['auroc']['gain']:+.3f}, utility {default.gain['utility']['gain']:+.3f})"
+    )
+    level = alpha / max(1, len(later))
+    for c in later:
+        g = compare(c, default)
+        better = all(g[k]["p_one_sided"] < level for k in ("auroc", "utility"))
+        trail.append(
+            f"{c.name} over {default.name}: AUROC {g['auroc']['gain']:+.3f} (p {g['auroc']['p_one_sided']:.3f}), "
+            f"utility {g['utility']['gain']:+.3f} (p {g['utility']['p_one_sided']:.3f}), level {level:.3g}: "
+            + ("significantly better on both, replaces it" if better else "not significantly better on both")
+        )
+        if better:
+            return c, trail
+    return default, trail
 
 
 def adapt(
@@ -581,21 +630,9 @@ def adapt(
 
     step(f"validating {len(cands)} candidates on the latest {len(sel_ids)} stays ({sel.n_stays} stays)")
     base_fig = evaluate_score(sel, base_sel, base.operating_threshold, n_boot=cfg.n_boot, seed=cfg.seed)
-    for c in cands:
-        c.threshold, _ = choose_threshold(sel, c.risk, robust=cfg.robust_threshold, max_alert_rate=budget_rate)
-        c.figures = evaluate_score(sel, c.risk, c.threshold, n_boot=cfg.n_boot, seed=cfg.seed)
-    recal = cands[0]
-    for c in cands[1:]:
-        c.gain = paired_gain(sel, c.risk, c.threshold, recal.risk, recal.threshold, n_boot=cfg.n_boot, seed=cfg.seed)
-    septic_sel = int(sel.septic.sum())
-    allow = septic_sel >= cfg.min_selection_septic
-    if not allow:
-        notes.append(
-            f"Only {septic_sel} septic stays to select on (fewer than {cfg.min_selection_septic}): the recalibrated "
-            "base is kept whatever the other candidates scored."
-        )
-        step(notes[-1])
-    chosen = pick(cands, alpha=cfg.alpha, allow_learned=allow)
+    chosen, trail = _validate_and_pick(cands, sel, budget_rate, cfg, notes)
+    for line in trail:
+        step(f"pick: {line}")
     step(
         f"chosen: {chosen.name} (validation AUROC {chosen.figures['auroc']['value']:.3f}, "
         f"utility {chosen.figures['utility']['value']:.3f})"
@@ -656,10 +693,13 @@ def adapt(
             "base": {"threshold": base.operating_threshold, **base_fig},
             "chosen": chosen.name,
             "pick_rule": (
-                "the recalibrated base unless a candidate's AUROC gain and utility gain over it on the selection "
-                f"stays are both significant (paired stay bootstrap, one-sided p < {cfg.alpha}); among those, the "
-                "best validation AUROC"
+                f"the first learned candidate in the a-priori order {', '.join(cfg.pick_order)} that is not "
+                "significantly worse than the recalibrated base on the selection stays, on AUROC or on utility "
+                f"(paired stay bootstrap, one-sided p < {cfg.alpha}); a later one replaces it only if significantly "
+                "better than it on both (Bonferroni over those comparisons); the recalibrated base if every learned "
+                f"candidate is significantly worse or fewer than {cfg.min_selection_septic} selection stays are septic"
             ),
+            "pick_trail": trail,
             "candidates": summary,
         },
         "notes": notes,
@@ -667,8 +707,9 @@ def adapt(
         "limitations": [
             "Validation figures are on the latest local stays, on which the threshold and the pick were also made: "
             "confirm on stays admitted after this package (the shadow comparison does).",
-            "A small site sample gives wide intervals; a candidate whose AUROC interval overlaps the base's is not "
-            "shown to be better.",
+            "A small site sample gives wide intervals. The pick takes the recipe preferred before any figure unless "
+            "the selection stays show it worse; it does not show that the candidate is better than the base: the "
+            "shadow comparison on later stays and a clinical approver decide that.",
         ],
     }
     (pkg / "card.json").write_text(json.dumps(card, indent=2, default=float) + "\n")
@@ -687,6 +728,34 @@ def adapt(
         fitted_ids=fitted,
         onnx={c.name: c.onnx for c in cands},
         notes=notes,
+    )
+
+
+def _validate_and_pick(
+    cands: list[Candidate], sel: Cohort, budget_rate: float, cfg: AdaptConfig, notes: list[str]
+) -> tuple[Candidate, list[str]]:
+    """Thresholds, figures and paired gains over the recalibrated base on the selection stays, then the pick."""
+    for c in cands:
+        c.threshold, _ = choose_threshold(sel, c.risk, robust=cfg.robust_threshold, max_alert_rate=budget_rate)
+        c.figures = evaluate_score(sel, c.risk, c.threshold, n_boot=cfg.n_boot, seed=cfg.seed)
+    recal = cands[0]
+    for c in cands[1:]:
+        c.gain = paired_gain(sel, c.risk, c.threshold, recal.risk, recal.threshold, n_boot=cfg.n_boot, seed=cfg.seed)
+    septic_sel = int(sel.septic.sum())
+    allow = septic_sel >= cfg.min_selection_septic
+    if not allow:
+        notes.append(
+            f"Only {septic_sel} septic stays to select on (fewer than {cfg.min_selection_septic}): the recalibrated "
+            "base is kept whatever the other candidates scored."
+        )
+    return pick(
+        cands,
+        alpha=cfg.alpha,
+        allow_learned=allow,
+        order=cfg.pick_order,
+        compare=lambda c, ref: paired_gain(
+            sel, c.risk, c.threshold, ref.risk, ref.threshold, n_boot=cfg.n_boot, seed=cfg.seed
+        ),
     )
 
 
@@ -793,6 +862,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         ),
         "",
         f"Pick rule: {v['pick_rule']}.",
+        "",
+        *(f"- {x}" for x in v.get("pick_trail", [])),
         "",
         *(f"Note: {x}" for x in card.get("notes", [])),
         "",

@@ -413,8 +413,9 @@ def paired_gain(
 
     Both scores are evaluated on the same resample of stays in every replicate, so the stays' shared difficulty
     cancels and the interval is that of the difference (much narrower than comparing two unpaired intervals).
-    For AUROC and normalised utility (each score at its own threshold): the point gain, the 95% interval and the
-    one-sided p-value (share of replicates with a gain <= 0).
+    For AUROC and normalised utility (each score at its own threshold): the point gain, the 95% interval, the
+    one-sided p-value that the score is better (``p_one_sided``: share of replicates with a gain <= 0) and the one
+    that it is worse (``p_one_sided_worse``: share of replicates with a gain >= 0).
     """
     a = np.asarray(scores, dtype=np.float64)
     b = np.asarray(ref_scores, dtype=np.float64)
@@ -448,5 +449,6 @@ def paired_gain(
             "gain": float(point[i]),
             "ci": [float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))] if len(vals) else None,
             "p_one_sided": float(np.mean(vals <= 0)) if len(vals) else float("nan"),
+            "p_one_sided_worse": float(np.mean(vals >= 0)) if len(vals) else float("nan"),
         }
     return result

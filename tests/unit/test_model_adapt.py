@@ -115,7 +115,7 @@ def test_the_paired_gain_of_a_score_over_itself_is_zero_and_never_significant() 
     risk = np.random.default_rng(0).random(len(c.y))
     g = paired_gain(c, risk, 0.5, risk, 0.5, n_boot=50, seed=0)
     for k in ("auroc", "utility"):
-        assert g[k]["gain"] == 0 and g[k]["p_one_sided"] == 1.0
+        assert g[k]["gain"] == 0 and g[k]["p_one_sided"] == 1.0 and g[k]["p_one_sided_worse"] == 1.0
 
 
 def test_the_paired_gain_of_an_informative_score_over_noise_is_significant() -> None:
@@ -128,27 +128,82 @@ def test_the_paired_gain_of_an_informative_score_over_noise_is_significant() -> 
     g = paired_gain(c, good, 1.0, noise, 0.9, n_boot=100, seed=0)
     assert g["auroc"]["gain"] > 0.3 and g["auroc"]["p_one_sided"] < 0.05
     assert g["utility"]["gain"] > 0 and g["utility"]["ci"][0] > 0
+    # The other way round the noise is significantly worse: what the pick's harm test reads.
+    worse = paired_gain(c, noise, 0.9, good, 1.0, n_boot=100, seed=0)
+    assert worse["auroc"]["p_one_sided_worse"] < 0.05 and worse["auroc"]["p_one_sided"] == 1.0
 
 
-def _cand(name: str, auroc: float, p_auroc: float, p_util: float) -> Any:
+def _cand(name: str, auroc_gain: float, p_worse_auroc: float, p_worse_util: float) -> Any:
+    """A candidate with its paired gain over the recalibrated base (only what the pick reads)."""
     c = adapt_mod.Candidate(name, name, b"", 0, 0)
-    c.figures = {"auroc": {"value": auroc}}
     if name != "recalibrated":
-        c.gain = {"auroc": {"p_one_sided": p_auroc}, "utility": {"p_one_sided": p_util}}
+        c.gain = {
+            "auroc": {"gain": auroc_gain, "p_one_sided_worse": p_worse_auroc},
+            "utility": {"gain": 0.0, "p_one_sided_worse": p_worse_util},
+        }
     return c
 
 
-def test_the_pick_keeps_the_recalibrated_base_unless_a_gain_is_significant_on_both_metrics() -> None:
-    base = _cand("recalibrated", 0.77, 1, 1)
-    # Higher AUROC by chance (not significant), or significant on AUROC only: the base stays.
-    assert adapt_mod.pick([base, _cand("local", 0.80, 0.2, 0.01)], alpha=0.05, allow_learned=True) is base
-    assert adapt_mod.pick([base, _cand("local", 0.80, 0.01, 0.3)], alpha=0.05, allow_learned=True) is base
-    win = _cand("pooled", 0.82, 0.001, 0.01)
-    better = _cand("ensemble", 0.83, 0.001, 0.02)
-    cands = [base, _cand("local", 0.85, 0.2, 0.2), win, better]
-    assert adapt_mod.pick(cands, alpha=0.05, allow_learned=True) is better
-    # Too few septic selection stays: no learned candidate whatever its figures.
-    assert adapt_mod.pick(cands, alpha=0.05, allow_learned=False) is base
+ORDER = ("pooled_site", "ensemble", "stacked", "local")
+
+
+def _compare(better: dict[str, float]) -> Any:
+    """Paired comparison of a later candidate with the default: one-sided p of being better, by candidate name."""
+    calls: list[tuple[str, str]] = []
+
+    def compare(c: Any, ref: Any) -> dict[str, Any]:
+        calls.append((c.name, ref.name))
+        p = better.get(c.name, 0.5)
+        return {k: {"gain": 0.01, "p_one_sided": p} for k in ("auroc", "utility")}
+
+    compare.calls = calls  # type: ignore[attr-defined]
+    return compare
+
+
+def test_the_pick_takes_the_first_learned_recipe_in_the_order_that_is_not_significantly_worse() -> None:
+    base = _cand("recalibrated", 0, 1, 1)
+    # Lower point estimate than the base on the selection stays, but not significantly: the a-priori recipe is
+    # taken, even over a later one whose point estimate is higher (a chance lead decides nothing).
+    pooled = _cand("pooled_site", -0.01, 0.30, 0.40)
+    local = _cand("local", +0.04, 0.90, 0.95)
+    chosen, trail = adapt_mod.pick(
+        [base, local, pooled], alpha=0.05, allow_learned=True, order=ORDER, compare=_compare({})
+    )
+    assert chosen is pooled
+    assert trail[0].startswith("pooled_site: first in the a-priori order")
+
+
+def test_the_pick_passes_over_a_significantly_worse_recipe_and_keeps_the_base_when_all_are_worse() -> None:
+    base = _cand("recalibrated", 0, 1, 1)
+    # Significantly worse on utility alone is enough to set a recipe aside.
+    pooled = _cand("pooled_site", +0.01, 0.60, 0.01)
+    ens = _cand("ensemble", -0.02, 0.20, 0.30)
+    chosen, trail = adapt_mod.pick(
+        [base, pooled, ens], alpha=0.05, allow_learned=True, order=ORDER, compare=_compare({})
+    )
+    assert chosen is ens
+    assert "pooled_site: significantly worse" in trail[0] and "utility" in trail[0]
+    every_worse = [base, _cand("pooled_site", -0.03, 0.01, 0.5), _cand("stacked", -0.05, 0.001, 0.002)]
+    chosen, trail = adapt_mod.pick(every_worse, alpha=0.05, allow_learned=True, order=ORDER, compare=_compare({}))
+    assert chosen is base and "recalibrated base" in trail[-1]
+    # Too few septic selection stays to check anything: the base whatever the figures.
+    chosen, _ = adapt_mod.pick([base, ens], alpha=0.05, allow_learned=False, order=ORDER, compare=_compare({}))
+    assert chosen is base
+
+
+def test_a_later_recipe_replaces_the_default_only_when_significantly_better_than_it_after_bonferroni() -> None:
+    base = _cand("recalibrated", 0, 1, 1)
+    pooled, ens, local = (_cand(n, 0.0, 0.5, 0.5) for n in ("pooled_site", "ensemble", "local"))
+    cands = [base, local, ens, pooled]
+    # Two later candidates: each must reach p < 0.05 / 2 against the default.
+    compare = _compare({"ensemble": 0.03, "local": 0.001})
+    chosen, _ = adapt_mod.pick(cands, alpha=0.05, allow_learned=True, order=ORDER, compare=compare)
+    assert chosen is local
+    assert compare.calls == [("ensemble", "pooled_site"), ("local", "pooled_site")]
+    chosen, _ = adapt_mod.pick(
+        cands, alpha=0.05, allow_learned=True, order=ORDER, compare=_compare({"ensemble": 0.03, "local": 0.2})
+    )
+    assert chosen is pooled
 
 
 def test_the_site_weight_gives_the_site_its_share_of_the_total_weight() -> None:

@@ -27,9 +27,9 @@ ADAPT_CALLER = "adapt"
 WHAT_IT_SHOWS = (
     "A few hundred stays show the loop working: the dataset is the serving rows labelled by the streamed outcomes, "
     "the candidate carries its lineage (base model and dataset hashes) and went through the registry as a service "
-    "principal, into shadow, audited. They cannot show that a candidate is better: with a few dozen septic stays "
-    "to validate on, no gain is significant, so adapt keeps the recalibrated base unless one is; and promotion "
-    "still needs shadow's comparison on later stays and a clinical approver."
+    "principal, into shadow, audited. They cannot show that a candidate is better: with fewer than 30 septic stays "
+    "to validate on, no learned candidate can even be checked for harm, so adapt keeps the recalibrated base; and "
+    "promotion still needs shadow's comparison on later stays and a clinical approver."
 )
 
 
