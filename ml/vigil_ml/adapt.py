@@ -88,19 +88,29 @@ class AdaptConfig:
     inner_fraction: float = 0.2
     """Latest share of the fitting stays on which the site weight and the iteration counts are chosen (early
     stopping); the chosen models are then refitted on all fitting stays."""
-    pooled_hgb: dict[str, Any] = field(default_factory=lambda: {**HGB_DEFAULT, "max_iter": 800, "learning_rate": 0.1})
-    """Pooled model: the default's trees, a larger step and an iteration cap that early stopping cuts (the
-    pooled set is about twice the default's training set, so it can carry more iterations)."""
+    pooled_hgb: dict[str, Any] = field(default_factory=lambda: {**HGB_DEFAULT, "max_iter": 400, "learning_rate": 0.1})
+    """Pooled model: the default's trees, a larger step and an iteration cap that early stopping cuts. The cap
+    bounds the cost (three pooled fits); 400 steps of 0.1 are about 2.7 times the default model's 300 of 0.05.
+    It was 800 until session 7, when one inner fit at a 10,000-stay site ran 7 minutes (166 iterations) unstopped."""
     n_iter_no_change: int = 20
     """Early stopping patience (iterations without a better inner-split loss)."""
     base_negative_fraction: float = 0.5
     """Share of the base training stays without sepsis kept in the pooled fit, each weighted by its inverse so the
     totals are unchanged (all septic stays are kept): halves the cost of every pooled fit on the base rows, which
     are mostly quiet hours of stays that never turn septic."""
+    max_quiet_base_stays: int | None = 3000
+    """At most this many of those quiet base stays are kept (same weighting): every fit costs in proportion to its
+    rows, and with the default base half its quiet stays are 6,402 (237,000 hours), two thirds of the pooled rows
+    at a 10,000-stay site; 3,000 bound them whatever the base (docs/model.md, "Cost")."""
+    max_quiet_fit_stays: int | None = 3000
+    """At most this many quiet local fitting stays outside the inner split are fitted on, a seeded draw weighted by
+    its inverse share (every septic stay and every inner stay kept): bounds the fits' rows at a large site and
+    thins nothing at a small one (the SICU proxy has 1,900)."""
     local_full: bool = True
     """The local-only model with the training code's own hyperparameters (``hgb``), as `vigil model train` fits."""
-    local_max_iter: int = 600
-    """Iteration cap of the local-only model; early stopping on the inner split cuts it."""
+    local_max_iter: int = 400
+    """Iteration cap of the local-only model; early stopping on the inner split cuts it (600 until session 7; the
+    default model's own fit is 300 iterations on 14,000 stays)."""
     n_boot: int = 200
     robust_threshold: bool = True
     high_specificity: float = 0.99
@@ -507,6 +517,17 @@ def adapt(
     inner_frame = local.loc[in_inner].reset_index(drop=True)
     inner = Cohort.from_frame(inner_frame)
     step(f"inner split: the latest {len(inner_ids)} fitting stays choose site weights and iteration counts")
+    notes: list[str] = []
+    # Rows fitted on: every fitting row, less the quiet stays beyond the cap (weighted so that totals hold).
+    kept, w_loc, thinned = _thin_quiet_rows(
+        pid, y, fit_ids - inner_ids, max_quiet=cfg.max_quiet_fit_stays, seed=cfg.seed
+    )
+    fit_rows = in_fit & kept
+    w_fit = w_loc[fit_rows]
+    w_fit_or_none = None if thinned is None else w_fit
+    if thinned is not None:
+        notes.append(f"Local fitting stays outside the inner split: {thinned}.")
+        step(notes[-1])
 
     def early_stopped(
         name: str, params: dict[str, Any], Xf: np.ndarray, yf: np.ndarray, ids: np.ndarray, w: Any, watch: np.ndarray
@@ -526,14 +547,15 @@ def adapt(
         step(f"inner fit {name}: best at {n_best} iterations (ran {model.n_iter_})")
         return model, n_best
 
-    notes: list[str] = []
     pooled: list[Candidate] = []
     if base_data is not None:
         step("finding the base model's training rows")
         bdf = base_training_rows(base, base_data)
         bdf = bdf.loc[~bdf["patient_id"].isin(held)].reset_index(drop=True)
         n_base_stays = bdf["patient_id"].nunique()
-        bdf, base_w, kept_quiet = _thin_quiet_stays(bdf, cfg.base_negative_fraction, cfg.seed)
+        bdf, base_w, kept_quiet = _thin_quiet_stays(
+            bdf, cfg.base_negative_fraction, cfg.seed, max_quiet=cfg.max_quiet_base_stays
+        )
         Xb = offline_features(bdf).to_numpy(dtype=np.float32)
         yb = bdf["SepsisLabel"].to_numpy().astype(int)
         n_b = len(yb)
@@ -542,27 +564,27 @@ def adapt(
         Xp = np.vstack(
             [
                 np.hstack([Xb, np.zeros((n_b, 1), np.float32)]),
-                np.hstack([X[in_fit], np.ones((int(in_fit.sum()), 1), np.float32)]),
+                np.hstack([X[fit_rows], np.ones((int(fit_rows.sum()), 1), np.float32)]),
             ]
         )
         del Xb
-        yp = np.r_[yb, y[in_fit]]
-        ids_p = np.r_[bdf["patient_id"].to_numpy().astype(str), pid[in_fit]]
-        watch = np.r_[np.zeros(n_b, bool), in_inner[in_fit]]
+        yp = np.r_[yb, y[fit_rows]]
+        ids_p = np.r_[bdf["patient_id"].to_numpy().astype(str), pid[fit_rows]]
+        watch = np.r_[np.zeros(n_b, bool), in_inner[fit_rows]]
         X_inner = np.hstack([X[in_inner], np.ones((in_inner.sum(), 1), np.float32)])
         tried: list[tuple[float, float | None, int]] = []
         for share in cfg.site_shares:
             # Weights are set on the rows each fit learns from, so the share holds in the inner fit and the refit.
-            n_tr = int((~watch[n_b:]).sum())
-            inner_w = np.r_[base_w, np.where(watch[n_b:], 1.0, site_weight(share, base_total, n_tr))]
+            n_tr = round(float(w_fit[~watch[n_b:]].sum()))
+            inner_w = np.r_[base_w, np.where(watch[n_b:], 1.0, site_weight(share, base_total, n_tr) * w_fit)]
             label = "unweighted" if share is None else f"site share {share:.0%}"
             model, n_best = early_stopped(f"pooled_site ({label})", cfg.pooled_hgb, Xp, yp, ids_p, inner_w, watch)
             auroc = _auroc(inner, model.predict_proba(X_inner)[:, 1])
             step(f"  inner AUROC {auroc:.3f}")
             tried.append((auroc, share, n_best))
         auroc, share, n_best = max(tried, key=lambda t: t[0])
-        site_w = site_weight(share, base_total, int(in_fit.sum()))
-        wp = np.r_[base_w, np.full(int(in_fit.sum()), site_w)]
+        site_w = site_weight(share, base_total, round(float(w_fit.sum())))
+        wp = np.r_[base_w, site_w * w_fit]
         model = fitted_hgb("pooled_site", {**cfg.pooled_hgb, "max_iter": n_best}, Xp, yp, ids_p, wp)
         del Xp
         onx = with_site_indicator(to_onnx_bytes(model, X.shape[1] + 1), X.shape[1])
@@ -591,9 +613,9 @@ def adapt(
         step(notes[-1])
 
     if septic_fit >= cfg.min_stacked_septic:
-        base_fit = base.predict(X[in_fit]).astype(np.float32)[:, None]
-        Xs = np.hstack([X[in_fit], base_fit])
-        model = fitted_hgb("stacked", cfg.local_hgb, Xs, y[in_fit], pid[in_fit], None)
+        base_fit = base.predict(X[fit_rows]).astype(np.float32)[:, None]
+        Xs = np.hstack([X[fit_rows], base_fit])
+        model = fitted_hgb("stacked", cfg.local_hgb, Xs, y[fit_rows], pid[fit_rows], w_fit_or_none)
         local_onx = to_onnx_bytes(model, Xs.shape[1])
         onx = stack_onnx(base_onnx, local_onx, X.shape[1])
         c = Candidate(
@@ -613,8 +635,9 @@ def adapt(
     local_c: Candidate | None = None
     if septic_fit >= cfg.min_local_septic:
         params = {**(cfg.hgb if cfg.local_full else cfg.local_hgb), "max_iter": cfg.local_max_iter}
-        _, n_best = early_stopped("local", params, X[in_fit], y[in_fit], pid[in_fit], None, in_inner[in_fit])
-        model = fitted_hgb("local", {**params, "max_iter": n_best}, X[in_fit], y[in_fit], pid[in_fit], None)
+        Xf, yf, idf = X[fit_rows], y[fit_rows], pid[fit_rows]
+        _, n_best = early_stopped("local", params, Xf, yf, idf, w_fit_or_none, in_inner[fit_rows])
+        model = fitted_hgb("local", {**params, "max_iter": n_best}, Xf, yf, idf, w_fit_or_none)
         onx = to_onnx_bytes(model, X.shape[1])
         parity(model, onx, X_sel)
         local_c = Candidate(
@@ -674,7 +697,12 @@ def adapt(
         "local_data": {
             "stays": len(fit_ids) + len(sel_ids),
             "septic_stays": int(local.groupby("patient_id")["SepsisLabel"].max().sum()),
-            "fit": {"stays": len(fit_ids), "septic_stays": septic_fit, "rows": int(in_fit.sum())},
+            "fit": {
+                "stays": len(fit_ids),
+                "septic_stays": septic_fit,
+                "rows": int(in_fit.sum()),
+                "rows_fitted": int(fit_rows.sum()),
+            },
             "selection": {"stays": len(sel_ids), "septic_stays": int(sel.septic.sum()), "rows": int(in_sel.sum())},
             "split_rule": (
                 f"by ICU admission time: the latest {cfg.selection_fraction:.0%} of stays are held out of every "
@@ -786,18 +814,52 @@ def _ensemble(
     return c, partner.name
 
 
-def _thin_quiet_stays(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, np.ndarray, str]:
-    """Keep every septic stay and a seeded ``fraction`` of the others, weighted 1/fraction (totals unchanged)."""
+def _thin_quiet_stays(
+    df: pd.DataFrame, fraction: float, seed: int, *, max_quiet: int | None = None
+) -> tuple[pd.DataFrame, np.ndarray, str]:
+    """Every septic stay and a seeded ``fraction`` of the others (at most ``max_quiet``), weighted by the inverse.
+
+    The kept quiet stays weigh the inverse of the share kept, so the totals are unchanged.
+    """
     septic = df.groupby("patient_id")["SepsisLabel"].max()
     quiet = np.sort(septic.index[septic == 0].to_numpy().astype(str))
-    if fraction >= 1 or len(quiet) == 0:
+    n_keep = max(1, round(len(quiet) * min(fraction, 1.0)))
+    if max_quiet is not None:
+        n_keep = min(n_keep, max_quiet)
+    if n_keep >= len(quiet):
         return df, np.ones(len(df)), "every stay"
-    keep = np.random.default_rng(seed).choice(quiet, size=max(1, round(len(quiet) * fraction)), replace=False)
+    keep = np.random.default_rng(seed).choice(quiet, size=n_keep, replace=False)
     ids = df["patient_id"].astype(str)
     df = df.loc[ids.isin(set(keep)) | ids.isin(set(septic.index[septic == 1].astype(str)))].reset_index(drop=True)
     is_quiet = df["patient_id"].astype(str).isin(set(keep)).to_numpy()
-    w = np.where(is_quiet, 1.0 / fraction, 1.0)
-    return df, w, f"all septic stays and {len(keep)} of {len(quiet)} others, weighted {1 / fraction:.2g}"
+    w_quiet = len(quiet) / n_keep
+    w = np.where(is_quiet, w_quiet, 1.0)
+    return df, w, f"all septic stays and {n_keep} of {len(quiet)} others, weighted {w_quiet:.3g}"
+
+
+def _thin_quiet_rows(
+    pid: np.ndarray, y: np.ndarray, eligible: set[str], *, max_quiet: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(rows kept, row weights, description or None when nothing is thinned) for the local fitting rows.
+
+    Among the ``eligible`` stays, the quiet ones (never septic) beyond ``max_quiet`` are dropped by a seeded draw
+    and the kept ones weighted by the inverse of the share kept; every other row is kept with weight 1.
+    """
+    rows = pd.DataFrame({"pid": pid, "y": y})
+    flag = rows.groupby("pid")["y"].max()
+    quiet = np.sort([p for p in flag.index[flag == 0].astype(str) if p in eligible])
+    keep_rows, weights = np.ones(len(pid), bool), np.ones(len(pid))
+    if max_quiet is None or len(quiet) <= max_quiet:
+        return keep_rows, weights, None
+    keep = set(np.random.default_rng(seed).choice(quiet, size=max_quiet, replace=False))
+    dropped = data.rows_of(pid, set(quiet) - keep)
+    keep_rows[dropped] = False
+    weights[data.rows_of(pid, keep)] = len(quiet) / max_quiet
+    return (
+        keep_rows,
+        weights,
+        f"{max_quiet} of {len(quiet)} quiet stays fitted on, weighted {len(quiet) / max_quiet:.3g}",
+    )
 
 
 def _check_graph(name: str, ref: np.ndarray, got: np.ndarray) -> None:
