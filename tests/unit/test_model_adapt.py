@@ -238,6 +238,7 @@ def test_the_site_augmented_pooled_candidate_never_fits_or_stops_on_a_selection_
     cfg.min_local_septic = 3
     cfg.site_shares = (None, 0.75)
     cfg.base_negative_fraction = 0.5
+    cfg.max_quiet_fit_stays = 50  # binds on the sample: the weighted, thinned local rows go through every fit
     res = adapt(default_package_path(), local, tmp_path / "run", base_data=tmp_path / "unused", config=cfg)
     assert {"pooled_site", "local", "ensemble"} <= set(res.candidates)
     for name, fitted in res.fitted_ids.items():
@@ -255,10 +256,30 @@ def test_the_site_augmented_pooled_candidate_never_fits_or_stops_on_a_selection_
     assert set(flags.index[flags == 1]) <= res.fitted_ids["pooled_site"]
     assert not set(flags.index[flags == 0]) <= res.fitted_ids["pooled_site"]
     card = ModelPackage.load(res.package_dir).card
+    assert any("quiet stays fitted on" in n for n in res.notes)
+    assert card["local_data"]["fit"]["rows_fitted"] < card["local_data"]["fit"]["rows"]
     assert card["validation"]["chosen"] == res.chosen
     assert "paired stay bootstrap" in card["validation"]["pick_rule"]
+    assert card["validation"]["pick_trail"]
     assert card["validation"]["candidates"]["pooled_site"]["gain_over_recalibrated"]["auroc"]["ci"] is not None
     assert "site indicator" in card["validation"]["candidates"]["pooled_site"]["description"]
+
+
+def test_quiet_fitting_stays_beyond_the_cap_are_thinned_with_weights_that_keep_the_totals() -> None:
+    pid = np.repeat([f"q{i}" for i in range(10)] + ["s0", "i0"], 3)
+    y = np.zeros(len(pid), int)
+    y[pid == "s0"] = [0, 1, 1]
+    eligible = {f"q{i}" for i in range(10)} | {"s0"}  # "i0" is an inner stay: never thinned
+    kept, w, note = adapt_mod._thin_quiet_rows(pid, y, eligible, max_quiet=4, seed=0)
+    assert note is not None and "4 of 10 quiet stays" in note
+    assert kept[pid == "s0"].all() and kept[pid == "i0"].all()
+    assert len(set(pid[kept & np.char.startswith(pid.astype(str), "q")])) == 4
+    # The quiet rows kept weigh as much as all quiet rows did, the others weigh 1.
+    quiet = np.char.startswith(pid.astype(str), "q")
+    assert w[kept & quiet].sum() == pytest.approx(quiet.sum())
+    assert (w[~quiet] == 1).all()
+    kept, w, note = adapt_mod._thin_quiet_rows(pid, y, eligible, max_quiet=10, seed=0)
+    assert note is None and kept.all() and (w == 1).all()
 
 
 def test_the_site_indicator_is_a_constant_one_inside_the_serving_graph() -> None:
