@@ -17,14 +17,12 @@ $UV run --frozen mypy
 $UV run --frozen lint-imports
 
 echo "== fast lane: unit tier"
-# Two workers (pytest-xdist) for the two cores: the unit tier is CPU-bound and its tests share no port or file.
-# Work stealing evens out the few long tests; -x still stops the run at the first failure.
-$UV run --frozen pytest -p no:cacheprovider -m unit -x -n 2 --dist worksteal "$@"
+$UV run --frozen pytest -p no:cacheprovider -m unit -x "$@"
 
 echo "== slow lane: integration (native Kafka broker, SQLite, PostgreSQL), e2e and the chaos suite"
 # The broker tier must run, never skip: the session fixture starts a native broker and fails if it cannot.
 # The chaos suite (marker `chaos`, about 6.5 minutes; `make chaos` runs it alone) is part of it. It fits in CI's
 # time because the rest was cut (30 Nov 2026): the replication checks run on its cluster instead of a second
-# three-broker cluster, the five service installs run side by side, the unit tier on two workers.
+# three-broker cluster, the five service installs run side by side.
 # The slowest tests are listed at the end, so that CI time stays visible as tests are added.
 $UV run --frozen pytest -p no:cacheprovider -m "not unit" --durations=20 "$@"
