@@ -25,7 +25,7 @@ from vigil_runtime.kafka import (
     raw_batch_decoder,
 )
 from vigil_runtime.kafka_security import KafkaConnection
-from vigil_runtime.producer import BATCH_OFF_LOOP, AckedProducer
+from vigil_runtime.producer import BATCH_OFF_LOOP, BATCH_ON_LOOP, AckedProducer
 from vigil_runtime.settings import VigilSettings
 
 
@@ -69,11 +69,13 @@ async def test_every_contract_round_trips_through_the_broker(settings_env: dict[
 
 
 async def test_a_large_publish_sends_the_records_the_per_record_path_sends(settings_env: dict[str, Any]) -> None:
-    """From ``BATCH_OFF_LOOP`` events the producer builds batches off the loop: same partition, order and headers."""
+    """Batches built off the loop (from ``BATCH_OFF_LOOP`` events) and on it (from ``BATCH_ON_LOOP``) hold the
+    records the per-record path sends: same partition, order and headers."""
     settings = VigilSettings(**settings_env)
     await ensure_topics(settings)
     topics = settings.topics
     batched_topic, per_record_topic = topics.observations, topics.name(Topic.ALERTS)
+    on_loop_topic = topics.name(Topic.COMPARISONS)
     events: list[ev.Event] = [
         factories.observation(
             encounter=f"enc-{i % 97}",
@@ -89,12 +91,16 @@ async def test_a_large_publish_sends_the_records_the_per_record_path_sends(setti
     producer = AckedProducer(settings.kafka, client_id="test-batched")
     await producer.start()
     try:
-        await producer.publish_all(batched_topic, events)  # one call: the batched path
-        for at in range(0, len(events), 1000):  # under the threshold: the per-record path
-            await producer.publish_all(per_record_topic, events[at : at + 1000])
+        await producer.publish_all(batched_topic, events)  # one call: batches built off the loop
+        for at in range(0, len(events), 1000):  # between the thresholds: batches built on the loop
+            await producer.publish_all(on_loop_topic, events[at : at + 1000])
+        step = BATCH_ON_LOOP - 1
+        for at in range(0, len(events), step):  # under both thresholds: the per-record path
+            await producer.publish_all(per_record_topic, events[at : at + step])
     finally:
         await producer.stop()
     batched = await consume(settings.kafka, batched_topic, len(events))
+    on_loop = await consume(settings.kafka, on_loop_topic, len(events))
     per_record = await consume(settings.kafka, per_record_topic, len(events))
 
     def seen(records: list[Any]) -> dict[int, list[tuple[bytes, bytes, list[tuple[str, bytes]]]]]:
@@ -104,10 +110,11 @@ async def test_a_large_publish_sends_the_records_the_per_record_path_sends(setti
             by_partition.setdefault(r.partition, []).append((r.key, r.value, kind))
         return by_partition
 
-    assert len(batched) == len(per_record) == len(events)
+    assert len(batched) == len(on_loop) == len(per_record) == len(events)
     assert seen(batched) == seen(per_record)  # each partition: the same records, in the same order
+    assert seen(on_loop) == seen(per_record)
     assert len(seen(batched)) == settings.partitions
-    assert {k for r in batched for k, _ in r.headers} >= {CORRELATION_ID, TRACEPARENT}
+    assert {k for r in [*batched, *on_loop] for k, _ in r.headers} >= {CORRELATION_ID, TRACEPARENT}
 
 
 async def test_topics_have_configured_partitions_and_compaction(settings_env: dict[str, Any]) -> None:

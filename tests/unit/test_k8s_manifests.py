@@ -100,6 +100,8 @@ def test_keda_scales_the_three_consumers_on_their_own_groups_lag_never_past_the_
         assert trigger["type"] == "kafka" and trigger["metadata"]["consumerGroup"] == f"vigil-{name}"
         assert trigger["metadata"]["sasl"] == "scram_sha512" and trigger["metadata"]["tls"] == "enable"
         assert obj["spec"]["maxReplicaCount"] <= PARTITIONS
+    # Drift has one working instance (one-owner assignor): scaling adds a standby at most.
+    assert scaled["drift"]["spec"]["maxReplicaCount"] == 2
 
 
 def test_network_policies_start_from_deny_all_and_open_only_the_architectures_paths() -> None:

@@ -37,6 +37,13 @@ the producer whole batches. Sent one by one, a 15 MB Bundle's 34,000 events kept
 waited behind a stretch of that work at every poll; now the loop submits some seventy batches. Fewer events take
 the per-record path, where a thread hop would cost more than the work."""
 
+BATCH_ON_LOOP = 64
+"""From this many events (and below :data:`BATCH_OFF_LOOP`), :meth:`AckedProducer.publish_all` builds the record
+batches itself on the loop and hands the producer whole batches: aiokafka's ``send`` costs one metadata wait,
+one partitioner call, one accumulator append and one acknowledgement future per record, which for a Bundle of a
+few hundred readings or a scorer batch's scores was a tenth of the request's CPU (py-spy of ingest's HTTP
+benchmark). Fewer events keep the per-record path, which shares batches with concurrent requests."""
+
 ACK_CHUNK = 1024
 """Acknowledgements awaited per ``gather``: one gather over 34,000 futures attaches (and later runs) all their
 callbacks in one stretch of the loop; chunks of a thousand keep each stretch to about a millisecond."""
@@ -154,6 +161,9 @@ class AckedProducer:
         if len(events) >= BATCH_OFF_LOOP:
             await self._publish_batched(topic, events)
             return
+        if len(events) >= BATCH_ON_LOOP:
+            await self._publish_batched_on_loop(topic, events)
+            return
         send = self.producer.send
         clock = time.perf_counter
         step = self.yield_after_s
@@ -182,25 +192,62 @@ class AckedProducer:
             futures = [await producer.send_batch(batch, topic, partition=partition) for partition, batch in batches]
             await _acknowledged(futures)
 
-    def _batches(self, events: Sequence[Event], partitions: list[int], out: Sending) -> list[tuple[int, BatchBuilder]]:
+    async def _publish_batched_on_loop(self, topic: str, events: Sequence[Event]) -> None:
+        """Tens to hundreds of events: the same batches as :meth:`_publish_batched`, built on the loop.
+
+        A thread hop costs more than building a few hundred records; the build still yields to the loop every
+        ``yield_after_s``, as the per-record path does.
+        """
         producer = self.producer
-        open_: dict[int, BatchBuilder] = {}
-        done: list[tuple[int, BatchBuilder]] = []
+        partitions = list(await producer.partitions_for(topic))
+        clock = time.perf_counter
+        step = self.yield_after_s
+        with sending(topic) as out:
+            builder = _Batches(self, partitions, out)
+            until = clock() + step
+            for ev in events:
+                if clock() >= until:
+                    await asyncio.sleep(0)
+                    until = clock() + step
+                builder.add(ev)
+            futures = [await producer.send_batch(batch, topic, partition=p) for p, batch in builder.done()]
+            await _acknowledged(futures)
+
+    def _batches(self, events: Sequence[Event], partitions: list[int], out: Sending) -> list[tuple[int, BatchBuilder]]:
+        builder = _Batches(self, partitions, out)
         for ev in events:
-            key = ev.key_bytes()
-            value = encode(ev)
-            headers = out.headers(kind_of(type(ev)), key)
-            partition = self._partitioner(key, partitions, partitions)
-            batch = open_.get(partition)
-            if batch is None:
-                batch = open_[partition] = producer.create_batch()
-            if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:  # full
-                done.append((partition, batch))
-                batch = open_[partition] = producer.create_batch()
-                if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
-                    raise ValueError(f"a record of {len(value)} bytes does not fit in an empty batch")
-        done.extend(open_.items())
-        return done
+            builder.add(ev)
+        return builder.done()
+
+
+class _Batches:
+    """Record batches per partition, built as ``send`` would build them (same partitioner, headers, encoding)."""
+
+    def __init__(self, owner: AckedProducer, partitions: list[int], out: Sending) -> None:
+        self.producer = owner.producer
+        self.partitioner = owner._partitioner
+        self.partitions = partitions
+        self.out = out
+        self.open: dict[int, BatchBuilder] = {}
+        self.full: list[tuple[int, BatchBuilder]] = []
+
+    def add(self, ev: Event) -> None:
+        key = ev.key_bytes()
+        value = encode(ev)
+        headers = self.out.headers(kind_of(type(ev)), key)
+        partition = self.partitioner(key, self.partitions, self.partitions)
+        batch = self.open.get(partition)
+        if batch is None:
+            batch = self.open[partition] = self.producer.create_batch()
+        if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:  # full
+            self.full.append((partition, batch))
+            batch = self.open[partition] = self.producer.create_batch()
+            if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                raise ValueError(f"a record of {len(value)} bytes does not fit in an empty batch")
+
+    def done(self) -> list[tuple[int, BatchBuilder]]:
+        """Every batch, the full ones first: per partition in the order their records were added."""
+        return [*self.full, *self.open.items()]
 
 
 def _retrieve(future: asyncio.Future[object]) -> None:
