@@ -21,7 +21,7 @@ setup: ## Install Python (uv workspace, exact versions from uv.lock) and fetch t
 demo: setup ## A local stack plus the demo on the bundled sample of real ICU stays
 	$(UV) run --frozen vigil demo
 
-test: setup ## Every tier: lint and types, unit, integration (real Kafka, SQLite, PostgreSQL), e2e and the chaos suite
+test: setup ## Every tier: lint and types, unit, integration (real Kafka, SQLite, PostgreSQL), e2e, and the chaos suite beside them
 	bash scripts/test.sh
 
 lint: ## ruff (style, complexity, sleep-in-a-loop), mypy (strict on the common parts and the five services), import-linter (the package boundaries)
