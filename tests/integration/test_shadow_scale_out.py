@@ -105,9 +105,11 @@ async def test_two_instances_share_partitions_and_state_follows_a_stopped_ones(
                 await asyncio.sleep(0.3)  # A stops mid-stream
             await _committed_to_end(settings)
             # A committed its partitions before leaving, so the group can be at the end before B's rebalance has
-            # handed them over (seen in CI: B still held {0, 2}); wait for the handover itself.
+            # handed them over (seen in CI: B still held {0, 2}); wait for the handover itself, restore included:
+            # B takes the partitions as owned before it reads their states, and is ``ready`` once it has
+            # (seen in CI: 28 > 28 read while the restore was still reading the changelog).
             for _ in range(300):
-                if sb.changelog.owned == set(range(settings.partitions)):
+                if sb.changelog.owned == set(range(settings.partitions)) and sb.changelog.ready:
                     break
                 await asyncio.sleep(0.1)
             await _committed_to_end(settings)
