@@ -47,7 +47,14 @@ async def test_a_small_payload_is_mapped_on_the_loop_and_a_large_one_in_the_thre
     small, _ = await core.map_request(fhir_bundle(INLINE_ENTRIES, prefix="s"))
     large, _ = await core.map_request(fhir_bundle(INLINE_ENTRIES + 1, prefix="l"))
     many_components, _ = await core.map_request(_with_components(INLINE_ENTRIES + 1))
-    assert threads == [loop_thread, "ingest-mapping_0", "ingest-mapping_0"]
+    half = INLINE_ENTRIES // 2 + 1  # two inner Bundles: few entries at the top, too many in all
+    nested = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"resource": fhir_bundle(half, prefix=f"n{i}")} for i in range(2)],
+    }
+    await core.map_request(nested)
+    assert threads == [loop_thread, "ingest-mapping_0", "ingest-mapping_0", "ingest-mapping_0"]
     assert len(small.events) == INLINE_ENTRIES and len(large.events) == INLINE_ENTRIES + 1
     assert many_components.rejections or many_components.events  # mapped (whatever it says), in the thread
     await core.close()

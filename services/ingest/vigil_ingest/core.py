@@ -5,10 +5,11 @@ stalled ``/health`` for as long (3.98 s, measured in issue #15), longer than a l
 not a pool: the mapper's linkage and correction memory is shared state, and every read or change of it (map,
 remember, forget) goes through that thread in order, as it went through the loop before.
 
-A small payload (one resource, or a Bundle of at most ``INLINE_ENTRIES`` entries) is mapped on the loop when the
-thread has nothing queued or running: the hand-over and the wake-up cost far more than mapping a reading (py-spy of
-single-resource posts: about a tenth of a request's CPU in the hop, a twenty-fifth in mapping). Nothing else can
-touch the mapper meanwhile: the loop maps in one synchronous call, and only the loop submits work to the thread.
+A small payload (at most ``INLINE_ENTRIES`` entries, components and contained resources in all) is mapped on the
+loop when the thread has nothing queued or running: the hand-over and the wake-up cost far more than mapping a
+reading (py-spy of single-resource posts: about a tenth of a request's CPU in the hop, a twenty-fifth in mapping).
+Nothing else can touch the mapper meanwhile: the loop maps in one synchronous call, and only the loop submits work
+to the thread.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ a thread hop would cost more than the work. A small request's call may then inte
 safe: each dict operation is atomic under the interpreter lock, neither call iterates the memory, and an id seen
 half-way is the same as one seen before or after (published events carry deterministic ids)."""
 INLINE_ENTRIES = 32
-"""A Bundle of at most this many entries may be mapped on the loop (an EHR's encounter-hour is a few readings)."""
+"""Entries, components and contained resources a payload mapped on the loop may hold in all (an EHR's
+encounter-hour is a few readings, a blood pressure two components)."""
 T = TypeVar("T")
 
 
@@ -209,22 +211,27 @@ class IngestCore:
 def _small(payload: Any) -> bool:
     """What mapping on the loop may take: at most ``INLINE_ENTRIES`` entries, components and contained resources.
 
-    Counted at the top level only: a Bundle's entries are checked one level down, enough to keep a resource of
-    thousands of components (the body limit allows megabytes) in the thread.
+    Counted through the whole payload (a Bundle's entries, Bundles inside them, components, contained resources),
+    and the count stops as soon as it is over: a resource of thousands of components or a Bundle of Bundles (the
+    body limit allows megabytes) stays in the thread, and the check itself costs at most that many steps.
     """
     if not isinstance(payload, dict):
         return True  # refused at once by the mapper
+    budget = INLINE_ENTRIES
     parts = [payload]
-    entries = payload.get("entry")
-    if isinstance(entries, list):
-        if len(entries) > INLINE_ENTRIES:
-            return False
-        parts += [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
-    for part in parts:
-        for key in ("component", "contained"):
+    while parts:
+        part = parts.pop()
+        for key in ("entry", "component", "contained"):
             held = part.get(key)
-            if isinstance(held, list) and len(held) > INLINE_ENTRIES:
+            if not isinstance(held, list):
+                continue
+            budget -= len(held)
+            if budget < 0:
                 return False
+            for item in held:
+                inner = item.get("resource") if key == "entry" and isinstance(item, dict) else item
+                if isinstance(inner, dict):
+                    parts.append(inner)
     return True
 
 
