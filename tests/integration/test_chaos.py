@@ -32,12 +32,6 @@ import pytest
 
 from tests.chaos import Accounting, Faults, Feed, Stack, active_controller, run_scenario
 from vigil.kafka_local import LocalCluster
-from vigil_contracts.access import bindings_for
-from vigil_contracts.topics import Topic, Topics
-from vigil_runtime.kafka import ensure_topics
-from vigil_runtime.kafka_security import create_acls
-from vigil_runtime.replication import UnsafeReplication, describe_replication, enforce, unsafe_replication
-from vigil_runtime.settings import VigilSettings
 
 # Beside the session broker (+0), the CLI test's (+20) and the ingest outage test's (+40): six ports from +60.
 PORT = int(os.environ.get("VIGIL_TEST_CHAOS_PORT", int(os.environ.get("VIGIL_TEST_KAFKA_PORT", "19092")) + 60))
@@ -60,53 +54,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         for node in cluster.nodes:
             cluster.stop_node(node.node_id, kill=True)
         cluster.destroy()
-
-
-def principal_settings(cluster: LocalCluster, principal: str, prefix: str, **overrides: object) -> VigilSettings:
-    """A service's settings on the cluster as ``principal`` (its password as a file, as services read it)."""
-    return VigilSettings(
-        kafka_bootstrap_servers=cluster.bootstrap_servers,
-        kafka_ca_file=str(cluster.secrets.ca_file),
-        kafka_username=principal,
-        kafka_password_file=str(cluster.secrets.password_file(principal)),
-        topic_prefix=prefix,
-        partitions=3,
-        **overrides,  # type: ignore[arg-type]
-    )
-
-
-def test_three_brokers_replicate_by_default_and_a_service_refuses_rf_one(cluster: LocalCluster) -> None:
-    asyncio.run(replication_checks(cluster))
-
-
-async def replication_checks(cluster: LocalCluster) -> None:
-    safe, unsafe = f"s{uuid.uuid4().hex[:8]}.", f"u{uuid.uuid4().hex[:8]}."
-    # Provisioned as `vigil kafka start --brokers 3` does (and as every scenario here is): no replication factor given.
-    await asyncio.to_thread(cluster.provision, Topics(safe), partitions=3)
-    brokers, topics = await describe_replication(principal_settings(cluster, "scorer", safe))
-    assert brokers == 3
-    # The scorer sees its own five topics (its ACLs), each with three replicas and two in sync.
-    assert {t.name for t in topics} == {
-        Topics(safe).name(t)
-        for t in (Topic.OBSERVATIONS, Topic.LIFECYCLE, Topic.SCORER_STATE, Topic.SCORES_LIVE, Topic.DEAD_LETTER)
-    }
-    assert {(t.replication_factor, t.min_insync_replicas) for t in topics} == {(3, 2)}
-    assert unsafe_replication(brokers, topics, acks="all") == []
-
-    # An administrator who creates the observations topic with one replica: the scorer refuses it by name.
-    admin = principal_settings(cluster, "admin", unsafe, replication_factor=1)
-    await ensure_topics(admin, [Topic.OBSERVATIONS])
-    await create_acls(cluster.connection(), bindings_for(Topics(unsafe)))
-    brokers, topics = await describe_replication(principal_settings(cluster, "scorer", unsafe))
-    problems = unsafe_replication(brokers, topics, acks="all")
-    assert problems == [
-        f"topic {unsafe}observations has replication factor 1 on a cluster of 3 brokers: one broker lost loses "
-        "its records; it needs 3"
-    ]
-    with pytest.raises(UnsafeReplication, match=f"topic {unsafe}observations"):
-        enforce(problems, development=False, service="scorer")
-    # Development mode is the subject here: it must allow the unsafe cluster (with a warning) where production refuses.
-    enforce(problems, development=True, service="scorer")
 
 
 @pytest.fixture(scope="module")
