@@ -13,11 +13,8 @@ and in shadow, exactly once per (encounter, data time, observations) after dedup
 each hour equal to offline scoring of the rows as sent; and drift's alerts, as transitions per alert key, equal to
 the uninterrupted run's. Each prints its accounting line.
 
-The same cluster first serves the replication checks a service makes at start, seen from its own principal: the
-stack's topics provisioned with three replicas and min.insync.replicas=2 by default, and a topic of one replica
-refused by name outside development mode (allowed in it). That a killed broker loses no acknowledged write is the
-broker scenario's accounting. (One cluster start for both: the replication checks had a cluster of their own,
-97 s of CI's slow lane, for the same three brokers.)
+That a killed broker loses no acknowledged write is the broker scenario's accounting; replication by default and
+the refusal of one replica are `test_replication_cluster.py`'s (in `make test`, which this suite is not).
 """
 
 from __future__ import annotations
