@@ -31,7 +31,7 @@ from vigil_contracts.topics import Topic, Topics
 from vigil_runtime import tracing
 from vigil_runtime.kafka_security import KafkaConnection
 from vigil_runtime.producer import AckedProducer
-from vigil_runtime.service import RequestContext
+from vigil_runtime.service import HttpFrame
 
 pytestmark = pytest.mark.unit
 
@@ -195,7 +195,7 @@ def request_app(producer: AckedProducer) -> FastAPI:
         await producer.publish_all("vigil.observations", [factories.observation()])
         return {"ok": "yes"}
 
-    app.add_middleware(RequestContext)
+    app.add_middleware(HttpFrame)
     return app
 
 

@@ -58,7 +58,11 @@ def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
 
 
 def _source(function: Callable[..., Any], seen: set[Any]) -> str:
-    """The function's source and that of the functions of its own module it calls (transitively)."""
+    """The function's source and that of the functions of its own package it calls (transitively).
+
+    Its package, not only its module: a route may hand its body to a reader of the service's ``deps`` module
+    (ingest's ``with_fhir_json``, whose 413 and 415 the route must document) or define its handler inside it.
+    """
     function = inspect.unwrap(function)
     if function in seen or not (inspect.isfunction(function) or inspect.ismethod(function)):
         return ""
@@ -68,9 +72,10 @@ def _source(function: Callable[..., Any], seen: set[Any]) -> str:
     except (OSError, TypeError):
         return ""
     module = inspect.getmodule(function)
+    package = function.__module__.split(".")[0]
     for name in set(re.findall(r"\b([A-Za-z_]\w*)\(", text)):
         called = getattr(module, name, None)
-        if inspect.isfunction(called) and called.__module__ == function.__module__:
+        if inspect.isfunction(called) and called.__module__.split(".")[0] == package:
             text += _source(called, seen)
     return text
 

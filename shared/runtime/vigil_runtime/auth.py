@@ -170,7 +170,8 @@ class TokenTable:
     """Resolves static bearer tokens in constant time per configured token."""
 
     def __init__(self, tokens: dict[str, Grant]) -> None:
-        self._entries = [(token.encode(), grant) for token, grant in tokens.items()]
+        # Each token's principal made once (it is immutable): not a normalisation and a frozenset per request.
+        self._entries = [(token.encode(), _principal(grant)) for token, grant in tokens.items()]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -178,14 +179,16 @@ class TokenTable:
     def resolve(self, token: str) -> Principal | None:
         """The principal a token stands for; None when it stands for nobody."""
         given = token.encode()
-        found: Grant | None = None
-        for candidate, grant in self._entries:
+        found: Principal | None = None
+        for candidate, principal in self._entries:
             # Compare against every token (no early exit) so timing tells nothing about which one matched.
             if hmac.compare_digest(candidate, given):
-                found = grant
-        if found is None:
-            return None
-        return Principal(user=normalise_user(found.user), role=found.role, scopes=frozenset(found.scopes))
+                found = principal
+        return found
+
+
+def _principal(grant: Grant) -> Principal:
+    return Principal(user=normalise_user(grant.user), role=grant.role, scopes=frozenset(grant.scopes))
 
 
 class JwtVerifier:

@@ -1,6 +1,7 @@
 """The FHIR REST endpoints: POST a Bundle to the base, POST/PUT a resource to its type, the CapabilityStatement.
 
-Routes parse and hand off: the body comes from the ``FhirBody`` dependency, the core from ``CoreDep``; mapping and
+Routes parse and hand off: the caller's scope is checked by the ``FhirWriter`` dependency before the body is read,
+the body is read by ``with_fhir_json`` and handed to the route's handler with the app's core; mapping and
 publishing are the core's, the answers (OperationOutcome, batch/transaction-response) ``vigil_ingest.fhir_http``'s.
 """
 
@@ -12,7 +13,7 @@ import time
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from vigil_contracts.events import Event
 from vigil_ingest.api import examples
@@ -20,15 +21,15 @@ from vigil_ingest.api.deps import (
     FHIR_JSON,
     WRITE_RESPONSES,
     BundleResponse,
-    CoreDep,
-    FhirBody,
     FhirError,
     FhirJSONResponse,
     FhirWriter,
     OperationOutcome,
-    SettingsDep,
     fhir_response,
+    ingest_core,
+    ingest_settings,
     outcomes,
+    with_fhir_json,
 )
 from vigil_ingest.core import IngestCore, PublishTimeout, Undo
 from vigil_ingest.fhir_http import entry_status, location, operation_outcome, rejection_issues
@@ -170,11 +171,15 @@ def _bundle_answer(result: MapResult, fresh_ids: set[str], transaction: bool) ->
     }
 
 
-async def post_base(core: CoreDep, settings: SettingsDep, payload: FhirBody) -> Response:
+async def post_base(request: Request) -> Response:
     """Post a Bundle (transaction, batch, collection, searchset, message) to the base."""
-    if isinstance(payload, dict) and payload.get("resourceType") not in (None, "Bundle"):
-        raise FhirError(400, "not-supported", "POST to the base takes a Bundle; post resources to their type")
-    return await ingest(core, settings, payload, "Bundle")
+
+    async def handle(payload: Any) -> Response:
+        if isinstance(payload, dict) and payload.get("resourceType") not in (None, "Bundle"):
+            raise FhirError(400, "not-supported", "POST to the base takes a Bundle; post resources to their type")
+        return await ingest(ingest_core(request), ingest_settings(request), payload, "Bundle")
+
+    return await with_fhir_json(request, handle)
 
 
 def _fhir(model: type[Any] | None, description: str) -> dict[str, Any]:
@@ -184,7 +189,7 @@ def _fhir(model: type[Any] | None, description: str) -> dict[str, Any]:
 
 
 def _body(description: str, example: dict[str, Any]) -> dict[str, Any]:
-    """The request body of a FHIR write (read by ``FhirBody``, so FastAPI cannot infer it), with an accepted example."""
+    """A FHIR write's request body (read by ``with_fhir_json``: FastAPI cannot infer it), with an accepted example."""
     schema = {"type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}}}
     examples = {"accepted": {"summary": "Accepted (201; 200 when posted again)", "value": example}}
     content = {media: {"schema": schema, "examples": examples} for media in (FHIR_JSON, "application/json")}
@@ -252,13 +257,15 @@ async def metadata() -> Response:
     responses=RESOURCE_RESPONSES,
     openapi_extra=_body("A FHIR R4 resource of the URL's type (or a Bundle)", examples.OBSERVATION),
 )
-async def post_resource(
-    resource_type: ResourceType, core: CoreDep, settings: SettingsDep, payload: FhirBody
-) -> Response:
+async def post_resource(request: Request, resource_type: ResourceType) -> Response:
     """Post one resource to its type."""
-    if resource_type not in RESOURCE_TYPES:
-        raise FhirError(404, "not-supported", f"resource type '{resource_type[:40]}' is not accepted here")
-    return await ingest(core, settings, payload, resource_type)
+
+    async def handle(payload: Any) -> Response:
+        if resource_type not in RESOURCE_TYPES:
+            raise FhirError(404, "not-supported", f"resource type '{resource_type[:40]}' is not accepted here")
+        return await ingest(ingest_core(request), ingest_settings(request), payload, resource_type)
+
+    return await with_fhir_json(request, handle)
 
 
 @router.put(
@@ -268,14 +275,16 @@ async def post_resource(
     responses=RESOURCE_RESPONSES,
     openapi_extra=_body("A FHIR R4 resource of the URL's type; its id, when given, is the URL's", examples.OBSERVATION),
 )
-async def put_resource(
-    resource_type: ResourceType, resource_id: ResourceId, core: CoreDep, settings: SettingsDep, payload: FhirBody
-) -> Response:
+async def put_resource(request: Request, resource_type: ResourceType, resource_id: ResourceId) -> Response:
     """Put one resource: the URL's id wins (a different id in the body is refused)."""
-    if resource_type not in RESOURCE_TYPES - {"Bundle"}:
-        raise FhirError(404, "not-supported", f"resource type '{resource_type[:40]}' is not accepted here")
-    if isinstance(payload, dict):
-        if payload.get("id") not in (None, resource_id):
-            raise FhirError(400, "invalid", "the resource's id does not match the URL's id")
-        payload["id"] = resource_id
-    return await ingest(core, settings, payload, resource_type)
+
+    async def handle(payload: Any) -> Response:
+        if resource_type not in RESOURCE_TYPES - {"Bundle"}:
+            raise FhirError(404, "not-supported", f"resource type '{resource_type[:40]}' is not accepted here")
+        if isinstance(payload, dict):
+            if payload.get("id") not in (None, resource_id):
+                raise FhirError(400, "invalid", "the resource's id does not match the URL's id")
+            payload["id"] = resource_id
+        return await ingest(ingest_core(request), ingest_settings(request), payload, resource_type)
+
+    return await with_fhir_json(request, handle)
