@@ -90,11 +90,19 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # The labelled children of the per-request instruments, looked up once per label set: ``labels()`` validates
+        # and locks at every call, several calls per HTTP request. They hold what the instruments hold (no series
+        # is removed from these), so the label sets stay bounded as before.
+        self._messages: dict[tuple[str, str], Counter] = {}
+        self._http: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def count(self, topic: str, outcome: str, n: int = 1) -> None:
         """Add ``n`` consumed records of ``topic`` with ``outcome``."""
         if n:
-            self.messages.labels(self.service, topic_label(topic), outcome).inc(n)
+            child = self._messages.get((topic, outcome))
+            if child is None:
+                child = self._messages[topic, outcome] = self.messages.labels(self.service, topic_label(topic), outcome)
+            child.inc(n)
 
     def declare(self, topics: list[str], *outcomes: str) -> None:
         """Start the series of ``outcomes`` for ``topics`` at 0, before the first such record.
@@ -110,8 +118,14 @@ class ServiceMetrics:
 
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered HTTP request and its latency."""
-        self.http_requests.labels(self.service, route, method, str(status)).inc()
-        self.http_latency.labels(self.service, route, method).observe(seconds)
+        children = self._http.get((route, method, status))
+        if children is None:
+            children = self._http[route, method, status] = (
+                self.http_requests.labels(self.service, route, method, str(status)),
+                self.http_latency.labels(self.service, route, method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def expose(self) -> bytes:
         """The registry in Prometheus' text format."""
