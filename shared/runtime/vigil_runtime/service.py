@@ -44,6 +44,7 @@ from vigil_runtime.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from vigil_runtime.replication import PRODUCER_ACKS, describe_replication, enforce, unsafe_replication
 from vigil_runtime.responses import AUTH_RESPONSES, json_errors
 from vigil_runtime.settings import VigilSettings
+from vigil_runtime.shutdown import Step, stop_within
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +159,14 @@ def build_http_app(
             yield
         finally:
             runtime.started = False
+            steps: list[Step] = []
             if lag is not None:
-                await lag.stop()
+                steps.append(("consumer lag", lag.stop))
             if runtime.broker is not None:
-                await runtime.broker.stop()
-            for hook in runtime.on_stop:
-                await hook()
-            log.info("service stopped", extra={"service": runtime.name})
+                steps.append(("broker", runtime.broker.stop))  # in-flight batches finish (FastStream's graceful bound)
+            steps.extend((getattr(hook, "__qualname__", "hook"), hook) for hook in runtime.on_stop)
+            failed = await stop_within(steps, budget_s=runtime.settings.stop_timeout_s, service=runtime.name)
+            log.info("service stopped", extra={"service": runtime.name, "count": len(failed)})
 
     app = FastAPI(
         title=title, description=description, version=version, lifespan=lifespan, docs_url=None, redoc_url=None
