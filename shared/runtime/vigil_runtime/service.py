@@ -412,7 +412,35 @@ async def _retry(action: Callable[[], Awaitable[Any]], *, what: str, attempts: i
 
 
 def serve(app: FastAPI, settings: VigilSettings) -> None:
-    """Run the app under uvicorn until SIGINT or SIGTERM (graceful: the lifespan stops the broker)."""
+    """Run the app under uvicorn until SIGINT or SIGTERM (graceful: the lifespan stops the broker), bounded in time.
+
+    In-flight HTTP requests get :data:`HTTP_DRAIN_S` to finish, the lifespan's steps ``stop_timeout_s``
+    (``vigil_runtime.shutdown``); a process still alive :data:`EXIT_GRACE_S` after both (a thread joined at exit,
+    anything outside the steps) writes every thread's stack to stderr and exits with status 1, rather than waiting
+    for a SIGKILL that says nothing of where it hung (or, outside Kubernetes, for ever).
+    """
+    import faulthandler
+
     import uvicorn
 
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False)
+    class BoundedServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            faulthandler.dump_traceback_later(HTTP_DRAIN_S + settings.stop_timeout_s + EXIT_GRACE_S, exit=True)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(HTTP_DRAIN_S),
+    )
+    BoundedServer(config).run()
+
+
+HTTP_DRAIN_S = 5.0
+"""How long a stopping service lets in-flight HTTP requests finish (a post refused by the cut is retried by its
+sender: nothing of it counts as accepted before its 2xx)."""
+EXIT_GRACE_S = 3.0
+"""What a stopping process may take beyond its HTTP drain and its steps' budget before it dumps and exits."""

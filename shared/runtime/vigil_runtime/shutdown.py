@@ -1,6 +1,6 @@
 """A service's stop, bounded in time: every step runs, in order, and none can hold the process.
 
-A service is told to stop by SIGTERM (Kubernetes kills it 30 s later by default, compose after 10 s) or, in the
+A service is told to stop by SIGTERM (Kubernetes kills it 30 s later by default) or, in the
 tests, by leaving its lifespan. Its stop is a list of steps (the consumer-lag poller, the broker with its in-flight
 batch, the producers' flush, a worker thread): each awaited one after the other, unbounded, a step that waits on a
 broker request (aiokafka waits up to ``request_timeout_ms``, 40 s) or on a task that swallows its cancellation held
