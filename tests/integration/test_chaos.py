@@ -14,7 +14,7 @@ each hour equal to offline scoring of the rows as sent; and drift's alerts, as t
 the uninterrupted run's. Each prints its accounting line.
 
 That a killed broker loses no acknowledged write is the broker scenario's accounting; replication by default and
-the refusal of one replica are `test_replication_cluster.py`'s (in `make test`, which this suite is not).
+the refusal of one replica are `test_replication_cluster.py`'s. Both run in `make test`'s lane B (scripts/test.sh).
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ import pytest
 from tests.chaos import Accounting, Faults, Feed, Stack, active_controller, run_scenario
 from vigil.kafka_local import LocalCluster
 
-# Beside the session broker (+0), the CLI test's (+20) and the ingest outage test's (+40): six ports from +60.
+# Beside the session broker (+0), the CLI test's (+20), the ingest outage test's (+40) and the replication test's
+# (+80): six ports from +60.
 PORT = int(os.environ.get("VIGIL_TEST_CHAOS_PORT", int(os.environ.get("VIGIL_TEST_KAFKA_PORT", "19092")) + 60))
 
-# Three JVMs and four service processes per scenario. Part of `make test`'s slow lane (and `make chaos` alone):
+# Three JVMs and four service processes per scenario. In `make test`'s lane B, beside lane A (and `make chaos` alone):
 # with the installed packages' bytecode compiled at setup (Makefile), a service starts on a third of the CPU it
 # took when every process compiled pandas, scipy and sklearn from source, which is what made the suite fit in CI.
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]

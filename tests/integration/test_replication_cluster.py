@@ -27,10 +27,12 @@ from vigil_runtime.replication import UnsafeReplication, describe_replication, e
 from vigil_runtime.settings import VigilSettings
 from vigil_runtime.tracing import kind_of
 
-# Beside this checkout's test broker (VIGIL_TEST_KAFKA_PORT) and the CLI test's (+20): six ports from +40.
-PORT = int(os.environ.get("VIGIL_TEST_KAFKA_PORT", "19092")) + 40
+# Beside this checkout's test broker (VIGIL_TEST_KAFKA_PORT), the CLI test's (+20), the ingest outage test's (+40) and
+# the chaos suite's (+60): six ports from +80. It runs in lane B, beside lane A's brokers (scripts/test.sh).
+PORT = int(os.environ.get("VIGIL_TEST_KAFKA_PORT", "19092")) + 80
 
-pytestmark = pytest.mark.slow  # three JVMs: about half a minute to start on the 2-core machine
+# Three JVMs: about half a minute to start on the 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.own_cluster]
 
 
 def _settings(cluster: LocalCluster, principal: str, prefix: str, **overrides: object) -> VigilSettings:

@@ -44,6 +44,7 @@ from vigil_runtime.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from vigil_runtime.replication import PRODUCER_ACKS, describe_replication, enforce, unsafe_replication
 from vigil_runtime.responses import AUTH_RESPONSES, json_errors
 from vigil_runtime.settings import VigilSettings
+from vigil_runtime.shutdown import Step, stop_within
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +159,14 @@ def build_http_app(
             yield
         finally:
             runtime.started = False
+            steps: list[Step] = []
             if lag is not None:
-                await lag.stop()
+                steps.append(("consumer lag", lag.stop))
             if runtime.broker is not None:
-                await runtime.broker.stop()
-            for hook in runtime.on_stop:
-                await hook()
-            log.info("service stopped", extra={"service": runtime.name})
+                steps.append(("broker", runtime.broker.stop))  # in-flight batches finish (FastStream's graceful bound)
+            steps.extend((getattr(hook, "__qualname__", "hook"), hook) for hook in runtime.on_stop)
+            failed = await stop_within(steps, budget_s=runtime.settings.stop_timeout_s, service=runtime.name)
+            log.info("service stopped", extra={"service": runtime.name, "count": len(failed)})
 
     app = FastAPI(
         title=title, description=description, version=version, lifespan=lifespan, docs_url=None, redoc_url=None
@@ -400,7 +402,35 @@ async def _retry(action: Callable[[], Awaitable[Any]], *, what: str, attempts: i
 
 
 def serve(app: FastAPI, settings: VigilSettings) -> None:
-    """Run the app under uvicorn until SIGINT or SIGTERM (graceful: the lifespan stops the broker)."""
+    """Run the app under uvicorn until SIGINT or SIGTERM (graceful: the lifespan stops the broker), bounded in time.
+
+    In-flight HTTP requests get :data:`HTTP_DRAIN_S` to finish, the lifespan's steps ``stop_timeout_s``
+    (``vigil_runtime.shutdown``); a process still alive :data:`EXIT_GRACE_S` after both (a thread joined at exit,
+    anything outside the steps) writes every thread's stack to stderr and exits with status 1, rather than waiting
+    for a SIGKILL that says nothing of where it hung (or, outside Kubernetes, for ever).
+    """
+    import faulthandler
+
     import uvicorn
 
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False)
+    class BoundedServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            faulthandler.dump_traceback_later(HTTP_DRAIN_S + settings.stop_timeout_s + EXIT_GRACE_S, exit=True)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(HTTP_DRAIN_S),
+    )
+    BoundedServer(config).run()
+
+
+HTTP_DRAIN_S = 5.0
+"""How long a stopping service lets in-flight HTTP requests finish (a post refused by the cut is retried by its
+sender: nothing of it counts as accepted before its 2xx)."""
+EXIT_GRACE_S = 3.0
+"""What a stopping process may take beyond its HTTP drain and its steps' budget before it dumps and exits."""

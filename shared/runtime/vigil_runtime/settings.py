@@ -48,6 +48,10 @@ class VigilSettings(BaseSettings):
     log_repeat_interval_s: float = Field(default=10.0, ge=0)
     """A repeated warning or error (same call site and message) is logged once per this interval, with the count of
     those held back (0: every one is logged)."""
+    stop_timeout_s: float = Field(default=20.0, gt=0)
+    """The bound of a graceful stop's steps (the broker's in-flight batch, the producers' flush...); with the 5 s
+    HTTP drain before it, inside Kubernetes' default 30 s between SIGTERM and SIGKILL. A step that overruns is left
+    behind and logged (``vigil_runtime.shutdown``)."""
     development: bool = False
     """Development mode: allows the built-in demo tokens and other conveniences refused in production."""
     kafka_security_protocol: SecurityProtocol = "SASL_SSL"
