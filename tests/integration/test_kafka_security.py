@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     GroupAuthorizationFailedError,
@@ -69,24 +70,46 @@ async def can_write(connection: KafkaConnection, topic: str) -> bool:
         await producer.stop()
 
 
+async def can_describe(connection: KafkaConnection, topic: str) -> bool:
+    """Whether the broker shows the principal the topic at all (READ and WRITE imply DESCRIBE)."""
+    admin = AIOKafkaAdminClient(**connection.client_kwargs())
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        return int(described["error_code"]) == 0
+    finally:
+        await admin.close()
+
+
 async def can_read(connection: KafkaConnection, topic: str) -> bool:
     """Fetch the record :func:`_topics` seeded at offset 0, without a group (as replay and the lifecycle readers do).
 
-    A refused principal gets either an authorization error or, where it may not even describe the topic, no
-    records at all (aiokafka keeps asking for the metadata it is denied); both count as "cannot read".
+    A principal that may not even describe the topic is refused here: aiokafka would keep asking for the metadata it
+    is denied and never say no. One that may describe it gets the record or an authorization error: a permitted read
+    is waited for up to :data:`READ_WAIT_S`, so a slow fetch on a loaded machine is not taken for a refusal (CI
+    once read three of the registry's permitted topics as refused, each after 4 s, at a load average of 18).
     """
+    if not await can_describe(connection, topic):
+        return False
     consumer = AIOKafkaConsumer(**connection.client_kwargs(), group_id=None, enable_auto_commit=False)
     tp = TopicPartition(topic, 0)
     try:
         await consumer.start()
         consumer.assign([tp])
         consumer.seek(tp, 0)
-        batches = await asyncio.wait_for(consumer.getmany(tp, timeout_ms=4000), timeout=10)
-        return any(r.value == SEED for records in batches.values() for r in records)
-    except (TopicAuthorizationFailedError, TimeoutError):
+        deadline = asyncio.get_running_loop().time() + READ_WAIT_S
+        while asyncio.get_running_loop().time() < deadline:
+            batches = await consumer.getmany(tp, timeout_ms=1000)
+            if any(r.value == SEED for records in batches.values() for r in records):
+                return True
+        raise AssertionError(f"{topic}: described but neither read nor refused within {READ_WAIT_S:g} s")
+    except TopicAuthorizationFailedError:
         return False
     finally:
         await consumer.stop()
+
+
+READ_WAIT_S = 60.0
 
 
 async def test_a_client_without_credentials_cannot_connect(kafka: KafkaConnection) -> None:
