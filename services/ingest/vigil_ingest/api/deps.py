@@ -109,9 +109,9 @@ async def fhir_write(request: Request) -> Principal:
     operations routes keep the frame's JSON refusals, as their documents say.
 
     The FHIR routes' one dependency (it decides before the body is read), and async: FastAPI runs a plain ``def``
-    dependency in its thread pool, a hop per dependency per request (py-spy of single-resource posts: about a sixth of the loop's time in
-    dependency solving and thread hand-overs). Static tokens are a lookup; a JWT with a remote JWKS, which may be
-    fetched while verifying, still goes to the pool.
+    dependency in its thread pool, a hop per dependency per request (py-spy of single-resource posts: about a sixth
+    of the loop's time in dependency solving and thread hand-overs). Static tokens are a lookup; a JWT with a remote
+    JWKS, which may be fetched while verifying, still goes to the pool.
     """
     try:
         if request.app.state.auth.jwt is None:
