@@ -4,6 +4,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UV="python3 -m uv"
+ARGS=("$@")  # extra pytest arguments, for every tier
+
+# side_by_side TITLE BACKGROUND FOREGROUND: runs two functions at once, BACKGROUND's output held back and printed
+# once both have ended (so the log reads lane by lane); fails if either failed.
+side_by_side() {
+  local title="$1" background="$2" foreground="$3" log bg=0 fg=0
+  log="$(mktemp)"
+  "$background" > "$log" 2>&1 &
+  BACKGROUND_PID=$!
+  trap 'kill "$BACKGROUND_PID" 2>/dev/null || true' EXIT
+  "$foreground" || fg=$?
+  wait "$BACKGROUND_PID" || bg=$?
+  trap - EXIT
+  echo "== $title (ran beside; exit $bg) $(date -u +%T)"
+  cat "$log"
+  rm -f "$log"
+  if [ "$fg" -ne 0 ] || [ "$bg" -ne 0 ]; then
+    echo "$title: exit $bg; the run beside it: exit $fg" >&2
+    exit 1
+  fi
+}
 
 echo "== system packages $(date -u +%T)"
 bash scripts/install-system-deps.sh
@@ -16,22 +37,9 @@ $UV run --frozen ruff check .
 $UV run --frozen ruff format --check .
 
 echo "== fast lane: types and import contracts | beside them: the unit tier $(date -u +%T)"
-types_log="$(mktemp)"
-( $UV run --frozen mypy && $UV run --frozen lint-imports ) > "$types_log" 2>&1 &
-types_pid=$!
-trap 'kill "$types_pid" 2>/dev/null || true' EXIT
-unit=0
-$UV run --frozen pytest -p no:cacheprovider -m unit -x "$@" || unit=$?
-types=0
-wait "$types_pid" || types=$?
-trap - EXIT
-echo "== types and import contracts (exit $types)"
-cat "$types_log"
-rm -f "$types_log"
-if [ "$unit" -ne 0 ] || [ "$types" -ne 0 ]; then
-  echo "unit tier exit $unit, types and import contracts exit $types" >&2
-  exit 1
-fi
+types_and_contracts() { $UV run --frozen mypy && $UV run --frozen lint-imports; }
+unit_tier() { $UV run --frozen pytest -p no:cacheprovider -m unit -x "${ARGS[@]}"; }
+side_by_side "types and import contracts" types_and_contracts unit_tier
 
 echo "== slow lanes: integration and e2e (the session broker) | beside it: the chaos suite and own-cluster tests $(date -u +%T)"
 # Two pytest processes. Lane A: every integration and e2e test on the session broker (the fixture starts a native
@@ -41,20 +49,8 @@ echo "== slow lanes: integration and e2e (the session broker) | beside it: the c
 # took about 31 minutes of CI (30 Nov 2026: setup 3.5, unit 3.5, slow lane 23.4), not well under 30. Each on its
 # own ports (tests/conftest.py, the modules' PORT comments). Lane B's output is printed when both are done.
 # The slowest tests are listed at the end of each lane, so that CI time stays visible as tests are added.
-lane_b_log="$(mktemp)"
-$UV run --frozen pytest -p no:cacheprovider -m "chaos or own_cluster" -rA --durations=10 "$@" > "$lane_b_log" 2>&1 &
-lane_b_pid=$!
-trap 'kill "$lane_b_pid" 2>/dev/null || true' EXIT
-lane_a=0
-$UV run --frozen pytest -p no:cacheprovider -m "not unit and not chaos and not own_cluster" --durations=20 "$@" \
-  || lane_a=$?
-lane_b=0
-wait "$lane_b_pid" || lane_b=$?
-trap - EXIT
-echo "== lane B: the chaos suite and own-cluster tests (ran beside lane A; exit $lane_b) $(date -u +%T)"
-cat "$lane_b_log"
-rm -f "$lane_b_log"
-if [ "$lane_a" -ne 0 ] || [ "$lane_b" -ne 0 ]; then
-  echo "lane A exit $lane_a, lane B exit $lane_b" >&2
-  exit 1
-fi
+lane_b() { $UV run --frozen pytest -p no:cacheprovider -m "chaos or own_cluster" -rA --durations=10 "${ARGS[@]}"; }
+lane_a() {
+  $UV run --frozen pytest -p no:cacheprovider -m "not unit and not chaos and not own_cluster" --durations=20 "${ARGS[@]}"
+}
+side_by_side "lane B: the chaos suite and own-cluster tests" lane_b lane_a
