@@ -58,6 +58,8 @@ def test_up_status_ready_down(tmp_path: Path) -> None:
         status = vigil("status", "--json", env=env)
         while status.returncode != 0 and time.monotonic() < deadline:
             time.sleep(1)
+            # The same env as `vigil up` above: VIGIL_DEVELOPMENT only for the services' HTTP demo conveniences (the
+            # bundled model with no registered production model); the broker stays SASL_SSL with ACLs.
             status = vigil("status", "--json", env=env)
         assert status.returncode == 0, status.stdout + status.stderr
         for spec in stack.services:
