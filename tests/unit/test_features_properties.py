@@ -123,3 +123,24 @@ def test_25000_readings_for_one_encounter_give_a_small_snapshot() -> None:
     assert after < BROKER_MAX_MESSAGE // 20, (before, after)
     assert same(state.features(), features)
     assert state.observations == 25_000
+
+
+def test_compaction_of_hourly_readings_starts_at_the_third_hour_past_the_horizon() -> None:
+    """The boundary of compaction's fast path: one reading an hour is kept whole until a third hour falls before
+    the horizon (the two newest old hours are kept), and an hour with more readings than it keeps is still thinned.
+    """
+    horizon = 48
+    for hours, dropped in ((horizon + 3, 0), (horizon + 4, 1), (horizon + 6, 3)):
+        state = EncounterState()
+        state.apply(admission())
+        for h in range(hours):
+            state.apply(reading(h, "heart_rate", 60 * h + 30, 70.0 + h % 7))
+        features = state.features()
+        assert state.compact(horizon_hours=horizon) == dropped, hours
+        assert same(state.features(), features)
+    state = EncounterState()
+    state.apply(admission())
+    for i, minute in enumerate((5, 20, 40)):  # three readings in hour 0, inside the horizon: the oldest goes
+        state.apply(reading(i, "heart_rate", minute, 80.0 + i))
+    assert state.compact(horizon_hours=horizon) == 1
+    assert state.compact(horizon_hours=horizon) == 0
