@@ -7,7 +7,11 @@
    same running scorer; p50/p99 of the scores' ``latency_ms`` (record timestamp in Kafka -> score creation).
    The same again at ``extra_rates`` (default 2,000 events/s: the pipeline's latency when it is not saturated).
    Each latency run starts ``settle_s`` after the previous phase, once the scorer has checkpointed it: the figure
-   is the steady state's, not the catch-up after a burst.
+   is the steady state's, not the catch-up after a burst. A run is made of blocks of at most ``BLOCK_SECONDS``
+   (the same stays, interleaved the same way, as the 8-second run this bench always had); a longer run publishes
+   further blocks of fresh stays back to back, so its load has the same shape throughout. Each block's p50/p99
+   are reported beside the run's (``p99_ms_per_block``): a p99 over one block is the latency of its two or three
+   slowest batches, and the blocks show how much it moves.
 3. Baseline, measured in the same run: the same model served the article's way (FastAPI, one prediction per HTTP
    request; single-row onnxruntime, the packages carry no scikit-learn estimator), closed loop with
    ``baseline_concurrency`` clients: predictions/s and request latency.
@@ -71,6 +75,8 @@ class _Reader:
         self.seen: dict[str, int] = {}
         self.created: dict[str, list[float]] = {}
         self.latency: dict[str, list[float]] = {}
+        self.latency_by_block: dict[str, list[float]] = {}
+        """Latencies per latency block (tags ``l00``, ``l00b1``, ``l00b2``, ...)."""
         self.count = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -86,9 +92,11 @@ class _Reader:
                     s = orjson.loads(r.value)
                     enc = s["encounter"]
                     self.seen[enc] = max(self.seen.get(enc, -1), s["observations"])
-                    tag = enc.split("-")[1][:3]
+                    block = enc.split("-")[1]
+                    tag = block[:3]
                     self.created.setdefault(tag, []).append(r.timestamp / 1000.0)
                     self.latency.setdefault(tag, []).append(s["latency_ms"])
+                    self.latency_by_block.setdefault(block, []).append(s["latency_ms"])
                     self.count += 1
 
     async def wait(self, expected: dict[str, int], within: float) -> bool:
@@ -257,13 +265,7 @@ async def run(
     frame = load_stays(stays, first=1)
     events = events_of(frame, tag="thr-")
     rates = [rate, *extra_rates]
-    lat_runs = []
-    for i, r in enumerate(rates):
-        n_events = int(r * latency_seconds)
-        # Enough stays for this run (about 190 events a stay in set A), each run its own encounters.
-        n_stays = max(10, min(latency_stays, int(n_events / 150) + 5))
-        lat_frame = load_stays(n_stays, first=10_000 + 400 * i)
-        lat_runs.append((r, f"l{i:02d}", events_of(lat_frame, tag=f"l{i:02d}-")[:n_events]))
+    lat_runs = [(r, f"l{i:02d}", _latency_events(i, r, latency_seconds, latency_stays)) for i, r in enumerate(rates)]
     await _publish_all(kafka, topics.observations, events)
     # The prepared events are hundreds of thousands of objects: a full collection over them paused this process
     # (the load generator: its producer stamps a record's time before sending it) for 300 ms and more, which
@@ -314,6 +316,7 @@ async def run(
             done_lat = await reader.wait(_final_observations(lat_events), within=300)
             drain_s = time.monotonic() - t_end
             lat = reader.latency.get(tag, [])
+            blocks = [v for b, v in sorted(reader.latency_by_block.items()) if b.startswith(tag)]
             latencies.append(
                 {
                     "target_events_per_s": r,
@@ -323,6 +326,10 @@ async def run(
                     "p50_ms": _pct(lat, 50),
                     "p99_ms": _pct(lat, 99),
                     "max_ms": round(max(lat), 1) if lat else None,
+                    "blocks": len(blocks),
+                    # Lists, so ``vigil bench compare`` (which compares numbers) leaves them to the reader.
+                    "p50_ms_per_block": [_pct(v, 50) for v in blocks],
+                    "p99_ms_per_block": [_pct(v, 99) for v in blocks],
                     "drain_after_last_send_s": round(drain_s, 2),
                     "complete": done_lat,
                 }
@@ -363,6 +370,37 @@ async def run(
         "targets": {"events_per_s": 20000, "p99_ms_at_5000_events_per_s": 50},
         "machine_cpus": os.cpu_count(),
     }
+
+
+BLOCK_SECONDS = 8.0
+"""Longest stretch of a latency run drawn from one set of stays (160 stays give about 43,000 events: 8.7 s at
+5,000 events/s); a longer run is several blocks, each of fresh stays."""
+
+
+def _latency_events(run: int, rate: float, seconds: float, max_stays: int) -> list[Any]:
+    """The events of latency run ``run``: ``rate * seconds`` events in blocks of fresh stays, back to back.
+
+    A block is what this bench's latency run always was: ``n_stays`` stays interleaved hour by hour, cut to
+    ``rate * BLOCK_SECONDS`` events, so a run of 8 seconds or less is unchanged and a longer one repeats that shape
+    instead of running its stays out (the longest stays alone, few encounters, in a run's tail).
+    """
+    n_events = int(rate * seconds)
+    per_block = int(rate * BLOCK_SECONDS)
+    # Enough stays for a block (about 270 events a stay in set A), each run its own encounters.
+    n_stays = max(10, min(max_stays, int(min(n_events, per_block) / 150) + 5))
+    events: list[Any] = []
+    block = 0
+    while len(events) < n_events:
+        # Block 0 from the stays this bench always used; later blocks from stays no other run's block 0 uses.
+        first = 10_000 + 400 * run if block == 0 else 14_000 + 1_500 * run + n_stays * (block - 1)
+        # Block 0 keeps the tag (hence the keys and partitions) the 8-second run always had.
+        tag = f"l{run:02d}-" if block == 0 else f"l{run:02d}b{block}-"
+        stays = events_of(load_stays(n_stays, first=first), tag=tag)
+        if not stays:
+            raise ValueError(f"set A has no stays from p{first:06d} on: ask for a shorter latency run")
+        events += stays[: min(per_block, n_events - len(events))]
+        block += 1
+    return events
 
 
 def _core_only(events: list[Any], batch: int) -> dict[str, Any]:

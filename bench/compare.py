@@ -178,7 +178,7 @@ def compare(
     rounds: int = 3,
     benches: Sequence[str] = ("scorer", "ingest"),
     stays: int = 120,
-    latency_seconds: float = 4.0,
+    latency_seconds: float = 8.0,
     ingest_n: int = 10_000,
     ingest_baseline_n: int = 1000,
     log: Any = sys.stderr,
