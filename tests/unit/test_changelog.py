@@ -11,7 +11,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from aiokafka.errors import CommitFailedError
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from tests import factories
 from vigil_contracts import events as ev
@@ -242,3 +243,12 @@ async def test_a_hand_over_saves_everything_then_owns_nothing(package: ModelPack
     assert cl.owned == set()
     _applied(cl, core, _incoming(_events("enc-a", range(2, 3)), 0, 6))  # what a batch still delivered would do
     assert await cl.checkpoint() == 0 and log == [f"send {TOPIC} 2", "commit"]
+
+
+async def test_a_consumer_between_assignments_counts_as_no_member() -> None:
+    class Rejoining:
+        async def commit(self, offsets: dict[Any, int]) -> None:
+            raise IllegalStateError("No partitions assigned")  # what aiokafka says while it rejoins the group
+
+    with pytest.raises(CommitFailedError):
+        await changelog_module.confirm_membership(Rejoining(), {TopicPartition(SOURCE, 0): 3}, [])

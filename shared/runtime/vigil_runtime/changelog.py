@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from vigil_runtime.kafka_security import KafkaConnection
 from vigil_runtime.producer import AckedProducer
@@ -106,7 +106,10 @@ async def confirm_membership(
                 offsets[tp] = offset
                 break  # one partition proves the membership: the broker checks member and generation, not partitions
     if offsets:
-        await consumer.commit(offsets)
+        try:
+            await consumer.commit(offsets)
+        except IllegalStateError as error:  # mid-rejoin (no assignment): not an owner either
+            raise CommitFailedError(f"not assigned: {error}") from error
 
 
 class Changelog:
