@@ -179,7 +179,7 @@ def test_a_scorer_the_group_dropped_writes_no_snapshot(wired: Wired) -> None:
 
 
 def test_a_checkpoint_re_commits_what_is_committed_before_writing(wired: Wired) -> None:
-    service, sink, consumer = wired
+    service, sink, _ = wired
     service.committed[1] = 5
     asyncio.run(service._handle(items()))
     service.consumed[0] = 2
