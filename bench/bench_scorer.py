@@ -165,6 +165,31 @@ async def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, within:
     raise RuntimeError(f"{url} not ready: " + log.read_text()[-1500:])  # noqa: ASYNC240 - failure path
 
 
+def _spawn_scorer(
+    kafka: KafkaConnection, settings: Settings, port: int, workdir: Path, scorer_env: dict[str, str] | None
+) -> subprocess.Popen[bytes]:
+    """One ``python -m vigil_scorer`` on ``settings``' topics and group, logging to workdir/scorer-<port>.log."""
+    return _spawn(
+        [sys.executable, "-m", "vigil_scorer"],
+        {
+            "VIGIL_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            **(scorer_env or {}),
+            "VIGIL_TOPIC_PREFIX": settings.topic_prefix,
+            "VIGIL_PARTITIONS": str(settings.partitions),
+            "VIGIL_LOG_LEVEL": "WARNING",
+            "SCORER_HTTP_PORT": str(port),
+            "SCORER_GROUP_ID": settings.group_id,
+            "SCORER_REGISTRY_URL": settings.registry_url or "",
+            "SCORER_DEFAULT_MODEL_PATH": str(settings.default_model_path),
+            "SCORER_MODEL_CACHE_DIR": str(workdir / f"models-{port}"),
+            "SCORER_BATCH_MAX_RECORDS": str(settings.batch_max_records),
+            # Development mode: the benchmark runs without a registry, on the bundled model (refused otherwise).
+            "SCORER_DEVELOPMENT": "true",
+        },
+        workdir / f"scorer-{port}.log",
+    )
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -276,25 +301,7 @@ async def run(
     reader = _Reader(kafka, topics.scores_live)
     await reader.start()
     port = _free_port()
-    log = workdir / "scorer.log"
-    scorer = _spawn(
-        [sys.executable, "-m", "vigil_scorer"],
-        {
-            "VIGIL_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-            **(scorer_env or {}),
-            "VIGIL_TOPIC_PREFIX": settings.topic_prefix,
-            "VIGIL_LOG_LEVEL": "WARNING",
-            "SCORER_HTTP_PORT": str(port),
-            "SCORER_GROUP_ID": settings.group_id,
-            "SCORER_REGISTRY_URL": settings.registry_url,
-            "SCORER_DEFAULT_MODEL_PATH": str(settings.default_model_path),
-            "SCORER_MODEL_CACHE_DIR": str(workdir / "models"),
-            "SCORER_BATCH_MAX_RECORDS": str(batch_max_records),
-            # Development mode: the benchmark runs without a registry, on the bundled model (refused otherwise).
-            "SCORER_DEVELOPMENT": "true",
-        },
-        log,
-    )
+    scorer = _spawn_scorer(kafka, settings, port, workdir, scorer_env)
     try:
         done = await reader.wait(_final_observations(events), within=600)
         created = reader.created.get("thr", [])
@@ -496,6 +503,98 @@ async def compare_security(
         "stays": stays,
         "machine_cpus": os.cpu_count(),
     }
+
+
+async def scale_out(
+    *,
+    port: int,
+    counts: tuple[int, ...] = (1, 2, 3),
+    stays: int = 240,
+    rounds: int = 2,
+    partitions: int = 6,
+    batch_max_records: int = 2000,
+    settle_s: float = 5.0,
+) -> dict[str, Any]:
+    """Scorer throughput with 1, 2, 3... instances in one consumer group, interleaved ``rounds`` times, in one run.
+
+    A secured single-node broker of its own (started here on ``port`` unless it runs). Each run has its own topics
+    (``partitions`` of them) and group; its instances are started and ready (assigned) before the stays are
+    published, so the figure is scoring shared by a settled group, not its joins: events/s from the first score's
+    creation to the last's. The ratio of each count's best run to one instance's is the scaling on this machine.
+    """
+    from vigil.kafka_local import LocalCluster
+
+    cluster = LocalCluster(name="bench-scale-out", base_port=port)
+    started = not cluster.running()
+    if started:
+        await asyncio.to_thread(cluster.start, timeout=120)
+    kafka = cluster.connection()
+    events = events_of(load_stays(stays, first=1), tag="thr-")
+    expected = _final_observations(events)
+    runs: dict[int, list[float]] = {n: [] for n in counts}
+    try:
+        for _ in range(rounds):
+            for n in counts:
+                runs[n].append(
+                    await _scaled_run(cluster, kafka, n, events, expected, partitions, batch_max_records, settle_s)
+                )
+    finally:
+        if started:
+            await asyncio.to_thread(cluster.stop)
+    best = {n: max(values) for n, values in runs.items()}
+    first = best[counts[0]]
+    return {
+        "bench": "scorer-scale-out",
+        "events_per_s_runs": {str(n): v for n, v in runs.items()},
+        "events_per_s_best": {str(n): v for n, v in best.items()},
+        "ratio_vs_one_instance": {str(n): round(v / first, 3) for n, v in best.items()},
+        "events": len(events),
+        "partitions": partitions,
+        "machine_cpus": os.cpu_count(),
+    }
+
+
+async def _scaled_run(
+    cluster: Any,
+    kafka: KafkaConnection,
+    n: int,
+    events: list[Any],
+    expected: dict[str, int],
+    partitions: int,
+    batch_max_records: int,
+    settle_s: float,
+) -> float:
+    """One run of ``n`` scorer instances over ``events``; returns events/s."""
+    workdir = Path(tempfile.mkdtemp(prefix="vigil-bench-scale-out-"))
+    settings = Settings(
+        kafka_bootstrap_servers=kafka.bootstrap_servers,
+        topic_prefix=f"scale{uuid.uuid4().hex[:8]}.",
+        partitions=partitions,
+        group_id=f"vigil-scorer-scale-{uuid.uuid4().hex[:6]}",  # under the scorer principal's group ACL
+        registry_url="http://127.0.0.1:9",
+        default_model_path=package_path("1"),
+        batch_max_records=batch_max_records,
+    )
+    await asyncio.to_thread(cluster.provision, settings.topics, partitions=partitions)
+    reader = _Reader(kafka, settings.topics.scores_live)
+    await reader.start()
+    ports = [_free_port() for _ in range(n)]
+    procs = [_spawn_scorer(kafka, settings, p, workdir, cluster.service_env("SCORER", "scorer")) for p in ports]
+    try:
+        for proc, p in zip(procs, ports, strict=True):
+            await _wait_http(f"http://127.0.0.1:{p}/ready", proc, workdir / f"scorer-{p}.log", within=180)
+        await asyncio.sleep(settle_s)  # the last join's rebalance settles before anything is published
+        await _publish_all(kafka, settings.topics.observations, events)
+        if not await reader.wait(expected, within=600):
+            raise RuntimeError(f"{n} instance(s): not every event was scored")
+        created = reader.created.get("thr", [])
+        return round(len(events) / (max(created) - min(created)), 1)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            _stop(proc)
+        await reader.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

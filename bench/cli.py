@@ -37,11 +37,22 @@ def bench_scorer(
     ),
     plaintext_port: int = typer.Option(39092, help="With --security both: the plaintext broker's port."),
     secured_port: int = typer.Option(39192, help="With --security both: the secured broker's port."),
-    rounds: int = typer.Option(2, help="With --security both: alternating runs on each broker (best counts)."),
+    rounds: int = typer.Option(2, help="With --security both or --instances: runs of each (best counts)."),
+    instances: str = typer.Option(
+        "",
+        help="Comma-separated instance counts (e.g. 1,2,3): throughput with that many scorers in one group, on a "
+        "secured broker started on --scale-port, each count's best against one instance's (the scale-out figure).",
+    ),
+    scale_port: int = typer.Option(39692, help="With --instances: the port of the broker started for it."),
 ) -> None:
     """Scorer throughput and latency through the broker, against the article-style baseline: one JSON line."""
-    from bench.bench_scorer import compare_security, run
+    from bench.bench_scorer import compare_security, run, scale_out
 
+    if instances:
+        counts = tuple(int(x) for x in instances.split(",") if x.strip())
+        scaled = asyncio.run(scale_out(port=scale_port, counts=counts, stays=stays, rounds=rounds))
+        typer.echo(json.dumps(scaled))
+        return
     if security == "both":
         compared = asyncio.run(
             compare_security(

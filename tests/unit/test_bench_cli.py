@@ -12,5 +12,5 @@ def test_bench_scorer_command_is_declared_with_its_options() -> None:
     assert listing.exit_code == 0 and "scorer" in listing.output
     result = CliRunner().invoke(app, ["scorer", "--help"])
     assert result.exit_code == 0
-    for option in ("--bootstrap", "--stays", "--rate", "--latency-seconds", "--batch-max-records"):
+    for option in ("--bootstrap", "--stays", "--rate", "--latency-seconds", "--batch-max-records", "--instances"):
         assert option in result.output

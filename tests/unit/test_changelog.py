@@ -11,6 +11,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from tests import factories
 from vigil_contracts import events as ev
@@ -46,13 +48,23 @@ class FakeSink:
 
 
 class FakeConsumer:
+    """Commits into the shared log; ``member=False`` refuses them as the broker refuses a dropped member's."""
+
     def __init__(self, log: list[str]) -> None:
         self.log = log
         self.commits: list[dict[Any, int]] = []
+        self.group_committed: dict[int, int] = {}
+        self.member = True
 
     async def commit(self, offsets: dict[Any, int]) -> None:
+        if not self.member:
+            raise CommitFailedError("the group has rebalanced and may have assigned the partitions elsewhere")
         self.log.append("commit")
         self.commits.append(offsets)
+        self.group_committed.update({tp.partition: o for tp, o in offsets.items()})
+
+    async def committed(self, tp: Any) -> int | None:
+        return self.group_committed.get(tp.partition)
 
 
 def _events(encounter: str, hours: range) -> list[ev.ObservationRecorded]:
@@ -177,3 +189,66 @@ async def test_revocation_checkpoints_then_drops_the_partitions(package: ModelPa
     assert log == [f"send {TOPIC} 1", "commit"] and set(sink.compacted) == {1}
     assert core.snapshot("enc-b") is None and core.snapshot("enc-a") is not None
     assert cl.owned == {0} and cl.unsaved == {"enc-a": 0}
+
+
+def _applied(cl: Changelog, core: ShadowCore, batch: list[Incoming]) -> None:
+    cl.changed(core.process(batch).changed)
+    for item in batch:
+        cl.advanced(item.partition or 0, item.offset or 0)
+
+
+async def test_a_member_the_group_dropped_writes_no_snapshot(package: ModelPackage) -> None:
+    # A member whose session expired learns it at its next commit, while another member may already own its
+    # partitions and have written newer snapshots: an older one written over them would be restored later, and the
+    # readings between the two lost. The checkpoint first re-commits what is committed, and writes nothing if refused.
+    log: list[str] = []
+    sink, consumer = FakeSink(log), FakeConsumer(log)
+    core = ShadowCore({("sepsis", "2"): package})
+    cl = _changelog(core, sink, consumer)
+    _applied(cl, core, _incoming(_events("enc-a", range(2)), 0, 0))
+    assert await cl.checkpoint() == 1
+    assert log == [f"send {TOPIC} 1", "commit"]  # nothing committed yet: no offsets to re-commit first
+    _applied(cl, core, _incoming(_events("enc-a", range(2, 4)), 0, 6))
+    consumer.member = False
+    with pytest.raises(CommitFailedError):
+        await cl.checkpoint()
+    assert log == [f"send {TOPIC} 1", "commit"] and cl.fenced == 1 and cl.unsaved == {"enc-a": 0}
+    await cl.on_revoked({0, 1})  # the rejoin revokes: still refused, so the older state is dropped, not written
+    assert log == [f"send {TOPIC} 1", "commit"] and core.snapshot("enc-a") is None and cl.owned == set()
+    assert consumer.group_committed == {0: 6}  # the next owner resumes there, from the snapshot written with it
+
+
+async def test_a_member_checks_its_membership_before_writing_then_commits(package: ModelPackage) -> None:
+    log: list[str] = []
+    sink, consumer = FakeSink(log), FakeConsumer(log)
+    core = ShadowCore({("sepsis", "2"): package})
+    cl = _changelog(core, sink, consumer)
+    consumer.group_committed = {1: 4}  # committed by an earlier owner: read from the group, then re-committed
+    _applied(cl, core, _incoming(_events("enc-a", range(2)), 0, 0))
+    assert await cl.checkpoint() == 1
+    assert log == ["commit", f"send {TOPIC} 1", "commit"]
+    assert [{tp.partition: o for tp, o in c.items()} for c in consumer.commits] == [{1: 4}, {0: 6}]
+
+
+async def test_a_hand_over_saves_everything_then_owns_nothing(package: ModelPackage) -> None:
+    log: list[str] = []
+    sink, consumer = FakeSink(log), FakeConsumer(log)
+    core = ShadowCore({("sepsis", "2"): package})
+    cl = _changelog(core, sink, consumer)
+    _applied(cl, core, _incoming(_events("enc-a", range(2)), 0, 0) + _incoming(_events("enc-b", range(2)), 1, 0))
+    await cl.hand_over()
+    assert log == [f"send {TOPIC} 2", "commit"] and consumer.group_committed == {0: 6, 1: 6}
+    assert cl.owned == set() and len(core) == 0 and not cl.pending() and cl.assigned.is_set()
+    await cl.on_assigned({0, 1})  # a rebalance while the consumer leaves: the next owner takes them, not this one
+    assert cl.owned == set()
+    _applied(cl, core, _incoming(_events("enc-a", range(2, 3)), 0, 6))  # what a batch still delivered would do
+    assert await cl.checkpoint() == 0 and log == [f"send {TOPIC} 2", "commit"]
+
+
+async def test_a_consumer_between_assignments_counts_as_no_member() -> None:
+    class Rejoining:
+        async def commit(self, offsets: dict[Any, int]) -> None:
+            raise IllegalStateError("No partitions assigned")  # what aiokafka says while it rejoins the group
+
+    with pytest.raises(CommitFailedError):
+        await changelog_module.confirm_membership(Rejoining(), {TopicPartition(SOURCE, 0): 3}, [])

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord
+from aiokafka.errors import CommitFailedError
 
 from bench.support import package_path
 from tests import factories
@@ -82,8 +83,12 @@ class FakeConsumer:
     def __init__(self, sink: FakeSink) -> None:
         self.sink = sink
         self.seeks: list[tuple[int, int]] = []
+        self.member = True
+        """False: commits are refused, as the broker refuses those of a member it dropped from the group."""
 
     async def commit(self, offsets: dict[Any, int]) -> None:
+        if not self.member:
+            raise CommitFailedError("the group has rebalanced and may have assigned the partitions elsewhere")
         self.sink.sent.append(("commit", [(None, None, tp.partition) for tp in offsets]))
         self.commits = {tp.partition: o for tp, o in offsets.items()}
 
@@ -157,6 +162,48 @@ def test_revoked_partitions_are_checkpointed_before_their_states_are_dropped(wir
     assert state_keys == [b"enc-2"] and consumer.commits == {1: 1}
     assert service.core is not None and set(service.core.states) == {"enc-1"}
     assert service.unsaved == {"enc-1": 0} and service.owned == {0}
+
+
+def test_a_scorer_the_group_dropped_writes_no_snapshot(wired: Wired) -> None:
+    # Its partitions may have a new owner writing newer snapshots: an older one over them would lose readings at the
+    # next restore. The re-commit of what is committed is refused, and nothing is written.
+    service, sink, consumer = wired
+    service.committed[0] = 0
+    asyncio.run(service._handle(items()))
+    service.consumed[0] = 2
+    consumer.member = False
+    with pytest.raises(CommitFailedError):
+        asyncio.run(service.checkpoint())
+    assert [t for t, _ in sink.sent] == [service.topics.scores_live]
+    assert service.unsaved == {"enc-1": 0} and service.committed == {0: 0}
+
+
+def test_a_checkpoint_re_commits_what_is_committed_before_writing(wired: Wired) -> None:
+    service, sink, _ = wired
+    service.committed[1] = 5
+    asyncio.run(service._handle(items()))
+    service.consumed[0] = 2
+    asyncio.run(service.checkpoint())
+    assert [(t, [p for _, _, p in b]) for t, b in sink.sent[1:]] == [
+        ("commit", [1]),
+        (service.topics.scorer_state, [0]),
+        ("commit", [0]),
+    ]
+
+
+def test_a_hand_over_checkpoints_then_owns_nothing(wired: Wired) -> None:
+    service, sink, consumer = wired
+    asyncio.run(service._handle(items()))
+    service.consumed[0] = 2
+    asyncio.run(service.hand_over())
+    assert [t for t, _ in sink.sent] == [service.topics.scores_live, service.topics.scorer_state, "commit"]
+    assert consumer.commits == {0: 2} and service.owned == set() and service.core is not None
+    assert len(service.core) == 0 and service.assignment_done.is_set()
+    asyncio.run(service.partitions_assigned({0, 1}))  # a rebalance while leaving: the next owner takes them
+    assert service.owned == set()
+    sent = len(sink.sent)
+    assert asyncio.run(service._handle(items())) == []  # what a batch still delivered would do: nothing scored
+    assert all(not batch for _, batch in sink.sent[sent:]) and service.core is not None and len(service.core) == 0
 
 
 def test_a_failed_publish_drops_the_batch_states_and_rewinds_to_the_committed_offsets(wired: Wired) -> None:

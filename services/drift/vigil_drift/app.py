@@ -283,7 +283,13 @@ def bootstrap(settings: Settings, core: DriftCore | None = None) -> ServiceRunti
 
     # The producers are up before the broker delivers anything and down only after it has stopped.
     runtime = ServiceRuntime(
-        SERVICE, settings, broker, metrics, on_start=[publisher.start, start], on_stop=[stop, publisher.stop]
+        SERVICE,
+        settings,
+        broker,
+        metrics,
+        on_start=[publisher.start, start],
+        on_stop=[stop, publisher.stop],
+        before_leaving=[changelog.hand_over],  # saved while still a member: the next owner resumes from it
     )
     runtime.checks["producer"] = lambda: publisher.started
     runtime.checks["state_restored"] = lambda: changelog.ready

@@ -20,6 +20,7 @@ from typing import Literal
 from aiokafka import TopicPartition
 
 from vigil_contracts.events import AlertRaised, Severity, deterministic_id, utcnow
+from vigil_runtime.changelog import confirm_membership
 from vigil_runtime.producer import AckedProducer
 from vigil_runtime.tracing import SCORER_STATE_KIND
 from vigil_scorer.assignment import Assignment
@@ -163,9 +164,18 @@ class Checkpointer:
         """
         t0 = time.perf_counter()
         try:
+            consumer = self.assignment.consumer_of()
+            if checkpoint.snapshots and consumer is not None:
+                # Only a member of the group's generation writes states: a dropped member's late snapshot would put
+                # older state over its partitions' new owner's (vigil_runtime.changelog says how that loses readings).
+                topic = self.topics.observations
+                await confirm_membership(
+                    consumer,
+                    {TopicPartition(topic, p): o for p, o in self.committed.items() if p in self.assignment.owned},
+                    [TopicPartition(topic, p) for p in sorted(self.assignment.owned)],
+                )
             await self.state_sink.send_all(self.topics.scorer_state, checkpoint.snapshots, kind=SCORER_STATE_KIND)
             t1 = time.perf_counter()
-            consumer = self.assignment.consumer_of()
             if checkpoint.offsets and consumer is not None:
                 await consumer.commit(
                     {TopicPartition(self.topics.observations, p): o for p, o in checkpoint.offsets.items()}

@@ -89,6 +89,8 @@ class ScorerService:
         self.lock = asyncio.Lock()
         """Held by a batch, a swap, a rebalance and an eviction: each happens between batches."""
         self.assignment_done = asyncio.Event()
+        self.closing = False
+        """Set by :meth:`hand_over`: no partition is taken on again."""
         self.assignment = Assignment()
         self.models = ModelManager(settings, self.metrics, sink=sink, registry=registry, lock=self.lock)
         self.checkpointer = Checkpointer(
@@ -251,10 +253,30 @@ class ScorerService:
             self.assignment.owned -= partitions
             self.assignment.needs_restore -= partitions
 
+    async def hand_over(self) -> None:
+        """At a clean stop, before the consumer leaves its group: checkpoint everything, then own nothing.
+
+        Written while still a member of the group's generation, so the next owner restores these states and resumes
+        from this commit (after leaving, the membership check refuses the write). Batches still delivered are not
+        scored and stay uncommitted: the next owner scores them.
+        """
+        self.assignment_done.clear()
+        async with self.lock:
+            self.closing = True
+            owned = set(self.assignment.owned)
+            await self.checkpointer.before_revocation(owned - self.assignment.needs_restore)
+            if self.core is not None:
+                self.core.drop_partitions(owned)
+            self.assignment.owned = set()
+            self.assignment.needs_restore = set()
+        self.assignment_done.set()  # a batch waiting for the assignment finds nothing owned and scores nothing
+
     async def partitions_assigned(self, partitions: set[int]) -> None:
         """Restore the assigned partitions' states from the changelog before any of their records is scored."""
         try:
             async with self.lock:
+                if self.closing:  # handed over: the consumer is leaving, the next owner restores them
+                    return
                 self.assignment.owned = set(partitions)
                 self.assignment.needs_restore |= partitions
                 for p in partitions:

@@ -148,6 +148,7 @@ class ShadowService:
             sink=self.state_sink,
             kind=SHADOW_STATE_KIND,
             owned=lambda: self.changelog.owned,
+            confirm_member=self.changelog.confirm_member,
             interval_s=settings.checkpoint_interval_s,
             restore_timeout_s=settings.restore_timeout_s,
         )
@@ -286,17 +287,24 @@ class ShadowService:
                 await task
         self._tasks = []
         if self.state_sink.started:
-            # The consumer has left the group by now, so the commit fails, but the snapshots still reach the
-            # changelog: a restart then recognises the replayed records by their offsets instead of re-applying them.
+            # Normally nothing is left: hand_over saved it before the consumer left the group (a stop before the
+            # broker started, or a hand-over that failed, leaves it to this, and the membership check decides).
             await stop_checkpoint(self.changelog)
-            # aiokafka leaves the group at stop without revoking: the partitions are still this instance's to save.
-            try:
-                await self.join_log.checkpoint()
-            except Exception as error:  # a restart reads the join again from the last positions saved
-                log.warning("final join checkpoint failed", extra={"error_type": type(error).__name__})
             await self.state_sink.stop()
         if self.catalog.registry is not None:
             await self.catalog.registry.aclose()
+
+    async def hand_over(self) -> None:
+        """At a clean stop, before the consumer leaves its group: the join's and the feature states' last checkpoints.
+
+        aiokafka leaves a group at stop without revoking, and after leaving the membership check refuses the writes;
+        so the partitions are saved and let go here, while this instance is still their owner.
+        """
+        try:
+            await self.join_log.checkpoint()
+        except Exception as error:  # the next owner reads the join again from the last positions saved
+            log.warning("join checkpoint at hand-over failed", extra={"error_type": type(error).__name__})
+        await self.changelog.hand_over()
 
     async def _periodic(self) -> None:
         while True:
@@ -407,6 +415,7 @@ def bootstrap(settings: Settings) -> tuple[ServiceRuntime, ShadowService]:
         # The producer is up before anything may publish and down only after the last comparison is sent.
         on_start=[publisher.start, service.start],
         on_stop=[service.stop, publisher.stop],
+        before_leaving=[service.hand_over],  # saved while still a member: the next owner resumes from it
     )
     return runtime, service
 

@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 Positions = dict[tuple[str, int], int]
 
 
+async def _member() -> None:
+    """Without a group to check against (tests of the join alone): always a member."""
+
+
 class JoinLog:
     """Checkpoints and restores the join (call between the reader's batches)."""
 
@@ -61,6 +65,7 @@ class JoinLog:
         sink: AckedProducer,
         kind: Kind,
         owned: Callable[[], set[int]],
+        confirm_member: Callable[[], Awaitable[None]] = _member,
         interval_s: float = 1.0,
         restore_timeout_s: float = 60.0,
     ) -> None:
@@ -71,6 +76,8 @@ class JoinLog:
         self.kind = kind
         self.owned = owned
         """The observations partitions this instance owns in its group: the changelog partitions it writes."""
+        self.confirm_member = confirm_member
+        """Raises unless this instance is still a member of the group's generation (the feature changelog's check)."""
         self.interval_s = interval_s
         self.restore_timeout_s = restore_timeout_s
         self.positions: Positions = {}
@@ -164,6 +171,10 @@ class JoinLog:
         moved = [p for p in sorted(owned) if self.saved_positions.get(p) != positions]
         value = orjson.dumps([[t, p, o] for (t, p), o in sorted(positions.items())])
         records += [(f"{POSITIONS_KEY}{p}".encode(), value, p) for p in moved]
+        if records:
+            # A dropped member's late write would put an older join over its partition's new owner's (see
+            # vigil_runtime.changelog): written only while still a member of the group's generation.
+            await self.confirm_member()
         await self.sink.send_all(self.topic, records, kind=self.kind)
         self.unsaved.difference_update(chosen)
         for p in moved:

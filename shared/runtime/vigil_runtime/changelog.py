@@ -17,6 +17,16 @@ snapshots whose last applied offsets make the replayed records duplicates. A fai
 of its partitions: their states are dropped, restored again and the partitions rewound to their committed
 offsets.
 
+Only a member of the group's current generation writes snapshots. A member the coordinator has dropped (its
+session expired while its loop was busy, say) learns it only at its next heartbeat or commit, while another member
+already owns its partitions and writes their snapshots; a late snapshot from the dropped member would put older
+state over newer, and the next owner would restore it and resume after the newer commit, without the readings in
+between (seen in the chaos suite's scale-out: a stay lost twelve hours of history). Each checkpoint that writes
+snapshots therefore first re-commits offsets already committed (:func:`confirm_membership`: a no-op for the group,
+and the one request the broker fences by generation) and writes nothing if that fails. At a clean stop the
+partitions are handed over while still a member (:meth:`Changelog.hand_over`, before the consumer leaves), not
+written after leaving.
+
 Snapshots are bytes produced by the state itself (JSON, never pickle: a topic write must not become code
 execution on restore). The scorer keeps its own checkpointer, which captures snapshots a slice per batch to keep
 its latency flat under load; this one captures a checkpoint at once, which suits shadow's smaller budget.
@@ -33,6 +43,7 @@ from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from vigil_runtime.kafka_security import KafkaConnection
 from vigil_runtime.producer import AckedProducer
@@ -75,6 +86,30 @@ class RecordedState(KeyedState, Protocol):
 
 def _no_consumer() -> Any:
     return None
+
+
+async def confirm_membership(
+    consumer: Any, committed: Mapping[TopicPartition, int], owned: Iterable[TopicPartition]
+) -> None:
+    """Raise :class:`CommitFailedError` unless ``consumer`` is still a member of its group's current generation.
+
+    Re-commits offsets the group has already committed: nothing moves, but the broker refuses a commit from a member
+    it dropped or from an older generation. ``committed`` are the offsets this process knows it committed; without
+    any, the group's committed offsets of ``owned`` are read first. With nothing committed at all (a new group's
+    first checkpoint) there is nothing to re-commit, and the check is skipped.
+    """
+    offsets = dict(committed)
+    if not offsets:
+        for tp in owned:
+            offset = await consumer.committed(tp)
+            if offset is not None:
+                offsets[tp] = offset
+                break  # one partition proves the membership: the broker checks member and generation, not partitions
+    if offsets:
+        try:
+            await consumer.commit(offsets)
+        except IllegalStateError as error:  # mid-rejoin (no assignment): not an owner either
+            raise CommitFailedError(f"not assigned: {error}") from error
 
 
 class Changelog:
@@ -132,6 +167,10 @@ class Changelog:
         self.restored_keys = 0
         self.restore_seconds = 0.0
         """Time the last restore took (start-up cost: reading the compacted changelog)."""
+        self.closing = False
+        """Set by :meth:`hand_over`: no partition is taken on again, nothing more is applied."""
+        self.fenced = 0
+        """Checkpoints not written because this process was no longer a member of the group's generation."""
 
     @property
     def ready(self) -> bool:
@@ -161,6 +200,8 @@ class Changelog:
 
         Returns how many snapshots were written. On failure the keys stay unsaved and nothing is committed.
         """
+        if self.closing:  # handed over: what this process holds now is no longer its to save
+            return 0
         chosen = {k: p for k, p in self.unsaved.items() if partitions is None or self.whole or p in partitions}
         offsets = {
             (t, p): o
@@ -178,9 +219,11 @@ class Changelog:
             value = self.state.snapshot(key)
             if value is not None:  # gone since (evicted): nothing to save
                 snapshots.append((key.encode(), value, partition))
+        consumer = self.consumer_of()
         try:
+            if snapshots:
+                await self.confirm_member()
             await self.sink.send_all(self.topic, snapshots, kind=self.kind)
-            consumer = self.consumer_of()
             if offsets and consumer is not None:
                 await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
         except BaseException:
@@ -192,6 +235,24 @@ class Changelog:
                 del self.unsaved[key]
         self.committed.update(offsets)
         return len(snapshots)
+
+    async def confirm_member(self) -> None:
+        """Raise :class:`CommitFailedError` unless still a member of the group's generation (before writing state)."""
+        consumer = self.consumer_of()
+        if consumer is None:
+            return
+        try:
+            await confirm_membership(consumer, self._known_commits(), self._owned_partitions())
+        except CommitFailedError:
+            self.fenced += 1
+            log.warning("state not written: no longer a member of the group's generation")
+            raise
+
+    def _known_commits(self) -> dict[TopicPartition, int]:
+        return {TopicPartition(t, p): o for (t, p), o in self.committed.items() if p in self.owned}
+
+    def _owned_partitions(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t in self.source_topics for p in sorted(self.owned)]
 
     async def step(self) -> None:
         """After a batch: checkpoint when one is due."""
@@ -260,6 +321,8 @@ class Changelog:
         """Restore the assigned partitions before any of their records is applied."""
         try:
             async with self.lock:
+                if self.closing:  # handed over: the consumer is leaving, the partitions' next owner restores them
+                    return
                 self.owned = set(partitions)
                 self.needs_restore |= partitions
                 self._forget_progress(partitions, committed=True)
@@ -282,6 +345,26 @@ class Changelog:
             self.state.drop_partitions(partitions)
             self.owned -= partitions
             self.needs_restore -= partitions
+
+    async def hand_over(self) -> None:
+        """At a clean stop, before the consumer leaves its group: save everything, then let the partitions go.
+
+        Written while still a member (see the module docstring), so the next owner restores this process's last
+        states and resumes from its last commit. Batches still delivered afterwards are not applied (nothing is owned
+        any more) and their offsets stay uncommitted: the next owner applies them.
+        """
+        self.assigned.clear()
+        async with self.lock:
+            try:
+                await self.checkpoint(self.owned - self.needs_restore)
+            except Exception as error:  # the next owner replays from the last commit
+                log.warning("checkpoint at hand-over failed", extra={"error_type": type(error).__name__})
+            self.closing = True
+            self.forget(self.owned)
+            self.state.drop_partitions(self.owned)
+            self.owned = set()
+            self.needs_restore = set()
+        self.assigned.set()  # a batch waiting for the assignment finds nothing owned and applies nothing
 
     def forget(self, partitions: set[int]) -> None:
         """Drop the partitions' unsaved keys and progress."""
@@ -343,7 +426,11 @@ class ChangelogRebalanceListener(ConsumerRebalanceListener):  # type: ignore[mis
 
 
 async def stop_checkpoint(changelog: Changelog) -> None:
-    """At a clean stop: write what is unsaved (the commit may fail once the consumer has left the group)."""
+    """After the consumer stopped: write what is still unsaved, if anything.
+
+    Normally :meth:`Changelog.hand_over` saved it all while still a member; a checkpoint after leaving the group is
+    refused by the membership check.
+    """
     async with changelog.lock:
         with contextlib.suppress(Exception):
             await changelog.checkpoint()

@@ -63,6 +63,8 @@ class ServiceRuntime:
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
     on_start: list[Hook] = field(default_factory=list)
     on_stop: list[Hook] = field(default_factory=list)
+    before_leaving: list[Hook] = field(default_factory=list)
+    """Run at a stop before the consumers leave their groups: state handed over while still a member."""
     started: bool = False
 
     async def readiness(self) -> dict[str, bool]:
@@ -162,6 +164,7 @@ def build_http_app(
             steps: list[Step] = []
             if lag is not None:
                 steps.append(("consumer lag", lag.stop))
+            steps.extend((getattr(hook, "__qualname__", "hook"), hook) for hook in runtime.before_leaving)
             if runtime.broker is not None:
                 steps.append(("broker", runtime.broker.stop))  # in-flight batches finish (FastStream's graceful bound)
             steps.extend((getattr(hook, "__qualname__", "hook"), hook) for hook in runtime.on_stop)
