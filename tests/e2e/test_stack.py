@@ -46,7 +46,9 @@ def test_up_status_ready_down(tmp_path: Path) -> None:
     stack = Stack(kafka_port=KAFKA_PORT, port_base=PORT_BASE)
     try:
         t0 = time.monotonic()
-        started = vigil("up", "--detach", "--timeout", "60", env=env)
+        # Patience, not a bound (speed is the benchmarks'): a consumer the group drops and re-admits right after start
+        # (CI saw shadow's join take 30 s and then a rejoin) is ready a little later, and `vigil up` waits for it.
+        started = vigil("up", "--detach", "--timeout", "120", env=env)
         took = time.monotonic() - t0
         assert started.returncode == 0, started.stderr[-3000:] + _logs(stack)
         print(f"\n[stack] vigil up ready in {took:.1f}s (broker start included)")
