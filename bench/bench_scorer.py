@@ -183,8 +183,9 @@ def _spawn_scorer(
             "SCORER_DEFAULT_MODEL_PATH": str(settings.default_model_path),
             "SCORER_MODEL_CACHE_DIR": str(workdir / f"models-{port}"),
             "SCORER_BATCH_MAX_RECORDS": str(settings.batch_max_records),
-            # Development mode: the benchmark runs without a registry, on the bundled model (refused otherwise).
-            "SCORER_DEVELOPMENT": "true",
+            # Development mode only for the model: no registry runs here to confirm the bundled one, which a secured
+            # scorer refuses otherwise. The broker stays as given (secured for --instances and --security both).
+            "SCORER_DEVELOPMENT": "true",  # why: no registry to confirm the bundled model; the broker is not relaxed
         },
         workdir / f"scorer-{port}.log",
     )
