@@ -6,6 +6,7 @@ keeps the states unsaved; a core restored from what was written goes on scoring 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -166,6 +167,7 @@ async def test_a_restored_core_scores_like_an_uninterrupted_one(
     restarted = _changelog(after, FakeSink([]), None)
     restarted.owned = set()
     await restarted.on_assigned({0, 1})
+    await restarted.restored()  # the restore runs beside the assignment callback
     assert restarted.ready and restarted.restored_keys == 2
     # A replayed record of the first part is recognised (its offset is behind the snapshot's), not re-applied.
     assert after.process(first[-1:]).duplicates == 1
@@ -252,3 +254,69 @@ async def test_a_consumer_between_assignments_counts_as_no_member() -> None:
 
     with pytest.raises(CommitFailedError):
         await changelog_module.confirm_membership(Rejoining(), {TopicPartition(SOURCE, 0): 3}, [])
+
+
+async def test_the_assignment_callback_returns_before_the_restore_and_a_revocation_cancels_it(
+    package: ModelPackage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aiokafka resumes the group's heartbeats only once the assignment callback has returned: a restore inside it
+    # that outlasted the session (a changelog read took 30 s in the chaos suite) cost the membership at every rejoin.
+    release = asyncio.Event()
+    reads: list[set[int]] = []
+
+    async def stalled_read(kafka: Any, topic: str, partitions: Iterable[int], **_: Any) -> dict[str, bytes | None]:
+        reads.append(set(partitions))
+        await release.wait()
+        return {}
+
+    monkeypatch.setattr(changelog_module, "read_to_end", stalled_read)
+    cl = _changelog(ShadowCore({("sepsis", "2"): package}), FakeSink([]), None)
+    cl.owned = set()
+    # The bound only keeps a regression from hanging the run; the read it would wait for never ends by itself.
+    await asyncio.wait_for(cl.on_assigned({0, 1}), timeout=30)
+    assert cl.assigned.is_set() and cl.owned == {0, 1} and not cl.ready
+    await asyncio.sleep(0)  # the background restore starts and waits on the stalled read
+    assert reads == [{0, 1}]
+    await asyncio.wait_for(cl.on_revoked({0, 1}), timeout=30)  # cancels the read instead of waiting for it
+    assert cl.owned == set() and cl.needs_restore == set()
+
+    await cl.on_assigned({1})
+    release.set()
+    await cl.restored()
+    assert reads == [{0, 1}, {1}] and cl.ready and cl.owned == {1}
+
+
+async def test_a_membership_check_never_moves_the_committed_offsets_back(package: ModelPackage) -> None:
+    # Shadow's join checkpoint checks the membership from outside the batch lock. Its re-commit of the known offsets,
+    # taken while a checkpoint's newer commit was still in flight, landed after it (aiokafka serialises commits)
+    # and put the group's position back: found by the chaos suite's controller scenario.
+    log: list[str] = []
+    release = asyncio.Event()
+
+    class SlowFirstCommit(FakeConsumer):
+        """aiokafka's commit lock, with the first commit slow (a coordinator fail-over)."""
+
+        def __init__(self) -> None:
+            super().__init__(log)
+            self.turns = asyncio.Lock()
+
+        async def commit(self, offsets: dict[Any, int]) -> None:
+            async with self.turns:
+                if not self.commits:
+                    await release.wait()
+                await super().commit(offsets)
+
+    consumer = SlowFirstCommit()
+    core = ShadowCore({("sepsis", "2"): package})
+    cl = _changelog(core, FakeSink(log), consumer)
+    cl.committed = {(SOURCE, 0): 5}
+    consumer.group_committed = {0: 5}
+    cl.advanced(0, 7)  # the next checkpoint commits 8
+    checkpoint = asyncio.create_task(cl.checkpoint())
+    await asyncio.sleep(0)  # its commit is in flight
+    check = asyncio.create_task(cl.confirm_member())
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(checkpoint, check)
+    assert consumer.group_committed == {0: 8}
+    assert [{tp.partition: o for tp, o in c.items()} for c in consumer.commits] == [{0: 8}, {0: 8}]

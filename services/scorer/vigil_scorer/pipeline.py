@@ -107,6 +107,8 @@ class ScorerService:
         )
         self.models.on_first_model = self._restore_pending
         self._tasks: list[asyncio.Task[None]] = []
+        self._restoring: set[asyncio.Task[None]] = set()
+        """Background restores started by :meth:`partitions_assigned` (kept referenced until done)."""
 
     async def _restore_pending(self) -> None:
         """Restore the owned partitions whose restore at assignment failed for want of a model.
@@ -246,6 +248,7 @@ class ScorerService:
     async def partitions_revoked(self, partitions: set[int]) -> None:
         """Drop the states of revoked partitions once the in-flight batch is done."""
         self.assignment_done.clear()
+        self._cancel_restores()  # the group waits for this member's rejoin; the next assignment restores again
         async with self.lock:
             await self.checkpointer.before_revocation(partitions)
             if self.core is not None:
@@ -261,6 +264,7 @@ class ScorerService:
         scored and stay uncommitted: the next owner scores them.
         """
         self.assignment_done.clear()
+        self._cancel_restores()  # leaving: a restore still under way is of no use
         async with self.lock:
             self.closing = True
             owned = set(self.assignment.owned)
@@ -272,7 +276,12 @@ class ScorerService:
         self.assignment_done.set()  # a batch waiting for the assignment finds nothing owned and scores nothing
 
     async def partitions_assigned(self, partitions: set[int]) -> None:
-        """Restore the assigned partitions' states from the changelog before any of their records is scored."""
+        """Take the assigned partitions; their states are restored in the background before any record is scored.
+
+        Not awaited here: aiokafka calls this before it resumes the group's heartbeats, and a changelog read that
+        outlasts the session costs the membership (``vigil_runtime.changelog``'s docstring). A batch that comes
+        first restores what is still due itself (BatchStep), and /ready waits for the restore.
+        """
         try:
             async with self.lock:
                 if self.closing:  # handed over: the consumer is leaving, the next owner restores them
@@ -282,14 +291,27 @@ class ScorerService:
                 for p in partitions:
                     self.consumed.pop(p, None)
                     self.committed.pop(p, None)
-                try:
-                    await self.batch.restore(self.needs_restore & partitions)
-                except Exception:
-                    # Retried by the first batch from these partitions (they stay in needs_restore).
-                    self.metrics.errors.labels("restore").inc()
-                    log.exception("state restore failed; retried before the next batch")
         finally:
             self.assignment_done.set()
+        if partitions:
+            task = asyncio.create_task(self._restore_assigned(), name="restore scorer states")
+            self._restoring.add(task)
+            task.add_done_callback(self._restoring.discard)
+
+    async def _restore_assigned(self) -> None:
+        async with self.lock:
+            if not self.closing:
+                # Errors are logged there; the partitions stay due and their first batch retries.
+                await self._restore_pending()
+
+    def _cancel_restores(self) -> None:
+        for task in self._restoring:
+            task.cancel()
+
+    async def restored(self) -> None:
+        """Wait for the background restores started so far."""
+        if self._restoring:
+            await asyncio.gather(*self._restoring, return_exceptions=True)
 
     # --- eviction ---------------------------------------------------------------------------------
 

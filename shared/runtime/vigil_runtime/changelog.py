@@ -11,8 +11,11 @@ The pattern the scorer established (``vigil_scorer.checkpointer``), for any serv
 3. only then are the remembered offsets committed.
 
 On assignment the owner of input partition p reads changelog partition p to its end (the compacted view: the last
-value per key) before any record of p is applied, instead of re-reading the input topic's retention. A crash
-before 2 restores older snapshots and replays from older offsets; a crash between 2 and 3 restores newer
+value per key) before any record of p is applied, instead of re-reading the input topic's retention. That read runs
+beside the rebalance listener, not in it: aiokafka calls the listener before it resumes the group's heartbeats, so
+a read that outlasted the session (10 s) cost the membership, and the rejoin read again (in the chaos suite a
+changelog read took 30 s at a scenario's start, cause not found, and the member was dropped every 31 s).
+A crash before 2 restores older snapshots and replays from older offsets; a crash between 2 and 3 restores newer
 snapshots whose last applied offsets make the replayed records duplicates. A failed batch is handled like a crash
 of its partitions: their states are dropped, restored again and the partitions rewound to their committed
 offsets.
@@ -151,8 +154,16 @@ class Changelog:
         """The group consumer of the source topic (commits and rewinds), once the broker has started."""
         self.lock = asyncio.Lock()
         """Held around every batch, checkpoint and rebalance, so each happens between batches."""
+        self._commit_lock = asyncio.Lock()
+        """Orders this process's commits, each with the offsets known when it is its turn. A membership check
+        re-commits the offsets known to be committed; taken before waiting for its turn (aiokafka serialises commits
+        too), a check from outside :attr:`lock` (shadow's join checkpoint) re-committed older offsets after a
+        checkpoint's newer ones and moved the group's position back: shadow then never showed itself at the end of
+        its input (the chaos suite's controller scenario, 30 Nov 2026)."""
         self.assigned = asyncio.Event()
-        """Set once the first assignment's restore has run (and while no rebalance is under way)."""
+        """Set once the first assignment is taken (and while no rebalance is under way); the restore may still run."""
+        self._restoring: set[asyncio.Task[None]] = set()
+        """The background restores started by :meth:`on_assigned` (kept referenced until done)."""
         self.owned: set[int] = set()
         self.needs_restore: set[int] = set()
         """Owned partitions whose states are still to be read back before their next record is applied."""
@@ -225,7 +236,11 @@ class Changelog:
                 await self.confirm_member()
             await self.sink.send_all(self.topic, snapshots, kind=self.kind)
             if offsets and consumer is not None:
-                await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+                async with self._commit_lock:
+                    await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+                    self.committed.update(offsets)
+            else:  # no group consumer (not started yet, or a bare state): nothing to commit through
+                self.committed.update(offsets)
         except BaseException:
             self.failures += 1
             raise
@@ -233,7 +248,6 @@ class Changelog:
         for key in chosen:
             if self.unsaved.get(key) == chosen[key]:
                 del self.unsaved[key]
-        self.committed.update(offsets)
         return len(snapshots)
 
     async def confirm_member(self) -> None:
@@ -242,7 +256,8 @@ class Changelog:
         if consumer is None:
             return
         try:
-            await confirm_membership(consumer, self._known_commits(), self._owned_partitions())
+            async with self._commit_lock:  # the known offsets as of this turn, never older (see _commit_lock)
+                await confirm_membership(consumer, self._known_commits(), self._owned_partitions())
         except CommitFailedError:
             self.fenced += 1
             log.warning("state not written: no longer a member of the group's generation")
@@ -307,7 +322,8 @@ class Changelog:
         self.restore_seconds = time.perf_counter() - t0
         log.info(
             "states restored",
-            extra={"count": restored, "partitions": sorted(parts), "seconds": round(self.restore_seconds, 3)},
+            # duration_ms: an allowed log field (vigil_runtime.logging); "seconds" was silently dropped.
+            extra={"count": restored, "duration_ms": round(self.restore_seconds * 1000, 1)},
         )
         return restored
 
@@ -318,7 +334,12 @@ class Changelog:
             await self.restore(due)
 
     async def on_assigned(self, partitions: set[int]) -> None:
-        """Restore the assigned partitions before any of their records is applied."""
+        """Take the assigned partitions and start restoring them; none of their records is applied before.
+
+        Returns without waiting for the restore (see the module docstring: the group's heartbeats wait for this
+        callback). The restore runs in the background under :attr:`lock`; a batch that comes first restores what
+        is still due itself (:meth:`restore_pending`), and :attr:`ready` stays false until it is done.
+        """
         try:
             async with self.lock:
                 if self.closing:  # handed over: the consumer is leaving, the partitions' next owner restores them
@@ -326,16 +347,37 @@ class Changelog:
                 self.owned = set(partitions)
                 self.needs_restore |= partitions
                 self._forget_progress(partitions, committed=True)
-                try:
-                    await self.restore(self.needs_restore & partitions)
-                except Exception as error:  # retried before the partitions' next batch (they stay in needs_restore)
-                    log.error("state restore failed; retried", extra={"error_type": type(error).__name__})
         finally:
             self.assigned.set()
+        if partitions:
+            task = asyncio.create_task(self._restore_owned(), name=f"restore {self.topic}")
+            self._restoring.add(task)
+            task.add_done_callback(self._restoring.discard)
+
+    async def _restore_owned(self) -> None:
+        """The background restore of an assignment: whatever owned partition is still due when the lock is free."""
+        async with self.lock:
+            due = self.needs_restore & self.owned
+            if self.closing or not due:  # revoked, handed over, or restored by a batch meanwhile
+                return
+            try:
+                await self.restore(due)
+            except Exception as error:  # retried before the partitions' next batch (they stay in needs_restore)
+                log.error("state restore failed; retried", extra={"error_type": type(error).__name__})
+
+    def _cancel_restores(self) -> None:
+        for task in self._restoring:
+            task.cancel()
+
+    async def restored(self) -> None:
+        """Wait for the background restores started so far (tests, and a caller that needs the states)."""
+        if self._restoring:
+            await asyncio.gather(*self._restoring, return_exceptions=True)
 
     async def on_revoked(self, partitions: set[int]) -> None:
         """Save what was applied of partitions about to be revoked, so their new owner restores instead of replays."""
         self.assigned.clear()
+        self._cancel_restores()  # the group waits for this member's rejoin; the next assignment restores again
         async with self.lock:
             try:
                 await self.checkpoint(partitions & self.owned - self.needs_restore)
@@ -354,6 +396,7 @@ class Changelog:
         any more) and their offsets stay uncommitted: the next owner applies them.
         """
         self.assigned.clear()
+        self._cancel_restores()  # leaving: a restore still under way is of no use
         async with self.lock:
             try:
                 await self.checkpoint(self.owned - self.needs_restore)
