@@ -21,7 +21,7 @@ setup: ## Install Python (uv workspace, exact versions from uv.lock) and fetch t
 demo: setup ## A local stack plus the demo on the bundled sample of real ICU stays
 	$(UV) run --frozen vigil demo
 
-test: setup ## Every tier: lint and types, unit, integration (real Kafka, SQLite, PostgreSQL), e2e (not the chaos suite: `make chaos`)
+test: setup ## Every tier: lint and types, unit, then integration (real Kafka, SQLite, PostgreSQL), e2e and the chaos suite in two lanes
 	bash scripts/test.sh
 
 lint: ## ruff (style, complexity, sleep-in-a-loop), mypy (strict on the common parts and the five services), import-linter (the package boundaries)
@@ -30,7 +30,7 @@ lint: ## ruff (style, complexity, sleep-in-a-loop), mypy (strict on the common p
 	$(UV) run --frozen mypy
 	$(UV) run --frozen lint-imports
 
-chaos: setup ## The chaos suite alone: faults mid-stream on a real three-broker cluster (about 7 minutes; not in `make test` for now)
+chaos: setup ## The chaos suite alone: faults mid-stream on a real three-broker cluster (about 7 minutes; also in `make test`)
 	$(UV) run --frozen pytest -p no:cacheprovider -m chaos -rA
 
 up: setup

@@ -41,14 +41,17 @@ types_and_contracts() { $UV run --frozen mypy && $UV run --frozen lint-imports; 
 unit_tier() { $UV run --frozen pytest -p no:cacheprovider -m unit -x "${ARGS[@]}"; }
 side_by_side "types and import contracts" types_and_contracts unit_tier
 
-echo "== slow lane: integration and e2e $(date -u +%T)"
-# The broker tier must run, never skip: the session fixture starts a native broker and fails if it cannot.
-# The chaos suite (marker `chaos`; `make chaos`) is not in it. It ran in a second lane beside this one, with the tests
-# that start brokers of their own (marker `own_cluster`), in six fresh-clone CI runs (24.7-27.3 minutes in all).
-# It failed twice. In the first failure, the scale-out scenario caught a real fault: a consumer dropped from its group
-# wrote older state over the new owner's. That is fixed (vigil_runtime.changelog.confirm_membership). In the second
-# failure (30 Nov 2026), the controller scenario's shadow group did not commit to the end of its input within 90 s
-# after the controller was killed; the cause is not found. A suite that fails at random cannot gate every commit.
-# One lane, as it ran green before: less load on the timing-sensitive tests.
-# The slowest tests are listed at the end, so that CI time stays visible as tests are added.
-$UV run --frozen pytest -p no:cacheprovider -m "not unit and not chaos" --durations=20 "${ARGS[@]}"
+echo "== slow lanes: integration and e2e (the session broker) | beside it: the chaos suite and own-cluster tests $(date -u +%T)"
+# Two pytest processes. Lane A: every integration and e2e test on the session broker (the fixture starts a native
+# one and fails if it cannot: the broker tier must run, never skip). Lane B: the chaos suite (marker `chaos`, a
+# three-broker cluster of its own) and the tests that start brokers of their own (marker `own_cluster`), so that it
+# never starts a session broker. Both mostly wait on brokers, services and paced feeds. One after the other they
+# took about 31 minutes of CI (30 Nov 2026: setup 3.5, unit 3.5, slow lane 23.4), not well under 30. Each on its
+# own ports (tests/conftest.py, the modules' PORT comments). Lane B's output is printed when both are done.
+# The chaos suite left `make test` twice after failures in CI; both faults are found and fixed (docs/scaling.md).
+# The slowest tests are listed at the end of each lane, so that CI time stays visible as tests are added.
+lane_b() { $UV run --frozen pytest -p no:cacheprovider -m "chaos or own_cluster" -rA --durations=10 "${ARGS[@]}"; }
+lane_a() {
+  $UV run --frozen pytest -p no:cacheprovider -m "not unit and not chaos and not own_cluster" --durations=20 "${ARGS[@]}"
+}
+side_by_side "lane B: the chaos suite and own-cluster tests" lane_b lane_a

@@ -39,7 +39,7 @@ STAYS = 40
 _OFFSET = int(os.environ.get("VIGIL_TEST_E2E_PORT_OFFSET", "0"))
 KAFKA_PORT = 29192 + _OFFSET
 PORT_BASE = 18101 + _OFFSET
-# Its own stack and broker, never the session broker.
+# Its own stack and broker, never the session broker: lane B of `make test` (scripts/test.sh), beside lane A.
 pytestmark = pytest.mark.own_cluster
 PROMETHEUS_PORT = 19190 + _OFFSET
 SERVICES = ("ingest", "scorer", "shadow", "drift", "registry")

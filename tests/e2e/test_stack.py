@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _OFFSET = int(os.environ.get("VIGIL_TEST_E2E_PORT_OFFSET", "0"))
 KAFKA_PORT = 29092 + _OFFSET
 PORT_BASE = 18001 + _OFFSET
-# Its own stack and broker, never the session broker.
+# Its own stack and broker, never the session broker: lane B of `make test` (scripts/test.sh), beside lane A.
 pytestmark = pytest.mark.own_cluster
 
 

@@ -14,8 +14,7 @@ each hour equal to offline scoring of the rows as sent; and drift's alerts, as t
 the uninterrupted run's. Each prints its accounting line.
 
 That a killed broker loses no acknowledged write is the broker scenario's accounting; replication by default and
-the refusal of one replica are `test_replication_cluster.py`'s (in `make test`, which this suite is not for now:
-scripts/test.sh says why).
+the refusal of one replica are `test_replication_cluster.py`'s. Both run in `make test`'s lane B (scripts/test.sh).
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from vigil.kafka_local import LocalCluster
 # (+80): six ports from +60.
 PORT = int(os.environ.get("VIGIL_TEST_CHAOS_PORT", int(os.environ.get("VIGIL_TEST_KAFKA_PORT", "19092")) + 60))
 
-# Three JVMs and four service processes per scenario. Run by `make chaos`, not `make test` for now:
+# Three JVMs and four service processes per scenario. In `make test`'s lane B, beside lane A (and `make chaos` alone):
 # with the installed packages' bytecode compiled at setup (Makefile), a service starts on a third of the CPU it
 # took when every process compiled pandas, scipy and sklearn from source, which is what made the suite fit in CI.
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]

@@ -28,7 +28,7 @@ from vigil_runtime.settings import VigilSettings
 from vigil_runtime.tracing import kind_of
 
 # Beside this checkout's test broker (VIGIL_TEST_KAFKA_PORT), the CLI test's (+20), the ingest outage test's (+40) and
-# the chaos suite's (+60): six ports from +80, so that it may run beside any of them.
+# the chaos suite's (+60): six ports from +80. It runs in lane B, beside lane A's brokers (scripts/test.sh).
 PORT = int(os.environ.get("VIGIL_TEST_KAFKA_PORT", "19092")) + 80
 
 # Three JVMs: about half a minute to start on the 2-core machine.
