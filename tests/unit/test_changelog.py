@@ -167,7 +167,7 @@ async def test_a_restored_core_scores_like_an_uninterrupted_one(
     restarted = _changelog(after, FakeSink([]), None)
     restarted.owned = set()
     await restarted.on_assigned({0, 1})
-    await restarted.restored()  # the restore runs beside the assignment callback
+    await restarted.restores.wait()  # the restore runs beside the assignment callback
     assert restarted.ready and restarted.restored_keys == 2
     # A replayed record of the first part is recognised (its offset is behind the snapshot's), not re-applied.
     assert after.process(first[-1:]).duplicates == 1
@@ -282,7 +282,7 @@ async def test_the_assignment_callback_returns_before_the_restore_and_a_revocati
 
     await cl.on_assigned({1})
     release.set()
-    await cl.restored()
+    await cl.restores.wait()
     assert reads == [{0, 1}, {1}] and cl.ready and cl.owned == {1}
 
 

@@ -47,6 +47,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from faststream.kafka.message import KafkaMessage
 
 from vigil_contracts.events import ModelLifecycleChanged, canonical_event_adapter
+from vigil_runtime.changelog import Restores
 from vigil_runtime.kafka import DeadLetters, Parsed, process_batch, records_of
 from vigil_runtime.metrics import ServiceMetrics
 from vigil_runtime.producer import AckedProducer
@@ -107,8 +108,8 @@ class ScorerService:
         )
         self.models.on_first_model = self._restore_pending
         self._tasks: list[asyncio.Task[None]] = []
-        self._restoring: set[asyncio.Task[None]] = set()
-        """Background restores started by :meth:`partitions_assigned` (kept referenced until done)."""
+        self.restores = Restores()
+        """Background restores started by :meth:`partitions_assigned`."""
 
     async def _restore_pending(self) -> None:
         """Restore the owned partitions whose restore at assignment failed for want of a model.
@@ -248,7 +249,7 @@ class ScorerService:
     async def partitions_revoked(self, partitions: set[int]) -> None:
         """Drop the states of revoked partitions once the in-flight batch is done."""
         self.assignment_done.clear()
-        self._cancel_restores()  # the group waits for this member's rejoin; the next assignment restores again
+        self.restores.cancel()  # the group waits for this member's rejoin; the next assignment restores again
         async with self.lock:
             await self.checkpointer.before_revocation(partitions)
             if self.core is not None:
@@ -264,7 +265,7 @@ class ScorerService:
         scored and stay uncommitted: the next owner scores them.
         """
         self.assignment_done.clear()
-        self._cancel_restores()  # leaving: a restore still under way is of no use
+        self.restores.cancel()  # leaving: a restore still under way is of no use
         async with self.lock:
             self.closing = True
             owned = set(self.assignment.owned)
@@ -294,24 +295,13 @@ class ScorerService:
         finally:
             self.assignment_done.set()
         if partitions:
-            task = asyncio.create_task(self._restore_assigned(), name="restore scorer states")
-            self._restoring.add(task)
-            task.add_done_callback(self._restoring.discard)
+            self.restores.start(self._restore_assigned(), name="restore scorer states")
 
     async def _restore_assigned(self) -> None:
         async with self.lock:
             if not self.closing:
                 # Errors are logged there; the partitions stay due and their first batch retries.
                 await self._restore_pending()
-
-    def _cancel_restores(self) -> None:
-        for task in self._restoring:
-            task.cancel()
-
-    async def restored(self) -> None:
-        """Wait for the background restores started so far."""
-        if self._restoring:
-            await asyncio.gather(*self._restoring, return_exceptions=True)
 
     # --- eviction ---------------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
@@ -115,6 +115,30 @@ async def confirm_membership(
             raise CommitFailedError(f"not assigned: {error}") from error
 
 
+class Restores:
+    """The restores started at assignments, run beside the rebalance listener (see the module docstring).
+
+    Kept referenced until done, cancelled when the partitions are revoked or handed over (the next assignment
+    restores again), and awaited where the states are needed at once (tests).
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, restore: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(restore, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    async def wait(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 class Changelog:
     """Checkpoints and restores one service's keyed state; call its methods under :attr:`lock`."""
 
@@ -162,8 +186,8 @@ class Changelog:
         its input (the chaos suite's controller scenario, 30 Nov 2026)."""
         self.assigned = asyncio.Event()
         """Set once the first assignment is taken (and while no rebalance is under way); the restore may still run."""
-        self._restoring: set[asyncio.Task[None]] = set()
-        """The background restores started by :meth:`on_assigned` (kept referenced until done)."""
+        self.restores = Restores()
+        """The background restores started by :meth:`on_assigned`."""
         self.owned: set[int] = set()
         self.needs_restore: set[int] = set()
         """Owned partitions whose states are still to be read back before their next record is applied."""
@@ -350,9 +374,7 @@ class Changelog:
         finally:
             self.assigned.set()
         if partitions:
-            task = asyncio.create_task(self._restore_owned(), name=f"restore {self.topic}")
-            self._restoring.add(task)
-            task.add_done_callback(self._restoring.discard)
+            self.restores.start(self._restore_owned(), name=f"restore {self.topic}")
 
     async def _restore_owned(self) -> None:
         """The background restore of an assignment: whatever owned partition is still due when the lock is free."""
@@ -365,19 +387,10 @@ class Changelog:
             except Exception as error:  # retried before the partitions' next batch (they stay in needs_restore)
                 log.error("state restore failed; retried", extra={"error_type": type(error).__name__})
 
-    def _cancel_restores(self) -> None:
-        for task in self._restoring:
-            task.cancel()
-
-    async def restored(self) -> None:
-        """Wait for the background restores started so far (tests, and a caller that needs the states)."""
-        if self._restoring:
-            await asyncio.gather(*self._restoring, return_exceptions=True)
-
     async def on_revoked(self, partitions: set[int]) -> None:
         """Save what was applied of partitions about to be revoked, so their new owner restores instead of replays."""
         self.assigned.clear()
-        self._cancel_restores()  # the group waits for this member's rejoin; the next assignment restores again
+        self.restores.cancel()  # the group waits for this member's rejoin; the next assignment restores again
         async with self.lock:
             try:
                 await self.checkpoint(partitions & self.owned - self.needs_restore)
@@ -396,7 +409,7 @@ class Changelog:
         any more) and their offsets stay uncommitted: the next owner applies them.
         """
         self.assigned.clear()
-        self._cancel_restores()  # leaving: a restore still under way is of no use
+        self.restores.cancel()  # leaving: a restore still under way is of no use
         async with self.lock:
             try:
                 await self.checkpoint(self.owned - self.needs_restore)
