@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -47,6 +46,7 @@ import numpy as np
 import orjson
 
 from bench.bench_scorer import _baseline
+from bench.support import scratch_dir
 from vigil_contracts.headers import CORRELATION_ID
 from vigil_contracts.topics import Topics
 
@@ -508,17 +508,17 @@ async def main(
     from vigil_scoring.features import offline_features
 
     rows = offline_features(pd.read_parquet(SAMPLE)).to_numpy(dtype=np.float32)
-    workdir = Path(tempfile.mkdtemp(prefix="vigil-bench-e2e-"))
-    for attempt in range(3):
-        try:
-            baseline = await _baseline(
-                rows, requests=baseline_requests, concurrency=baseline_concurrency, workdir=workdir
-            )
-            break
-        except RuntimeError:
-            # Its server not answering within 90 s happens on a machine loaded ten times over: try again.
-            if attempt == 2:
-                raise
+    with scratch_dir("vigil-bench-e2e-") as workdir:
+        for attempt in range(3):
+            try:
+                baseline = await _baseline(
+                    rows, requests=baseline_requests, concurrency=baseline_concurrency, workdir=workdir
+                )
+                break
+            except RuntimeError:
+                # Its server not answering within 90 s happens on a machine loaded ten times over: try again.
+                if attempt == 2:
+                    raise
     stack, path = await asyncio.to_thread(
         open_stack,
         start=start,
@@ -571,5 +571,4 @@ async def main(
     finally:
         if start:
             await asyncio.to_thread(stack.down)
-        shutil.rmtree(workdir, ignore_errors=True)
     return results

@@ -33,7 +33,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -45,7 +44,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.support import events_of, load_stays, package_path
+from bench.support import events_of, load_stays, package_path, scratch_dir
 from vigil_contracts.topics import Topics
 from vigil_runtime.kafka import encode, ensure_topics
 from vigil_runtime.kafka_security import KafkaConnection
@@ -271,113 +270,116 @@ async def run(
     kafka = (
         bootstrap if isinstance(bootstrap, KafkaConnection) else VigilSettings(kafka_bootstrap_servers=bootstrap).kafka
     )
-    workdir = Path(tempfile.mkdtemp(prefix="vigil-bench-scorer-"))
-    settings = Settings(
-        kafka_bootstrap_servers=kafka.bootstrap_servers,
-        topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
-        partitions=6,
-        # Under the scorer principal's consumer-group ACL (vigil-scorer*).
-        group_id="vigil-scorer-bench",
-        registry_url="http://127.0.0.1:9",
-        default_model_path=package_path("1"),
-        batch_max_records=batch_max_records,
-    )
-    topics = settings.topics
-    if provision is not None:
-        await asyncio.to_thread(provision, topics)
-    else:
-        await ensure_topics(settings)
+    with scratch_dir("vigil-bench-scorer-") as workdir:
+        settings = Settings(
+            kafka_bootstrap_servers=kafka.bootstrap_servers,
+            topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
+            partitions=6,
+            # Under the scorer principal's consumer-group ACL (vigil-scorer*).
+            group_id="vigil-scorer-bench",
+            registry_url="http://127.0.0.1:9",
+            default_model_path=package_path("1"),
+            batch_max_records=batch_max_records,
+        )
+        topics = settings.topics
+        if provision is not None:
+            await asyncio.to_thread(provision, topics)
+        else:
+            await ensure_topics(settings)
 
-    frame = load_stays(stays, first=1)
-    events = events_of(frame, tag="thr-")
-    rates = [rate, *extra_rates]
-    lat_runs = [(r, f"l{i:02d}", _latency_events(i, r, latency_seconds, latency_stays)) for i, r in enumerate(rates)]
-    await _publish_all(kafka, topics.observations, events)
-    # The prepared events are hundreds of thousands of objects: a full collection over them paused this process
-    # (the load generator: its producer stamps a record's time before sending it) for 300 ms and more, which
-    # showed up as scorer latency. Freeze them out of the collector's reach.
-    gc.collect()
-    gc.freeze()
+        frame = load_stays(stays, first=1)
+        events = events_of(frame, tag="thr-")
+        rates = [rate, *extra_rates]
+        lat_runs = [
+            (r, f"l{i:02d}", _latency_events(i, r, latency_seconds, latency_stays)) for i, r in enumerate(rates)
+        ]
+        await _publish_all(kafka, topics.observations, events)
+        # The prepared events are hundreds of thousands of objects: a full collection over them paused this process
+        # (the load generator: its producer stamps a record's time before sending it) for 300 ms and more, which
+        # showed up as scorer latency. Freeze them out of the collector's reach.
+        gc.collect()
+        gc.freeze()
 
-    reader = _Reader(kafka, topics.scores_live)
-    await reader.start()
-    port = _free_port()
-    scorer = _spawn_scorer(kafka, settings, port, workdir, scorer_env)
-    try:
-        done = await reader.wait(_final_observations(events), within=600)
-        created = reader.created.get("thr", [])
-        window = (max(created) - min(created)) if len(created) > 1 else float("nan")
-        throughput = {
-            "events": len(events),
-            "scores": len(created),
-            "events_per_s": round(len(events) / window, 1) if window == window and window > 0 else None,
-            "scores_per_s": round(len(created) / window, 1) if window == window and window > 0 else None,
-            "complete": done,
+        reader = _Reader(kafka, topics.scores_live)
+        await reader.start()
+        port = _free_port()
+        scorer = _spawn_scorer(kafka, settings, port, workdir, scorer_env)
+        try:
+            done = await reader.wait(_final_observations(events), within=600)
+            created = reader.created.get("thr", [])
+            window = (max(created) - min(created)) if len(created) > 1 else float("nan")
+            throughput = {
+                "events": len(events),
+                "scores": len(created),
+                "events_per_s": round(len(events) / window, 1) if window == window and window > 0 else None,
+                "scores_per_s": round(len(created) / window, 1) if window == window and window > 0 else None,
+                "complete": done,
+            }
+            latencies = []
+            for r, tag, lat_events in [] if throughput_only else lat_runs:
+                # Latency is a steady-state figure: let the scorer write the checkpoint of the burst before (a few
+                # megabytes of states after the throughput run) rather than measure that catch-up.
+                await asyncio.sleep(settle_s)
+                offered = await _publish_paced(kafka, topics.observations, lat_events, r)
+                t_end = time.monotonic()
+                done_lat = await reader.wait(_final_observations(lat_events), within=300)
+                drain_s = time.monotonic() - t_end
+                lat = reader.latency.get(tag, [])
+                blocks = [v for b, v in sorted(reader.latency_by_block.items()) if b.startswith(tag)]
+                latencies.append(
+                    {
+                        "target_events_per_s": r,
+                        "offered_events_per_s": round(offered, 1),
+                        "events": len(lat_events),
+                        "scores": len(lat),
+                        "p50_ms": _pct(lat, 50),
+                        "p99_ms": _pct(lat, 99),
+                        "max_ms": round(max(lat), 1) if lat else None,
+                        "blocks": len(blocks),
+                        # Lists, so ``vigil bench compare`` (which compares numbers) leaves them to the reader.
+                        "p50_ms_per_block": [_pct(v, 50) for v in blocks],
+                        "p99_ms_per_block": [_pct(v, 99) for v in blocks],
+                        "drain_after_last_send_s": round(drain_s, 2),
+                        "complete": done_lat,
+                    }
+                )
+            async with httpx.AsyncClient() as http:
+                metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        finally:
+            _stop(scorer)
+            await reader.stop()
+        if throughput_only:
+            return {"throughput": throughput}
+        batch_sum = _metric(metrics, "vigil_batch_size_sum")
+        batch_count = _metric(metrics, "vigil_batch_size_count")
+        core_only = _core_only(events, batch_max_records)
+        rows = offline_features(frame).to_numpy(dtype=np.float32)
+        baseline = await _baseline(rows, requests=baseline_requests, concurrency=baseline_concurrency, workdir=workdir)
+        events_ratio = (throughput["events_per_s"] or 0) / baseline["predictions_per_s"]
+        scores_ratio = (throughput["scores_per_s"] or 0) / baseline["predictions_per_s"]
+        return {
+            "bench": "scorer",
+            "throughput": throughput,
+            "core_only_in_process": core_only,
+            "latency_at_fixed_load": latencies[0],
+            "latency_at_other_loads": latencies[1:],
+            "baseline_article_fastapi": baseline,
+            "ratio_events_per_s_vs_baseline_predictions_per_s": round(events_ratio, 2),
+            "ratio_scores_per_s_vs_baseline_predictions_per_s": round(scores_ratio, 2),
+            "mean_batch_size": round(batch_sum / batch_count, 1) if batch_count else None,
+            "mean_batch_seconds": {
+                stage: round(
+                    _metric(metrics, f'vigil_processing_seconds_sum{{service="scorer",stage="{stage}"}}') / batch_count,
+                    4,
+                )
+                for stage in ("batch", "score", "publish_scores")
+            }
+            if batch_count
+            else None,
+            "checkpoints": _checkpoints(metrics),
+            "targets": {"events_per_s": 20000, "p99_ms_at_5000_events_per_s": 50},
+            "machine_cpus": os.cpu_count(),
         }
-        latencies = []
-        for r, tag, lat_events in [] if throughput_only else lat_runs:
-            # Latency is a steady-state figure: let the scorer write the checkpoint of the burst before (a few
-            # megabytes of states after the throughput run) rather than measure that catch-up.
-            await asyncio.sleep(settle_s)
-            offered = await _publish_paced(kafka, topics.observations, lat_events, r)
-            t_end = time.monotonic()
-            done_lat = await reader.wait(_final_observations(lat_events), within=300)
-            drain_s = time.monotonic() - t_end
-            lat = reader.latency.get(tag, [])
-            blocks = [v for b, v in sorted(reader.latency_by_block.items()) if b.startswith(tag)]
-            latencies.append(
-                {
-                    "target_events_per_s": r,
-                    "offered_events_per_s": round(offered, 1),
-                    "events": len(lat_events),
-                    "scores": len(lat),
-                    "p50_ms": _pct(lat, 50),
-                    "p99_ms": _pct(lat, 99),
-                    "max_ms": round(max(lat), 1) if lat else None,
-                    "blocks": len(blocks),
-                    # Lists, so ``vigil bench compare`` (which compares numbers) leaves them to the reader.
-                    "p50_ms_per_block": [_pct(v, 50) for v in blocks],
-                    "p99_ms_per_block": [_pct(v, 99) for v in blocks],
-                    "drain_after_last_send_s": round(drain_s, 2),
-                    "complete": done_lat,
-                }
-            )
-        async with httpx.AsyncClient() as http:
-            metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
-    finally:
-        _stop(scorer)
-        await reader.stop()
-    if throughput_only:
-        return {"throughput": throughput}
-    batch_sum = _metric(metrics, "vigil_batch_size_sum")
-    batch_count = _metric(metrics, "vigil_batch_size_count")
-    core_only = _core_only(events, batch_max_records)
-    rows = offline_features(frame).to_numpy(dtype=np.float32)
-    baseline = await _baseline(rows, requests=baseline_requests, concurrency=baseline_concurrency, workdir=workdir)
-    events_ratio = (throughput["events_per_s"] or 0) / baseline["predictions_per_s"]
-    scores_ratio = (throughput["scores_per_s"] or 0) / baseline["predictions_per_s"]
-    return {
-        "bench": "scorer",
-        "throughput": throughput,
-        "core_only_in_process": core_only,
-        "latency_at_fixed_load": latencies[0],
-        "latency_at_other_loads": latencies[1:],
-        "baseline_article_fastapi": baseline,
-        "ratio_events_per_s_vs_baseline_predictions_per_s": round(events_ratio, 2),
-        "ratio_scores_per_s_vs_baseline_predictions_per_s": round(scores_ratio, 2),
-        "mean_batch_size": round(batch_sum / batch_count, 1) if batch_count else None,
-        "mean_batch_seconds": {
-            stage: round(
-                _metric(metrics, f'vigil_processing_seconds_sum{{service="scorer",stage="{stage}"}}') / batch_count, 4
-            )
-            for stage in ("batch", "score", "publish_scores")
-        }
-        if batch_count
-        else None,
-        "checkpoints": _checkpoints(metrics),
-        "targets": {"events_per_s": 20000, "p99_ms_at_5000_events_per_s": 50},
-        "machine_cpus": os.cpu_count(),
-    }
 
 
 BLOCK_SECONDS = 8.0
@@ -566,36 +568,36 @@ async def _scaled_run(
     settle_s: float,
 ) -> float:
     """One run of ``n`` scorer instances over ``events``; returns events/s."""
-    workdir = Path(tempfile.mkdtemp(prefix="vigil-bench-scale-out-"))
-    settings = Settings(
-        kafka_bootstrap_servers=kafka.bootstrap_servers,
-        topic_prefix=f"scale{uuid.uuid4().hex[:8]}.",
-        partitions=partitions,
-        group_id=f"vigil-scorer-scale-{uuid.uuid4().hex[:6]}",  # under the scorer principal's group ACL
-        registry_url="http://127.0.0.1:9",
-        default_model_path=package_path("1"),
-        batch_max_records=batch_max_records,
-    )
-    await asyncio.to_thread(cluster.provision, settings.topics, partitions=partitions)
-    reader = _Reader(kafka, settings.topics.scores_live)
-    await reader.start()
-    ports = [_free_port() for _ in range(n)]
-    procs = [_spawn_scorer(kafka, settings, p, workdir, cluster.service_env("SCORER", "scorer")) for p in ports]
-    try:
-        for proc, p in zip(procs, ports, strict=True):
-            await _wait_http(f"http://127.0.0.1:{p}/ready", proc, workdir / f"scorer-{p}.log", within=180)
-        await asyncio.sleep(settle_s)  # the last join's rebalance settles before anything is published
-        await _publish_all(kafka, settings.topics.observations, events)
-        if not await reader.wait(expected, within=600):
-            raise RuntimeError(f"{n} instance(s): not every event was scored")
-        created = reader.created.get("thr", [])
-        return round(len(events) / (max(created) - min(created)), 1)
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            _stop(proc)
-        await reader.stop()
+    with scratch_dir("vigil-bench-scale-out-") as workdir:
+        settings = Settings(
+            kafka_bootstrap_servers=kafka.bootstrap_servers,
+            topic_prefix=f"scale{uuid.uuid4().hex[:8]}.",
+            partitions=partitions,
+            group_id=f"vigil-scorer-scale-{uuid.uuid4().hex[:6]}",  # under the scorer principal's group ACL
+            registry_url="http://127.0.0.1:9",
+            default_model_path=package_path("1"),
+            batch_max_records=batch_max_records,
+        )
+        await asyncio.to_thread(cluster.provision, settings.topics, partitions=partitions)
+        reader = _Reader(kafka, settings.topics.scores_live)
+        await reader.start()
+        ports = [_free_port() for _ in range(n)]
+        procs = [_spawn_scorer(kafka, settings, p, workdir, cluster.service_env("SCORER", "scorer")) for p in ports]
+        try:
+            for proc, p in zip(procs, ports, strict=True):
+                await _wait_http(f"http://127.0.0.1:{p}/ready", proc, workdir / f"scorer-{p}.log", within=180)
+            await asyncio.sleep(settle_s)  # the last join's rebalance settles before anything is published
+            await _publish_all(kafka, settings.topics.observations, events)
+            if not await reader.wait(expected, within=600):
+                raise RuntimeError(f"{n} instance(s): not every event was scored")
+            created = reader.created.get("thr", [])
+            return round(len(events) / (max(created) - min(created)), 1)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                _stop(proc)
+            await reader.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
+import sys
 import tarfile
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +29,22 @@ from vigil_scoring.model_package import ModelPackage, default_package_path, writ
 from vigil_scoring.physionet import ICU_EPOCH, stay_events
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "physionet2019_setA.parquet"
+
+
+@contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A temporary folder for a bench's service logs: removed when the block finishes, kept when it fails.
+
+    Kept on failure (its path on stderr) because the services' logs are then what explains it; removed otherwise,
+    since a bench repeated for a comparison would leave a folder of logs and model caches behind at every turn.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    except BaseException:
+        print(f"bench: logs kept in {path}", file=sys.stderr)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def load_stays(n: int, *, first: int = 1, data: Path = DATA) -> pd.DataFrame:
