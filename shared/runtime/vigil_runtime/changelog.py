@@ -263,7 +263,9 @@ class Changelog:
                 async with self._commit_lock:
                     await consumer.commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
                     self.committed.update(offsets)
-            else:  # no group consumer (not started yet, or a bare state): nothing to commit through
+            else:
+                # No group consumer (not started yet, or a bare state): nothing to commit through. Or no offsets
+                # to commit (snapshots alone): the update is empty.
                 self.committed.update(offsets)
         except BaseException:
             self.failures += 1
