@@ -99,7 +99,11 @@ def run_cmd(
         pd.read_parquet(run / "dataset" / "rows.parquet"),
         run / "adapt",
         base_data=SHARED_SET_A if SHARED_SET_A.exists() else None,
-        config=AdaptConfig(name=name, version=stamp),
+        config=AdaptConfig(
+            name=name,
+            version=stamp,
+            max_alert_rate_ratio=float(verdict.get("max_alert_rate_ratio", AdaptConfig.max_alert_rate_ratio)),
+        ),
         manifest_path=run / "dataset" / "manifest.json",
         progress=lambda msg: typer.echo(msg, err=True),
     )

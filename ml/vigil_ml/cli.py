@@ -160,6 +160,11 @@ def adapt_cmd(
     seed: int = typer.Option(7),
     n_boot: int = typer.Option(200, help="Bootstrap resamples for the CIs."),
     selection_fraction: float = typer.Option(0.25, help="Latest share of local stays held out for the pick."),
+    max_alert_rate_ratio: float = typer.Option(
+        1.2,
+        help="A learned candidate alerts on at most this factor of the base model's alert-hour rate (the promotion "
+        "policy's max_alert_rate_ratio; the recalibrated base stays within 1.0).",
+    ),
 ) -> None:
     """Candidates from the site's outcomes (recalibrated, pooled, stacked, local), picked on the latest stays."""
     import pandas as pd
@@ -170,7 +175,14 @@ def adapt_cmd(
 
     if base_data is None and vdata.SHARED_SET_A.exists():
         base_data = vdata.SHARED_SET_A
-    cfg = AdaptConfig(name=name, version=version, seed=seed, n_boot=n_boot, selection_fraction=selection_fraction)
+    cfg = AdaptConfig(
+        name=name,
+        version=version,
+        seed=seed,
+        n_boot=n_boot,
+        selection_fraction=selection_fraction,
+        max_alert_rate_ratio=max_alert_rate_ratio,
+    )
     manifest = data_path.parent / "manifest.json"
     res = adapt(
         base or default_package_path(),

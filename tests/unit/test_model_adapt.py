@@ -214,8 +214,9 @@ def test_the_site_weight_gives_the_site_its_share_of_the_total_weight() -> None:
         adapt_mod.site_weight(1.0, 1000, 250)
 
 
+@pytest.mark.parametrize("pooled_early_stopping", [False, True], ids=["fixed-iterations", "early-stopped"])
 def test_the_site_augmented_pooled_candidate_never_fits_or_stops_on_a_selection_stay(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pooled_early_stopping: bool
 ) -> None:
     sample = pd.read_parquet(SAMPLE_PATH)
     first = sorted(sample["patient_id"].unique())[:100]
@@ -239,16 +240,23 @@ def test_the_site_augmented_pooled_candidate_never_fits_or_stops_on_a_selection_
     cfg.site_shares = (None, 0.75)
     cfg.base_negative_fraction = 0.5
     cfg.max_quiet_fit_stays = 50  # binds on the sample: the weighted, thinned local rows go through every fit
+    cfg.pooled_early_stopping = pooled_early_stopping
     res = adapt(default_package_path(), local, tmp_path / "run", base_data=tmp_path / "unused", config=cfg)
     assert {"pooled_site", "local", "ensemble"} <= set(res.candidates)
     for name, fitted in res.fitted_ids.items():
         assert not fitted & res.selection_ids, name
-    # Two inner fits (one per site share) and two local fits stop early on the latest fitting stays, which
-    # lie inside the fitting part and are never among the rows those inner fits learn from.
+    # The local model's inner fit (and, with pooled early stopping, the two pooled inner fits: one per site share)
+    # stops early on the latest fitting stays, which lie inside the fitting part and are never among the rows those
+    # inner fits learn from.
     stopped = [(fit, watched) for fit, watched in seen if watched]
-    assert len(stopped) == 3
+    assert len(stopped) == (3 if pooled_early_stopping else 1)
     for fit, watched in stopped:
         assert watched <= res.fit_ids and not watched & fit
+    inner = stopped[-1][1]
+    pooled_fits = [fit for fit, _ in seen if any(i.startswith("base-") for i in fit)]
+    # Two inner fits that leave the inner stays out (they choose the site weight on them), then the refit on all.
+    assert len(pooled_fits) == 3
+    assert [bool(fit & inner) for fit in pooled_fits] == [False, False, True]
     for fit, watched in seen:
         assert not (fit | watched) & res.selection_ids
     # The quiet base stays are thinned, the septic ones all kept.
@@ -308,3 +316,27 @@ def test_rows_that_early_stopping_watches_are_refused_from_a_held_out_stay() -> 
         adapt_mod._fit(
             build_hgb(0, {"max_iter": 1}), X, y, ids=np.array(["a"] * 4), held={"b"}, val=(X, y, np.array(["b"] * 4))
         )
+
+
+def test_learned_candidates_may_alert_up_to_the_policys_ratio_of_the_base_the_recalibrated_base_not_above_it() -> None:
+    from vigil_ml.metrics import Cohort, alert_hour_rate
+
+    frame = pd.read_parquet(SAMPLE_PATH)
+    sel = Cohort.from_frame(frame)
+    rng = np.random.default_rng(3)
+    # An informative score: the utility rule would alert on far more hours than the base's budget allows.
+    risk = frame["SepsisLabel"].to_numpy() * 0.5 + rng.random(len(frame))
+    budget = 0.02
+    cands = [
+        adapt_mod.Candidate("recalibrated", "base", b"", 0, 0, risk=risk),
+        adapt_mod.Candidate("local", "learned", b"", 10, 2, risk=risk),
+    ]
+    cfg = small_config()
+    adapt_mod._validate_and_pick(cands, sel, budget, cfg, [])
+    recal_rate, learned_rate = (alert_hour_rate(c.risk, c.threshold) for c in cands)
+    assert recal_rate <= budget
+    # Up to 1.2 times the budget (the policy's default), and the rule takes the room it is given here.
+    assert budget < learned_rate <= budget * cfg.max_alert_rate_ratio
+    cfg.max_alert_rate_ratio = 1.0
+    adapt_mod._validate_and_pick(cands, sel, budget, cfg, [])
+    assert alert_hour_rate(cands[1].risk, cands[1].threshold) <= budget

@@ -57,3 +57,14 @@ def test_only_an_admin_changes_the_adaptation_policy(registry: Registry, tmp_pat
     with pytest.raises(Forbidden):
         registry.lifecycle.set_policy(SCIENTIST, "sepsis", {"adapt_min_new_stays": 1})
     assert registry.queries.policy("sepsis").adapt_min_new_stays == 500
+
+
+def test_the_verdict_carries_the_policys_alert_rate_ratio_for_the_adaptation_job(
+    registry: Registry,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # adapt-loop builds no candidate the policy would hold in shadow for its alarm burden: it reads the bound here.
+    to_production_first(registry, tmp_path)
+    assert registry.queries.adaptation("sepsis")["max_alert_rate_ratio"] == 1.2
+    registry.lifecycle.set_policy(ADMIN, "sepsis", {"max_alert_rate_ratio": 1.5})
+    assert registry.queries.adaptation("sepsis")["max_alert_rate_ratio"] == 1.5

@@ -201,6 +201,8 @@ class Queries:
             "since": None if since is None else since.isoformat(),
             "production_version": None if production is None else production.version,
             "open_alerts": open_alerts,
+            # The adaptation job builds no candidate this policy would hold in shadow for its alarm burden.
+            "max_alert_rate_ratio": policy.max_alert_rate_ratio,
         }
 
     def evaluate(self, session: Session, model: RegisteredModel, row: ModelVersion) -> PolicyReport:
