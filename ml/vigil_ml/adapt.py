@@ -9,9 +9,8 @@ measurements in issue 16 say that at a new site the ranking breaks, not the thre
 - ``pooled_site``: the base model's own training rows plus the local rows, with one more input, a site
   indicator (0 for the base rows, 1 for the local ones: feature augmentation, so the trees can learn splits that
   hold at this site only while sharing the rest); at serving the indicator is the constant "this site", baked into
-  the ONNX graph. The site's share of the training weight and the number of boosting iterations are chosen on an
-  inner temporal split of the fitting stays (early stopping on the latest fitting stays), then the model is
-  refitted on all fitting stays;
+  the ONNX graph. The site's share of the training weight is chosen on an inner temporal split of the fitting
+  stays (the latest of them), then the model is refitted on all fitting stays, with the training code's boosting;
 - ``stacked``: a local model that takes the base model's score as one more input, fitted on local rows only;
   the package computes both in one ONNX graph (the base graph feeds the local one);
 - ``local``: the local rows alone (iterations chosen on the same inner split), once at least
@@ -89,8 +88,8 @@ class AdaptConfig:
     """Site weights tried for ``pooled_site`` on the inner split: the site's share of the total training weight
     (None: every hour weighs 1). The one with the better inner AUROC is refitted."""
     inner_fraction: float = 0.2
-    """Latest share of the fitting stays on which the site weight and the iteration counts are chosen (early
-    stopping); the chosen models are then refitted on all fitting stays."""
+    """Latest share of the fitting stays on which the pooled model's site weight and the local model's iteration
+    count (early stopping) are chosen; the chosen models are then refitted on all fitting stays."""
     pooled_hgb: dict[str, Any] = field(default_factory=lambda: dict(HGB_DEFAULT))
     """Pooled model: the training code's own recipe (300 iterations of 0.05), the one validated on set A's 14,000
     stays. With ``pooled_early_stopping`` ``max_iter`` is a cap instead."""
