@@ -133,7 +133,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
     topics = settings.topics
     kafka = settings.kafka
     await ensure_topics(settings)
-    live_pkg = ModelPackage.load(default_package_path("1"))
+    live_pkg = ModelPackage.load(default_package_path())
     cand_pkg = ModelPackage.load(default_package_path("2"))
 
     # Two halves per stay: the shadow service restarts between them and must rebuild its feature state.
@@ -149,7 +149,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
     publisher = AckedProducer(settings.kafka, client_id="test-shadow-feeder")
     await publisher.start()
     # The live side is the real scorer service; with no registry answering it scores with the repository's
-    # default package (version 1) in production stage, which needs development mode (outside it, a scorer the
+    # default package in production stage, which needs development mode (outside it, a scorer the
     # registry does not confirm serves nothing). A local core only tells which hours it will score.
     scorer = create_scorer_app(
         ScorerSettings(

@@ -15,7 +15,7 @@ from vigil_scoring.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, offline
 from vigil_scoring.model_package import ModelPackage, ModelPackageError, default_package_path, sha256_of_dir
 
 
-@pytest.mark.parametrize("version", ["1", "2", "3"])
+@pytest.mark.parametrize("version", ["1", "2", "3", "4"])
 def test_default_packages_load_and_score(version: str) -> None:
     pkg = ModelPackage.load(default_package_path(version))
     assert pkg.name == "sepsis" and pkg.version == version
@@ -36,8 +36,8 @@ def test_default_packages_load_and_score(version: str) -> None:
 
 
 def test_versions_differ() -> None:
-    digests = {ModelPackage.load(default_package_path(v)).sha256 for v in ("1", "2", "3")}
-    assert len(digests) == 3
+    digests = {ModelPackage.load(default_package_path(v)).sha256 for v in ("1", "2", "3", "4")}
+    assert len(digests) == 4
 
 
 def test_tampering_is_refused(tmp_path: Path) -> None:

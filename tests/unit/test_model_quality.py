@@ -12,7 +12,7 @@ from vigil_scoring.model_package import ModelPackage, default_package_path
 COMPARATORS = ("logistic_regression", "qsofa", "sirs", "news2", "mews")
 
 
-@pytest.mark.parametrize("version", ["1", "2", "3"])
+@pytest.mark.parametrize("version", ["1", "2", "3", "4"])
 def test_card_model_beats_baseline_and_bedside_scores(version: str) -> None:
     card = ModelPackage.load(default_package_path(version)).card
     scores = card["metrics"]["scores"]

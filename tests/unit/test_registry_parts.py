@@ -136,7 +136,7 @@ def test_first_production_needs_no_comparison_unless_the_policy_says_so() -> Non
 
 def test_repository_packages_register_and_their_digests_match_the_model_package_code(tmp_path: Path) -> None:
     model_package = pytest.importorskip("vigil_scoring.model_package")
-    for version in ("1", "2", "3"):
+    for version in ("1", "2", "3", "4"):
         path = model_package.default_package_path(version)
         if not path.is_dir():
             pytest.skip("the model work has not committed its packages")
