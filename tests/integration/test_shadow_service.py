@@ -257,7 +257,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
     assert len(records) == 1 and records[0].key == b"sepsis"
     summary = ev.ComparisonSummarized.model_validate_json(records[0].value)
     assert summary.event_id == published[0]["event_id"]
-    assert (summary.candidate_version, summary.live_version) == ("2", "1")
+    assert (summary.candidate_version, summary.live_version) == ("2", live_pkg.version)
     m = summary.metrics
 
     # --- offline: the same rows through offline_features + predict ---------------------------------------
@@ -345,7 +345,7 @@ async def test_shadow_compares_with_live_like_offline_and_like_replay(
     # --- nothing but production-stage live scores on the live topic ---------------------------------------
     live_records = await _consume_all(kafka, topics.scores_live)
     assert {(json.loads(r.value)["stage"], json.loads(r.value)["model_version"]) for r in live_records} == {
-        ("production", "1")
+        ("production", live_pkg.version)
     }
     shadow_records = await _consume_all(kafka, topics.scores_shadow)
     assert shadow_records and {json.loads(r.value)["stage"] for r in shadow_records} == {"shadow"}
