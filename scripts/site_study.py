@@ -11,6 +11,10 @@ stay, and on the adaptation stays alone, each with its own validation split and 
 figures were made); and the adapted package's paired gain over the base model and over the better naive recipe.
 ``--base-unit`` trains the base on one other ICU unit only (a base that has seen one unit's habits).
 
+The base, the pooled fit (which takes its base's recipe) and the naive recipes use the default model's
+recipe (v4: ``--min-samples-leaf 1000 --l2-regularization 10``); ``--min-samples-leaf 200 --l2-regularization 1``
+gives v1's.
+
 Run: OMP_NUM_THREADS=2 uv run python scripts/site_study.py --site micu --out .vigil/site-study-micu
      OMP_NUM_THREADS=2 uv run python scripts/site_study.py --site sicu --base-unit micu --out .vigil/site-study-s-m
 """
@@ -45,6 +49,8 @@ def main() -> None:
     ap.add_argument("--no-naive", action="store_true", help="Skip the two naive training runs.")
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--n-boot", type=int, default=200)
+    ap.add_argument("--min-samples-leaf", type=int, default=1000, help="Base, pooled and naive fits (v4's recipe).")
+    ap.add_argument("--l2-regularization", type=float, default=10.0, help="Base, pooled and naive fits (v4's recipe).")
     a = ap.parse_args()
     t0 = time.monotonic()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -65,8 +71,10 @@ def main() -> None:
     df[df["patient_id"].isin(base_ids)].to_parquet(base_path, index=False)
     print(f"base {len(base_ids)} stays; site {len(adapt_ids)} adapt + {len(eval_ids)} evaluation", flush=True)
 
+    # The default model's recipe (v4: leaves of at least 1,000 hours, L2 10) unless told otherwise.
+    recipe = {"max_iter": a.iters, "min_samples_leaf": a.min_samples_leaf, "l2_regularization": a.l2_regularization}
     cfg = TrainConfig(name="proxy-base", version="1", hold_out_sample=False, n_boot=50)
-    cfg.hgb["max_iter"] = a.iters
+    cfg.hgb.update(recipe)
     if not (a.out / "base" / "package" / "manifest.json").exists():
         train(base_path, a.out / "base", cfg)
     print(f"[{time.monotonic() - t0:.0f}s] base trained", flush=True)
@@ -75,9 +83,8 @@ def main() -> None:
     local = df[df["patient_id"].isin(adapt_ids)].reset_index(drop=True)
     acfg = AdaptConfig(name="proxy-adapted", version="1", n_boot=a.n_boot)
     acfg.hgb["max_iter"] = a.iters
-    # The pooled fit boosts as the base and the naive runs do (--iters of the training code's step); the local
-    # model's early stopping cap scales with --iters so that bounded runs stay bounded.
-    acfg.pooled_hgb["max_iter"] = a.iters
+    # The pooled fit takes the base's recipe from its card (as the naive runs and the base itself: --iters); the
+    # local model's early stopping cap scales with --iters so that bounded runs stay bounded.
     acfg.local_max_iter = min(acfg.local_max_iter, 2 * a.iters)
     t_adapt = time.monotonic()
     res = adapt(base.path, local, a.out / "adapted", base_data=base_path, config=acfg, progress=print)
@@ -153,7 +160,7 @@ def main() -> None:
             slug = "naive-local" if "local" in label else "naive-pooled"
             frame.to_parquet(a.out / f"{slug}.parquet", index=False)
             ncfg = TrainConfig(name=slug, version="1", hold_out_sample=False, n_boot=20)
-            ncfg.hgb["max_iter"] = a.iters
+            ncfg.hgb.update(recipe)
             print(f"[{time.monotonic() - t0:.0f}s] training {label}", flush=True)
             if not (a.out / slug / "package" / "manifest.json").exists():
                 train(a.out / f"{slug}.parquet", a.out / slug, ncfg)

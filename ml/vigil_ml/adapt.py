@@ -10,7 +10,7 @@ measurements in issue 16 say that at a new site the ranking breaks, not the thre
   indicator (0 for the base rows, 1 for the local ones: feature augmentation, so the trees can learn splits that
   hold at this site only while sharing the rest); at serving the indicator is the constant "this site", baked into
   the ONNX graph. The site's share of the training weight is chosen on an inner temporal split of the fitting
-  stays (the latest of them), then the model is refitted on all fitting stays, with the training code's boosting;
+  stays (the latest of them), then the model is refitted on all fitting stays, with the base model's own recipe;
 - ``stacked``: a local model that takes the base model's score as one more input, fitted on local rows only;
   the package computes both in one ONNX graph (the base graph feeds the local one);
 - ``local``: the local rows alone (iterations chosen on the same inner split), once at least
@@ -90,9 +90,11 @@ class AdaptConfig:
     inner_fraction: float = 0.2
     """Latest share of the fitting stays on which the pooled model's site weight and the local model's iteration
     count (early stopping) are chosen; the chosen models are then refitted on all fitting stays."""
-    pooled_hgb: dict[str, Any] = field(default_factory=lambda: dict(HGB_DEFAULT))
-    """Pooled model: the training code's own recipe (300 iterations of 0.05), the one validated on set A's 14,000
-    stays. With ``pooled_early_stopping`` ``max_iter`` is a cap instead."""
+    pooled_hgb: dict[str, Any] | None = None
+    """Pooled model's hyperparameters; None (the default): the base model's own recipe, as its card records it (the
+    default v4: 300 iterations of 0.05, leaves of at least 1,000 hours, L2 10), else the training code's. The pooled
+    fit is the base model's training run with the site's rows added, so it learns as the base did. With
+    ``pooled_early_stopping`` ``max_iter`` is a cap instead."""
     pooled_early_stopping: bool = False
     """Choose the pooled model's iteration count by early stopping on the inner split. Off since session 11: the
     inner split is the latest 20% of a site's fitting stays (481 stays, about 50 septic, on the MICU proxy), too few
@@ -216,6 +218,12 @@ def _fit(
         kw.update(X_val=val[0], y_val=val[1])
     model.fit(X, y, **kw)
     return model
+
+
+def base_recipe(base: ModelPackage) -> dict[str, Any]:
+    """The boosting hyperparameters the base model was trained with (its card), the training code's for any missing."""
+    recorded = base.card.get("hyperparameters") or {}
+    return {k: recorded.get(k, v) for k, v in HGB_DEFAULT.items()}
 
 
 def build_early_stopped(seed: int, params: dict[str, Any], patience: int) -> Any:
@@ -588,18 +596,19 @@ def adapt(
         watch = np.r_[np.zeros(n_b, bool), in_inner[fit_rows]]
         X_inner = np.hstack([X[in_inner], np.ones((in_inner.sum(), 1), np.float32)])
         tried: list[tuple[float, float | None, int]] = []
+        pooled_hgb = cfg.pooled_hgb if cfg.pooled_hgb is not None else base_recipe(base)
         for share in cfg.site_shares:
             # Weights are set on the rows each fit learns from, so the share holds in the inner fit and the refit.
             n_tr = round(float(w_fit[~watch[n_b:]].sum()))
             inner_w = np.r_[base_w, np.where(watch[n_b:], 1.0, site_weight(share, base_total, n_tr) * w_fit)]
             label = "unweighted" if share is None else f"site share {share:.0%}"
             if cfg.pooled_early_stopping:
-                model, n_best = early_stopped(f"pooled_site ({label})", cfg.pooled_hgb, Xp, yp, ids_p, inner_w, watch)
+                model, n_best = early_stopped(f"pooled_site ({label})", pooled_hgb, Xp, yp, ids_p, inner_w, watch)
             else:
-                n_best = int(cfg.pooled_hgb["max_iter"])
+                n_best = int(pooled_hgb["max_iter"])
                 step(f"inner fit pooled_site ({label}) on {len(np.unique(ids_p[~watch]))} stays, {n_best} iterations")
                 model = _fit(
-                    build_hgb(cfg.seed, cfg.pooled_hgb),
+                    build_hgb(cfg.seed, pooled_hgb),
                     Xp[~watch],
                     yp[~watch],
                     ids=ids_p[~watch],
@@ -612,7 +621,7 @@ def adapt(
         auroc, share, n_best = max(tried, key=lambda t: t[0])
         site_w = site_weight(share, base_total, round(float(w_fit.sum())))
         wp = np.r_[base_w, site_w * w_fit]
-        model = fitted_hgb("pooled_site", {**cfg.pooled_hgb, "max_iter": n_best}, Xp, yp, ids_p, wp)
+        model = fitted_hgb("pooled_site", {**pooled_hgb, "max_iter": n_best}, Xp, yp, ids_p, wp)
         del Xp
         onx = with_site_indicator(to_onnx_bytes(model, X.shape[1] + 1), X.shape[1])
         parity_ref = model.predict_proba(np.hstack([X_sel, np.ones((len(X_sel), 1), np.float32)]))[:, 1]

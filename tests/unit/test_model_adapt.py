@@ -20,7 +20,7 @@ def small_config() -> AdaptConfig:
     cfg = AdaptConfig(name="sepsis", version="site-1", min_local_septic=10, min_stacked_septic=5, n_boot=20)
     cfg.local_hgb.update(max_iter=10)
     cfg.hgb.update(max_iter=10)
-    cfg.pooled_hgb.update(max_iter=10)
+    cfg.pooled_hgb = {**adapt_mod.HGB_DEFAULT, "max_iter": 10}
     cfg.local_max_iter = 10
     cfg.n_iter_no_change = 3
     return cfg
@@ -340,3 +340,13 @@ def test_learned_candidates_may_alert_up_to_the_policys_ratio_of_the_base_the_re
     cfg.max_alert_rate_ratio = 1.0
     adapt_mod._validate_and_pick(cands, sel, budget, cfg, [])
     assert alert_hour_rate(cands[1].risk, cands[1].threshold) <= budget
+
+
+def test_the_pooled_fit_learns_as_its_base_did_by_default() -> None:
+    # The pooled fit is the base's training run with the site's rows added: the base's recipe, from its card.
+    assert AdaptConfig().pooled_hgb is None
+    v4, v1, v2 = (adapt_mod.base_recipe(ModelPackage.load(default_package_path(v))) for v in ("4", "1", "2"))
+    assert (v4["min_samples_leaf"], v4["l2_regularization"], v4["max_iter"]) == (1000, 10.0, 300)
+    assert (v1["min_samples_leaf"], v1["l2_regularization"]) == (200, 1.0)
+    assert (v2["max_iter"], v2["max_leaf_nodes"], v2["learning_rate"]) == (150, 15, 0.1)
+    assert set(v4) == set(adapt_mod.HGB_DEFAULT)  # nothing but boosting hyperparameters (no seed, no counts)
